@@ -1,0 +1,204 @@
+//! Command line and environment configuration. Every option has a `PGSSE_*` variable (the database URL
+//! also reads `DATABASE_URL`); defaults live in the consts below.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+pub const DEFAULT_HEARTBEAT: &str = "15s";
+pub const DEFAULT_RETRY: &str = "3s";
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+pub const DEFAULT_POOL_SIZE: usize = 16;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+pub const DEFAULT_PROBE_INTERVAL: &str = "10s";
+pub const DEFAULT_MAX_CHANNELS: usize = 32;
+pub const DEFAULT_DEMO_DIR: &str = ".pgsse-demo";
+pub const DEFAULT_DEMO_PG_PORT: u16 = 54329;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgsse", version, about = "PostgreSQL changes as Server-Sent Events")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Install or upgrade the pgsse schema; idempotent and safe to run concurrently.
+    Migrate(DatabaseArgs),
+    /// Start a throwaway PostgreSQL, a published `messages` table, and the gateway.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Comment sent on an idle stream this often, so proxies and clients see it is alive.
+    #[arg(long, env = "PGSSE_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Reconnect delay the browser is told to use (`retry:` field).
+    #[arg(long, env = "PGSSE_RETRY", default_value = DEFAULT_RETRY, value_parser = parse_duration)]
+    pub retry: Duration,
+
+    /// Frames queued per stream before a slow client is cut off (it resumes from the log).
+    #[arg(long, env = "PGSSE_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY,
+          value_parser = parse_positive)]
+    pub queue_capacity: usize,
+
+    /// Maximum open client connections; further connections wait in the kernel's accept backlog.
+    #[arg(long, env = "PGSSE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_positive)]
+    pub max_connections: usize,
+
+    /// Maximum channels in one stream.
+    #[arg(long, env = "PGSSE_MAX_CHANNELS", default_value_t = DEFAULT_MAX_CHANNELS,
+          value_parser = parse_positive)]
+    pub max_channels: usize,
+
+    /// Connections in the pool used for replay and lookups (the LISTEN connection is separate).
+    #[arg(long, env = "PGSSE_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE,
+          value_parser = parse_positive)]
+    pub pool_size: usize,
+
+    /// How long open connections get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "PGSSE_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How often the LISTEN connection is probed; a probe unanswered for this long forces a reconnect.
+    #[arg(long, env = "PGSSE_PROBE_INTERVAL", default_value = DEFAULT_PROBE_INTERVAL, value_parser = parse_duration)]
+    pub probe_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Where the demo's PostgreSQL cluster lives (kept across runs).
+    #[arg(long, env = "PGSSE_DEMO_DIR", default_value = DEFAULT_DEMO_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Port of the demo's PostgreSQL (loopback only).
+    #[arg(long, env = "PGSSE_DEMO_PG_PORT", default_value_t = DEFAULT_DEMO_PG_PORT)]
+    pub pg_port: u16,
+}
+
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Accepts humantime ("15s", "500ms", "1m") and plain seconds ("15").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (use e.g. 15s, 500ms)"))?,
+    };
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// What `server::run` needs, resolved from the arguments.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub queue_capacity: usize,
+    pub max_connections: usize,
+    pub max_channels: usize,
+    pub pool_size: usize,
+    pub shutdown_timeout: Duration,
+    pub probe_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no database given: set DATABASE_URL or pass --database-url")]
+    MissingDatabaseUrl,
+    #[error("invalid database url: {0}")]
+    InvalidDatabaseUrl(String),
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let url = args.db.database_url.clone().ok_or(ConfigError::MissingDatabaseUrl)?;
+        Self::with_database_url(args, url)
+    }
+
+    pub fn with_database_url(args: &ServeArgs, database_url: String) -> Result<Self, ConfigError> {
+        database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        Ok(Self {
+            database_url,
+            heartbeat: args.heartbeat,
+            retry: args.retry,
+            queue_capacity: args.queue_capacity,
+            max_connections: args.max_connections,
+            max_channels: args.max_channels,
+            pool_size: args.pool_size,
+            shutdown_timeout: args.shutdown_timeout,
+            probe_interval: args.probe_interval,
+        })
+    }
+
+    /// Defaults for everything but the database; what tests and embedders start from.
+    pub fn new(database_url: impl Into<String>) -> Result<Self, ConfigError> {
+        let args = Cli::try_parse_from(["pgsse"]).map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        Self::with_database_url(&args.serve, database_url.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_and_subcommands() {
+        let cli = Cli::try_parse_from(["pgsse", "--database-url", "postgres://x@h/db"]).unwrap();
+        assert!(cli.command.is_none());
+        let cfg = Config::from_args(&cli.serve).unwrap();
+        assert_eq!(cfg.heartbeat, Duration::from_secs(15));
+        assert_eq!(cli.serve.listen.to_string(), DEFAULT_LISTEN);
+        let cli = Cli::try_parse_from(["pgsse", "migrate", "--database-url", "postgres://x@h/db"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate(_))));
+        assert!(Cli::try_parse_from(["pgsse", "--queue-capacity", "0"]).is_err());
+        assert!(Config::new("not a url").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! `pgsse demo`: a throwaway PostgreSQL (kept under a data dir across runs), a published `messages`
+//! table, and the gateway, with the lines to try it printed on start.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::{Config, ConfigError, DemoArgs};
+use crate::migrate::{self, MigrateError};
+use crate::server::{self, ServerError};
+
+/// The demo table; `publish_table` is idempotent, so this runs on every start.
+const DEMO_SQL: &str = "
+CREATE TABLE IF NOT EXISTS public.messages (
+    id         bigserial PRIMARY KEY,
+    body       text NOT NULL CHECK (length(body) BETWEEN 1 AND 10000),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+SELECT pgsse.publish_table('public.messages');
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Migrate(#[from] MigrateError),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    let (database_url, cluster) = match args.serve.db.database_url.clone() {
+        Some(url) => (url, None),
+        None => {
+            let cluster = Cluster::new(&args.data_dir, args.pg_port)?;
+            let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster, ClusterError> {
+                cluster.init(true)?;
+                cluster.start()?;
+                Ok(cluster)
+            })
+            .await??;
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    let config = Config::with_database_url(&args.serve, database_url.clone())?;
+    migrate::migrate(&database_url).await?;
+    let (client, connection) = tokio_postgres::connect(&database_url, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    client.batch_execute(DEMO_SQL).await?;
+    drop(client);
+    let _ = driver.await;
+
+    let listener = TcpListener::bind(args.serve.listen).await.map_err(|e| DemoError::Bind(args.serve.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| DemoError::Bind(args.serve.listen, e))?;
+    println!("pgsse demo is running on http://{addr}\n");
+    println!("Watch the stream:\n  curl -N http://{addr}/messages/events\n");
+    println!("Insert a row from any other terminal:\n  psql '{database_url}' -c \"insert into messages (body) values ('hello from psql')\"\n");
+    let result = server::run(listener, config, shutdown).await;
+    if let Some(cluster) = cluster {
+        tokio::task::spawn_blocking(move || cluster.stop("fast")).await??;
+    }
+    Ok(result?)
+}

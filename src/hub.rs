@@ -1,0 +1,224 @@
+//! Fan-out from the listener to subscribers. Each event arrives encoded once; subscribers get clones of
+//! the same `Bytes` through bounded queues, and one whose queue is full is cut off (it resumes from the log).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// One encoded event as it travels to subscribers.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub id: i64,
+    pub bytes: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    #[error("the gateway has not yet read the event log's position")]
+    NotStarted,
+    #[error("the gateway is shutting down")]
+    Closed,
+}
+
+type Senders = HashMap<u64, mpsc::Sender<Frame>>;
+
+struct Inner {
+    /// Highest id broadcast (or the log head found at start); `None` until the listener first connects.
+    last_id: Option<i64>,
+    channels: HashMap<Arc<str>, Senders>,
+    closed: bool,
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    queue_capacity: usize,
+    next_id: AtomicU64,
+    cut_slow: AtomicU64,
+}
+
+/// A live registration. Dropping it unregisters; the receiver yields `None` once the hub drops the
+/// subscriber (cut off for being slow, or shutdown) and the queued frames are drained.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Frame>,
+    id: u64,
+    channels: Vec<Arc<str>>,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        for channel in &self.channels {
+            if let Some(senders) = inner.channels.get_mut(channel) {
+                senders.remove(&self.id);
+                if senders.is_empty() {
+                    inner.channels.remove(channel);
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner { last_id: None, channels: HashMap::new(), closed: false }),
+            queue_capacity: queue_capacity.max(1),
+            next_id: AtomicU64::new(1),
+            cut_slow: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock, but a poisoned map is still consistent: keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the starting position when the listener first reads the log head; later calls are ignored
+    /// because the position then only moves by broadcasting.
+    pub fn start_at(&self, head: i64) {
+        let mut inner = self.lock();
+        if inner.last_id.is_none() {
+            inner.last_id = Some(head);
+        }
+    }
+
+    pub fn last_id(&self) -> Option<i64> {
+        self.lock().last_id
+    }
+
+    /// Registers for live frames. Returns the last id broadcast before registration: every later frame
+    /// reaches this subscriber, every earlier one must come from the log. Taken under the same lock as
+    /// `broadcast`, which is what makes the replay/live seam exact.
+    pub fn subscribe(self: &Arc<Self>, channels: &[String]) -> Result<(Subscription, i64), HubError> {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(HubError::Closed);
+        }
+        let last_id = inner.last_id.ok_or(HubError::NotStarted)?;
+        let mut names = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let key = match inner.channels.get_key_value(channel.as_str()) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(channel.as_str()),
+            };
+            inner.channels.entry(key.clone()).or_default().insert(id, tx.clone());
+            names.push(key);
+        }
+        drop(inner);
+        Ok((Subscription { rx, id, channels: names, hub: self.clone() }, last_id))
+    }
+
+    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting.
+    pub fn broadcast(&self, frames: Vec<(String, Frame)>) {
+        let mut inner = self.lock();
+        let mut cut: Vec<u64> = Vec::new();
+        for (channel, frame) in frames {
+            inner.last_id = Some(inner.last_id.map_or(frame.id, |last| last.max(frame.id)));
+            let Some(senders) = inner.channels.get(channel.as_str()) else { continue };
+            for (id, tx) in senders {
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame.clone()) {
+                    cut.push(*id);
+                }
+            }
+            if !cut.is_empty() {
+                cut.sort_unstable();
+                cut.dedup();
+                self.cut_slow.fetch_add(cut.len() as u64, Ordering::Relaxed);
+                tracing::info!(subscribers = cut.len(), "cut off slow subscribers; they resume from the log");
+                // Dropping every sender of a subscriber closes its queue after the frames already in it.
+                for senders in inner.channels.values_mut() {
+                    senders.retain(|id, _| cut.binary_search(id).is_err());
+                }
+                inner.channels.retain(|_, senders| !senders.is_empty());
+                cut.clear();
+            }
+        }
+    }
+
+    /// Ends every live subscription and refuses new ones.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.channels.clear();
+    }
+
+    /// Open subscriptions per channel (a stream on several channels counts in each).
+    pub fn subscriber_counts(&self) -> Vec<(String, usize)> {
+        let inner = self.lock();
+        inner.channels.iter().map(|(name, senders)| (name.to_string(), senders.len())).collect()
+    }
+
+    pub fn cut_slow_total(&self) -> u64 {
+        self.cut_slow.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: i64) -> Frame {
+        Frame { id, bytes: Bytes::from(id.to_string()) }
+    }
+
+    #[test]
+    fn refuses_until_started_and_after_close() {
+        let hub = Arc::new(Hub::new(4));
+        assert_eq!(hub.subscribe(&["a".into()]).err(), Some(HubError::NotStarted));
+        hub.start_at(10);
+        hub.start_at(99);
+        let (_sub, last) = hub.subscribe(&["a".into()]).unwrap();
+        assert_eq!(last, 10);
+        hub.close();
+        assert_eq!(hub.subscribe(&["a".into()]).err(), Some(HubError::Closed));
+    }
+
+    #[test]
+    fn routes_by_channel_and_shares_bytes() {
+        let hub = Arc::new(Hub::new(4));
+        hub.start_at(0);
+        let (mut a, _) = hub.subscribe(&["a".into()]).unwrap();
+        let (mut ab, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
+        assert_eq!(a.rx.try_recv().unwrap().id, 1);
+        assert!(a.rx.try_recv().is_err());
+        let first = ab.rx.try_recv().unwrap();
+        assert_eq!((first.id, ab.rx.try_recv().unwrap().id), (1, 2));
+        assert_eq!(hub.last_id(), Some(3));
+        let (_, last) = hub.subscribe(&["c".into()]).unwrap();
+        assert_eq!(last, 3);
+    }
+
+    #[test]
+    fn full_queue_cuts_only_that_subscriber_after_its_queued_frames() {
+        let hub = Arc::new(Hub::new(2));
+        hub.start_at(0);
+        let (mut slow, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        let (mut fast, _) = hub.subscribe(&["a".into()]).unwrap();
+        for id in 1..=3 {
+            hub.broadcast(vec![("a".into(), frame(id))]);
+            assert_eq!(fast.rx.try_recv().unwrap().id, id);
+        }
+        assert_eq!(hub.cut_slow_total(), 1);
+        assert_eq!(slow.rx.try_recv().unwrap().id, 1);
+        assert_eq!(slow.rx.try_recv().unwrap().id, 2);
+        assert!(matches!(slow.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert_eq!(hub.subscriber_counts(), vec![("a".to_string(), 1)]);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unregisters_it() {
+        let hub = Arc::new(Hub::new(2));
+        hub.start_at(0);
+        let (sub, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        assert_eq!(hub.subscriber_counts().len(), 2);
+        drop(sub);
+        assert!(hub.subscriber_counts().is_empty());
+    }
+}

@@ -1,0 +1,23 @@
+//! pgsse turns PostgreSQL changes into Server-Sent Events streams.
+//!
+//! Data flows one way: [`listener`] (the one LISTEN connection) reads the commit-ordered log and hands
+//! encoded frames to the [`hub`], which fans them out to each stream's [`sse`] body.
+//!
+//! - [`config`]: flags and `PGSSE_*` environment.
+//! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors.
+//! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids.
+//! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`.
+//! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests.
+
+pub mod cluster;
+pub mod config;
+pub mod cursor;
+pub mod demo;
+pub mod hub;
+pub mod listener;
+pub mod migrate;
+pub mod routes;
+pub mod server;
+pub mod sse;
+pub mod store;
+pub mod stream;

@@ -1,0 +1,235 @@
+//! The one dedicated LISTEN connection: LISTEN, catch up from the log, then read each burst of
+//! notifications as one log query and hand the encoded frames to the hub. Reconnects with jittered backoff.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::hub::Hub;
+use crate::store::EventRow;
+
+pub const NOTIFY_CHANNEL: &str = "pgsse";
+const FETCH_BATCH: i64 = 2000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("liveness probe got no answer within {0:?}")]
+    ProbeTimeout(Duration),
+    #[error("invalid database url: {0}")]
+    Config(String),
+}
+
+/// What `/healthz` and the metrics see of the listener.
+#[derive(Default)]
+pub struct ListenerStatus {
+    up: AtomicBool,
+    reconnects: AtomicU64,
+    events: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ListenerStatus {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn events_received(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.up.store(true, Ordering::Release);
+    }
+
+    fn set_down(&self, err: &ListenerError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+        self.up.store(false, Ordering::Release);
+    }
+}
+
+pub struct Listener {
+    pg: tokio_postgres::Config,
+    hub: Arc<Hub>,
+    status: Arc<ListenerStatus>,
+    probe_interval: Duration,
+    /// Highest id handed to the hub; `None` until the first connection reads the log head.
+    last_id: Option<i64>,
+}
+
+impl Listener {
+    pub fn new(
+        database_url: &str,
+        hub: Arc<Hub>,
+        status: Arc<ListenerStatus>,
+        probe_interval: Duration,
+    ) -> Result<Self, ListenerError> {
+        let mut pg: tokio_postgres::Config =
+            database_url.parse().map_err(|e: tokio_postgres::Error| ListenerError::Config(e.to_string()))?;
+        pg.application_name("pgsse-listener");
+        pg.connect_timeout(CONNECT_TIMEOUT);
+        pg.keepalives(true);
+        pg.keepalives_idle(KEEPALIVE_IDLE);
+        Ok(Self { pg, hub, status, probe_interval, last_id: None })
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = self.session(&shutdown, &mut backoff).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let err = result.err().unwrap_or(ListenerError::Closed);
+            self.status.set_down(&err);
+            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            let delay = jitter(backoff);
+            warn!(cause = %err, retry_in = ?delay, "listener connection lost");
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.status.up.store(false, Ordering::Release);
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken, backoff: &mut Duration) -> Result<(), ListenerError> {
+        let (client, mut connection) = tokio::select! {
+            conn = self.pg.connect(NoTls) => conn?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        // Driving the connection by hand is the only way to see notifications; awaiting it drops them.
+        let wake = Arc::new(Notify::new());
+        let (dead_tx, mut dead_rx) = oneshot::channel::<tokio_postgres::Error>();
+        let driver = {
+            let wake = wake.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = poll_fn(|cx| connection.poll_message(cx)).await {
+                    match msg {
+                        Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(err) => {
+                            let _ = dead_tx.send(err);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let _abort_driver = AbortOnDrop(driver);
+
+        // LISTEN before reading the log, so nothing committed in between goes unnoticed.
+        client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await?;
+        let fetch = client
+            .prepare(&format!("SELECT {} FROM pgsse.events WHERE id > $1 ORDER BY id LIMIT $2", EventRow::COLUMNS))
+            .await?;
+        if self.last_id.is_none() {
+            let head: i64 = client
+                .query_one("SELECT greatest(coalesce(max(id), 0), (SELECT pruned_through FROM pgsse.meta)) FROM pgsse.events", &[])
+                .await?
+                .try_get(0)?;
+            self.hub.start_at(head);
+            self.last_id = Some(head);
+        }
+        self.catch_up(&client, &fetch).await?;
+        self.status.set_up();
+        *backoff = BACKOFF_MIN;
+        info!(last_id = self.last_id, "listener connected and caught up");
+
+        let mut probe = interval(self.probe_interval);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        probe.reset();
+        loop {
+            tokio::select! {
+                _ = wake.notified() => self.catch_up(&client, &fetch).await?,
+                _ = probe.tick() => {
+                    timeout(self.probe_interval, client.simple_query("SELECT 1"))
+                        .await
+                        .map_err(|_| ListenerError::ProbeTimeout(self.probe_interval))??;
+                    // A notification lost to a bug elsewhere would otherwise delay events until the next one.
+                    self.catch_up(&client, &fetch).await?;
+                }
+                err = &mut dead_rx => return Err(err.map_or(ListenerError::Closed, ListenerError::Db)),
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber.
+    async fn catch_up(&mut self, client: &Client, fetch: &Statement) -> Result<(), ListenerError> {
+        let Some(mut last) = self.last_id else { return Ok(()) };
+        loop {
+            let rows = client.query(fetch, &[&last, &FETCH_BATCH]).await?;
+            let n = rows.len() as i64;
+            let mut frames = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let event = EventRow::from_row(row)?;
+                last = event.id;
+                if let Some(frame) = event.encode() {
+                    frames.push((event.channel, frame));
+                }
+            }
+            self.status.events.fetch_add(n as u64, Ordering::Relaxed);
+            self.hub.broadcast(frames);
+            self.last_id = Some(last);
+            if n < FETCH_BATCH {
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Spreads reconnects of many gateways over [d/2, d) so a database restart is not met by a stampede.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let fraction = f64::from(nanos % 1000) / 1000.0;
+    d / 2 + d.mul_f64(fraction / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(2));
+            assert!(j >= Duration::from_secs(1) && j < Duration::from_secs(2), "{j:?}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The accept loop and graceful shutdown. `run` takes a bound listener and a shutdown future so tests can
+//! bind port 0 and stop the server themselves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, Instrument};
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::listener::{Listener, ListenerError, ListenerStatus};
+use crate::routes;
+use crate::store::{Store, StoreError};
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub listener: Arc<ListenerStatus>,
+    /// Cancelled on shutdown: ends every stream body and the listener.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Listener(#[from] ListenerError),
+}
+
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let hub = Arc::new(Hub::new(config.queue_capacity));
+    let status = Arc::new(ListenerStatus::default());
+    let pg_listener = Listener::new(&config.database_url, hub.clone(), status.clone(), config.probe_interval)?;
+    let state = Arc::new(AppState {
+        store: Store::new(&config.database_url, config.pool_size)?,
+        hub,
+        listener: status,
+        shutdown: CancellationToken::new(),
+        config,
+    });
+    let listener_task = tokio::spawn(pg_listener.run(state.shutdown.clone()));
+
+    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving");
+    }
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Usually EMFILE or a connection reset before accept: log and keep serving.
+                    error!(cause = ?err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(cause = ?err, "could not set TCP_NODELAY");
+        }
+        let state = state.clone();
+        let service = service_fn(move |req| routes::handle(state.clone(), req));
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(
+            async move {
+                if let Err(err) = conn.await {
+                    debug!(cause = ?err, "connection ended with an error");
+                }
+                drop(permit);
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+
+    info!("shutting down: ending streams and closing connections");
+    drop(listener);
+    state.shutdown.cancel();
+    state.hub.close();
+    tokio::select! {
+        _ = graceful.shutdown() => debug!("all connections closed"),
+        _ = tokio::time::sleep(state.config.shutdown_timeout) => {
+            info!(timeout = ?state.config.shutdown_timeout, "connections still open at the shutdown timeout; closing them");
+        }
+    }
+    let _ = listener_task.await;
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! SSE wire format: encoding one event into a shareable `Bytes` frame, and the streaming response body
+//! that merges replayed and live frames, coalesces queued frames, sends heartbeats and ends on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Body, Frame as BodyFrame, SizeHint};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::hub::{Frame, Subscription};
+
+/// Upper bound for one coalesced write; one frame larger than this is still sent whole.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    #[error("event name must not contain CR or LF")]
+    EventNameLineBreak,
+}
+
+/// Encodes one event. `data` may hold line breaks of any style: each line becomes its own `data:` field,
+/// which is what makes payload text unable to forge fields or end the event early.
+pub fn encode(id: i64, event: &str, data: &str) -> Result<Bytes, EncodeError> {
+    if event.contains(['\r', '\n']) {
+        return Err(EncodeError::EventNameLineBreak);
+    }
+    let mut buf = BytesMut::with_capacity(data.len() + event.len() + 40);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.to_string().as_bytes());
+    buf.put_slice(b"\nevent: ");
+    buf.put_slice(event.as_bytes());
+    buf.put_u8(b'\n');
+    for line in split_lines(data) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    Ok(buf.freeze())
+}
+
+/// Splits on CRLF, CR and LF alike, as an SSE parser does; an empty input is one empty line.
+fn split_lines(data: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(i) => {
+                let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[i + skip..]);
+                Some(&s[..i])
+            }
+        }
+    })
+}
+
+/// The first bytes of every stream: the reconnect delay and a comment, so headers and a body chunk
+/// reach the client at once (some proxies and clients wait for the first chunk).
+pub fn prelude(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n: pgsse\n\n", retry.as_millis()))
+}
+
+/// What the replay task hands the body: encoded history, then the live subscription.
+pub enum Feed {
+    Chunk(Bytes),
+    /// Switch to live frames, dropping any with an id at or below `skip_through` (already replayed).
+    Live { sub: Subscription, skip_through: i64 },
+}
+
+enum Source {
+    Replay(mpsc::Receiver<Feed>),
+    Live(Subscription),
+    Done,
+}
+
+pub struct SseBody {
+    prelude: Option<Bytes>,
+    source: Source,
+    skip_through: i64,
+    heartbeat: Duration,
+    timer: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl SseBody {
+    pub fn replaying(
+        prelude: Bytes,
+        feed: mpsc::Receiver<Feed>,
+        heartbeat: Duration,
+        shutdown: WaitForCancellationFutureOwned,
+    ) -> Self {
+        Self::new(prelude, Source::Replay(feed), 0, heartbeat, shutdown)
+    }
+
+    pub fn live(
+        prelude: Bytes,
+        sub: Subscription,
+        heartbeat: Duration,
+        shutdown: WaitForCancellationFutureOwned,
+    ) -> Self {
+        Self::new(prelude, Source::Live(sub), 0, heartbeat, shutdown)
+    }
+
+    fn new(
+        prelude: Bytes,
+        source: Source,
+        skip_through: i64,
+        heartbeat: Duration,
+        shutdown: WaitForCancellationFutureOwned,
+    ) -> Self {
+        Self {
+            prelude: Some(prelude),
+            source,
+            skip_through,
+            heartbeat,
+            timer: Box::pin(tokio::time::sleep(heartbeat)),
+            shutdown: Box::pin(shutdown),
+        }
+    }
+
+    fn reset_timer(&mut self) {
+        let deadline = Instant::now() + self.heartbeat;
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// Takes every frame that is ready now, up to [`COALESCE_BYTES`], as one chunk.
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let Source::Live(sub) = &mut self.source else {
+            return Poll::Ready(None);
+        };
+        let mut single: Option<Bytes> = None;
+        let mut merged: Option<BytesMut> = None;
+        loop {
+            let size = merged.as_ref().map_or(0, |m| m.len()) + single.as_ref().map_or(0, |b| b.len());
+            if size >= COALESCE_BYTES {
+                break;
+            }
+            let frame: Frame = match sub.rx.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => frame,
+                Poll::Ready(None) if size == 0 => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => break,
+            };
+            if frame.id <= self.skip_through {
+                continue;
+            }
+            match (&mut merged, single.take()) {
+                (Some(m), _) => m.extend_from_slice(&frame.bytes),
+                (None, None) => single = Some(frame.bytes),
+                (None, Some(first)) => {
+                    let mut m = BytesMut::with_capacity(first.len() + frame.bytes.len());
+                    m.extend_from_slice(&first);
+                    m.extend_from_slice(&frame.bytes);
+                    merged = Some(m);
+                }
+            }
+        }
+        match (merged, single) {
+            (Some(m), _) => Poll::Ready(Some(m.freeze())),
+            (None, Some(b)) => Poll::Ready(Some(b)),
+            (None, None) => Poll::Pending,
+        }
+    }
+
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        loop {
+            match &mut self.source {
+                Source::Done => return Poll::Ready(None),
+                Source::Live(_) => return self.poll_live(cx),
+                Source::Replay(rx) => match rx.poll_recv(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Feed::Chunk(bytes))) => return Poll::Ready(Some(bytes)),
+                    Poll::Ready(Some(Feed::Live { sub, skip_through })) => {
+                        self.skip_through = skip_through;
+                        self.source = Source::Live(sub);
+                    }
+                    // The replay task failed (it logged why): end the stream so the client resumes.
+                    Poll::Ready(None) => self.source = Source::Done,
+                },
+            }
+        }
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        if let Some(prelude) = this.prelude.take() {
+            return Poll::Ready(Some(Ok(BodyFrame::data(prelude))));
+        }
+        if matches!(this.source, Source::Done) {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.source = Source::Done;
+            return Poll::Ready(None);
+        }
+        match this.poll_source(cx) {
+            Poll::Ready(Some(bytes)) => {
+                this.reset_timer();
+                return Poll::Ready(Some(Ok(BodyFrame::data(bytes))));
+            }
+            Poll::Ready(None) => {
+                this.source = Source::Done;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if this.timer.as_mut().poll(cx).is_ready() {
+            this.reset_timer();
+            return Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(HEARTBEAT)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prelude.is_none() && matches!(self.source, Source::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    fn enc(id: i64, event: &str, data: &str) -> String {
+        String::from_utf8(encode(id, event, data).unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn encodes_single_line() {
+        assert_eq!(enc(7, "insert", r#"{"a":1}"#), "id: 7\nevent: insert\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn splits_every_line_break_style() {
+        assert_eq!(
+            enc(1, "m", "a\nb\r\nc\rd"),
+            "id: 1\nevent: m\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn keeps_empty_lines_and_trailing_break() {
+        assert_eq!(enc(1, "m", ""), "id: 1\nevent: m\ndata: \n\n");
+        assert_eq!(enc(1, "m", "a\n"), "id: 1\nevent: m\ndata: a\ndata: \n\n");
+        assert_eq!(enc(1, "m", "\n\n"), "id: 1\nevent: m\ndata: \ndata: \ndata: \n\n");
+    }
+
+    #[test]
+    fn payload_cannot_forge_fields() {
+        let out = enc(3, "m", "x\n\nevent: evil\nid: 99\ndata: y");
+        assert_eq!(
+            out,
+            "id: 3\nevent: m\ndata: x\ndata: \ndata: event: evil\ndata: id: 99\ndata: data: y\n\n"
+        );
+        assert_eq!(out.matches("\n\n").count(), 1, "exactly one event terminator");
+    }
+
+    #[test]
+    fn rejects_line_breaks_in_event_name() {
+        assert_eq!(encode(1, "a\nb", "x"), Err(EncodeError::EventNameLineBreak));
+        assert_eq!(encode(1, "a\rb", "x"), Err(EncodeError::EventNameLineBreak));
+    }
+
+    #[test]
+    fn prelude_sets_retry() {
+        assert_eq!(&prelude(Duration::from_millis(2500))[..], b"retry: 2500\n: pgsse\n\n");
+    }
+
+    fn hub_with(channel: &str) -> (Arc<Hub>, Subscription) {
+        let hub = Arc::new(Hub::new(16));
+        hub.start_at(0);
+        let (sub, _) = hub.subscribe(&[channel.to_string()]).unwrap();
+        (hub, sub)
+    }
+
+    async fn next_chunk(body: &mut SseBody) -> Option<Bytes> {
+        body.frame().await.map(|f| f.unwrap().into_data().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_after_idle_interval_and_reset_by_events() {
+        let (hub, sub) = hub_with("c");
+        let token = CancellationToken::new();
+        let beat = Duration::from_secs(15);
+        let mut body = SseBody::live(Bytes::from_static(b"P"), sub, beat, token.clone().cancelled_owned());
+        assert_eq!(next_chunk(&mut body).await.unwrap(), "P");
+
+        let start = Instant::now();
+        assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
+        assert_eq!(start.elapsed(), beat, "first heartbeat exactly one interval after start");
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        hub.broadcast(vec![("c".into(), Frame { id: 1, bytes: Bytes::from_static(b"E") })]);
+        assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
+        let after_event = Instant::now();
+        assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
+        assert_eq!(after_event.elapsed(), beat, "an event restarts the heartbeat interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalesces_ready_frames_and_skips_replayed_ids() {
+        let (hub, sub) = hub_with("c");
+        let (tx, rx) = mpsc::channel(4);
+        let token = CancellationToken::new();
+        let mut body =
+            SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15), token.clone().cancelled_owned());
+        next_chunk(&mut body).await;
+        tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
+        tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
+        let frames = (1..=4).map(|id| ("c".into(), Frame { id, bytes: Bytes::from(format!("L{id}")) }));
+        hub.broadcast(frames.collect());
+        assert_eq!(next_chunk(&mut body).await.unwrap(), "R1");
+        assert_eq!(next_chunk(&mut body).await.unwrap(), "L3L4");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ends_on_shutdown_and_when_cut_off() {
+        let (hub, sub) = hub_with("c");
+        let token = CancellationToken::new();
+        let mut body =
+            SseBody::live(Bytes::new(), sub, Duration::from_secs(15), token.clone().cancelled_owned());
+        next_chunk(&mut body).await;
+        token.cancel();
+        assert!(next_chunk(&mut body).await.is_none());
+        assert!(body.is_end_stream());
+
+        let (sub, _) = hub.subscribe(&["c".to_string()]).unwrap();
+        let mut body = SseBody::live(Bytes::new(), sub, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
+        next_chunk(&mut body).await;
+        hub.close();
+        assert!(next_chunk(&mut body).await.is_none());
+    }
+}

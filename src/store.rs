@@ -1,0 +1,142 @@
+//! Reads of the event log and channel registry through the connection pool (never the LISTEN connection).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use crate::hub::Frame;
+use crate::sse;
+
+/// Rows per replay query: large enough for throughput, small enough to bound memory per stream.
+pub const REPLAY_BATCH: i64 = 1000;
+
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("invalid database url: {0}")]
+    Config(String),
+}
+
+/// One row of `pgsse.events` as the gateway reads it (payload as JSON text, never re-serialized).
+pub struct EventRow {
+    pub id: i64,
+    pub channel: String,
+    pub event: String,
+    pub payload: String,
+}
+
+impl EventRow {
+    pub const COLUMNS: &'static str = "id, channel, event, payload::text";
+
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self { id: row.try_get(0)?, channel: row.try_get(1)?, event: row.try_get(2)?, payload: row.try_get(3)? })
+    }
+
+    /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:
+    /// an unencodable one is logged and skipped rather than allowed to break the stream.
+    pub fn encode(&self) -> Option<Frame> {
+        match sse::encode(self.id, &self.event, &self.payload) {
+            Ok(bytes) => Some(Frame { id: self.id, bytes }),
+            Err(err) => {
+                tracing::error!(id = self.id, cause = %err, "skipping event that cannot be encoded");
+                None
+            }
+        }
+    }
+}
+
+/// Where the log starts and ends, for validating resume ids.
+pub struct LogBounds {
+    /// Every id at or below this may have been pruned.
+    pub pruned_through: i64,
+    /// The highest id ever handed out (committed or not).
+    pub head: i64,
+}
+
+pub struct Store {
+    pool: Pool,
+    known_channels: Mutex<HashSet<String>>,
+}
+
+impl Store {
+    pub fn new(database_url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let mut pg: tokio_postgres::Config =
+            database_url.parse().map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        pg.application_name("pgsse");
+        pg.connect_timeout(POOL_TIMEOUT);
+        pg.keepalives(true);
+        let manager =
+            Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Self { pool, known_channels: Mutex::new(HashSet::new()) })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Returns the names among `channels` that are not registered. Known names are cached: a channel
+    /// that disappears later only keeps an idle stream open, while a new one is seen at once.
+    pub async fn unknown_channels(&self, channels: &[String]) -> Result<Vec<String>, StoreError> {
+        let missing: Vec<String> = {
+            let known = self.known_channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels.iter().filter(|c| !known.contains(*c)).cloned().collect()
+        };
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT name FROM pgsse.channels WHERE name = ANY($1)").await?;
+        let found: HashSet<String> =
+            client.query(&stmt, &[&missing]).await?.iter().map(|r| r.get(0)).collect();
+        let mut known = self.known_channels.lock().unwrap_or_else(|p| p.into_inner());
+        known.extend(found.iter().cloned());
+        Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())
+    }
+
+    pub async fn bounds(&self) -> Result<LogBounds, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT m.pruned_through, CASE WHEN s.is_called THEN s.last_value ELSE 0 END \
+                 FROM pgsse.meta m, pgsse.event_id_seq s",
+            )
+            .await?;
+        let row = client.query_one(&stmt, &[]).await?;
+        Ok(LogBounds { pruned_through: row.try_get(0)?, head: row.try_get(1)? })
+    }
+
+    /// Events of `channels` with `after < id <= through` (no upper bound when `through` is `None`).
+    pub async fn replay(
+        &self,
+        after: i64,
+        through: Option<i64>,
+        channels: &[String],
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {} FROM pgsse.events WHERE id > $1 AND id <= coalesce($2, 9223372036854775807) \
+             AND channel = ANY($3) ORDER BY id LIMIT $4",
+            EventRow::COLUMNS
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &[&after, &through, &channels, &REPLAY_BATCH]).await?;
+        rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
+    }
+}

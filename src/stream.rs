@@ -1,0 +1,166 @@
+//! Opening one SSE stream: validate its channels, then either go live at once or replay from the log and
+//! switch to live frames at an exact seam (no gap, no duplicate).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::hub::HubError;
+use crate::server::AppState;
+use crate::sse::{self, Feed, SseBody};
+use crate::store::{EventRow, StoreError, REPLAY_BATCH};
+
+/// Same rule as `pgsse.valid_channel` in SQL.
+pub fn valid_channel(name: &str) -> bool {
+    let b = name.as_bytes();
+    let ok = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    !b.is_empty() && b.len() <= 128 && ok(b[0]) && b.iter().all(|&c| ok(c) || matches!(c, b'.' | b':' | b'-'))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("invalid channel name {0:?}: use letters, digits, _ . : - (at most 128, not starting with . : -)")]
+    InvalidChannel(String),
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error("no channel given: use /{{channel}}/events or /events?channel=a&channel=b")]
+    NoChannel,
+    #[error("too many channels: {0} given, at most {1} allowed")]
+    TooManyChannels(usize, usize),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Hub(#[from] HubError),
+}
+
+/// Checks names, removes duplicates and refuses channels the database does not know.
+pub async fn check_channels(state: &AppState, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {
+    if let Some(bad) = channels.iter().find(|c| !valid_channel(c)) {
+        return Err(StreamError::InvalidChannel(bad.chars().take(140).collect()));
+    }
+    channels.sort();
+    channels.dedup();
+    if channels.is_empty() {
+        return Err(StreamError::NoChannel);
+    }
+    if channels.len() > state.config.max_channels {
+        return Err(StreamError::TooManyChannels(channels.len(), state.config.max_channels));
+    }
+    if let Some(unknown) = state.store.unknown_channels(&channels).await?.into_iter().next() {
+        return Err(StreamError::UnknownChannel(unknown));
+    }
+    Ok(channels)
+}
+
+pub async fn open(state: &Arc<AppState>, channels: Vec<String>, resume: Option<i64>) -> Result<SseBody, StreamError> {
+    let prelude = sse::prelude(state.config.retry);
+    let heartbeat = state.config.heartbeat;
+    let shutdown = state.shutdown.clone().cancelled_owned();
+    let Some(after) = resume else {
+        let (sub, _) = state.hub.subscribe(&channels)?;
+        return Ok(SseBody::live(prelude, sub, heartbeat, shutdown));
+    };
+    // Refuse before answering 200 when the seam cannot be made yet, so the client retries instead.
+    if state.hub.last_id().is_none() {
+        return Err(HubError::NotStarted.into());
+    }
+    let bounds = state.store.bounds().await?;
+    let (start, reset) = if after < bounds.pruned_through {
+        (bounds.pruned_through, Some(reset_frame(bounds.pruned_through, "pruned")))
+    } else if after > bounds.head {
+        (bounds.head, Some(reset_frame(bounds.head, "unknown_id")))
+    } else {
+        (after, None)
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let replay = Replay { state: state.clone(), channels, tx };
+    let token = state.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            result = replay.run(start, reset) => if let Err(err) = result {
+                warn!(cause = %err, "replay failed; ending the stream so the client resumes");
+            },
+            _ = token.cancelled() => {}
+        }
+    });
+    Ok(SseBody::replaying(prelude, rx, heartbeat, shutdown))
+}
+
+/// The `reset` event: the requested id is no longer (or never was) in the log; the stream goes on
+/// after `from`, and carries it as its id so the browser resumes from there next time.
+fn reset_frame(from: i64, reason: &str) -> Bytes {
+    let data = serde_json::json!({ "from": from, "reason": reason }).to_string();
+    sse::encode(from, "reset", &data).unwrap_or_default()
+}
+
+struct Replay {
+    state: Arc<AppState>,
+    channels: Vec<String>,
+    tx: mpsc::Sender<Feed>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Hub(#[from] HubError),
+    #[error("client went away")]
+    Gone,
+}
+
+impl Replay {
+    async fn run(self, mut cursor: i64, reset: Option<Bytes>) -> Result<(), ReplayError> {
+        if let Some(reset) = reset {
+            self.send(Feed::Chunk(reset)).await?;
+        }
+        // Most of the history is read before registering, so a long replay does not fill the live queue.
+        while self.batch(&mut cursor, None).await? {}
+        let (sub, live_from) = self.state.hub.subscribe(&self.channels)?;
+        if cursor < live_from {
+            while self.batch(&mut cursor, Some(live_from)).await? {}
+        }
+        debug!(cursor, live_from, "replay done, going live");
+        self.send(Feed::Live { sub, skip_through: cursor }).await
+    }
+
+    /// Sends one batch after `cursor` as a single chunk; returns whether a full batch was read.
+    async fn batch(&self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
+        let rows = self.state.store.replay(*cursor, through, &self.channels).await?;
+        let Some(last) = rows.last() else { return Ok(false) };
+        *cursor = last.id;
+        let mut chunk = BytesMut::new();
+        for frame in rows.iter().filter_map(EventRow::encode) {
+            chunk.extend_from_slice(&frame.bytes);
+        }
+        self.send(Feed::Chunk(chunk.freeze())).await?;
+        Ok(rows.len() as i64 == REPLAY_BATCH)
+    }
+
+    async fn send(&self, feed: Feed) -> Result<(), ReplayError> {
+        self.tx.send(feed).await.map_err(|_| ReplayError::Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names() {
+        for good in ["messages", "a", "orders.eu", "user:42", "x-y_z", "_private", &"a".repeat(128)] {
+            assert!(valid_channel(good), "{good:?}");
+        }
+        for bad in ["", ".a", "-a", ":a", "a b", "a/b", "ä", "a%20", "a\n", &"a".repeat(129)] {
+            assert!(!valid_channel(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reset_frame_carries_its_resume_point() {
+        let frame = reset_frame(40, "pruned");
+        assert_eq!(&frame[..], b"id: 40\nevent: reset\ndata: {\"from\":40,\"reason\":\"pruned\"}\n\n");
+    }
+}
