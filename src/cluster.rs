@@ -27,7 +27,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(data_dir: impl Into<PathBuf>, port: u16) -> Result<Self, ClusterError> {
         let data_dir = std::path::absolute(data_dir.into())?;
-        let run_as = if id(&[])? == 0 {
+        let run_as = if id(&["-u"])? == 0 {
             Some((id(&["-u", "postgres"])?, id(&["-g", "postgres"])?))
         } else {
             None

@@ -1,0 +1,342 @@
+//! Test support: a throwaway PostgreSQL per test binary (or `PGSSE_TEST_DATABASE_URL`), a fresh database
+//! per test, a gateway on port 0, and a real HTTP client that parses SSE.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pgsse::cluster::Cluster;
+use pgsse::config::Config;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+static SHARED: OnceLock<String> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A cluster in a fresh temp dir on a free port. A detached watchdog stops it and removes the dir when
+/// this test process exits, however it exits.
+pub fn private_cluster() -> Cluster {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pgsse-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let cluster = Cluster::new(&dir, port).expect("PostgreSQL binaries (see README: Tests)");
+    cluster.init(true).expect("initdb");
+    cluster.start().expect("pg_ctl start");
+    watchdog(&dir);
+    cluster
+}
+
+fn watchdog(dir: &std::path::Path) {
+    let script = r#"tail --pid="$1" -f /dev/null 2>/dev/null
+pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ]; then kill -QUIT "$pid" 2>/dev/null; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; fi
+rm -rf "$2""#;
+    let _ = std::process::Command::new("setsid")
+        .args(["sh", "-c", script, "watchdog", &std::process::id().to_string()])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// URL of a server to create test databases on (its `postgres` database).
+fn admin_url() -> &'static str {
+    SHARED.get_or_init(|| match std::env::var("PGSSE_TEST_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let cluster = private_cluster();
+            let url = cluster.url("postgres");
+            std::mem::forget(cluster);
+            url
+        }
+    })
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// A new, migrated database; returns its URL.
+pub async fn fresh_db() -> String {
+    let admin = admin_url().to_string();
+    fresh_db_on(&admin).await
+}
+
+pub async fn fresh_db_on(admin: &str) -> String {
+    let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let client = connect(admin).await;
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let url = match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("admin url without database: {admin}"),
+    };
+    pgsse::migrate::migrate(&url).await.expect("migrate");
+    url
+}
+
+/// Creates `messages` (id, body, created_at) and publishes it with the given extra arguments.
+pub async fn messages_table(db: &Client, publish_args: &str) {
+    db.batch_execute(&format!(
+        "CREATE TABLE messages (id bigserial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+         SELECT pgsse.publish_table('messages'{publish_args});"
+    ))
+    .await
+    .unwrap();
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(database_url: &str) -> Self {
+        Self::start_with(Config::new(database_url).unwrap()).await
+    }
+
+    /// Starts and waits until `/healthz` says the listener is connected.
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            pgsse::server::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let gw = Self { addr, stop: Some(stop), task: Some(task) };
+        gw.wait_healthy().await;
+        gw
+    }
+
+    pub async fn wait_healthy(&self) {
+        let addr = self.addr;
+        wait_for("gateway healthy", || async move {
+            get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200)
+        })
+        .await;
+    }
+
+    /// Triggers shutdown and returns how long `server::run` took to return.
+    pub async fn shutdown(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(TIMEOUT, self.task.take().unwrap()).await.expect("run returned").unwrap();
+        started.elapsed()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn send(
+    addr: SocketAddr,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender.send_request(req).await?)
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> hyper::Request<Full<Bytes>> {
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::new(body)).unwrap()
+}
+
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    call(addr, "GET", path, headers, Bytes::new()).await
+}
+
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    let resp = tokio::time::timeout(TIMEOUT, send(addr, request(method, path, headers, body))).await??;
+    let status = resp.status().as_u16();
+    let headers = header_map(resp.headers());
+    let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect()).await??.to_bytes();
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn header_map(h: &hyper::HeaderMap) -> HashMap<String, String> {
+    h.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl Event {
+    pub fn id(&self) -> i64 {
+        self.id.as_deref().expect("event has an id").parse().expect("numeric id")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("data not JSON ({e}): {}", self.data))
+    }
+}
+
+/// An open SSE response, parsed as a browser's EventSource does.
+pub struct SseStream {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    body: Incoming,
+    buf: Vec<u8>,
+    pub raw: Vec<u8>,
+    pub comments: usize,
+    pub ended: bool,
+}
+
+impl SseStream {
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
+        let req = request("GET", path, headers, Bytes::new());
+        let resp = tokio::time::timeout(TIMEOUT, send(addr, req)).await.expect("stream headers in time").expect("stream request");
+        let status = resp.status().as_u16();
+        let headers = header_map(resp.headers());
+        Self { status, headers, body: resp.into_body(), buf: Vec::new(), raw: Vec::new(), comments: 0, ended: false }
+    }
+
+    /// Opens and asserts a 200 event stream.
+    pub async fn ok(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
+        let s = Self::open(addr, path, headers).await;
+        assert_eq!(s.status, 200, "stream {path} refused");
+        s
+    }
+
+    /// The next dispatched event, or `None` if the stream ended. Heartbeats do not extend the deadline.
+    pub async fn next(&mut self) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(event) = self.parse_one() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await.expect("no SSE event in time") {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.raw.extend_from_slice(&data);
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) | None => self.ended = true,
+            }
+        }
+    }
+
+    pub async fn expect(&mut self) -> Event {
+        self.next().await.expect("stream ended early")
+    }
+
+    pub async fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.expect().await);
+        }
+        out
+    }
+
+    fn parse_one(&mut self) -> Option<Event> {
+        loop {
+            let end = self.buf.windows(2).position(|w| w == b"\n\n")?;
+            let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let text = String::from_utf8(block).expect("stream is UTF-8");
+            let mut event = Event { id: None, event: "message".into(), data: String::new() };
+            let mut has_data = false;
+            for line in text.split('\n').filter(|l| !l.is_empty()) {
+                if line.starts_with(':') {
+                    self.comments += 1;
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => event.id = Some(value.to_string()),
+                    "event" => event.event = value.to_string(),
+                    "data" => {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(value);
+                        has_data = true;
+                    }
+                    _ => {}
+                }
+            }
+            if has_data {
+                return Some(event);
+            }
+        }
+    }
+}
+
+/// Re-checks `cond` every 20 ms until it holds; fails the test after [`TIMEOUT`].
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        if cond().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+    }
+}

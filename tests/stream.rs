@@ -1,0 +1,363 @@
+//! End-to-end: real PostgreSQL, real HTTP, the gateway as `server::run` serves it.
+
+mod common;
+
+use common::{connect, fresh_db, messages_table, Gateway, SseStream};
+use pgsse::config::Config;
+use serde_json::json;
+
+#[tokio::test]
+async fn insert_from_another_connection_arrives_with_stream_headers() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    assert_eq!(stream.headers["content-type"], "text/event-stream");
+    assert_eq!(stream.headers["cache-control"], "no-cache, no-transform");
+    assert_eq!(stream.headers["x-accel-buffering"], "no");
+
+    db.execute("INSERT INTO messages (body) VALUES ('hello from psql')", &[]).await.unwrap();
+    let ev = stream.expect().await;
+    assert_eq!(ev.event, "insert");
+    assert_eq!(ev.json()["body"], "hello from psql");
+    assert_eq!(ev.json()["id"], 1);
+    assert!(stream.raw.starts_with(b"retry: 3000\n: pgsse\n\n"), "prelude first");
+    assert!(ev.id() > 0);
+}
+
+#[tokio::test]
+async fn one_stream_carries_several_channels_in_id_order() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    db.batch_execute("SELECT pgsse.create_channel('alerts'); SELECT pgsse.create_channel('other');").await.unwrap();
+    let gw = Gateway::start(&url).await;
+
+    let mut both = SseStream::ok(gw.addr, "/events?channel=messages&channel=alerts", &[]).await;
+    let mut alerts = SseStream::ok(gw.addr, "/alerts/events", &[]).await;
+    db.batch_execute(
+        "INSERT INTO messages (body) VALUES ('m1');
+         SELECT pgsse.publish('other', 'message', '{\"skip\": true}');
+         SELECT pgsse.publish('alerts', 'message', '{\"level\": \"high\"}');
+         INSERT INTO messages (body) VALUES ('m2');",
+    )
+    .await
+    .unwrap();
+    let got = both.take(3).await;
+    let names: Vec<String> = got.iter().map(|e| e.event.clone()).collect();
+    assert_eq!(names, ["insert", "message", "insert"]);
+    assert_eq!(got[1].json(), json!({"level": "high"}));
+    assert!(got.windows(2).all(|w| w[0].id() < w[1].id()), "ids strictly increase");
+    let a = alerts.expect().await;
+    assert_eq!((a.id(), a.json()), (got[1].id(), json!({"level": "high"})));
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_what_was_missed_then_goes_live() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+
+    let mut first = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    for i in 1..=3 {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+    }
+    let seen = first.take(3).await;
+    drop(first);
+    for i in 4..=2600 {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+    }
+    let last = seen[1].id().to_string();
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &last)]).await;
+    let replayed = resumed.take(2598).await;
+    let bodies: Vec<String> = replayed.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = (3..=2600).map(|i| format!("b{i}")).collect();
+    assert_eq!(bodies[..], expected[..], "every event after the resume point, once, in order");
+    db.execute("INSERT INTO messages (body) VALUES ('live')", &[]).await.unwrap();
+    assert_eq!(resumed.expect().await.json()["body"], "live");
+
+    // The query parameter is the page's first-connect form; the header wins when both are present.
+    let mut by_query = SseStream::ok(gw.addr, &format!("/messages/events?last_event_id={}", replayed[2596].id()), &[]).await;
+    assert_eq!(by_query.expect().await.json()["body"], "b2600");
+    let both = format!("/messages/events?last_event_id=0");
+    let mut header_wins = SseStream::ok(gw.addr, &both, &[("last-event-id", &replayed[2597].id().to_string())]).await;
+    assert_eq!(header_wins.expect().await.json()["body"], "live");
+}
+
+#[tokio::test]
+async fn transactions_committing_out_of_insert_order_lose_nothing_on_resume() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut slow_tx = connect(&url).await;
+
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let tx = slow_tx.transaction().await.unwrap();
+    tx.execute("INSERT INTO messages (body) VALUES ('inserted first, commits last')", &[]).await.unwrap();
+    db.execute("INSERT INTO messages (body) VALUES ('inserted second, commits first')", &[]).await.unwrap();
+    let early = stream.expect().await;
+    assert_eq!(early.json()["body"], "inserted second, commits first");
+    drop(stream);
+
+    tx.commit().await.unwrap();
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &early.id().to_string())]).await;
+    let late = resumed.expect().await;
+    assert_eq!(late.json()["body"], "inserted first, commits last");
+    assert!(late.id() > early.id(), "ids follow commit order, not insert order");
+}
+
+#[tokio::test]
+async fn a_long_transaction_does_not_hold_back_others() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut long = connect(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+
+    let tx = long.transaction().await.unwrap();
+    tx.execute("INSERT INTO messages (body) VALUES ('long')", &[]).await.unwrap();
+    for i in 0..5 {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("short{i}")]).await.unwrap();
+    }
+    let got = stream.take(5).await;
+    assert!(got.iter().all(|e| e.json()["body"].as_str().unwrap().starts_with("short")));
+    tx.commit().await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "long");
+}
+
+#[tokio::test]
+async fn a_one_megabyte_row_arrives_intact() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+
+    let big: String = (0..1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    db.execute("INSERT INTO messages (body) VALUES ($1)", &[&big]).await.unwrap();
+    db.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
+    let ev = stream.expect().await;
+    assert_eq!(ev.json()["body"].as_str().unwrap(), big);
+    assert_eq!(stream.expect().await.json()["body"], "after");
+}
+
+#[tokio::test]
+async fn payload_text_cannot_forge_sse_fields() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    db.batch_execute("SELECT pgsse.create_channel('raw')").await.unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/events?channel=messages&channel=raw", &[]).await;
+
+    let evil = "x\n\nevent: evil\nid: 999999\ndata: y\r\rdata: z";
+    db.execute("INSERT INTO messages (body) VALUES ($1)", &[&evil]).await.unwrap();
+    // A JSON string payload whose text holds raw line breaks would be the dangerous case; jsonb escapes
+    // them, and the encoder splits any that reach it. Both paths must yield one intact event.
+    db.execute("SELECT pgsse.publish('raw', 'message', to_jsonb($1::text))", &[&evil]).await.unwrap();
+    let a = stream.expect().await;
+    assert_eq!((a.event.as_str(), a.json()["body"].as_str().unwrap()), ("insert", evil));
+    let b = stream.expect().await;
+    assert_eq!((b.event.as_str(), b.json().as_str().unwrap()), ("message", evil));
+    assert!(b.id() < 999999);
+
+    let bad_event = db.execute("SELECT pgsse.publish('raw', E'message\\nevent: evil', '{}')", &[]).await;
+    assert!(bad_event.is_err(), "event names with line breaks are refused at the source");
+}
+
+#[tokio::test]
+async fn update_and_delete_capture_with_custom_names_and_channel() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+         SELECT pgsse.publish_table('orders', channel => 'shop.orders', operations => ARRAY['insert','update','delete'],
+                                    insert_event => 'created', update_event => 'changed', delete_event => 'removed');",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/shop.orders/events", &[]).await;
+    db.batch_execute(
+        "INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid'; DELETE FROM orders;",
+    )
+    .await
+    .unwrap();
+    let got = stream.take(3).await;
+    let seen: Vec<(String, String)> =
+        got.iter().map(|e| (e.event.clone(), e.json()["status"].as_str().unwrap().to_string())).collect();
+    assert_eq!(seen, [("created".into(), "new".into()), ("changed".into(), "paid".into()), ("removed".into(), "paid".into())]);
+
+    db.batch_execute("SELECT pgsse.unpublish_table('orders'); INSERT INTO orders VALUES (2, 'quiet');").await.unwrap();
+    let unknown = common::get(gw.addr, "/unknown.channel/events", &[]).await.unwrap();
+    assert_eq!(unknown.status, 400);
+    let count: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    assert_eq!(count, 3, "unpublished table no longer captured");
+}
+
+#[tokio::test]
+async fn pruned_or_unknown_resume_ids_get_a_reset_event() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    for i in 1..=5 {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+    }
+    let ids: Vec<i64> = db.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    db.execute("DELETE FROM pgsse.events WHERE id <= $1", &[&ids[2]]).await.unwrap();
+    db.execute("UPDATE pgsse.meta SET pruned_through = $1", &[&ids[2]]).await.unwrap();
+
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &ids[0].to_string())]).await;
+    let reset = stream.expect().await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.json(), json!({"from": ids[2], "reason": "pruned"}));
+    assert_eq!(reset.id(), ids[2]);
+    let rest = stream.take(2).await;
+    assert_eq!((rest[0].json()["body"].clone(), rest[1].json()["body"].clone()), (json!("b4"), json!("b5")));
+
+    let mut ahead = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "999999")]).await;
+    let reset = ahead.expect().await;
+    assert_eq!(reset.json(), json!({"from": ids[4], "reason": "unknown_id"}));
+    db.execute("INSERT INTO messages (body) VALUES ('next')", &[]).await.unwrap();
+    assert_eq!(ahead.expect().await.json()["body"], "next");
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let cases: &[(&str, &str, &[(&str, &str)], u16, &str)] = &[
+        ("GET", "/nope", &[], 404, "not found"),
+        ("GET", "/a/b/c", &[], 404, "not found"),
+        ("GET", "/missing/events", &[], 400, "unknown channel"),
+        ("GET", "/bad%20name/events", &[], 400, "invalid channel"),
+        ("GET", "/events", &[], 400, "no channel"),
+        ("GET", "/events?channel=messages&channel=..", &[], 400, "invalid channel"),
+        ("GET", "/messages/events", &[("last-event-id", "abc")], 400, "invalid resume id"),
+        ("GET", "/messages/events", &[("last-event-id", "-5")], 400, "invalid resume id"),
+        ("GET", "/messages/events?last_event_id=1e9", &[], 400, "invalid resume id"),
+        ("GET", "/messages/events?last_event_id=99999999999999999999999", &[], 400, "invalid resume id"),
+        ("GET", "/messages/events?bogus=1", &[], 400, "unknown query parameter"),
+        ("DELETE", "/messages/events", &[], 405, "not allowed"),
+        ("POST", "/healthz", &[], 405, "not allowed"),
+    ];
+    for (method, path, headers, status, text) in cases {
+        let resp = common::call(gw.addr, method, path, headers, bytes::Bytes::new()).await.unwrap();
+        assert_eq!(resp.status, *status, "{method} {path}: {}", resp.body);
+        assert_eq!(resp.headers["content-type"], "application/json", "{method} {path}");
+        let msg = resp.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(text), "{method} {path}: {msg:?} should mention {text:?}");
+    }
+    let too_many: String = (0..40).map(|i| format!("channel=c{i}&")).collect();
+    let resp = common::get(gw.addr, &format!("/events?{too_many}"), &[]).await.unwrap();
+    assert_eq!(resp.status, 400);
+    assert!(resp.json()["error"].as_str().unwrap().contains("too many channels"));
+}
+
+#[tokio::test]
+async fn healthz_reports_listener_and_pool() {
+    let url = fresh_db().await;
+    let gw = Gateway::start(&url).await;
+    let ok = common::get(gw.addr, "/healthz", &[]).await.unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["status"], "ok");
+
+    let mut config = Config::new("postgres://postgres@127.0.0.1:1/none").unwrap();
+    config.pool_size = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(pgsse::server::run(listener, config, async {
+        let _ = rx.await;
+    }));
+    let down = common::get(addr, "/healthz", &[]).await.unwrap();
+    assert_eq!(down.status, 503);
+    let reason = down.json()["error"].as_str().unwrap().to_string();
+    assert!(reason.contains("listener") && reason.contains("pool"), "{reason}");
+    let refused = common::get(addr, "/messages/events", &[]).await.unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(!refused.body.contains("127.0.0.1"), "no internals leak: {}", refused.body);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let mut config = Config::new(&url).unwrap();
+    config.queue_capacity = 8;
+    let gw = Gateway::start_with(config).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut reader = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    // Registration of the raw client is confirmed by it receiving the first event below.
+    db.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
+    assert_eq!(reader.expect().await.json()["body"], "warmup");
+
+    let chunk = "x".repeat(64 * 1024);
+    let total = 300;
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let db = connect(&url).await;
+            for i in 0..total {
+                db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("{i}:{chunk}")]).await.unwrap();
+            }
+        })
+    };
+    for i in 0..total {
+        let ev = reader.expect().await;
+        assert!(ev.json()["body"].as_str().unwrap().starts_with(&format!("{i}:")), "reader got every event in order");
+    }
+    writer.await.unwrap();
+
+    // Now drain the stalled client: it got a bounded prefix, then the server ended its stream.
+    let mut raw = Vec::new();
+    let read_all = async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = stalled.read(&mut buf).await.unwrap();
+            raw.extend_from_slice(&buf[..n]);
+            if n == 0 || raw.ends_with(b"\r\n0\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(common::TIMEOUT, read_all).await.expect("stalled stream was ended");
+    let delivered = raw.windows(7).filter(|w| w == b"event: ").count();
+    assert!(delivered < total + 1, "cut off before receiving everything ({delivered} events)");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_streams_and_returns_promptly() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let addr = gw.addr;
+    let mut a = SseStream::ok(addr, "/messages/events", &[]).await;
+    let mut b = SseStream::ok(addr, "/messages/events", &[("last-event-id", "0")]).await;
+    db.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
+    a.expect().await;
+    b.expect().await;
+
+    let took = gw.shutdown().await;
+    assert!(took < std::time::Duration::from_secs(3), "run returned after {took:?}");
+    assert!(a.next().await.is_none(), "stream a ended");
+    assert!(b.next().await.is_none(), "stream b ended");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
