@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("no PostgreSQL server binaries found (install postgresql, or set PGSSE_PG_BIN to the directory holding initdb)")]
+    #[error(
+        "no PostgreSQL server binaries found (install postgresql, or set PGSSE_PG_BIN to the directory holding initdb)"
+    )]
     NoBinaries,
     #[error("running as root, but there is no `postgres` user to run the cluster as")]
     NoPostgresUser,
@@ -27,11 +29,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(data_dir: impl Into<PathBuf>, port: u16) -> Result<Self, ClusterError> {
         let data_dir = std::path::absolute(data_dir.into())?;
-        let run_as = if id(&["-u"])? == 0 {
-            Some((id(&["-u", "postgres"])?, id(&["-g", "postgres"])?))
-        } else {
-            None
-        };
+        let run_as = if id(&["-u"])? == 0 { Some((id(&["-u", "postgres"])?, id(&["-g", "postgres"])?)) } else { None };
         Ok(Self { data_dir, port, bin: find_bin_dir().ok_or(ClusterError::NoBinaries)?, run_as })
     }
 
@@ -143,7 +141,6 @@ pub fn find_bin_dir() -> Option<PathBuf> {
     if let Some((_, bin)) = versions.pop() {
         return Some(bin);
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).find(|dir| Path::new(dir).join("initdb").exists())
-    })
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| Path::new(dir).join("initdb").exists()))
 }

@@ -154,9 +154,7 @@ impl Config {
     }
 
     pub fn with_database_url(args: &ServeArgs, database_url: String) -> Result<Self, ConfigError> {
-        database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        database_url.parse::<tokio_postgres::Config>().map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
         Ok(Self {
             database_url,
             heartbeat: args.heartbeat,

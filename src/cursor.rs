@@ -24,7 +24,8 @@ pub fn parse(text: &str) -> Result<i64, CursorError> {
 pub fn resolve(header: Option<&[u8]>, query: Option<&str>) -> Result<Option<i64>, CursorError> {
     match header {
         Some(raw) if !raw.is_empty() => {
-            let text = std::str::from_utf8(raw).map_err(|_| CursorError::Invalid(String::from_utf8_lossy(raw).into()))?;
+            let text =
+                std::str::from_utf8(raw).map_err(|_| CursorError::Invalid(String::from_utf8_lossy(raw).into()))?;
             parse(text).map(Some)
         }
         _ => query.map(parse).transpose(),
@@ -44,7 +45,9 @@ mod tests {
 
     #[test]
     fn rejects_everything_else() {
-        for bad in ["", "-1", "+1", "1.5", "abc", "1e3", "0x10", "9223372036854775808", "99999999999999999999", "1 2", "١"] {
+        for bad in
+            ["", "-1", "+1", "1.5", "abc", "1e3", "0x10", "9223372036854775808", "99999999999999999999", "1 2", "١"]
+        {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }

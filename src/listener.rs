@@ -150,7 +150,10 @@ impl Listener {
             .await?;
         if self.last_id.is_none() {
             let head: i64 = client
-                .query_one("SELECT greatest(coalesce(max(id), 0), (SELECT pruned_through FROM pgsse.meta)) FROM pgsse.events", &[])
+                .query_one(
+                    "SELECT greatest(coalesce(max(id), 0), (SELECT pruned_through FROM pgsse.meta)) FROM pgsse.events",
+                    &[],
+                )
                 .await?
                 .try_get(0)?;
             self.hub.start_at(head);
@@ -214,9 +217,7 @@ impl Drop for AbortOnDrop {
 
 /// Spreads reconnects of many gateways over [d/2, d) so a database restart is not met by a stampede.
 fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
     let fraction = f64::from(nanos % 1000) / 1000.0;
     d / 2 + d.mul_f64(fraction / 2.0)
 }

@@ -76,7 +76,10 @@ pub fn prelude(retry: Duration) -> Bytes {
 pub enum Feed {
     Chunk(Bytes),
     /// Switch to live frames, dropping any with an id at or below `skip_through` (already replayed).
-    Live { sub: Subscription, skip_through: i64 },
+    Live {
+        sub: Subscription,
+        skip_through: i64,
+    },
 }
 
 enum Source {
@@ -258,10 +261,7 @@ mod tests {
 
     #[test]
     fn splits_every_line_break_style() {
-        assert_eq!(
-            enc(1, "m", "a\nb\r\nc\rd"),
-            "id: 1\nevent: m\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
-        );
+        assert_eq!(enc(1, "m", "a\nb\r\nc\rd"), "id: 1\nevent: m\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
     }
 
     #[test]
@@ -274,10 +274,7 @@ mod tests {
     #[test]
     fn payload_cannot_forge_fields() {
         let out = enc(3, "m", "x\n\nevent: evil\nid: 99\ndata: y");
-        assert_eq!(
-            out,
-            "id: 3\nevent: m\ndata: x\ndata: \ndata: event: evil\ndata: id: 99\ndata: data: y\n\n"
-        );
+        assert_eq!(out, "id: 3\nevent: m\ndata: x\ndata: \ndata: event: evil\ndata: id: 99\ndata: data: y\n\n");
         assert_eq!(out.matches("\n\n").count(), 1, "exactly one event terminator");
     }
 
@@ -328,8 +325,7 @@ mod tests {
         let (hub, sub) = hub_with("c");
         let (tx, rx) = mpsc::channel(4);
         let token = CancellationToken::new();
-        let mut body =
-            SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15), token.clone().cancelled_owned());
+        let mut body = SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15), token.clone().cancelled_owned());
         next_chunk(&mut body).await;
         tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
         tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
@@ -343,15 +339,15 @@ mod tests {
     async fn ends_on_shutdown_and_when_cut_off() {
         let (hub, sub) = hub_with("c");
         let token = CancellationToken::new();
-        let mut body =
-            SseBody::live(Bytes::new(), sub, Duration::from_secs(15), token.clone().cancelled_owned());
+        let mut body = SseBody::live(Bytes::new(), sub, Duration::from_secs(15), token.clone().cancelled_owned());
         next_chunk(&mut body).await;
         token.cancel();
         assert!(next_chunk(&mut body).await.is_none());
         assert!(body.is_end_stream());
 
         let (sub, _) = hub.subscribe(&["c".to_string()]).unwrap();
-        let mut body = SseBody::live(Bytes::new(), sub, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
+        let mut body =
+            SseBody::live(Bytes::new(), sub, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
         next_chunk(&mut body).await;
         hub.close();
         assert!(next_chunk(&mut body).await.is_none());

@@ -73,8 +73,7 @@ impl Store {
         pg.application_name("pgsse");
         pg.connect_timeout(POOL_TIMEOUT);
         pg.keepalives(true);
-        let manager =
-            Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -103,8 +102,7 @@ impl Store {
         }
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached("SELECT name FROM pgsse.channels WHERE name = ANY($1)").await?;
-        let found: HashSet<String> =
-            client.query(&stmt, &[&missing]).await?.iter().map(|r| r.get(0)).collect();
+        let found: HashSet<String> = client.query(&stmt, &[&missing]).await?.iter().map(|r| r.get(0)).collect();
         let mut known = self.known_channels.lock().unwrap_or_else(|p| p.into_inner());
         known.extend(found.iter().cloned());
         Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())

@@ -80,10 +80,11 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
     assert_eq!(resumed.expect().await.json()["body"], "live");
 
     // The query parameter is the page's first-connect form; the header wins when both are present.
-    let mut by_query = SseStream::ok(gw.addr, &format!("/messages/events?last_event_id={}", replayed[2596].id()), &[]).await;
+    let mut by_query =
+        SseStream::ok(gw.addr, &format!("/messages/events?last_event_id={}", replayed[2596].id()), &[]).await;
     assert_eq!(by_query.expect().await.json()["body"], "b2600");
-    let both = format!("/messages/events?last_event_id=0");
-    let mut header_wins = SseStream::ok(gw.addr, &both, &[("last-event-id", &replayed[2597].id().to_string())]).await;
+    let both = "/messages/events?last_event_id=0";
+    let mut header_wins = SseStream::ok(gw.addr, both, &[("last-event-id", &replayed[2597].id().to_string())]).await;
     assert_eq!(header_wins.expect().await.json()["body"], "live");
 }
 
@@ -183,15 +184,16 @@ async fn update_and_delete_capture_with_custom_names_and_channel() {
     .unwrap();
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/shop.orders/events", &[]).await;
-    db.batch_execute(
-        "INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid'; DELETE FROM orders;",
-    )
-    .await
-    .unwrap();
+    db.batch_execute("INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid'; DELETE FROM orders;")
+        .await
+        .unwrap();
     let got = stream.take(3).await;
     let seen: Vec<(String, String)> =
         got.iter().map(|e| (e.event.clone(), e.json()["status"].as_str().unwrap().to_string())).collect();
-    assert_eq!(seen, [("created".into(), "new".into()), ("changed".into(), "paid".into()), ("removed".into(), "paid".into())]);
+    assert_eq!(
+        seen,
+        [("created".into(), "new".into()), ("changed".into(), "paid".into()), ("removed".into(), "paid".into())]
+    );
 
     db.batch_execute("SELECT pgsse.unpublish_table('orders'); INSERT INTO orders VALUES (2, 'quiet');").await.unwrap();
     let unknown = common::get(gw.addr, "/unknown.channel/events", &[]).await.unwrap();
@@ -209,7 +211,8 @@ async fn pruned_or_unknown_resume_ids_get_a_reset_event() {
     for i in 1..=5 {
         db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
-    let ids: Vec<i64> = db.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i64> =
+        db.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     db.execute("DELETE FROM pgsse.events WHERE id <= $1", &[&ids[2]]).await.unwrap();
     db.execute("UPDATE pgsse.meta SET pruned_through = $1", &[&ids[2]]).await.unwrap();
 
@@ -234,7 +237,8 @@ async fn bad_requests_get_json_errors() {
     let db = connect(&url).await;
     messages_table(&db, "").await;
     let gw = Gateway::start(&url).await;
-    let cases: &[(&str, &str, &[(&str, &str)], u16, &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case] = &[
         ("GET", "/nope", &[], 404, "not found"),
         ("GET", "/a/b/c", &[], 404, "not found"),
         ("GET", "/missing/events", &[], 400, "unknown channel"),

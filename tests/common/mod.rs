@@ -133,10 +133,8 @@ impl Gateway {
 
     pub async fn wait_healthy(&self) {
         let addr = self.addr;
-        wait_for("gateway healthy", || async move {
-            get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200)
-        })
-        .await;
+        wait_for("gateway healthy", || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) })
+            .await;
     }
 
     /// Triggers shutdown and returns how long `server::run` took to return.
@@ -243,7 +241,10 @@ pub struct SseStream {
 impl SseStream {
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
         let req = request("GET", path, headers, Bytes::new());
-        let resp = tokio::time::timeout(TIMEOUT, send(addr, req)).await.expect("stream headers in time").expect("stream request");
+        let resp = tokio::time::timeout(TIMEOUT, send(addr, req))
+            .await
+            .expect("stream headers in time")
+            .expect("stream request");
         let status = resp.status().as_u16();
         let headers = header_map(resp.headers());
         Self { status, headers, body: resp.into_body(), buf: Vec::new(), raw: Vec::new(), comments: 0, ended: false }
