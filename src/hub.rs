@@ -141,6 +141,14 @@ impl Hub {
         }
     }
 
+    /// Moves the position back to `head` (the log lost events already broadcast) and ends every stream,
+    /// so each client resumes and is told where its history now continues.
+    pub fn rewind(&self, head: i64) {
+        let mut inner = self.lock();
+        inner.last_id = Some(head);
+        inner.channels.clear();
+    }
+
     /// Ends every live subscription and refuses new ones.
     pub fn close(&self) {
         let mut inner = self.lock();
@@ -210,6 +218,17 @@ mod tests {
         assert_eq!(slow.rx.try_recv().unwrap().id, 2);
         assert!(matches!(slow.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
         assert_eq!(hub.subscriber_counts(), vec![("a".to_string(), 1)]);
+    }
+
+    #[test]
+    fn rewind_moves_the_position_back_and_ends_streams() {
+        let hub = Arc::new(Hub::new(2));
+        hub.start_at(50);
+        let (mut sub, _) = hub.subscribe(&["a".into()]).unwrap();
+        hub.rewind(20);
+        assert!(matches!(sub.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        let (_, last) = hub.subscribe(&["a".into()]).unwrap();
+        assert_eq!(last, 20);
     }
 
     #[test]

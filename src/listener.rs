@@ -1,7 +1,7 @@
 //! The one dedicated LISTEN connection: LISTEN, catch up from the log, then read each burst of
 //! notifications as one log query and hand the encoded frames to the hub. Reconnects with jittered backoff.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,17 +10,25 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::hub::Hub;
 use crate::store::EventRow;
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
+/// The highest committed id (ids at or below the retention watermark count as committed), and the highest
+/// id the sequence has handed out, committed or not.
+const HEAD_SQL: &str = "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events), 0), m.pruned_through), \
+     CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.meta m, pgsse.event_id_seq s";
 const FETCH_BATCH: i64 = 2000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Bound on any one query of this connection: a half-open socket must not stall the listener forever.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -30,6 +38,8 @@ pub enum ListenerError {
     Closed,
     #[error("liveness probe got no answer within {0:?}")]
     ProbeTimeout(Duration),
+    #[error("query got no answer within {0:?}")]
+    QueryTimeout(Duration),
     #[error("invalid database url: {0}")]
     Config(String),
 }
@@ -93,6 +103,8 @@ impl Listener {
         pg.connect_timeout(CONNECT_TIMEOUT);
         pg.keepalives(true);
         pg.keepalives_idle(KEEPALIVE_IDLE);
+        pg.keepalives_interval(KEEPALIVE_INTERVAL);
+        pg.keepalives_retries(KEEPALIVE_RETRIES);
         Ok(Self { pg, hub, status, probe_interval, last_id: None })
     }
 
@@ -144,20 +156,28 @@ impl Listener {
         let _abort_driver = AbortOnDrop(driver);
 
         // LISTEN before reading the log, so nothing committed in between goes unnoticed.
-        client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await?;
-        let fetch = client
-            .prepare(&format!("SELECT {} FROM pgsse.events WHERE id > $1 ORDER BY id LIMIT $2", EventRow::COLUMNS))
-            .await?;
-        if self.last_id.is_none() {
-            let head: i64 = client
-                .query_one(
-                    "SELECT greatest(coalesce(max(id), 0), (SELECT pruned_through FROM pgsse.meta)) FROM pgsse.events",
-                    &[],
-                )
-                .await?
-                .try_get(0)?;
-            self.hub.start_at(head);
-            self.last_id = Some(head);
+        bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
+        let fetch = bounded(
+            client
+                .prepare(&format!("SELECT {} FROM pgsse.events WHERE id > $1 ORDER BY id LIMIT $2", EventRow::COLUMNS)),
+        )
+        .await?;
+        let head = bounded(client.query_one(HEAD_SQL, &[])).await?;
+        let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
+        match self.last_id {
+            None => {
+                self.hub.start_at(committed);
+                self.last_id = Some(committed);
+            }
+            // Ids already broadcast are being handed out again: the database was restored from a backup or
+            // lost commits in a crash (synchronous_commit = off). Following the old position would silently
+            // skip every new event up to it, so start over from the log as it is now.
+            Some(last) if issued < last => {
+                error!(broadcast_through = last, log_head = committed, "event log went backwards; restarting streams");
+                self.hub.rewind(committed);
+                self.last_id = Some(committed);
+            }
+            Some(_) => {}
         }
         self.catch_up(&client, &fetch).await?;
         self.status.set_up();
@@ -187,7 +207,7 @@ impl Listener {
     async fn catch_up(&mut self, client: &Client, fetch: &Statement) -> Result<(), ListenerError> {
         let Some(mut last) = self.last_id else { return Ok(()) };
         loop {
-            let rows = client.query(fetch, &[&last, &FETCH_BATCH]).await?;
+            let rows = bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
             let n = rows.len() as i64;
             let mut frames = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -205,6 +225,10 @@ impl Listener {
             }
         }
     }
+}
+
+async fn bounded<T>(query: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, ListenerError> {
+    Ok(timeout(QUERY_TIMEOUT, query).await.map_err(|_| ListenerError::QueryTimeout(QUERY_TIMEOUT))??)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -112,7 +112,7 @@ impl Store {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT m.pruned_through, CASE WHEN s.is_called THEN s.last_value ELSE 0 END \
+                "SELECT m.pruned_through, CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END \
                  FROM pgsse.meta m, pgsse.event_id_seq s",
             )
             .await?;

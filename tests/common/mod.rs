@@ -279,6 +279,23 @@ impl SseStream {
         }
     }
 
+    /// Like `next`, without a deadline: a follower stays as long as the server keeps the stream open.
+    async fn next_or_end(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.parse_one() {
+                return Some(event);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
     pub async fn expect(&mut self) -> Event {
         self.next().await.expect("stream ended early")
     }
@@ -339,5 +356,75 @@ where
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+    }
+}
+
+/// A client that behaves like a browser's EventSource: it keeps one stream open and, whenever the stream
+/// ends or cannot be opened, reconnects with `Last-Event-ID` set to the last id it received.
+pub struct Follower {
+    events: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+    reconnects: std::sync::Arc<AtomicU32>,
+    task: JoinHandle<()>,
+}
+
+impl Follower {
+    pub fn start(addr: SocketAddr, path: &str) -> Self {
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+        let reconnects = std::sync::Arc::new(AtomicU32::new(0));
+        let path = path.to_string();
+        let task = {
+            let (events, reconnects) = (events.clone(), reconnects.clone());
+            tokio::spawn(async move {
+                let mut last: Option<String> = None;
+                // At most one reconnect per tick, like EventSource's retry delay.
+                let mut pace = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    pace.tick().await;
+                    let headers: Vec<(&str, &str)> = last.iter().map(|id| ("last-event-id", id.as_str())).collect();
+                    let req = request("GET", &path, &headers, Bytes::new());
+                    if let Ok(Ok(resp)) = tokio::time::timeout(TIMEOUT, send(addr, req)).await {
+                        if resp.status() == 200 {
+                            let mut stream = SseStream {
+                                status: 200,
+                                headers: HashMap::new(),
+                                body: resp.into_body(),
+                                buf: Vec::new(),
+                                raw: Vec::new(),
+                                comments: 0,
+                                ended: false,
+                            };
+                            while let Some(event) = stream.next_or_end().await {
+                                last = event.id.clone().or(last);
+                                events.lock().unwrap().push(event);
+                            }
+                        }
+                    }
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        Self { events, reconnects, task }
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    pub fn last_id(&self) -> Option<i64> {
+        self.events.lock().unwrap().last().map(Event::id)
+    }
+
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

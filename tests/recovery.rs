@@ -1,0 +1,177 @@
+//! Failures between the gateway and PostgreSQL: a database crash and restart under write load, a
+//! restarted gateway, a killed LISTEN connection, and a log that goes backwards (restore from backup).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{connect, fresh_db, fresh_db_on, messages_table, private_cluster, wait_for, Follower, Gateway, SseStream};
+use pgsse::config::Config;
+use serde_json::json;
+
+/// Every event in the log, as (id, body), in id order: what a client must have received.
+async fn log_of(url: &str) -> Vec<(i64, String)> {
+    let db = connect(url).await;
+    let rows = db.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+fn received(follower: &Follower) -> Vec<(i64, String)> {
+    follower.events().iter().map(|e| (e.id(), e.json()["body"].as_str().unwrap_or_default().to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_once() {
+    let cluster = private_cluster();
+    let url = fresh_db_on(&cluster.url("postgres")).await;
+    messages_table(&connect(&url).await, "").await;
+    let mut config = Config::new(&url).unwrap();
+    config.probe_interval = std::time::Duration::from_millis(500);
+    let gw = Gateway::start_with(config).await;
+    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+
+    // A writer that inserts without pause and reconnects whenever the database goes away.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (url, stop, committed) = (url.clone(), stop.clone(), committed.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((db, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                    pace.tick().await;
+                    continue;
+                };
+                tokio::spawn(conn);
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    if db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("w{n}")]).await.is_err() {
+                        break;
+                    }
+                    committed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    wait_for("events before the crash", || async { follower.count() >= 50 }).await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop("immediate").expect("immediate stop");
+        cluster
+    })
+    .await
+    .unwrap();
+    let before_restart = committed.load(Ordering::Relaxed);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start().expect("restart");
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for("writes after the restart", || async { committed.load(Ordering::Relaxed) >= before_restart + 200 }).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let log = log_of(&url).await;
+    let head = log.last().unwrap().0;
+    wait_for("follower caught up with the log", || async { follower.last_id() >= Some(head) }).await;
+    let got = received(&follower);
+    assert_eq!(got.len(), log.len(), "as many deliveries as committed events");
+    assert_eq!(got, log, "every committed event exactly once, in id order");
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_serves_what_was_written_while_it_was_down() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    db.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
+    let seen = stream.expect().await;
+    gw.shutdown().await;
+    assert!(stream.next().await.is_none(), "stream ended by shutdown");
+
+    for body in ["while down 1", "while down 2"] {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+    }
+    let gw = Gateway::start(&url).await;
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &seen.id().to_string())]).await;
+    let got = resumed.take(2).await;
+    assert_eq!(
+        (got[0].json()["body"].clone(), got[1].json()["body"].clone()),
+        (json!("while down 1"), json!("while down 2"))
+    );
+    db.execute("INSERT INTO messages (body) VALUES ('live again')", &[]).await.unwrap();
+    assert_eq!(resumed.expect().await.json()["body"], "live again");
+}
+
+#[tokio::test]
+async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+
+    let killed: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgsse-listener' \
+             AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "exactly one LISTEN connection");
+    // Written while the listener is (probably) down: only the catch-up after reconnecting can deliver it.
+    db.execute("INSERT INTO messages (body) VALUES ('during reconnect')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "during reconnect");
+    gw.wait_healthy().await;
+    db.execute("INSERT INTO messages (body) VALUES ('after reconnect')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "after reconnect");
+}
+
+#[tokio::test]
+async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut first = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    for i in 1..=5 {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("old{i}")]).await.unwrap();
+    }
+    let seen = first.take(5).await;
+    let last_seen = seen[4].id();
+    let follower = Follower::start(gw.addr, &format!("/messages/events?last_event_id={}", seen[3].id()));
+    wait_for("follower replayed the last event", || async { follower.last_id() == Some(last_seen) }).await;
+
+    // What a restore from an older backup looks like to the gateway: the newest events and ids are gone.
+    db.batch_execute(&format!(
+        "DELETE FROM pgsse.events WHERE id > {keep}; ALTER SEQUENCE pgsse.event_id_seq RESTART WITH {next};
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgsse-listener'
+         AND datname = current_database();",
+        keep = seen[1].id(),
+        next = seen[1].id() + 1
+    ))
+    .await
+    .unwrap();
+    assert!(first.next().await.is_none(), "live streams are ended so their clients resume");
+    gw.wait_healthy().await;
+
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &last_seen.to_string())]).await;
+    let reset = resumed.expect().await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.json(), json!({"from": seen[1].id(), "reason": "unknown_id"}));
+    db.execute("INSERT INTO messages (body) VALUES ('new history')", &[]).await.unwrap();
+    let next = resumed.expect().await;
+    assert_eq!((next.id(), next.json()["body"].clone()), (seen[1].id() + 1, json!("new history")));
+    wait_for("the reconnecting client gets the reset and the new event too", || async { follower.count() == 3 }).await;
+    let events: Vec<(String, i64)> = follower.events().iter().map(|e| (e.event.clone(), e.id())).collect();
+    assert_eq!(events[1..], [("reset".to_string(), seen[1].id()), ("insert".to_string(), seen[1].id() + 1)]);
+    assert!(follower.reconnects() >= 1);
+}
