@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// One encoded event as it travels to subscribers.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct Hub {
     queue_capacity: usize,
     next_id: AtomicU64,
     cut_slow: AtomicU64,
+    /// Becomes true once the listener has read the log head; streams opened before that wait for it.
+    started: watch::Sender<bool>,
 }
 
 /// A live registration. Dropping it unregisters; the receiver yields `None` once the hub drops the
@@ -69,6 +71,7 @@ impl Hub {
             queue_capacity: queue_capacity.max(1),
             next_id: AtomicU64::new(1),
             cut_slow: AtomicU64::new(0),
+            started: watch::Sender::new(false),
         }
     }
 
@@ -83,6 +86,19 @@ impl Hub {
         let mut inner = self.lock();
         if inner.last_id.is_none() {
             inner.last_id = Some(head);
+            self.started.send_replace(true);
+        }
+    }
+
+    /// Waits up to `limit` for the listener's first connection, so a stream opened right after start-up
+    /// is served rather than refused.
+    pub async fn wait_started(&self, limit: std::time::Duration) -> Result<(), HubError> {
+        let mut rx = self.started.subscribe();
+        let started = tokio::time::timeout(limit, rx.wait_for(|started| *started)).await.is_ok_and(|r| r.is_ok());
+        if started {
+            Ok(())
+        } else {
+            Err(HubError::NotStarted)
         }
     }
 

@@ -2,6 +2,7 @@
 //! switch to live frames at an exact seam (no gap, no duplicate).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -11,6 +12,9 @@ use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::{self, Feed, SseBody};
 use crate::store::{EventRow, StoreError, REPLAY_BATCH};
+
+/// How long a stream opened while the gateway is still starting waits for its first database connection.
+const START_WAIT: Duration = Duration::from_secs(5);
 
 /// Same rule as `pgsse.valid_channel` in SQL.
 pub fn valid_channel(name: &str) -> bool {
@@ -58,14 +62,12 @@ pub async fn open(state: &Arc<AppState>, channels: Vec<String>, resume: Option<i
     let prelude = sse::prelude(state.config.retry);
     let heartbeat = state.config.heartbeat;
     let shutdown = state.shutdown.clone().cancelled_owned();
+    // Refuse before answering 200 when the seam cannot be made yet, so the client retries instead.
+    state.hub.wait_started(START_WAIT).await?;
     let Some(after) = resume else {
         let (sub, _) = state.hub.subscribe(&channels)?;
         return Ok(SseBody::live(prelude, sub, heartbeat, shutdown));
     };
-    // Refuse before answering 200 when the seam cannot be made yet, so the client retries instead.
-    if state.hub.last_id().is_none() {
-        return Err(HubError::NotStarted.into());
-    }
     let bounds = state.store.bounds().await?;
     let (start, reset) = if after < bounds.pruned_through {
         (bounds.pruned_through, Some(reset_frame(bounds.pruned_through, "pruned")))

@@ -1,0 +1,127 @@
+//! The `pgsse` binary as an operator runs it: configuration errors, `migrate` (also concurrently and as
+//! plain `psql -f`), and `pgsse demo` end to end with the very lines it prints.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{connect, fresh_db, SseStream, TIMEOUT};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgsse");
+
+fn pgsse(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env_remove("DATABASE_URL").output().expect("run pgsse")
+}
+
+#[test]
+fn invalid_configuration_prints_one_line_and_exits_64() {
+    for args in [
+        &["--heartbeat", "soon"][..],
+        &["serve", "--listen", "nowhere"],
+        &["serve"],
+        &["migrate"],
+        &["--database-url", "postgres://x@h/db", "--queue-capacity", "0"],
+        &["--database-url", "not a url at all"],
+        &["--no-such-flag"],
+    ] {
+        let out = pgsse(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
+        assert!(stderr.starts_with("pgsse: "), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_names_every_option_with_its_environment_variable() {
+    let out = pgsse(&["serve", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--database-url", "DATABASE_URL", "--listen", "PGSSE_LISTEN", "127.0.0.1:4000", "PGSSE_HEARTBEAT"] {
+        assert!(help.contains(needle), "help mentions {needle}:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
+    let url = fresh_db().await;
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || Command::new(BIN).args(["migrate", "--database-url", &url]).output())
+        })
+        .collect();
+    for run in runs {
+        let out = run.await.unwrap().unwrap();
+        assert!(out.status.success(), "concurrent migrate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/001_pgsse.sql");
+    for _ in 0..2 {
+        let out = Command::new("psql").args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f", sql]).output().unwrap();
+        assert!(out.status.success(), "psql -f: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE t (id int); SELECT pgsse.publish_table('t'); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    let row = db.query_one("SELECT count(*), (SELECT schema_version FROM pgsse.meta) FROM pgsse.events", &[]).await;
+    let (events, version): (i64, i32) = row.map(|r| (r.get(0), r.get(1))).unwrap();
+    assert_eq!((events, version), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream() {
+    let dir = std::env::temp_dir().join(format!("pgsse-demo-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pg_port = common::free_port().to_string();
+    let start = || {
+        tokio::process::Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0", "--pg-port", &pg_port, "--data-dir"])
+            .arg(&dir)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn demo")
+    };
+
+    for run in 0..2 {
+        let mut demo = start();
+        let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+        let mut printed = Vec::new();
+        let read = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let done = line.trim_start().starts_with("psql ");
+                printed.push(line);
+                if done {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(TIMEOUT * 3, read).await.expect("demo printed its instructions");
+        let find =
+            |prefix: &str| printed.iter().find(|l| l.trim_start().starts_with(prefix)).unwrap().trim().to_string();
+        let curl = find("curl -N ");
+        let url = curl.rsplit(' ').next().unwrap();
+        let (addr, path) = url.strip_prefix("http://").unwrap().split_once('/').unwrap();
+        let mut stream = SseStream::ok(addr.parse().unwrap(), &format!("/{path}?last_event_id=0"), &[]).await;
+
+        let psql = find("psql ");
+        let out = Command::new("sh").args(["-c", &psql]).output().unwrap();
+        assert!(out.status.success(), "{psql}: {}", String::from_utf8_lossy(&out.stderr));
+        // The second run replays the first run's row too: the demo database survives restarts.
+        for seen in 0..=run {
+            let ev = stream.expect().await;
+            assert_eq!(ev.json()["body"], "hello from psql", "event {seen} of run {run}");
+        }
+
+        let pid = demo.id().unwrap().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = tokio::time::timeout(TIMEOUT, demo.wait()).await.expect("demo exits on SIGTERM").unwrap();
+        assert!(status.success(), "demo exit status {status}");
+        assert!(stream.next().await.is_none(), "stream ended by shutdown");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
