@@ -2,9 +2,10 @@
 -- Idempotent: safe to apply on every deploy, by several instances at once (`pgsse migrate`) or with `psql -f`.
 
 BEGIN;
+SET LOCAL client_min_messages = warning;
 
 -- Serializes concurrent migrations; CREATE ... IF NOT EXISTS alone races on the catalog.
-SELECT pg_advisory_xact_lock(7083711516);
+DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
 
 CREATE SCHEMA IF NOT EXISTS pgsse;
 
@@ -14,7 +15,8 @@ CREATE TABLE IF NOT EXISTS pgsse.meta (
     schema_version integer NOT NULL,
     pruned_through bigint  NOT NULL DEFAULT 0
 );
-INSERT INTO pgsse.meta (schema_version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;
+INSERT INTO pgsse.meta (schema_version) VALUES (2) ON CONFLICT (singleton) DO NOTHING;
+UPDATE pgsse.meta SET schema_version = 2 WHERE schema_version < 2;
 
 CREATE SEQUENCE IF NOT EXISTS pgsse.event_id_seq AS bigint;
 
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS pgsse.channels (
     allow_clear  boolean NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
+-- Schema 2: table channels may publish their rows with camelCase keys (created_at -> createdAt).
+ALTER TABLE pgsse.channels ADD COLUMN IF NOT EXISTS camel_case boolean NOT NULL DEFAULT false;
 
 -- Staging rows for pgsse.publish(): deferred to commit like table captures. Unlogged because a row
 -- never outlives its transaction (the commit-time trigger deletes it).
@@ -72,17 +76,42 @@ BEGIN
 END
 $$;
 
--- Trigger arguments: channel, insert event, update event, delete event.
+-- created_at -> createdAt; keys without an underscore are left alone.
+CREATE OR REPLACE FUNCTION pgsse.camel_case(k text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN position('_' IN k) = 0 THEN k
+           ELSE split_part(k, '_', 1) || (SELECT coalesce(string_agg(initcap(p), '' ORDER BY n), '')
+                                          FROM unnest((string_to_array(k, '_'))[2:]) WITH ORDINALITY AS t(p, n))
+           END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.camel_keys(j jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(pgsse.camel_case(key), value), '{}') FROM jsonb_each(j)
+$$;
+
+-- Trigger arguments: channel, insert event, update event, delete event, and 'camel' for camelCase keys.
+-- A transaction that sets pgsse.suppress_capture = 'on' records no row events (clearing a channel does).
 CREATE OR REPLACE FUNCTION pgsse.capture() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    payload jsonb;
+    event   text;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pgsse.append(TG_ARGV[0], TG_ARGV[3], to_jsonb(OLD));
-    ELSIF TG_OP = 'UPDATE' THEN
-        PERFORM pgsse.append(TG_ARGV[0], TG_ARGV[2], to_jsonb(NEW));
-    ELSE
-        PERFORM pgsse.append(TG_ARGV[0], TG_ARGV[1], to_jsonb(NEW));
+    IF current_setting('pgsse.suppress_capture', true) = 'on' THEN
+        RETURN NULL;
     END IF;
+    IF TG_OP = 'DELETE' THEN
+        payload := to_jsonb(OLD);
+        event := TG_ARGV[3];
+    ELSE
+        payload := to_jsonb(NEW);
+        event := CASE TG_OP WHEN 'UPDATE' THEN TG_ARGV[2] ELSE TG_ARGV[1] END;
+    END IF;
+    IF TG_NARGS > 4 AND TG_ARGV[4] = 'camel' THEN
+        payload := pgsse.camel_keys(payload);
+    END IF;
+    PERFORM pgsse.append(TG_ARGV[0], event, payload);
     RETURN NULL;
 END
 $$;
@@ -133,6 +162,8 @@ END
 $$;
 
 -- Attaches the capture trigger to an existing table. Calling it again replaces the previous options.
+-- Schema 1 had no camel_case parameter; an overload beside the new one would make every call ambiguous.
+DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean);
 CREATE OR REPLACE FUNCTION pgsse.publish_table(
     p_table        regclass,
     channel        text    DEFAULT NULL,
@@ -140,7 +171,8 @@ CREATE OR REPLACE FUNCTION pgsse.publish_table(
     insert_event   text    DEFAULT 'insert',
     update_event   text    DEFAULT 'update',
     delete_event   text    DEFAULT 'delete',
-    allow_clear    boolean DEFAULT false
+    allow_clear    boolean DEFAULT false,
+    camel_case     boolean DEFAULT false
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     ch  text := coalesce(channel, (SELECT c.relname FROM pg_class c WHERE c.oid = p_table));
@@ -177,12 +209,15 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS pgsse_capture ON %s', p_table);
     EXECUTE format(
         'CREATE CONSTRAINT TRIGGER pgsse_capture AFTER %s ON %s DEFERRABLE INITIALLY DEFERRED '
-        'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%L, %L, %L, %L)',
-        array_to_string(ops, ' OR '), p_table, ch, insert_event, update_event, delete_event);
+        'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%L, %L, %L, %L, %L)',
+        array_to_string(ops, ' OR '), p_table, ch, insert_event, update_event, delete_event,
+        CASE WHEN camel_case THEN 'camel' ELSE 'plain' END);
 
     DELETE FROM pgsse.channels WHERE source_table = p_table AND name <> ch;
-    INSERT INTO pgsse.channels (name, source_table, allow_clear) VALUES (ch, p_table, allow_clear)
-    ON CONFLICT (name) DO UPDATE SET source_table = EXCLUDED.source_table, allow_clear = EXCLUDED.allow_clear;
+    INSERT INTO pgsse.channels (name, source_table, allow_clear, camel_case)
+    VALUES (ch, p_table, allow_clear, camel_case)
+    ON CONFLICT (name) DO UPDATE SET source_table = EXCLUDED.source_table, allow_clear = EXCLUDED.allow_clear,
+                                     camel_case = EXCLUDED.camel_case;
     RETURN ch;
 END
 $$;
@@ -192,6 +227,111 @@ LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS pgsse_capture ON %s', p_table);
     DELETE FROM pgsse.channels WHERE source_table = p_table;
+END
+$$;
+
+-- Fires this transaction's pending captures now and returns the highest id issued before them, so the
+-- caller's events are exactly the ones after it (ids are drawn only under the lock taken here). The lock
+-- is held until the transaction ends: call this last, right before commit.
+CREATE OR REPLACE FUNCTION pgsse.flush_pending() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    before bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7083711517);
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO before FROM pgsse.event_id_seq;
+    SET CONSTRAINTS ALL IMMEDIATE;
+    RETURN before;
+END
+$$;
+
+-- The gateway's POST to a table channel: inserts the row that the object's keys describe (column names,
+-- or their camelCase form on a camel_case channel) and returns its event.
+CREATE OR REPLACE FUNCTION pgsse.insert_json(p_channel text, p_row jsonb,
+                                             OUT event_id bigint, OUT event text, OUT payload jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    tbl     regclass;
+    camel   boolean;
+    unknown text[];
+    cols    text;
+    mapped  jsonb;
+    new_row jsonb;
+    before  bigint;
+BEGIN
+    SELECT c.source_table, c.camel_case INTO tbl, camel FROM pgsse.channels c WHERE c.name = p_channel;
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'pgsse: channel % publishes no table', quote_literal(p_channel) USING ERRCODE = 'P0002';
+    END IF;
+    IF jsonb_typeof(p_row) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'pgsse: the row must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(k.key ORDER BY k.key) FILTER (WHERE a.attname IS NULL),
+           string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           jsonb_object_agg(coalesce(a.attname, k.key), k.value)
+      INTO unknown, cols, mapped
+      FROM jsonb_each(p_row) k
+      LEFT JOIN pg_attribute a
+        ON a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND (a.attname = k.key OR (camel AND pgsse.camel_case(a.attname) = k.key));
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
+            array_to_string(unknown, ', ') USING ERRCODE = '42703';
+    END IF;
+    IF cols IS NULL THEN
+        EXECUTE format('INSERT INTO %s AS t DEFAULT VALUES RETURNING to_jsonb(t.*)', tbl) INTO new_row;
+    ELSE
+        EXECUTE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1) '
+                       'RETURNING to_jsonb(t.*)', tbl, cols, cols, tbl)
+            USING mapped INTO new_row;
+    END IF;
+    before := pgsse.flush_pending();
+    -- A table that does not capture inserts has no event; the caller still gets the row.
+    SELECT e.id, e.event, e.payload INTO event_id, event, payload
+      FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel ORDER BY e.id LIMIT 1;
+    IF event_id IS NULL THEN
+        payload := CASE WHEN camel THEN pgsse.camel_keys(new_row) ELSE new_row END;
+    END IF;
+END
+$$;
+
+-- The gateway's POST to a channel without a table: pgsse.publish, returning the event's id.
+CREATE OR REPLACE FUNCTION pgsse.publish_json(p_channel text, p_event text, p_payload jsonb) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    before bigint;
+BEGIN
+    PERFORM pgsse.publish(p_channel, p_event, p_payload);
+    before := pgsse.flush_pending();
+    RETURN (SELECT min(e.id) FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel);
+END
+$$;
+
+-- Empties a channel: deletes its table's rows (recording no row events) and its events, then records a
+-- `clear` event. Refused unless the channel allows it or the caller passes p_force (the gateway's flag).
+CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, p_force boolean DEFAULT false,
+                                               OUT event_id bigint, OUT payload jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ch     pgsse.channels;
+    before bigint;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgsse: unknown channel %', quote_literal(p_channel) USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT (ch.allow_clear OR p_force) THEN
+        RAISE EXCEPTION 'clearing is not enabled for channel %', p_channel USING ERRCODE = '42501';
+    END IF;
+    PERFORM set_config('pgsse.suppress_capture', 'on', true);
+    IF ch.source_table IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %s', ch.source_table);
+    END IF;
+    DELETE FROM pgsse.events e WHERE e.channel = p_channel;
+    payload := jsonb_build_object('clearedAt', to_jsonb(clock_timestamp()));
+    PERFORM pgsse.publish(p_channel, 'clear', payload);
+    before := pgsse.flush_pending();
+    SELECT min(e.id) INTO event_id FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel;
 END
 $$;
 

@@ -16,6 +16,7 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 pub const DEFAULT_PROBE_INTERVAL: &str = "10s";
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_DEMO_DIR: &str = ".pgsse-demo";
 pub const DEFAULT_DEMO_PG_PORT: u16 = 54329;
 
@@ -89,6 +90,24 @@ pub struct ServeArgs {
     /// How often the LISTEN connection is probed; a probe unanswered for this long forces a reconnect.
     #[arg(long, env = "PGSSE_PROBE_INTERVAL", default_value = DEFAULT_PROBE_INTERVAL, value_parser = parse_duration)]
     pub probe_interval: Duration,
+
+    /// Largest request body accepted by POST, in bytes.
+    #[arg(long, env = "PGSSE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = parse_positive)]
+    pub body_limit: usize,
+
+    /// Origin allowed to call from a browser (repeatable, exact `scheme://host[:port]`; `*` allows any
+    /// origin, without credentials).
+    #[arg(long = "cors-origin", env = "PGSSE_CORS_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
+    /// Channel on which `DELETE /{channel}` may clear everything (repeatable); `pgsse.publish_table(...,
+    /// allow_clear => true)` enables it in SQL.
+    #[arg(long = "allow-clear", env = "PGSSE_ALLOW_CLEAR", value_delimiter = ',')]
+    pub allow_clear: Vec<String>,
+
+    /// Serve the demo pages (`/` live feed, `/send` form) for the `messages` channel, creating its table.
+    #[arg(long, env = "PGSSE_DEMO")]
+    pub demo: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -125,6 +144,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after, or `*`.
+pub fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s == "*" {
+        return Ok(s.to_string());
+    }
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ', '*']) => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not an origin (expected e.g. https://app.example.com or *)")),
+    }
+}
+
 /// What `server::run` needs, resolved from the arguments.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -137,6 +169,10 @@ pub struct Config {
     pub pool_size: usize,
     pub shutdown_timeout: Duration,
     pub probe_interval: Duration,
+    pub body_limit: usize,
+    pub cors_origins: Vec<String>,
+    pub allow_clear: Vec<String>,
+    pub demo: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +201,10 @@ impl Config {
             pool_size: args.pool_size,
             shutdown_timeout: args.shutdown_timeout,
             probe_interval: args.probe_interval,
+            body_limit: args.body_limit,
+            cors_origins: args.cors_origins.clone(),
+            allow_clear: args.allow_clear.clone(),
+            demo: args.demo,
         })
     }
 
@@ -198,5 +238,17 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Migrate(_))));
         assert!(Cli::try_parse_from(["pgsse", "--queue-capacity", "0"]).is_err());
         assert!(Config::new("not a url").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        for good in ["*", "http://localhost:3000", "https://app.example.com"] {
+            assert_eq!(parse_origin(good).as_deref(), Ok(good));
+        }
+        for bad in ["localhost:3000", "http://", "https://a.com/path", "ftp://x", "http://*.example.com"] {
+            assert!(parse_origin(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["pgsse", "--cors-origin", "http://a.test", "--cors-origin", "https://b.test"]);
+        assert_eq!(cli.unwrap().serve.cors_origins, ["http://a.test", "https://b.test"]);
     }
 }

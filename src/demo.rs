@@ -11,14 +11,15 @@ use crate::config::{Config, ConfigError, DemoArgs};
 use crate::migrate::{self, MigrateError};
 use crate::server::{self, ServerError};
 
-/// The demo table; `publish_table` is idempotent, so this runs on every start.
+/// The demo table, published in the article's wire shape: `message` events with `{"id", "body",
+/// "createdAt"}`, and `clear` allowed. `publish_table` is idempotent, so this runs on every start.
 const DEMO_SQL: &str = "
 CREATE TABLE IF NOT EXISTS public.messages (
     id         bigserial PRIMARY KEY,
     body       text NOT NULL CHECK (length(body) BETWEEN 1 AND 10000),
     created_at timestamptz NOT NULL DEFAULT now()
 );
-SELECT pgsse.publish_table('public.messages');
+SELECT pgsse.publish_table('public.messages', insert_event => 'message', camel_case => true, allow_clear => true);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,17 @@ pub enum DemoError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Migrates and creates the published `messages` table (also for `pgsse serve --demo`).
+pub async fn install(database_url: &str) -> Result<(), DemoError> {
+    migrate::migrate(database_url).await?;
+    let (client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    client.batch_execute(DEMO_SQL).await?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let (database_url, cluster) = match args.serve.db.database_url.clone() {
         Some(url) => (url, None),
@@ -53,17 +65,14 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
             (cluster.url("postgres"), Some(cluster))
         }
     };
-    let config = Config::with_database_url(&args.serve, database_url.clone())?;
-    migrate::migrate(&database_url).await?;
-    let (client, connection) = tokio_postgres::connect(&database_url, NoTls).await?;
-    let driver = tokio::spawn(connection);
-    client.batch_execute(DEMO_SQL).await?;
-    drop(client);
-    let _ = driver.await;
+    let mut config = Config::with_database_url(&args.serve, database_url.clone())?;
+    config.demo = true;
+    install(&database_url).await?;
 
     let listener = TcpListener::bind(args.serve.listen).await.map_err(|e| DemoError::Bind(args.serve.listen, e))?;
     let addr = listener.local_addr().map_err(|e| DemoError::Bind(args.serve.listen, e))?;
     println!("pgsse demo is running on http://{addr}\n");
+    println!("Open the live feed:\n  http://{addr}/   (and http://{addr}/send to post)\n");
     println!("Watch the stream:\n  curl -N http://{addr}/messages/events\n");
     println!("Insert a row from any other terminal:\n  psql '{database_url}' -c \"insert into messages (body) values ('hello from psql')\"\n");
     let result = server::run(listener, config, shutdown).await;

@@ -4,13 +4,17 @@
 //! encoded frames to the [`hub`], which fans them out to each stream's [`sse`] body.
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
-//! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors.
+//! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
+//!   [`cors`]: cross-origin headers.
+//! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids.
 //! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`.
-//! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests.
+//! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
 pub mod cluster;
+pub mod commands;
 pub mod config;
+pub mod cors;
 pub mod cursor;
 pub mod demo;
 pub mod hub;
@@ -21,3 +25,4 @@ pub mod server;
 pub mod sse;
 pub mod store;
 pub mod stream;
+pub mod web;

@@ -59,6 +59,9 @@ async fn serve(args: pgsse::config::ServeArgs) -> Result<(), String> {
         Ok(config) => config,
         Err(err) => return usage(&err.to_string()),
     };
+    if config.demo {
+        pgsse::demo::install(&config.database_url).await.map_err(|e| e.to_string())?;
+    }
     let listener = match TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(err) => return usage(&format!("cannot listen on {}: {err}", args.listen)),

@@ -7,13 +7,17 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
 use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::SseBody;
+use crate::store::{Rejection, StoreError};
 use crate::stream::{self, StreamError};
+use crate::web;
 
 pub type Body = Either<Full<Bytes>, SseBody>;
 
@@ -29,6 +33,8 @@ pub enum ApiError {
     BadQuery(String),
     #[error("{0}")]
     Stream(#[from] StreamError),
+    #[error("{0}")]
+    Command(#[from] CommandError),
 }
 
 impl ApiError {
@@ -39,6 +45,20 @@ impl ApiError {
             ApiError::Cursor(_) | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            ApiError::Command(err) => match err {
+                CommandError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                CommandError::NotJsonContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                CommandError::UnknownChannel(_) => StatusCode::NOT_FOUND,
+                CommandError::Store(StoreError::Rejected { kind, .. }) => match kind {
+                    Rejection::Invalid => StatusCode::BAD_REQUEST,
+                    Rejection::Conflict => StatusCode::CONFLICT,
+                    Rejection::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+                    Rejection::NotFound => StatusCode::NOT_FOUND,
+                    Rejection::Forbidden => StatusCode::FORBIDDEN,
+                },
+                CommandError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             },
         }
@@ -52,6 +72,9 @@ impl ApiError {
         // Database errors carry SQL details; clients only learn that the database is unavailable.
         let message = match &self {
             ApiError::Stream(StreamError::Store(_)) => "database unavailable, try again".to_string(),
+            ApiError::Command(CommandError::Store(err)) if !matches!(err, StoreError::Rejected { .. }) => {
+                "database unavailable, try again".to_string()
+            }
             ApiError::Stream(StreamError::Hub(HubError::NotStarted)) => {
                 "gateway is not yet connected to the database, try again".to_string()
             }
@@ -66,37 +89,71 @@ impl ApiError {
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(value.to_string()))));
+    raw_json_response(status, Bytes::from(value.to_string()))
+}
+
+/// A response whose body is already JSON text (rows as PostgreSQL rendered them).
+pub fn raw_json_response(status: StatusCode, json: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Either::Left(Full::new(json)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<Body>, Infallible> {
-    Ok(route(&state, &req).await.unwrap_or_else(ApiError::into_response))
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let request_headers = req.headers().clone();
+    let preflight = req.method() == Method::OPTIONS;
+    let mut resp = if preflight {
+        let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        resp
+    } else {
+        route(&state, req).await.unwrap_or_else(ApiError::into_response)
+    };
+    state.cors.apply(&request_headers, resp.headers_mut(), preflight);
+    Ok(resp)
 }
 
-async fn route<B>(state: &Arc<AppState>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path();
-    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    if state.config.demo && req.method() == Method::GET {
+        if let Some(page) = web::page(&path) {
+            return Ok(page);
+        }
+    }
     match segments.as_slice() {
         ["healthz"] => {
-            only_get(req, "GET")?;
+            only_get(&req, "GET")?;
             Ok(health(state).await)
         }
         ["events"] => {
-            only_get(req, "GET")?;
+            only_get(&req, "GET")?;
             let query = Query::parse(req.uri().query())?;
-            events(state, req, query.channels.clone(), &query).await
+            events(state, &req, query.channels.clone(), &query).await
         }
         [channel, "events"] => {
-            only_get(req, "GET")?;
+            only_get(&req, "GET")?;
             let query = Query::parse(req.uri().query())?;
             if !query.channels.is_empty() {
                 return Err(ApiError::BadQuery("channel= is only for /events; this path names its channel".into()));
             }
-            events(state, req, vec![channel.to_string()], &query).await
+            events(state, &req, vec![channel.to_string()], &query).await
+        }
+        [channel] if !channel.is_empty() => {
+            let channel = channel.to_string();
+            let query = req.uri().query().map(str::to_string);
+            match *req.method() {
+                Method::GET => Ok(commands::history(state, &channel, query.as_deref()).await?),
+                Method::POST => {
+                    let (parts, body) = req.into_parts();
+                    let object = commands::read_object(&parts.headers, body, state.config.body_limit).await?;
+                    Ok(commands::post(state, &channel, query.as_deref(), object).await?)
+                }
+                Method::DELETE => Ok(commands::clear(state, &channel).await?),
+                ref other => Err(ApiError::MethodNotAllowed(other.clone(), "GET, POST, DELETE")),
+            }
         }
         _ => Err(ApiError::NotFound(path.chars().take(200).collect())),
     }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument};
 
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::hub::Hub;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::routes;
@@ -25,6 +26,7 @@ pub struct AppState {
     pub store: Store,
     pub hub: Arc<Hub>,
     pub listener: Arc<ListenerStatus>,
+    pub cors: Cors,
     /// Cancelled on shutdown: ends every stream body and the listener.
     pub shutdown: CancellationToken,
 }
@@ -45,6 +47,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         store: Store::new(&config.database_url, config.pool_size)?,
         hub,
         listener: status,
+        cors: Cors::new(&config.cors_origins),
         shutdown: CancellationToken::new(),
         config,
     });

@@ -23,6 +23,58 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database url: {0}")]
     Config(String),
+    /// The database refused the request's data; the message is safe to show to the client.
+    #[error("{message}")]
+    Rejected { kind: Rejection, message: String },
+}
+
+/// Why the database refused a write, as far as the client needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Malformed values, unknown columns, invalid names.
+    Invalid,
+    /// A unique or exclusion constraint: the row already exists.
+    Conflict,
+    /// A NOT NULL, CHECK or foreign key constraint.
+    Unprocessable,
+    NotFound,
+    Forbidden,
+}
+
+impl StoreError {
+    /// Sorts database errors caused by the request's data from the rest, phrasing the former without SQL.
+    fn from_db(err: tokio_postgres::Error) -> Self {
+        let Some(db) = err.as_db_error() else { return StoreError::Query(err) };
+        let code = db.code().code();
+        let constraint = db.constraint().unwrap_or("unnamed");
+        let (kind, message) = match code {
+            "23505" | "23P01" => (Rejection::Conflict, format!("a row with this key already exists ({constraint})")),
+            "23502" => (Rejection::Unprocessable, format!("column {:?} must not be null", db.column().unwrap_or("?"))),
+            "23514" => (Rejection::Unprocessable, format!("value violates check constraint {constraint:?}")),
+            "23503" => (Rejection::Unprocessable, format!("a referenced row does not exist ({constraint})")),
+            "P0002" => (Rejection::NotFound, strip_prefix(db.message())),
+            "42501" => (Rejection::Forbidden, strip_prefix(db.message())),
+            "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
+            c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
+            _ => return StoreError::Query(err),
+        };
+        StoreError::Rejected { kind, message }
+    }
+}
+
+fn strip_prefix(message: &str) -> String {
+    message.strip_prefix("pgsse: ").unwrap_or(message).to_string()
+}
+
+/// A channel as the command endpoints see it.
+pub struct ChannelInfo {
+    pub has_table: bool,
+}
+
+/// An event the gateway just wrote; `payload` is JSON text.
+pub struct Written {
+    pub id: Option<i64>,
+    pub payload: String,
 }
 
 /// One row of `pgsse.events` as the gateway reads it (payload as JSON text, never re-serialized).
@@ -118,6 +170,50 @@ impl Store {
             .await?;
         let row = client.query_one(&stmt, &[]).await?;
         Ok(LogBounds { pruned_through: row.try_get(0)?, head: row.try_get(1)? })
+    }
+
+    pub async fn channel(&self, name: &str) -> Result<Option<ChannelInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT source_table IS NOT NULL FROM pgsse.channels WHERE name = $1").await?;
+        Ok(client.query_opt(&stmt, &[&name]).await?.map(|row| ChannelInfo { has_table: row.get(0) }))
+    }
+
+    /// Inserts a row into a table channel's table; the id is `None` when the table does not capture inserts.
+    pub async fn insert_row(&self, channel: &str, row: &serde_json::Value) -> Result<Written, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt =
+            client.prepare_cached("SELECT event_id, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)").await?;
+        let row = client.query_one(&stmt, &[&channel, &row.to_string()]).await.map_err(StoreError::from_db)?;
+        Ok(Written { id: row.try_get(0)?, payload: row.try_get(1)? })
+    }
+
+    /// Records an ad-hoc event through `pgsse.publish` and returns its id.
+    pub async fn publish(&self, channel: &str, event: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT pgsse.publish_json($1, $2, $3::text::jsonb)").await?;
+        let row =
+            client.query_one(&stmt, &[&channel, &event, &payload.to_string()]).await.map_err(StoreError::from_db)?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Empties a channel and records its `clear` event; `force` is the gateway's `--allow-clear`.
+    pub async fn clear(&self, channel: &str, force: bool) -> Result<Written, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT event_id, payload::text FROM pgsse.clear_channel($1, $2)").await?;
+        let row = client.query_one(&stmt, &[&channel, &force]).await.map_err(StoreError::from_db)?;
+        Ok(Written { id: row.try_get(0)?, payload: row.try_get(1)? })
+    }
+
+    /// Up to `limit` events of `channel` with `id < before`, newest first.
+    pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {} FROM pgsse.events WHERE channel = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            EventRow::COLUMNS
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &[&channel, &before, &limit]).await?;
+        rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
     }
 
     /// Events of `channels` with `after < id <= through` (no upper bound when `through` is `None`).

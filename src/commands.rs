@@ -1,0 +1,172 @@
+//! The plain HTTP side of a channel: `POST` writes a row or an ad-hoc event, `GET` reads recent history,
+//! `DELETE` clears. Writes only touch PostgreSQL: their broadcast comes from the log after commit, exactly
+//! as for a row written with psql.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::routes::{json_response, raw_json_response, Body};
+use crate::server::AppState;
+use crate::store::{StoreError, Written};
+use crate::{cursor, stream};
+
+pub type Response = http::Response<Body>;
+
+pub const DEFAULT_HISTORY: i64 = 50;
+pub const MAX_HISTORY: i64 = 1000;
+pub const EVENT_ID_HEADER: &str = "pgsse-event-id";
+const DEFAULT_EVENT: &str = "message";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("content type must be application/json")]
+    NotJsonContentType,
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    #[error("could not read the request body")]
+    Body,
+    #[error("invalid channel name {0:?}")]
+    InvalidChannel(String),
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error("invalid event name {0:?}: use letters, digits, _ . : - (at most 64, not starting with . : -)")]
+    InvalidEvent(String),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Reads a JSON object body of at most `limit` bytes, refusing other content types before reading.
+pub async fn read_object(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Value, CommandError> {
+    let essence = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+    if !essence.is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json")) {
+        return Err(CommandError::NotJsonContentType);
+    }
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(CommandError::TooLarge(limit));
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(CommandError::TooLarge(limit)),
+        Err(_) => return Err(CommandError::Body),
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| CommandError::InvalidJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(CommandError::NotAnObject);
+    }
+    Ok(value)
+}
+
+fn check_name(channel: &str) -> Result<(), CommandError> {
+    if stream::valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(CommandError::InvalidChannel(channel.chars().take(140).collect()))
+    }
+}
+
+/// Same rule as `pgsse.valid_event` in SQL.
+fn valid_event(name: &str) -> bool {
+    name.len() <= 64 && stream::valid_channel(name)
+}
+
+fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, CommandError> {
+    let mut pairs = Vec::new();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            let key: String = key.chars().take(64).collect();
+            return Err(CommandError::BadQuery(format!("unknown query parameter {key:?}")));
+        }
+        if pairs.iter().any(|(k, _)| *k == key) {
+            return Err(CommandError::BadQuery(format!("{key} given more than once")));
+        }
+        pairs.push((key.into_owned(), value.into_owned()));
+    }
+    Ok(pairs)
+}
+
+/// `POST /{channel}`: a table channel gets a row built from the object's keys, any other channel an event.
+pub async fn post(state: &AppState, channel: &str, query: Option<&str>, body: Value) -> Result<Response, CommandError> {
+    check_name(channel)?;
+    let event = query_pairs(query, &["event"])?.pop().map(|(_, v)| v);
+    let has_table = state.store.channel(channel).await?.is_some_and(|c| c.has_table);
+    if has_table {
+        if event.is_some() {
+            return Err(CommandError::BadQuery(
+                "event= is for channels without a table; the table names its events".into(),
+            ));
+        }
+        let written = state.store.insert_row(channel, &body).await?;
+        let mut resp = raw_json_response(StatusCode::CREATED, Bytes::from(written.payload));
+        if let Some(id) = written.id {
+            resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+        }
+        return Ok(resp);
+    }
+    let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
+    if !valid_event(&event) {
+        return Err(CommandError::InvalidEvent(event.chars().take(70).collect()));
+    }
+    let id = state.store.publish(channel, &event, &body).await?;
+    let mut resp = json_response(
+        StatusCode::CREATED,
+        &serde_json::json!({ "id": id, "channel": channel, "event": event, "data": body }),
+    );
+    resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+    Ok(resp)
+}
+
+/// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards.
+pub async fn history(state: &AppState, channel: &str, query: Option<&str>) -> Result<Response, CommandError> {
+    check_name(channel)?;
+    let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
+    for (key, value) in query_pairs(query, &["limit", "before"])? {
+        let n = cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")))?;
+        match key.as_str() {
+            "limit" if n == 0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
+            "limit" => limit = n.min(MAX_HISTORY),
+            _ => before = n,
+        }
+    }
+    if state.store.channel(channel).await?.is_none() {
+        return Err(CommandError::UnknownChannel(channel.to_string()));
+    }
+    let rows = state.store.history(channel, before, limit).await?;
+    let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.payload.len() + 48).sum::<usize>() + 2);
+    out.put_u8(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        let event = serde_json::to_string(&row.event).unwrap_or_else(|_| "\"\"".into());
+        out.put_slice(format!("{{\"id\":{},\"event\":{event},\"data\":", row.id).as_bytes());
+        // The payload is jsonb's own text output: valid JSON, used as is rather than parsed again.
+        out.put_slice(row.payload.as_bytes());
+        out.put_u8(b'}');
+    }
+    out.put_u8(b']');
+    Ok(raw_json_response(StatusCode::OK, out.freeze()))
+}
+
+/// `DELETE /{channel}`: removes the channel's rows and events and broadcasts a `clear` event.
+pub async fn clear(state: &AppState, channel: &str) -> Result<Response, CommandError> {
+    check_name(channel)?;
+    let force = state.config.allow_clear.iter().any(|c| c == channel);
+    let Written { id, payload } = state.store.clear(channel, force).await?;
+    let body = format!("{{\"id\":{},\"event\":\"clear\",\"data\":{payload}}}", id.unwrap_or_default());
+    let mut resp = raw_json_response(StatusCode::OK, Bytes::from(body));
+    if let Some(id) = id {
+        resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+    }
+    Ok(resp)
+}

@@ -1,0 +1,27 @@
+//! The demo's two pages from the article (`/` live feed, `/send` form), compiled into the binary: plain
+//! HTML, CSS and JS with no build step and nothing fetched from elsewhere.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::Response;
+use http_body_util::{Either, Full};
+
+use crate::routes::Body;
+
+const FEED: &str = include_str!("web/feed.html");
+const SEND: &str = include_str!("web/send.html");
+const CSS: &str = include_str!("web/demo.css");
+
+/// The page served at `path`, if the demo has one there.
+pub fn page(path: &str) -> Option<Response<Body>> {
+    let (body, content_type) = match path {
+        "/" => (FEED, "text/html; charset=utf-8"),
+        "/send" => (SEND, "text/html; charset=utf-8"),
+        "/demo.css" => (CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(resp)
+}
