@@ -1,0 +1,281 @@
+//! Commands over plain HTTP: POST, GET history, DELETE clear, CORS, the demo's wire shape, and bad input.
+
+mod common;
+
+use bytes::Bytes;
+use common::{call, connect, fresh_db, get, messages_table, Gateway, Response, SseStream};
+use pgsse::config::Config;
+use serde_json::{json, Value};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn post(gw: &Gateway, path: &str, body: &str) -> Response {
+    call(gw.addr, "POST", path, &[JSON], Bytes::from(body.to_string())).await.unwrap()
+}
+
+fn error_of(resp: &Response) -> String {
+    assert_eq!(resp.headers["content-type"], "application/json", "{}", resp.body);
+    resp.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", resp.body)).to_string()
+}
+
+#[tokio::test]
+async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+
+    let resp = post(&gw, "/messages", r#"{"body": "from http"}"#).await;
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let row = resp.json();
+    assert_eq!((row["id"].clone(), row["body"].clone()), (json!(1), json!("from http")));
+    assert!(row["created_at"].is_string(), "the committed row, with its defaults: {row}");
+    let event_id: i64 = resp.headers["pgsse-event-id"].parse().unwrap();
+
+    let ev = stream.expect().await;
+    assert_eq!((ev.id(), ev.event.as_str()), (event_id, "insert"));
+    assert_eq!(ev.json(), row, "the event carries exactly the row the POST returned");
+    let stored: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 1);
+}
+
+#[tokio::test]
+async fn post_to_any_other_channel_publishes_an_event() {
+    let url = fresh_db().await;
+    let gw = Gateway::start(&url).await;
+    let first = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.json()["event"], "message", "default event name");
+
+    let mut stream = SseStream::ok(gw.addr, "/alerts/events", &[]).await;
+    let resp = post(&gw, "/alerts?event=alarm", r#"{"level": "high", "nested": {"a": [1, 2]}}"#).await;
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let body = resp.json();
+    assert_eq!(body["channel"], "alerts");
+    assert_eq!(body["event"], "alarm");
+    assert_eq!(body["data"], json!({"level": "high", "nested": {"a": [1, 2]}}));
+    let ev = stream.expect().await;
+    assert_eq!((ev.id(), ev.event.as_str(), ev.json()), (body["id"].as_i64().unwrap(), "alarm", body["data"].clone()));
+}
+
+#[tokio::test]
+async fn history_is_newest_first_and_pages_backwards() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    for i in 1..=5 {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("m{i}")]).await.unwrap();
+    }
+    let bodies = |resp: &Response| -> Vec<String> {
+        resp.json().as_array().unwrap().iter().map(|e| e["data"]["body"].as_str().unwrap().to_string()).collect()
+    };
+    let all = get(gw.addr, "/messages", &[]).await.unwrap();
+    assert_eq!(all.status, 200);
+    assert_eq!(bodies(&all), ["m5", "m4", "m3", "m2", "m1"]);
+    assert_eq!(all.json()[0]["event"], "insert");
+
+    let page = get(gw.addr, "/messages?limit=2", &[]).await.unwrap();
+    assert_eq!(bodies(&page), ["m5", "m4"]);
+    let oldest_shown = page.json()[1]["id"].as_i64().unwrap();
+    let next = get(gw.addr, &format!("/messages?limit=2&before={oldest_shown}"), &[]).await.unwrap();
+    assert_eq!(bodies(&next), ["m3", "m2"]);
+    let capped = get(gw.addr, "/messages?limit=999999", &[]).await.unwrap();
+    assert_eq!((capped.status, bodies(&capped).len()), (200, 5));
+
+    for (path, status, text) in [
+        ("/messages?limit=0", 400, "limit"),
+        ("/messages?limit=-1", 400, "limit"),
+        ("/messages?limit=ten", 400, "limit"),
+        ("/messages?before=x", 400, "before"),
+        ("/messages?limit=1&limit=2", 400, "more than once"),
+        ("/messages?sort=asc", 400, "unknown query parameter"),
+        ("/nosuchchannel", 404, "unknown channel"),
+        ("/bad%20name", 400, "invalid channel"),
+    ] {
+        let resp = get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!(resp.status, status, "{path}: {}", resp.body);
+        assert!(error_of(&resp).contains(text), "{path}: {}", resp.body);
+    }
+}
+
+#[tokio::test]
+async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, ", operations => array['insert', 'delete']").await;
+    db.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
+    let mut config = Config::new(&url).unwrap();
+    config.allow_clear = vec!["board".into()];
+    let gw = Gateway::start_with(config).await;
+    db.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
+
+    let refused = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(error_of(&refused).contains("not enabled"));
+    let unknown = call(gw.addr, "DELETE", "/nosuch", &[], Bytes::new()).await.unwrap();
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    db.batch_execute(
+        "SELECT pgsse.publish_table('messages', operations => array['insert', 'delete'], allow_clear => true)",
+    )
+    .await
+    .unwrap();
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let cleared = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
+    assert_eq!(cleared.status, 200, "{}", cleared.body);
+    let ev = stream.expect().await;
+    assert_eq!(ev.event, "clear", "one clear event, no delete event per row");
+    assert!(ev.json()["clearedAt"].is_string());
+    assert_eq!(ev.id(), cleared.json()["id"].as_i64().unwrap());
+    let rows: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0);
+    let history = get(gw.addr, "/messages", &[]).await.unwrap().json();
+    assert_eq!(history.as_array().unwrap().len(), 1, "only the clear event is left: {history}");
+
+    let by_flag = call(gw.addr, "DELETE", "/board", &[], Bytes::new()).await.unwrap();
+    assert_eq!(by_flag.status, 200, "--allow-clear enables it: {}", by_flag.body);
+}
+
+#[tokio::test]
+async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL CHECK (name <> ''), qty int DEFAULT 1);
+         SELECT pgsse.publish_table('items');",
+    )
+    .await
+    .unwrap();
+    let mut config = Config::new(&url).unwrap();
+    config.body_limit = 1024;
+    let gw = Gateway::start_with(config).await;
+    let mut stream = SseStream::ok(gw.addr, "/items/events", &[]).await;
+    assert_eq!(post(&gw, "/items", r#"{"id": 1, "name": "first"}"#).await.status, 201);
+
+    let big = format!(r#"{{"id": 9, "name": "{}"}}"#, "x".repeat(2000));
+    let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+        ("/items", vec![JSON], "not json".into(), 400, "not valid JSON"),
+        ("/items", vec![JSON], "".into(), 400, "not valid JSON"),
+        ("/items", vec![JSON], "[1, 2]".into(), 400, "JSON object"),
+        ("/items", vec![JSON], "\"text\"".into(), 400, "JSON object"),
+        ("/items", vec![JSON], deep, 400, "not valid JSON"),
+        ("/items", vec![("content-type", "text/plain")], r#"{"id": 2, "name": "x"}"#.into(), 415, "application/json"),
+        ("/items", vec![], r#"{"id": 2, "name": "x"}"#.into(), 415, "application/json"),
+        ("/items", vec![JSON], big, 413, "larger than 1024"),
+        (
+            "/items",
+            vec![JSON],
+            r#"{"id": 2, "name": "x", "colour": "red", "size": 3}"#.into(),
+            400,
+            "unknown columns: colour, size",
+        ),
+        ("/items", vec![JSON], r#"{"id": "two", "name": "x"}"#.into(), 400, "invalid input syntax for type integer"),
+        ("/items", vec![JSON], r#"{"id": 99999999999, "name": "x"}"#.into(), 400, "out of range"),
+        ("/items", vec![JSON], r#"{"id": 2}"#.into(), 422, "\"name\" must not be null"),
+        ("/items", vec![JSON], r#"{"id": 2, "name": ""}"#.into(), 422, "check constraint"),
+        ("/items", vec![JSON], r#"{"id": 1, "name": "again"}"#.into(), 409, "already exists"),
+        ("/items?event=x", vec![JSON], r#"{"id": 3, "name": "x"}"#.into(), 400, "event="),
+        ("/other?event=bad%0Aname", vec![JSON], "{}".into(), 400, "invalid event name"),
+        ("/bad%20channel", vec![JSON], "{}".into(), 400, "invalid channel"),
+    ];
+    for (path, headers, body, status, text) in &cases {
+        let resp = call(gw.addr, "POST", path, headers, Bytes::from(body.clone())).await.unwrap();
+        assert_eq!(resp.status, *status, "POST {path} {:.60}: {}", body, resp.body);
+        let msg = error_of(&resp);
+        assert!(msg.contains(text), "POST {path} {:.60}: {msg:?} should mention {text:?}", body);
+        // Constraint names are part of the answer (they say which rule failed); SQL and call sites are not.
+        for internal in ["INSERT", "SELECT", "jsonb", "pgsse.", "PL/pgSQL", "relation"] {
+            assert!(!msg.contains(internal), "{msg:?} leaks {internal:?}");
+        }
+    }
+    let put = call(gw.addr, "PUT", "/items", &[JSON], Bytes::from("{}")).await.unwrap();
+    assert_eq!(put.status, 405);
+
+    let rows: i64 = db.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
+    let events: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    assert_eq!((rows, events), (1, 1), "nothing half-written");
+    assert_eq!(stream.expect().await.json()["name"], "first");
+    assert_eq!(post(&gw, "/items", r#"{"id": 2, "name": "second"}"#).await.status, 201);
+    assert_eq!(stream.expect().await.json()["name"], "second", "still serving");
+}
+
+#[tokio::test]
+async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
+    let url = fresh_db().await;
+    pgsse::demo::install(&url).await.unwrap();
+    let mut config = Config::new(&url).unwrap();
+    config.demo = true;
+    let gw = Gateway::start_with(config).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+
+    let resp = post(&gw, "/messages", r#"{"body": "Hello from SSE"}"#).await;
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let row = resp.json();
+    let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["body", "createdAt", "id"], "{row}");
+    let ev = stream.expect().await;
+    assert_eq!((ev.event.as_str(), ev.json()), ("message", row));
+
+    let cleared = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
+    assert_eq!(cleared.status, 200, "{}", cleared.body);
+    let ev = stream.expect().await;
+    assert_eq!(ev.event, "clear");
+    assert!(ev.json()["clearedAt"].as_str().is_some_and(|t| t.starts_with("20")));
+
+    for (path, kind, text) in [
+        ("/", "text/html", "EventSource"),
+        ("/send", "text/html", "fetch(\"/messages\""),
+        ("/demo.css", "text/css", "--accent"),
+    ] {
+        let page = get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!(page.status, 200, "{path}");
+        assert!(page.headers["content-type"].starts_with(kind), "{path}");
+        assert!(page.body.contains(text), "{path}");
+        assert!(!page.body.contains("http://") && !page.body.contains("https://"), "{path}: nothing from elsewhere");
+    }
+}
+
+#[tokio::test]
+async fn cors_allows_exactly_the_configured_origins() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let mut config = Config::new(&url).unwrap();
+    config.cors_origins = vec!["http://localhost:3000".into()];
+    let gw = Gateway::start_with(config).await;
+
+    let preflight = [
+        ("origin", "http://localhost:3000"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    let resp = call(gw.addr, "OPTIONS", "/messages", &preflight, Bytes::new()).await.unwrap();
+    assert_eq!(resp.status, 204);
+    assert_eq!(resp.headers["access-control-allow-origin"], "http://localhost:3000");
+    assert_eq!(resp.headers["access-control-allow-credentials"], "true");
+    let allowed = resp.headers["access-control-allow-headers"].to_ascii_lowercase();
+    assert!(allowed.contains("content-type") && allowed.contains("last-event-id"), "{allowed}");
+    assert!(resp.headers["access-control-allow-methods"].contains("POST"));
+
+    let evil = call(gw.addr, "OPTIONS", "/messages", &[("origin", "http://evil.test")], Bytes::new()).await.unwrap();
+    assert!(!evil.headers.keys().any(|k| k.starts_with("access-control-")), "{:?}", evil.headers);
+
+    let stream = SseStream::ok(gw.addr, "/messages/events", &[("origin", "http://localhost:3000")]).await;
+    assert_eq!(stream.headers["access-control-allow-origin"], "http://localhost:3000");
+    let created = call(
+        gw.addr,
+        "POST",
+        "/messages",
+        &[JSON, ("origin", "http://localhost:3000")],
+        Bytes::from(r#"{"body":"x"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, 201);
+    assert_eq!(created.headers["access-control-allow-origin"], "http://localhost:3000");
+    assert!(created.headers["access-control-expose-headers"].to_ascii_lowercase().contains("pgsse-event-id"));
+    let _: Value = created.json();
+}
