@@ -156,7 +156,8 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
 
     let big = format!(r#"{{"id": 9, "name": "{}"}}"#, "x".repeat(2000));
     let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("/items", vec![JSON], "not json".into(), 400, "not valid JSON"),
         ("/items", vec![JSON], "".into(), 400, "not valid JSON"),
         ("/items", vec![JSON], "[1, 2]".into(), 400, "JSON object"),
