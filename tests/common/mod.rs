@@ -116,7 +116,12 @@ impl Gateway {
 
     /// Starts and waits until `/healthz` says the listener is connected.
     pub async fn start_with(config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Like `start_with` on a given address, e.g. to restart a gateway where its clients expect it.
+    pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -1,0 +1,148 @@
+//! The demo in a real browser: headless Chromium (Debian's package) driven through playwright-core. The
+//! feed page sees a post from `/send`, a row inserted with psql, a clear, and, without reloading, the rows
+//! written while the gateway was stopped and restarted. Leaves a screenshot in `target/browser/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::{connect, fresh_db, Gateway, TIMEOUT};
+use pgsse::config::Config;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const DRIVER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+
+struct Browser {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Browser {
+    /// Starts the driver, or returns why it cannot run here. Under CI that is a failure: `.ci/run` installs
+    /// Chromium and the driver's package; elsewhere `cargo test` says what to install and goes on.
+    fn start() -> Option<Self> {
+        let chromium = std::env::var("PGSSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let missing = if !Path::new(&chromium).exists() {
+            Some(format!("{chromium} not found (apt-get install chromium)"))
+        } else if !Path::new(DRIVER_DIR).join("node_modules/playwright-core").exists() {
+            Some(format!("playwright-core not installed (npm ci --prefix {DRIVER_DIR})"))
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {why}");
+            eprintln!("SKIPPED browser test: {why}; .ci/run installs both");
+            return None;
+        }
+        let mut child = Command::new("node")
+            .arg(Path::new(DRIVER_DIR).join("driver.mjs"))
+            .current_dir(DRIVER_DIR)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs the browser driver");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Some(Self { _child: child, stdin, stdout })
+    }
+
+    async fn run(&mut self, mut cmd: Value) -> Value {
+        cmd["timeout"] = json!(TIMEOUT.as_millis() as u64);
+        let line = format!("{cmd}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(TIMEOUT * 2, self.stdout.next_line())
+            .await
+            .expect("driver answered")
+            .unwrap()
+            .expect("driver alive");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["ok"], true, "{cmd}: {}", answer["error"]);
+        answer["value"].clone()
+    }
+
+    async fn goto(&mut self, page: &str, url: &str) {
+        self.run(json!({"op": "goto", "page": page, "url": url})).await;
+    }
+
+    async fn wait(&mut self, page: &str, js: &str) {
+        self.run(json!({"op": "wait", "page": page, "js": js})).await;
+    }
+
+    async fn eval(&mut self, page: &str, js: &str) -> Value {
+        self.run(json!({"op": "eval", "page": page, "js": js})).await
+    }
+}
+
+fn feed_has(text: &str) -> String {
+    format!("[...document.querySelectorAll('#feed li')].some(li => li.textContent.includes({}))", json!(text))
+}
+
+fn artifact_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
+    let Some(mut browser) = Browser::start() else { return };
+    let url = fresh_db().await;
+    pgsse::demo::install(&url).await.unwrap();
+    let mut config = Config::new(&url).unwrap();
+    config.demo = true;
+    config.retry = std::time::Duration::from_millis(300);
+    let gw = Gateway::start_with(config.clone()).await;
+    let addr = gw.addr;
+    let db = connect(&url).await;
+    db.execute("INSERT INTO messages (body) VALUES ('already there')", &[]).await.unwrap();
+
+    browser.goto("feed", &format!("http://{addr}/")).await;
+    browser.wait("feed", "document.getElementById('status').dataset.state === 'open'").await;
+    browser.wait("feed", &feed_has("already there")).await;
+
+    browser.goto("send", &format!("http://{addr}/send")).await;
+    browser.run(json!({"op": "fill", "page": "send", "selector": "#body", "text": "hello from the send page"})).await;
+    browser.run(json!({"op": "click", "page": "send", "selector": "#submit"})).await;
+    browser.wait("send", "document.getElementById('result').textContent.startsWith('Sent')").await;
+    browser.wait("feed", &feed_has("hello from the send page")).await;
+
+    db.execute("INSERT INTO messages (body) VALUES ('hello from psql')", &[]).await.unwrap();
+    browser.wait("feed", &feed_has("hello from psql")).await;
+    let order = browser.eval("feed", "[...document.querySelectorAll('#feed li')].map(li => li.dataset.id)").await;
+    assert_eq!(order, json!(["3", "2", "1"]), "newest first, each row once");
+
+    let cleared = common::call(addr, "DELETE", "/messages", &[], bytes::Bytes::new()).await.unwrap();
+    assert_eq!(cleared.status, 200);
+    browser.wait("feed", "document.querySelectorAll('#feed li').length === 0").await;
+
+    // A marker that a reload would lose: the rows written while the gateway is down must arrive in this page.
+    browser.eval("feed", "window.__sameDocument = true").await;
+    db.execute("INSERT INTO messages (body) VALUES ('before the stop')", &[]).await.unwrap();
+    browser.wait("feed", &feed_has("before the stop")).await;
+    gw.shutdown().await;
+    browser.wait("feed", "document.getElementById('status').dataset.state === 'closed'").await;
+    for body in ["written while down 1", "written while down 2"] {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+    }
+    let _gw = Gateway::start_on(addr, config).await;
+    browser.wait("feed", &feed_has("written while down 2")).await;
+    browser.wait("feed", "document.getElementById('status').dataset.state === 'open'").await;
+    assert_eq!(browser.eval("feed", "window.__sameDocument === true").await, true, "the page was not reloaded");
+    let shown =
+        browser.eval("feed", "[...document.querySelectorAll('#feed li')].map(li => li.firstChild.textContent)").await;
+    assert_eq!(shown, json!(["written while down 2", "written while down 1", "before the stop"]));
+
+    for page in ["feed", "send"] {
+        let shot = artifact_dir().join(format!("demo-{page}.png"));
+        browser.run(json!({"op": "screenshot", "page": page, "path": shot})).await;
+        assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "screenshot written to {}", shot.display());
+    }
+}
