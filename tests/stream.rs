@@ -239,7 +239,8 @@ async fn bad_requests_get_json_errors() {
     let gw = Gateway::start(&url).await;
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
     let cases: &[Case] = &[
-        ("GET", "/nope", &[], 404, "not found"),
+        ("GET", "/", &[], 404, "not found"),
+        ("GET", "/nope", &[], 404, "unknown channel"),
         ("GET", "/a/b/c", &[], 404, "not found"),
         ("GET", "/missing/events", &[], 400, "unknown channel"),
         ("GET", "/bad%20name/events", &[], 400, "invalid channel"),
