@@ -1,0 +1,80 @@
+//! The gateway under test as its own process, so its CPU time and RSS are its alone (read from /proc).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Gateway {
+    pub fn start(database_url: &str, extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgsse"))
+            .args(["serve", "--database-url", database_url, "--listen", &addr.to_string()])
+            .args(["--max-connections", "20000"])
+            .args(extra)
+            .env("PGSSE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the pgsse binary");
+        let gw = Self { addr, child };
+        gw.wait_healthy();
+        gw
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(self.addr) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway did not become healthy");
+    }
+
+    /// CPU seconds (user + system) the gateway has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SEC
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_of(&format!("/proc/{}/status", self.child.id())).unwrap_or(0)
+    }
+}
+
+/// VmRSS from a `/proc/<pid>/status` file, in bytes.
+pub fn rss_of(status_path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse::<u64>();
+    kb.ok().map(|kb| kb * 1024)
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}

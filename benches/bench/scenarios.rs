@@ -1,0 +1,494 @@
+//! The scenarios, the load they drive, and how their results are measured and printed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgsse::cluster::Cluster;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{Client, NoTls};
+
+use crate::client::{self, Seen};
+use crate::gateway::Gateway;
+use crate::Args;
+
+/// Clients connect from these loopback sources in turn, so large N does not exhaust one address's ports.
+const SOURCES: u8 = 8;
+const CONNECT_CONCURRENCY: usize = 256;
+const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+const REPLAY_EVENTS: i64 = 100_000;
+
+pub struct Bench {
+    url: String,
+    cluster: Option<Cluster>,
+    db: Client,
+    payload: String,
+}
+
+/// What a scenario drives: clients, writers and for how long.
+#[derive(Clone)]
+struct Load {
+    clients: usize,
+    /// Inserts per second over all writers; `None`: as fast as they can.
+    rate: Option<f64>,
+    writers: usize,
+    duration: Duration,
+    stalled: usize,
+}
+
+#[derive(Default, serde::Serialize)]
+struct Report {
+    scenario: String,
+    clients: usize,
+    writers: usize,
+    target_rate: Option<f64>,
+    inserts: u64,
+    inserts_per_s: f64,
+    deliveries: u64,
+    deliveries_per_s: f64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    latency_ms: Option<Percentiles>,
+    gateway_cpu_pct: f64,
+    gateway_rss_idle_mb: f64,
+    gateway_rss_peak_mb: f64,
+    note: String,
+}
+
+#[derive(serde::Serialize, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<u32>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let at = |q: f64| f64::from(samples[((samples.len() - 1) as f64 * q).round() as usize]) / 1000.0;
+        Some(Self { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: at(1.0) })
+    }
+}
+
+impl Bench {
+    pub async fn setup(args: &Args) -> Result<Self, String> {
+        let (url, cluster) = match &args.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let dir = std::env::temp_dir().join(format!("pgsse-bench-{}", std::process::id()));
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                let port = probe.local_addr().map_err(|e| e.to_string())?.port();
+                drop(probe);
+                let cluster = Cluster::new(&dir, port).map_err(|e| e.to_string())?;
+                let cluster = tokio::task::spawn_blocking(move || {
+                    cluster.init(true)?;
+                    cluster.start().map(|()| cluster)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                (cluster.url("postgres"), Some(cluster))
+            }
+        };
+        pgsse::migrate::migrate(&url).await.map_err(|e| e.to_string())?;
+        let db = connect(&url).await;
+        db.batch_execute(
+            "CREATE TABLE IF NOT EXISTS bench (id bigserial PRIMARY KEY, sent bigint NOT NULL, pad text NOT NULL);
+             SELECT pgsse.publish_table('bench');",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Self { url, cluster, db, payload: "x".repeat(args.payload_bytes) })
+    }
+
+    pub async fn teardown(self) {
+        if let Some(cluster) = self.cluster {
+            let dir = cluster.data_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || cluster.stop("fast")).await;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    pub async fn run(&self, args: &Args) -> bool {
+        let all = args.scenario == "all";
+        let wanted = |name: &str| all || args.scenario == name;
+        let mut reports = Vec::new();
+        let secs = Duration::from_secs;
+        if wanted("light") {
+            let load = Load { clients: 100, rate: Some(200.0), writers: 2, duration: secs(10), stalled: 0 };
+            reports.push(self.load("light", &load).await);
+        }
+        if wanted("fanout") {
+            let load = Load { clients: 1000, rate: Some(1000.0), writers: 4, duration: secs(10), stalled: 0 };
+            reports.push(self.load("fanout", &load).await);
+        }
+        if wanted("ingest") {
+            reports.push(self.ingest().await);
+        }
+        if wanted("idle") {
+            reports.push(self.idle(10_000).await);
+        }
+        if wanted("replay") {
+            reports.push(self.replay().await);
+        }
+        if wanted("slow") {
+            let load = Load { clients: 100, rate: Some(500.0), writers: 2, duration: secs(5), stalled: 0 };
+            reports.push(self.load("slow: none stalled", &load).await);
+            reports.push(self.load("slow: 1 stalled", &Load { stalled: 1, ..load }).await);
+        }
+        if args.scenario == "custom" {
+            let load = Load {
+                clients: args.clients,
+                rate: (args.rate > 0.0).then_some(args.rate),
+                writers: args.writers.max(1),
+                duration: secs(args.seconds),
+                stalled: args.stalled,
+            };
+            reports.push(self.load("custom", &load).await);
+        }
+        if reports.is_empty() {
+            eprintln!("pgsse-bench: unknown scenario {:?}", args.scenario);
+            return false;
+        }
+        print(&reports, args.json);
+        true
+    }
+
+    async fn head(&self) -> i64 {
+        let row = self.db.query_one("SELECT coalesce(max(id), 0) FROM pgsse.events", &[]).await.unwrap();
+        row.get(0)
+    }
+
+    /// Clients on `gw`, writers at the load's rate, then a drain until every client has the last event.
+    async fn load(&self, name: &str, load: &Load) -> Report {
+        let gw = Gateway::start(&self.url, &[]);
+        let rss_base = gw.rss_bytes();
+        let t0 = Instant::now();
+        let start_id = self.head().await;
+        let clients = Clients::connect(gw.addr, load.clients, t0).await;
+        let stalled = stall(gw.addr, load.stalled).await;
+        let rss_idle = gw.rss_bytes();
+        let cpu0 = gw.cpu_seconds();
+        let peak = Arc::new(AtomicU64::new(rss_idle));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = sample_rss(&gw, peak.clone(), sampling.clone());
+
+        let started = Instant::now();
+        let inserts = self.write(load, t0).await;
+        let wrote_for = started.elapsed();
+        let end_id = self.head().await;
+        let all_seen = clients.drain(end_id).await;
+        let cpu = (gw.cpu_seconds() - cpu0) / started.elapsed().as_secs_f64() * 100.0;
+        sampling.store(false, Ordering::Relaxed);
+        let _ = sampler.await;
+        drop(stalled);
+
+        let expected = self.ids_between(start_id, end_id).await;
+        let mut report = Report {
+            scenario: name.into(),
+            clients: load.clients,
+            writers: load.writers,
+            target_rate: load.rate,
+            inserts,
+            inserts_per_s: inserts as f64 / wrote_for.as_secs_f64(),
+            gateway_cpu_pct: cpu,
+            gateway_rss_idle_mb: mb(rss_idle),
+            gateway_rss_peak_mb: mb(peak.load(Ordering::Relaxed)),
+            note: format!("rss with no streams {:.1} MB", mb(rss_base)),
+            ..Report::default()
+        };
+        account(&mut report, &expected, all_seen, start_id, wrote_for);
+        report
+    }
+
+    async fn ids_between(&self, after: i64, through: i64) -> Vec<i64> {
+        let rows = self
+            .db
+            .query(
+                "SELECT id FROM pgsse.events WHERE channel = 'bench' AND id > $1 AND id <= $2 ORDER BY id",
+                &[&after, &through],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// Inserts at the load's rate (open loop: each writer keeps its schedule) or flat out.
+    async fn write(&self, load: &Load, t0: Instant) -> u64 {
+        let done = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + load.duration;
+        let mut tasks = Vec::new();
+        for _ in 0..load.writers {
+            let (url, pad, done) = (self.url.clone(), self.payload.clone(), done.clone());
+            let period = load.rate.map(|r| Duration::from_secs_f64(load.writers as f64 / r));
+            tasks.push(tokio::spawn(async move {
+                let db = connect(&url).await;
+                let insert = db.prepare("INSERT INTO bench (sent, pad) VALUES ($1, $2)").await.unwrap();
+                let mut tick = period.map(tokio::time::interval);
+                while Instant::now() < deadline {
+                    if let Some(tick) = tick.as_mut() {
+                        tick.tick().await;
+                    }
+                    let sent = t0.elapsed().as_micros() as i64;
+                    db.execute(&insert, &[&sent, &pad]).await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        done.load(Ordering::Relaxed)
+    }
+
+    /// Insert throughput flat out without a gateway, then with one serving 10 clients.
+    async fn ingest(&self) -> Report {
+        let load = Load { clients: 10, rate: None, writers: 8, duration: Duration::from_secs(5), stalled: 0 };
+        let alone = self.write(&load, Instant::now()).await as f64 / load.duration.as_secs_f64();
+        let mut report = self.load("ingest", &load).await;
+        report.note =
+            format!("{:.0} inserts/s without the gateway; with it {:.1}%", alone, report.inserts_per_s / alone * 100.0);
+        report
+    }
+
+    /// Memory of many open, quiet streams.
+    async fn idle(&self, n: usize) -> Report {
+        let gw = Gateway::start(&self.url, &[]);
+        let base = gw.rss_bytes();
+        let clients = Clients::connect(gw.addr, n, Instant::now()).await;
+        // Let allocations settle (per-connection buffers are touched on the first heartbeat-free poll).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = gw.rss_bytes();
+        let seen = clients.drain(0).await;
+        let connected = seen.iter().filter(|s| s.connected).count();
+        Report {
+            scenario: "idle".into(),
+            clients: connected,
+            gateway_rss_idle_mb: mb(rss),
+            gateway_rss_peak_mb: mb(rss),
+            note: format!(
+                "{:.2} KB per stream ({} streams over a base of {:.1} MB)",
+                (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
+                connected,
+                mb(base)
+            ),
+            ..Report::default()
+        }
+    }
+
+    /// One client 100,000 events behind catches up.
+    async fn replay(&self) -> Report {
+        let from = self.head().await;
+        self.db
+            .execute(
+                "INSERT INTO bench (sent, pad) SELECT 0, $1 FROM generate_series(1, $2::bigint)",
+                &[&self.payload, &REPLAY_EVENTS],
+            )
+            .await
+            .unwrap();
+        let until = self.head().await;
+        let gw = Gateway::start(&self.url, &[]);
+        let cpu0 = gw.cpu_seconds();
+        let (stop_tx, stop) = watch::channel(false);
+        let (ready, _keep) = mpsc::channel(1);
+        let started = Instant::now();
+        let path = format!("/bench/events?last_event_id={from}");
+        let stream = client::connect(gw.addr, IpAddr::V4(Ipv4Addr::LOCALHOST), &path).await.unwrap();
+        let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let seen =
+            tokio::time::timeout(DRAIN_LIMIT * 4, client::follow(stream, started, Some(until), stop, ready, last))
+                .await
+                .unwrap_or_default();
+        let took = started.elapsed();
+        drop(stop_tx);
+        let n = seen.ids.len() as u64;
+        Report {
+            scenario: "replay".into(),
+            clients: 1,
+            deliveries: n,
+            deliveries_per_s: n as f64 / took.as_secs_f64(),
+            lost: (REPLAY_EVENTS as u64).saturating_sub(n),
+            gateway_cpu_pct: (gw.cpu_seconds() - cpu0) / took.as_secs_f64() * 100.0,
+            gateway_rss_peak_mb: mb(gw.rss_bytes()),
+            note: format!("{n} events in {:.0} ms", took.as_secs_f64() * 1000.0),
+            ..Report::default()
+        }
+    }
+}
+
+/// Sorts each client's ids against the log: what is missing, repeated, or out of order.
+fn account(report: &mut Report, expected: &[i64], seen: Vec<Seen>, start_id: i64, wrote_for: Duration) {
+    let mut latencies = Vec::new();
+    for s in seen {
+        let ids: Vec<i64> = s.ids.iter().copied().filter(|id| *id > start_id).collect();
+        let mut last = i64::MIN;
+        let mut distinct = std::collections::HashSet::with_capacity(ids.len());
+        for id in &ids {
+            if !distinct.insert(*id) {
+                report.duplicated += 1;
+            } else if *id < last {
+                report.out_of_order += 1;
+            }
+            last = last.max(*id);
+        }
+        report.lost += expected.iter().filter(|id| !distinct.contains(id)).count() as u64;
+        report.deliveries += ids.len() as u64;
+        latencies.extend(s.latencies_us);
+    }
+    report.deliveries_per_s = report.deliveries as f64 / wrote_for.as_secs_f64();
+    report.latency_ms = Percentiles::of(latencies);
+}
+
+/// Open SSE clients and their results.
+struct Clients {
+    tasks: Vec<tokio::task::JoinHandle<Seen>>,
+    last_ids: Vec<Arc<std::sync::atomic::AtomicI64>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Clients {
+    async fn connect(addr: SocketAddr, n: usize, t0: Instant) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, mut ready_rx) = mpsc::channel(n.max(1));
+        let limit = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+        let mut tasks = Vec::with_capacity(n);
+        let mut last_ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8));
+            let (stop, ready, limit) = (stop_rx.clone(), ready_tx.clone(), limit.clone());
+            let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
+            last_ids.push(last.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = limit.acquire_owned().await;
+                let stream = match client::connect(addr, source, "/bench/events").await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready.send(()).await;
+                        return Seen { error: Some(e.to_string()), ..Seen::default() };
+                    }
+                };
+                drop(permit);
+                client::follow(stream, t0, None, stop, ready, last).await
+            }));
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.ok().flatten().is_none() {
+                break;
+            }
+        }
+        Self { tasks, last_ids, stop }
+    }
+
+    /// Waits (bounded) until every client has seen `through`, then stops them and collects what they saw.
+    async fn drain(self, through: i64) -> Vec<Seen> {
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while Instant::now() < deadline && self.last_ids.iter().any(|l| l.load(Ordering::Relaxed) < through) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.stop.send(true);
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            out.push(task.await.unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// Connections that ask for a stream and never read it.
+async fn stall(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(b"GET /bench/events HTTP/1.1\r\nHost: stalled\r\n\r\n").await.unwrap();
+        out.push(stream);
+    }
+    out
+}
+
+fn sample_rss(gw: &Gateway, peak: Arc<AtomicU64>, running: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let status = format!("/proc/{}/status", gw.pid());
+    tokio::spawn(async move {
+        while running.load(Ordering::Relaxed) {
+            if let Some(rss) = crate::gateway::rss_of(&status) {
+                peak.fetch_max(rss, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn print(reports: &[Report], as_json: bool) {
+    if as_json {
+        for r in reports {
+            println!("{}", json!(r));
+        }
+        return;
+    }
+    println!(
+        "{:<20} {:>7} {:>5} {:>9} {:>11} {:>5} {:>4} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>8}",
+        "scenario",
+        "clients",
+        "wrtr",
+        "insert/s",
+        "deliver/s",
+        "lost",
+        "dup",
+        "ooo",
+        "p50ms",
+        "p90ms",
+        "p99ms",
+        "p999ms",
+        "maxms",
+        "cpu%",
+        "rssIdleM",
+        "rssPeakM"
+    );
+    for r in reports {
+        let l = r.latency_ms;
+        let ms = |f: fn(&Percentiles) -> f64| l.as_ref().map_or("-".to_string(), |p| format!("{:.2}", f(p)));
+        println!(
+            "{:<20} {:>7} {:>5} {:>9.0} {:>11.0} {:>5} {:>4} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6.1} {:>8.1} {:>8.1}",
+            r.scenario,
+            r.clients,
+            r.writers,
+            r.inserts_per_s,
+            r.deliveries_per_s,
+            r.lost,
+            r.duplicated,
+            r.out_of_order,
+            ms(|p| p.p50),
+            ms(|p| p.p90),
+            ms(|p| p.p99),
+            ms(|p| p.p999),
+            ms(|p| p.max),
+            r.gateway_cpu_pct,
+            r.gateway_rss_idle_mb,
+            r.gateway_rss_peak_mb,
+        );
+        if !r.note.is_empty() {
+            println!("{:<20} {}", "", r.note);
+        }
+    }
+}
