@@ -230,6 +230,26 @@ BEGIN
 END
 $$;
 
+-- Reads for the gateway. Each channel is one range scan of events_channel_id, already in id order and
+-- limited, then merged. Bitmap scans and sorts are ruled out: right after a burst of inserts, before
+-- ANALYZE has seen it, the planner would otherwise collect and sort every row after the cursor per batch.
+-- (The penalty those settings add to the plan's cost would then trigger JIT compilation: off as well.)
+CREATE OR REPLACE FUNCTION pgsse.replay(p_after bigint, p_through bigint, p_channels text[], p_limit bigint)
+RETURNS SETOF pgsse.events LANGUAGE sql STABLE
+SET enable_bitmapscan = off SET enable_sort = off SET jit = off AS $$
+    SELECT e.* FROM unnest(p_channels) AS c(name), LATERAL (
+        SELECT * FROM pgsse.events ev
+        WHERE ev.channel = c.name AND ev.id > p_after AND ev.id <= coalesce(p_through, 9223372036854775807)
+        ORDER BY ev.id LIMIT p_limit) AS e
+    ORDER BY e.id LIMIT p_limit
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.history(p_channel text, p_before bigint, p_limit bigint)
+RETURNS SETOF pgsse.events LANGUAGE sql STABLE
+SET enable_bitmapscan = off SET enable_sort = off SET jit = off AS $$
+    SELECT * FROM pgsse.events e WHERE e.channel = p_channel AND e.id < p_before ORDER BY e.id DESC LIMIT p_limit
+$$;
+
 -- Fires this transaction's pending captures now and returns the highest id issued before them, so the
 -- caller's events are exactly the ones after it (ids are drawn only under the lock taken here). The lock
 -- is held until the transaction ends: call this last, right before commit.

@@ -207,10 +207,7 @@ impl Store {
     /// Up to `limit` events of `channel` with `id < before`, newest first.
     pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {} FROM pgsse.events WHERE channel = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-            EventRow::COLUMNS
-        );
+        let sql = format!("SELECT {} FROM pgsse.history($1, $2, $3)", EventRow::COLUMNS);
         let stmt = client.prepare_cached(&sql).await?;
         let rows = client.query(&stmt, &[&channel, &before, &limit]).await?;
         rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
@@ -224,11 +221,7 @@ impl Store {
         channels: &[String],
     ) -> Result<Vec<EventRow>, StoreError> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {} FROM pgsse.events WHERE id > $1 AND id <= coalesce($2, 9223372036854775807) \
-             AND channel = ANY($3) ORDER BY id LIMIT $4",
-            EventRow::COLUMNS
-        );
+        let sql = format!("SELECT {} FROM pgsse.replay($1, $2, $3, $4)", EventRow::COLUMNS);
         let stmt = client.prepare_cached(&sql).await?;
         let rows = client.query(&stmt, &[&after, &through, &channels, &REPLAY_BATCH]).await?;
         rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
