@@ -87,7 +87,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             debug!(cause = ?err, "could not set TCP_NODELAY");
         }
         let state = state.clone();
-        let service = service_fn(move |req| routes::handle(state.clone(), req));
+        // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the
+        // service future's slot for the connection's lifetime, and the routing future is large.
+        let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), req)));
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(
