@@ -2,13 +2,15 @@
 //! notifications as one log query and hand the encoded frames to the hub. Reconnects with jittered backoff.
 
 use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -131,38 +133,17 @@ impl Listener {
     }
 
     async fn session(&mut self, shutdown: &CancellationToken, backoff: &mut Duration) -> Result<(), ListenerError> {
-        let (client, mut connection) = tokio::select! {
+        let (client, connection) = tokio::select! {
             conn = self.pg.connect(NoTls) => conn?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        // Driving the connection by hand is the only way to see notifications; awaiting it drops them.
-        let wake = Arc::new(Notify::new());
-        let (dead_tx, mut dead_rx) = oneshot::channel::<tokio_postgres::Error>();
-        let driver = {
-            let wake = wake.clone();
-            tokio::spawn(async move {
-                while let Some(msg) = poll_fn(|cx| connection.poll_message(cx)).await {
-                    match msg {
-                        Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
-                        Ok(_) => {}
-                        Err(err) => {
-                            let _ = dead_tx.send(err);
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        let _abort_driver = AbortOnDrop(driver);
+        let mut conn = Driven { connection, notified: false };
 
         // LISTEN before reading the log, so nothing committed in between goes unnoticed.
-        bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
-        let fetch = bounded(
-            client
-                .prepare(&format!("SELECT {} FROM pgsse.events WHERE id > $1 ORDER BY id LIMIT $2", EventRow::COLUMNS)),
-        )
-        .await?;
-        let head = bounded(client.query_one(HEAD_SQL, &[])).await?;
+        conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
+        let fetch_sql = format!("SELECT {} FROM pgsse.events WHERE id > $1 ORDER BY id LIMIT $2", EventRow::COLUMNS);
+        let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
+        let head = conn.bounded(client.query_one(HEAD_SQL, &[])).await?;
         let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
         match self.last_id {
             None => {
@@ -179,7 +160,7 @@ impl Listener {
             }
             Some(_) => {}
         }
-        self.catch_up(&client, &fetch).await?;
+        self.catch_up(&client, &fetch, &mut conn).await?;
         self.status.set_up();
         *backoff = BACKOFF_MIN;
         info!(last_id = self.last_id, "listener connected and caught up");
@@ -189,25 +170,27 @@ impl Listener {
         probe.reset();
         loop {
             tokio::select! {
-                _ = wake.notified() => self.catch_up(&client, &fetch).await?,
+                notified = conn.notified() => {
+                    notified?;
+                    self.catch_up(&client, &fetch, &mut conn).await?;
+                }
                 _ = probe.tick() => {
-                    timeout(self.probe_interval, client.simple_query("SELECT 1"))
+                    timeout(self.probe_interval, conn.run(client.simple_query("SELECT 1")))
                         .await
                         .map_err(|_| ListenerError::ProbeTimeout(self.probe_interval))??;
                     // A notification lost to a bug elsewhere would otherwise delay events until the next one.
-                    self.catch_up(&client, &fetch).await?;
+                    self.catch_up(&client, &fetch, &mut conn).await?;
                 }
-                err = &mut dead_rx => return Err(err.map_or(ListenerError::Closed, ListenerError::Db)),
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
     }
 
     /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber.
-    async fn catch_up(&mut self, client: &Client, fetch: &Statement) -> Result<(), ListenerError> {
+    async fn catch_up(&mut self, client: &Client, fetch: &Statement, conn: &mut Driven) -> Result<(), ListenerError> {
         let Some(mut last) = self.last_id else { return Ok(()) };
         loop {
-            let rows = bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
+            let rows = conn.bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
             let n = rows.len() as i64;
             let mut frames = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -227,15 +210,69 @@ impl Listener {
     }
 }
 
-async fn bounded<T>(query: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, ListenerError> {
-    Ok(timeout(QUERY_TIMEOUT, query).await.map_err(|_| ListenerError::QueryTimeout(QUERY_TIMEOUT))??)
+/// The LISTEN connection, polled by the listener's own task rather than a spawned one: a notification is
+/// seen the moment it arrives, and a query's answer wakes no other task on its way back. Never awaited as
+/// a future, which would drop notifications.
+struct Driven {
+    connection: Connection<Socket, NoTlsStream>,
+    /// A notification arrived since the listener last looked.
+    notified: bool,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Driven {
+    /// Handles everything the connection has ready; `Ready` only when it failed or closed.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<ListenerError> {
+        loop {
+            match self.connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(_)))) => self.notified = true,
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(err.into()),
+                Poll::Ready(None) => return Poll::Ready(ListenerError::Closed),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    /// Runs a query of this connection's client to completion while driving the connection.
+    async fn run<T>(
+        &mut self,
+        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, ListenerError> {
+        let mut query = pin!(query);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = query.as_mut().poll(cx) {
+                return Poll::Ready(out.map_err(ListenerError::from));
+            }
+            if let Poll::Ready(err) = self.drive(cx) {
+                return Poll::Ready(Err(err));
+            }
+            // Driving may have delivered the answer.
+            query.as_mut().poll(cx).map_err(ListenerError::from)
+        })
+        .await
+    }
+
+    /// `run`, bounded: a half-open socket must not stall the listener forever.
+    async fn bounded<T>(
+        &mut self,
+        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, ListenerError> {
+        timeout(QUERY_TIMEOUT, self.run(query)).await.map_err(|_| ListenerError::QueryTimeout(QUERY_TIMEOUT))?
+    }
+
+    /// Drives the connection until a notification has arrived (or one arrived during the last query).
+    async fn notified(&mut self) -> Result<(), ListenerError> {
+        poll_fn(|cx| {
+            if let Poll::Ready(err) = self.drive(cx) {
+                return Poll::Ready(Err(err));
+            }
+            if std::mem::take(&mut self.notified) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 

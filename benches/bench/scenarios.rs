@@ -182,7 +182,7 @@ impl Bench {
         let sampler = sample_rss(&gw, peak.clone(), sampling.clone());
 
         let started = Instant::now();
-        let inserts = self.write(load, t0).await;
+        let (inserts, round_trips) = self.write(load, t0).await;
         let wrote_for = started.elapsed();
         let end_id = self.head().await;
         let all_seen = clients.drain(end_id).await;
@@ -202,7 +202,12 @@ impl Bench {
             gateway_cpu_pct: cpu,
             gateway_rss_idle_mb: mb(rss_idle),
             gateway_rss_peak_mb: mb(peak.load(Ordering::Relaxed)),
-            note: format!("rss with no streams {:.1} MB", mb(rss_base)),
+            note: format!(
+                "INSERT round trip {}; gateway RSS with no streams {:.1} MB",
+                Percentiles::of(round_trips)
+                    .map_or("-".into(), |p| format!("p50 {:.2} ms, p99 {:.2} ms", p.p50, p.p99)),
+                mb(rss_base)
+            ),
             ..Report::default()
         };
         account(&mut report, &expected, all_seen, start_id, wrote_for);
@@ -221,8 +226,9 @@ impl Bench {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
-    /// Inserts at the load's rate (open loop: each writer keeps its schedule) or flat out.
-    async fn write(&self, load: &Load, t0: Instant) -> u64 {
+    /// Inserts at the load's rate (open loop: each writer keeps its schedule) or flat out. Returns the
+    /// count and each INSERT's round trip in microseconds (autocommit: it includes the commit).
+    async fn write(&self, load: &Load, t0: Instant) -> (u64, Vec<u32>) {
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + load.duration;
         let mut tasks = Vec::new();
@@ -233,29 +239,37 @@ impl Bench {
                 let db = connect(&url).await;
                 let insert = db.prepare("INSERT INTO bench (sent, pad) VALUES ($1, $2)").await.unwrap();
                 let mut tick = period.map(tokio::time::interval);
+                let mut round_trips = Vec::new();
                 while Instant::now() < deadline {
                     if let Some(tick) = tick.as_mut() {
                         tick.tick().await;
                     }
                     let sent = t0.elapsed().as_micros() as i64;
                     db.execute(&insert, &[&sent, &pad]).await.unwrap();
+                    round_trips.push((t0.elapsed().as_micros() as i64 - sent) as u32);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
+                round_trips
             }));
         }
+        let mut round_trips = Vec::new();
         for task in tasks {
-            task.await.unwrap();
+            round_trips.extend(task.await.unwrap());
         }
-        done.load(Ordering::Relaxed)
+        (done.load(Ordering::Relaxed), round_trips)
     }
 
     /// Insert throughput flat out without a gateway, then with one serving 10 clients.
     async fn ingest(&self) -> Report {
         let load = Load { clients: 10, rate: None, writers: 8, duration: Duration::from_secs(5), stalled: 0 };
-        let alone = self.write(&load, Instant::now()).await as f64 / load.duration.as_secs_f64();
+        let alone = self.write(&load, Instant::now()).await.0 as f64 / load.duration.as_secs_f64();
         let mut report = self.load("ingest", &load).await;
-        report.note =
-            format!("{:.0} inserts/s without the gateway; with it {:.1}%", alone, report.inserts_per_s / alone * 100.0);
+        report.note = format!(
+            "{}; {:.0} inserts/s without the gateway, {:.1}% of that with it",
+            report.note,
+            alone,
+            report.inserts_per_s / alone * 100.0
+        );
         report
     }
 
