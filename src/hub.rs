@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::queue::{PushError, Queue};
 
 /// One encoded event as it travels to subscribers.
 #[derive(Clone, Debug)]
@@ -23,7 +25,7 @@ pub enum HubError {
     Closed,
 }
 
-type Senders = HashMap<u64, mpsc::Sender<Frame>>;
+type Senders = HashMap<u64, Arc<Queue>>;
 
 struct Inner {
     /// Highest id broadcast (or the log head found at start); `None` until the listener first connects.
@@ -41,10 +43,10 @@ pub struct Hub {
     started: watch::Sender<bool>,
 }
 
-/// A live registration. Dropping it unregisters; the receiver yields `None` once the hub drops the
-/// subscriber (cut off for being slow, or shutdown) and the queued frames are drained.
+/// A live registration. Dropping it unregisters; its queue ends once the hub closes it (cut off for being
+/// slow, or shutdown) and the frames already queued are drained.
 pub struct Subscription {
-    pub rx: mpsc::Receiver<Frame>,
+    pub queue: Arc<Queue>,
     id: u64,
     channels: Vec<Arc<str>>,
     hub: Arc<Hub>,
@@ -110,7 +112,7 @@ impl Hub {
     /// reaches this subscriber, every earlier one must come from the log. Taken under the same lock as
     /// `broadcast`, which is what makes the replay/live seam exact.
     pub fn subscribe(self: &Arc<Self>, channels: &[String]) -> Result<(Subscription, i64), HubError> {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let queue = Arc::new(Queue::new(self.queue_capacity));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         if inner.closed {
@@ -123,23 +125,30 @@ impl Hub {
                 Some((key, _)) => key.clone(),
                 None => Arc::from(channel.as_str()),
             };
-            inner.channels.entry(key.clone()).or_default().insert(id, tx.clone());
+            inner.channels.entry(key.clone()).or_default().insert(id, queue.clone());
             names.push(key);
         }
         drop(inner);
-        Ok((Subscription { rx, id, channels: names, hub: self.clone() }, last_id))
+        Ok((Subscription { queue, id, channels: names, hub: self.clone() }, last_id))
     }
 
-    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting.
-    pub fn broadcast(&self, frames: Vec<(String, Frame)>) {
+    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting. Returns
+    /// how many deliveries were queued.
+    pub fn broadcast(&self, frames: Vec<(String, Frame)>) -> usize {
         let mut inner = self.lock();
         let mut cut: Vec<u64> = Vec::new();
+        let mut delivered = 0;
         for (channel, frame) in frames {
             inner.last_id = Some(inner.last_id.map_or(frame.id, |last| last.max(frame.id)));
             let Some(senders) = inner.channels.get(channel.as_str()) else { continue };
-            for (id, tx) in senders {
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame.clone()) {
-                    cut.push(*id);
+            for (id, queue) in senders {
+                match queue.push(frame.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(PushError::Full) => {
+                        queue.close();
+                        cut.push(*id);
+                    }
+                    Err(PushError::Closed) => {}
                 }
             }
             if !cut.is_empty() {
@@ -147,7 +156,6 @@ impl Hub {
                 cut.dedup();
                 self.cut_slow.fetch_add(cut.len() as u64, Ordering::Relaxed);
                 tracing::info!(subscribers = cut.len(), "cut off slow subscribers; they resume from the log");
-                // Dropping every sender of a subscriber closes its queue after the frames already in it.
                 for senders in inner.channels.values_mut() {
                     senders.retain(|id, _| cut.binary_search(id).is_err());
                 }
@@ -155,6 +163,7 @@ impl Hub {
                 cut.clear();
             }
         }
+        delivered
     }
 
     /// Moves the position back to `head` (the log lost events already broadcast) and ends every stream,
@@ -162,14 +171,14 @@ impl Hub {
     pub fn rewind(&self, head: i64) {
         let mut inner = self.lock();
         inner.last_id = Some(head);
-        inner.channels.clear();
+        close_all(&mut inner);
     }
 
     /// Ends every live subscription and refuses new ones.
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
-        inner.channels.clear();
+        close_all(&mut inner);
     }
 
     /// Open subscriptions per channel (a stream on several channels counts in each).
@@ -183,12 +192,32 @@ impl Hub {
     }
 }
 
+/// Closes and forgets every subscriber; each stream ends after the frames already queued.
+fn close_all(inner: &mut Inner) {
+    for (_, senders) in inner.channels.drain() {
+        for queue in senders.values() {
+            queue.close();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::{Context, Poll, Waker};
 
     fn frame(id: i64) -> Frame {
-        Frame { id, bytes: Bytes::from(id.to_string()) }
+        Frame { id, bytes: Bytes::from(format!("{id};")) }
+    }
+
+    /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
+    fn take(sub: &Subscription) -> Poll<Option<String>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        sub.queue.poll_chunk(&mut cx, 0, usize::MAX).map(|c| c.map(|b| String::from_utf8(b.to_vec()).unwrap()))
+    }
+
+    fn ready(text: &str) -> Poll<Option<String>> {
+        Poll::Ready(Some(text.to_string()))
     }
 
     #[test]
@@ -207,13 +236,13 @@ mod tests {
     fn routes_by_channel_and_shares_bytes() {
         let hub = Arc::new(Hub::new(4));
         hub.start_at(0);
-        let (mut a, _) = hub.subscribe(&["a".into()]).unwrap();
-        let (mut ab, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
-        hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
-        assert_eq!(a.rx.try_recv().unwrap().id, 1);
-        assert!(a.rx.try_recv().is_err());
-        let first = ab.rx.try_recv().unwrap();
-        assert_eq!((first.id, ab.rx.try_recv().unwrap().id), (1, 2));
+        let (a, _) = hub.subscribe(&["a".into()]).unwrap();
+        let (ab, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        let delivered = hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
+        assert_eq!(delivered, 3);
+        assert_eq!(take(&a), ready("1;"));
+        assert_eq!(take(&a), Poll::Pending);
+        assert_eq!(take(&ab), ready("1;2;"));
         assert_eq!(hub.last_id(), Some(3));
         let (_, last) = hub.subscribe(&["c".into()]).unwrap();
         assert_eq!(last, 3);
@@ -223,16 +252,15 @@ mod tests {
     fn full_queue_cuts_only_that_subscriber_after_its_queued_frames() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(0);
-        let (mut slow, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
-        let (mut fast, _) = hub.subscribe(&["a".into()]).unwrap();
+        let (slow, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        let (fast, _) = hub.subscribe(&["a".into()]).unwrap();
         for id in 1..=3 {
             hub.broadcast(vec![("a".into(), frame(id))]);
-            assert_eq!(fast.rx.try_recv().unwrap().id, id);
+            assert_eq!(take(&fast), ready(&format!("{id};")));
         }
         assert_eq!(hub.cut_slow_total(), 1);
-        assert_eq!(slow.rx.try_recv().unwrap().id, 1);
-        assert_eq!(slow.rx.try_recv().unwrap().id, 2);
-        assert!(matches!(slow.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert_eq!(take(&slow), ready("1;2;"));
+        assert_eq!(take(&slow), Poll::Ready(None));
         assert_eq!(hub.subscriber_counts(), vec![("a".to_string(), 1)]);
     }
 
@@ -240,9 +268,9 @@ mod tests {
     fn rewind_moves_the_position_back_and_ends_streams() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(50);
-        let (mut sub, _) = hub.subscribe(&["a".into()]).unwrap();
+        let (sub, _) = hub.subscribe(&["a".into()]).unwrap();
         hub.rewind(20);
-        assert!(matches!(sub.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert_eq!(take(&sub), Poll::Ready(None));
         let (_, last) = hub.subscribe(&["a".into()]).unwrap();
         assert_eq!(last, 20);
     }

@@ -1,7 +1,7 @@
 //! pgsse turns PostgreSQL changes into Server-Sent Events streams.
 //!
 //! Data flows one way: [`listener`] (the one LISTEN connection) reads the commit-ordered log and hands
-//! encoded frames to the [`hub`], which fans them out to each stream's [`sse`] body.
+//! encoded frames to the [`hub`], which fans them out through each stream's [`queue`] to its [`sse`] body.
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
@@ -20,6 +20,7 @@ pub mod demo;
 pub mod hub;
 pub mod listener;
 pub mod migrate;
+pub mod queue;
 pub mod routes;
 pub mod server;
 pub mod sse;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::hub::{Frame, Subscription};
+use crate::hub::Subscription;
 
 /// Upper bound for one coalesced write; one frame larger than this is still sent whole.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -140,39 +140,9 @@ impl SseBody {
 
     /// Takes every frame that is ready now, up to [`COALESCE_BYTES`], as one chunk.
     fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let Source::Live(sub) = &mut self.source else {
-            return Poll::Ready(None);
-        };
-        let mut single: Option<Bytes> = None;
-        let mut merged: Option<BytesMut> = None;
-        loop {
-            let size = merged.as_ref().map_or(0, |m| m.len()) + single.as_ref().map_or(0, |b| b.len());
-            if size >= COALESCE_BYTES {
-                break;
-            }
-            let frame: Frame = match sub.rx.poll_recv(cx) {
-                Poll::Ready(Some(frame)) => frame,
-                Poll::Ready(None) if size == 0 => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => break,
-            };
-            if frame.id <= self.skip_through {
-                continue;
-            }
-            match (&mut merged, single.take()) {
-                (Some(m), _) => m.extend_from_slice(&frame.bytes),
-                (None, None) => single = Some(frame.bytes),
-                (None, Some(first)) => {
-                    let mut m = BytesMut::with_capacity(first.len() + frame.bytes.len());
-                    m.extend_from_slice(&first);
-                    m.extend_from_slice(&frame.bytes);
-                    merged = Some(m);
-                }
-            }
-        }
-        match (merged, single) {
-            (Some(m), _) => Poll::Ready(Some(m.freeze())),
-            (None, Some(b)) => Poll::Ready(Some(b)),
-            (None, None) => Poll::Pending,
+        match &self.source {
+            Source::Live(sub) => sub.queue.poll_chunk(cx, self.skip_through, COALESCE_BYTES),
+            _ => Poll::Ready(None),
         }
     }
 
@@ -245,7 +215,7 @@ impl Body for SseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Hub;
+    use crate::hub::{Frame, Hub};
     use http_body_util::BodyExt;
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;

@@ -1,0 +1,152 @@
+//! One subscriber's bounded queue of frames: the hub pushes without ever waiting, and the stream body takes
+//! everything that is ready in one go, coalesced into a single write. Empty until used, so an idle stream
+//! holds no buffer.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::hub::Frame;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The subscriber fell `capacity` frames behind.
+    Full,
+    Closed,
+}
+
+pub struct Queue {
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    waker: Option<Waker>,
+    /// No more frames will come; what is queued is still delivered.
+    closed: bool,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned queue is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
+        }
+        if state.frames.len() >= self.capacity {
+            return Err(PushError::Full);
+        }
+        state.frames.push_back(frame);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Everything queued with an id above `skip_through`, as one chunk of at most about `limit` bytes (a
+    /// single larger frame is returned whole). `Ready(None)` once closed and drained.
+    pub fn poll_chunk(&self, cx: &mut Context<'_>, skip_through: i64, limit: usize) -> Poll<Option<Bytes>> {
+        let mut state = self.lock();
+        let mut single: Option<Bytes> = None;
+        let mut merged: Option<BytesMut> = None;
+        while let Some(frame) = state.frames.front() {
+            let size = merged.as_ref().map_or(0, BytesMut::len) + single.as_ref().map_or(0, Bytes::len);
+            if size > 0 && size + frame.bytes.len() > limit {
+                break;
+            }
+            let Some(frame) = state.frames.pop_front() else { break };
+            if frame.id <= skip_through {
+                continue;
+            }
+            match (&mut merged, single.take()) {
+                (Some(m), _) => m.extend_from_slice(&frame.bytes),
+                (None, None) => single = Some(frame.bytes),
+                (None, Some(first)) => {
+                    let mut m = BytesMut::with_capacity(first.len() + frame.bytes.len());
+                    m.extend_from_slice(&first);
+                    m.extend_from_slice(&frame.bytes);
+                    merged = Some(m);
+                }
+            }
+        }
+        if state.frames.is_empty() && state.frames.capacity() > self.capacity / 4 {
+            // A burst grew the buffer; an idle stream should not keep it.
+            state.frames = VecDeque::new();
+        }
+        match (merged, single) {
+            (Some(m), _) => Poll::Ready(Some(m.freeze())),
+            (None, Some(b)) => Poll::Ready(Some(b)),
+            (None, None) if state.closed => Poll::Ready(None),
+            (None, None) => {
+                if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn frame(id: i64, text: &'static str) -> Frame {
+        Frame { id, bytes: Bytes::from_static(text.as_bytes()) }
+    }
+
+    #[test]
+    fn coalesces_skips_bounds_and_wakes() {
+        let wakes = Arc::new(Count(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let q = Queue::new(3);
+        assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Pending);
+        q.push(frame(1, "a")).unwrap();
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        q.push(frame(2, "b")).unwrap();
+        q.push(frame(3, "c")).unwrap();
+        assert_eq!(q.push(frame(4, "d")), Err(PushError::Full));
+        assert_eq!(q.poll_chunk(&mut cx, 1, 100), Poll::Ready(Some(Bytes::from_static(b"bc"))));
+        q.push(frame(5, "eeee")).unwrap();
+        q.push(frame(6, "ff")).unwrap();
+        assert_eq!(q.poll_chunk(&mut cx, 0, 5), Poll::Ready(Some(Bytes::from_static(b"eeee"))), "limit");
+        q.close();
+        assert_eq!(q.push(frame(7, "g")), Err(PushError::Closed));
+        assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Ready(Some(Bytes::from_static(b"ff"))), "drained after close");
+        assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Ready(None));
+    }
+}
