@@ -132,23 +132,17 @@ impl Hub {
         Ok((Subscription { queue, id, channels: names, hub: self.clone() }, last_id))
     }
 
-    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting. Returns
-    /// how many deliveries were queued.
-    pub fn broadcast(&self, frames: Vec<(String, Frame)>) -> usize {
+    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting.
+    pub fn broadcast(&self, frames: Vec<(String, Frame)>) {
         let mut inner = self.lock();
         let mut cut: Vec<u64> = Vec::new();
-        let mut delivered = 0;
         for (channel, frame) in frames {
             inner.last_id = Some(inner.last_id.map_or(frame.id, |last| last.max(frame.id)));
             let Some(senders) = inner.channels.get(channel.as_str()) else { continue };
             for (id, queue) in senders {
-                match queue.push(frame.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(PushError::Full) => {
-                        queue.close();
-                        cut.push(*id);
-                    }
-                    Err(PushError::Closed) => {}
+                if queue.push(frame.clone()) == Err(PushError::Full) {
+                    queue.close();
+                    cut.push(*id);
                 }
             }
             if !cut.is_empty() {
@@ -163,7 +157,6 @@ impl Hub {
                 cut.clear();
             }
         }
-        delivered
     }
 
     /// Moves the position back to `head` (the log lost events already broadcast) and ends every stream,
@@ -238,8 +231,7 @@ mod tests {
         hub.start_at(0);
         let (a, _) = hub.subscribe(&["a".into()]).unwrap();
         let (ab, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
-        let delivered = hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
-        assert_eq!(delivered, 3);
+        hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
         assert_eq!(take(&a), ready("1;"));
         assert_eq!(take(&a), Poll::Pending);
         assert_eq!(take(&ab), ready("1;2;"));

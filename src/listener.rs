@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
 use tokio_util::sync::CancellationToken;
@@ -31,11 +31,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 /// Bound on any one query of this connection: a half-open socket must not stall the listener forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// After a broadcast, the next read of the log waits this long per delivery it made (at most
-/// `MAX_PAUSE`), measured from its end. Under load, events then gather into fewer, larger batches, so
-/// each stream is woken and written to less often; an event after a quiet spell is read at once.
-const PAUSE_PER_DELIVERY: Duration = Duration::from_micros(2);
-const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -173,17 +168,11 @@ impl Listener {
         let mut probe = interval(self.probe_interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         probe.reset();
-        let mut next_read = Instant::now();
         loop {
             tokio::select! {
                 notified = conn.notified() => {
                     notified?;
-                    if next_read > Instant::now() {
-                        conn.run(async { sleep_until(next_read).await; Ok(()) }).await?;
-                    }
-                    let delivered = self.catch_up(&client, &fetch, &mut conn).await?;
-                    let pause = PAUSE_PER_DELIVERY.saturating_mul(u32::try_from(delivered).unwrap_or(u32::MAX));
-                    next_read = Instant::now() + pause.min(MAX_PAUSE);
+                    self.catch_up(&client, &fetch, &mut conn).await?;
                 }
                 _ = probe.tick() => {
                     timeout(self.probe_interval, conn.run(client.simple_query("SELECT 1")))
@@ -197,16 +186,9 @@ impl Listener {
         }
     }
 
-    /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber. Returns
-    /// the number of deliveries queued.
-    async fn catch_up(
-        &mut self,
-        client: &Client,
-        fetch: &Statement,
-        conn: &mut Driven,
-    ) -> Result<usize, ListenerError> {
-        let Some(mut last) = self.last_id else { return Ok(0) };
-        let mut delivered = 0;
+    /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber.
+    async fn catch_up(&mut self, client: &Client, fetch: &Statement, conn: &mut Driven) -> Result<(), ListenerError> {
+        let Some(mut last) = self.last_id else { return Ok(()) };
         loop {
             let rows = conn.bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
             let n = rows.len() as i64;
@@ -219,10 +201,10 @@ impl Listener {
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);
-            delivered += self.hub.broadcast(frames);
+            self.hub.broadcast(frames);
             self.last_id = Some(last);
             if n < FETCH_BATCH {
-                return Ok(delivered);
+                return Ok(());
             }
         }
     }
