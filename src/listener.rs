@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 /// Bound on any one query of this connection: a half-open socket must not stall the listener forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reads of the log start at most this often. Every commit notifies, so under a stream of small write
+/// transactions the listener would otherwise query back to back, taking a PostgreSQL core from the
+/// writers; an event after a quiet spell is still read at once.
+const MIN_READ_INTERVAL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -168,10 +172,16 @@ impl Listener {
         let mut probe = interval(self.probe_interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         probe.reset();
+        let mut last_read = Instant::now();
         loop {
             tokio::select! {
                 notified = conn.notified() => {
                     notified?;
+                    let next = last_read + MIN_READ_INTERVAL;
+                    if next > Instant::now() {
+                        conn.run(async { sleep_until(next).await; Ok(()) }).await?;
+                    }
+                    last_read = Instant::now();
                     self.catch_up(&client, &fetch, &mut conn).await?;
                 }
                 _ = probe.tick() => {
