@@ -81,8 +81,10 @@ pub async fn open(state: &Arc<AppState>, channels: Vec<String>, resume: Option<i
     let token = state.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
-            result = replay.run(start, reset) => if let Err(err) = result {
-                warn!(cause = %err, "replay failed; ending the stream so the client resumes");
+            result = replay.run(start, reset) => match result {
+                Ok(()) => {}
+                Err(ReplayError::Gone) => debug!("client left during replay"),
+                Err(err) => warn!(cause = %err, "replay failed; ending the stream so the client resumes"),
             },
             _ = token.cancelled() => {}
         }
