@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::filter::Filter;
 use crate::queue::{PushError, Queue};
 
 /// One encoded event as it travels to subscribers.
@@ -15,6 +16,8 @@ use crate::queue::{PushError, Queue};
 pub struct Frame {
     pub id: i64,
     pub bytes: Bytes,
+    /// The event's JSON data, for row filters (usually a slice of `bytes`).
+    pub data: Bytes,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,7 +28,12 @@ pub enum HubError {
     Closed,
 }
 
-type Senders = HashMap<u64, Arc<Queue>>;
+struct Subscriber {
+    queue: Arc<Queue>,
+    filter: Option<Arc<Filter>>,
+}
+
+type Senders = HashMap<u64, Subscriber>;
 
 struct Inner {
     /// Highest id broadcast (or the log head found at start); `None` until the listener first connects.
@@ -111,7 +119,11 @@ impl Hub {
     /// Registers for live frames. Returns the last id broadcast before registration: every later frame
     /// reaches this subscriber, every earlier one must come from the log. Taken under the same lock as
     /// `broadcast`, which is what makes the replay/live seam exact.
-    pub fn subscribe(self: &Arc<Self>, channels: &[String]) -> Result<(Subscription, i64), HubError> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        channels: &[String],
+        filter: Option<Arc<Filter>>,
+    ) -> Result<(Subscription, i64), HubError> {
         let queue = Arc::new(Queue::new(self.queue_capacity));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
@@ -125,7 +137,8 @@ impl Hub {
                 Some((key, _)) => key.clone(),
                 None => Arc::from(channel.as_str()),
             };
-            inner.channels.entry(key.clone()).or_default().insert(id, queue.clone());
+            let subscriber = Subscriber { queue: queue.clone(), filter: filter.clone() };
+            inner.channels.entry(key.clone()).or_default().insert(id, subscriber);
             names.push(key);
         }
         drop(inner);
@@ -139,9 +152,17 @@ impl Hub {
         for (channel, frame) in frames {
             inner.last_id = Some(inner.last_id.map_or(frame.id, |last| last.max(frame.id)));
             let Some(senders) = inner.channels.get(channel.as_str()) else { continue };
-            for (id, queue) in senders {
-                if queue.push(frame.clone()) == Err(PushError::Full) {
-                    queue.close();
+            // Parsed at most once per event, and only when some subscriber filters.
+            let mut data: Option<Option<serde_json::Value>> = None;
+            for (id, sub) in senders {
+                if let Some(filter) = &sub.filter {
+                    let parsed = data.get_or_insert_with(|| serde_json::from_slice(&frame.data).ok());
+                    if !parsed.as_ref().is_some_and(|v| filter.matches(v)) {
+                        continue;
+                    }
+                }
+                if sub.queue.push(frame.clone()) == Err(PushError::Full) {
+                    sub.queue.close();
                     cut.push(*id);
                 }
             }
@@ -188,8 +209,8 @@ impl Hub {
 /// Closes and forgets every subscriber; each stream ends after the frames already queued.
 fn close_all(inner: &mut Inner) {
     for (_, senders) in inner.channels.drain() {
-        for queue in senders.values() {
-            queue.close();
+        for sub in senders.values() {
+            sub.queue.close();
         }
     }
 }
@@ -200,7 +221,7 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     fn frame(id: i64) -> Frame {
-        Frame { id, bytes: Bytes::from(format!("{id};")) }
+        Frame { id, bytes: Bytes::from(format!("{id};")), data: Bytes::from(format!("{{\"n\": {id}}}")) }
     }
 
     /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
@@ -216,27 +237,27 @@ mod tests {
     #[test]
     fn refuses_until_started_and_after_close() {
         let hub = Arc::new(Hub::new(4));
-        assert_eq!(hub.subscribe(&["a".into()]).err(), Some(HubError::NotStarted));
+        assert_eq!(hub.subscribe(&["a".into()], None).err(), Some(HubError::NotStarted));
         hub.start_at(10);
         hub.start_at(99);
-        let (_sub, last) = hub.subscribe(&["a".into()]).unwrap();
+        let (_sub, last) = hub.subscribe(&["a".into()], None).unwrap();
         assert_eq!(last, 10);
         hub.close();
-        assert_eq!(hub.subscribe(&["a".into()]).err(), Some(HubError::Closed));
+        assert_eq!(hub.subscribe(&["a".into()], None).err(), Some(HubError::Closed));
     }
 
     #[test]
     fn routes_by_channel_and_shares_bytes() {
         let hub = Arc::new(Hub::new(4));
         hub.start_at(0);
-        let (a, _) = hub.subscribe(&["a".into()]).unwrap();
-        let (ab, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        let (a, _) = hub.subscribe(&["a".into()], None).unwrap();
+        let (ab, _) = hub.subscribe(&["a".into(), "b".into()], None).unwrap();
         hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
         assert_eq!(take(&a), ready("1;"));
         assert_eq!(take(&a), Poll::Pending);
         assert_eq!(take(&ab), ready("1;2;"));
         assert_eq!(hub.last_id(), Some(3));
-        let (_, last) = hub.subscribe(&["c".into()]).unwrap();
+        let (_, last) = hub.subscribe(&["c".into()], None).unwrap();
         assert_eq!(last, 3);
     }
 
@@ -244,8 +265,8 @@ mod tests {
     fn full_queue_cuts_only_that_subscriber_after_its_queued_frames() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(0);
-        let (slow, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
-        let (fast, _) = hub.subscribe(&["a".into()]).unwrap();
+        let (slow, _) = hub.subscribe(&["a".into(), "b".into()], None).unwrap();
+        let (fast, _) = hub.subscribe(&["a".into()], None).unwrap();
         for id in 1..=3 {
             hub.broadcast(vec![("a".into(), frame(id))]);
             assert_eq!(take(&fast), ready(&format!("{id};")));
@@ -260,18 +281,30 @@ mod tests {
     fn rewind_moves_the_position_back_and_ends_streams() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(50);
-        let (sub, _) = hub.subscribe(&["a".into()]).unwrap();
+        let (sub, _) = hub.subscribe(&["a".into()], None).unwrap();
         hub.rewind(20);
         assert_eq!(take(&sub), Poll::Ready(None));
-        let (_, last) = hub.subscribe(&["a".into()]).unwrap();
+        let (_, last) = hub.subscribe(&["a".into()], None).unwrap();
         assert_eq!(last, 20);
+    }
+
+    #[test]
+    fn filters_choose_per_subscriber() {
+        let hub = Arc::new(Hub::new(4));
+        hub.start_at(0);
+        let odd = Arc::new(Filter::parse([("n", "in.(1,3)")]).unwrap());
+        let (filtered, _) = hub.subscribe(&["a".into()], Some(odd)).unwrap();
+        let (all, _) = hub.subscribe(&["a".into()], None).unwrap();
+        hub.broadcast((1..=3).map(|id| ("a".to_string(), frame(id))).collect());
+        assert_eq!(take(&filtered), ready("1;3;"));
+        assert_eq!(take(&all), ready("1;2;3;"));
     }
 
     #[test]
     fn dropping_a_subscription_unregisters_it() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(0);
-        let (sub, _) = hub.subscribe(&["a".into(), "b".into()]).unwrap();
+        let (sub, _) = hub.subscribe(&["a".into(), "b".into()], None).unwrap();
         assert_eq!(hub.subscriber_counts().len(), 2);
         drop(sub);
         assert!(hub.subscriber_counts().is_empty());

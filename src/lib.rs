@@ -7,7 +7,8 @@
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
 //!   [`cors`]: cross-origin headers.
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
-//! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids.
+//! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
+//!   [`filter`]: row filters on event data.
 //! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod cors;
 pub mod cursor;
 pub mod demo;
+pub mod filter;
 pub mod hub;
 pub mod listener;
 pub mod migrate;

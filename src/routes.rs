@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
+use crate::filter::{Filter, FilterError};
 use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::SseBody;
@@ -35,6 +36,8 @@ pub enum ApiError {
     Stream(#[from] StreamError),
     #[error("{0}")]
     Command(#[from] CommandError),
+    #[error("{0}")]
+    Filter(#[from] FilterError),
 }
 
 impl ApiError {
@@ -42,7 +45,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Cursor(_) | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::Cursor(_) | ApiError::BadQuery(_) | ApiError::Filter(_) => StatusCode::BAD_REQUEST,
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
@@ -166,29 +169,29 @@ fn only_get<B>(req: &Request<B>, allow: &'static str) -> Result<(), ApiError> {
     }
 }
 
-/// The query parameters a stream understands; anything else is refused so typos do not pass silently.
+/// A stream's query: `channel` and `last_event_id`; every other parameter is a row filter, parsed
+/// strictly so that a typo is refused rather than silently matching everything.
 #[derive(Default)]
 struct Query {
     channels: Vec<String>,
     last_event_id: Option<String>,
+    filter: Option<Arc<Filter>>,
 }
 
 impl Query {
     fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut q = Query::default();
+        let mut filters = Vec::new();
         for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match key.as_ref() {
                 "channel" => q.channels.push(value.into_owned()),
                 "last_event_id" if q.last_event_id.is_none() => q.last_event_id = Some(value.into_owned()),
                 "last_event_id" => return Err(ApiError::BadQuery("last_event_id given more than once".into())),
-                other => {
-                    return Err(ApiError::BadQuery(format!(
-                        "unknown query parameter {:?}",
-                        other.chars().take(64).collect::<String>()
-                    )))
-                }
+                _ => filters.push((key.into_owned(), value.into_owned())),
             }
         }
+        let filter = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        q.filter = (!filter.is_empty()).then(|| Arc::new(filter));
         Ok(q)
     }
 }
@@ -203,7 +206,7 @@ async fn events<B>(
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
     let channels = stream::check_channels(state, channels).await?;
     tracing::debug!(?channels, ?resume, "stream opened");
-    let body = stream::open(state, channels, resume).await?;
+    let body = stream::open(state, channels, resume, query.filter.clone()).await?;
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

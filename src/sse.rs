@@ -262,7 +262,7 @@ mod tests {
     fn hub_with(channel: &str) -> (Arc<Hub>, Subscription) {
         let hub = Arc::new(Hub::new(16));
         hub.start_at(0);
-        let (sub, _) = hub.subscribe(&[channel.to_string()]).unwrap();
+        let (sub, _) = hub.subscribe(&[channel.to_string()], None).unwrap();
         (hub, sub)
     }
 
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(start.elapsed(), beat, "first heartbeat exactly one interval after start");
 
         tokio::time::advance(Duration::from_secs(10)).await;
-        hub.broadcast(vec![("c".into(), Frame { id: 1, bytes: Bytes::from_static(b"E") })]);
+        hub.broadcast(vec![("c".into(), Frame { id: 1, bytes: Bytes::from_static(b"E"), data: Bytes::new() })]);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         let after_event = Instant::now();
         assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
@@ -299,7 +299,8 @@ mod tests {
         next_chunk(&mut body).await;
         tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
         tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
-        let frames = (1..=4).map(|id| ("c".into(), Frame { id, bytes: Bytes::from(format!("L{id}")) }));
+        let frames =
+            (1..=4).map(|id| ("c".into(), Frame { id, bytes: Bytes::from(format!("L{id}")), data: Bytes::new() }));
         hub.broadcast(frames.collect());
         assert_eq!(next_chunk(&mut body).await.unwrap(), "R1");
         assert_eq!(next_chunk(&mut body).await.unwrap(), "L3L4");
@@ -315,7 +316,7 @@ mod tests {
         assert!(next_chunk(&mut body).await.is_none());
         assert!(body.is_end_stream());
 
-        let (sub, _) = hub.subscribe(&["c".to_string()]).unwrap();
+        let (sub, _) = hub.subscribe(&["c".to_string()], None).unwrap();
         let mut body =
             SseBody::live(Bytes::new(), sub, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
         next_chunk(&mut body).await;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
+use bytes::Bytes;
+
 use crate::hub::Frame;
 use crate::sse;
 
@@ -96,7 +98,15 @@ impl EventRow {
     /// an unencodable one is logged and skipped rather than allowed to break the stream.
     pub fn encode(&self) -> Option<Frame> {
         match sse::encode(self.id, &self.event, &self.payload) {
-            Ok(bytes) => Some(Frame { id: self.id, bytes }),
+            Ok(bytes) => {
+                // jsonb's text never holds a raw line break, so the data is the frame's one `data:` line.
+                let end = bytes.len().saturating_sub(2);
+                let data = match end.checked_sub(self.payload.len()) {
+                    Some(start) if bytes[start..end] == *self.payload.as_bytes() => bytes.slice(start..end),
+                    _ => Bytes::from(self.payload.clone()),
+                };
+                Some(Frame { id: self.id, bytes, data })
+            }
             Err(err) => {
                 tracing::error!(id = self.id, cause = %err, "skipping event that cannot be encoded");
                 None

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::filter::Filter;
 use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::{self, Feed, SseBody};
@@ -58,14 +59,20 @@ pub async fn check_channels(state: &AppState, mut channels: Vec<String>) -> Resu
     Ok(channels)
 }
 
-pub async fn open(state: &Arc<AppState>, channels: Vec<String>, resume: Option<i64>) -> Result<SseBody, StreamError> {
+/// Opens a stream; `filter` (if any) applies to replayed and live events alike.
+pub async fn open(
+    state: &Arc<AppState>,
+    channels: Vec<String>,
+    resume: Option<i64>,
+    filter: Option<Arc<Filter>>,
+) -> Result<SseBody, StreamError> {
     let prelude = sse::prelude(state.config.retry);
     let heartbeat = state.config.heartbeat;
     let shutdown = state.shutdown.clone().cancelled_owned();
     // Refuse before answering 200 when the seam cannot be made yet, so the client retries instead.
     state.hub.wait_started(START_WAIT).await?;
     let Some(after) = resume else {
-        let (sub, _) = state.hub.subscribe(&channels)?;
+        let (sub, _) = state.hub.subscribe(&channels, filter)?;
         return Ok(SseBody::live(prelude, sub, heartbeat, shutdown));
     };
     let bounds = state.store.bounds().await?;
@@ -77,7 +84,7 @@ pub async fn open(state: &Arc<AppState>, channels: Vec<String>, resume: Option<i
         (after, None)
     };
     let (tx, rx) = mpsc::channel(4);
-    let replay = Replay { state: state.clone(), channels, tx };
+    let replay = Replay { state: state.clone(), channels, filter, tx };
     let token = state.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -102,6 +109,7 @@ fn reset_frame(from: i64, reason: &str) -> Bytes {
 struct Replay {
     state: Arc<AppState>,
     channels: Vec<String>,
+    filter: Option<Arc<Filter>>,
     tx: mpsc::Sender<Feed>,
 }
 
@@ -122,7 +130,7 @@ impl Replay {
         }
         // Most of the history is read before registering, so a long replay does not fill the live queue.
         while self.batch(&mut cursor, None).await? {}
-        let (sub, live_from) = self.state.hub.subscribe(&self.channels)?;
+        let (sub, live_from) = self.state.hub.subscribe(&self.channels, self.filter.clone())?;
         if cursor < live_from {
             while self.batch(&mut cursor, Some(live_from)).await? {}
         }
@@ -136,10 +144,13 @@ impl Replay {
         let Some(last) = rows.last() else { return Ok(false) };
         *cursor = last.id;
         let mut chunk = BytesMut::new();
-        for frame in rows.iter().filter_map(EventRow::encode) {
+        let wanted = |row: &&EventRow| self.filter.as_ref().is_none_or(|f| f.matches_text(row.payload.as_bytes()));
+        for frame in rows.iter().filter(wanted).filter_map(EventRow::encode) {
             chunk.extend_from_slice(&frame.bytes);
         }
-        self.send(Feed::Chunk(chunk.freeze())).await?;
+        if !chunk.is_empty() {
+            self.send(Feed::Chunk(chunk.freeze())).await?;
+        }
         Ok(rows.len() as i64 == REPLAY_BATCH)
     }
 

@@ -250,7 +250,8 @@ async fn bad_requests_get_json_errors() {
         ("GET", "/messages/events", &[("last-event-id", "-5")], 400, "invalid resume id"),
         ("GET", "/messages/events?last_event_id=1e9", &[], 400, "invalid resume id"),
         ("GET", "/messages/events?last_event_id=99999999999999999999999", &[], 400, "invalid resume id"),
-        ("GET", "/messages/events?bogus=1", &[], 400, "unknown query parameter"),
+        ("GET", "/messages/events?bogus=1", &[], 400, "invalid filter \"bogus\""),
+        ("GET", "/messages/events?body=like.x", &[], 400, "unknown operator"),
         ("DELETE", "/messages/events", &[], 405, "not allowed"),
         ("POST", "/healthz", &[], 405, "not allowed"),
     ];

@@ -1,0 +1,255 @@
+//! Row filters in PostgREST style (`?user_id=eq.42&status=in.(new,paid)`), AND-ed and evaluated in the
+//! gateway on each event's JSON data. Nested keys use dots: `?customer.country=eq.NZ`.
+
+use serde_json::Value;
+
+const MAX_CONDITIONS: usize = 16;
+const MAX_VALUE_LEN: usize = 512;
+const MAX_PATH_DEPTH: usize = 8;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("invalid filter {key:?}: {why}")]
+    Invalid { key: String, why: String },
+    #[error("too many filters: at most {MAX_CONDITIONS}")]
+    TooMany,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Literal {
+    text: String,
+    number: Option<f64>,
+}
+
+impl Literal {
+    fn new(text: &str) -> Self {
+        Self { text: text.to_string(), number: text.parse::<f64>().ok().filter(|n| n.is_finite()) }
+    }
+
+    fn equals(&self, value: &Value) -> bool {
+        match value {
+            Value::String(s) => *s == self.text,
+            Value::Number(n) => self.number.is_some_and(|l| n.as_f64() == Some(l)),
+            Value::Bool(b) => self.text == if *b { "true" } else { "false" },
+            _ => false,
+        }
+    }
+
+    /// `value` compared to the literal: numbers numerically, strings by bytes, anything else not at all.
+    fn order(&self, value: &Value) -> Option<std::cmp::Ordering> {
+        match value {
+            Value::Number(n) => n.as_f64()?.partial_cmp(&self.number?),
+            Value::String(s) => Some(s.as_str().cmp(self.text.as_str())),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Eq(Literal),
+    Neq(Literal),
+    Lt(Literal),
+    Lte(Literal),
+    Gt(Literal),
+    Gte(Literal),
+    In(Vec<Literal>),
+    IsNull,
+    IsTrue,
+    IsFalse,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Condition {
+    path: Vec<String>,
+    op: Op,
+}
+
+/// All conditions of one stream; an event passes when every one holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    conditions: Vec<Condition>,
+}
+
+impl Filter {
+    /// Parses `key=op.value` pairs. Keys are dot-separated paths into the event's data.
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, FilterError> {
+        let mut conditions = Vec::new();
+        for (key, value) in pairs {
+            if conditions.len() == MAX_CONDITIONS {
+                return Err(FilterError::TooMany);
+            }
+            conditions.push(parse_condition(key, value)?);
+        }
+        Ok(Self { conditions })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty()
+    }
+
+    /// Both filters at once (AND): what a grant allows narrowed by what the client asked for.
+    pub fn and(mut self, other: Filter) -> Self {
+        self.conditions.extend(other.conditions);
+        self
+    }
+
+    pub fn matches(&self, data: &Value) -> bool {
+        self.conditions.iter().all(|c| {
+            let value = c.path.iter().try_fold(data, |v, key| v.get(key.as_str()));
+            match (&c.op, value) {
+                (Op::IsNull, v) => v.is_none_or(Value::is_null),
+                (Op::IsTrue, v) => v == Some(&Value::Bool(true)),
+                (Op::IsFalse, v) => v == Some(&Value::Bool(false)),
+                (_, None) => false,
+                (Op::Eq(l), Some(v)) => l.equals(v),
+                (Op::Neq(l), Some(v)) => !v.is_null() && !l.equals(v),
+                (Op::In(list), Some(v)) => list.iter().any(|l| l.equals(v)),
+                (Op::Lt(l), Some(v)) => l.order(v).is_some_and(std::cmp::Ordering::is_lt),
+                (Op::Lte(l), Some(v)) => l.order(v).is_some_and(std::cmp::Ordering::is_le),
+                (Op::Gt(l), Some(v)) => l.order(v).is_some_and(std::cmp::Ordering::is_gt),
+                (Op::Gte(l), Some(v)) => l.order(v).is_some_and(std::cmp::Ordering::is_ge),
+            }
+        })
+    }
+
+    /// Parses `data` (JSON text) and tests it; data that is not JSON matches no filter.
+    pub fn matches_text(&self, data: &[u8]) -> bool {
+        self.is_empty() || serde_json::from_slice::<Value>(data).is_ok_and(|v| self.matches(&v))
+    }
+}
+
+fn parse_condition(key: &str, value: &str) -> Result<Condition, FilterError> {
+    let invalid = |why: &str| FilterError::Invalid { key: key.chars().take(64).collect(), why: why.to_string() };
+    let path: Vec<String> = key.split('.').map(str::to_string).collect();
+    if path.iter().any(String::is_empty) || path.len() > MAX_PATH_DEPTH {
+        return Err(invalid("keys are names separated by single dots, at most 8 deep"));
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(invalid("value longer than 512 bytes"));
+    }
+    let Some((op, operand)) = value.split_once('.') else {
+        return Err(invalid("expected operator.value, e.g. eq.42 (eq, neq, lt, lte, gt, gte, in, is)"));
+    };
+    let op = match op {
+        "eq" => Op::Eq(Literal::new(operand)),
+        "neq" => Op::Neq(Literal::new(operand)),
+        "lt" => Op::Lt(Literal::new(operand)),
+        "lte" => Op::Lte(Literal::new(operand)),
+        "gt" => Op::Gt(Literal::new(operand)),
+        "gte" => Op::Gte(Literal::new(operand)),
+        "in" => Op::In(parse_list(operand).ok_or_else(|| invalid("in takes a list: in.(a,b,\"c,d\")"))?),
+        "is" => match operand {
+            "null" => Op::IsNull,
+            "true" => Op::IsTrue,
+            "false" => Op::IsFalse,
+            _ => return Err(invalid("is takes null, true or false")),
+        },
+        _ => return Err(invalid("unknown operator (eq, neq, lt, lte, gt, gte, in, is)")),
+    };
+    Ok(Condition { path, op })
+}
+
+/// `(a,b,"c,d")`: items separated by commas; double quotes protect commas and parentheses.
+fn parse_list(text: &str) -> Option<Vec<Literal>> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => current.push(chars.next()?),
+            ',' if !quoted => items.push(Literal::new(&std::mem::take(&mut current))),
+            c => current.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    items.push(Literal::new(&current));
+    Some(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn filter(query: &[(&str, &str)]) -> Filter {
+        Filter::parse(query.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn each_operator() {
+        let row = json!({"user_id": 42, "status": "paid", "amount": 150.5, "vip": true, "note": null,
+                         "customer": {"country": "NZ", "age": 30}});
+        let pass: &[&[(&str, &str)]] = &[
+            &[("user_id", "eq.42")],
+            &[("user_id", "eq.42.0")],
+            &[("status", "eq.paid")],
+            &[("status", "neq.new")],
+            &[("amount", "gte.100"), ("amount", "lt.151")],
+            &[("amount", "gt.150"), ("amount", "lte.150.5")],
+            &[("status", "in.(new,paid)")],
+            &[("status", "in.(\"pa,id\",paid)")],
+            &[("note", "is.null"), ("missing", "is.null")],
+            &[("vip", "is.true"), ("vip", "eq.true")],
+            &[("customer.country", "eq.NZ"), ("customer.age", "gt.18")],
+            &[("status", "gt.new")],
+        ];
+        for q in pass {
+            assert!(filter(q).matches(&row), "{q:?} should match");
+        }
+        let fail: &[&[(&str, &str)]] = &[
+            &[("user_id", "eq.43")],
+            &[("user_id", "neq.42")],
+            &[("status", "eq.PAID")],
+            &[("amount", "lt.100")],
+            &[("status", "in.(new,shipped)")],
+            &[("vip", "is.false")],
+            &[("note", "eq.null")],
+            &[("note", "neq.x")],
+            &[("missing", "eq.x")],
+            &[("customer.age", "gt.abc")],
+            &[("customer", "eq.NZ")],
+            &[("user_id", "eq.42"), ("status", "eq.new")],
+        ];
+        for q in fail {
+            assert!(!filter(q).matches(&row), "{q:?} should not match");
+        }
+        assert!(Filter::default().matches(&row));
+    }
+
+    #[test]
+    fn malformed_filters_name_the_problem() {
+        for (key, value, why) in [
+            ("a", "42", "operator.value"),
+            ("a", "like.x", "unknown operator"),
+            ("a", "is.maybe", "null, true or false"),
+            ("a", "in.x", "list"),
+            ("a", "in.(\"open", "list"),
+            ("a..b", "eq.1", "dots"),
+            ("", "eq.1", "dots"),
+            ("a.b.c.d.e.f.g.h.i", "eq.1", "dots"),
+        ] {
+            let err = Filter::parse([(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(why), "{key}={value}: {err}");
+        }
+        let long = format!("eq.{}", "x".repeat(600));
+        assert!(Filter::parse([("a", long.as_str())]).is_err());
+        let many: Vec<(&str, &str)> = (0..17).map(|_| ("a", "eq.1")).collect();
+        assert_eq!(Filter::parse(many), Err(FilterError::TooMany));
+    }
+
+    #[test]
+    fn grants_narrow_and_text_that_is_not_json_matches_nothing() {
+        let grant = filter(&[("user_id", "eq.42")]);
+        let asked = filter(&[("user_id", "eq.7")]);
+        let both = grant.and(asked);
+        assert!(!both.matches(&json!({"user_id": 42})) && !both.matches(&json!({"user_id": 7})));
+        assert!(!filter(&[("a", "eq.1")]).matches_text(b"not json"));
+        assert!(Filter::default().matches_text(b"not json"));
+    }
+}
