@@ -88,12 +88,6 @@ impl Filter {
         self.conditions.is_empty()
     }
 
-    /// Both filters at once (AND): what a grant allows narrowed by what the client asked for.
-    pub fn and(mut self, other: Filter) -> Self {
-        self.conditions.extend(other.conditions);
-        self
-    }
-
     pub fn matches(&self, data: &Value) -> bool {
         self.conditions.iter().all(|c| {
             let value = c.path.iter().try_fold(data, |v, key| v.get(key.as_str()));
@@ -244,11 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn grants_narrow_and_text_that_is_not_json_matches_nothing() {
-        let grant = filter(&[("user_id", "eq.42")]);
-        let asked = filter(&[("user_id", "eq.7")]);
-        let both = grant.and(asked);
-        assert!(!both.matches(&json!({"user_id": 42})) && !both.matches(&json!({"user_id": 7})));
+    fn text_that_is_not_json_matches_nothing() {
         assert!(!filter(&[("a", "eq.1")]).matches_text(b"not json"));
         assert!(Filter::default().matches_text(b"not json"));
     }
