@@ -9,7 +9,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use crate::routes::{json_response, raw_json_response, Body};
+use crate::auth::{Access, AuthError};
+use crate::routes::{json_response, raw_json_response, Body, ACCESS_TOKEN};
 use crate::server::AppState;
 use crate::store::{StoreError, Written};
 use crate::{cursor, stream};
@@ -43,6 +44,8 @@ pub enum CommandError {
     BadQuery(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 /// Reads a JSON object body of at most `limit` bytes, refusing other content types before reading.
@@ -96,9 +99,16 @@ fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
 }
 
 /// `POST /{channel}`: a table channel gets a row built from the object's keys, any other channel an event.
-pub async fn post(state: &AppState, channel: &str, query: Option<&str>, body: Value) -> Result<Response, CommandError> {
+pub async fn post(
+    state: &AppState,
+    access: &Access,
+    channel: &str,
+    query: Option<&str>,
+    body: Value,
+) -> Result<Response, CommandError> {
     check_name(channel)?;
-    let event = query_pairs(query, &["event"])?.pop().map(|(_, v)| v);
+    access.may_publish(channel)?;
+    let event = query_pairs(query, &["event", ACCESS_TOKEN])?.into_iter().find(|(k, _)| k == "event").map(|(_, v)| v);
     let has_table = state.store.channel(channel).await?.is_some_and(|c| c.has_table);
     if has_table {
         if event.is_some() {
@@ -127,10 +137,20 @@ pub async fn post(state: &AppState, channel: &str, query: Option<&str>, body: Va
 }
 
 /// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards.
-pub async fn history(state: &AppState, channel: &str, query: Option<&str>) -> Result<Response, CommandError> {
+pub async fn history(
+    state: &AppState,
+    access: &Access,
+    channel: &str,
+    query: Option<&str>,
+) -> Result<Response, CommandError> {
     check_name(channel)?;
+    access.may_subscribe(channel)?;
+    let granted = access.filter_for(channel, None)?;
     let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
-    for (key, value) in query_pairs(query, &["limit", "before"])? {
+    for (key, value) in query_pairs(query, &["limit", "before", ACCESS_TOKEN])? {
+        if key == ACCESS_TOKEN {
+            continue;
+        }
         let n = cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")))?;
         match key.as_str() {
             "limit" if n == 0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
@@ -141,7 +161,11 @@ pub async fn history(state: &AppState, channel: &str, query: Option<&str>) -> Re
     if state.store.channel(channel).await?.is_none() {
         return Err(CommandError::UnknownChannel(channel.to_string()));
     }
-    let rows = state.store.history(channel, before, limit).await?;
+    let mut rows = state.store.history(channel, before, limit).await?;
+    // A grant's filter hides rows here as on streams (a page may then hold fewer than `limit`).
+    if let Some(filter) = granted {
+        rows.retain(|row| filter.matches_text(row.payload.as_bytes()));
+    }
     let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.payload.len() + 48).sum::<usize>() + 2);
     out.put_u8(b'[');
     for (i, row) in rows.iter().enumerate() {
@@ -159,8 +183,9 @@ pub async fn history(state: &AppState, channel: &str, query: Option<&str>) -> Re
 }
 
 /// `DELETE /{channel}`: removes the channel's rows and events and broadcasts a `clear` event.
-pub async fn clear(state: &AppState, channel: &str) -> Result<Response, CommandError> {
+pub async fn clear(state: &AppState, access: &Access, channel: &str) -> Result<Response, CommandError> {
     check_name(channel)?;
+    access.may_publish(channel)?;
     let force = state.config.allow_clear.iter().any(|c| c == channel);
     let Written { id, payload } = state.store.clear(channel, force).await?;
     let body = format!("{{\"id\":{},\"event\":\"clear\",\"data\":{payload}}}", id.unwrap_or_default());

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{Auth, AuthError, Jwt, DEFAULT_COOKIE};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 pub const DEFAULT_HEARTBEAT: &str = "15s";
@@ -108,6 +112,33 @@ pub struct ServeArgs {
     /// Serve the demo pages (`/` live feed, `/send` form) for the `messages` channel, creating its table.
     #[arg(long, env = "PGSSE_DEMO")]
     pub demo: bool,
+
+    /// Who may read and write: `none` (anyone; only on loopback unless --allow-unauthenticated-public),
+    /// or `jwt` (a token's `pgsse` claim grants channels).
+    #[arg(long, env = "PGSSE_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// HS256 secret for `--auth jwt`.
+    #[arg(long, env = "PGSSE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for `--auth jwt`.
+    #[arg(long, env = "PGSSE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Cookie that may carry the token (besides `Authorization: Bearer` and `?access_token=`).
+    #[arg(long, env = "PGSSE_JWT_COOKIE", default_value = DEFAULT_COOKIE)]
+    pub jwt_cookie: String,
+
+    /// Serve a non-loopback address with `--auth none`: anyone who can reach it reads and writes everything.
+    #[arg(long, env = "PGSSE_ALLOW_UNAUTHENTICATED_PUBLIC")]
+    pub allow_unauthenticated_public: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    None,
+    Jwt,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -173,6 +204,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub allow_clear: Vec<String>,
     pub demo: bool,
+    pub auth: Arc<Auth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +213,14 @@ pub enum ConfigError {
     MissingDatabaseUrl,
     #[error("invalid database url: {0}")]
     InvalidDatabaseUrl(String),
+    #[error("--auth none on the public address {0}: pass --allow-unauthenticated-public, or use --auth jwt")]
+    PublicWithoutAuth(SocketAddr),
+    #[error("--auth jwt needs exactly one of --jwt-secret and --jwt-public-key")]
+    JwtKey,
+    #[error("cannot read {0}: {1}")]
+    KeyFile(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 impl Config {
@@ -191,6 +231,20 @@ impl Config {
 
     pub fn with_database_url(args: &ServeArgs, database_url: String) -> Result<Self, ConfigError> {
         database_url.parse::<tokio_postgres::Config>().map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        let auth = match (args.auth, &args.jwt_secret, &args.jwt_public_key) {
+            (AuthMode::None, _, _) if !args.listen.ip().is_loopback() && !args.allow_unauthenticated_public => {
+                return Err(ConfigError::PublicWithoutAuth(args.listen))
+            }
+            (AuthMode::None, _, _) => Auth::None,
+            (AuthMode::Jwt, Some(secret), None) if !secret.is_empty() => {
+                Auth::Jwt(Box::new(Jwt::hs256(secret.as_bytes(), &args.jwt_cookie)))
+            }
+            (AuthMode::Jwt, None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.clone(), e))?;
+                Auth::Jwt(Box::new(Jwt::public_key(&pem, &args.jwt_cookie)?))
+            }
+            (AuthMode::Jwt, _, _) => return Err(ConfigError::JwtKey),
+        };
         Ok(Self {
             database_url,
             heartbeat: args.heartbeat,
@@ -205,6 +259,7 @@ impl Config {
             cors_origins: args.cors_origins.clone(),
             allow_clear: args.allow_clear.clone(),
             demo: args.demo,
+            auth: Arc::new(auth),
         })
     }
 
@@ -238,6 +293,24 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Migrate(_))));
         assert!(Cli::try_parse_from(["pgsse", "--queue-capacity", "0"]).is_err());
         assert!(Config::new("not a url").is_err());
+    }
+
+    #[test]
+    fn public_addresses_need_auth_or_an_explicit_opt_out() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["pgsse", "--database-url", "postgres://x@h/db"];
+            argv.extend_from_slice(extra);
+            Config::from_args(&Cli::try_parse_from(argv).unwrap().serve)
+        };
+        assert!(matches!(parse(&["--listen", "0.0.0.0:4000"]), Err(ConfigError::PublicWithoutAuth(_))));
+        assert!(parse(&["--listen", "0.0.0.0:4000", "--allow-unauthenticated-public"]).is_ok());
+        assert!(parse(&["--listen", "[::1]:4000"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:4000", "--auth", "jwt", "--jwt-secret", "s"]).is_ok());
+        assert!(matches!(parse(&["--auth", "jwt"]), Err(ConfigError::JwtKey)));
+        assert!(matches!(
+            parse(&["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"]),
+            Err(ConfigError::KeyFile(..))
+        ));
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! Row filters in PostgREST style (`?user_id=eq.42&status=in.(new,paid)`), AND-ed and evaluated in the
 //! gateway on each event's JSON data. Nested keys use dots: `?customer.country=eq.NZ`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde_json::Value;
+
+/// The filter of each channel of a stream (channels without one pass everything).
+pub type ChannelFilters = HashMap<String, Arc<Filter>>;
 
 const MAX_CONDITIONS: usize = 16;
 const MAX_VALUE_LEN: usize = 512;
@@ -86,6 +92,12 @@ impl Filter {
 
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty()
+    }
+
+    /// Both filters at once (AND): a grant's filter narrowed by what the client asked for.
+    pub fn and(mut self, other: Filter) -> Self {
+        self.conditions.extend(other.conditions);
+        self
     }
 
     pub fn matches(&self, data: &Value) -> bool {

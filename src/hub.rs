@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::filter::Filter;
+use crate::filter::{ChannelFilters, Filter};
 use crate::queue::{PushError, Queue};
 
 /// One encoded event as it travels to subscribers.
@@ -122,7 +122,7 @@ impl Hub {
     pub fn subscribe(
         self: &Arc<Self>,
         channels: &[String],
-        filter: Option<Arc<Filter>>,
+        filters: &ChannelFilters,
     ) -> Result<(Subscription, i64), HubError> {
         let queue = Arc::new(Queue::new(self.queue_capacity));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -137,7 +137,7 @@ impl Hub {
                 Some((key, _)) => key.clone(),
                 None => Arc::from(channel.as_str()),
             };
-            let subscriber = Subscriber { queue: queue.clone(), filter: filter.clone() };
+            let subscriber = Subscriber { queue: queue.clone(), filter: filters.get(channel).cloned() };
             inner.channels.entry(key.clone()).or_default().insert(id, subscriber);
             names.push(key);
         }
@@ -237,27 +237,27 @@ mod tests {
     #[test]
     fn refuses_until_started_and_after_close() {
         let hub = Arc::new(Hub::new(4));
-        assert_eq!(hub.subscribe(&["a".into()], None).err(), Some(HubError::NotStarted));
+        assert_eq!(hub.subscribe(&["a".into()], &ChannelFilters::new()).err(), Some(HubError::NotStarted));
         hub.start_at(10);
         hub.start_at(99);
-        let (_sub, last) = hub.subscribe(&["a".into()], None).unwrap();
+        let (_sub, last) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(last, 10);
         hub.close();
-        assert_eq!(hub.subscribe(&["a".into()], None).err(), Some(HubError::Closed));
+        assert_eq!(hub.subscribe(&["a".into()], &ChannelFilters::new()).err(), Some(HubError::Closed));
     }
 
     #[test]
     fn routes_by_channel_and_shares_bytes() {
         let hub = Arc::new(Hub::new(4));
         hub.start_at(0);
-        let (a, _) = hub.subscribe(&["a".into()], None).unwrap();
-        let (ab, _) = hub.subscribe(&["a".into(), "b".into()], None).unwrap();
+        let (a, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
+        let (ab, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
         hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
         assert_eq!(take(&a), ready("1;"));
         assert_eq!(take(&a), Poll::Pending);
         assert_eq!(take(&ab), ready("1;2;"));
         assert_eq!(hub.last_id(), Some(3));
-        let (_, last) = hub.subscribe(&["c".into()], None).unwrap();
+        let (_, last) = hub.subscribe(&["c".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(last, 3);
     }
 
@@ -265,8 +265,8 @@ mod tests {
     fn full_queue_cuts_only_that_subscriber_after_its_queued_frames() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(0);
-        let (slow, _) = hub.subscribe(&["a".into(), "b".into()], None).unwrap();
-        let (fast, _) = hub.subscribe(&["a".into()], None).unwrap();
+        let (slow, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
+        let (fast, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         for id in 1..=3 {
             hub.broadcast(vec![("a".into(), frame(id))]);
             assert_eq!(take(&fast), ready(&format!("{id};")));
@@ -281,10 +281,10 @@ mod tests {
     fn rewind_moves_the_position_back_and_ends_streams() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(50);
-        let (sub, _) = hub.subscribe(&["a".into()], None).unwrap();
+        let (sub, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         hub.rewind(20);
         assert_eq!(take(&sub), Poll::Ready(None));
-        let (_, last) = hub.subscribe(&["a".into()], None).unwrap();
+        let (_, last) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(last, 20);
     }
 
@@ -293,8 +293,8 @@ mod tests {
         let hub = Arc::new(Hub::new(4));
         hub.start_at(0);
         let odd = Arc::new(Filter::parse([("n", "in.(1,3)")]).unwrap());
-        let (filtered, _) = hub.subscribe(&["a".into()], Some(odd)).unwrap();
-        let (all, _) = hub.subscribe(&["a".into()], None).unwrap();
+        let (filtered, _) = hub.subscribe(&["a".into()], &ChannelFilters::from([("a".to_string(), odd)])).unwrap();
+        let (all, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         hub.broadcast((1..=3).map(|id| ("a".to_string(), frame(id))).collect());
         assert_eq!(take(&filtered), ready("1;3;"));
         assert_eq!(take(&all), ready("1;2;3;"));
@@ -304,7 +304,7 @@ mod tests {
     fn dropping_a_subscription_unregisters_it() {
         let hub = Arc::new(Hub::new(2));
         hub.start_at(0);
-        let (sub, _) = hub.subscribe(&["a".into(), "b".into()], None).unwrap();
+        let (sub, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(hub.subscriber_counts().len(), 2);
         drop(sub);
         assert!(hub.subscriber_counts().is_empty());

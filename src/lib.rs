@@ -5,13 +5,14 @@
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
-//!   [`cors`]: cross-origin headers.
+//!   [`cors`]: cross-origin headers; [`auth`]: JWT grants (who may read and write which channels).
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
 //!   [`filter`]: row filters on event data.
 //! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
+pub mod auth;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -4,15 +4,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::auth::AuthError;
 use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
-use crate::filter::{Filter, FilterError};
+use crate::filter::{ChannelFilters, Filter, FilterError};
 use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::SseBody;
@@ -21,6 +22,9 @@ use crate::stream::{self, StreamError};
 use crate::web;
 
 pub type Body = Either<Full<Bytes>, SseBody>;
+
+/// The query parameter that may carry a token, for an `EventSource` on another origin (it cannot set headers).
+pub const ACCESS_TOKEN: &str = "access_token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,6 +42,8 @@ pub enum ApiError {
     Command(#[from] CommandError),
     #[error("{0}")]
     Filter(#[from] FilterError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 impl ApiError {
@@ -46,6 +52,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Cursor(_) | ApiError::BadQuery(_) | ApiError::Filter(_) => StatusCode::BAD_REQUEST,
+            ApiError::Auth(err) | ApiError::Command(CommandError::Auth(err)) => auth_status(err),
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
@@ -84,10 +91,21 @@ impl ApiError {
             other => other.to_string(),
         };
         let mut resp = json_response(status, &json!({ "error": message }));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let ApiError::MethodNotAllowed(_, allow) = self {
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         resp
+    }
+}
+
+fn auth_status(err: &AuthError) -> StatusCode {
+    if err.is_forbidden() {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
     }
 }
 
@@ -147,15 +165,21 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
         [channel] if !channel.is_empty() => {
             let channel = channel.to_string();
             let query = req.uri().query().map(str::to_string);
+            if !matches!(*req.method(), Method::GET | Method::POST | Method::DELETE) {
+                return Err(ApiError::MethodNotAllowed(req.method().clone(), "GET, POST, DELETE"));
+            }
+            let token = query_token(query.as_deref());
+            let access = state.config.auth.authenticate(req.headers(), token.as_deref())?;
             match *req.method() {
-                Method::GET => Ok(commands::history(state, &channel, query.as_deref()).await?),
-                Method::POST => {
+                Method::GET => Ok(commands::history(state, &access, &channel, query.as_deref()).await?),
+                Method::DELETE => Ok(commands::clear(state, &access, &channel).await?),
+                _ => {
                     let (parts, body) = req.into_parts();
+                    // Refused before the body is read when the token cannot publish here.
+                    access.may_publish(&channel)?;
                     let object = commands::read_object(&parts.headers, body, state.config.body_limit).await?;
-                    Ok(commands::post(state, &channel, query.as_deref(), object).await?)
+                    Ok(commands::post(state, &access, &channel, query.as_deref(), object).await?)
                 }
-                Method::DELETE => Ok(commands::clear(state, &channel).await?),
-                ref other => Err(ApiError::MethodNotAllowed(other.clone(), "GET, POST, DELETE")),
             }
         }
         _ => Err(ApiError::NotFound(path.chars().take(200).collect())),
@@ -169,13 +193,18 @@ fn only_get<B>(req: &Request<B>, allow: &'static str) -> Result<(), ApiError> {
     }
 }
 
-/// A stream's query: `channel` and `last_event_id`; every other parameter is a row filter, parsed
-/// strictly so that a typo is refused rather than silently matching everything.
+fn query_token(raw: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes()).find(|(k, _)| k == ACCESS_TOKEN).map(|(_, v)| v.into_owned())
+}
+
+/// A stream's query: `channel`, `last_event_id` and `access_token`; every other parameter is a row
+/// filter, parsed strictly so that a typo is refused rather than silently matching everything.
 #[derive(Default)]
 struct Query {
     channels: Vec<String>,
     last_event_id: Option<String>,
-    filter: Option<Arc<Filter>>,
+    access_token: Option<String>,
+    filter: Option<Filter>,
 }
 
 impl Query {
@@ -187,11 +216,12 @@ impl Query {
                 "channel" => q.channels.push(value.into_owned()),
                 "last_event_id" if q.last_event_id.is_none() => q.last_event_id = Some(value.into_owned()),
                 "last_event_id" => return Err(ApiError::BadQuery("last_event_id given more than once".into())),
+                ACCESS_TOKEN => q.access_token = Some(value.into_owned()),
                 _ => filters.push((key.into_owned(), value.into_owned())),
             }
         }
         let filter = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        q.filter = (!filter.is_empty()).then(|| Arc::new(filter));
+        q.filter = (!filter.is_empty()).then_some(filter);
         Ok(q)
     }
 }
@@ -204,9 +234,17 @@ async fn events<B>(
 ) -> Result<Response<Body>, ApiError> {
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
+    let access = state.config.auth.authenticate(req.headers(), query.access_token.as_deref())?;
     let channels = stream::check_channels(state, channels).await?;
+    let mut filters = ChannelFilters::new();
+    for channel in &channels {
+        access.may_subscribe(channel)?;
+        if let Some(filter) = access.filter_for(channel, query.filter.as_ref())? {
+            filters.insert(channel.clone(), filter);
+        }
+    }
     tracing::debug!(?channels, ?resume, "stream opened");
-    let body = stream::open(state, channels, resume, query.filter.clone()).await?;
+    let body = stream::open(state, channels, resume, filters, access.expires()).await?;
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -95,6 +95,8 @@ pub struct SseBody {
     heartbeat: Duration,
     timer: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// When the client's credentials run out; the stream ends then.
+    expires: Option<Pin<Box<Sleep>>>,
 }
 
 impl SseBody {
@@ -130,7 +132,14 @@ impl SseBody {
             heartbeat,
             timer: Box::pin(tokio::time::sleep(heartbeat)),
             shutdown: Box::pin(shutdown),
+            expires: None,
         }
+    }
+
+    /// Ends the stream at `deadline`, if there is one.
+    pub fn ending_at(mut self, deadline: Option<Instant>) -> Self {
+        self.expires = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
     }
 
     fn reset_timer(&mut self) {
@@ -181,7 +190,8 @@ impl Body for SseBody {
         if matches!(this.source, Source::Done) {
             return Poll::Ready(None);
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        let expired = this.expires.as_mut().is_some_and(|e| e.as_mut().poll(cx).is_ready());
+        if expired || this.shutdown.as_mut().poll(cx).is_ready() {
             this.source = Source::Done;
             return Poll::Ready(None);
         }
@@ -262,7 +272,7 @@ mod tests {
     fn hub_with(channel: &str) -> (Arc<Hub>, Subscription) {
         let hub = Arc::new(Hub::new(16));
         hub.start_at(0);
-        let (sub, _) = hub.subscribe(&[channel.to_string()], None).unwrap();
+        let (sub, _) = hub.subscribe(&[channel.to_string()], &Default::default()).unwrap();
         (hub, sub)
     }
 
@@ -307,6 +317,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn ends_when_the_credentials_expire() {
+        let (_hub, sub) = hub_with("c");
+        let token = CancellationToken::new();
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut body =
+            SseBody::live(Bytes::new(), sub, Duration::from_secs(15), token.cancelled_owned()).ending_at(Some(until));
+        next_chunk(&mut body).await;
+        let mut heartbeats = 0;
+        while next_chunk(&mut body).await.is_some() {
+            heartbeats += 1;
+        }
+        assert_eq!((heartbeats, Instant::now()), (3, until), "heartbeats at 15, 30, 45 s, then the end at 60 s");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ends_on_shutdown_and_when_cut_off() {
         let (hub, sub) = hub_with("c");
         let token = CancellationToken::new();
@@ -316,7 +341,7 @@ mod tests {
         assert!(next_chunk(&mut body).await.is_none());
         assert!(body.is_end_stream());
 
-        let (sub, _) = hub.subscribe(&["c".to_string()], None).unwrap();
+        let (sub, _) = hub.subscribe(&["c".to_string()], &Default::default()).unwrap();
         let mut body =
             SseBody::live(Bytes::new(), sub, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
         next_chunk(&mut body).await;

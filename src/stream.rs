@@ -2,13 +2,14 @@
 //! switch to live frames at an exact seam (no gap, no duplicate).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::filter::Filter;
+use crate::filter::ChannelFilters;
 use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::{self, Feed, SseBody};
@@ -59,21 +60,24 @@ pub async fn check_channels(state: &AppState, mut channels: Vec<String>) -> Resu
     Ok(channels)
 }
 
-/// Opens a stream; `filter` (if any) applies to replayed and live events alike.
+/// Opens a stream; each channel's filter applies to replayed and live events alike. The stream ends by
+/// itself at `expires` (the end of the client's token), and the client reconnects with a fresh one.
 pub async fn open(
     state: &Arc<AppState>,
     channels: Vec<String>,
     resume: Option<i64>,
-    filter: Option<Arc<Filter>>,
+    filters: ChannelFilters,
+    expires: Option<SystemTime>,
 ) -> Result<SseBody, StreamError> {
     let prelude = sse::prelude(state.config.retry);
     let heartbeat = state.config.heartbeat;
     let shutdown = state.shutdown.clone().cancelled_owned();
+    let expires = expires.map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
     // Refuse before answering 200 when the seam cannot be made yet, so the client retries instead.
     state.hub.wait_started(START_WAIT).await?;
     let Some(after) = resume else {
-        let (sub, _) = state.hub.subscribe(&channels, filter)?;
-        return Ok(SseBody::live(prelude, sub, heartbeat, shutdown));
+        let (sub, _) = state.hub.subscribe(&channels, &filters)?;
+        return Ok(SseBody::live(prelude, sub, heartbeat, shutdown).ending_at(expires));
     };
     let bounds = state.store.bounds().await?;
     let (start, reset) = if after < bounds.pruned_through {
@@ -84,7 +88,7 @@ pub async fn open(
         (after, None)
     };
     let (tx, rx) = mpsc::channel(4);
-    let replay = Replay { state: state.clone(), channels, filter, tx };
+    let replay = Replay { state: state.clone(), channels, filters, tx };
     let token = state.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -96,7 +100,7 @@ pub async fn open(
             _ = token.cancelled() => {}
         }
     });
-    Ok(SseBody::replaying(prelude, rx, heartbeat, shutdown))
+    Ok(SseBody::replaying(prelude, rx, heartbeat, shutdown).ending_at(expires))
 }
 
 /// The `reset` event: the requested id is no longer (or never was) in the log; the stream goes on
@@ -109,7 +113,7 @@ fn reset_frame(from: i64, reason: &str) -> Bytes {
 struct Replay {
     state: Arc<AppState>,
     channels: Vec<String>,
-    filter: Option<Arc<Filter>>,
+    filters: ChannelFilters,
     tx: mpsc::Sender<Feed>,
 }
 
@@ -130,7 +134,7 @@ impl Replay {
         }
         // Most of the history is read before registering, so a long replay does not fill the live queue.
         while self.batch(&mut cursor, None).await? {}
-        let (sub, live_from) = self.state.hub.subscribe(&self.channels, self.filter.clone())?;
+        let (sub, live_from) = self.state.hub.subscribe(&self.channels, &self.filters)?;
         if cursor < live_from {
             while self.batch(&mut cursor, Some(live_from)).await? {}
         }
@@ -144,7 +148,8 @@ impl Replay {
         let Some(last) = rows.last() else { return Ok(false) };
         *cursor = last.id;
         let mut chunk = BytesMut::new();
-        let wanted = |row: &&EventRow| self.filter.as_ref().is_none_or(|f| f.matches_text(row.payload.as_bytes()));
+        let wanted =
+            |row: &&EventRow| self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()));
         for frame in rows.iter().filter(wanted).filter_map(EventRow::encode) {
             chunk.extend_from_slice(&frame.bytes);
         }

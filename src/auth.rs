@@ -1,0 +1,265 @@
+//! Who may read and write which channels. In `jwt` mode a token (Authorization: Bearer, a cookie, or
+//! `?access_token=`) carries a grant under the `pgsse` claim: channel patterns to subscribe and publish, and
+//! row filters per channel that the client can narrow but never widen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::HeaderMap;
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::filter::{Filter, FilterError};
+
+pub const DEFAULT_COOKIE: &str = "pgsse_token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required: send a token as Authorization: Bearer, the {0} cookie, or ?access_token=")]
+    Missing(String),
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("not allowed to {action} channel {channel:?}")]
+    Forbidden { action: &'static str, channel: String },
+    #[error("invalid filter in the token's grant for {channel:?}: {cause}")]
+    BadGrant { channel: String, cause: FilterError },
+    #[error("invalid jwt key: {0}")]
+    Key(String),
+}
+
+impl AuthError {
+    /// 401 when the credentials are missing or not valid, 403 when they are valid but do not allow this.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, AuthError::Forbidden { .. })
+    }
+}
+
+pub enum Auth {
+    None,
+    Jwt(Box<Jwt>),
+}
+
+/// Names the mode only: keys and secrets never reach a log line.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "Auth::None",
+            Auth::Jwt(_) => "Auth::Jwt",
+        })
+    }
+}
+
+pub struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+    cookie: String,
+}
+
+impl Jwt {
+    pub fn hs256(secret: &[u8], cookie: &str) -> Self {
+        Self::new(DecodingKey::from_secret(secret), vec![Algorithm::HS256], cookie)
+    }
+
+    /// A PEM public key, RSA (RS256) or EC P-256 (ES256).
+    pub fn public_key(pem: &[u8], cookie: &str) -> Result<Self, AuthError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Self::new(key, vec![Algorithm::RS256], cookie));
+        }
+        DecodingKey::from_ec_pem(pem)
+            .map(|key| Self::new(key, vec![Algorithm::ES256], cookie))
+            .map_err(|e| AuthError::Key(format!("neither an RSA nor an EC public key in PEM: {e}")))
+    }
+
+    fn new(key: DecodingKey, algorithms: Vec<Algorithm>, cookie: &str) -> Self {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_aud = false;
+        Self { key, validation, cookie: cookie.to_string() }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    pgsse: Grant,
+}
+
+/// What a token allows. Patterns: `*`, `prefix.*`, or an exact channel name.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    /// Channel (or pattern) to a filter in query form, e.g. `"user_id=eq.42&status=neq.void"`.
+    #[serde(default)]
+    filter: HashMap<String, String>,
+}
+
+/// The outcome of authenticating one request.
+pub enum Access {
+    Open,
+    Granted { grant: Grant, expires: SystemTime },
+}
+
+impl Auth {
+    pub fn authenticate(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
+        let Auth::Jwt(jwt) = self else { return Ok(Access::Open) };
+        let token = bearer(headers)
+            .or_else(|| cookie(headers, &jwt.cookie))
+            .or(query_token)
+            .ok_or_else(|| AuthError::Missing(jwt.cookie.clone()))?;
+        let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        let expires = UNIX_EPOCH + Duration::from_secs(claims.claims.exp);
+        Ok(Access::Granted { grant: claims.claims.pgsse, expires })
+    }
+}
+
+impl Access {
+    pub fn may_subscribe(&self, channel: &str) -> Result<(), AuthError> {
+        self.check("subscribe to", channel, |g| &g.subscribe)
+    }
+
+    pub fn may_publish(&self, channel: &str) -> Result<(), AuthError> {
+        self.check("publish to", channel, |g| &g.publish)
+    }
+
+    fn check(&self, action: &'static str, channel: &str, list: fn(&Grant) -> &Vec<String>) -> Result<(), AuthError> {
+        match self {
+            Access::Open => Ok(()),
+            Access::Granted { grant, .. } if list(grant).iter().any(|p| pattern_matches(p, channel)) => Ok(()),
+            Access::Granted { .. } => Err(AuthError::Forbidden { action, channel: channel.to_string() }),
+        }
+    }
+
+    /// The grant's filter for `channel` (every pattern that names it applies), AND-ed with the client's.
+    pub fn filter_for(&self, channel: &str, client: Option<&Filter>) -> Result<Option<Arc<Filter>>, AuthError> {
+        let mut combined = client.cloned().unwrap_or_default();
+        if let Access::Granted { grant, .. } = self {
+            for (pattern, query) in grant.filter.iter().filter(|(p, _)| pattern_matches(p, channel)) {
+                let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+                let filter = Filter::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .map_err(|cause| AuthError::BadGrant { channel: pattern.clone(), cause })?;
+                combined = combined.and(filter);
+            }
+        }
+        Ok((!combined.is_empty()).then(|| Arc::new(combined)))
+    }
+
+    pub fn expires(&self) -> Option<SystemTime> {
+        match self {
+            Access::Open => None,
+            Access::Granted { expires, .. } => Some(*expires),
+        }
+    }
+}
+
+fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) if prefix.ends_with('.') => channel.starts_with(prefix),
+        _ => pattern == channel,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name && !v.is_empty()).then_some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"test secret";
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn future() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600
+    }
+
+    fn auth() -> Auth {
+        Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE)))
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("orders.*", "orders.eu"));
+        assert!(!pattern_matches("orders.*", "orders"));
+        assert!(!pattern_matches("orders.*", "ordersx.eu"));
+        assert!(pattern_matches("messages", "messages"));
+        assert!(!pattern_matches("messages", "messages2"));
+        assert!(!pattern_matches("mess*", "messages"), "only a whole trailing segment may be a wildcard");
+    }
+
+    #[test]
+    fn token_sources_and_failures() {
+        let good = token(json!({"exp": future(), "pgsse": {"subscribe": ["a"]}}));
+        let mut headers = HeaderMap::new();
+        assert!(matches!(auth().authenticate(&headers, None), Err(AuthError::Missing(_))));
+        assert!(auth().authenticate(&headers, Some(&good)).is_ok());
+        headers.insert(COOKIE, HeaderValue::from_str(&format!("x=1; {DEFAULT_COOKIE}={good}")).unwrap());
+        assert!(auth().authenticate(&headers, None).is_ok());
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer not.a.jwt"));
+        assert!(matches!(auth().authenticate(&headers, None), Err(AuthError::Invalid(_))), "header wins");
+
+        let expired = token(json!({"exp": 1000, "pgsse": {}}));
+        assert!(matches!(auth().authenticate(&HeaderMap::new(), Some(&expired)), Err(AuthError::Expired)));
+        let other_key =
+            encode(&Header::default(), &json!({"exp": future()}), &EncodingKey::from_secret(b"other")).unwrap();
+        assert!(matches!(auth().authenticate(&HeaderMap::new(), Some(&other_key)), Err(AuthError::Invalid(_))));
+        let no_exp = token(json!({"pgsse": {"subscribe": ["*"]}}));
+        assert!(matches!(auth().authenticate(&HeaderMap::new(), Some(&no_exp)), Err(AuthError::Invalid(_))));
+        let unknown_field = token(json!({"exp": future(), "pgsse": {"subscribe": ["*"], "admin": true}}));
+        assert!(auth().authenticate(&HeaderMap::new(), Some(&unknown_field)).is_err(), "grants are strict");
+    }
+
+    #[test]
+    fn grants_allow_and_narrow() {
+        let t = token(json!({"exp": future(), "pgsse": {
+            "subscribe": ["orders.*", "messages"], "publish": ["messages"],
+            "filter": {"orders.*": "user_id=eq.42"}}}));
+        let access = auth().authenticate(&HeaderMap::new(), Some(&t)).unwrap();
+        assert!(access.may_subscribe("orders.eu").is_ok());
+        assert!(access.may_subscribe("other").unwrap_err().is_forbidden());
+        assert!(access.may_publish("orders.eu").is_err());
+        assert!(access.may_publish("messages").is_ok());
+        let asked = Filter::parse([("user_id", "eq.7")]).unwrap();
+        let f = access.filter_for("orders.eu", Some(&asked)).unwrap().unwrap();
+        assert!(!f.matches(&json!({"user_id": 7})), "the client cannot widen the grant");
+        assert!(!f.matches(&json!({"user_id": 42})), "and both apply");
+        let grant_only = access.filter_for("orders.eu", None).unwrap().unwrap();
+        assert!(grant_only.matches(&json!({"user_id": 42})));
+        assert!(access.filter_for("messages", None).unwrap().is_none());
+        assert!(Access::Open.may_publish("x").is_ok());
+    }
+}
