@@ -1,0 +1,156 @@
+//! JWT access control over real HTTP: every way a token can be missing or wrong, grants per channel,
+//! filters from the token that the client cannot escape (live, replay, history), writes, and expiry.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{call, connect, fresh_db, get, Gateway, SseStream};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use pgsse::auth::{Auth, Jwt, DEFAULT_COOKIE};
+use pgsse::config::Config;
+use serde_json::{json, Value};
+
+const SECRET: &[u8] = b"a test secret that is long enough";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(grant: Value, exp: u64) -> String {
+    encode(&Header::default(), &json!({"exp": exp, "pgsse": grant}), &EncodingKey::from_secret(SECRET)).unwrap()
+}
+
+async fn gateway(url: &str) -> Gateway {
+    let mut config = Config::new(url).unwrap();
+    config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
+    Gateway::start_with(config).await
+}
+
+async fn orders_db() -> (String, tokio_postgres::Client) {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL, item text);
+         SELECT pgsse.publish_table('orders');
+         SELECT pgsse.create_channel('public.news');",
+    )
+    .await
+    .unwrap();
+    (url, db)
+}
+
+#[tokio::test]
+async fn missing_bad_expired_and_foreign_tokens_are_refused() {
+    let (url, _db) = orders_db().await;
+    let gw = gateway(&url).await;
+    let good = token(json!({"subscribe": ["orders"]}), now() + 600);
+    let forged = encode(
+        &Header::default(),
+        &json!({"exp": now() + 600, "pgsse": {"subscribe": ["*"]}}),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    let bearer = |t: &str| format!("Bearer {t}");
+    let cases: Vec<(Vec<(&str, String)>, &str, u16, &str)> = vec![
+        (vec![], "/orders/events", 401, "authentication required"),
+        (vec![("authorization", "Bearer".into())], "/orders/events", 401, "authentication required"),
+        (vec![("authorization", bearer("not-a-jwt"))], "/orders/events", 401, "invalid token"),
+        (vec![("authorization", bearer(&forged))], "/orders/events", 401, "invalid token"),
+        (
+            vec![("authorization", bearer(&token(json!({"subscribe": ["*"]}), now() - 10)))],
+            "/orders/events",
+            401,
+            "expired",
+        ),
+        (vec![("authorization", bearer(&good))], "/public.news/events", 403, "not allowed to subscribe"),
+        (vec![("authorization", bearer(&good))], "/events?channel=orders&channel=public.news", 403, "public.news"),
+    ];
+    for (headers, path, status, text) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let resp = get(gw.addr, path, &headers).await.unwrap();
+        assert_eq!(resp.status, *status, "{path} {headers:?}: {}", resp.body);
+        assert!(resp.json()["error"].as_str().unwrap().contains(text), "{path}: {}", resp.body);
+        assert!(!resp.body.contains(std::str::from_utf8(SECRET).unwrap()), "never echoes the secret");
+        if *status == 401 {
+            assert_eq!(resp.headers["www-authenticate"], "Bearer");
+        }
+    }
+    for how in ["header", "cookie", "query"] {
+        let (path, headers) = match how {
+            "header" => ("/orders/events".to_string(), vec![("authorization", bearer(&good))]),
+            "cookie" => ("/orders/events".to_string(), vec![("cookie", format!("other=1; {DEFAULT_COOKIE}={good}"))]),
+            _ => (format!("/orders/events?access_token={good}"), vec![]),
+        };
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(SseStream::open(gw.addr, &path, &headers).await.status, 200, "token by {how}");
+    }
+}
+
+#[tokio::test]
+async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
+    let (url, db) = orders_db().await;
+    let gw = gateway(&url).await;
+    let mine = token(json!({"subscribe": ["orders"], "filter": {"orders": "user_id=eq.42"}}), now() + 600);
+    let auth = format!("Bearer {mine}");
+    let headers = [("authorization", auth.as_str())];
+
+    // Asking for user 7's rows too: the grant still limits the stream to user 42.
+    let mut live = SseStream::ok(gw.addr, "/orders/events?user_id=in.(7,42)", &headers).await;
+    for (user, item) in [(7, "theirs 1"), (42, "mine 1"), (7, "theirs 2"), (42, "mine 2")] {
+        db.execute("INSERT INTO orders (user_id, item) VALUES ($1, $2)", &[&user, &item]).await.unwrap();
+    }
+    let items = |events: Vec<common::Event>| -> Vec<String> {
+        events.iter().map(|e| e.json()["item"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(items(live.take(2).await), ["mine 1", "mine 2"]);
+
+    let mut replay = SseStream::ok(gw.addr, "/orders/events?last_event_id=0", &headers).await;
+    assert_eq!(items(replay.take(2).await), ["mine 1", "mine 2"]);
+    db.execute("INSERT INTO orders (user_id, item) VALUES (7, 'theirs 3'), (42, 'mine 3')", &[]).await.unwrap();
+    assert_eq!(items(replay.take(1).await), ["mine 3"]);
+    assert_eq!(items(live.take(1).await), ["mine 3"]);
+
+    let history = get(gw.addr, "/orders", &headers).await.unwrap();
+    assert_eq!(history.status, 200);
+    let rows: Vec<i64> =
+        history.json().as_array().unwrap().iter().map(|e| e["data"]["user_id"].as_i64().unwrap()).collect();
+    assert_eq!(rows, [42, 42, 42]);
+}
+
+#[tokio::test]
+async fn writes_need_a_publish_grant() {
+    let (url, _db) = orders_db().await;
+    let gw = gateway(&url).await;
+    let reader = format!("Bearer {}", token(json!({"subscribe": ["*"]}), now() + 600));
+    let writer = format!("Bearer {}", token(json!({"publish": ["orders", "alerts.*"]}), now() + 600));
+    let body = || Bytes::from(r#"{"user_id": 1, "item": "x"}"#);
+    let json = ("content-type", "application/json");
+
+    let none = call(gw.addr, "POST", "/orders", &[json], body()).await.unwrap();
+    assert_eq!(none.status, 401);
+    let denied = call(gw.addr, "POST", "/orders", &[json, ("authorization", &reader)], body()).await.unwrap();
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let created = call(gw.addr, "POST", "/orders", &[json, ("authorization", &writer)], body()).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let event =
+        call(gw.addr, "POST", "/alerts.eu", &[json, ("authorization", &writer)], Bytes::from("{}")).await.unwrap();
+    assert_eq!(event.status, 201, "{}", event.body);
+    let clear = call(gw.addr, "DELETE", "/orders", &[("authorization", &reader)], Bytes::new()).await.unwrap();
+    assert_eq!(clear.status, 403);
+    let history = get(gw.addr, "/orders", &[("authorization", &writer)]).await.unwrap();
+    assert_eq!(history.status, 403, "publishing does not grant reading");
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let (url, db) = orders_db().await;
+    let gw = gateway(&url).await;
+    let short = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 2));
+    let mut stream = SseStream::ok(gw.addr, "/orders/events", &[("authorization", &short)]).await;
+    db.execute("INSERT INTO orders (user_id, item) VALUES (1, 'while valid')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["item"], "while valid");
+    assert!(stream.next().await.is_none(), "the server ended the stream at exp");
+}
