@@ -54,7 +54,8 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     )
     .unwrap();
     let bearer = |t: &str| format!("Bearer {t}");
-    let cases: Vec<(Vec<(&str, String)>, &str, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, String)>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], "/orders/events", 401, "authentication required"),
         (vec![("authorization", "Bearer".into())], "/orders/events", 401, "authentication required"),
         (vec![("authorization", bearer("not-a-jwt"))], "/orders/events", 401, "invalid token"),
