@@ -21,6 +21,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 pub const DEFAULT_PROBE_INTERVAL: &str = "10s";
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+pub const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 100;
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_MAX_URL_LENGTH: usize = 8 * 1024;
 pub const DEFAULT_DEMO_DIR: &str = ".pgsse-demo";
 pub const DEFAULT_DEMO_PG_PORT: u16 = 54329;
 
@@ -133,6 +137,28 @@ pub struct ServeArgs {
     /// Serve a non-loopback address with `--auth none`: anyone who can reach it reads and writes everything.
     #[arg(long, env = "PGSSE_ALLOW_UNAUTHENTICATED_PUBLIC")]
     pub allow_unauthenticated_public: bool,
+
+    /// Open streams on this gateway; more get 429 with Retry-After.
+    #[arg(long, env = "PGSSE_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS, value_parser = parse_positive)]
+    pub max_streams: usize,
+
+    /// Open streams per client address; more get 429 with Retry-After.
+    #[arg(long, env = "PGSSE_MAX_STREAMS_PER_CLIENT", default_value_t = DEFAULT_MAX_STREAMS_PER_CLIENT,
+          value_parser = parse_positive)]
+    pub max_streams_per_client: usize,
+
+    /// Proxy address whose X-Forwarded-For names the client (repeatable); from anyone else it is ignored.
+    #[arg(long = "trusted-proxy", env = "PGSSE_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// A connection must send its request headers within this long, or it is closed.
+    #[arg(long, env = "PGSSE_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT,
+          value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest request URL accepted (longer: 414).
+    #[arg(long, env = "PGSSE_MAX_URL_LENGTH", default_value_t = DEFAULT_MAX_URL_LENGTH, value_parser = parse_positive)]
+    pub max_url_length: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,6 +231,11 @@ pub struct Config {
     pub allow_clear: Vec<String>,
     pub demo: bool,
     pub auth: Arc<Auth>,
+    pub max_streams: usize,
+    pub max_streams_per_client: usize,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub header_read_timeout: Duration,
+    pub max_url_length: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +291,11 @@ impl Config {
             allow_clear: args.allow_clear.clone(),
             demo: args.demo,
             auth: Arc::new(auth),
+            max_streams: args.max_streams,
+            max_streams_per_client: args.max_streams_per_client,
+            trusted_proxies: args.trusted_proxies.clone(),
+            header_read_timeout: args.header_read_timeout,
+            max_url_length: args.max_url_length,
         })
     }
 

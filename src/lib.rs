@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
-//!   [`cors`]: cross-origin headers; [`auth`]: JWT grants (who may read and write which channels).
+//!   [`cors`]: cross-origin headers; [`auth`]: JWT grants (who may read and write which channels);
+//!   [`limits`]: streams per gateway and per client, and counts of refusals.
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
 //!   [`filter`]: row filters on event data.
@@ -21,6 +22,7 @@ pub mod cursor;
 pub mod demo;
 pub mod filter;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod migrate;
 pub mod queue;

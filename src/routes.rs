@@ -1,10 +1,12 @@
 //! Request routing and the JSON error contract: every refusal is `{"error": "..."}` with a fitting status.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -15,6 +17,7 @@ use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
 use crate::filter::{ChannelFilters, Filter, FilterError};
 use crate::hub::HubError;
+use crate::limits::LimitError;
 use crate::server::AppState;
 use crate::sse::SseBody;
 use crate::store::{Rejection, StoreError};
@@ -22,6 +25,9 @@ use crate::stream::{self, StreamError};
 use crate::web;
 
 pub type Body = Either<Full<Bytes>, SseBody>;
+
+/// What a client refused for a limit is told to wait before trying again.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// The query parameter that may carry a token, for an `EventSource` on another origin (it cannot set headers).
 pub const ACCESS_TOKEN: &str = "access_token";
@@ -44,6 +50,10 @@ pub enum ApiError {
     Filter(#[from] FilterError),
     #[error("{0}")]
     Auth(#[from] AuthError),
+    #[error("{0}")]
+    Limit(#[from] LimitError),
+    #[error("request URL longer than {0} bytes")]
+    UrlTooLong(usize),
 }
 
 impl ApiError {
@@ -53,6 +63,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Cursor(_) | ApiError::BadQuery(_) | ApiError::Filter(_) => StatusCode::BAD_REQUEST,
             ApiError::Auth(err) | ApiError::Command(CommandError::Auth(err)) => auth_status(err),
+            ApiError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UrlTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
@@ -94,6 +106,9 @@ impl ApiError {
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
         if let ApiError::MethodNotAllowed(_, allow) = self {
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
@@ -122,7 +137,7 @@ pub fn raw_json_response(status: StatusCode, json: Bytes) -> Response<Body> {
     resp
 }
 
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
     let mut resp = if preflight {
@@ -130,13 +145,18 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         *resp.status_mut() = StatusCode::NO_CONTENT;
         resp
     } else {
-        route(&state, req).await.unwrap_or_else(ApiError::into_response)
+        route(&state, peer, req).await.unwrap_or_else(ApiError::into_response)
     };
     state.cors.apply(&request_headers, resp.headers_mut(), preflight);
     Ok(resp)
 }
 
-async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if url_length > state.config.max_url_length {
+        state.limits.rejections.url_too_long.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::UrlTooLong(state.config.max_url_length));
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     if state.config.demo && req.method() == Method::GET {
@@ -152,7 +172,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
         ["events"] => {
             only_get(&req, "GET")?;
             let query = Query::parse(req.uri().query())?;
-            events(state, &req, query.channels.clone(), &query).await
+            events(state, peer, &req, query.channels.clone(), &query).await
         }
         [channel, "events"] => {
             only_get(&req, "GET")?;
@@ -160,7 +180,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
             if !query.channels.is_empty() {
                 return Err(ApiError::BadQuery("channel= is only for /events; this path names its channel".into()));
             }
-            events(state, &req, vec![channel.to_string()], &query).await
+            events(state, peer, &req, vec![channel.to_string()], &query).await
         }
         [channel] if !channel.is_empty() => {
             let channel = channel.to_string();
@@ -177,7 +197,13 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
                     let (parts, body) = req.into_parts();
                     // Refused before the body is read when the token cannot publish here.
                     access.may_publish(&channel)?;
-                    let object = commands::read_object(&parts.headers, body, state.config.body_limit).await?;
+                    let object = commands::read_object(&parts.headers, body, state.config.body_limit)
+                        .await
+                        .inspect_err(|err| {
+                            if matches!(err, CommandError::TooLarge(_)) {
+                                state.limits.rejections.body_too_large.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })?;
                     Ok(commands::post(state, &access, &channel, query.as_deref(), object).await?)
                 }
             }
@@ -228,6 +254,7 @@ impl Query {
 
 async fn events<B>(
     state: &Arc<AppState>,
+    peer: IpAddr,
     req: &Request<B>,
     channels: Vec<String>,
     query: &Query,
@@ -244,7 +271,8 @@ async fn events<B>(
         }
     }
     tracing::debug!(?channels, ?resume, "stream opened");
-    let body = stream::open(state, channels, resume, filters, access.expires()).await?;
+    let slot = state.limits.admit(state.limits.client(peer, req.headers()))?;
+    let body = stream::open(state, channels, resume, filters, access.expires()).await?.holding(slot);
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

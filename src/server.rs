@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -16,6 +16,7 @@ use tracing::{debug, error, info, info_span, Instrument};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::routes;
 use crate::store::{Store, StoreError};
@@ -27,6 +28,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub listener: Arc<ListenerStatus>,
     pub cors: Cors,
+    pub limits: Arc<Limits>,
     /// Cancelled on shutdown: ends every stream body and the listener.
     pub shutdown: CancellationToken,
 }
@@ -48,6 +50,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         hub,
         listener: status,
         cors: Cors::new(&config.cors_origins),
+        limits: Arc::new(Limits::new(
+            config.max_streams,
+            config.max_streams_per_client,
+            config.trusted_proxies.clone(),
+        )),
         shutdown: CancellationToken::new(),
         config,
     });
@@ -56,7 +63,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true);
+    builder.http1().keep_alive(true).timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
     let builder = Arc::new(builder);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving");
@@ -89,7 +96,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         let state = state.clone();
         // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the
         // service future's slot for the connection's lifetime, and the routing future is large.
-        let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), req)));
+        let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(

@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::hub::Subscription;
+use crate::limits::StreamSlot;
 
 /// Upper bound for one coalesced write; one frame larger than this is still sent whole.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -97,6 +98,8 @@ pub struct SseBody {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// When the client's credentials run out; the stream ends then.
     expires: Option<Pin<Box<Sleep>>>,
+    /// The stream's place under the limits, given back when the body is dropped.
+    slot: Option<StreamSlot>,
 }
 
 impl SseBody {
@@ -133,7 +136,13 @@ impl SseBody {
             timer: Box::pin(tokio::time::sleep(heartbeat)),
             shutdown: Box::pin(shutdown),
             expires: None,
+            slot: None,
         }
+    }
+
+    pub fn holding(mut self, slot: StreamSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// Ends the stream at `deadline`, if there is one.

@@ -1,0 +1,130 @@
+//! Stream limits, in total and per client address (`X-Forwarded-For` believed only from configured
+//! proxies), and counters of every limit that refused a request.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::HeaderMap;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("too many open streams on this gateway (at most {0}); try again later")]
+    TooManyStreams(usize),
+    #[error("too many open streams from this client (at most {0}); close some first")]
+    TooManyFromClient(usize),
+}
+
+/// How often each limit refused a request.
+#[derive(Default)]
+pub struct Rejections {
+    pub streams_total: AtomicU64,
+    pub streams_per_client: AtomicU64,
+    pub url_too_long: AtomicU64,
+    pub body_too_large: AtomicU64,
+}
+
+pub struct Limits {
+    max_streams: usize,
+    max_per_client: usize,
+    trusted_proxies: Vec<IpAddr>,
+    open: Mutex<Open>,
+    pub rejections: Rejections,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// One admitted stream; dropping it gives the place back.
+pub struct StreamSlot {
+    limits: Arc<Limits>,
+    client: IpAddr,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Limits {
+    pub fn new(max_streams: usize, max_per_client: usize, trusted_proxies: Vec<IpAddr>) -> Self {
+        Self { max_streams, max_per_client, trusted_proxies, open: Mutex::default(), rejections: Rejections::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+        let hops: Vec<IpAddr> = forwarded.flat_map(|v| v.split(',')).filter_map(|a| a.trim().parse().ok()).collect();
+        hops.into_iter().rev().find(|ip| !self.trusted_proxies.contains(ip)).unwrap_or(peer)
+    }
+
+    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<StreamSlot, LimitError> {
+        let mut open = self.lock();
+        if open.total >= self.max_streams {
+            self.rejections.streams_total.fetch_add(1, Ordering::Relaxed);
+            return Err(LimitError::TooManyStreams(self.max_streams));
+        }
+        let mine = open.per_client.entry(client).or_default();
+        if *mine >= self.max_per_client {
+            self.rejections.streams_per_client.fetch_add(1, Ordering::Relaxed);
+            return Err(LimitError::TooManyFromClient(self.max_per_client));
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(StreamSlot { limits: self.clone(), client })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn admits_up_to_the_limits_and_releases_on_drop() {
+        let limits = Arc::new(Limits::new(3, 2, vec![]));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = limits.admit(a).unwrap();
+        let _a2 = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).err(), Some(LimitError::TooManyFromClient(2)));
+        let _b1 = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).err(), Some(LimitError::TooManyStreams(3)));
+        drop(a1);
+        assert!(limits.admit(b).is_ok());
+        assert_eq!(limits.rejections.streams_total.load(Ordering::Relaxed), 1);
+        assert_eq!(limits.rejections.streams_per_client.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let limits = Limits::new(10, 10, vec![proxy, "10.9.9.9".parse().unwrap()]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 5.6.7.8, 10.9.9.9"));
+        assert_eq!(limits.client(proxy, &headers), "5.6.7.8".parse::<IpAddr>().unwrap());
+        let stranger: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(limits.client(stranger, &headers), stranger, "a client cannot claim another address");
+        headers.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(limits.client(proxy, &headers), proxy);
+    }
+}

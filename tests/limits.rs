@@ -1,0 +1,71 @@
+//! Limits over real HTTP: streams per client and in total (X-Forwarded-For only from trusted proxies),
+//! URL length, and a connection that never finishes its headers.
+
+mod common;
+
+use common::{connect, fresh_db, get, messages_table, wait_for, Gateway, SseStream, TIMEOUT};
+use pgsse::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn streams_are_limited_per_client_and_in_total() {
+    let url = fresh_db().await;
+    messages_table(&connect(&url).await, "").await;
+    let mut config = Config::new(&url).unwrap();
+    config.max_streams = 3;
+    config.max_streams_per_client = 2;
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let gw = Gateway::start_with(config).await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+
+    let a1 = SseStream::ok(gw.addr, "/messages/events", &from("203.0.113.1")).await;
+    let _a2 = SseStream::ok(gw.addr, "/messages/events", &from("198.51.100.9, 203.0.113.1")).await;
+    let refused = get(gw.addr, "/messages/events", &from("203.0.113.1")).await.unwrap();
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.headers["retry-after"], "5");
+    assert!(refused.json()["error"].as_str().unwrap().contains("from this client"));
+
+    let _b1 = SseStream::ok(gw.addr, "/messages/events", &from("203.0.113.2")).await;
+    let full = get(gw.addr, "/messages/events", &from("203.0.113.3")).await.unwrap();
+    assert_eq!(full.status, 429);
+    assert!(full.json()["error"].as_str().unwrap().contains("on this gateway"));
+
+    drop(a1);
+    wait_for("a closed stream gives its place back", || async {
+        get(gw.addr, "/healthz", &[]).await.is_ok()
+            && SseStream::open(gw.addr, "/messages/events", &from("203.0.113.3")).await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let url = fresh_db().await;
+    messages_table(&connect(&url).await, "").await;
+    let mut config = Config::new(&url).unwrap();
+    config.max_streams_per_client = 1;
+    let gw = Gateway::start_with(config).await;
+    let _one = SseStream::ok(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.1")]).await;
+    let claimed = get(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.2")]).await.unwrap();
+    assert_eq!(claimed.status, 429, "both count as 127.0.0.1");
+}
+
+#[tokio::test]
+async fn long_urls_and_slow_headers_are_refused() {
+    let url = fresh_db().await;
+    let mut config = Config::new(&url).unwrap();
+    config.max_url_length = 256;
+    config.header_read_timeout = std::time::Duration::from_millis(500);
+    let gw = Gateway::start_with(config).await;
+    let long = format!("/events?channel={}", "a".repeat(300));
+    let resp = get(gw.addr, &long, &[]).await.unwrap();
+    assert_eq!(resp.status, 414);
+    assert!(resp.json()["error"].as_str().unwrap().contains("longer than 256"));
+
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Dribble: ").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the server closed a connection that never finished its headers");
+    assert_eq!(get(gw.addr, "/healthz", &[]).await.unwrap().status, 200, "and keeps serving");
+}
