@@ -21,6 +21,10 @@ use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::routes;
 use crate::store::{Store, StoreError};
 
+/// Largest request head (request line and headers) read; a larger one is answered 431. hyper's default
+/// would let every connection buffer about 400 KB.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// Shared by every request.
 pub struct AppState {
     pub config: Config,
@@ -63,7 +67,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
     let builder = Arc::new(builder);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving");
