@@ -1,16 +1,17 @@
-//! Who may read and write which channels. In `jwt` mode a token (Authorization: Bearer, a cookie, or
-//! `?access_token=`) carries a grant under the `pgsse` claim: channel patterns to subscribe and publish, and
-//! row filters per channel that the client can narrow but never widen.
+//! Who may read and write which channels. A grant (from a JWT's `pgsse` claim, or from the auth URL of a
+//! legacy backend) lists channel patterns to subscribe and publish, and row filters per channel that the
+//! client can narrow but never widen.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{AUTHORIZATION, COOKIE};
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::auth_url::AuthUrl;
 use crate::filter::{Filter, FilterError};
 
 pub const DEFAULT_COOKIE: &str = "pgsse_token";
@@ -27,20 +28,16 @@ pub enum AuthError {
     Forbidden { action: &'static str, channel: String },
     #[error("invalid filter in the token's grant for {channel:?}: {cause}")]
     BadGrant { channel: String, cause: FilterError },
-    #[error("invalid jwt key: {0}")]
+    #[error("invalid auth configuration: {0}")]
     Key(String),
-}
-
-impl AuthError {
-    /// 401 when the credentials are missing or not valid, 403 when they are valid but do not allow this.
-    pub fn is_forbidden(&self) -> bool {
-        matches!(self, AuthError::Forbidden { .. })
-    }
+    #[error("authorization is unavailable, try again: {0}")]
+    Unavailable(String),
 }
 
 pub enum Auth {
     None,
     Jwt(Box<Jwt>),
+    Url(Box<AuthUrl>),
 }
 
 /// Names the mode only: keys and secrets never reach a log line.
@@ -49,6 +46,7 @@ impl std::fmt::Debug for Auth {
         f.write_str(match self {
             Auth::None => "Auth::None",
             Auth::Jwt(_) => "Auth::Jwt",
+            Auth::Url(_) => "Auth::Url",
         })
     }
 }
@@ -92,7 +90,7 @@ struct Claims {
 }
 
 /// What a token allows. Patterns: `*`, `prefix.*`, or an exact channel name.
-#[derive(Deserialize, Default, Debug)]
+#[derive(Deserialize, Default, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     #[serde(default)]
@@ -104,15 +102,42 @@ pub struct Grant {
     filter: HashMap<String, String>,
 }
 
+impl Grant {
+    /// Exactly `channels`, for reading or (with `publish`) writing: what a bare 2xx from an auth URL allows.
+    pub fn allowing(channels: &[String], publish: bool) -> Self {
+        let list = channels.to_vec();
+        let (subscribe, publish) = if publish { (Vec::new(), list) } else { (list, Vec::new()) };
+        Self { subscribe, publish, filter: HashMap::new() }
+    }
+}
+
 /// The outcome of authenticating one request.
+#[derive(Clone)]
 pub enum Access {
     Open,
-    Granted { grant: Grant, expires: SystemTime },
+    Granted { grant: Grant, expires: Option<SystemTime> },
 }
 
 impl Auth {
-    pub fn authenticate(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
-        let Auth::Jwt(jwt) = self else { return Ok(Access::Open) };
+    /// Decides a request for `channels` (a stream's, or the one a write targets) made with `method`.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        channels: &[String],
+        method: &Method,
+    ) -> Result<Access, AuthError> {
+        match self {
+            Auth::None => Ok(Access::Open),
+            Auth::Jwt(jwt) => jwt.check(headers, query_token),
+            Auth::Url(url) => url.check(headers, channels, method).await,
+        }
+    }
+}
+
+impl Jwt {
+    pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
+        let jwt = self;
         let token = bearer(headers)
             .or_else(|| cookie(headers, &jwt.cookie))
             .or(query_token)
@@ -122,7 +147,7 @@ impl Auth {
             _ => AuthError::Invalid(e.to_string()),
         })?;
         let expires = UNIX_EPOCH + Duration::from_secs(claims.claims.exp);
-        Ok(Access::Granted { grant: claims.claims.pgsse, expires })
+        Ok(Access::Granted { grant: claims.claims.pgsse, expires: Some(expires) })
     }
 }
 
@@ -160,7 +185,7 @@ impl Access {
     pub fn expires(&self) -> Option<SystemTime> {
         match self {
             Access::Open => None,
-            Access::Granted { expires, .. } => Some(*expires),
+            Access::Granted { expires, .. } => *expires,
         }
     }
 }
@@ -206,8 +231,8 @@ mod tests {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600
     }
 
-    fn auth() -> Auth {
-        Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE)))
+    fn auth() -> Jwt {
+        Jwt::hs256(SECRET, DEFAULT_COOKIE)
     }
 
     #[test]
@@ -225,22 +250,22 @@ mod tests {
     fn token_sources_and_failures() {
         let good = token(json!({"exp": future(), "pgsse": {"subscribe": ["a"]}}));
         let mut headers = HeaderMap::new();
-        assert!(matches!(auth().authenticate(&headers, None), Err(AuthError::Missing(_))));
-        assert!(auth().authenticate(&headers, Some(&good)).is_ok());
+        assert!(matches!(auth().check(&headers, None), Err(AuthError::Missing(_))));
+        assert!(auth().check(&headers, Some(&good)).is_ok());
         headers.insert(COOKIE, HeaderValue::from_str(&format!("x=1; {DEFAULT_COOKIE}={good}")).unwrap());
-        assert!(auth().authenticate(&headers, None).is_ok());
+        assert!(auth().check(&headers, None).is_ok());
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer not.a.jwt"));
-        assert!(matches!(auth().authenticate(&headers, None), Err(AuthError::Invalid(_))), "header wins");
+        assert!(matches!(auth().check(&headers, None), Err(AuthError::Invalid(_))), "header wins");
 
         let expired = token(json!({"exp": 1000, "pgsse": {}}));
-        assert!(matches!(auth().authenticate(&HeaderMap::new(), Some(&expired)), Err(AuthError::Expired)));
+        assert!(matches!(auth().check(&HeaderMap::new(), Some(&expired)), Err(AuthError::Expired)));
         let other_key =
             encode(&Header::default(), &json!({"exp": future()}), &EncodingKey::from_secret(b"other")).unwrap();
-        assert!(matches!(auth().authenticate(&HeaderMap::new(), Some(&other_key)), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth().check(&HeaderMap::new(), Some(&other_key)), Err(AuthError::Invalid(_))));
         let no_exp = token(json!({"pgsse": {"subscribe": ["*"]}}));
-        assert!(matches!(auth().authenticate(&HeaderMap::new(), Some(&no_exp)), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth().check(&HeaderMap::new(), Some(&no_exp)), Err(AuthError::Invalid(_))));
         let unknown_field = token(json!({"exp": future(), "pgsse": {"subscribe": ["*"], "admin": true}}));
-        assert!(auth().authenticate(&HeaderMap::new(), Some(&unknown_field)).is_err(), "grants are strict");
+        assert!(auth().check(&HeaderMap::new(), Some(&unknown_field)).is_err(), "grants are strict");
     }
 
     #[test]
@@ -248,9 +273,9 @@ mod tests {
         let t = token(json!({"exp": future(), "pgsse": {
             "subscribe": ["orders.*", "messages"], "publish": ["messages"],
             "filter": {"orders.*": "user_id=eq.42"}}}));
-        let access = auth().authenticate(&HeaderMap::new(), Some(&t)).unwrap();
+        let access = auth().check(&HeaderMap::new(), Some(&t)).unwrap();
         assert!(access.may_subscribe("orders.eu").is_ok());
-        assert!(access.may_subscribe("other").unwrap_err().is_forbidden());
+        assert!(matches!(access.may_subscribe("other"), Err(AuthError::Forbidden { .. })));
         assert!(access.may_publish("orders.eu").is_err());
         assert!(access.may_publish("messages").is_ok());
         let asked = Filter::parse([("user_id", "eq.7")]).unwrap();

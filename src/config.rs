@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{Auth, AuthError, Jwt, DEFAULT_COOKIE};
+use crate::auth_url::AuthUrl;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 pub const DEFAULT_HEARTBEAT: &str = "15s";
@@ -22,6 +23,7 @@ pub const DEFAULT_PROBE_INTERVAL: &str = "10s";
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+pub const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
 pub const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_URL_LENGTH: usize = 8 * 1024;
@@ -118,7 +120,7 @@ pub struct ServeArgs {
     pub demo: bool,
 
     /// Who may read and write: `none` (anyone; only on loopback unless --allow-unauthenticated-public),
-    /// or `jwt` (a token's `pgsse` claim grants channels).
+    /// `jwt` (a token's `pgsse` claim grants channels), or `auth-url` (a backend's URL decides).
     #[arg(long, env = "PGSSE_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,
 
@@ -133,6 +135,14 @@ pub struct ServeArgs {
     /// Cookie that may carry the token (besides `Authorization: Bearer` and `?access_token=`).
     #[arg(long, env = "PGSSE_JWT_COOKIE", default_value = DEFAULT_COOKIE)]
     pub jwt_cookie: String,
+
+    /// For `--auth auth-url`: the backend URL asked about each new stream or write (http only).
+    #[arg(long, env = "PGSSE_AUTH_URL")]
+    pub auth_url: Option<String>,
+
+    /// How long an auth URL's answer is reused for the same cookie, authorization and request.
+    #[arg(long, env = "PGSSE_AUTH_CACHE_TTL", default_value = DEFAULT_AUTH_CACHE_TTL, value_parser = parse_duration)]
+    pub auth_cache_ttl: Duration,
 
     /// Serve a non-loopback address with `--auth none`: anyone who can reach it reads and writes everything.
     #[arg(long, env = "PGSSE_ALLOW_UNAUTHENTICATED_PUBLIC")]
@@ -165,6 +175,7 @@ pub struct ServeArgs {
 pub enum AuthMode {
     None,
     Jwt,
+    AuthUrl,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -248,6 +259,8 @@ pub enum ConfigError {
     PublicWithoutAuth(SocketAddr),
     #[error("--auth jwt needs exactly one of --jwt-secret and --jwt-public-key")]
     JwtKey,
+    #[error("--auth auth-url needs --auth-url")]
+    AuthUrl,
     #[error("cannot read {0}: {1}")]
     KeyFile(PathBuf, std::io::Error),
     #[error("{0}")]
@@ -275,6 +288,10 @@ impl Config {
                 Auth::Jwt(Box::new(Jwt::public_key(&pem, &args.jwt_cookie)?))
             }
             (AuthMode::Jwt, _, _) => return Err(ConfigError::JwtKey),
+            (AuthMode::AuthUrl, _, _) => {
+                let url = args.auth_url.as_deref().ok_or(ConfigError::AuthUrl)?;
+                Auth::Url(Box::new(AuthUrl::new(url, args.auth_cache_ttl)?))
+            }
         };
         Ok(Self {
             database_url,

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
-//!   [`cors`]: cross-origin headers; [`auth`]: JWT grants (who may read and write which channels);
+//!   [`cors`]: cross-origin headers; [`auth`]: grants (who may read and write which channels) from a JWT
+//!   or, via [`auth_url`], a legacy backend;
 //!   [`limits`]: streams per gateway and per client, and counts of refusals.
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
@@ -14,6 +15,7 @@
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
 pub mod auth;
+pub mod auth_url;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -117,10 +117,10 @@ impl ApiError {
 }
 
 fn auth_status(err: &AuthError) -> StatusCode {
-    if err.is_forbidden() {
-        StatusCode::FORBIDDEN
-    } else {
-        StatusCode::UNAUTHORIZED
+    match err {
+        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        AuthError::Unavailable(_) | AuthError::Key(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
     }
 }
 
@@ -189,7 +189,9 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
                 return Err(ApiError::MethodNotAllowed(req.method().clone(), "GET, POST, DELETE"));
             }
             let token = query_token(query.as_deref());
-            let access = state.config.auth.authenticate(req.headers(), token.as_deref())?;
+            let channels = [channel.clone()];
+            let access =
+                state.config.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method()).await?;
             match *req.method() {
                 Method::GET => Ok(commands::history(state, &access, &channel, query.as_deref()).await?),
                 Method::DELETE => Ok(commands::clear(state, &access, &channel).await?),
@@ -261,8 +263,9 @@ async fn events<B>(
 ) -> Result<Response<Body>, ApiError> {
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
-    let access = state.config.auth.authenticate(req.headers(), query.access_token.as_deref())?;
     let channels = stream::check_channels(state, channels).await?;
+    let token = query.access_token.as_deref();
+    let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
     let mut filters = ChannelFilters::new();
     for channel in &channels {
         access.may_subscribe(channel)?;
