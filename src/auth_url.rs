@@ -77,7 +77,8 @@ impl AuthUrl {
         let target = {
             let mut target = self.url.to_string();
             target.push(if self.url.query().is_some() { '&' } else { '?' });
-            let mut query = form_urlencoded::Serializer::new(target);
+            let start = target.len();
+            let mut query = form_urlencoded::Serializer::for_suffix(target, start);
             query.extend_pairs(channels.iter().map(|c| ("channel", c.as_str())));
             query.append_pair("method", method.as_str()).finish()
         };
