@@ -59,22 +59,22 @@ pub struct Jwt {
 
 impl Jwt {
     pub fn hs256(secret: &[u8], cookie: &str) -> Self {
-        Self::new(DecodingKey::from_secret(secret), vec![Algorithm::HS256], cookie)
+        Self::new(DecodingKey::from_secret(secret), Algorithm::HS256, cookie)
     }
 
     /// A PEM public key, RSA (RS256) or EC P-256 (ES256).
     pub fn public_key(pem: &[u8], cookie: &str) -> Result<Self, AuthError> {
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Self::new(key, vec![Algorithm::RS256], cookie));
+            return Ok(Self::new(key, Algorithm::RS256, cookie));
         }
         DecodingKey::from_ec_pem(pem)
-            .map(|key| Self::new(key, vec![Algorithm::ES256], cookie))
+            .map(|key| Self::new(key, Algorithm::ES256, cookie))
             .map_err(|e| AuthError::Key(format!("neither an RSA nor an EC public key in PEM: {e}")))
     }
 
-    fn new(key: DecodingKey, algorithms: Vec<Algorithm>, cookie: &str) -> Self {
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
+    /// Accepts only `algorithm`: a token may not pick a weaker one (or `none`).
+    fn new(key: DecodingKey, algorithm: Algorithm, cookie: &str) -> Self {
+        let mut validation = Validation::new(algorithm);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_aud = false;
