@@ -155,3 +155,41 @@ async fn a_stream_ends_when_its_token_expires() {
     assert_eq!(stream.expect().await.json()["item"], "while valid");
     assert!(stream.next().await.is_none(), "the server ended the stream at exp");
 }
+
+/// An ES256 key pair made with the openssl command line (Debian's openssl package).
+fn es256_pair(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    let sh = format!(
+        "openssl ecparam -genkey -name prime256v1 -noout | openssl pkcs8 -topk8 -nocrypt -out {p} && openssl ec -in {p} -pubout -out {q}",
+        p = private.display(),
+        q = public.display()
+    );
+    let out = std::process::Command::new("sh").args(["-c", &sh]).output().expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (std::fs::read(&private).unwrap(), public)
+}
+
+#[tokio::test]
+async fn es256_public_keys_verify_and_a_key_cannot_be_used_as_an_hmac_secret() {
+    let (url, _db) = orders_db().await;
+    let dir = std::env::temp_dir().join(format!("pgsse-es256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = es256_pair(&dir);
+    let mut config = Config::new(&url).unwrap();
+    let pem = std::fs::read(&public).unwrap();
+    config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::public_key(&pem, DEFAULT_COOKIE).unwrap())));
+    let gw = Gateway::start_with(config).await;
+
+    let claims = json!({"exp": now() + 600, "pgsse": {"subscribe": ["orders"]}});
+    let signed =
+        encode(&Header::new(jsonwebtoken::Algorithm::ES256), &claims, &EncodingKey::from_ec_pem(&private).unwrap())
+            .unwrap();
+    let ok = SseStream::open(gw.addr, &format!("/orders/events?access_token={signed}"), &[]).await;
+    assert_eq!(ok.status, 200);
+    // The classic confusion: an HS256 token whose secret is the (public) verification key.
+    let confused = encode(&Header::default(), &claims, &EncodingKey::from_secret(&pem)).unwrap();
+    let refused = get(gw.addr, &format!("/orders/events?access_token={confused}"), &[]).await.unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let _ = std::fs::remove_dir_all(&dir);
+}
