@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument};
@@ -20,6 +21,30 @@ use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::routes;
 use crate::store::{Store, StoreError};
+
+/// What an HTTP/2 connection with prior knowledge starts with; anything else is HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a connection part-way through the HTTP/2 preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
+
+/// Waits, at most `limit`, until the first bytes tell HTTP/1 from HTTP/2. Only peeks: hyper reads them.
+async fn protocol_known(stream: &TcpStream, limit: Duration) -> bool {
+    let decided = async {
+        let mut buf = [0u8; 24];
+        loop {
+            if stream.readable().await.is_err() {
+                return false;
+            }
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // A prefix of the preface: readiness stays set, so look again shortly rather than spin.
+                Ok(_) => tokio::time::sleep(PREFACE_POLL).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, decided).await.unwrap_or(false)
+}
 
 /// Largest request head (request line and headers) read; a larger one is answered 431. hyper's default
 /// would let every connection buffer about 400 KB.
@@ -103,14 +128,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             debug!(cause = ?err, "could not set TCP_NODELAY");
         }
         let state = state.clone();
-        // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the
-        // service future's slot for the connection's lifetime, and the routing future is large.
-        let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(
             async move {
-                if let Err(err) = conn.await {
+                // hyper's header timeout starts only after the protocol is known: a client that sends
+                // nothing, or stalls inside the HTTP/2 preface, would otherwise hold its place forever.
+                if !protocol_known(&stream, state.config.header_read_timeout).await {
+                    debug!("closed a connection that did not start a request in time");
+                    return;
+                }
+                // Boxed so the connection keeps only a pointer once the response is produced: hyper holds
+                // the service future's slot for the connection's lifetime, and the routing future is large.
+                let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(err) = watcher.watch(conn.into_owned()).await {
                     debug!(cause = ?err, "connection ended with an error");
                 }
                 drop(permit);

@@ -62,10 +62,16 @@ async fn long_urls_and_slow_headers_are_refused() {
     assert_eq!(resp.status, 414);
     assert!(resp.json()["error"].as_str().unwrap().contains("longer than 256"));
 
-    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Dribble: ").await.unwrap();
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut buf)).await;
-    assert!(closed.is_ok(), "the server closed a connection that never finished its headers");
+    for (what, first_bytes) in [
+        ("never finished its headers", &b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Dribble: "[..]),
+        ("sent nothing at all", b""),
+        ("stalled inside the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+    ] {
+        let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        slow.write_all(first_bytes).await.unwrap();
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the server closed a connection that {what}");
+    }
     assert_eq!(get(gw.addr, "/healthz", &[]).await.unwrap().status, 200, "and keeps serving");
 }
