@@ -35,6 +35,9 @@ pub const DEFAULT_DEMO_PG_PORT: u16 = 54329;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log lines as human-readable text or as JSON objects (one per line), for log collectors.
+    #[arg(long, global = true, env = "PGSSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -60,6 +63,11 @@ pub struct DatabaseArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
+
+    /// Separate URL for the LISTEN connection, e.g. straight to PostgreSQL when the pool goes through
+    /// PgBouncer in transaction mode (where LISTEN does not work). Default: --database-url.
+    #[arg(long, env = "PGSSE_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
 
     /// Address to serve HTTP on.
     #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -172,6 +180,12 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
     None,
     Jwt,
@@ -229,6 +243,8 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
+    /// For the LISTEN connection; the pool's URL when not set.
+    pub listen_database_url: Option<String>,
     pub heartbeat: Duration,
     pub retry: Duration,
     pub queue_capacity: usize,
@@ -293,8 +309,12 @@ impl Config {
                 Auth::Url(Box::new(AuthUrl::new(url, args.auth_cache_ttl)?))
             }
         };
+        if let Some(url) = &args.listen_database_url {
+            url.parse::<tokio_postgres::Config>().map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        }
         Ok(Self {
             database_url,
+            listen_database_url: args.listen_database_url.clone(),
             heartbeat: args.heartbeat,
             retry: args.retry,
             queue_capacity: args.queue_capacity,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgsse::config::{Cli, Command, Config};
+use pgsse::config::{Cli, Command, Config, LogFormat};
 use tokio::net::TcpListener;
 
 /// BSD `EX_USAGE`: the configuration is wrong, retrying will not help.
@@ -23,11 +23,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGSSE_LOG").unwrap_or_else(|_| "pgsse=info,warn".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSSE_LOG").unwrap_or_else(|_| "pgsse=info,warn".into());
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
 
     let result = match cli.command {
         Some(Command::Migrate(db)) => match db.database_url {

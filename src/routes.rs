@@ -18,6 +18,7 @@ use crate::cursor::{self, CursorError};
 use crate::filter::{ChannelFilters, Filter, FilterError};
 use crate::hub::HubError;
 use crate::limits::LimitError;
+use crate::migrate;
 use crate::server::AppState;
 use crate::sse::SseBody;
 use crate::store::{Rejection, StoreError};
@@ -169,6 +170,10 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             only_get(&req, "GET")?;
             Ok(health(state).await)
         }
+        ["readyz"] => {
+            only_get(&req, "GET")?;
+            Ok(ready(state).await)
+        }
         ["events"] => {
             only_get(&req, "GET")?;
             let query = Query::parse(req.uri().query())?;
@@ -282,6 +287,26 @@ async fn events<B>(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// Ready to serve streams: the schema is migrated to this version and the listener has caught up.
+async fn ready(state: &AppState) -> Response<Body> {
+    let mut reasons = Vec::new();
+    match state.store.schema_version().await {
+        Ok(Some(v)) if v >= migrate::SCHEMA_VERSION => {}
+        Ok(Some(v)) => {
+            reasons.push(format!("schema version {v}, expected {}: run pgsse migrate", migrate::SCHEMA_VERSION))
+        }
+        Ok(None) => reasons.push("schema pgsse not installed: run pgsse migrate".to_string()),
+        Err(err) => reasons.push(format!("pool: {err}")),
+    }
+    if !state.listener.is_up() {
+        reasons.push(format!("listener: {}", state.listener.last_error().unwrap_or_else(|| "connecting".into())));
+    }
+    if reasons.is_empty() {
+        return json_response(StatusCode::OK, &json!({ "status": "ready", "last_event_id": state.hub.last_id() }));
+    }
+    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "not ready", "error": reasons.join("; ") }))
 }
 
 async fn health(state: &AppState) -> Response<Body> {

@@ -73,7 +73,8 @@ pub enum ServerError {
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::new(config.queue_capacity));
     let status = Arc::new(ListenerStatus::default());
-    let pg_listener = Listener::new(&config.database_url, hub.clone(), status.clone(), config.probe_interval)?;
+    let listen_url = config.listen_database_url.as_deref().unwrap_or(&config.database_url);
+    let pg_listener = Listener::new(listen_url, hub.clone(), status.clone(), config.probe_interval)?;
     let state = Arc::new(AppState {
         store: Store::new(&config.database_url, config.pool_size)?,
         hub,

@@ -170,6 +170,17 @@ impl Store {
         Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())
     }
 
+    /// The installed schema version; `None` when `pgsse migrate` has not run.
+    pub async fn schema_version(&self) -> Result<Option<i32>, StoreError> {
+        let client = self.pool.get().await?;
+        let installed: bool =
+            client.query_one("SELECT to_regclass('pgsse.meta') IS NOT NULL", &[]).await?.try_get(0)?;
+        if !installed {
+            return Ok(None);
+        }
+        Ok(Some(client.query_one("SELECT schema_version FROM pgsse.meta", &[]).await?.try_get(0)?))
+    }
+
     pub async fn bounds(&self) -> Result<LogBounds, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client

@@ -34,6 +34,18 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
 }
 
 #[test]
+fn json_logs_are_one_object_per_line() {
+    let out = pgsse(&["--log-format", "json", "migrate", "--database-url", "postgres://postgres@127.0.0.1:1/none"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line =
+        stdout.lines().next().unwrap_or_else(|| panic!("a log line; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["level"], "ERROR");
+    assert!(entry["fields"]["cause"].as_str().unwrap().contains("cannot connect"));
+}
+
+#[test]
 fn help_names_every_option_with_its_environment_variable() {
     let out = pgsse(&["serve", "--help"]);
     assert!(out.status.success());

@@ -367,3 +367,44 @@ async fn graceful_shutdown_ends_streams_and_returns_promptly() {
     assert!(b.next().await.is_none(), "stream b ended");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
+
+#[tokio::test]
+async fn readyz_waits_for_the_schema_and_the_listener() {
+    let url = common::empty_db().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(pgsse::server::run(listener, Config::new(&url).unwrap(), async {
+        let _ = rx.await;
+    }));
+    let before = common::get(addr, "/readyz", &[]).await.unwrap();
+    assert_eq!(before.status, 503);
+    assert!(before.json()["error"].as_str().unwrap().contains("run pgsse migrate"), "{}", before.body);
+
+    pgsse::migrate::migrate(&url).await.unwrap();
+    common::wait_for("ready once migrated", || async {
+        common::get(addr, "/readyz", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_listen_connection_can_use_its_own_url() {
+    let url = fresh_db().await;
+    let mut config = Config::new(&url).unwrap();
+    config.listen_database_url = Some("postgres://postgres@127.0.0.1:1/nowhere".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(pgsse::server::run(listener, config, async {
+        let _ = rx.await;
+    }));
+    let health = common::get(addr, "/healthz", &[]).await.unwrap();
+    assert_eq!(health.status, 503);
+    let reason = health.json()["error"].as_str().unwrap().to_string();
+    assert!(reason.contains("listener") && !reason.contains("pool"), "only the LISTEN side is down: {reason}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -82,15 +82,24 @@ pub async fn fresh_db() -> String {
 }
 
 pub async fn fresh_db_on(admin: &str) -> String {
+    let url = empty_db_on(admin).await;
+    pgsse::migrate::migrate(&url).await.expect("migrate");
+    url
+}
+
+/// A new database without the pgsse schema.
+pub async fn empty_db() -> String {
+    empty_db_on(admin_url()).await
+}
+
+async fn empty_db_on(admin: &str) -> String {
     let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let client = connect(admin).await;
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let url = match admin.rsplit_once('/') {
+    match admin.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("admin url without database: {admin}"),
-    };
-    pgsse::migrate::migrate(&url).await.expect("migrate");
-    url
+    }
 }
 
 /// Creates `messages` (id, body, created_at) and publishes it with the given extra arguments.
