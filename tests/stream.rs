@@ -278,12 +278,8 @@ async fn healthz_reports_listener_and_pool() {
 
     let mut config = Config::new("postgres://postgres@127.0.0.1:1/none").unwrap();
     config.pool_size = 1;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(pgsse::server::run(listener, config, async {
-        let _ = rx.await;
-    }));
+    let gateway = Gateway::spawn(config).await;
+    let addr = gateway.addr;
     let down = common::get(addr, "/healthz", &[]).await.unwrap();
     assert_eq!(down.status, 503);
     let reason = down.json()["error"].as_str().unwrap().to_string();
@@ -291,8 +287,7 @@ async fn healthz_reports_listener_and_pool() {
     let refused = common::get(addr, "/messages/events", &[]).await.unwrap();
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(!refused.body.contains("127.0.0.1"), "no internals leak: {}", refused.body);
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    gateway.shutdown().await;
 }
 
 #[tokio::test]
@@ -371,12 +366,8 @@ async fn graceful_shutdown_ends_streams_and_returns_promptly() {
 #[tokio::test]
 async fn readyz_waits_for_the_schema_and_the_listener() {
     let url = common::empty_db().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(pgsse::server::run(listener, Config::new(&url).unwrap(), async {
-        let _ = rx.await;
-    }));
+    let gateway = Gateway::spawn(Config::new(&url).unwrap()).await;
+    let addr = gateway.addr;
     let before = common::get(addr, "/readyz", &[]).await.unwrap();
     assert_eq!(before.status, 503);
     assert!(before.json()["error"].as_str().unwrap().contains("run pgsse migrate"), "{}", before.body);
@@ -386,8 +377,7 @@ async fn readyz_waits_for_the_schema_and_the_listener() {
         common::get(addr, "/readyz", &[]).await.is_ok_and(|r| r.status == 200)
     })
     .await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    gateway.shutdown().await;
 }
 
 #[tokio::test]
@@ -395,16 +385,11 @@ async fn the_listen_connection_can_use_its_own_url() {
     let url = fresh_db().await;
     let mut config = Config::new(&url).unwrap();
     config.listen_database_url = Some("postgres://postgres@127.0.0.1:1/nowhere".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(pgsse::server::run(listener, config, async {
-        let _ = rx.await;
-    }));
+    let gateway = Gateway::spawn(config).await;
+    let addr = gateway.addr;
     let health = common::get(addr, "/healthz", &[]).await.unwrap();
     assert_eq!(health.status, 503);
     let reason = health.json()["error"].as_str().unwrap().to_string();
     assert!(reason.contains("listener") && !reason.contains("pool"), "only the LISTEN side is down: {reason}");
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    gateway.shutdown().await;
 }

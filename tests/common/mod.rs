@@ -130,6 +130,17 @@ impl Gateway {
 
     /// Like `start_with` on a given address, e.g. to restart a gateway where its clients expect it.
     pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
+        let gw = Self::spawn_on(addr, config).await;
+        gw.wait_healthy().await;
+        gw
+    }
+
+    /// Starts without waiting for the database: for gateways that are not meant to become healthy.
+    pub async fn spawn(config: Config) -> Self {
+        Self::spawn_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    async fn spawn_on(addr: SocketAddr, config: Config) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
@@ -140,9 +151,7 @@ impl Gateway {
             .await
             .unwrap();
         });
-        let gw = Self { addr, stop: Some(stop), task: Some(task) };
-        gw.wait_healthy().await;
-        gw
+        Self { addr, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn wait_healthy(&self) {
