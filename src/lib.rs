@@ -7,7 +7,7 @@
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
 //!   [`cors`]: cross-origin headers; [`auth`]: grants (who may read and write which channels) from a JWT
 //!   or, via [`auth_url`], a legacy backend;
-//!   [`limits`]: streams per gateway and per client, and counts of refusals.
+//!   [`limits`]: streams per gateway and per client, and counts of refusals; [`metrics`]: `/metrics`.
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
 //!   [`filter`]: row filters on event data.
@@ -26,6 +26,7 @@ pub mod filter;
 pub mod hub;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod migrate;
 pub mod queue;
 pub mod routes;

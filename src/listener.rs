@@ -23,6 +23,7 @@ pub const NOTIFY_CHANNEL: &str = "pgsse";
 const HEAD_SQL: &str = "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events), 0), m.pruned_through), \
      CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.meta m, pgsse.event_id_seq s";
 const FETCH_BATCH: i64 = 2000;
+const PROBE_SQL: &str = "SELECT pg_notification_queue_usage()";
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +57,8 @@ pub struct ListenerStatus {
     up: AtomicBool,
     reconnects: AtomicU64,
     events: AtomicU64,
+    /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
+    queue_usage: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -74,6 +77,10 @@ impl ListenerStatus {
 
     pub fn events_received(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    pub fn notification_queue_usage(&self) -> f64 {
+        f64::from_bits(self.queue_usage.load(Ordering::Relaxed))
     }
 
     fn set_up(&self) {
@@ -185,9 +192,12 @@ impl Listener {
                     self.catch_up(&client, &fetch, &mut conn).await?;
                 }
                 _ = probe.tick() => {
-                    timeout(self.probe_interval, conn.run(client.simple_query("SELECT 1")))
+                    // The probe's answer is worth keeping: a filling NOTIFY queue means a listener somewhere
+                    // is stuck, and at 100% every notifying commit in the database fails.
+                    let usage = timeout(self.probe_interval, conn.run(client.query_one(PROBE_SQL, &[])))
                         .await
                         .map_err(|_| ListenerError::ProbeTimeout(self.probe_interval))??;
+                    self.status.queue_usage.store(usage.try_get::<_, f64>(0)?.to_bits(), Ordering::Relaxed);
                     // A notification lost to a bug elsewhere would otherwise delay events until the next one.
                     self.catch_up(&client, &fetch, &mut conn).await?;
                 }

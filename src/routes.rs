@@ -170,6 +170,10 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             only_get(&req, "GET")?;
             Ok(health(state).await)
         }
+        ["metrics"] => {
+            only_get(&req, "GET")?;
+            Ok(metrics(state))
+        }
         ["readyz"] => {
             only_get(&req, "GET")?;
             Ok(ready(state).await)
@@ -287,6 +291,17 @@ async fn events<B>(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    match state.metrics.render() {
+        Ok(text) => {
+            let mut resp = Response::new(Either::Left(Full::new(Bytes::from(text))));
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            resp
+        }
+        Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "metrics could not be encoded" })),
+    }
 }
 
 /// Ready to serve streams: the schema is migrated to this version and the listener has caught up.

@@ -19,6 +19,7 @@ use crate::cors::Cors;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
+use crate::metrics::Metrics;
 use crate::routes;
 use crate::store::{Store, StoreError};
 
@@ -58,6 +59,7 @@ pub struct AppState {
     pub listener: Arc<ListenerStatus>,
     pub cors: Cors,
     pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown: ends every stream body and the listener.
     pub shutdown: CancellationToken,
 }
@@ -75,16 +77,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let status = Arc::new(ListenerStatus::default());
     let listen_url = config.listen_database_url.as_deref().unwrap_or(&config.database_url);
     let pg_listener = Listener::new(listen_url, hub.clone(), status.clone(), config.probe_interval)?;
+    let limits =
+        Arc::new(Limits::new(config.max_streams, config.max_streams_per_client, config.trusted_proxies.clone()));
     let state = Arc::new(AppState {
+        metrics: Metrics::new(hub.clone(), status.clone(), limits.clone()),
+        limits,
         store: Store::new(&config.database_url, config.pool_size)?,
         hub,
         listener: status,
         cors: Cors::new(&config.cors_origins),
-        limits: Arc::new(Limits::new(
-            config.max_streams,
-            config.max_streams_per_client,
-            config.trusted_proxies.clone(),
-        )),
         shutdown: CancellationToken::new(),
         config,
     });

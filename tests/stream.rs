@@ -393,3 +393,32 @@ async fn the_listen_connection_can_use_its_own_url() {
     assert!(reason.contains("listener") && !reason.contains("pool"), "only the LISTEN side is down: {reason}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    db.execute("INSERT INTO messages (body) VALUES ('counted')", &[]).await.unwrap();
+    let id = stream.expect().await.id();
+    let long = format!("/messages?{}", "x".repeat(9000));
+    assert_eq!(common::get(gw.addr, &long, &[]).await.unwrap().status, 414);
+
+    let resp = common::get(gw.addr, "/metrics", &[]).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.headers["content-type"].starts_with("application/openmetrics-text"));
+    for line in [
+        "pgsse_streams_open{channel=\"messages\"} 1".to_string(),
+        "pgsse_events_received_total 1".to_string(),
+        "pgsse_listener_up 1".to_string(),
+        format!("pgsse_last_event_id {id}"),
+        "pgsse_limit_rejections_total{kind=\"url_too_long\"} 1".to_string(),
+        "pgsse_subscribers_cut_total 0".to_string(),
+    ] {
+        assert!(resp.body.lines().any(|l| l == line), "{line:?} in\n{}", resp.body);
+    }
+    assert!(resp.body.contains("# TYPE pgsse_notification_queue_usage gauge"));
+    assert!(resp.body.ends_with("# EOF\n"));
+}

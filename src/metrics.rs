@@ -1,0 +1,119 @@
+//! `GET /metrics` in Prometheus text format (prometheus-client): read at scrape time from the counters the
+//! hub, the listener and the limits keep anyway, so serving events costs nothing extra.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::listener::ListenerStatus;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub struct Metrics {
+    hub: Arc<Hub>,
+    listener: Arc<ListenerStatus>,
+    limits: Arc<Limits>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new(hub: Arc<Hub>, listener: Arc<ListenerStatus>, limits: Arc<Limits>) -> Arc<Self> {
+        Arc::new(Self { hub, listener, limits })
+    }
+
+    pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let streams = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "pgsse_streams_open",
+            "Open live subscriptions by channel (a stream on several channels counts in each).",
+            None,
+            streams.metric_type(),
+        )?;
+        for (channel, n) in self.hub.subscriber_counts() {
+            let labels = [("channel", channel)];
+            ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+        }
+        let listener = &self.listener;
+        counter(
+            &mut encoder,
+            "pgsse_events_received",
+            "Events read from the log by the listener.",
+            listener.events_received(),
+        )?;
+        counter(
+            &mut encoder,
+            "pgsse_subscribers_cut",
+            "Streams ended for falling behind (they resume from the log).",
+            self.hub.cut_slow_total(),
+        )?;
+        counter(
+            &mut encoder,
+            "pgsse_listener_reconnects",
+            "Times the LISTEN connection was lost.",
+            listener.reconnects(),
+        )?;
+        gauge(
+            &mut encoder,
+            "pgsse_listener_up",
+            "1 while the LISTEN connection is up and caught up.",
+            i64::from(listener.is_up()),
+        )?;
+        gauge(&mut encoder, "pgsse_last_event_id", "Highest event id broadcast.", self.hub.last_id().unwrap_or(0))?;
+        let usage = ConstGauge::new(listener.notification_queue_usage());
+        usage.encode(encoder.encode_descriptor(
+            "pgsse_notification_queue_usage",
+            "pg_notification_queue_usage() at the listener's last liveness probe (0 to 1).",
+            None,
+            usage.metric_type(),
+        )?)?;
+        let rejections = &self.limits.rejections;
+        let refused = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "pgsse_limit_rejections",
+            "Requests refused by a limit, by kind.",
+            None,
+            refused.metric_type(),
+        )?;
+        for (kind, value) in [
+            ("streams_total", &rejections.streams_total),
+            ("streams_per_client", &rejections.streams_per_client),
+            ("url_too_long", &rejections.url_too_long),
+            ("body_too_large", &rejections.body_too_large),
+        ] {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
+    }
+}
