@@ -87,6 +87,7 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
     let dir = std::env::temp_dir().join(format!("pgsse-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pg_port = common::free_port().to_string();
+    let _cleanup = StopCluster(pgsse::cluster::Cluster::new(&dir, pg_port.parse().unwrap()).unwrap());
     let start = || {
         tokio::process::Command::new(BIN)
             .args(["demo", "--listen", "127.0.0.1:0", "--pg-port", &pg_port, "--data-dir"])
@@ -135,5 +136,17 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
         assert!(status.success(), "demo exit status {status}");
         assert!(stream.next().await.is_none(), "stream ended by shutdown");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops the demo's cluster and removes its directory even when the test fails half-way (the demo process
+/// itself is killed on drop, which leaves its PostgreSQL running).
+struct StopCluster(pgsse::cluster::Cluster);
+
+impl Drop for StopCluster {
+    fn drop(&mut self) {
+        if self.0.is_running() {
+            let _ = self.0.stop("immediate");
+        }
+        let _ = std::fs::remove_dir_all(&self.0.data_dir);
+    }
 }
