@@ -250,6 +250,34 @@ SET enable_bitmapscan = off SET enable_sort = off SET jit = off AS $$
     SELECT * FROM pgsse.events e WHERE e.channel = p_channel AND e.id < p_before ORDER BY e.id DESC LIMIT p_limit
 $$;
 
+-- Retention: deletes the oldest events, up to p_batch of them and only while they are older than
+-- p_cutoff, and raises the watermark past them. Ids follow commit order, so what goes is always a prefix
+-- of the log and "every id <= pruned_through may be gone" stays exact. Several gateways may call it at
+-- once: one prunes, the others return 0.
+CREATE OR REPLACE FUNCTION pgsse.prune(p_cutoff timestamptz, p_batch integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    ev      record;
+    through bigint;
+    deleted bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(7083711518) THEN
+        RETURN 0;
+    END IF;
+    FOR ev IN SELECT e.id, e.created_at FROM pgsse.events e ORDER BY e.id LIMIT p_batch LOOP
+        EXIT WHEN ev.created_at >= p_cutoff;
+        through := ev.id;
+    END LOOP;
+    IF through IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM pgsse.events e WHERE e.id <= through;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    UPDATE pgsse.meta SET pruned_through = greatest(pruned_through, through);
+    RETURN deleted;
+END
+$$;
+
 -- Fires this transaction's pending captures now and returns the highest id issued before them, so the
 -- caller's events are exactly the ones after it (ids are drawn only under the lock taken here). The lock
 -- is held until the transaction ends: call this last, right before commit.

@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_CHANNELS: usize = 32;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 pub const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
+pub const DEFAULT_RETENTION: &str = "24h";
+pub const DEFAULT_PRUNE_INTERVAL: &str = "1m";
 pub const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_URL_LENGTH: usize = 8 * 1024;
@@ -156,6 +158,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_ALLOW_UNAUTHENTICATED_PUBLIC")]
     pub allow_unauthenticated_public: bool,
 
+    /// How long events stay in the log; older ones are pruned (a client resuming from them gets `reset`).
+    #[arg(long, env = "PGSSE_RETENTION", default_value = DEFAULT_RETENTION, value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How often the retention job looks for old events.
+    #[arg(long, env = "PGSSE_PRUNE_INTERVAL", default_value = DEFAULT_PRUNE_INTERVAL, value_parser = parse_duration)]
+    pub prune_interval: Duration,
+
     /// Open streams on this gateway; more get 429 with Retry-After.
     #[arg(long, env = "PGSSE_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS, value_parser = parse_positive)]
     pub max_streams: usize,
@@ -263,6 +273,8 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub header_read_timeout: Duration,
     pub max_url_length: usize,
+    pub retention: Duration,
+    pub prune_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +345,8 @@ impl Config {
             trusted_proxies: args.trusted_proxies.clone(),
             header_read_timeout: args.header_read_timeout,
             max_url_length: args.max_url_length,
+            retention: args.retention,
+            prune_interval: args.prune_interval,
         })
     }
 

@@ -11,7 +11,7 @@
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
 //!   [`filter`]: row filters on event data.
-//! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`.
+//! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
 pub mod auth;
@@ -29,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod migrate;
 pub mod queue;
+pub mod retention;
 pub mod routes;
 pub mod server;
 pub mod sse;

@@ -20,8 +20,8 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::metrics::Metrics;
-use crate::routes;
 use crate::store::{Store, StoreError};
+use crate::{retention, routes};
 
 /// What an HTTP/2 connection with prior knowledge starts with; anything else is HTTP/1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -90,6 +90,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         config,
     });
     let listener_task = tokio::spawn(pg_listener.run(state.shutdown.clone()));
+    let retention_task = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (retention, interval) = (state.config.retention, state.config.prune_interval);
+            retention::run(&state.store, retention, interval, state.shutdown.clone()).await;
+        })
+    };
 
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let graceful = GracefulShutdown::new();
@@ -164,5 +171,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
     }
     let _ = listener_task.await;
+    let _ = retention_task.await;
     Ok(())
 }

@@ -170,6 +170,13 @@ impl Store {
         Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())
     }
 
+    /// Deletes up to `batch` events older than `retention` (a prefix of the log); returns how many.
+    pub async fn prune(&self, retention: Duration, batch: i32) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT pgsse.prune(now() - make_interval(secs => $1), $2)").await?;
+        Ok(client.query_one(&stmt, &[&retention.as_secs_f64(), &batch]).await?.try_get(0)?)
+    }
+
     /// The installed schema version; `None` when `pgsse migrate` has not run.
     pub async fn schema_version(&self) -> Result<Option<i32>, StoreError> {
         let client = self.pool.get().await?;
