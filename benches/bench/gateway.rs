@@ -17,7 +17,8 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgsse"))
             .args(["serve", "--database-url", database_url, "--listen", &addr.to_string()])
-            .args(["--max-connections", "20000"])
+            // The load comes from eight addresses: lift the per-client and total stream limits above it.
+            .args(["--max-connections", "20000", "--max-streams", "20000", "--max-streams-per-client", "20000"])
             .args(extra)
             .env("PGSSE_LOG", "warn")
             .stdin(Stdio::null())
