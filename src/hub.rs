@@ -16,7 +16,14 @@ use crate::queue::{PushError, Queue};
 pub struct Frame {
     pub id: i64,
     pub bytes: Bytes,
-    /// The event's JSON data, for row filters (usually a slice of `bytes`).
+}
+
+/// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
+/// too (a slice of the same buffer) would double the contended reference counting per delivery.
+pub struct Event {
+    pub channel: String,
+    pub frame: Frame,
+    /// The event's JSON data, for row filters.
     pub data: Bytes,
 }
 
@@ -146,18 +153,18 @@ impl Hub {
     }
 
     /// Delivers frames (in id order) to every subscriber of their channel without ever waiting.
-    pub fn broadcast(&self, frames: Vec<(String, Frame)>) {
+    pub fn broadcast(&self, events: Vec<Event>) {
         let mut inner = self.lock();
         let mut cut: Vec<u64> = Vec::new();
-        for (channel, frame) in frames {
+        for Event { channel, frame, data } in events {
             inner.last_id = Some(inner.last_id.map_or(frame.id, |last| last.max(frame.id)));
             let Some(senders) = inner.channels.get(channel.as_str()) else { continue };
             // Parsed at most once per event, and only when some subscriber filters.
-            let mut data: Option<Option<serde_json::Value>> = None;
+            let mut parsed: Option<Option<serde_json::Value>> = None;
             for (id, sub) in senders {
                 if let Some(filter) = &sub.filter {
-                    let parsed = data.get_or_insert_with(|| serde_json::from_slice(&frame.data).ok());
-                    if !parsed.as_ref().is_some_and(|v| filter.matches(v)) {
+                    let value = parsed.get_or_insert_with(|| serde_json::from_slice(&data).ok());
+                    if !value.as_ref().is_some_and(|v| filter.matches(v)) {
                         continue;
                     }
                 }
@@ -221,7 +228,11 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     fn frame(id: i64) -> Frame {
-        Frame { id, bytes: Bytes::from(format!("{id};")), data: Bytes::from(format!("{{\"n\": {id}}}")) }
+        Frame { id, bytes: Bytes::from(format!("{id};")) }
+    }
+
+    fn event(channel: &str, id: i64) -> Event {
+        Event { channel: channel.into(), frame: frame(id), data: Bytes::from(format!("{{\"n\": {id}}}")) }
     }
 
     /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
@@ -252,7 +263,7 @@ mod tests {
         hub.start_at(0);
         let (a, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         let (ab, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
-        hub.broadcast(vec![("a".into(), frame(1)), ("b".into(), frame(2)), ("c".into(), frame(3))]);
+        hub.broadcast(vec![event("a", 1), event("b", 2), event("c", 3)]);
         assert_eq!(take(&a), ready("1;"));
         assert_eq!(take(&a), Poll::Pending);
         assert_eq!(take(&ab), ready("1;2;"));
@@ -268,7 +279,7 @@ mod tests {
         let (slow, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
         let (fast, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         for id in 1..=3 {
-            hub.broadcast(vec![("a".into(), frame(id))]);
+            hub.broadcast(vec![event("a", id)]);
             assert_eq!(take(&fast), ready(&format!("{id};")));
         }
         assert_eq!(hub.cut_slow_total(), 1);
@@ -295,7 +306,7 @@ mod tests {
         let odd = Arc::new(Filter::parse([("n", "in.(1,3)")]).unwrap());
         let (filtered, _) = hub.subscribe(&["a".into()], &ChannelFilters::from([("a".to_string(), odd)])).unwrap();
         let (all, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
-        hub.broadcast((1..=3).map(|id| ("a".to_string(), frame(id))).collect());
+        hub.broadcast((1..=3).map(|id| event("a", id)).collect());
         assert_eq!(take(&filtered), ready("1;3;"));
         assert_eq!(take(&all), ready("1;2;3;"));
     }

@@ -14,7 +14,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement}
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::hub::Hub;
+use crate::hub::{Event, Hub};
 use crate::store::EventRow;
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
@@ -212,16 +212,16 @@ impl Listener {
         loop {
             let rows = conn.bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
             let n = rows.len() as i64;
-            let mut frames = Vec::with_capacity(rows.len());
+            let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
                 let event = EventRow::from_row(row)?;
                 last = event.id;
-                if let Some(frame) = event.encode() {
-                    frames.push((event.channel, frame));
+                if let Some((frame, data)) = event.encode() {
+                    events.push(Event { channel: event.channel, frame, data });
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);
-            self.hub.broadcast(frames);
+            self.hub.broadcast(events);
             self.last_id = Some(last);
             if n < FETCH_BATCH {
                 return Ok(());

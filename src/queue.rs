@@ -125,7 +125,7 @@ mod tests {
     }
 
     fn frame(id: i64, text: &'static str) -> Frame {
-        Frame { id, bytes: Bytes::from_static(text.as_bytes()), data: Bytes::new() }
+        Frame { id, bytes: Bytes::from_static(text.as_bytes()) }
     }
 
     #[test]

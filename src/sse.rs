@@ -234,7 +234,7 @@ impl Body for SseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Frame, Hub};
+    use crate::hub::{Event, Frame, Hub};
     use http_body_util::BodyExt;
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
@@ -302,7 +302,8 @@ mod tests {
         assert_eq!(start.elapsed(), beat, "first heartbeat exactly one interval after start");
 
         tokio::time::advance(Duration::from_secs(10)).await;
-        hub.broadcast(vec![("c".into(), Frame { id: 1, bytes: Bytes::from_static(b"E"), data: Bytes::new() })]);
+        let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
+        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new() }]);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         let after_event = Instant::now();
         assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
@@ -318,8 +319,11 @@ mod tests {
         next_chunk(&mut body).await;
         tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
         tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
-        let frames =
-            (1..=4).map(|id| ("c".into(), Frame { id, bytes: Bytes::from(format!("L{id}")), data: Bytes::new() }));
+        let frames = (1..=4).map(|id| Event {
+            channel: "c".into(),
+            frame: Frame { id, bytes: Bytes::from(format!("L{id}")) },
+            data: Bytes::new(),
+        });
         hub.broadcast(frames.collect());
         assert_eq!(next_chunk(&mut body).await.unwrap(), "R1");
         assert_eq!(next_chunk(&mut body).await.unwrap(), "L3L4");

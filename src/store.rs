@@ -96,7 +96,9 @@ impl EventRow {
 
     /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:
     /// an unencodable one is logged and skipped rather than allowed to break the stream.
-    pub fn encode(&self) -> Option<Frame> {
+    /// Also returns the event's JSON data for filters: usually a slice of the frame, copied only when
+    /// the payload holds line breaks (never for jsonb's own text).
+    pub fn encode(&self) -> Option<(Frame, Bytes)> {
         match sse::encode(self.id, &self.event, &self.payload) {
             Ok(bytes) => {
                 // jsonb's text never holds a raw line break, so the data is the frame's one `data:` line.
@@ -105,7 +107,7 @@ impl EventRow {
                     Some(start) if bytes[start..end] == *self.payload.as_bytes() => bytes.slice(start..end),
                     _ => Bytes::from(self.payload.clone()),
                 };
-                Some(Frame { id: self.id, bytes, data })
+                Some((Frame { id: self.id, bytes }, data))
             }
             Err(err) => {
                 tracing::error!(id = self.id, cause = %err, "skipping event that cannot be encoded");

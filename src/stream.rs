@@ -150,7 +150,7 @@ impl Replay {
         let mut chunk = BytesMut::new();
         let wanted =
             |row: &&EventRow| self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()));
-        for frame in rows.iter().filter(wanted).filter_map(EventRow::encode) {
+        for (frame, _) in rows.iter().filter(wanted).filter_map(EventRow::encode) {
             chunk.extend_from_slice(&frame.bytes);
         }
         if !chunk.is_empty() {
