@@ -112,13 +112,15 @@ impl SseBody {
         Self::new(prelude, Source::Replay(feed), 0, heartbeat, shutdown)
     }
 
+    /// A live stream that drops frames with an id at or below `skip_through` (from before it began).
     pub fn live(
         prelude: Bytes,
         sub: Subscription,
+        skip_through: i64,
         heartbeat: Duration,
         shutdown: WaitForCancellationFutureOwned,
     ) -> Self {
-        Self::new(prelude, Source::Live(sub), 0, heartbeat, shutdown)
+        Self::new(prelude, Source::Live(sub), skip_through, heartbeat, shutdown)
     }
 
     fn new(
@@ -294,7 +296,7 @@ mod tests {
         let (hub, sub) = hub_with("c");
         let token = CancellationToken::new();
         let beat = Duration::from_secs(15);
-        let mut body = SseBody::live(Bytes::from_static(b"P"), sub, beat, token.clone().cancelled_owned());
+        let mut body = SseBody::live(Bytes::from_static(b"P"), sub, 0, beat, token.clone().cancelled_owned());
         assert_eq!(next_chunk(&mut body).await.unwrap(), "P");
 
         let start = Instant::now();
@@ -334,8 +336,8 @@ mod tests {
         let (_hub, sub) = hub_with("c");
         let token = CancellationToken::new();
         let until = Instant::now() + Duration::from_secs(60);
-        let mut body =
-            SseBody::live(Bytes::new(), sub, Duration::from_secs(15), token.cancelled_owned()).ending_at(Some(until));
+        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15), token.cancelled_owned())
+            .ending_at(Some(until));
         next_chunk(&mut body).await;
         let mut heartbeats = 0;
         while next_chunk(&mut body).await.is_some() {
@@ -348,7 +350,7 @@ mod tests {
     async fn ends_on_shutdown_and_when_cut_off() {
         let (hub, sub) = hub_with("c");
         let token = CancellationToken::new();
-        let mut body = SseBody::live(Bytes::new(), sub, Duration::from_secs(15), token.clone().cancelled_owned());
+        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15), token.clone().cancelled_owned());
         next_chunk(&mut body).await;
         token.cancel();
         assert!(next_chunk(&mut body).await.is_none());
@@ -356,7 +358,7 @@ mod tests {
 
         let (sub, _) = hub.subscribe(&["c".to_string()], &Default::default()).unwrap();
         let mut body =
-            SseBody::live(Bytes::new(), sub, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
+            SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
         next_chunk(&mut body).await;
         hub.close();
         assert!(next_chunk(&mut body).await.is_none());

@@ -202,6 +202,14 @@ impl Store {
         Ok(LogBounds { pruned_through: row.try_get(0)?, head: row.try_get(1)? })
     }
 
+    /// The newest committed event id. Unlike the sequence (`bounds().head`), it never names an id whose
+    /// transaction is still committing: ids become visible in order, under the ordering lock.
+    pub async fn committed_head(&self) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT coalesce(max(id), 0) FROM pgsse.events").await?;
+        Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+    }
+
     pub async fn channel(&self, name: &str) -> Result<Option<ChannelInfo>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached("SELECT source_table IS NOT NULL FROM pgsse.channels WHERE name = $1").await?;

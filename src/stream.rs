@@ -13,10 +13,13 @@ use crate::filter::ChannelFilters;
 use crate::hub::HubError;
 use crate::server::AppState;
 use crate::sse::{self, Feed, SseBody};
-use crate::store::{EventRow, StoreError, REPLAY_BATCH};
+use crate::store::{EventRow, LogBounds, StoreError, REPLAY_BATCH};
 
 /// How long a stream opened while the gateway is still starting waits for its first database connection.
 const START_WAIT: Duration = Duration::from_secs(5);
+/// How often a resuming stream asks for the log again while the database is away.
+const BOUNDS_RETRY_MIN: Duration = Duration::from_millis(100);
+const BOUNDS_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Same rule as `pgsse.valid_channel` in SQL.
 pub fn valid_channel(name: &str) -> bool {
@@ -73,26 +76,28 @@ pub async fn open(
     let heartbeat = state.config.heartbeat;
     let shutdown = state.shutdown.clone().cancelled_owned();
     let expires = expires.map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
-    // Refuse before answering 200 when the seam cannot be made yet, so the client retries instead.
+    // Until the listener has read the head once there is no seam to make: such a new gateway is not ready.
     state.hub.wait_started(START_WAIT).await?;
     let Some(after) = resume else {
         let (sub, _) = state.hub.subscribe(&channels, &filters)?;
-        return Ok(SseBody::live(prelude, sub, heartbeat, shutdown).ending_at(expires));
-    };
-    let bounds = state.store.bounds().await?;
-    let (start, reset) = if after < bounds.pruned_through {
-        (bounds.pruned_through, Some(reset_frame(bounds.pruned_through, "pruned")))
-    } else if after > bounds.head {
-        (bounds.head, Some(reset_frame(bounds.head, "unknown_id")))
-    } else {
-        (after, None)
+        // A new stream starts at the database's present, not at the listener's: an event that committed
+        // before this request but was not yet broadcast must not reach it. Subscribing first means every
+        // event after that head still arrives live.
+        let skip_through = match state.store.committed_head().await {
+            Ok(head) => head,
+            Err(err) => {
+                debug!(cause = %err, "no committed head; starting at the listener's");
+                0
+            }
+        };
+        return Ok(SseBody::live(prelude, sub, skip_through, heartbeat, shutdown).ending_at(expires));
     };
     let (tx, rx) = mpsc::channel(4);
     let replay = Replay { state: state.clone(), channels, filters, tx };
     let token = state.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
-            result = replay.run(start, reset) => match result {
+            result = replay.run(after) => match result {
                 Ok(()) => {}
                 Err(ReplayError::Gone) => debug!("client left during replay"),
                 Err(err) => warn!(cause = %err, "replay failed; ending the stream so the client resumes"),
@@ -128,10 +133,17 @@ enum ReplayError {
 }
 
 impl Replay {
-    async fn run(self, mut cursor: i64, reset: Option<Bytes>) -> Result<(), ReplayError> {
-        if let Some(reset) = reset {
-            self.send(Feed::Chunk(reset)).await?;
-        }
+    async fn run(self, after: i64) -> Result<(), ReplayError> {
+        let bounds = self.bounds().await?;
+        let mut cursor = if after < bounds.pruned_through {
+            self.send(Feed::Chunk(reset_frame(bounds.pruned_through, "pruned"))).await?;
+            bounds.pruned_through
+        } else if after > bounds.head {
+            self.send(Feed::Chunk(reset_frame(bounds.head, "unknown_id"))).await?;
+            bounds.head
+        } else {
+            after
+        };
         // Most of the history is read before registering, so a long replay does not fill the live queue.
         while self.batch(&mut cursor, None).await? {}
         let (sub, live_from) = self.state.hub.subscribe(&self.channels, &self.filters)?;
@@ -140,6 +152,22 @@ impl Replay {
         }
         debug!(cursor, live_from, "replay done, going live");
         self.send(Feed::Live { sub, skip_through: cursor }).await
+    }
+
+    /// Waits out a database outage with the stream already open: a browser's EventSource gives up for
+    /// good on an error status, but keeps an open stream and resumes it if it breaks.
+    async fn bounds(&self) -> Result<LogBounds, ReplayError> {
+        let mut pause = BOUNDS_RETRY_MIN;
+        loop {
+            match self.state.store.bounds().await {
+                Ok(bounds) => return Ok(bounds),
+                Err(err) => debug!(cause = %err, "log bounds unavailable; the stream waits"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => pause = (pause * 2).min(BOUNDS_RETRY_MAX),
+                _ = self.tx.closed() => return Err(ReplayError::Gone),
+            }
+        }
     }
 
     /// Sends one batch after `cursor` as a single chunk; returns whether a full batch was read.

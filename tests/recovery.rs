@@ -175,3 +175,75 @@ async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
     assert_eq!(events[1..], [("reset".to_string(), seen[1].id()), ("insert".to_string(), seen[1].id() + 1)]);
     assert!(follower.reconnects() >= 1);
 }
+
+/// `url` with another user and password, as a key=value connection string (works for any server).
+fn as_user(url: &str, user: &str, password: &str) -> String {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+    };
+    let (port, db) = (config.get_ports()[0], config.get_dbname().unwrap());
+    format!("host={host} port={port} dbname={db} user={user} password={password}")
+}
+
+#[tokio::test]
+async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_lags() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let role =
+        format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
+    db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'lag'")).await.unwrap();
+    let mut config = Config::new(&url).unwrap();
+    config.listen_database_url = Some(as_user(&url, &role, "lag"));
+    let gw = Gateway::start_with(config).await;
+
+    // The LISTEN connection is cut and cannot come back, so this event is committed but not broadcast.
+    db.batch_execute(&format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
+         INSERT INTO messages (body) VALUES ('before the stream');"
+    ))
+    .await
+    .unwrap();
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
+    gw.wait_healthy().await;
+    db.execute("INSERT INTO messages (body) VALUES ('after the stream')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "after the stream", "nothing from before the request");
+}
+
+#[tokio::test]
+async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_later() {
+    let cluster = private_cluster();
+    let url = fresh_db_on(&cluster.url("postgres")).await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    for body in ["seen", "missed"] {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+    }
+    drop(db);
+    let gw = Gateway::start(&url).await;
+    let mut first = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
+    assert_eq!(first.expect().await.json()["body"], "seen");
+    drop(first);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop("fast").expect("stop");
+        cluster
+    })
+    .await
+    .unwrap();
+
+    // EventSource gives up for good on an error status, so the gateway must answer 200 and wait.
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "1")]).await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start().expect("restart");
+        cluster
+    })
+    .await
+    .unwrap();
+    assert_eq!(resumed.expect().await.json()["body"], "missed");
+    connect(&url).await.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
+    assert_eq!(resumed.expect().await.json()["body"], "after");
+    drop(cluster);
+}
