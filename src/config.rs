@@ -75,6 +75,19 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve `GET /metrics` on this address instead of the main one (e.g. a port only Prometheus reaches).
+    #[arg(long, env = "PGSSE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain: serve HTTPS, with HTTP/2 offered by ALPN so a browser can open many streams
+    /// over one connection. Needs --tls-key.
+    #[arg(long, env = "PGSSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PGSSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Comment sent on an idle stream this often, so proxies and clients see it is alive.
     #[arg(long, env = "PGSSE_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -275,6 +288,9 @@ pub struct Config {
     pub max_url_length: usize,
     pub retention: Duration,
     pub prune_interval: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Certificate chain and key, loaded and checked at startup.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +309,8 @@ pub enum ConfigError {
     KeyFile(PathBuf, std::io::Error),
     #[error("{0}")]
     Auth(#[from] AuthError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Config {
@@ -347,6 +365,11 @@ impl Config {
             max_url_length: args.max_url_length,
             retention: args.retention,
             prune_interval: args.prune_interval,
+            metrics_listen: args.metrics_listen,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+                _ => None,
+            },
         })
     }
 

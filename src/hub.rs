@@ -238,7 +238,7 @@ mod tests {
     /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
     fn take(sub: &Subscription) -> Poll<Option<String>> {
         let mut cx = Context::from_waker(Waker::noop());
-        sub.queue.poll_chunk(&mut cx, 0, usize::MAX).map(|c| c.map(|b| String::from_utf8(b.to_vec()).unwrap()))
+        sub.queue.poll_chunk(&mut cx, 0, usize::MAX).map(|c| c.map(|(b, _)| String::from_utf8(b.to_vec()).unwrap()))
     }
 
     fn ready(text: &str) -> Poll<Option<String>> {

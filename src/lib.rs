@@ -4,7 +4,8 @@
 //! encoded frames to the [`hub`], which fans them out through each stream's [`queue`] to its [`sse`] body.
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
-//! - [`server`]: accept loop, shared state, graceful shutdown; [`routes`]: HTTP routing and JSON errors;
+//! - [`server`]: accept loop, shared state, graceful shutdown; [`conn`]: one connection (with [`tls`]
+//!   when configured); [`routes`]: HTTP routing and JSON errors;
 //!   [`cors`]: cross-origin headers; [`auth`]: grants (who may read and write which channels) from a JWT
 //!   or, via [`auth_url`], a legacy backend;
 //!   [`limits`]: streams per gateway and per client, and counts of refusals; [`metrics`]: `/metrics`.
@@ -19,6 +20,7 @@ pub mod auth_url;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod conn;
 pub mod cors;
 pub mod cursor;
 pub mod demo;
@@ -35,4 +37,5 @@ pub mod server;
 pub mod sse;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod web;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
@@ -36,6 +37,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// transactions the listener would otherwise query back to back, taking a PostgreSQL core from the
 /// writers; an event after a quiet spell is still read at once.
 const MIN_READ_INTERVAL: Duration = Duration::from_millis(1);
+/// Commit-to-broadcast lag buckets, in seconds: sub-millisecond when healthy, minutes after an outage.
+const LAG_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -52,7 +56,6 @@ pub enum ListenerError {
 }
 
 /// What `/healthz` and the metrics see of the listener.
-#[derive(Default)]
 pub struct ListenerStatus {
     up: AtomicBool,
     reconnects: AtomicU64,
@@ -60,9 +63,28 @@ pub struct ListenerStatus {
     /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
     queue_usage: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Seconds from an event's commit to its broadcast, both read on the database's clock.
+    lag: Histogram,
+}
+
+impl Default for ListenerStatus {
+    fn default() -> Self {
+        Self {
+            up: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            queue_usage: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            lag: Histogram::new(LAG_BUCKETS),
+        }
+    }
 }
 
 impl ListenerStatus {
+    pub fn lag(&self) -> &Histogram {
+        &self.lag
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -152,7 +174,11 @@ impl Listener {
 
         // LISTEN before reading the log, so nothing committed in between goes unnoticed.
         conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
-        let fetch_sql = format!("SELECT {} FROM pgsse.events WHERE id > $1 ORDER BY id LIMIT $2", EventRow::COLUMNS);
+        let fetch_sql = format!(
+            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM pgsse.events \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+            EventRow::COLUMNS
+        );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
         let head = conn.bounded(client.query_one(HEAD_SQL, &[])).await?;
         let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
@@ -215,6 +241,7 @@ impl Listener {
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
                 let event = EventRow::from_row(row)?;
+                self.status.lag.observe(row.try_get::<_, f64>(4)?.max(0.0));
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
                     events.push(Event { channel: event.channel, frame, data });

@@ -1,7 +1,7 @@
 //! `GET /metrics` in Prometheus text format (prometheus-client): read at scrape time from the counters the
 //! hub, the listener and the limits keep anyway, so serving events costs nothing extra.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -9,6 +9,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use prometheus_client::registry::Unit;
 
 use crate::hub::Hub;
 use crate::limits::Limits;
@@ -20,6 +21,26 @@ pub struct Metrics {
     hub: Arc<Hub>,
     listener: Arc<ListenerStatus>,
     limits: Arc<Limits>,
+    pub counters: Arc<Counters>,
+}
+
+/// Counters kept only for the metrics, bumped where the work happens.
+#[derive(Default)]
+pub struct Counters {
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub replays: AtomicU64,
+    pub events_replayed: AtomicU64,
+    pub auth_unauthenticated: AtomicU64,
+    pub auth_forbidden: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -30,7 +51,7 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new(hub: Arc<Hub>, listener: Arc<ListenerStatus>, limits: Arc<Limits>) -> Arc<Self> {
-        Arc::new(Self { hub, listener, limits })
+        Arc::new(Self { hub, listener, limits, counters: Arc::default() })
     }
 
     pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
@@ -45,6 +66,15 @@ impl Metrics {
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter_of(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: &AtomicU64,
+) -> Result<(), std::fmt::Error> {
+    counter(encoder, name, help, value.load(Ordering::Relaxed))
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
@@ -98,6 +128,36 @@ impl Collector for Metrics {
             None,
             usage.metric_type(),
         )?)?;
+        let lag = self.listener.lag();
+        lag.encode(encoder.encode_descriptor(
+            "pgsse_broadcast_lag",
+            "Time from an event's commit to its broadcast, on the database's clock.",
+            Some(&Unit::Seconds),
+            lag.metric_type(),
+        )?)?;
+        let sent = &self.counters;
+        for (name, help, counter) in [
+            ("pgsse_frames_sent", "Live event frames handed to client connections.", &sent.frames_sent),
+            (
+                "pgsse_bytes_sent",
+                "Bytes of SSE handed to client connections, replays and heartbeats included.",
+                &sent.bytes_sent,
+            ),
+            ("pgsse_replays", "Streams that resumed from the log (Last-Event-ID).", &sent.replays),
+            ("pgsse_events_replayed", "Events sent from the log to resuming streams.", &sent.events_replayed),
+        ] {
+            counter_of(&mut encoder, name, help, counter)?;
+        }
+        let denied = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "pgsse_auth_denials",
+            "Requests refused by access control.",
+            None,
+            denied.metric_type(),
+        )?;
+        for (reason, value) in [("unauthenticated", &sent.auth_unauthenticated), ("forbidden", &sent.auth_forbidden)] {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
         let rejections = &self.limits.rejections;
         let refused = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(

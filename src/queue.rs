@@ -68,9 +68,11 @@ impl Queue {
     }
 
     /// Everything queued with an id above `skip_through`, as one chunk of at most about `limit` bytes (a
-    /// single larger frame is returned whole). `Ready(None)` once closed and drained.
-    pub fn poll_chunk(&self, cx: &mut Context<'_>, skip_through: i64, limit: usize) -> Poll<Option<Bytes>> {
+    /// single larger frame is returned whole), with the number of frames in it. `Ready(None)` once closed
+    /// and drained.
+    pub fn poll_chunk(&self, cx: &mut Context<'_>, skip_through: i64, limit: usize) -> Poll<Option<(Bytes, u64)>> {
         let mut state = self.lock();
+        let mut count = 0;
         let mut single: Option<Bytes> = None;
         let mut merged: Option<BytesMut> = None;
         while let Some(frame) = state.frames.front() {
@@ -82,6 +84,7 @@ impl Queue {
             if frame.id <= skip_through {
                 continue;
             }
+            count += 1;
             match (&mut merged, single.take()) {
                 (Some(m), _) => m.extend_from_slice(&frame.bytes),
                 (None, None) => single = Some(frame.bytes),
@@ -98,8 +101,8 @@ impl Queue {
             state.frames = VecDeque::new();
         }
         match (merged, single) {
-            (Some(m), _) => Poll::Ready(Some(m.freeze())),
-            (None, Some(b)) => Poll::Ready(Some(b)),
+            (Some(m), _) => Poll::Ready(Some((m.freeze(), count))),
+            (None, Some(b)) => Poll::Ready(Some((b, count))),
             (None, None) if state.closed => Poll::Ready(None),
             (None, None) => {
                 if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -140,13 +143,17 @@ mod tests {
         q.push(frame(2, "b")).unwrap();
         q.push(frame(3, "c")).unwrap();
         assert_eq!(q.push(frame(4, "d")), Err(PushError::Full));
-        assert_eq!(q.poll_chunk(&mut cx, 1, 100), Poll::Ready(Some(Bytes::from_static(b"bc"))));
+        assert_eq!(q.poll_chunk(&mut cx, 1, 100), Poll::Ready(Some((Bytes::from_static(b"bc"), 2))));
         q.push(frame(5, "eeee")).unwrap();
         q.push(frame(6, "ff")).unwrap();
-        assert_eq!(q.poll_chunk(&mut cx, 0, 5), Poll::Ready(Some(Bytes::from_static(b"eeee"))), "limit");
+        assert_eq!(q.poll_chunk(&mut cx, 0, 5), Poll::Ready(Some((Bytes::from_static(b"eeee"), 1))), "limit");
         q.close();
         assert_eq!(q.push(frame(7, "g")), Err(PushError::Closed));
-        assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Ready(Some(Bytes::from_static(b"ff"))), "drained after close");
+        assert_eq!(
+            q.poll_chunk(&mut cx, 0, 100),
+            Poll::Ready(Some((Bytes::from_static(b"ff"), 1))),
+            "drained after close"
+        );
         assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Ready(None));
     }
 }

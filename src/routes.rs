@@ -18,6 +18,7 @@ use crate::cursor::{self, CursorError};
 use crate::filter::{ChannelFilters, Filter, FilterError};
 use crate::hub::HubError;
 use crate::limits::LimitError;
+use crate::metrics::Counters;
 use crate::migrate;
 use crate::server::AppState;
 use crate::sse::SseBody;
@@ -148,6 +149,12 @@ pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) 
     } else {
         route(&state, peer, req).await.unwrap_or_else(ApiError::into_response)
     };
+    let counters = &state.metrics.counters;
+    match resp.status() {
+        StatusCode::UNAUTHORIZED => Counters::add(&counters.auth_unauthenticated, 1),
+        StatusCode::FORBIDDEN => Counters::add(&counters.auth_forbidden, 1),
+        _ => {}
+    }
     state.cors.apply(&request_headers, resp.headers_mut(), preflight);
     Ok(resp)
 }
@@ -170,7 +177,7 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             only_get(&req, "GET")?;
             Ok(health(state).await)
         }
-        ["metrics"] => {
+        ["metrics"] if state.config.metrics_listen.is_none() => {
             only_get(&req, "GET")?;
             Ok(metrics(state))
         }
@@ -221,6 +228,15 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
         }
         _ => Err(ApiError::NotFound(path.chars().take(200).collect())),
     }
+}
+
+/// The `--metrics-listen` address serves only `/metrics`.
+pub async fn handle_metrics(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let resp = match req.uri().path() {
+        "/metrics" => only_get(&req, "GET").map(|()| metrics(&state)),
+        other => Err(ApiError::NotFound(other.chars().take(200).collect())),
+    };
+    Ok(resp.unwrap_or_else(ApiError::into_response))
 }
 
 fn only_get<B>(req: &Request<B>, allow: &'static str) -> Result<(), ApiError> {
@@ -284,7 +300,10 @@ async fn events<B>(
     }
     tracing::debug!(?channels, ?resume, "stream opened");
     let slot = state.limits.admit(state.limits.client(peer, req.headers()))?;
-    let body = stream::open(state, channels, resume, filters, access.expires()).await?.holding(slot);
+    let body = stream::open(state, channels, resume, filters, access.expires())
+        .await?
+        .holding(slot)
+        .counted(state.metrics.counters.clone());
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

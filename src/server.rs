@@ -2,14 +2,16 @@
 //! bind port 0 and stop the server themselves.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument};
@@ -21,31 +23,10 @@ use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::{retention, routes};
+use crate::{conn, retention, routes};
 
-/// What an HTTP/2 connection with prior knowledge starts with; anything else is HTTP/1.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How often a connection part-way through the HTTP/2 preface is looked at again.
-const PREFACE_POLL: Duration = Duration::from_millis(10);
-
-/// Waits, at most `limit`, until the first bytes tell HTTP/1 from HTTP/2. Only peeks: hyper reads them.
-async fn protocol_known(stream: &TcpStream, limit: Duration) -> bool {
-    let decided = async {
-        let mut buf = [0u8; 24];
-        loop {
-            if stream.readable().await.is_err() {
-                return false;
-            }
-            match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
-                // A prefix of the preface: readiness stays set, so look again shortly rather than spin.
-                Ok(_) => tokio::time::sleep(PREFACE_POLL).await,
-            }
-        }
-    };
-    tokio::time::timeout(limit, decided).await.unwrap_or(false)
-}
+/// Pause after a failed accept (usually EMFILE), so the loop does not spin while descriptors are short.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Largest request head (request line and headers) read; a larger one is answered 431. hyper's default
 /// would let every connection buffer about 400 KB.
@@ -70,9 +51,47 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Listener(#[from] ListenerError),
+    #[error("cannot serve metrics on {0}: {1}")]
+    MetricsListen(SocketAddr, std::io::Error),
+}
+
+/// The `--metrics-listen` address: plain HTTP/1.1, `/metrics` only, until shutdown.
+async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving metrics");
+    }
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    error!(cause = ?err, "metrics accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+            _ = state.shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let header_read_timeout = state.config.header_read_timeout;
+            let service = service_fn(move |req| routes::handle_metrics(state.clone(), req));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = conn.await {
+                debug!(cause = ?err, "metrics connection ended with an error");
+            }
+        });
+    }
 }
 
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| ServerError::MetricsListen(addr, err))?),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(config.queue_capacity));
     let status = Arc::new(ListenerStatus::default());
     let listen_url = config.listen_database_url.as_deref().unwrap_or(&config.database_url);
@@ -90,6 +109,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         config,
     });
     let listener_task = tokio::spawn(pg_listener.run(state.shutdown.clone()));
+    if let Some(metrics_listener) = metrics_listener {
+        tokio::spawn(serve_metrics(metrics_listener, state.clone()));
+    }
     let retention_task = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -127,7 +149,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 Err(err) => {
                     // Usually EMFILE or a connection reset before accept: log and keep serving.
                     error!(cause = ?err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },
@@ -141,19 +163,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         let watcher = graceful.watcher();
         tokio::spawn(
             async move {
-                // hyper's header timeout starts only after the protocol is known: a client that sends
-                // nothing, or stalls inside the HTTP/2 preface, would otherwise hold its place forever.
-                if !protocol_known(&stream, state.config.header_read_timeout).await {
-                    debug!("closed a connection that did not start a request in time");
-                    return;
-                }
-                // Boxed so the connection keeps only a pointer once the response is produced: hyper holds
-                // the service future's slot for the connection's lifetime, and the routing future is large.
-                let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(err) = watcher.watch(conn.into_owned()).await {
-                    debug!(cause = ?err, "connection ended with an error");
-                }
+                conn::serve(stream, peer, state, builder, watcher).await;
                 drop(permit);
             }
             .instrument(info_span!("conn", %peer)),

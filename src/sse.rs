@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::hub::Subscription;
 use crate::limits::StreamSlot;
+use crate::metrics::Counters;
 
 /// Upper bound for one coalesced write; one frame larger than this is still sent whole.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -100,6 +102,7 @@ pub struct SseBody {
     expires: Option<Pin<Box<Sleep>>>,
     /// The stream's place under the limits, given back when the body is dropped.
     slot: Option<StreamSlot>,
+    counters: Option<Arc<Counters>>,
 }
 
 impl SseBody {
@@ -139,7 +142,22 @@ impl SseBody {
             shutdown: Box::pin(shutdown),
             expires: None,
             slot: None,
+            counters: None,
         }
+    }
+
+    /// Counts what this stream sends in the gateway's metrics.
+    pub fn counted(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    fn sent(&self, bytes: Bytes, frames: u64) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        if let Some(counters) = &self.counters {
+            Counters::add(&counters.frames_sent, frames);
+            Counters::add(&counters.bytes_sent, bytes.len() as u64);
+        }
+        Poll::Ready(Some(Ok(BodyFrame::data(bytes))))
     }
 
     pub fn holding(mut self, slot: StreamSlot) -> Self {
@@ -159,21 +177,22 @@ impl SseBody {
     }
 
     /// Takes every frame that is ready now, up to [`COALESCE_BYTES`], as one chunk.
-    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Bytes, u64)>> {
         match &self.source {
             Source::Live(sub) => sub.queue.poll_chunk(cx, self.skip_through, COALESCE_BYTES),
             _ => Poll::Ready(None),
         }
     }
 
-    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// The next chunk and how many live frames are in it (replayed history counts as none).
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Bytes, u64)>> {
         loop {
             match &mut self.source {
                 Source::Done => return Poll::Ready(None),
                 Source::Live(_) => return self.poll_live(cx),
                 Source::Replay(rx) => match rx.poll_recv(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Feed::Chunk(bytes))) => return Poll::Ready(Some(bytes)),
+                    Poll::Ready(Some(Feed::Chunk(bytes))) => return Poll::Ready(Some((bytes, 0))),
                     Poll::Ready(Some(Feed::Live { sub, skip_through })) => {
                         self.skip_through = skip_through;
                         self.source = Source::Live(sub);
@@ -196,7 +215,7 @@ impl Body for SseBody {
     ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if let Some(prelude) = this.prelude.take() {
-            return Poll::Ready(Some(Ok(BodyFrame::data(prelude))));
+            return this.sent(prelude, 0);
         }
         if matches!(this.source, Source::Done) {
             return Poll::Ready(None);
@@ -207,9 +226,9 @@ impl Body for SseBody {
             return Poll::Ready(None);
         }
         match this.poll_source(cx) {
-            Poll::Ready(Some(bytes)) => {
+            Poll::Ready(Some((bytes, frames))) => {
                 this.reset_timer();
-                return Poll::Ready(Some(Ok(BodyFrame::data(bytes))));
+                return this.sent(bytes, frames);
             }
             Poll::Ready(None) => {
                 this.source = Source::Done;
@@ -219,7 +238,7 @@ impl Body for SseBody {
         }
         if this.timer.as_mut().poll(cx).is_ready() {
             this.reset_timer();
-            return Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(HEARTBEAT)))));
+            return this.sent(Bytes::from_static(HEARTBEAT), 0);
         }
         Poll::Pending
     }
@@ -238,7 +257,6 @@ mod tests {
     use super::*;
     use crate::hub::{Event, Frame, Hub};
     use http_body_util::BodyExt;
-    use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
 
     fn enc(id: i64, event: &str, data: &str) -> String {

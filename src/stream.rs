@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 
 use crate::filter::ChannelFilters;
 use crate::hub::HubError;
+use crate::metrics::Counters;
 use crate::server::AppState;
 use crate::sse::{self, Feed, SseBody};
 use crate::store::{EventRow, LogBounds, StoreError, REPLAY_BATCH};
@@ -134,6 +135,7 @@ enum ReplayError {
 
 impl Replay {
     async fn run(self, after: i64) -> Result<(), ReplayError> {
+        Counters::add(&self.state.metrics.counters.replays, 1);
         let bounds = self.bounds().await?;
         let mut cursor = if after < bounds.pruned_through {
             self.send(Feed::Chunk(reset_frame(bounds.pruned_through, "pruned"))).await?;
@@ -178,11 +180,14 @@ impl Replay {
         let mut chunk = BytesMut::new();
         let wanted =
             |row: &&EventRow| self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()));
+        let mut sent = 0;
         for (frame, _) in rows.iter().filter(wanted).filter_map(EventRow::encode) {
             chunk.extend_from_slice(&frame.bytes);
+            sent += 1;
         }
         if !chunk.is_empty() {
             self.send(Feed::Chunk(chunk.freeze())).await?;
+            Counters::add(&self.state.metrics.counters.events_replayed, sent);
         }
         Ok(rows.len() as i64 == REPLAY_BATCH)
     }

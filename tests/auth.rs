@@ -79,6 +79,12 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
             assert_eq!(resp.headers["www-authenticate"], "Bearer");
         }
     }
+    let metrics = get(gw.addr, "/metrics", &[]).await.unwrap().body;
+    for line in
+        ["pgsse_auth_denials_total{reason=\"unauthenticated\"} 5", "pgsse_auth_denials_total{reason=\"forbidden\"} 2"]
+    {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     for how in ["header", "cookie", "query"] {
         let (path, headers) = match how {
             "header" => ("/orders/events".to_string(), vec![("authorization", bearer(&good))]),

@@ -403,6 +403,11 @@ async fn metrics_are_served_in_prometheus_text_format() {
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     db.execute("INSERT INTO messages (body) VALUES ('counted')", &[]).await.unwrap();
     let id = stream.expect().await.id();
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
+    assert_eq!(resumed.expect().await.id(), id);
+    db.execute("INSERT INTO messages (body) VALUES ('live to both')", &[]).await.unwrap();
+    let id = stream.expect().await.id();
+    assert_eq!(resumed.expect().await.id(), id);
     let long = format!("/messages?{}", "x".repeat(9000));
     assert_eq!(common::get(gw.addr, &long, &[]).await.unwrap().status, 414);
 
@@ -410,15 +415,38 @@ async fn metrics_are_served_in_prometheus_text_format() {
     assert_eq!(resp.status, 200);
     assert!(resp.headers["content-type"].starts_with("application/openmetrics-text"));
     for line in [
-        "pgsse_streams_open{channel=\"messages\"} 1".to_string(),
-        "pgsse_events_received_total 1".to_string(),
+        "pgsse_streams_open{channel=\"messages\"} 2".to_string(),
+        "pgsse_events_received_total 2".to_string(),
         "pgsse_listener_up 1".to_string(),
         format!("pgsse_last_event_id {id}"),
         "pgsse_limit_rejections_total{kind=\"url_too_long\"} 1".to_string(),
         "pgsse_subscribers_cut_total 0".to_string(),
+        "pgsse_frames_sent_total 3".to_string(),
+        "pgsse_replays_total 1".to_string(),
+        "pgsse_events_replayed_total 1".to_string(),
+        "pgsse_broadcast_lag_seconds_count 2".to_string(),
+        "pgsse_auth_denials_total{reason=\"unauthenticated\"} 0".to_string(),
     ] {
         assert!(resp.body.lines().any(|l| l == line), "{line:?} in\n{}", resp.body);
     }
+    let bytes_sent: u64 =
+        resp.body.lines().find_map(|l| l.strip_prefix("pgsse_bytes_sent_total ")).unwrap().parse().unwrap();
+    let seen = (stream.raw.len() + resumed.raw.len()) as u64;
+    assert!(bytes_sent >= seen, "{bytes_sent} bytes counted, {seen} received");
     assert!(resp.body.contains("# TYPE pgsse_notification_queue_usage gauge"));
     assert!(resp.body.ends_with("# EOF\n"));
+}
+
+#[tokio::test]
+async fn metrics_can_move_to_their_own_address() {
+    let url = fresh_db().await;
+    let mut config = Config::new(&url).unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    config.metrics_listen = Some(metrics_addr);
+    let gw = Gateway::start_with(config).await;
+    assert_eq!(common::get(gw.addr, "/metrics", &[]).await.unwrap().status, 404, "not on the public address");
+    let resp = common::get(metrics_addr, "/metrics", &[]).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.contains("pgsse_listener_up 1"), "{}", resp.body);
+    assert_eq!(common::get(metrics_addr, "/messages/events", &[]).await.unwrap().status, 404, "and nothing else");
 }
