@@ -18,8 +18,11 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            let first = err.to_string();
-            eprintln!("pgsse: {}", first.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: "));
+            // clap's first paragraph, on one line: "the following required arguments were not provided:
+            // --tls-key <TLS_KEY>" needs its second line to be useful.
+            let text = err.to_string();
+            let summary: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            eprintln!("pgsse: {}", summary.join(" ").trim_start_matches("error: "));
             return ExitCode::from(EXIT_USAGE);
         }
     };

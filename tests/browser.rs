@@ -1,6 +1,6 @@
-//! The demo in a real browser: headless Chromium (Debian's package) driven through playwright-core. The
-//! feed page sees a post from `/send`, a row inserted with psql, a clear, and, without reloading, the rows
-//! written while the gateway was stopped and restarted. Leaves a screenshot in `target/browser/`.
+//! Real browser tests: headless Chromium (Debian's package) driven through playwright-core. The demo feed
+//! page sees a post from `/send`, a row from psql, a clear and a gateway restart (screenshots go to
+//! `target/browser/`); over HTTPS one page holds more EventSources than HTTP/1.1's six per host.
 
 mod common;
 
@@ -145,4 +145,51 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
         browser.run(json!({"op": "screenshot", "page": page, "path": shot})).await;
         assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "screenshot written to {}", shot.display());
     }
+}
+
+/// A self-signed certificate for 127.0.0.1, made with the openssl command line.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .args([&key, Path::new("-out"), &cert])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
+    const STREAMS: usize = 10;
+    let Some(mut browser) = Browser::start() else { return };
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    common::messages_table(&db, "").await;
+    let dir = artifact_dir().join(format!("tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let mut config = Config::new(&url).unwrap();
+    config.tls = Some(pgsse::tls::server_config(&cert, &key).unwrap());
+    let gw = Gateway::spawn(config).await;
+
+    browser.goto("tls", &format!("https://{}/healthz", gw.addr)).await;
+    browser.wait("tls", "fetch('/healthz').then(r => r.ok)").await;
+    let protocol = browser.eval("tls", "performance.getEntriesByType('navigation')[0].nextHopProtocol").await;
+    assert_eq!(protocol, "h2", "ALPN chose HTTP/2");
+    let open = format!(
+        "window.got = []; window.sources = [...Array({STREAMS}).keys()].map(i => {{
+            const source = new EventSource('/messages/events');
+            window.got[i] = [];
+            source.addEventListener('insert', e => window.got[i].push(JSON.parse(e.data).body));
+            return source;
+        }}); true"
+    );
+    browser.eval("tls", &open).await;
+    // Over HTTP/1.1 Chromium would leave every stream past the sixth waiting for a connection.
+    browser.wait("tls", "window.sources.every(s => s.readyState === EventSource.OPEN)").await;
+    db.execute("INSERT INTO messages (body) VALUES ('to every stream')", &[]).await.unwrap();
+    browser.wait("tls", "window.got.every(g => g.length === 1 && g[0] === 'to every stream')").await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -24,12 +24,20 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         &["--database-url", "postgres://x@h/db", "--queue-capacity", "0"],
         &["--database-url", "not a url at all"],
         &["--no-such-flag"],
+        &["--database-url", "postgres://x@h/db", "--tls-cert", "/nonexistent/cert.pem"],
+        &["--database-url", "postgres://x@h/db", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"],
     ] {
         let out = pgsse(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
         assert!(stderr.starts_with("pgsse: "), "{args:?}: {stderr}");
+        if args.contains(&"--tls-cert") {
+            assert!(
+                stderr.contains("--tls-key") || stderr.contains("/nonexistent/c.pem"),
+                "names what is wrong: {stderr}"
+            );
+        }
     }
 }
 
