@@ -15,8 +15,8 @@ CREATE TABLE IF NOT EXISTS pgsse.meta (
     schema_version integer NOT NULL,
     pruned_through bigint  NOT NULL DEFAULT 0
 );
-INSERT INTO pgsse.meta (schema_version) VALUES (2) ON CONFLICT (singleton) DO NOTHING;
-UPDATE pgsse.meta SET schema_version = 2 WHERE schema_version < 2;
+INSERT INTO pgsse.meta (schema_version) VALUES (3) ON CONFLICT (singleton) DO NOTHING;
+UPDATE pgsse.meta SET schema_version = 3 WHERE schema_version < 3;
 
 CREATE SEQUENCE IF NOT EXISTS pgsse.event_id_seq AS bigint;
 
@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS pgsse.channels (
 );
 -- Schema 2: table channels may publish their rows with camelCase keys (created_at -> createdAt).
 ALTER TABLE pgsse.channels ADD COLUMN IF NOT EXISTS camel_case boolean NOT NULL DEFAULT false;
+-- Schema 3: retention by count prunes each channel on its own, so each keeps its own watermark.
+ALTER TABLE pgsse.channels ADD COLUMN IF NOT EXISTS pruned_through bigint NOT NULL DEFAULT 0;
 
 -- Staging rows for pgsse.publish(): deferred to commit like table captures. Unlogged because a row
 -- never outlives its transaction (the commit-time trigger deletes it).
@@ -244,6 +246,15 @@ SET enable_bitmapscan = off SET enable_sort = off SET jit = off AS $$
     ORDER BY e.id LIMIT p_limit
 $$;
 
+-- Every id at or below this may be missing from a stream on p_channels: the log-wide watermark (time
+-- retention) or the highest of the channels' own (count retention).
+CREATE OR REPLACE FUNCTION pgsse.watermark(p_channels text[]) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(m.pruned_through,
+                    coalesce((SELECT max(c.pruned_through) FROM pgsse.channels c WHERE c.name = ANY (p_channels)), 0))
+    FROM pgsse.meta m
+$$;
+
 CREATE OR REPLACE FUNCTION pgsse.history(p_channel text, p_before bigint, p_limit bigint)
 RETURNS SETOF pgsse.events LANGUAGE sql STABLE
 SET enable_bitmapscan = off SET enable_sort = off SET jit = off AS $$
@@ -274,6 +285,37 @@ BEGIN
     DELETE FROM pgsse.events e WHERE e.id <= through;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     UPDATE pgsse.meta SET pruned_through = greatest(pruned_through, through);
+    RETURN deleted;
+END
+$$;
+
+-- Retention by count: each channel keeps its newest p_keep events. Deletes at most p_batch in all, each
+-- channel's oldest first, and raises that channel's watermark past them in the same transaction. Shares
+-- pgsse.prune's lock, so one gateway prunes at a time.
+CREATE OR REPLACE FUNCTION pgsse.prune_channels(p_keep bigint, p_batch integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    ch      record;
+    cutoff  bigint;
+    through bigint;
+    n       bigint;
+    deleted bigint := 0;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(7083711518) THEN
+        RETURN 0;
+    END IF;
+    FOR ch IN SELECT c.name FROM pgsse.channels c ORDER BY c.name LOOP
+        EXIT WHEN deleted >= p_batch;
+        SELECT e.id INTO cutoff FROM pgsse.events e WHERE e.channel = ch.name ORDER BY e.id DESC OFFSET p_keep LIMIT 1;
+        CONTINUE WHEN cutoff IS NULL;
+        SELECT max(d.id) INTO through FROM (
+            SELECT e.id FROM pgsse.events e WHERE e.channel = ch.name AND e.id <= cutoff
+            ORDER BY e.id LIMIT p_batch - deleted) AS d;
+        DELETE FROM pgsse.events e WHERE e.channel = ch.name AND e.id <= through;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        deleted := deleted + n;
+        UPDATE pgsse.channels SET pruned_through = greatest(pruned_through, through) WHERE name = ch.name;
+    END LOOP;
     RETURN deleted;
 END
 $$;

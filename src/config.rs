@@ -171,9 +171,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_ALLOW_UNAUTHENTICATED_PUBLIC")]
     pub allow_unauthenticated_public: bool,
 
-    /// How long events stay in the log; older ones are pruned (a client resuming from them gets `reset`).
-    #[arg(long, env = "PGSSE_RETENTION", default_value = DEFAULT_RETENTION, value_parser = parse_duration)]
-    pub retention: Duration,
+    /// How long events stay in the log, or `off`; older ones are pruned (a client resuming from them gets
+    /// `reset`).
+    #[arg(long, env = "PGSSE_RETENTION", default_value = DEFAULT_RETENTION, value_parser = parse_retention)]
+    pub retention: Retention,
+
+    /// Also keep at most this many events per channel (the newest).
+    #[arg(long, env = "PGSSE_RETENTION_EVENTS", value_parser = clap::value_parser!(i64).range(1..))]
+    pub retention_events: Option<i64>,
 
     /// How often the retention job looks for old events.
     #[arg(long, env = "PGSSE_PRUNE_INTERVAL", default_value = DEFAULT_PRUNE_INTERVAL, value_parser = parse_duration)]
@@ -238,6 +243,17 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 }
 
 /// Accepts humantime ("15s", "500ms", "1m") and plain seconds ("15").
+/// `--retention`: a duration, or `off` to keep events for as long as nothing else prunes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+pub fn parse_retention(s: &str) -> Result<Retention, String> {
+    match s.trim() {
+        "off" => Ok(Retention(None)),
+        other => parse_duration(other).map(|d| Retention(Some(d))).map_err(|e| format!("{e}, or off")),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match s.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
@@ -286,7 +302,10 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub header_read_timeout: Duration,
     pub max_url_length: usize,
-    pub retention: Duration,
+    /// Age limit of events; `None` keeps them regardless of age.
+    pub retention: Option<Duration>,
+    /// Events kept per channel; `None` keeps them regardless of count.
+    pub retention_events: Option<i64>,
     pub prune_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
     /// Certificate chain and key, loaded and checked at startup.
@@ -363,7 +382,8 @@ impl Config {
             trusted_proxies: args.trusted_proxies.clone(),
             header_read_timeout: args.header_read_timeout,
             max_url_length: args.max_url_length,
-            retention: args.retention,
+            retention: args.retention.0,
+            retention_events: args.retention_events,
             prune_interval: args.prune_interval,
             metrics_listen: args.metrics_listen,
             tls: match (&args.tls_cert, &args.tls_key) {
@@ -390,6 +410,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_retention("off"), Ok(Retention(None)));
+        assert_eq!(parse_retention("2h"), Ok(Retention(Some(Duration::from_secs(7200)))));
+        assert!(parse_retention("0").unwrap_err().ends_with("or off"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use tokio_postgres::NoTls;
 
 /// The schema version the SQL below installs (`pgsse.meta.schema_version`); `/readyz` waits for it.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The files of `sql/`, embedded at build time, in the order they apply.
 pub const MIGRATIONS: &[(&str, &str)] = &[("001_pgsse.sql", include_str!("../sql/001_pgsse.sql"))];

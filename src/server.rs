@@ -115,8 +115,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let retention_task = {
         let state = state.clone();
         tokio::spawn(async move {
-            let (retention, interval) = (state.config.retention, state.config.prune_interval);
-            retention::run(&state.store, retention, interval, state.shutdown.clone()).await;
+            let config = &state.config;
+            let rules = config
+                .retention
+                .map(retention::Rule::OlderThan)
+                .into_iter()
+                .chain(config.retention_events.map(retention::Rule::BeyondPerChannel))
+                .collect();
+            retention::run(&state.store, rules, config.prune_interval, state.shutdown.clone()).await;
         })
     };
 

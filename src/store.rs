@@ -117,12 +117,11 @@ impl EventRow {
     }
 }
 
-/// Where the log starts and ends, for validating resume ids.
-pub struct LogBounds {
-    /// Every id at or below this may have been pruned.
-    pub pruned_through: i64,
-    /// The highest id ever handed out (committed or not).
-    pub head: i64,
+/// One batch of a replay, read in one snapshot with the watermark of the stream's channels: every id at
+/// or below `watermark` may be missing, every later one is in `rows` (up to the batch size).
+pub struct ReplayBatch {
+    pub watermark: i64,
+    pub rows: Vec<EventRow>,
 }
 
 pub struct Store {
@@ -172,11 +171,18 @@ impl Store {
         Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())
     }
 
-    /// Deletes up to `batch` events older than `retention` (a prefix of the log); returns how many.
-    pub async fn prune(&self, retention: Duration, batch: i32) -> Result<i64, StoreError> {
+    /// Deletes up to `batch` events older than `age` (a prefix of the log); returns how many.
+    pub async fn prune_older_than(&self, age: Duration, batch: i32) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached("SELECT pgsse.prune(now() - make_interval(secs => $1), $2)").await?;
-        Ok(client.query_one(&stmt, &[&retention.as_secs_f64(), &batch]).await?.try_get(0)?)
+        Ok(client.query_one(&stmt, &[&age.as_secs_f64(), &batch]).await?.try_get(0)?)
+    }
+
+    /// Deletes up to `batch` events beyond the newest `keep` of each channel; returns how many.
+    pub async fn prune_beyond(&self, keep: i64, batch: i32) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT pgsse.prune_channels($1, $2)").await?;
+        Ok(client.query_one(&stmt, &[&keep, &batch]).await?.try_get(0)?)
     }
 
     /// The installed schema version; `None` when `pgsse migrate` has not run.
@@ -190,19 +196,18 @@ impl Store {
         Ok(Some(client.query_one("SELECT schema_version FROM pgsse.meta", &[]).await?.try_get(0)?))
     }
 
-    pub async fn bounds(&self) -> Result<LogBounds, StoreError> {
+    /// The highest id ever handed out, committed or not: a resume id above it was never issued.
+    pub async fn issued_head(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT m.pruned_through, CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END \
-                 FROM pgsse.meta m, pgsse.event_id_seq s",
+                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM pgsse.event_id_seq",
             )
             .await?;
-        let row = client.query_one(&stmt, &[]).await?;
-        Ok(LogBounds { pruned_through: row.try_get(0)?, head: row.try_get(1)? })
+        Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
     }
 
-    /// The newest committed event id. Unlike the sequence (`bounds().head`), it never names an id whose
+    /// The newest committed event id. Unlike the sequence (`issued_head`), it never names an id whose
     /// transaction is still committing: ids become visible in order, under the ordering lock.
     pub async fn committed_head(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
@@ -257,11 +262,26 @@ impl Store {
         after: i64,
         through: Option<i64>,
         channels: &[String],
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<ReplayBatch, StoreError> {
         let client = self.pool.get().await?;
-        let sql = format!("SELECT {} FROM pgsse.replay($1, $2, $3, $4)", EventRow::COLUMNS);
-        let stmt = client.prepare_cached(&sql).await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT e.id, e.channel, e.event, e.payload::text, w.mark FROM pgsse.watermark($3) AS w(mark) \
+                 LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true ORDER BY e.id",
+            )
+            .await?;
         let rows = client.query(&stmt, &[&after, &through, &channels, &REPLAY_BATCH]).await?;
-        rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
+        let watermark = match rows.first() {
+            Some(row) => row.try_get(4)?,
+            None => 0,
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // No event at all comes back as one row of NULLs beside the watermark.
+            if row.try_get::<_, Option<i64>>(0)?.is_some() {
+                events.push(EventRow::from_row(row)?);
+            }
+        }
+        Ok(ReplayBatch { watermark, rows: events })
     }
 }

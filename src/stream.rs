@@ -14,13 +14,13 @@ use crate::hub::HubError;
 use crate::metrics::Counters;
 use crate::server::AppState;
 use crate::sse::{self, Feed, SseBody};
-use crate::store::{EventRow, LogBounds, StoreError, REPLAY_BATCH};
+use crate::store::{EventRow, StoreError, REPLAY_BATCH};
 
 /// How long a stream opened while the gateway is still starting waits for its first database connection.
 const START_WAIT: Duration = Duration::from_secs(5);
 /// How often a resuming stream asks for the log again while the database is away.
-const BOUNDS_RETRY_MIN: Duration = Duration::from_millis(100);
-const BOUNDS_RETRY_MAX: Duration = Duration::from_secs(2);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Same rule as `pgsse.valid_channel` in SQL.
 pub fn valid_channel(name: &str) -> bool {
@@ -136,16 +136,12 @@ enum ReplayError {
 impl Replay {
     async fn run(self, after: i64) -> Result<(), ReplayError> {
         Counters::add(&self.state.metrics.counters.replays, 1);
-        let bounds = self.bounds().await?;
-        let mut cursor = if after < bounds.pruned_through {
-            self.send(Feed::Chunk(reset_frame(bounds.pruned_through, "pruned"))).await?;
-            bounds.pruned_through
-        } else if after > bounds.head {
-            self.send(Feed::Chunk(reset_frame(bounds.head, "unknown_id"))).await?;
-            bounds.head
-        } else {
-            after
-        };
+        let head = self.issued_head().await?;
+        let mut cursor = after;
+        if after > head {
+            self.send(Feed::Chunk(reset_frame(head, "unknown_id"))).await?;
+            cursor = head;
+        }
         // Most of the history is read before registering, so a long replay does not fill the live queue.
         while self.batch(&mut cursor, None).await? {}
         let (sub, live_from) = self.state.hub.subscribe(&self.channels, &self.filters)?;
@@ -158,15 +154,15 @@ impl Replay {
 
     /// Waits out a database outage with the stream already open: a browser's EventSource gives up for
     /// good on an error status, but keeps an open stream and resumes it if it breaks.
-    async fn bounds(&self) -> Result<LogBounds, ReplayError> {
-        let mut pause = BOUNDS_RETRY_MIN;
+    async fn issued_head(&self) -> Result<i64, ReplayError> {
+        let mut pause = RETRY_MIN;
         loop {
-            match self.state.store.bounds().await {
-                Ok(bounds) => return Ok(bounds),
-                Err(err) => debug!(cause = %err, "log bounds unavailable; the stream waits"),
+            match self.state.store.issued_head().await {
+                Ok(head) => return Ok(head),
+                Err(err) => debug!(cause = %err, "log head unavailable; the stream waits"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(pause) => pause = (pause * 2).min(BOUNDS_RETRY_MAX),
+                _ = tokio::time::sleep(pause) => pause = (pause * 2).min(RETRY_MAX),
                 _ = self.tx.closed() => return Err(ReplayError::Gone),
             }
         }
@@ -174,22 +170,30 @@ impl Replay {
 
     /// Sends one batch after `cursor` as a single chunk; returns whether a full batch was read.
     async fn batch(&self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
-        let rows = self.state.store.replay(*cursor, through, &self.channels).await?;
-        let Some(last) = rows.last() else { return Ok(false) };
-        *cursor = last.id;
+        let batch = self.state.store.replay(*cursor, through, &self.channels).await?;
         let mut chunk = BytesMut::new();
-        let wanted =
-            |row: &&EventRow| self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()));
+        if batch.watermark > *cursor {
+            // Retention took events this stream had not seen yet: say so, and go on after them.
+            *cursor = batch.watermark;
+            chunk.extend_from_slice(&reset_frame(batch.watermark, "pruned"));
+        }
+        let after = *cursor;
+        let wanted = |row: &&EventRow| {
+            row.id > after && self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()))
+        };
         let mut sent = 0;
-        for (frame, _) in rows.iter().filter(wanted).filter_map(EventRow::encode) {
+        for (frame, _) in batch.rows.iter().filter(wanted).filter_map(EventRow::encode) {
             chunk.extend_from_slice(&frame.bytes);
             sent += 1;
+        }
+        if let Some(last) = batch.rows.last() {
+            *cursor = (*cursor).max(last.id);
         }
         if !chunk.is_empty() {
             self.send(Feed::Chunk(chunk.freeze())).await?;
             Counters::add(&self.state.metrics.counters.events_replayed, sent);
         }
-        Ok(rows.len() as i64 == REPLAY_BATCH)
+        Ok(batch.rows.len() as i64 == REPLAY_BATCH)
     }
 
     async fn send(&self, feed: Feed) -> Result<(), ReplayError> {

@@ -87,7 +87,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
         .unwrap();
     let row = db.query_one("SELECT count(*), (SELECT schema_version FROM pgsse.meta) FROM pgsse.events", &[]).await;
     let (events, version): (i64, i32) = row.map(|r| (r.get(0), r.get(1))).unwrap();
-    assert_eq!((events, version), (1, 2));
+    assert_eq!((events, version), (1, pgsse::migrate::SCHEMA_VERSION));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,3 +43,55 @@ async fn old_events_are_pruned_and_resuming_from_them_gets_a_reset() {
         stream.take(2).await.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
     assert_eq!(rest, ["b4", "b5"]);
 }
+
+#[tokio::test]
+async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_pruned() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    db.batch_execute("SELECT pgsse.create_channel('alerts')").await.unwrap();
+    let mut ids = std::collections::HashMap::new();
+    for name in ["a1", "m1", "m2", "m3", "a2", "m4", "m5"] {
+        let sql = match name.starts_with('a') {
+            true => "SELECT pgsse.publish('alerts', 'alert', jsonb_build_object('body', $1::text))",
+            false => "INSERT INTO messages (body) VALUES ($1)",
+        };
+        db.execute(sql, &[&name]).await.unwrap();
+        ids.insert(name, db.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
+    }
+    let mut config = Config::new(&url).unwrap();
+    config.retention_events = Some(3);
+    config.prune_interval = std::time::Duration::from_millis(100);
+    let gw = Gateway::start_with(config).await;
+
+    wait_for("messages cut to their newest three", || async {
+        let row = db.query_one("SELECT pruned_through FROM pgsse.channels WHERE name = 'messages'", &[]).await;
+        row.is_ok_and(|r| r.get::<_, i64>(0) == ids["m2"])
+    })
+    .await;
+    let left: Vec<String> = db
+        .query("SELECT payload->>'body' FROM pgsse.events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["a1", "m3", "a2", "m4", "m5"], "alerts has only two, so it keeps both");
+
+    let bodies = |events: &[common::Event]| -> Vec<String> {
+        events.iter().map(|e| e.json()["body"].as_str().unwrap_or(&e.event).to_string()).collect()
+    };
+    let mut alerts = SseStream::ok(gw.addr, "/alerts/events", &[("last-event-id", "0")]).await;
+    assert_eq!(bodies(&alerts.take(2).await), ["a1", "a2"], "no reset where nothing was pruned");
+
+    let mut messages = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
+    let reset = messages.expect().await;
+    assert_eq!((reset.event.as_str(), reset.json()), ("reset", json!({"from": ids["m2"], "reason": "pruned"})));
+    assert_eq!(bodies(&messages.take(3).await), ["m3", "m4", "m5"]);
+
+    // A stream on both continues after the highest watermark among its channels: it was told to resync.
+    let both = "/events?channel=alerts&channel=messages";
+    let mut both = SseStream::ok(gw.addr, both, &[("last-event-id", "0")]).await;
+    assert_eq!(both.expect().await.json(), json!({"from": ids["m2"], "reason": "pruned"}));
+    assert_eq!(bodies(&both.take(4).await), ["m3", "a2", "m4", "m5"]);
+}
