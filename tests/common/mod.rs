@@ -392,6 +392,12 @@ pub struct Follower {
 
 impl Follower {
     pub fn start(addr: SocketAddr, path: &str) -> Self {
+        Self::start_across(vec![addr], path)
+    }
+
+    /// Like `start`, behind a load balancer over `addrs`: it stays with one gateway while that one answers,
+    /// and moves to the next when a connection fails.
+    pub fn start_across(addrs: Vec<SocketAddr>, path: &str) -> Self {
         let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
         let reconnects = std::sync::Arc::new(AtomicU32::new(0));
         let path = path.to_string();
@@ -401,11 +407,16 @@ impl Follower {
                 let mut last: Option<String> = None;
                 // At most one reconnect per tick, like EventSource's retry delay.
                 let mut pace = tokio::time::interval(Duration::from_millis(50));
+                let mut at = 0;
                 loop {
                     pace.tick().await;
                     let headers: Vec<(&str, &str)> = last.iter().map(|id| ("last-event-id", id.as_str())).collect();
                     let req = request("GET", &path, &headers, Bytes::new());
-                    if let Ok(Ok(resp)) = tokio::time::timeout(TIMEOUT, send(addr, req)).await {
+                    let answer = tokio::time::timeout(TIMEOUT, send(addrs[at], req)).await;
+                    if !matches!(&answer, Ok(Ok(resp)) if resp.status() == 200) {
+                        at = (at + 1) % addrs.len();
+                    }
+                    if let Ok(Ok(resp)) = answer {
                         if resp.status() == 200 {
                             let mut stream = SseStream {
                                 status: 200,
