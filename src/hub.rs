@@ -152,25 +152,40 @@ impl Hub {
         Ok((Subscription { queue, id, channels: names, hub: self.clone() }, last_id))
     }
 
-    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting.
-    pub fn broadcast(&self, events: Vec<Event>) {
+    /// Delivers frames (in id order) to every subscriber of their channel without ever waiting. Returns
+    /// how many streams it woke: each wakeup costs a poll and a write, whatever the frames in it.
+    pub fn broadcast(&self, events: Vec<Event>) -> u64 {
+        let mut woken = 0;
         let mut inner = self.lock();
         let mut cut: Vec<u64> = Vec::new();
-        for Event { channel, frame, data } in events {
-            inner.last_id = Some(inner.last_id.map_or(frame.id, |last| last.max(frame.id)));
-            let Some(senders) = inner.channels.get(channel.as_str()) else { continue };
+        // Consecutive events of one channel go to each of its subscribers in one push (one lock, one
+        // wakeup); runs stay in id order, so a stream on several channels still sees ids increase.
+        for run in events.chunk_by(|a, b| a.channel == b.channel) {
+            if let Some(last) = run.last() {
+                inner.last_id = Some(inner.last_id.map_or(last.frame.id, |id| id.max(last.frame.id)));
+            }
+            let Some(senders) = inner.channels.get(run[0].channel.as_str()) else { continue };
             // Parsed at most once per event, and only when some subscriber filters.
-            let mut parsed: Option<Option<serde_json::Value>> = None;
+            let mut parsed: Vec<Option<Option<serde_json::Value>>> = Vec::new();
             for (id, sub) in senders {
-                if let Some(filter) = &sub.filter {
-                    let value = parsed.get_or_insert_with(|| serde_json::from_slice(&data).ok());
-                    if !value.as_ref().is_some_and(|v| filter.matches(v)) {
-                        continue;
+                let pushed = match &sub.filter {
+                    None => sub.queue.push_all(run.iter().map(|e| &e.frame)),
+                    Some(filter) => {
+                        parsed.resize(run.len(), None);
+                        let matching = run.iter().zip(parsed.iter_mut()).filter_map(|(event, value)| {
+                            let value = value.get_or_insert_with(|| serde_json::from_slice(&event.data).ok());
+                            value.as_ref().is_some_and(|v| filter.matches(v)).then_some(&event.frame)
+                        });
+                        sub.queue.push_all(matching)
                     }
-                }
-                if sub.queue.push(frame.clone()) == Err(PushError::Full) {
-                    sub.queue.close();
-                    cut.push(*id);
+                };
+                match pushed {
+                    Ok(woke) => woken += u64::from(woke),
+                    Err(PushError::Full) => {
+                        sub.queue.close();
+                        cut.push(*id);
+                    }
+                    Err(PushError::Closed) => {}
                 }
             }
             if !cut.is_empty() {
@@ -185,6 +200,7 @@ impl Hub {
                 cut.clear();
             }
         }
+        woken
     }
 
     /// Moves the position back to `head` (the log lost events already broadcast) and ends every stream,
@@ -270,6 +286,20 @@ mod tests {
         assert_eq!(hub.last_id(), Some(3));
         let (_, last) = hub.subscribe(&["c".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(last, 3);
+    }
+
+    #[test]
+    fn runs_of_one_channel_wake_each_stream_once_and_keep_id_order() {
+        let hub = Arc::new(Hub::new(8));
+        hub.start_at(0);
+        let (a, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
+        let (ab, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
+        assert_eq!((take(&a), take(&ab)), (Poll::Pending, Poll::Pending), "both wait, wakers registered");
+        let woken = hub.broadcast(vec![event("a", 1), event("a", 2), event("b", 3), event("a", 4)]);
+        assert_eq!(woken, 2, "one wakeup per waiting stream, not per event");
+        assert_eq!(take(&a), ready("1;2;4;"));
+        assert_eq!(take(&ab), ready("1;2;3;4;"));
+        assert_eq!(hub.broadcast(vec![event("c", 5)]), 0, "no subscriber, no wakeup");
     }
 
     #[test]

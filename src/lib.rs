@@ -1,7 +1,7 @@
 //! pgsse turns PostgreSQL changes into Server-Sent Events streams.
 //!
-//! Data flows one way: [`listener`] (the one LISTEN connection) reads the commit-ordered log and hands
-//! encoded frames to the [`hub`], which fans them out through each stream's [`queue`] to its [`sse`] body.
+//! Data flows one way: [`listener`] (the one LISTEN connection, its reads spaced by [`pacing`]) reads the
+//! commit-ordered log and hands encoded frames to the [`hub`], which fans them out through each stream's [`queue`] to its [`sse`] body.
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`conn`]: one connection (with [`tls`]
@@ -30,6 +30,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod migrate;
+pub mod pacing;
 pub mod queue;
 pub mod retention;
 pub mod routes;

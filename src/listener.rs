@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::hub::{Event, Hub};
+use crate::pacing::Pacing;
 use crate::store::EventRow;
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
@@ -33,10 +34,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 /// Bound on any one query of this connection: a half-open socket must not stall the listener forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reads of the log start at most this often. Every commit notifies, so under a stream of small write
-/// transactions the listener would otherwise query back to back, taking a PostgreSQL core from the
-/// writers; an event after a quiet spell is still read at once.
-const MIN_READ_INTERVAL: Duration = Duration::from_millis(1);
 /// Commit-to-broadcast lag buckets, in seconds: sub-millisecond when healthy, minutes after an outage.
 const LAG_BUCKETS: [f64; 16] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -205,17 +202,18 @@ impl Listener {
         let mut probe = interval(self.probe_interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         probe.reset();
-        let mut last_read = Instant::now();
+        let mut pacing = Pacing::new(Instant::now());
         loop {
             tokio::select! {
                 notified = conn.notified() => {
                     notified?;
-                    let next = last_read + MIN_READ_INTERVAL;
+                    let next = pacing.next_read();
                     if next > Instant::now() {
                         conn.run(async { sleep_until(next).await; Ok(()) }).await?;
                     }
-                    last_read = Instant::now();
-                    self.catch_up(&client, &fetch, &mut conn).await?;
+                    let started = Instant::now();
+                    let (events, woken) = self.catch_up(&client, &fetch, &mut conn).await?;
+                    pacing.record(started, events, woken);
                 }
                 _ = probe.tick() => {
                     // The probe's answer is worth keeping: a filling NOTIFY queue means a listener somewhere
@@ -232,9 +230,16 @@ impl Listener {
         }
     }
 
-    /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber.
-    async fn catch_up(&mut self, client: &Client, fetch: &Statement, conn: &mut Driven) -> Result<(), ListenerError> {
-        let Some(mut last) = self.last_id else { return Ok(()) };
+    /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber. Returns
+    /// how many events it read and how many streams that woke.
+    async fn catch_up(
+        &mut self,
+        client: &Client,
+        fetch: &Statement,
+        conn: &mut Driven,
+    ) -> Result<(u64, u64), ListenerError> {
+        let Some(mut last) = self.last_id else { return Ok((0, 0)) };
+        let (mut total, mut woken) = (0, 0);
         loop {
             let rows = conn.bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
             let n = rows.len() as i64;
@@ -248,10 +253,11 @@ impl Listener {
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);
-            self.hub.broadcast(events);
+            total += n as u64;
+            woken += self.hub.broadcast(events);
             self.last_id = Some(last);
             if n < FETCH_BATCH {
-                return Ok(());
+                return Ok((total, woken));
             }
         }
     }

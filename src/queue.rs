@@ -40,21 +40,30 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+    /// Queues frames in order under one lock; `Ok(true)` when that woke the stream (the first frames since
+    /// it last looked). A stream is woken at most once per call, however many frames it gets.
+    pub fn push_all<'a>(&self, frames: impl IntoIterator<Item = &'a Frame>) -> Result<bool, PushError> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed);
         }
-        if state.frames.len() >= self.capacity {
-            return Err(PushError::Full);
+        let before = state.frames.len();
+        for frame in frames {
+            if state.frames.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            state.frames.push_back(frame.clone());
         }
-        state.frames.push_back(frame);
+        if state.frames.len() == before {
+            return Ok(false);
+        }
         let waker = state.waker.take();
         drop(state);
+        let woke = waker.is_some();
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        Ok(woke)
     }
 
     pub fn close(&self) {
@@ -138,17 +147,16 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let q = Queue::new(3);
         assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Pending);
-        q.push(frame(1, "a")).unwrap();
+        assert_eq!(q.push_all([]), Ok(false), "nothing to wake for");
+        assert_eq!(q.push_all([&frame(1, "a")]), Ok(true), "woke the waiting stream");
         assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
-        q.push(frame(2, "b")).unwrap();
-        q.push(frame(3, "c")).unwrap();
-        assert_eq!(q.push(frame(4, "d")), Err(PushError::Full));
+        assert_eq!(q.push_all([&frame(2, "b"), &frame(3, "c")]), Ok(false), "already woken");
+        assert_eq!(q.push_all([&frame(4, "d")]), Err(PushError::Full));
         assert_eq!(q.poll_chunk(&mut cx, 1, 100), Poll::Ready(Some((Bytes::from_static(b"bc"), 2))));
-        q.push(frame(5, "eeee")).unwrap();
-        q.push(frame(6, "ff")).unwrap();
+        q.push_all([&frame(5, "eeee"), &frame(6, "ff")]).unwrap();
         assert_eq!(q.poll_chunk(&mut cx, 0, 5), Poll::Ready(Some((Bytes::from_static(b"eeee"), 1))), "limit");
         q.close();
-        assert_eq!(q.push(frame(7, "g")), Err(PushError::Closed));
+        assert_eq!(q.push_all([&frame(7, "g")]), Err(PushError::Closed));
         assert_eq!(
             q.poll_chunk(&mut cx, 0, 100),
             Poll::Ready(Some((Bytes::from_static(b"ff"), 1))),

@@ -88,14 +88,13 @@ pub async fn follow(
 }
 
 fn parse_event(block: &[u8], now_us: i64, seen: &mut Seen) {
-    let Some(id) = field(block, b"id: ").and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok()) else {
+    let Some(id) = block.strip_prefix(b"id: ").and_then(digits) else {
         return; // a comment (prelude, heartbeat)
     };
     seen.ids.push(id);
-    if let Some(pos) = find(block, b"\"sent\": ") {
-        let digits: &[u8] = &block[pos + 8..];
-        let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-        if let Some(sent_us) = std::str::from_utf8(&digits[..end]).ok().and_then(|s| s.parse::<i64>().ok()) {
+    // The row's keys come out of jsonb shortest first: "sent" is the last one, after the padding.
+    if let Some(pos) = memchr::memmem::rfind(block, b"\"sent\": ") {
+        if let Some(sent_us) = digits(&block[pos + 8..]) {
             if sent_us > 0 {
                 seen.latencies_us.push((now_us - sent_us).clamp(0, u32::MAX as i64) as u32);
             }
@@ -103,26 +102,17 @@ fn parse_event(block: &[u8], now_us: i64, seen: &mut Seen) {
     }
 }
 
-fn field<'a>(block: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    block.split(|b| *b == b'\n').find_map(|line| line.strip_prefix(name))
+/// The decimal number at the start of `text`, if any.
+fn digits(text: &[u8]) -> Option<i64> {
+    let len = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    let value = text[..len].iter().try_fold(0i64, |n, d| n.checked_mul(10)?.checked_add(i64::from(d - b'0')));
+    value.filter(|_| len > 0)
 }
 
-/// Finds `needle` by scanning for its first byte (a tight loop the compiler vectorizes) and comparing there:
-/// the load generator shares the machine with the gateway, so its parsing should cost as little as possible.
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    let mut from = 0;
-    while let Some(i) = hay[from..].iter().position(|&b| b == first) {
-        let at = from + i;
-        if hay.len() - at < needle.len() {
-            return None;
-        }
-        if &hay[at + 1..at + needle.len()] == rest {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
+/// SIMD substring search (memchr): the load generator shares the machine with the gateway, so its
+/// parsing should cost as little as possible.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
 }
 
 /// HTTP/1.1 chunked transfer decoding, fed in arbitrary pieces.
@@ -157,7 +147,7 @@ impl Chunked {
                     }
                 }
                 None => {
-                    let Some(nl) = input.iter().position(|b| *b == b'\n') else {
+                    let Some(nl) = memchr::memchr(b'\n', input) else {
                         self.line.extend_from_slice(input);
                         return;
                     };

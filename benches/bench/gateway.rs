@@ -29,21 +29,34 @@ impl Gateway {
         gw
     }
 
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.starts_with("HTTP/1.1 200").then_some(out)
+    }
+
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(self.addr) {
-                use std::io::{Read, Write};
-                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.1 200") {
-                    return;
-                }
+            if self.get("/healthz").is_some() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("gateway did not become healthy");
+    }
+
+    /// Mean commit-to-broadcast lag in milliseconds, from the gateway's own histogram (database clock).
+    pub fn broadcast_lag_mean_ms(&self) -> Option<f64> {
+        let metrics = self.get("/metrics")?;
+        let value = |name: &str| -> Option<f64> {
+            metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        let (sum, count) = (value("pgsse_broadcast_lag_seconds_sum")?, value("pgsse_broadcast_lag_seconds_count")?);
+        (count > 0.0).then(|| sum / count * 1000.0)
     }
 
     /// CPU seconds (user + system) the gateway has used so far.

@@ -192,6 +192,7 @@ impl Bench {
         drop(stalled);
 
         let expected = self.ids_between(start_id, end_id).await;
+        let lag = gw.broadcast_lag_mean_ms().map_or("-".into(), |ms| format!("{ms:.2} ms"));
         let mut report = Report {
             scenario: name.into(),
             clients: load.clients,
@@ -203,7 +204,7 @@ impl Bench {
             gateway_rss_idle_mb: mb(rss_idle),
             gateway_rss_peak_mb: mb(peak.load(Ordering::Relaxed)),
             note: format!(
-                "INSERT round trip {}; gateway RSS with no streams {:.1} MB",
+                "INSERT round trip {}; commit to broadcast mean {lag}; gateway RSS with no streams {:.1} MB",
                 Percentiles::of(round_trips)
                     .map_or("-".into(), |p| format!("p50 {:.2} ms, p99 {:.2} ms", p.p50, p.p99)),
                 mb(rss_base)
