@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -128,14 +127,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
-    let builder = Arc::new(builder);
+    let builders = Arc::new(conn::Builders { http1, http2: http2::Builder::new(TokioExecutor::new()) });
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving");
     }
@@ -165,11 +163,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             debug!(cause = ?err, "could not set TCP_NODELAY");
         }
         let state = state.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let watcher = graceful.watcher();
         tokio::spawn(
             async move {
-                conn::serve(stream, peer, state, builder, watcher).await;
+                conn::serve(stream, peer, state, builders, watcher).await;
                 drop(permit);
             }
             .instrument(info_span!("conn", %peer)),

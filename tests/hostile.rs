@@ -103,6 +103,8 @@ async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
         ("garbage instead of HTTP", b"HELLO THERE\r\n\r\n".to_vec(), false, &[400]),
         ("HTTP/1.0 stream request", b"GET /messages/events HTTP/1.0\r\n\r\n".to_vec(), false, &[200]),
         ("half-closed after the request", req("GET", "/healthz", "", ""), true, &[200]),
+        ("silent: sends nothing", Vec::new(), false, &[]),
+        ("stalls inside the HTTP/2 preface", b"PRI * HTTP/2.0\r\n".to_vec(), false, &[]),
         ("slowloris: headers never finished", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_vec(), false, &[408]),
     ];
     let mut seen = Vec::new();

@@ -28,6 +28,20 @@ async fn insert_from_another_connection_arrives_with_stream_headers() {
 }
 
 #[tokio::test]
+async fn streams_share_one_http2_connection_by_prior_knowledge() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+
+    let mut streams = SseStream::h2_streams(gw.addr, &["/messages/events"; 3]).await;
+    db.execute("INSERT INTO messages (body) VALUES ('multiplexed')", &[]).await.unwrap();
+    for stream in &mut streams {
+        assert_eq!(stream.expect().await.json()["body"], "multiplexed");
+    }
+}
+
+#[tokio::test]
 async fn one_stream_carries_several_channels_in_id_order() {
     let url = fresh_db().await;
     let db = connect(&url).await;

@@ -273,6 +273,38 @@ impl SseStream {
         Self { status, headers, body: resp.into_body(), buf: Vec::new(), raw: Vec::new(), comments: 0, ended: false }
     }
 
+    /// Opens every path as a stream on one HTTP/2 connection (prior knowledge, no TLS) and asserts 200s.
+    pub async fn h2_streams(addr: SocketAddr, paths: &[&str]) -> Vec<Self> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let mut streams = Vec::new();
+        for path in paths {
+            let req = request("GET", &format!("http://{addr}{path}"), &[], Bytes::new());
+            let resp = tokio::time::timeout(TIMEOUT, sender.clone().send_request(req))
+                .await
+                .expect("stream headers in time")
+                .expect("stream request");
+            assert_eq!(resp.status(), 200, "stream {path} refused");
+            assert_eq!(resp.version(), hyper::Version::HTTP_2);
+            let headers = header_map(resp.headers());
+            let body = resp.into_body();
+            streams.push(Self {
+                status: 200,
+                headers,
+                body,
+                buf: Vec::new(),
+                raw: Vec::new(),
+                comments: 0,
+                ended: false,
+            });
+        }
+        streams
+    }
+
     /// Opens and asserts a 200 event stream.
     pub async fn ok(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
         let s = Self::open(addr, path, headers).await;
