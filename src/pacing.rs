@@ -10,7 +10,8 @@ use tokio::time::Instant;
 const WAKEUP_BUDGET: f64 = 50_000.0;
 /// While reads keep finding several events (a stream of small write transactions, each notifying), they
 /// start at most this often, so the listener batches instead of taking a PostgreSQL core from the writers.
-const BUSY_INTERVAL: Duration = Duration::from_millis(1);
+/// 3 ms rather than 1 cut the gateway's CPU at 17,000 inserts/s from 17% to 14% for 1 ms more latency.
+const BUSY_INTERVAL: Duration = Duration::from_millis(3);
 /// The widest spacing, whatever the number of streams: the latency it adds at most.
 const MAX_INTERVAL: Duration = Duration::from_millis(25);
 /// How long wakeups are counted before the rate is judged.
@@ -77,7 +78,7 @@ mod tests {
             assert_eq!(p.next_read(), t + ms(5 * i), "read {i} leaves the next unthrottled");
         }
         p.record(t + ms(505), 3, 300);
-        assert_eq!(p.next_read(), t + ms(506), "several events in one read: the next waits a millisecond");
+        assert_eq!(p.next_read(), t + ms(505) + BUSY_INTERVAL, "several events in one read: the next waits");
     }
 
     #[test]

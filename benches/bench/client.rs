@@ -18,7 +18,25 @@ pub struct Seen {
     pub latencies_us: Vec<u32>,
     pub connected: bool,
     pub error: Option<String>,
+    /// Times the gateway cut this stream (too slow) and it resumed from its last id, as EventSource does.
+    pub resumed: u32,
 }
+
+impl Seen {
+    /// Adds what a resumed connection of the same stream saw.
+    pub fn extend(&mut self, later: Seen) {
+        self.ids.extend(later.ids);
+        self.latencies_us.extend(later.latencies_us);
+        self.connected |= later.connected;
+        self.error = later.error;
+    }
+
+    pub fn cut_by_server(&self) -> bool {
+        self.error.as_deref() == Some(CLOSED_BY_SERVER)
+    }
+}
+
+const CLOSED_BY_SERVER: &str = "closed by server";
 
 pub async fn connect(addr: SocketAddr, source: IpAddr, path: &str) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -49,7 +67,7 @@ pub async fn follow(
     loop {
         let n = tokio::select! {
             r = stream.read(&mut buf) => match r {
-                Ok(0) => { seen.error.get_or_insert("closed by server".into()); break }
+                Ok(0) => { seen.error.get_or_insert(CLOSED_BY_SERVER.into()); break }
                 Ok(n) => n,
                 Err(e) => { seen.error = Some(e.to_string()); break }
             },
@@ -77,6 +95,10 @@ pub async fn follow(
             start += end + 2;
         }
         events.drain(..start);
+        if decoder.ended {
+            seen.error = Some(CLOSED_BY_SERVER.into());
+            break;
+        }
         if let Some(id) = seen.ids.last() {
             last.fetch_max(*id, Ordering::Relaxed);
         }
@@ -123,6 +145,7 @@ struct Chunked {
     line: Vec<u8>,
     /// CRLF after a chunk's data still to skip.
     skip: usize,
+    ended: bool,
 }
 
 impl Chunked {
@@ -157,6 +180,8 @@ impl Chunked {
                     self.line.clear();
                     let size = usize::from_str_radix(text.split(';').next().unwrap_or("0"), 16).unwrap_or(0);
                     self.remaining = (size > 0).then_some(size);
+                    // The last chunk: the response is over, though the connection may stay open.
+                    self.ended |= size == 0 && !text.is_empty();
                 }
             }
         }
