@@ -110,20 +110,18 @@ pub async fn serve(
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
     let limit = state.config.header_read_timeout;
     let result = match state.config.tls.clone() {
-        None => match timeout(limit, Sniffed::read(stream)).await {
+        // Each phase boxed: inline, every connection's task would stay as large as the largest phase (the
+        // TLS handshake, the deadline's timer) for as long as its stream idles.
+        None => match Box::pin(timeout(limit, Sniffed::read(stream))).await {
             Ok(Ok((io, http2))) => Box::pin(serve_http(io, http2, peer, state, &builders, watcher)).await,
             Ok(Err(err)) => return debug!(cause = %err, "reading the first bytes failed"),
             Err(_) => return debug!("no request in time"),
         },
         Some(config) => {
-            // Boxed too: the handshake's state is large and over by the time the stream idles.
-            let accepted = timeout(
-                limit,
-                Box::pin(async {
-                    let stream = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
-                    Sniffed::read(stream).await
-                }),
-            );
+            let accepted = Box::pin(timeout(limit, async {
+                let stream = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
+                Sniffed::read(stream).await
+            }));
             match accepted.await {
                 Ok(Ok((io, http2))) => Box::pin(serve_http(io, http2, peer, state, &builders, watcher)).await,
                 Ok(Err(err)) => return debug!(cause = %err, "TLS handshake or first bytes failed"),
@@ -145,10 +143,9 @@ async fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     watcher: Watcher,
 ) -> Result<(), hyper::Error> {
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
-    // future's slot for the connection's lifetime, and the routing future is large.
+    // future's slot for the connection's lifetime, and the routing future is large. Each protocol's
+    // connection is boxed at its own size, so an idle HTTP/1 stream does not carry HTTP/2's state.
     let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
-    // Each boxed at its own size: inline, every connection's task would be as large as the largest
-    // protocol's connection state, and an idle HTTP/1 stream would carry HTTP/2's.
     match http2 {
         true => Box::pin(watcher.watch(builders.http2.serve_connection(TokioIo::new(io), service))).await,
         false => Box::pin(watcher.watch(builders.http1.serve_connection(TokioIo::new(io), service))).await,
