@@ -19,6 +19,8 @@ const SOURCES: u8 = 8;
 const CONNECT_CONCURRENCY: usize = 256;
 const DRAIN_LIMIT: Duration = Duration::from_secs(15);
 const REPLAY_EVENTS: i64 = 100_000;
+/// Within hyper's default limit on concurrent streams per HTTP/2 connection (200).
+const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
 pub struct Bench {
     url: String,
@@ -137,6 +139,7 @@ impl Bench {
         }
         if wanted("idle") {
             reports.push(self.idle(10_000).await);
+            reports.push(self.idle_http2(10_000).await);
         }
         if wanted("replay") {
             reports.push(self.replay().await);
@@ -302,6 +305,47 @@ impl Bench {
                 "{:.2} KB per stream ({} streams over a base of {:.1} MB)",
                 (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
                 connected,
+                mb(base)
+            ),
+            ..Report::default()
+        }
+    }
+
+    /// Memory of many open, quiet streams multiplexed over HTTP/2 (prior knowledge), as a browser's tabs
+    /// and an HTTP/2 proxy hold them.
+    async fn idle_http2(&self, n: usize) -> Report {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let gw = Gateway::start(&self.url, &[]);
+        let base = gw.rss_bytes();
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n.div_ceil(HTTP2_STREAMS_PER_CONNECTION) {
+            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            let mut opening = tokio::task::JoinSet::new();
+            for _ in 0..HTTP2_STREAMS_PER_CONNECTION.min(n - held.len()) {
+                let mut sender = sender.clone();
+                let uri = format!("http://{}/bench/events", gw.addr);
+                let req = hyper::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+                opening.spawn(async move { sender.send_request(req).await });
+            }
+            while let Some(opened) = opening.join_next().await {
+                held.extend(opened.ok().and_then(Result::ok).filter(|r| r.status() == 200));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = gw.rss_bytes();
+        Report {
+            scenario: "idle over HTTP/2".into(),
+            clients: held.len(),
+            gateway_rss_idle_mb: mb(rss),
+            gateway_rss_peak_mb: mb(rss),
+            note: format!(
+                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB)",
+                (rss.saturating_sub(base)) as f64 / held.len().max(1) as f64 / 1024.0,
+                held.len(),
+                n.div_ceil(HTTP2_STREAMS_PER_CONNECTION),
                 mb(base)
             ),
             ..Report::default()
