@@ -1,6 +1,7 @@
 //! One accepted connection: the TLS handshake when configured, a deadline on the first bytes, then hyper
 //! (HTTP/2 when the client opens with its preface, after ALPN or by prior knowledge; HTTP/1.1 otherwise).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -109,11 +110,11 @@ pub async fn serve(
     // hyper's header timeout starts only once the protocol is known, so the first bytes (and the TLS
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
     let limit = state.config.header_read_timeout;
-    let result = match state.config.tls.clone() {
+    let serving = match state.config.tls.clone() {
         // Each phase boxed: inline, every connection's task would stay as large as the largest phase (the
         // TLS handshake, the deadline's timer) for as long as its stream idles.
         None => match Box::pin(timeout(limit, Sniffed::read(stream))).await {
-            Ok(Ok((io, http2))) => Box::pin(serve_http(io, http2, peer, state, &builders, watcher)).await,
+            Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders, watcher),
             Ok(Err(err)) => return debug!(cause = %err, "reading the first bytes failed"),
             Err(_) => return debug!("no request in time"),
         },
@@ -123,31 +124,35 @@ pub async fn serve(
                 Sniffed::read(stream).await
             }));
             match accepted.await {
-                Ok(Ok((io, http2))) => Box::pin(serve_http(io, http2, peer, state, &builders, watcher)).await,
+                Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders, watcher),
                 Ok(Err(err)) => return debug!(cause = %err, "TLS handshake or first bytes failed"),
                 Err(_) => return debug!("no TLS handshake and request in time"),
             }
         }
     };
-    if let Err(err) = result {
+    // Awaited outside the match: awaited inside, the task would keep room for the (TLS) stream the arm
+    // bound, though it has moved into the boxed connection.
+    if let Err(err) = serving.await {
         debug!(cause = ?err, "connection ended with an error");
     }
 }
 
-async fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+/// One connection being served by hyper, boxed at its protocol's own size.
+type Serving = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+
+fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Sniffed<IO>,
     http2: bool,
     peer: SocketAddr,
     state: Arc<AppState>,
     builders: &Builders,
     watcher: Watcher,
-) -> Result<(), hyper::Error> {
+) -> Serving {
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
-    // future's slot for the connection's lifetime, and the routing future is large. Each protocol's
-    // connection is boxed at its own size, so an idle HTTP/1 stream does not carry HTTP/2's state.
+    // future's slot for the connection's lifetime, and the routing future is large.
     let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
     match http2 {
-        true => Box::pin(watcher.watch(builders.http2.serve_connection(TokioIo::new(io), service))).await,
-        false => Box::pin(watcher.watch(builders.http1.serve_connection(TokioIo::new(io), service))).await,
+        true => Box::pin(watcher.watch(builders.http2.serve_connection(TokioIo::new(io), service))),
+        false => Box::pin(watcher.watch(builders.http1.serve_connection(TokioIo::new(io), service))),
     }
 }
