@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Stream wakeups per second spent without spacing reads. A wakeup costs a poll and a write syscall,
-/// about 10 µs on loopback (measured with `perf record` in the fan-out benchmark): this is half a core.
+/// Stream wakeups per second that reads are paced to once the burst is spent. A wakeup costs a poll and a
+/// write syscall, about 10 µs on loopback (measured with `perf record` in the fan-out benchmark): this is
+/// half a core.
 const WAKEUP_BUDGET: f64 = 50_000.0;
 /// Wakeups spent at once before the budget paces reads: 20 ms worth, so bursts and light loads pass.
 const WAKEUP_BURST: f64 = WAKEUP_BUDGET * 0.02;
