@@ -92,6 +92,12 @@ impl Hub {
         }
     }
 
+    /// The most events one broadcast should carry: half a queue. Catching up after an outage in bigger
+    /// bites would cut every stream that had anything queued; between bites, streams drain.
+    pub fn fill_limit(&self) -> usize {
+        (self.queue_capacity / 2).max(1)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding the lock, but a poisoned map is still consistent: keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

@@ -24,6 +24,7 @@ pub const NOTIFY_CHANNEL: &str = "pgsse";
 /// id the sequence has handed out, committed or not.
 const HEAD_SQL: &str = "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events), 0), m.pruned_through), \
      CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.meta m, pgsse.event_id_seq s";
+/// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
 const PROBE_SQL: &str = "SELECT pg_notification_queue_usage()";
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -240,8 +241,9 @@ impl Listener {
     ) -> Result<(u64, u64), ListenerError> {
         let Some(mut last) = self.last_id else { return Ok((0, 0)) };
         let (mut total, mut woken) = (0, 0);
+        let limit = FETCH_BATCH.min(self.hub.fill_limit() as i64);
         loop {
-            let rows = conn.bounded(client.query(fetch, &[&last, &FETCH_BATCH])).await?;
+            let rows = conn.bounded(client.query(fetch, &[&last, &limit])).await?;
             let n = rows.len() as i64;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -256,7 +258,7 @@ impl Listener {
             total += n as u64;
             woken += self.hub.broadcast(events);
             self.last_id = Some(last);
-            if n < FETCH_BATCH {
+            if n < limit {
                 return Ok((total, woken));
             }
         }

@@ -214,6 +214,35 @@ async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_la
 }
 
 #[tokio::test]
+async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let role =
+        format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
+    db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'out'")).await.unwrap();
+    let mut config = Config::new(&url).unwrap();
+    config.listen_database_url = Some(as_user(&url, &role, "out"));
+    config.queue_capacity = 16;
+    let gw = Gateway::start_with(config).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    db.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "warmup");
+
+    // Ten queues' worth of events commit while the listener is away.
+    db.batch_execute(&format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
+         INSERT INTO messages (body) SELECT 'missed ' || n FROM generate_series(1, 160) n;"
+    ))
+    .await
+    .unwrap();
+    db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
+    let bodies: Vec<String> =
+        stream.take(160).await.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
+    assert_eq!(bodies, (1..=160).map(|n| format!("missed {n}")).collect::<Vec<_>>(), "on the same stream");
+}
+
+#[tokio::test]
 async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_later() {
     let cluster = private_cluster();
     let url = fresh_db_on(&cluster.url("postgres")).await;

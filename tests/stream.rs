@@ -311,7 +311,9 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     let db = connect(&url).await;
     messages_table(&db, "").await;
     let mut config = Config::new(&url).unwrap();
-    config.queue_capacity = 8;
+    // Small, so the stalled client is cut soon; not so small that the reader's share of one listener read
+    // (reads batch a few milliseconds of commits under this write rate) could fill it.
+    config.queue_capacity = 64;
     let gw = Gateway::start_with(config).await;
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
