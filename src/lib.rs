@@ -1,7 +1,8 @@
 //! pgsse turns PostgreSQL changes into Server-Sent Events streams.
 //!
 //! Data flows one way: [`listener`] (the one LISTEN connection, its reads spaced by [`pacing`]) reads the
-//! commit-ordered log and hands encoded frames to the [`hub`], which fans them out through each stream's [`queue`] to its [`sse`] body.
+//! commit-ordered log and hands encoded frames to the [`hub`], which fans them out through each stream's
+//! [`queue`] to its [`sse`] body.
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`conn`]: one connection (with [`tls`]
