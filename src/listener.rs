@@ -56,6 +56,8 @@ pub enum ListenerError {
 /// What `/healthz` and the metrics see of the listener.
 pub struct ListenerStatus {
     up: AtomicBool,
+    /// Reading the log on the clock (unlistened) while commits arrive faster than notifications are worth.
+    polling: AtomicBool,
     reconnects: AtomicU64,
     events: AtomicU64,
     /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
@@ -69,6 +71,7 @@ impl Default for ListenerStatus {
     fn default() -> Self {
         Self {
             up: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             events: AtomicU64::new(0),
             queue_usage: AtomicU64::new(0),
@@ -91,6 +94,10 @@ impl ListenerStatus {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    pub fn is_polling(&self) -> bool {
+        self.polling.load(Ordering::Relaxed)
+    }
+
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
     }
@@ -105,6 +112,7 @@ impl ListenerStatus {
 
     fn set_up(&self) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.polling.store(false, Ordering::Relaxed);
         self.up.store(true, Ordering::Release);
     }
 
@@ -204,17 +212,32 @@ impl Listener {
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         probe.reset();
         let mut pacing = Pacing::new(Instant::now());
+        let mut listening = true;
         loop {
             tokio::select! {
-                notified = conn.notified() => {
-                    notified?;
-                    let next = pacing.next_read();
-                    if next > Instant::now() {
-                        conn.run(async { sleep_until(next).await; Ok(()) }).await?;
+                woke = async {
+                    if listening {
+                        conn.notified().await?;
                     }
+                    let next = pacing.next_read();
+                    conn.run(async { sleep_until(next).await; Ok(()) }).await
+                } => {
+                    woke?;
                     let started = Instant::now();
                     let (events, woken) = self.catch_up(&client, &fetch, &mut conn).await?;
                     pacing.record(started, events, woken);
+                    // Under a steady stream of commits every read finds work anyway: stop being notified of
+                    // each (the server's listening backend and this connection handle every one) and read on
+                    // the clock until the rate falls; then LISTEN again, before catching up.
+                    if listening == pacing.busy() {
+                        listening = !listening;
+                        let sql = if listening { "LISTEN" } else { "UNLISTEN" };
+                        conn.bounded(client.batch_execute(&format!("{sql} {NOTIFY_CHANNEL}"))).await?;
+                        self.status.polling.store(!listening, Ordering::Relaxed);
+                        if listening {
+                            self.catch_up(&client, &fetch, &mut conn).await?;
+                        }
+                    }
                 }
                 _ = probe.tick() => {
                     // The probe's answer is worth keeping: a filling NOTIFY queue means a listener somewhere

@@ -120,6 +120,12 @@ impl Collector for Metrics {
             "1 while the LISTEN connection is up and caught up.",
             i64::from(listener.is_up()),
         )?;
+        gauge(
+            &mut encoder,
+            "pgsse_listener_polling",
+            "1 while commits come so fast that the listener reads the log every few ms instead of per NOTIFY.",
+            i64::from(listener.is_polling()),
+        )?;
         gauge(&mut encoder, "pgsse_last_event_id", "Highest event id broadcast.", self.hub.last_id().unwrap_or(0))?;
         let usage = ConstGauge::new(listener.notification_queue_usage());
         usage.encode(encoder.encode_descriptor(

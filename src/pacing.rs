@@ -46,6 +46,11 @@ impl Pacing {
         }
     }
 
+    /// Whether commits arrive fast enough that reading on the clock beats being notified of each.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
     /// When the next read may start.
     pub fn next_read(&self) -> Instant {
         self.last_read + self.interval

@@ -243,6 +243,47 @@ async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
 }
 
 #[tokio::test]
+async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_again_after() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let polling = |gw_addr| async move {
+        let metrics = common::get(gw_addr, "/metrics", &[]).await.unwrap().body;
+        metrics.lines().find_map(|l| l.strip_prefix("pgsse_listener_polling ")).map(str::to_string)
+    };
+    assert_eq!(polling(gw.addr).await.as_deref(), Some("0"));
+
+    // 100 rows a commit, a commit every few milliseconds: well over 2,000 events/s for most of a second.
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let db = connect(&url).await;
+            for batch in 0..60 {
+                db.execute(
+                    "INSERT INTO messages (body) SELECT $1 || '.' || n FROM generate_series(1, 100) n",
+                    &[&batch.to_string()],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    wait_for("the listener polls", || async { polling(gw.addr).await.as_deref() == Some("1") }).await;
+    let bodies: Vec<String> =
+        stream.take(6000).await.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = (0..60).flat_map(|b| (1..=100).map(move |n| format!("{b}.{n}"))).collect();
+    assert_eq!(bodies, expected, "every event once, in order, across the switch");
+    writer.await.unwrap();
+
+    wait_for("the listener listens again", || async { polling(gw.addr).await.as_deref() == Some("0") }).await;
+    db.execute("INSERT INTO messages (body) VALUES ('quiet')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "quiet");
+}
+
+#[tokio::test]
 async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_later() {
     let cluster = private_cluster();
     let url = fresh_db_on(&cluster.url("postgres")).await;

@@ -434,6 +434,7 @@ async fn metrics_are_served_in_prometheus_text_format() {
         "pgsse_streams_open{channel=\"messages\"} 2".to_string(),
         "pgsse_events_received_total 2".to_string(),
         "pgsse_listener_up 1".to_string(),
+        "pgsse_listener_polling 0".to_string(),
         format!("pgsse_last_event_id {id}"),
         "pgsse_limit_rejections_total{kind=\"url_too_long\"} 1".to_string(),
         "pgsse_subscribers_cut_total 0".to_string(),
