@@ -12,7 +12,8 @@ const WAKEUP_BUDGET: f64 = 50_000.0;
 /// Wakeups spent at once before the budget paces reads: 20 ms worth, so bursts and light loads pass.
 const WAKEUP_BURST: f64 = WAKEUP_BUDGET * 0.02;
 /// Above this many events per second (small write transactions, each notifying), reads start at most
-/// every [`BUSY_INTERVAL`], so the listener batches instead of taking a PostgreSQL core from the writers.
+/// every [`BUSY_INTERVAL`], so the listener batches instead of taking a PostgreSQL core from the writers;
+/// it also stops being notified of each commit and reads on the clock (see [`Pacing::busy`]).
 /// Judged on the rate, not on one read: a rule like "this read found several events" feeds itself (the
 /// wait gathers several for the next) and flipped light loads between 0.7 and 2 ms latency run to run.
 const BUSY_EVENT_RATE: f64 = 2_000.0;
