@@ -187,25 +187,37 @@ fn as_user(url: &str, user: &str, password: &str) -> String {
     format!("host={host} port={port} dbname={db} user={user} password={password}")
 }
 
+/// A gateway config whose LISTEN connection logs in as a role of its own, so a test can lock the
+/// listener out while the pool keeps working. Returns the config and the role.
+async fn own_listener_role(db: &tokio_postgres::Client, url: &str) -> (Config, String) {
+    let role =
+        format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
+    db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'listener'")).await.unwrap();
+    let mut config = Config::new(url).unwrap();
+    config.listen_database_url = Some(as_user(url, &role, "listener"));
+    (config, role)
+}
+
+/// Cuts the listener's connection so it cannot come back, then runs `then` in the same batch.
+async fn lock_out_listener(db: &tokio_postgres::Client, role: &str, then: &str) {
+    db.batch_execute(&format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
+         {then}"
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_lags() {
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
-    let role =
-        format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
-    db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'lag'")).await.unwrap();
-    let mut config = Config::new(&url).unwrap();
-    config.listen_database_url = Some(as_user(&url, &role, "lag"));
+    let (config, role) = own_listener_role(&db, &url).await;
     let gw = Gateway::start_with(config).await;
 
     // The LISTEN connection is cut and cannot come back, so this event is committed but not broadcast.
-    db.batch_execute(&format!(
-        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
-         INSERT INTO messages (body) VALUES ('before the stream');"
-    ))
-    .await
-    .unwrap();
+    lock_out_listener(&db, &role, "INSERT INTO messages (body) VALUES ('before the stream');").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
     gw.wait_healthy().await;
@@ -218,11 +230,7 @@ async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
-    let role =
-        format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
-    db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'out'")).await.unwrap();
-    let mut config = Config::new(&url).unwrap();
-    config.listen_database_url = Some(as_user(&url, &role, "out"));
+    let (mut config, role) = own_listener_role(&db, &url).await;
     config.queue_capacity = 16;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
@@ -230,12 +238,8 @@ async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
     assert_eq!(stream.expect().await.json()["body"], "warmup");
 
     // Ten queues' worth of events commit while the listener is away.
-    db.batch_execute(&format!(
-        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
-         INSERT INTO messages (body) SELECT 'missed ' || n FROM generate_series(1, 160) n;"
-    ))
-    .await
-    .unwrap();
+    lock_out_listener(&db, &role, "INSERT INTO messages (body) SELECT 'missed ' || n FROM generate_series(1, 160) n;")
+        .await;
     db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
     let bodies: Vec<String> =
         stream.take(160).await.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();

@@ -268,6 +268,10 @@ impl SseStream {
             .await
             .expect("stream headers in time")
             .expect("stream request");
+        Self::from_response(resp)
+    }
+
+    fn from_response(resp: hyper::Response<Incoming>) -> Self {
         let status = resp.status().as_u16();
         let headers = header_map(resp.headers());
         Self { status, headers, body: resp.into_body(), buf: Vec::new(), raw: Vec::new(), comments: 0, ended: false }
@@ -290,17 +294,7 @@ impl SseStream {
                 .expect("stream request");
             assert_eq!(resp.status(), 200, "stream {path} refused");
             assert_eq!(resp.version(), hyper::Version::HTTP_2);
-            let headers = header_map(resp.headers());
-            let body = resp.into_body();
-            streams.push(Self {
-                status: 200,
-                headers,
-                body,
-                buf: Vec::new(),
-                raw: Vec::new(),
-                comments: 0,
-                ended: false,
-            });
+            streams.push(Self::from_response(resp));
         }
         streams
     }
@@ -450,15 +444,7 @@ impl Follower {
                     }
                     if let Ok(Ok(resp)) = answer {
                         if resp.status() == 200 {
-                            let mut stream = SseStream {
-                                status: 200,
-                                headers: HashMap::new(),
-                                body: resp.into_body(),
-                                buf: Vec::new(),
-                                raw: Vec::new(),
-                                comments: 0,
-                                ended: false,
-                            };
+                            let mut stream = SseStream::from_response(resp);
                             while let Some(event) = stream.next_or_end().await {
                                 last = event.id.clone().or(last);
                                 events.lock().unwrap().push(event);
