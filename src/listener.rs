@@ -220,7 +220,10 @@ impl Listener {
                         conn.notified().await?;
                     }
                     let next = pacing.next_read();
-                    conn.run(async { sleep_until(next).await; Ok(()) }).await
+                    if next > Instant::now() {
+                        conn.run(async { sleep_until(next).await; Ok(()) }).await?;
+                    }
+                    Ok::<_, ListenerError>(())
                 } => {
                     woke?;
                     let started = Instant::now();
