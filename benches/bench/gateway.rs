@@ -1,6 +1,7 @@
 //! The gateway under test as its own process, so its CPU time and RSS are its alone (read from /proc).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,10 +13,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn start(database_url: &str, extra: &[&str]) -> Self {
+    pub fn start(binary: &Path, database_url: &str, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgsse"))
+        let child = Command::new(binary)
             .args(["serve", "--database-url", database_url, "--listen", &addr.to_string()])
             // The load comes from eight addresses: lift the per-client and total stream limits above it.
             .args(["--max-connections", "20000", "--max-streams", "20000", "--max-streams-per-client", "20000"])

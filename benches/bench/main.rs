@@ -34,6 +34,10 @@ pub struct Args {
     /// For `custom`: clients that never read.
     #[arg(long, default_value_t = 0)]
     pub stalled: usize,
+    /// The pgsse binary to run; default: the one built with this bench. Two builds alternated on one
+    /// machine compare a change back to back.
+    #[arg(long, env = "PGSSE_BENCH_GATEWAY")]
+    pub gateway: Option<std::path::PathBuf>,
     /// Bytes of padding in each row.
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
