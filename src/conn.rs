@@ -1,27 +1,38 @@
 //! One accepted connection: the TLS handshake when configured, a deadline on the first bytes, then hyper
 //! (HTTP/2 when the client opens with its preface, after ALPN or by prior knowledge; HTTP/1.1 otherwise).
+//! An HTTP/1 stream's body is written here, on the connection hyper hands back, so hyper's buffers go.
 
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Response, Version};
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Body, Frame};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::routes;
 use crate::server::AppState;
+use crate::sse::SseBody;
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bound on closing a connection politely (TLS close_notify, FIN) once it is done.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// hyper's builders for the two protocols, configured once by the server.
 pub struct Builders {
@@ -137,7 +148,7 @@ pub async fn serve(
     }
 }
 
-/// One connection being served by hyper, boxed at its protocol's own size.
+/// One connection being served, boxed at its protocol's own size.
 type Serving = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
 
 fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -148,11 +159,107 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     builders: &Builders,
     watcher: Watcher,
 ) -> Serving {
+    if !http2 {
+        return Box::pin(serve_http1(io, peer, state, builders.http1.clone()));
+    }
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
     // future's slot for the connection's lifetime, and the routing future is large.
     let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
-    match http2 {
-        true => Box::pin(watcher.watch(builders.http2.serve_connection(TokioIo::new(io), service))),
-        false => Box::pin(watcher.watch(builders.http1.serve_connection(TokioIo::new(io), service))),
+    Box::pin(watcher.watch(builders.http2.serve_connection(TokioIo::new(io), service)))
+}
+
+/// What hyper writes on an HTTP/1 connection: a routed response, or only the head of a stream.
+type Http1Body = Either<routes::Body, Detached>;
+
+/// The body of a stream's response as hyper sees it: no length, and over at once. With the response
+/// marked HTTP/1.0 that means a body delimited by the connection's close, so hyper writes the head with
+/// neither length nor chunking and then hands the connection back (`poll_without_shutdown`).
+struct Detached;
+
+impl Body for Detached {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(None)
+    }
+}
+
+/// HTTP/1: hyper parses requests and writes responses until a stream is opened; then this task writes
+/// the stream's bytes itself. Kept by hyper, an idle stream would hold its two 8 KiB buffers (read and
+/// write, the smallest hyper allows) with a page of each touched: over 8 KB of every stream's memory.
+async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: Sniffed<IO>,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    builder: http1::Builder,
+) -> Result<(), hyper::Error> {
+    let shutdown = state.shutdown.clone();
+    let opened: Arc<Mutex<Option<SseBody>>> = Arc::default();
+    let slot = opened.clone();
+    let service = service_fn(move |req| {
+        let (state, slot) = (state.clone(), slot.clone());
+        Box::pin(async move {
+            let response = routes::handle(state, peer.ip(), req).await?;
+            Ok::<_, Infallible>(detach(response, &slot))
+        }) as Pin<Box<dyn Future<Output = Result<Response<Http1Body>, Infallible>> + Send>>
+    });
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    {
+        let mut draining = pin!(shutdown.cancelled());
+        let mut closing = false;
+        poll_fn(|cx| {
+            if !closing && draining.as_mut().poll(cx).is_ready() {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            conn.as_mut().poll_without_shutdown(cx)
+        })
+        .await?;
+    }
+    let body = opened.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(opened);
+    let mut io = Pin::into_inner(conn).into_parts().io.into_inner();
+    if let Some(body) = body {
+        write_stream(&mut io, body, &shutdown).await;
+    }
+    let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+    Ok(())
+}
+
+/// Takes a stream's body out of its response for `serve_http1` to write, leaving hyper only the head.
+fn detach(response: Response<routes::Body>, slot: &Mutex<Option<SseBody>>) -> Response<Http1Body> {
+    let (mut parts, body) = response.into_parts();
+    match body {
+        Either::Right(stream) => {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+            parts.version = Version::HTTP_10;
+            Response::from_parts(parts, Either::Right(Detached))
+        }
+        body => Response::from_parts(parts, Either::Left(body)),
+    }
+}
+
+/// Writes a stream's bytes as they come, until the stream ends, the client goes, or shutdown catches a
+/// write that the client does not read.
+async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    mut body: SseBody,
+    shutdown: &CancellationToken,
+) {
+    let mut probe = [0; 1];
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The client has nothing more to send on this connection: any read that returns means it
+            // closed it (or broke the protocol).
+            _ = io.read(&mut probe) => return,
+        };
+        let Some(Ok(frame)) = frame else { return };
+        let data = frame.into_data().unwrap_or_default();
+        tokio::select! {
+            written = async { io.write_all(&data).await?; io.flush().await } => if written.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
     }
 }

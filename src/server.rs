@@ -130,6 +130,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let mut http1 = http1::Builder::new();
     http1
         .keep_alive(true)
+        // No read for the client's close while a request is being answered: that read would take a second
+        // 8 KiB buffer for every stream still opening (the first stays shared with the request's head).
+        // A stream's close is watched once it is written (conn::write_stream).
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
@@ -178,8 +182,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     drop(listener);
     state.shutdown.cancel();
     state.hub.close();
+    // hyper's graceful shutdown covers the HTTP/2 connections; every connection task, HTTP/1 streams
+    // included (conn writes those itself), holds a permit until it ends.
+    let every_permit = u32::try_from(state.config.max_connections).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = permits.acquire_many(every_permit).await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => debug!("all connections closed"),
+        _ = drained => debug!("all connections closed"),
         _ = tokio::time::sleep(state.config.shutdown_timeout) => {
             info!(timeout = ?state.config.shutdown_timeout, "connections still open at the shutdown timeout; closing them");
         }

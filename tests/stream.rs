@@ -42,6 +42,62 @@ async fn streams_share_one_http2_connection_by_prior_knowledge() {
 }
 
 #[tokio::test]
+async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_client_leaves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    // A channel with no stream left drops out of the gauge.
+    let streams_open = |n: usize| {
+        let addr = gw.addr;
+        async move {
+            let metrics = common::get(addr, "/metrics", &[]).await.unwrap().body;
+            let line = metrics.lines().find_map(|l| l.strip_prefix("pgsse_streams_open{channel=\"messages\"} "));
+            line.map_or(0, |v| v.parse().unwrap()) == n
+        }
+    };
+
+    // An ordinary request first: the stream takes over a connection that hyper has already served on.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    /// Reads until `raw` holds `end`.
+    async fn read_until(conn: &mut tokio::net::TcpStream, raw: &mut Vec<u8>, end: &[u8]) {
+        let mut buf = [0u8; 4096];
+        while !raw.windows(end.len()).any(|w| w == end) {
+            let n = tokio::time::timeout(common::TIMEOUT, conn.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(raw));
+            raw.extend_from_slice(&buf[..n]);
+        }
+    }
+    let mut raw = Vec::new();
+    read_until(&mut conn, &mut raw, b"\"status\":\"ok\"}").await;
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&raw));
+
+    raw.clear();
+    conn.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    read_until(&mut conn, &mut raw, b": pgsse\n\n").await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    // A body that the connection's close delimits: no length and no chunk framing, SSE bytes as they are.
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("transfer-encoding") && !head.contains("content-length"), "{head}");
+    assert_eq!(body, "retry: 3000\n: pgsse\n\n");
+
+    raw.clear();
+    db.execute("INSERT INTO messages (body) VALUES ('raw')", &[]).await.unwrap();
+    read_until(&mut conn, &mut raw, b"}\n\n").await;
+    let event = String::from_utf8(raw).unwrap();
+    assert!(event.starts_with("id: ") && event.contains("\nevent: insert\ndata: {"), "{event:?}");
+    assert!(event.contains("\"body\": \"raw\""), "{event:?}");
+
+    assert!(streams_open(1).await);
+    drop(conn);
+    common::wait_for("the stream's place is given back once its client has gone", || streams_open(0)).await;
+}
+
+#[tokio::test]
 async fn one_stream_carries_several_channels_in_id_order() {
     let url = fresh_db().await;
     let db = connect(&url).await;

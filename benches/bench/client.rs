@@ -60,7 +60,7 @@ pub async fn follow(
 ) -> Seen {
     let mut seen = Seen::default();
     let mut raw = Vec::with_capacity(4096);
-    let mut decoder = Chunked::default();
+    let mut decoder = Decoder::default();
     let mut events: Vec<u8> = Vec::new();
     let mut headers_done = false;
     let mut buf = vec![0u8; 64 * 1024];
@@ -77,13 +77,15 @@ pub async fn follow(
         if !headers_done {
             raw.extend_from_slice(&buf[..n]);
             let Some(end) = find(&raw, b"\r\n\r\n") else { continue };
-            if !raw.starts_with(b"HTTP/1.1 200") {
+            if !(raw.starts_with(b"HTTP/1.1 200") || raw.starts_with(b"HTTP/1.0 200")) {
                 seen.error = Some(String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned());
                 break;
             }
             headers_done = true;
             seen.connected = true;
             let _ = ready.send(()).await;
+            let head = raw[..end].to_ascii_lowercase();
+            decoder.chunked = memchr::memmem::find(&head, b"transfer-encoding: chunked").is_some();
             let rest = raw.split_off(end + 4);
             decoder.feed(&rest, &mut events);
         } else {
@@ -137,9 +139,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
-/// HTTP/1.1 chunked transfer decoding, fed in arbitrary pieces.
+/// An HTTP/1 response body fed in arbitrary pieces: chunked transfer decoding, or for a body delimited by the connection's
+/// close (pgsse's HTTP/1 streams) none.
 #[derive(Default)]
-struct Chunked {
+struct Decoder {
+    chunked: bool,
     /// Bytes of chunk data still expected, or `None` while reading a size line.
     remaining: Option<usize>,
     line: Vec<u8>,
@@ -148,8 +152,11 @@ struct Chunked {
     ended: bool,
 }
 
-impl Chunked {
+impl Decoder {
     fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        if !self.chunked {
+            return out.extend_from_slice(input);
+        }
         while !input.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(input.len());
