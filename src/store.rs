@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
@@ -25,6 +25,9 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database url: {0}")]
     Config(String),
+    /// A read that concurrent requests shared failed (the first of them got its cause).
+    #[error("database unavailable: {0}")]
+    Shared(String),
     /// The database refused the request's data; the message is safe to show to the client.
     #[error("{message}")]
     Rejected { kind: Rejection, message: String },
@@ -127,6 +130,8 @@ pub struct ReplayBatch {
 pub struct Store {
     pool: Pool,
     known_channels: Mutex<HashSet<String>>,
+    /// The last read of the committed head: when it began, and its outcome. See [`Store::committed_head`].
+    head: tokio::sync::Mutex<Option<(Instant, Result<i64, String>)>>,
 }
 
 impl Store {
@@ -145,7 +150,7 @@ impl Store {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Self { pool, known_channels: Mutex::new(HashSet::new()) })
+        Ok(Self { pool, known_channels: Mutex::new(HashSet::new()), head: tokio::sync::Mutex::new(None) })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -209,7 +214,25 @@ impl Store {
 
     /// The newest committed event id. Unlike the sequence (`issued_head`), it never names an id whose
     /// transaction is still committing: ids become visible in order, under the ordering lock.
+    /// The highest committed id, read after this call began. Concurrent callers share reads: one that
+    /// began after a caller arrived saw every commit from before it, so a reconnect storm of fresh streams
+    /// costs a query per wave rather than one per stream (and the streams wait for one another's query
+    /// instead of piling up, each holding its connection's buffers).
     pub async fn committed_head(&self) -> Result<i64, StoreError> {
+        let asked = Instant::now();
+        let mut last = self.head.lock().await;
+        if let Some((began, outcome)) = &*last {
+            if *began >= asked {
+                return outcome.clone().map_err(StoreError::Shared);
+            }
+        }
+        let began = Instant::now();
+        let outcome = self.read_committed_head().await;
+        *last = Some((began, outcome.as_ref().copied().map_err(ToString::to_string)));
+        outcome
+    }
+
+    async fn read_committed_head(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached("SELECT coalesce(max(id), 0) FROM pgsse.events").await?;
         Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)

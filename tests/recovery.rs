@@ -216,13 +216,23 @@ async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_la
     let (config, role) = own_listener_role(&db, &url).await;
     let gw = Gateway::start_with(config).await;
 
+    // Opened before the event below: the gateway has read the log's head once already.
+    let mut early = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     // The LISTEN connection is cut and cannot come back, so this event is committed but not broadcast.
     lock_out_listener(&db, &role, "INSERT INTO messages (body) VALUES ('before the stream');").await;
-    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    // Opened together, so they share reads of the head; none may use a read older than its request.
+    let opening: Vec<_> = (0..20).map(|_| tokio::spawn(SseStream::ok(gw.addr, "/messages/events", &[]))).collect();
+    let mut streams = Vec::new();
+    for stream in opening {
+        streams.push(stream.await.unwrap());
+    }
     db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
     gw.wait_healthy().await;
     db.execute("INSERT INTO messages (body) VALUES ('after the stream')", &[]).await.unwrap();
-    assert_eq!(stream.expect().await.json()["body"], "after the stream", "nothing from before the request");
+    for stream in &mut streams {
+        assert_eq!(stream.expect().await.json()["body"], "after the stream", "nothing from before the request");
+    }
+    assert_eq!(early.expect().await.json()["body"], "before the stream", "the earlier stream misses nothing");
 }
 
 #[tokio::test]
