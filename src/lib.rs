@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: flags and `PGSSE_*` environment.
 //! - [`server`]: accept loop, shared state, graceful shutdown; [`conn`]: one connection (with [`tls`]
-//!   when configured); [`routes`]: HTTP routing and JSON errors;
+//!   when configured), and an HTTP/1 stream's body once hyper hands the connection back; [`routes`]:
+//!   HTTP routing and JSON errors;
 //!   [`cors`]: cross-origin headers; [`auth`]: grants (who may read and write which channels) from a JWT
 //!   or, via [`auth_url`], a legacy backend;
 //!   [`limits`]: streams per gateway and per client, and counts of refusals; [`metrics`]: `/metrics`.
