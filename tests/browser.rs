@@ -147,19 +147,6 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1, made with the openssl command line.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .args([&key, Path::new("-out"), &cert])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (cert, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
     const STREAMS: usize = 10;
@@ -169,7 +156,7 @@ async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
     common::messages_table(&db, "").await;
     let dir = artifact_dir().join(format!("tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = self_signed(&dir);
+    let (cert, key) = common::self_signed(&dir);
     let mut config = Config::new(&url).unwrap();
     config.tls = Some(pgsse::tls::server_config(&cert, &key).unwrap());
     let gw = Gateway::spawn(config).await;

@@ -98,6 +98,45 @@ async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_
 }
 
 #[tokio::test]
+async fn an_http1_stream_over_tls_is_written_through_it() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let dir = std::env::temp_dir().join(format!("pgsse-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = common::self_signed(&dir);
+    let mut config = Config::new(&url).unwrap();
+    config.tls = Some(pgsse::tls::server_config(&cert, &key).unwrap());
+    let gw = Gateway::spawn(config).await;
+
+    // curl as the HTTP/1.1 client (ALPN http/1.1), printing the response head before the body.
+    let mut curl = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--no-buffer", "--http1.1", "--dump-header", "-", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{}/messages/events", gw.addr))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut read_until = async |want: &str| {
+        while !seen.last().is_some_and(|l: &String| l.contains(want)) {
+            let line = tokio::time::timeout(common::TIMEOUT, lines.next_line()).await.unwrap().unwrap();
+            seen.push(line.unwrap_or_else(|| panic!("curl stopped after {seen:?}")));
+        }
+        seen.clone()
+    };
+    let head = read_until(": pgsse").await;
+    assert_eq!(head[0], "HTTP/1.0 200 OK", "{head:?}");
+    db.execute("INSERT INTO messages (body) VALUES ('over tls')", &[]).await.unwrap();
+    let all = read_until("over tls").await;
+    assert!(all[all.len() - 2] == "event: insert" && all.last().unwrap().starts_with("data: {"), "{all:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn one_stream_carries_several_channels_in_id_order() {
     let url = fresh_db().await;
     let db = connect(&url).await;
