@@ -212,12 +212,12 @@ impl Store {
         Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
     }
 
-    /// The newest committed event id. Unlike the sequence (`issued_head`), it never names an id whose
-    /// transaction is still committing: ids become visible in order, under the ordering lock.
-    /// The highest committed id, read after this call began. Concurrent callers share reads: one that
-    /// began after a caller arrived saw every commit from before it, so a reconnect storm of fresh streams
-    /// costs a query per wave rather than one per stream (and the streams wait for one another's query
-    /// instead of piling up, each holding its connection's buffers).
+    /// The newest committed event id, read after this call began. Unlike the sequence (`issued_head`), it
+    /// never names an id whose transaction is still committing: ids become visible in order, under the
+    /// ordering lock. Concurrent callers share reads: one that began after a caller arrived saw every
+    /// commit from before it, so a reconnect storm of fresh streams costs a query per wave rather than one
+    /// per stream (and the streams wait for one another's query instead of piling up, each holding its
+    /// connection's buffers).
     pub async fn committed_head(&self) -> Result<i64, StoreError> {
         let asked = Instant::now();
         let mut last = self.head.lock().await;
