@@ -406,9 +406,10 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     let db = connect(&url).await;
     messages_table(&db, "").await;
     let mut config = Config::new(&url).unwrap();
-    // Small, so the stalled client is cut soon; not so small that the reader's share of one listener read
-    // (reads batch a few milliseconds of commits under this write rate) could fill it.
-    config.queue_capacity = 64;
+    // Small, so the stalled client is cut within the 300 events; roomy enough that this reader (a debug
+    // build of hyper's client, which takes a body delimited by the connection's close in 8 KiB frames)
+    // keeps within it while commits come flat out and the other tests share the cores.
+    config.queue_capacity = 128;
     let gw = Gateway::start_with(config).await;
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -257,6 +257,10 @@ pub struct SseStream {
     pub headers: HashMap<String, String>,
     body: Incoming,
     buf: Vec<u8>,
+    /// Bytes at the start of `buf` already searched for an event's end: a large event arrives in many
+    /// frames (8 KiB each, hyper's reads of a body that the connection's close delimits), and searching it
+    /// all again for each would make this client too slow to keep up in a debug build.
+    scanned: usize,
     pub raw: Vec<u8>,
     pub comments: usize,
     pub ended: bool,
@@ -275,7 +279,16 @@ impl SseStream {
     fn from_response(resp: hyper::Response<Incoming>) -> Self {
         let status = resp.status().as_u16();
         let headers = header_map(resp.headers());
-        Self { status, headers, body: resp.into_body(), buf: Vec::new(), raw: Vec::new(), comments: 0, ended: false }
+        Self {
+            status,
+            headers,
+            body: resp.into_body(),
+            buf: Vec::new(),
+            scanned: 0,
+            raw: Vec::new(),
+            comments: 0,
+            ended: false,
+        }
     }
 
     /// Opens every path as a stream on one HTTP/2 connection (prior knowledge, no TLS) and asserts 200s.
@@ -360,8 +373,13 @@ impl SseStream {
 
     fn parse_one(&mut self) -> Option<Event> {
         loop {
-            let end = self.buf.windows(2).position(|w| w == b"\n\n")?;
-            let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let from = self.scanned.saturating_sub(1);
+            let Some(at) = memchr::memmem::find(&self.buf[from..], b"\n\n") else {
+                self.scanned = self.buf.len();
+                return None;
+            };
+            self.scanned = 0;
+            let block: Vec<u8> = self.buf.drain(..from + at + 2).collect();
             let text = String::from_utf8(block).expect("stream is UTF-8");
             let mut event = Event { id: None, event: "message".into(), data: String::new() };
             let mut has_data = false;
