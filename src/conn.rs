@@ -33,6 +33,8 @@ use crate::sse::SseBody;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bound on closing a connection politely (TLS close_notify, FIN) once it is done.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeats' worth of time in which a stream's client must take at least one byte of a write.
+const STALLED_HEARTBEATS: u32 = 4;
 
 /// hyper's builders for the two protocols, configured once by the server.
 pub struct Builders {
@@ -195,6 +197,7 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     builder: http1::Builder,
 ) -> Result<(), hyper::Error> {
     let shutdown = state.shutdown.clone();
+    let stall = state.config.heartbeat * STALLED_HEARTBEATS;
     let opened: Arc<Mutex<Option<SseBody>>> = Arc::default();
     let slot = opened.clone();
     let service = service_fn(move |req| {
@@ -221,7 +224,7 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     drop(opened);
     let mut io = Pin::into_inner(conn).into_parts().io.into_inner();
     if let Some(body) = body {
-        write_stream(&mut io, body, &shutdown).await;
+        write_stream(&mut io, body, &shutdown, stall).await;
     }
     let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
     Ok(())
@@ -240,12 +243,13 @@ fn detach(response: Response<routes::Body>, slot: &Mutex<Option<SseBody>>) -> Re
     }
 }
 
-/// Writes a stream's bytes as they come, until the stream ends, the client goes, or shutdown catches a
-/// write that the client does not read.
+/// Writes a stream's bytes as they come, until the stream ends, the client goes, or a write makes no
+/// progress for `stall` (or until shutdown, for a write that the client does not read).
 async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     mut body: SseBody,
     shutdown: &CancellationToken,
+    stall: Duration,
 ) {
     let mut probe = [0; 1];
     loop {
@@ -258,8 +262,23 @@ async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
         let Some(Ok(frame)) = frame else { return };
         let data = frame.into_data().unwrap_or_default();
         tokio::select! {
-            written = async { io.write_all(&data).await?; io.flush().await } => if written.is_err() { return },
+            written = write_progressing(io, &data, stall) => if written.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// `write_all` and a flush, failing once the client has taken no byte for `stall`: a client that stopped
+/// reading is cut from the hub when its queue fills, but only this frees its connection (it resumes from
+/// the log, like any cut stream, if it was alive after all).
+async fn write_progressing<IO: AsyncWrite + Unpin>(io: &mut IO, mut data: &[u8], stall: Duration) -> io::Result<()> {
+    let stalled = || io::Error::new(io::ErrorKind::TimedOut, "client took no bytes");
+    while !data.is_empty() {
+        match timeout(stall, io.write(data)).await.map_err(|_| stalled())? {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(err) => return Err(err),
+        }
+    }
+    timeout(stall, io.flush()).await.map_err(|_| stalled())?
 }

@@ -456,6 +456,50 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats() {
+    use tokio::io::AsyncWriteExt;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    messages_table(&db, "").await;
+    let mut config = Config::new(&url).unwrap();
+    config.heartbeat = std::time::Duration::from_millis(250);
+    config.queue_capacity = 4;
+    config.max_streams_per_client = 1;
+    let gw = Gateway::start_with(config).await;
+    let metric = |name: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let metrics = common::get(addr, "/metrics", &[]).await.unwrap().body;
+            metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
+        }
+    };
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    common::wait_for("the stream is open", || async { metric("pgsse_streams_open{channel=\"messages\"}").await == 1 })
+        .await;
+    assert_eq!(SseStream::open(gw.addr, "/messages/events", &[]).await.status, 429, "one stream per client");
+
+    // Rows until the client, which reads nothing, has fallen a queue behind and is cut from the hub.
+    let row = "x".repeat(64 * 1024);
+    for _ in 0..1000 {
+        if metric("pgsse_subscribers_cut_total").await > 0 {
+            break;
+        }
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
+    }
+    assert!(metric("pgsse_subscribers_cut_total").await > 0, "the stalled client was cut");
+    // Its write is still blocked; only giving up on it frees the connection and the client's place.
+    common::wait_for("the stalled client's place is given back", || async {
+        SseStream::open(gw.addr, "/messages/events", &[]).await.status == 200
+    })
+    .await;
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn graceful_shutdown_ends_streams_and_returns_promptly() {
     let url = fresh_db().await;
     let db = connect(&url).await;
