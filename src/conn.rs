@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{sleep, timeout, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -270,15 +270,71 @@ async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
 
 /// `write_all` and a flush, failing once the client has taken no byte for `stall`: a client that stopped
 /// reading is cut from the hub when its queue fills, but only this frees its connection (it resumes from
-/// the log, like any cut stream, if it was alive after all).
+/// the log, like any cut stream, if it was alive after all). The timer runs only while the socket is
+/// full, so a client that keeps up costs none, and a slow one that keeps taking bytes is never cut here.
 async fn write_progressing<IO: AsyncWrite + Unpin>(io: &mut IO, mut data: &[u8], stall: Duration) -> io::Result<()> {
-    let stalled = || io::Error::new(io::ErrorKind::TimedOut, "client took no bytes");
-    while !data.is_empty() {
-        match timeout(stall, io.write(data)).await.map_err(|_| stalled())? {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(err) => return Err(err),
+    let mut timer = pin!(None::<Sleep>);
+    poll_fn(|cx| loop {
+        let step = if data.is_empty() {
+            Pin::new(&mut *io).poll_flush(cx)
+        } else {
+            match Pin::new(&mut *io).poll_write(cx, data) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    data = &data[n..];
+                    timer.set(None);
+                    continue;
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            }
+        };
+        if step.is_ready() {
+            return step;
         }
+        if timer.is_none() {
+            timer.set(Some(sleep(stall)));
+        }
+        let expired = timer.as_mut().as_pin_mut().is_some_and(|t| t.poll(cx).is_ready());
+        return match expired {
+            true => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client took no bytes"))),
+            false => Poll::Pending,
+        };
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_takes_fails_after_the_stall() {
+        let (mut ours, _theirs) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let err = write_progressing(&mut ours, &[b'x'; 1024], STALL).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), STALL);
     }
-    timeout(stall, io.flush()).await.map_err(|_| stalled())?
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_client_that_keeps_taking_bytes_is_never_timed_out() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0; 64];
+            while got.len() < 1024 {
+                tokio::time::sleep(STALL / 2).await;
+                let n = theirs.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let started = tokio::time::Instant::now();
+        write_progressing(&mut ours, &[b'x'; 1024], STALL).await.unwrap();
+        assert!(started.elapsed() > STALL * 4, "took {:?}, far longer than one stall", started.elapsed());
+        assert_eq!(reader.await.unwrap(), vec![b'x'; 1024]);
+    }
 }
