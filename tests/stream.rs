@@ -48,16 +48,7 @@ async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_
     let db = connect(&url).await;
     messages_table(&db, "").await;
     let gw = Gateway::start(&url).await;
-    // A channel with no stream left drops out of the gauge.
-    let streams_open = |n: usize| {
-        let addr = gw.addr;
-        async move {
-            let metrics = common::get(addr, "/metrics", &[]).await.unwrap().body;
-            let line = metrics.lines().find_map(|l| l.strip_prefix("pgsse_streams_open{channel=\"messages\"} "));
-            line.map_or(0, |v| v.parse().unwrap()) == n
-        }
-    };
-
+    let streams_open = || common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}");
     // An ordinary request first: the stream takes over a connection that hyper has already served on.
     let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
@@ -92,9 +83,12 @@ async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_
     assert!(event.starts_with("id: ") && event.contains("\nevent: insert\ndata: {"), "{event:?}");
     assert!(event.contains("\"body\": \"raw\""), "{event:?}");
 
-    assert!(streams_open(1).await);
+    assert_eq!(streams_open().await, 1);
     drop(conn);
-    common::wait_for("the stream's place is given back once its client has gone", || streams_open(0)).await;
+    common::wait_for("the stream's place is given back once its client has gone", || async {
+        streams_open().await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -466,14 +460,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
     config.queue_capacity = 4;
     config.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
-    let metric = |name: &'static str| {
-        let addr = gw.addr;
-        async move {
-            let metrics = common::get(addr, "/metrics", &[]).await.unwrap().body;
-            metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
-        }
-    };
-
+    let metric = |sample| common::metric(gw.addr, sample);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(gw.addr).await.unwrap();

@@ -427,6 +427,13 @@ where
     }
 }
 
+/// One sample of `/metrics`, e.g. `pgsse_streams_open{channel="messages"}`; 0 when absent (a gauge drops
+/// a label set that falls to zero).
+pub async fn metric(addr: SocketAddr, sample: &str) -> u64 {
+    let metrics = get(addr, "/metrics", &[]).await.unwrap().body;
+    metrics.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
 /// A client that behaves like a browser's EventSource: it keeps one stream open and, whenever the stream
 /// ends or cannot be opened, reconnects with `Last-Event-ID` set to the last id it received.
 pub struct Follower {
