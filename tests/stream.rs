@@ -49,6 +49,7 @@ async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_
     messages_table(&db, "").await;
     let gw = Gateway::start(&url).await;
     let streams_open = || common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}");
+
     // An ordinary request first: the stream takes over a connection that hyper has already served on.
     let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
@@ -461,6 +462,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
     config.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
     let metric = |sample| common::metric(gw.addr, sample);
+
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(gw.addr).await.unwrap();
