@@ -18,7 +18,6 @@ use hyper::body::{Body, Frame};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Sleep};
@@ -44,7 +43,8 @@ pub struct Builders {
 
 /// A connection whose first bytes were read to choose the protocol. They are handed back to hyper
 /// together with whatever else has arrived, in one read: hyper sizes its read buffer by its first read,
-/// and a short first read would double that buffer, which an idle stream then keeps for its lifetime.
+/// and a short first read would double that buffer for as long as hyper serves the connection (keep-alive
+/// requests, and every stream while it opens).
 struct Sniffed<IO> {
     inner: IO,
     first: [u8; H2_PREFACE.len()],
@@ -113,13 +113,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Sniffed<IO> {
 }
 
 /// Serves one client connection until it closes or graceful shutdown ends it.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    state: Arc<AppState>,
-    builders: Arc<Builders>,
-    watcher: Watcher,
-) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, builders: Arc<Builders>) {
     // hyper's header timeout starts only once the protocol is known, so the first bytes (and the TLS
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
     let limit = state.config.header_read_timeout;
@@ -127,7 +121,7 @@ pub async fn serve(
         // Each phase boxed: inline, every connection's task would stay as large as the largest phase (the
         // TLS handshake, the deadline's timer) for as long as its stream idles.
         None => match Box::pin(timeout(limit, Sniffed::read(stream))).await {
-            Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders, watcher),
+            Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders),
             Ok(Err(err)) => return debug!(cause = %err, "reading the first bytes failed"),
             Err(_) => return debug!("no request in time"),
         },
@@ -137,7 +131,7 @@ pub async fn serve(
                 Sniffed::read(stream).await
             }));
             match accepted.await {
-                Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders, watcher),
+                Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders),
                 Ok(Err(err)) => return debug!(cause = %err, "TLS handshake or first bytes failed"),
                 Err(_) => return debug!("no TLS handshake and request in time"),
             }
@@ -159,15 +153,39 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     peer: SocketAddr,
     state: Arc<AppState>,
     builders: &Builders,
-    watcher: Watcher,
 ) -> Serving {
     if !http2 {
         return Box::pin(serve_http1(io, peer, state, builders.http1.clone()));
     }
+    let shutdown = state.shutdown.clone();
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
     // future's slot for the connection's lifetime, and the routing future is large.
     let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
-    Box::pin(watcher.watch(builders.http2.serve_connection(TokioIo::new(io), service)))
+    let conn = builders.http2.serve_connection(TokioIo::new(io), service);
+    Box::pin(async move {
+        let conn = pin!(conn);
+        until_done(conn, &shutdown, http2::Connection::graceful_shutdown, |conn, cx| conn.poll(cx)).await
+    })
+}
+
+/// Drives a hyper connection to its end, starting its graceful shutdown (no new requests, or GOAWAY)
+/// once `shutdown` is cancelled. The server then waits for every connection's task (`server::run`).
+async fn until_done<C, T>(
+    mut conn: Pin<&mut C>,
+    shutdown: &CancellationToken,
+    graceful: fn(Pin<&mut C>),
+    mut poll: impl FnMut(Pin<&mut C>, &mut Context<'_>) -> Poll<T>,
+) -> T {
+    let mut cancelled = pin!(shutdown.cancelled());
+    let mut closing = false;
+    poll_fn(|cx| {
+        if !closing && cancelled.as_mut().poll(cx).is_ready() {
+            graceful(conn.as_mut());
+            closing = true;
+        }
+        poll(conn.as_mut(), cx)
+    })
+    .await
 }
 
 /// What hyper writes on an HTTP/1 connection: a routed response, or only the head of a stream.
@@ -208,18 +226,8 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }) as Pin<Box<dyn Future<Output = Result<Response<Http1Body>, Infallible>> + Send>>
     });
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
-    {
-        let mut draining = pin!(shutdown.cancelled());
-        let mut closing = false;
-        poll_fn(|cx| {
-            if !closing && draining.as_mut().poll(cx).is_ready() {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            conn.as_mut().poll_without_shutdown(cx)
-        })
-        .await?;
-    }
+    let graceful = http1::Connection::graceful_shutdown;
+    until_done(conn.as_mut(), &shutdown, graceful, |conn, cx| conn.get_mut().poll_without_shutdown(cx)).await?;
     let body = opened.lock().unwrap_or_else(|p| p.into_inner()).take();
     drop(opened);
     let mut io = Pin::into_inner(conn).into_parts().io.into_inner();

@@ -9,7 +9,6 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +125,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     };
 
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
-    let graceful = GracefulShutdown::new();
     let mut http1 = http1::Builder::new();
     http1
         .keep_alive(true)
@@ -168,10 +166,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         let state = state.clone();
         let builders = builders.clone();
-        let watcher = graceful.watcher();
         tokio::spawn(
             async move {
-                conn::serve(stream, peer, state, builders, watcher).await;
+                conn::serve(stream, peer, state, builders).await;
                 drop(permit);
             }
             .instrument(info_span!("conn", %peer)),
@@ -182,15 +179,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     drop(listener);
     state.shutdown.cancel();
     state.hub.close();
-    // hyper's graceful shutdown covers the HTTP/2 connections; every connection task, HTTP/1 streams
-    // included (conn writes those itself), holds a permit until it ends.
+    // Each connection starts its graceful shutdown on the token (conn::until_done), and its task, HTTP/1
+    // streams that conn writes itself included, holds a permit until it ends.
     let every_permit = u32::try_from(state.config.max_connections).unwrap_or(u32::MAX);
-    let drained = async {
-        graceful.shutdown().await;
-        let _ = permits.acquire_many(every_permit).await;
-    };
     tokio::select! {
-        _ = drained => debug!("all connections closed"),
+        _ = permits.acquire_many(every_permit) => debug!("all connections closed"),
         _ = tokio::time::sleep(state.config.shutdown_timeout) => {
             info!(timeout = ?state.config.shutdown_timeout, "connections still open at the shutdown timeout; closing them");
         }

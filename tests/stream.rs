@@ -39,6 +39,11 @@ async fn streams_share_one_http2_connection_by_prior_knowledge() {
     for stream in &mut streams {
         assert_eq!(stream.expect().await.json()["body"], "multiplexed");
     }
+    let took = gw.shutdown().await;
+    assert!(took < std::time::Duration::from_secs(3), "run returned after {took:?}");
+    for stream in &mut streams {
+        assert!(stream.next().await.is_none(), "shutdown ends every stream on the connection");
+    }
 }
 
 #[tokio::test]
