@@ -85,7 +85,7 @@ pub async fn follow(
             seen.connected = true;
             let _ = ready.send(()).await;
             let head = raw[..end].to_ascii_lowercase();
-            decoder.chunked = memchr::memmem::find(&head, b"transfer-encoding: chunked").is_some();
+            decoder.chunked = find(&head, b"transfer-encoding: chunked").is_some();
             let rest = raw.split_off(end + 4);
             decoder.feed(&rest, &mut events);
         } else {
@@ -139,8 +139,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
-/// An HTTP/1 response body fed in arbitrary pieces: chunked transfer decoding, or for a body delimited by the connection's
-/// close (pgsse's HTTP/1 streams) none.
+/// An HTTP/1 response body fed in arbitrary pieces: chunked transfer decoding, or none for a body that
+/// the connection's close delimits (pgsse's HTTP/1 streams).
 #[derive(Default)]
 struct Decoder {
     chunked: bool,

@@ -20,7 +20,7 @@ const SOURCES: u8 = 8;
 const CONNECT_CONCURRENCY: usize = 256;
 const DRAIN_LIMIT: Duration = Duration::from_secs(15);
 const REPLAY_EVENTS: i64 = 100_000;
-/// The share of insert throughput kept with the gateway moves by ±5% between single runs on a shared
+/// The share of insert throughput kept with the gateway moved by ±10% between single runs on this shared
 /// 2-core machine: several rounds, and their median, say more than one.
 const INGEST_ROUNDS: usize = 5;
 /// Within hyper's default limit on concurrent streams per HTTP/2 connection (200).
