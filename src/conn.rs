@@ -261,7 +261,11 @@ async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut probe = [0; 1];
     loop {
+        // Frames first, and the write before the shutdown token: each `select!` then polls its second
+        // branch only when the first must wait. While frames flow, a client's close shows as a failed
+        // write, and the token, shared by every stream, is not locked on every delivery.
         let frame = tokio::select! {
+            biased;
             frame = body.frame() => frame,
             // The client has nothing more to send on this connection: any read that returns means it
             // closed it (or broke the protocol).
@@ -270,6 +274,7 @@ async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
         let Some(Ok(frame)) = frame else { return };
         let data = frame.into_data().unwrap_or_default();
         tokio::select! {
+            biased;
             written = write_progressing(io, &data, stall) => if written.is_err() { return },
             _ = shutdown.cancelled() => return,
         }

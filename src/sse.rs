@@ -1,5 +1,5 @@
 //! SSE wire format: encoding one event into a shareable `Bytes` frame, and the streaming response body
-//! that merges replayed and live frames, coalesces queued frames, sends heartbeats and ends on shutdown.
+//! that merges replayed and live frames, coalesces queued frames, sends heartbeats and ends with its source.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +12,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame as BodyFrame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::hub::Subscription;
 use crate::limits::StreamSlot;
@@ -91,13 +90,18 @@ enum Source {
     Done,
 }
 
+/// Ends when its source does: at shutdown the hub closes every live queue and the replay task is
+/// cancelled, so the body needs no shutdown signal of its own (polling the gateway-wide token on every
+/// delivery took its lock from every stream at once).
 pub struct SseBody {
     prelude: Option<Bytes>,
     source: Source,
     skip_through: i64,
     heartbeat: Duration,
+    /// Fires once `heartbeat` has passed since `last_sent`. Re-armed from `last_sent` only when it fires,
+    /// rather than reset by every event, which would update the runtime's timer wheel per delivery.
     timer: Pin<Box<Sleep>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    last_sent: Instant,
     /// When the client's credentials run out; the stream ends then.
     expires: Option<Pin<Box<Sleep>>>,
     /// The stream's place under the limits, given back when the body is dropped.
@@ -106,40 +110,24 @@ pub struct SseBody {
 }
 
 impl SseBody {
-    pub fn replaying(
-        prelude: Bytes,
-        feed: mpsc::Receiver<Feed>,
-        heartbeat: Duration,
-        shutdown: WaitForCancellationFutureOwned,
-    ) -> Self {
-        Self::new(prelude, Source::Replay(feed), 0, heartbeat, shutdown)
+    pub fn replaying(prelude: Bytes, feed: mpsc::Receiver<Feed>, heartbeat: Duration) -> Self {
+        Self::new(prelude, Source::Replay(feed), 0, heartbeat)
     }
 
     /// A live stream that drops frames with an id at or below `skip_through` (from before it began).
-    pub fn live(
-        prelude: Bytes,
-        sub: Subscription,
-        skip_through: i64,
-        heartbeat: Duration,
-        shutdown: WaitForCancellationFutureOwned,
-    ) -> Self {
-        Self::new(prelude, Source::Live(sub), skip_through, heartbeat, shutdown)
+    pub fn live(prelude: Bytes, sub: Subscription, skip_through: i64, heartbeat: Duration) -> Self {
+        Self::new(prelude, Source::Live(sub), skip_through, heartbeat)
     }
 
-    fn new(
-        prelude: Bytes,
-        source: Source,
-        skip_through: i64,
-        heartbeat: Duration,
-        shutdown: WaitForCancellationFutureOwned,
-    ) -> Self {
+    fn new(prelude: Bytes, source: Source, skip_through: i64, heartbeat: Duration) -> Self {
+        let now = Instant::now();
         Self {
             prelude: Some(prelude),
             source,
             skip_through,
             heartbeat,
-            timer: Box::pin(tokio::time::sleep(heartbeat)),
-            shutdown: Box::pin(shutdown),
+            timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+            last_sent: now,
             expires: None,
             slot: None,
             counters: None,
@@ -171,9 +159,18 @@ impl SseBody {
         self
     }
 
-    fn reset_timer(&mut self) {
-        let deadline = Instant::now() + self.heartbeat;
-        self.timer.as_mut().reset(deadline);
+    /// Whether a heartbeat is due, re-arming the timer if events went out since it was set.
+    fn heartbeat_due(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let due = self.last_sent + self.heartbeat;
+            if due <= self.timer.deadline() {
+                self.last_sent = Instant::now();
+                self.timer.as_mut().reset(self.last_sent + self.heartbeat);
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+        false
     }
 
     /// Takes every frame that is ready now, up to [`COALESCE_BYTES`], as one chunk.
@@ -220,14 +217,13 @@ impl Body for SseBody {
         if matches!(this.source, Source::Done) {
             return Poll::Ready(None);
         }
-        let expired = this.expires.as_mut().is_some_and(|e| e.as_mut().poll(cx).is_ready());
-        if expired || this.shutdown.as_mut().poll(cx).is_ready() {
+        if this.expires.as_mut().is_some_and(|e| e.as_mut().poll(cx).is_ready()) {
             this.source = Source::Done;
             return Poll::Ready(None);
         }
         match this.poll_source(cx) {
             Poll::Ready(Some((bytes, frames))) => {
-                this.reset_timer();
+                this.last_sent = Instant::now();
                 return this.sent(bytes, frames);
             }
             Poll::Ready(None) => {
@@ -236,8 +232,7 @@ impl Body for SseBody {
             }
             Poll::Pending => {}
         }
-        if this.timer.as_mut().poll(cx).is_ready() {
-            this.reset_timer();
+        if this.heartbeat_due(cx) {
             return this.sent(Bytes::from_static(HEARTBEAT), 0);
         }
         Poll::Pending
@@ -257,7 +252,6 @@ mod tests {
     use super::*;
     use crate::hub::{Event, Frame, Hub};
     use http_body_util::BodyExt;
-    use tokio_util::sync::CancellationToken;
 
     fn enc(id: i64, event: &str, data: &str) -> String {
         String::from_utf8(encode(id, event, data).unwrap().to_vec()).unwrap()
@@ -312,9 +306,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn heartbeat_after_idle_interval_and_reset_by_events() {
         let (hub, sub) = hub_with("c");
-        let token = CancellationToken::new();
         let beat = Duration::from_secs(15);
-        let mut body = SseBody::live(Bytes::from_static(b"P"), sub, 0, beat, token.clone().cancelled_owned());
+        let mut body = SseBody::live(Bytes::from_static(b"P"), sub, 0, beat);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "P");
 
         let start = Instant::now();
@@ -328,14 +321,24 @@ mod tests {
         let after_event = Instant::now();
         assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
         assert_eq!(after_event.elapsed(), beat, "an event restarts the heartbeat interval");
+
+        // Two events, the second just before the heartbeat the first one moved: it moves it again.
+        for (id, wait) in [(2, 3), (3, 11)] {
+            tokio::time::advance(Duration::from_secs(wait)).await;
+            let frame = Frame { id, bytes: Bytes::from_static(b"E") };
+            hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new() }]);
+            assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
+        }
+        let after_last = Instant::now();
+        assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
+        assert_eq!(after_last.elapsed(), beat, "the heartbeat comes one interval after the last event");
     }
 
     #[tokio::test(start_paused = true)]
     async fn coalesces_ready_frames_and_skips_replayed_ids() {
         let (hub, sub) = hub_with("c");
         let (tx, rx) = mpsc::channel(4);
-        let token = CancellationToken::new();
-        let mut body = SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15), token.clone().cancelled_owned());
+        let mut body = SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15));
         next_chunk(&mut body).await;
         tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
         tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
@@ -352,10 +355,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ends_when_the_credentials_expire() {
         let (_hub, sub) = hub_with("c");
-        let token = CancellationToken::new();
         let until = Instant::now() + Duration::from_secs(60);
-        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15), token.cancelled_owned())
-            .ending_at(Some(until));
+        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15)).ending_at(Some(until));
         next_chunk(&mut body).await;
         let mut heartbeats = 0;
         while next_chunk(&mut body).await.is_some() {
@@ -364,21 +365,24 @@ mod tests {
         assert_eq!((heartbeats, Instant::now()), (3, until), "heartbeats at 15, 30, 45 s, then the end at 60 s");
     }
 
+    /// Shutdown reaches a body through its source: the hub closes every live queue, and the replay task,
+    /// cancelled, drops its sender.
     #[tokio::test(start_paused = true)]
-    async fn ends_on_shutdown_and_when_cut_off() {
+    async fn ends_when_the_hub_closes_or_the_replay_stops() {
         let (hub, sub) = hub_with("c");
-        let token = CancellationToken::new();
-        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15), token.clone().cancelled_owned());
+        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15));
         next_chunk(&mut body).await;
-        token.cancel();
+        let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
+        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new() }]);
+        hub.close();
+        assert_eq!(next_chunk(&mut body).await.unwrap(), "E", "what was queued still goes out");
         assert!(next_chunk(&mut body).await.is_none());
         assert!(body.is_end_stream());
 
-        let (sub, _) = hub.subscribe(&["c".to_string()], &Default::default()).unwrap();
-        let mut body =
-            SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15), CancellationToken::new().cancelled_owned());
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15));
         next_chunk(&mut body).await;
-        hub.close();
+        drop(tx);
         assert!(next_chunk(&mut body).await.is_none());
     }
 }

@@ -75,7 +75,6 @@ pub async fn open(
 ) -> Result<SseBody, StreamError> {
     let prelude = sse::prelude(state.config.retry);
     let heartbeat = state.config.heartbeat;
-    let shutdown = state.shutdown.clone().cancelled_owned();
     let expires = expires.map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
     // Until the listener has read the head once there is no seam to make: such a new gateway is not ready.
     state.hub.wait_started(START_WAIT).await?;
@@ -91,7 +90,7 @@ pub async fn open(
                 0
             }
         };
-        return Ok(SseBody::live(prelude, sub, skip_through, heartbeat, shutdown).ending_at(expires));
+        return Ok(SseBody::live(prelude, sub, skip_through, heartbeat).ending_at(expires));
     };
     let (tx, rx) = mpsc::channel(4);
     let replay = Replay { state: state.clone(), channels, filters, tx };
@@ -106,7 +105,7 @@ pub async fn open(
             _ = token.cancelled() => {}
         }
     });
-    Ok(SseBody::replaying(prelude, rx, heartbeat, shutdown).ending_at(expires))
+    Ok(SseBody::replaying(prelude, rx, heartbeat).ending_at(expires))
 }
 
 /// The `reset` event: the requested id is no longer (or never was) in the log; the stream goes on
