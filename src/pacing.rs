@@ -36,7 +36,6 @@ const EARLY: Duration = Duration::from_millis(20);
 
 pub struct Pacing {
     last_read: Instant,
-    interval: Duration,
     window_start: Instant,
     window_events: u64,
     window_woken: u64,
@@ -53,7 +52,6 @@ impl Pacing {
     pub fn new(now: Instant) -> Self {
         Self {
             last_read: now,
-            interval: Duration::ZERO,
             window_start: now,
             window_events: 0,
             window_woken: 0,
@@ -71,7 +69,8 @@ impl Pacing {
 
     /// When the next read may start.
     pub fn next_read(&self) -> Instant {
-        self.last_read + self.interval
+        let busy = if self.busy { BUSY_INTERVAL } else { Duration::ZERO };
+        self.last_read + self.spacing.max(busy)
     }
 
     /// Records a read that started at `started`, found `events` and woke `woken` streams.
@@ -106,8 +105,6 @@ impl Pacing {
             self.window_start = started;
             (self.window_events, self.window_woken, self.window_reads) = (0, 0, 0);
         }
-        let busy = if self.busy { BUSY_INTERVAL } else { Duration::ZERO };
-        self.interval = self.spacing.max(busy);
     }
 }
 
