@@ -263,11 +263,9 @@ async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_ag
     messages_table(&db, "").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
-    let polling = |gw_addr| async move {
-        let metrics = common::get(gw_addr, "/metrics", &[]).await.unwrap().body;
-        metrics.lines().find_map(|l| l.strip_prefix("pgsse_listener_polling ")).map(str::to_string)
-    };
-    assert_eq!(polling(gw.addr).await.as_deref(), Some("0"));
+    let polling = || common::metric(gw.addr, "pgsse_listener_polling");
+    let metrics = common::get(gw.addr, "/metrics", &[]).await.unwrap().body;
+    assert!(metrics.lines().any(|l| l == "pgsse_listener_polling 0"), "{metrics}");
 
     // 100 rows a commit, a commit every few milliseconds: well over 2,000 events/s for most of a second.
     let writer = {
@@ -285,14 +283,14 @@ async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_ag
             }
         })
     };
-    wait_for("the listener polls", || async { polling(gw.addr).await.as_deref() == Some("1") }).await;
+    wait_for("the listener polls", || async { polling().await == 1 }).await;
     let bodies: Vec<String> =
         stream.take(6000).await.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
     let expected: Vec<String> = (0..60).flat_map(|b| (1..=100).map(move |n| format!("{b}.{n}"))).collect();
     assert_eq!(bodies, expected, "every event once, in order, across the switch");
     writer.await.unwrap();
 
-    wait_for("the listener listens again", || async { polling(gw.addr).await.as_deref() == Some("0") }).await;
+    wait_for("the listener listens again", || async { polling().await == 0 }).await;
     db.execute("INSERT INTO messages (body) VALUES ('quiet')", &[]).await.unwrap();
     assert_eq!(stream.expect().await.json()["body"], "quiet");
 }
