@@ -399,9 +399,20 @@ async fn healthz_reports_listener_and_pool() {
     gateway.shutdown().await;
 }
 
+/// Asks for a stream on a connection whose client will read nothing, with a small receive buffer so the
+/// gateway's writes back up soon.
+async fn stalled_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    stalled
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
@@ -412,10 +423,7 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     config.queue_capacity = 128;
     let gw = Gateway::start_with(config).await;
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(gw.addr).await.unwrap();
-    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut stalled = stalled_stream(gw.addr).await;
     let mut reader = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     // Registration of the raw client is confirmed by it receiving the first event below.
     db.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
@@ -457,7 +465,6 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats() {
-    use tokio::io::AsyncWriteExt;
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
@@ -468,10 +475,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
     let gw = Gateway::start_with(config).await;
     let metric = |sample| common::metric(gw.addr, sample);
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(gw.addr).await.unwrap();
-    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let stalled = stalled_stream(gw.addr).await;
     common::wait_for("the stream is open", || async { metric("pgsse_streams_open{channel=\"messages\"}").await == 1 })
         .await;
     assert_eq!(SseStream::open(gw.addr, "/messages/events", &[]).await.status, 429, "one stream per client");
