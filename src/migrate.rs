@@ -1,18 +1,25 @@
-//! `pgsse migrate`: applies the SQL files in `sql/` in order. Each file is idempotent and takes an advisory
-//! lock itself, so this is safe on every deploy, from several instances at once, and equal to `psql -f`.
+//! `pgsse migrate`: applies each numbered file of `sql/` that `pgsse.migrations` does not list yet, then
+//! the repeatable `functions.sql`. Every file takes the migration lock and records itself, so this is safe
+//! on every deploy, from several instances at once, and equal to `psql -f` of the files in name order.
 
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
 
 /// The schema version the SQL below installs (`pgsse.meta.schema_version`); `/readyz` waits for it.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
-/// The files of `sql/`, embedded at build time, in the order they apply.
-pub const MIGRATIONS: &[(&str, &str)] = &[("001_pgsse.sql", include_str!("../sql/001_pgsse.sql"))];
+/// The numbered files of `sql/`, embedded at build time, in the order they apply.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_schema.sql", include_str!("../sql/001_schema.sql")),
+    ("002_capture_options.sql", include_str!("../sql/002_capture_options.sql")),
+];
+
+/// Functions, roles and grants: applied again by every migrate, after the numbered files.
+pub const FUNCTIONS: (&str, &str) = ("functions.sql", include_str!("../sql/functions.sql"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("cannot connect: {0}")]
-    Connect(tokio_postgres::Error),
+    Connect(#[source] tokio_postgres::Error),
     #[error("{file}: {cause}")]
     Apply { file: &'static str, cause: String },
 }
@@ -20,14 +27,45 @@ pub enum MigrateError {
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
-    for (file, sql) in MIGRATIONS {
-        client.batch_execute(sql).await.map_err(|err| MigrateError::Apply {
-            file,
-            cause: err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string()),
-        })?;
-        tracing::info!(file, "applied");
+    let mut applied = 0;
+    for &(file, sql) in MIGRATIONS {
+        if !recorded(&client, file).await? {
+            apply(&client, file, sql).await?;
+            tracing::info!(file, "applied");
+            applied += 1;
+        }
+    }
+    apply(&client, FUNCTIONS.0, FUNCTIONS.1).await?;
+    if applied == 0 {
+        tracing::info!(version = SCHEMA_VERSION, "schema up to date");
     }
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+async fn recorded(client: &Client, file: &'static str) -> Result<bool, MigrateError> {
+    let fail = |err: tokio_postgres::Error| apply_error(file, &err);
+    let table = client.query_one("SELECT to_regclass('pgsse.migrations') IS NOT NULL", &[]).await.map_err(fail)?;
+    if !table.try_get::<_, bool>(0).map_err(fail)? {
+        return Ok(false);
+    }
+    let sql = "SELECT EXISTS (SELECT 1 FROM pgsse.migrations WHERE name = $1)";
+    client.query_one(sql, &[&file]).await.map_err(fail)?.try_get(0).map_err(fail)
+}
+
+async fn apply(client: &Client, file: &'static str, sql: &str) -> Result<(), MigrateError> {
+    client.batch_execute(sql).await.map_err(|err| apply_error(file, &err))
+}
+
+/// The server's message and its hint (which carries the SQL an operator runs when a privilege is missing).
+fn apply_error(file: &'static str, err: &tokio_postgres::Error) -> MigrateError {
+    let cause = match err.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(hint) => format!("{} ({hint})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => err.to_string(),
+    };
+    MigrateError::Apply { file, cause }
 }

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use common::{call, connect, fresh_db, get, Gateway, SseStream};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use pgsse::auth::{Auth, Jwt, DEFAULT_COOKIE};
-use pgsse::config::Config;
 use serde_json::{json, Value};
 
 const SECRET: &[u8] = b"a test secret that is long enough";
@@ -24,7 +23,7 @@ fn token(grant: Value, exp: u64) -> String {
 }
 
 async fn gateway(url: &str) -> Gateway {
-    let mut config = Config::new(url).unwrap();
+    let mut config = common::gateway_config(url);
     config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
     Gateway::start_with(config).await
 }
@@ -182,7 +181,7 @@ async fn es256_public_keys_verify_and_a_key_cannot_be_used_as_an_hmac_secret() {
     let dir = std::env::temp_dir().join(format!("pgsse-es256-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (private, public) = es256_pair(&dir);
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     let pem = std::fs::read(&public).unwrap();
     config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::public_key(&pem, DEFAULT_COOKIE).unwrap())));
     let gw = Gateway::start_with(config).await;

@@ -17,7 +17,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pgsse::auth::Auth;
 use pgsse::auth_url::AuthUrl;
-use pgsse::config::Config;
 use tokio::task::JoinSet;
 
 /// The legacy backend: knows a few sessions by cookie, counts questions, remembers the last query.
@@ -69,7 +68,7 @@ async fn setup(backend: &Backend) -> (Gateway, tokio_postgres::Client) {
     db.batch_execute("CREATE TABLE orders (id serial PRIMARY KEY, user_id int); SELECT pgsse.publish_table('orders');")
         .await
         .unwrap();
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.auth = Arc::new(Auth::Url(Box::new(AuthUrl::new(&backend.url, Duration::from_secs(60)).unwrap())));
     (Gateway::start_with(config).await, db)
 }

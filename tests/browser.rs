@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::{connect, fresh_db, Gateway, TIMEOUT};
-use pgsse::config::Config;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -96,7 +95,7 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     let Some(mut browser) = Browser::start() else { return };
     let url = fresh_db().await;
     pgsse::demo::install(&url).await.unwrap();
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.demo = true;
     config.retry = std::time::Duration::from_millis(300);
     let gw = Gateway::start_with(config.clone()).await;
@@ -157,7 +156,7 @@ async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
     let dir = artifact_dir().join(format!("tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = common::self_signed(&dir);
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.tls = Some(pgsse::tls::server_config(&cert, &key).unwrap());
     let gw = Gateway::spawn(config).await;
 

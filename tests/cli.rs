@@ -76,12 +76,26 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
         let out = run.await.unwrap().unwrap();
         assert!(out.status.success(), "concurrent migrate: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/001_pgsse.sql");
-    for _ in 0..2 {
-        let out = Command::new("psql").args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f", sql]).output().unwrap();
-        assert!(out.status.success(), "psql -f: {}", String::from_utf8_lossy(&out.stderr));
+    // The files in name order, by psql, on the migrated database twice and on an empty one.
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let by_psql = common::empty_db().await;
+    for target in [&url, &url, &by_psql] {
+        for file in &files {
+            let mut psql = Command::new("psql");
+            let out = psql.args([target.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"]).arg(file).output().unwrap();
+            assert!(out.status.success(), "psql -f {file:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
+    let recorded = "SELECT string_agg(name, ',' ORDER BY name) FROM pgsse.migrations";
+    let by_psql = connect(&by_psql).await;
+    let names: String = by_psql.query_one(recorded, &[]).await.unwrap().get(0);
+    assert_eq!(names, "001_schema.sql,002_capture_options.sql");
     let db = connect(&url).await;
+    assert_eq!(db.query_one(recorded, &[]).await.unwrap().get::<_, String>(0), names);
     db.batch_execute("CREATE TABLE t (id int); SELECT pgsse.publish_table('t'); INSERT INTO t VALUES (1);")
         .await
         .unwrap();

@@ -4,7 +4,6 @@ mod common;
 
 use bytes::Bytes;
 use common::{call, connect, fresh_db, get, messages_table, Gateway, Response, SseStream};
-use pgsse::config::Config;
 use serde_json::{json, Value};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -106,7 +105,7 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
     let db = connect(&url).await;
     messages_table(&db, ", operations => array['insert', 'delete']").await;
     db.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.allow_clear = vec!["board".into()];
     let gw = Gateway::start_with(config).await;
     db.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
@@ -148,7 +147,7 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
     )
     .await
     .unwrap();
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.body_limit = 1024;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/items/events", &[]).await;
@@ -207,7 +206,7 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
 async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
     let url = fresh_db().await;
     pgsse::demo::install(&url).await.unwrap();
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.demo = true;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
@@ -244,7 +243,7 @@ async fn cors_allows_exactly_the_configured_origins() {
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.cors_origins = vec!["http://localhost:3000".into()];
     let gw = Gateway::start_with(config).await;
 

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{connect, fresh_db, messages_table, Gateway, SseStream};
-use pgsse::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -56,7 +55,7 @@ async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.header_read_timeout = Duration::from_secs(1);
     config.body_limit = 4096;
     let gw = Gateway::start_with(config).await;

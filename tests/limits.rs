@@ -4,14 +4,13 @@
 mod common;
 
 use common::{connect, fresh_db, get, messages_table, wait_for, Gateway, SseStream, TIMEOUT};
-use pgsse::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn streams_are_limited_per_client_and_in_total() {
     let url = fresh_db().await;
     messages_table(&connect(&url).await, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.max_streams = 3;
     config.max_streams_per_client = 2;
     config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
@@ -42,7 +41,7 @@ async fn streams_are_limited_per_client_and_in_total() {
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let url = fresh_db().await;
     messages_table(&connect(&url).await, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
     let _one = SseStream::ok(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.1")]).await;
@@ -53,7 +52,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 #[tokio::test]
 async fn long_urls_and_slow_headers_are_refused() {
     let url = fresh_db().await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.max_url_length = 256;
     config.header_read_timeout = std::time::Duration::from_millis(500);
     let gw = Gateway::start_with(config).await;

@@ -26,7 +26,7 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
     let cluster = private_cluster();
     let url = fresh_db_on(&cluster.url("postgres")).await;
     messages_table(&connect(&url).await, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.probe_interval = std::time::Duration::from_millis(500);
     let gw = Gateway::start_with(config).await;
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
@@ -192,8 +192,8 @@ fn as_user(url: &str, user: &str, password: &str) -> String {
 async fn own_listener_role(db: &tokio_postgres::Client, url: &str) -> (Config, String) {
     let role =
         format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
-    db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'listener'")).await.unwrap();
-    let mut config = Config::new(url).unwrap();
+    db.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
+    let mut config = common::gateway_config(url);
     config.listen_database_url = Some(as_user(url, &role, "listener"));
     (config, role)
 }

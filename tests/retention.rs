@@ -4,7 +4,6 @@
 mod common;
 
 use common::{connect, fresh_db, messages_table, wait_for, Gateway, SseStream};
-use pgsse::config::Config;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +24,7 @@ async fn old_events_are_pruned_and_resuming_from_them_gets_a_reset() {
     )
     .await
     .unwrap();
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.prune_interval = std::time::Duration::from_millis(100);
     let gw = Gateway::start_with(config.clone()).await;
     let _second = Gateway::start_with(config).await;
@@ -59,7 +58,7 @@ async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_
         db.execute(sql, &[&name]).await.unwrap();
         ids.insert(name, db.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
     }
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.retention_events = Some(3);
     config.prune_interval = std::time::Duration::from_millis(100);
     let gw = Gateway::start_with(config).await;

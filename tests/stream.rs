@@ -106,7 +106,7 @@ async fn an_http1_stream_over_tls_is_written_through_it() {
     let dir = std::env::temp_dir().join(format!("pgsse-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = common::self_signed(&dir);
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.tls = Some(pgsse::tls::server_config(&cert, &key).unwrap());
     let gw = Gateway::spawn(config).await;
 
@@ -416,7 +416,7 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     // Small, so the stalled client is cut within the 300 events; roomy enough that this reader (a debug
     // build of hyper's client, which takes a body delimited by the connection's close in 8 KiB frames)
     // keeps within it while commits come flat out and the other tests share the cores.
@@ -468,7 +468,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
     let url = fresh_db().await;
     let db = connect(&url).await;
     messages_table(&db, "").await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.heartbeat = std::time::Duration::from_millis(250);
     config.queue_capacity = 4;
     config.max_streams_per_client = 1;
@@ -537,7 +537,7 @@ async fn readyz_waits_for_the_schema_and_the_listener() {
 #[tokio::test]
 async fn the_listen_connection_can_use_its_own_url() {
     let url = fresh_db().await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     config.listen_database_url = Some("postgres://postgres@127.0.0.1:1/nowhere".into());
     let gateway = Gateway::spawn(config).await;
     let addr = gateway.addr;
@@ -595,7 +595,7 @@ async fn metrics_are_served_in_prometheus_text_format() {
 #[tokio::test]
 async fn metrics_can_move_to_their_own_address() {
     let url = fresh_db().await;
-    let mut config = Config::new(&url).unwrap();
+    let mut config = common::gateway_config(&url);
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     config.metrics_listen = Some(metrics_addr);
     let gw = Gateway::start_with(config).await;

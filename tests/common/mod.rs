@@ -85,7 +85,64 @@ pub async fn fresh_db() -> String {
 pub async fn fresh_db_on(admin: &str) -> String {
     let url = empty_db_on(admin).await;
     pgsse::migrate::migrate(&url).await.expect("migrate");
+    test_roles(admin, &url).await;
     url
+}
+
+/// The login a test gateway runs as: it holds only `pgsse_gateway`, plus (through the default privileges
+/// below) INSERT and DELETE on the tables a test creates, for `POST` and `DELETE` on table channels.
+pub const GATEWAY_ROLE: &str = "pgsse_test_gateway";
+/// The login that tests write published tables with: no grant on schema pgsse at all.
+pub const WRITER_ROLE: &str = "pgsse_test_writer";
+
+/// Creates the two test logins once per cluster (roles are cluster-wide; the lock keeps concurrent tests
+/// from racing on them) and gives them the table privileges an application would grant in `url`.
+async fn test_roles(admin: &str, url: &str) {
+    let client = connect(admin).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(7083711599);
+             DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{GATEWAY_ROLE}') THEN
+                     CREATE ROLE {GATEWAY_ROLE} LOGIN;
+                 END IF;
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WRITER_ROLE}') THEN
+                     CREATE ROLE {WRITER_ROLE} LOGIN;
+                 END IF;
+                 IF NOT pg_has_role('{GATEWAY_ROLE}', 'pgsse_gateway', 'MEMBER') THEN
+                     GRANT pgsse_gateway TO {GATEWAY_ROLE};
+                 END IF;
+             END $$;
+             COMMIT;"
+        ))
+        .await
+        .expect("test roles");
+    connect(url)
+        .await
+        .batch_execute(&format!(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO {WRITER_ROLE};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT INSERT, DELETE ON TABLES TO {GATEWAY_ROLE};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO {WRITER_ROLE}, {GATEWAY_ROLE};"
+        ))
+        .await
+        .expect("test privileges");
+}
+
+/// `url` with its user replaced by `role` (the test cluster trusts every local login).
+pub fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("database url with a scheme");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}
+
+/// A gateway configuration that connects as [`GATEWAY_ROLE`].
+pub fn gateway_config(url: &str) -> Config {
+    Config::new(as_role(url, GATEWAY_ROLE)).unwrap()
+}
+
+/// A connection as [`WRITER_ROLE`], an application's role that knows nothing of pgsse.
+pub async fn writer(url: &str) -> Client {
+    connect(&as_role(url, WRITER_ROLE)).await
 }
 
 /// A new database without the pgsse schema.
@@ -120,8 +177,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Starts a gateway as [`GATEWAY_ROLE`] on a database made by [`fresh_db`].
     pub async fn start(database_url: &str) -> Self {
-        Self::start_with(Config::new(database_url).unwrap()).await
+        Self::start_with(gateway_config(database_url)).await
     }
 
     /// Starts and waits until `/healthz` says the listener is connected.

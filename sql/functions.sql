@@ -1,0 +1,610 @@
+-- pgsse functions, roles and privileges: applied again by every `pgsse migrate`, after the numbered files.
+-- Every function pins search_path and qualifies what it calls; functions that writers' triggers and the
+-- gateway run on the log are SECURITY DEFINER, and nothing here is granted to PUBLIC.
+
+BEGIN;
+SET LOCAL client_min_messages = warning;
+DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+
+-- Roles are cluster-wide: one pair serves every database of the cluster that has pgsse installed, and a
+-- login granted pgsse_gateway may act as a gateway on each of them.
+DO $$
+DECLARE
+    missing text[];
+    r       text;
+BEGIN
+    SELECT array_agg(n ORDER BY n) INTO missing
+      FROM unnest(ARRAY['pgsse_gateway', 'pgsse_publisher']) AS n
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = n);
+    IF missing IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = current_user AND (rolsuper OR rolcreaterole)) THEN
+        RAISE EXCEPTION 'pgsse: role % cannot create the roles % (it lacks CREATEROLE)',
+            current_user, array_to_string(missing, ', ')
+            USING ERRCODE = '42501',
+                  HINT = format('have an operator run: %s then run pgsse migrate again',
+                                (SELECT string_agg(format('CREATE ROLE %I NOLOGIN;', m), ' ') FROM unnest(missing) m));
+    END IF;
+    FOREACH r IN ARRAY missing LOOP
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL; -- another database's migrate created it just now
+        END;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.valid_channel(name text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$'
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.valid_event(name text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$'
+$$;
+
+-- Must run at commit time (from a deferred trigger): the lock is held until the transaction ends, and
+-- PostgreSQL releases locks only after the commit is visible, so the next id goes to a later commit.
+CREATE OR REPLACE FUNCTION pgsse.append(p_channel text, p_event text, p_payload jsonb) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(7083711517);
+    new_id := pg_catalog.nextval('pgsse.event_id_seq');
+    INSERT INTO pgsse.events (id, channel, event, payload) VALUES (new_id, p_channel, p_event, p_payload);
+    -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
+    PERFORM pg_catalog.pg_notify('pgsse', '');
+    RETURN new_id;
+END
+$$;
+
+-- created_at -> createdAt; keys without an underscore are left alone.
+CREATE OR REPLACE FUNCTION pgsse.camel_case(k text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT CASE WHEN position('_' IN k) = 0 THEN k
+           ELSE split_part(k, '_', 1) || (SELECT coalesce(string_agg(initcap(p), '' ORDER BY n), '')
+                                          FROM unnest((string_to_array(k, '_'))[2:]) WITH ORDINALITY AS t(p, n))
+           END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.camel_keys(j jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT coalesce(jsonb_object_agg(pgsse.camel_case(key), value), '{}') FROM jsonb_each(j)
+$$;
+
+-- A row as the channel publishes it: only the published columns, camelCased if asked. Private columns
+-- are dropped here, before anything reaches the log.
+CREATE OR REPLACE FUNCTION pgsse.project(ch pgsse.channels, r jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    projected jsonb := r;
+BEGIN
+    IF ch.columns IS NOT NULL THEN
+        SELECT coalesce(jsonb_object_agg(k.key, k.value), '{}') INTO projected FROM jsonb_each(r) AS k
+         WHERE k.key = ANY (ch.columns);
+    ELSIF ch.exclude_columns IS NOT NULL THEN
+        projected := r - ch.exclude_columns;
+    END IF;
+    IF ch.camel_case THEN
+        projected := pgsse.camel_keys(projected);
+    END IF;
+    RETURN projected;
+END
+$$;
+
+-- The channel a capture trigger may write: the one that publishes the very table it fires on. A copy of
+-- the trigger on any other table (even with the channel's name as argument) records nothing.
+CREATE OR REPLACE FUNCTION pgsse.published_channel(p_channel text, p_table oid) RETURNS pgsse.channels
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel AND c.source_table = p_table;
+    IF NOT FOUND THEN
+        RAISE WARNING 'pgsse: table % is not published as channel %; its change is not recorded',
+            p_table::regclass, quote_literal(p_channel);
+        RETURN NULL;
+    END IF;
+    RETURN ch;
+END
+$$;
+
+-- The row trigger of a published table; its one argument is the channel. Runs as its owner, so writers
+-- of the table need no grant on schema pgsse. A transaction that sets pgsse.suppress_capture = 'on'
+-- records no row events (clearing a channel does).
+CREATE OR REPLACE FUNCTION pgsse.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch       pgsse.channels;
+    new_data jsonb;
+    old_data jsonb;
+BEGIN
+    IF current_setting('pgsse.suppress_capture', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    ch := pgsse.published_channel(TG_ARGV[0], TG_RELID);
+    IF ch.name IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        old_data := pgsse.project(ch, to_jsonb(OLD));
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        new_data := pgsse.project(ch, to_jsonb(NEW));
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pgsse.append(ch.name, ch.insert_event, new_data);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pgsse.append(ch.name, ch.delete_event, old_data);
+    ELSIF new_data IS DISTINCT FROM old_data THEN
+        PERFORM pgsse.append(ch.name, ch.update_event,
+            CASE WHEN ch.old_values THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE of a published table: one event, so clients drop rows that no longer exist. Statement
+-- triggers cannot be deferred, so it goes through the outbox, which is.
+CREATE OR REPLACE FUNCTION pgsse.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels;
+BEGIN
+    IF current_setting('pgsse.suppress_capture', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    ch := pgsse.published_channel(TG_ARGV[0], TG_RELID);
+    IF ch.name IS NOT NULL THEN
+        INSERT INTO pgsse.outbox (channel, event, payload)
+        VALUES (ch.name, ch.truncate_event, jsonb_build_object('truncatedAt', to_jsonb(clock_timestamp())));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.flush_outbox() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    PERFORM pgsse.append(NEW.channel, NEW.event, NEW.payload);
+    DELETE FROM pgsse.outbox WHERE id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                    WHERE tgrelid = 'pgsse.outbox'::regclass AND tgname = 'pgsse_flush') THEN
+        CREATE CONSTRAINT TRIGGER pgsse_flush AFTER INSERT ON pgsse.outbox
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgsse.flush_outbox();
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.create_channel(p_channel text, p_allow_clear boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    IF p_channel IS NULL OR NOT pgsse.valid_channel(p_channel) THEN
+        RAISE EXCEPTION 'pgsse: invalid channel name %', quote_literal(coalesce(p_channel, 'NULL'))
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgsse.channels (name, allow_clear) VALUES (p_channel, p_allow_clear)
+    ON CONFLICT (name) DO UPDATE SET allow_clear = EXCLUDED.allow_clear;
+    RETURN p_channel;
+END
+$$;
+
+-- Records an ad-hoc event; it gets its id, and is broadcast, when the calling transaction commits.
+-- Granted to pgsse_publisher.
+CREATE OR REPLACE FUNCTION pgsse.publish(p_channel text, p_event text, p_payload jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    IF p_channel IS NULL OR NOT pgsse.valid_channel(p_channel) THEN
+        RAISE EXCEPTION 'pgsse: invalid channel name %', quote_literal(coalesce(p_channel, 'NULL'))
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_event IS NULL OR NOT pgsse.valid_event(p_event) THEN
+        RAISE EXCEPTION 'pgsse: invalid event name %', quote_literal(coalesce(p_event, 'NULL'))
+            USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pgsse.channels WHERE name = p_channel) THEN
+        INSERT INTO pgsse.channels (name) VALUES (p_channel) ON CONFLICT (name) DO NOTHING;
+    END IF;
+    INSERT INTO pgsse.outbox (channel, event, payload) VALUES (p_channel, p_event, coalesce(p_payload, 'null'));
+END
+$$;
+
+-- (Re)creates a table channel's triggers from its pgsse.channels row.
+CREATE OR REPLACE FUNCTION pgsse.install_capture(ch pgsse.channels) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = ch.source_table AND tgname = 'pgsse_capture') THEN
+        EXECUTE format('DROP TRIGGER pgsse_capture ON %s', ch.source_table);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = ch.source_table AND tgname = 'pgsse_truncate') THEN
+        EXECUTE format('DROP TRIGGER pgsse_truncate ON %s', ch.source_table);
+    END IF;
+    EXECUTE format(
+        'CREATE CONSTRAINT TRIGGER pgsse_capture AFTER %s ON %s DEFERRABLE INITIALLY DEFERRED '
+        'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%L)',
+        array_to_string(ch.operations, ' OR '), ch.source_table, ch.name);
+    EXECUTE format('CREATE TRIGGER pgsse_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate(%L)', ch.source_table, ch.name);
+END
+$$;
+
+-- Names from p_names that are not columns of p_table, in the order given.
+CREATE OR REPLACE FUNCTION pgsse.unknown_columns(p_table regclass, p_names text[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT array_agg(n ORDER BY i) FROM unnest(p_names) WITH ORDINALITY AS u(n, i)
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = p_table AND a.attname = u.n AND a.attnum > 0 AND NOT a.attisdropped)
+$$;
+
+-- Attaches the capture triggers to an existing table. Calling it again replaces the previous options.
+-- Schema 1 had no camel_case parameter, schema 3 no column options; an overload beside the new one would
+-- make every call ambiguous.
+DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean);
+DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean);
+CREATE OR REPLACE FUNCTION pgsse.publish_table(
+    p_table         regclass,
+    channel         text    DEFAULT NULL,
+    operations      text[]  DEFAULT ARRAY['insert'],
+    insert_event    text    DEFAULT 'insert',
+    update_event    text    DEFAULT 'update',
+    delete_event    text    DEFAULT 'delete',
+    allow_clear     boolean DEFAULT false,
+    camel_case      boolean DEFAULT false,
+    columns         text[]  DEFAULT NULL,
+    exclude_columns text[]  DEFAULT NULL,
+    old_values      boolean DEFAULT false,
+    truncate_event  text    DEFAULT 'truncate'
+) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch      text := coalesce(channel, (SELECT c.relname FROM pg_class c WHERE c.oid = p_table));
+    ops     text[];
+    op      text;
+    unknown text[];
+    rec     pgsse.channels;
+BEGIN
+    IF NOT pg_catalog.has_table_privilege(p_table, 'TRIGGER') THEN
+        RAISE EXCEPTION 'pgsse: role % lacks the TRIGGER privilege on table %', current_user, p_table
+            USING ERRCODE = '42501', HINT = 'run publish_table as the table''s owner, or grant trigger on it';
+    END IF;
+    IF NOT pgsse.valid_channel(ch) THEN
+        RAISE EXCEPTION 'pgsse: invalid channel name %', quote_literal(ch) USING ERRCODE = '22023';
+    END IF;
+    IF operations IS NULL OR cardinality(operations) = 0 THEN
+        RAISE EXCEPTION 'pgsse: operations must name at least one of insert, update, delete'
+            USING ERRCODE = '22023';
+    END IF;
+    FOREACH op IN ARRAY operations LOOP
+        IF lower(op) NOT IN ('insert', 'update', 'delete') THEN
+            RAISE EXCEPTION 'pgsse: unknown operation % (expected insert, update or delete)', quote_literal(op)
+                USING ERRCODE = '22023';
+        END IF;
+        IF NOT upper(op) = ANY (coalesce(ops, '{}')) THEN
+            ops := array_append(ops, upper(op));
+        END IF;
+    END LOOP;
+    IF NOT (pgsse.valid_event(insert_event) AND pgsse.valid_event(update_event)
+            AND pgsse.valid_event(delete_event) AND pgsse.valid_event(truncate_event)) THEN
+        RAISE EXCEPTION 'pgsse: invalid event name (letters, digits, _ . : - up to 64 characters)'
+            USING ERRCODE = '22023';
+    END IF;
+    IF columns IS NOT NULL AND exclude_columns IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: give columns or exclude_columns, not both' USING ERRCODE = '22023';
+    END IF;
+    unknown := pgsse.unknown_columns(p_table, coalesce(columns, exclude_columns));
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: table % has no column %', p_table, array_to_string(unknown, ', ')
+            USING ERRCODE = '42703';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgsse.channels c
+               WHERE c.name = ch AND c.source_table IS NOT NULL AND c.source_table <> p_table) THEN
+        RAISE EXCEPTION 'pgsse: channel % already publishes another table', quote_literal(ch)
+            USING ERRCODE = '22023';
+    END IF;
+
+    DELETE FROM pgsse.channels WHERE source_table = p_table AND name <> ch;
+    INSERT INTO pgsse.channels AS c (name, source_table, allow_clear, camel_case, operations, insert_event,
+                                     update_event, delete_event, truncate_event, columns, exclude_columns,
+                                     old_values)
+    VALUES (ch, p_table, allow_clear, camel_case, ops, insert_event, update_event, delete_event, truncate_event,
+            columns, exclude_columns, old_values)
+    ON CONFLICT (name) DO UPDATE
+       SET source_table = EXCLUDED.source_table, allow_clear = EXCLUDED.allow_clear,
+           camel_case = EXCLUDED.camel_case, operations = EXCLUDED.operations,
+           insert_event = EXCLUDED.insert_event, update_event = EXCLUDED.update_event,
+           delete_event = EXCLUDED.delete_event, truncate_event = EXCLUDED.truncate_event,
+           columns = EXCLUDED.columns, exclude_columns = EXCLUDED.exclude_columns,
+           old_values = EXCLUDED.old_values
+    RETURNING * INTO rec;
+    PERFORM pgsse.install_capture(rec);
+    RETURN ch;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.unpublish_table(p_table regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_table AND tgname = 'pgsse_capture') THEN
+        EXECUTE format('DROP TRIGGER pgsse_capture ON %s', p_table);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_table AND tgname = 'pgsse_truncate') THEN
+        EXECUTE format('DROP TRIGGER pgsse_truncate ON %s', p_table);
+    END IF;
+    DELETE FROM pgsse.channels WHERE source_table = p_table;
+END
+$$;
+
+-- Reads for the gateway. Each channel is one range scan of events_channel_id, already in id order and
+-- limited, then merged. Bitmap scans and sorts are ruled out: right after a burst of inserts, before
+-- ANALYZE has seen it, the planner would otherwise collect and sort every row after the cursor per batch.
+-- (The penalty those settings add to the plan's cost would then trigger JIT compilation: off as well.)
+CREATE OR REPLACE FUNCTION pgsse.replay(p_after bigint, p_through bigint, p_channels text[], p_limit bigint)
+RETURNS SETOF pgsse.events LANGUAGE sql STABLE
+SET enable_bitmapscan = off SET enable_sort = off SET jit = off SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT e.* FROM unnest(p_channels) AS c(name), LATERAL (
+        SELECT * FROM pgsse.events ev
+        WHERE ev.channel = c.name AND ev.id > p_after AND ev.id <= coalesce(p_through, 9223372036854775807)
+        ORDER BY ev.id LIMIT p_limit) AS e
+    ORDER BY e.id LIMIT p_limit
+$$;
+
+-- Every id at or below this may be missing from a stream on p_channels: the log-wide watermark (time
+-- retention) or the highest of the channels' own (count retention).
+CREATE OR REPLACE FUNCTION pgsse.watermark(p_channels text[]) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT greatest(m.pruned_through,
+                    coalesce((SELECT max(c.pruned_through) FROM pgsse.channels c WHERE c.name = ANY (p_channels)), 0))
+    FROM pgsse.meta m
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.history(p_channel text, p_before bigint, p_limit bigint)
+RETURNS SETOF pgsse.events LANGUAGE sql STABLE
+SET enable_bitmapscan = off SET enable_sort = off SET jit = off SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT * FROM pgsse.events e WHERE e.channel = p_channel AND e.id < p_before ORDER BY e.id DESC LIMIT p_limit
+$$;
+
+-- Retention: deletes the oldest events, up to p_batch of them and only while they are older than
+-- p_cutoff, and raises the watermark past them. Ids follow commit order, so what goes is always a prefix
+-- of the log and "every id <= pruned_through may be gone" stays exact. Several gateways may call it at
+-- once: one prunes, the others return 0.
+CREATE OR REPLACE FUNCTION pgsse.prune(p_cutoff timestamptz, p_batch integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ev      record;
+    through bigint;
+    deleted bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(7083711518) THEN
+        RETURN 0;
+    END IF;
+    FOR ev IN SELECT e.id, e.created_at FROM pgsse.events e ORDER BY e.id LIMIT p_batch LOOP
+        EXIT WHEN ev.created_at >= p_cutoff;
+        through := ev.id;
+    END LOOP;
+    IF through IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM pgsse.events e WHERE e.id <= through;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    UPDATE pgsse.meta SET pruned_through = greatest(pruned_through, through);
+    RETURN deleted;
+END
+$$;
+
+-- Retention by count: each channel keeps its newest p_keep events. Deletes at most p_batch in all, each
+-- channel's oldest first, and raises that channel's watermark past them in the same transaction. Shares
+-- pgsse.prune's lock, so one gateway prunes at a time.
+CREATE OR REPLACE FUNCTION pgsse.prune_channels(p_keep bigint, p_batch integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch      record;
+    cutoff  bigint;
+    through bigint;
+    n       bigint;
+    deleted bigint := 0;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(7083711518) THEN
+        RETURN 0;
+    END IF;
+    FOR ch IN SELECT c.name FROM pgsse.channels c ORDER BY c.name LOOP
+        EXIT WHEN deleted >= p_batch;
+        SELECT e.id INTO cutoff FROM pgsse.events e WHERE e.channel = ch.name ORDER BY e.id DESC OFFSET p_keep LIMIT 1;
+        CONTINUE WHEN cutoff IS NULL;
+        SELECT max(d.id) INTO through FROM (
+            SELECT e.id FROM pgsse.events e WHERE e.channel = ch.name AND e.id <= cutoff
+            ORDER BY e.id LIMIT p_batch - deleted) AS d;
+        DELETE FROM pgsse.events e WHERE e.channel = ch.name AND e.id <= through;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        deleted := deleted + n;
+        UPDATE pgsse.channels SET pruned_through = greatest(pruned_through, through) WHERE name = ch.name;
+    END LOOP;
+    RETURN deleted;
+END
+$$;
+
+-- Fires this transaction's pending captures now and returns the highest id issued before them, so the
+-- caller's events are exactly the ones after it (ids are drawn only under the lock taken here). The lock
+-- is held until the transaction ends: call this last, right before commit.
+CREATE OR REPLACE FUNCTION pgsse.flush_pending() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    before bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7083711517);
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO before FROM pgsse.event_id_seq;
+    SET CONSTRAINTS ALL IMMEDIATE;
+    RETURN before;
+END
+$$;
+
+-- The event that the gateway's own insert into a table channel's table recorded; when the table does not
+-- capture inserts, the row itself, projected as the channel publishes it.
+CREATE OR REPLACE FUNCTION pgsse.inserted_event(p_channel text, p_row jsonb,
+                                                OUT event_id bigint, OUT event text, OUT payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    before bigint;
+BEGIN
+    before := pgsse.flush_pending();
+    SELECT e.id, e.event, e.payload INTO event_id, event, payload
+      FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel ORDER BY e.id LIMIT 1;
+    IF event_id IS NULL THEN
+        payload := pgsse.project((SELECT c FROM pgsse.channels c WHERE c.name = p_channel), p_row);
+    END IF;
+END
+$$;
+
+-- The gateway's POST to a table channel: inserts the row that the object's keys describe (column names,
+-- or their camelCase form on a camel_case channel) and returns its event. Runs as the gateway's role, so
+-- the table's own grants decide whether the gateway may write it.
+CREATE OR REPLACE FUNCTION pgsse.insert_json(p_channel text, p_row jsonb,
+                                             OUT event_id bigint, OUT event text, OUT payload jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch       pgsse.channels;
+    captured boolean;
+    unknown  text[];
+    cols     text;
+    mapped    jsonb;
+    statement text;
+    new_row   jsonb;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    IF ch.source_table IS NULL THEN
+        RAISE EXCEPTION 'pgsse: channel % publishes no table', quote_literal(p_channel) USING ERRCODE = 'P0002';
+    END IF;
+    IF jsonb_typeof(p_row) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'pgsse: the row must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    -- The row comes back from the log when inserts are captured; otherwise RETURNING reads it.
+    captured := 'INSERT' = ANY (ch.operations);
+    IF NOT (has_table_privilege(ch.source_table, 'INSERT')
+            AND (captured OR has_table_privilege(ch.source_table, 'SELECT'))) THEN
+        RAISE EXCEPTION 'the gateway''s role % may not insert into table % (grant %)', current_user,
+            ch.source_table, CASE WHEN captured THEN 'INSERT' ELSE 'INSERT and SELECT' END
+            USING ERRCODE = '42501';
+    END IF;
+    SELECT array_agg(k.key ORDER BY k.key) FILTER (WHERE a.attname IS NULL),
+           string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           jsonb_object_agg(coalesce(a.attname, k.key), k.value)
+      INTO unknown, cols, mapped
+      FROM jsonb_each(p_row) k
+      LEFT JOIN pg_attribute a
+        ON a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
+       AND (a.attname = k.key OR (ch.camel_case AND pgsse.camel_case(a.attname) = k.key));
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
+            array_to_string(unknown, ', ') USING ERRCODE = '42703';
+    END IF;
+    statement := CASE WHEN cols IS NULL THEN format('INSERT INTO %s AS t DEFAULT VALUES', ch.source_table)
+                 ELSE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
+                             ch.source_table, cols, cols, ch.source_table) END;
+    IF captured THEN
+        EXECUTE statement USING mapped;
+    ELSE
+        EXECUTE statement || ' RETURNING to_jsonb(t.*)' USING mapped INTO new_row;
+    END IF;
+    SELECT i.event_id, i.event, i.payload INTO event_id, event, payload FROM pgsse.inserted_event(p_channel, new_row) i;
+END
+$$;
+
+-- The gateway's POST to a channel without a table: pgsse.publish, returning the event's id.
+CREATE OR REPLACE FUNCTION pgsse.publish_json(p_channel text, p_event text, p_payload jsonb) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    before bigint;
+BEGIN
+    PERFORM pgsse.publish(p_channel, p_event, p_payload);
+    before := pgsse.flush_pending();
+    RETURN (SELECT min(e.id) FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel);
+END
+$$;
+
+-- Drops a channel's events and records its `clear` event (the second half of pgsse.clear_channel).
+CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text, OUT event_id bigint, OUT payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    before bigint;
+BEGIN
+    DELETE FROM pgsse.events e WHERE e.channel = p_channel;
+    payload := jsonb_build_object('clearedAt', to_jsonb(clock_timestamp()));
+    PERFORM pgsse.publish(p_channel, 'clear', payload);
+    before := pgsse.flush_pending();
+    SELECT min(e.id) INTO event_id FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel;
+END
+$$;
+
+-- Empties a channel: deletes its table's rows (recording no row events) and its events, then records a
+-- `clear` event. Refused unless the channel allows it or the caller passes p_force (the gateway's flag).
+-- Runs as the gateway's role: deleting the rows takes the table's own DELETE grant.
+CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, p_force boolean DEFAULT false,
+                                               OUT event_id bigint, OUT payload jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgsse: unknown channel %', quote_literal(p_channel) USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT (ch.allow_clear OR p_force) THEN
+        RAISE EXCEPTION 'clearing is not enabled for channel % (publish it with allow_clear => true, or start '
+                        'the gateway with --allow-clear %)', p_channel, p_channel USING ERRCODE = '42501';
+    END IF;
+    IF ch.source_table IS NOT NULL THEN
+        IF NOT has_table_privilege(ch.source_table, 'DELETE') THEN
+            RAISE EXCEPTION 'the gateway''s role % may not delete from table % (grant DELETE)', current_user,
+                ch.source_table USING ERRCODE = '42501';
+        END IF;
+        PERFORM set_config('pgsse.suppress_capture', 'on', true);
+        EXECUTE format('DELETE FROM %s', ch.source_table);
+    END IF;
+    SELECT r.event_id, r.payload INTO event_id, payload FROM pgsse.record_clear(p_channel) r;
+END
+$$;
+
+-- Triggers made by schema 3 (options in their arguments, no TRUNCATE trigger) move to the functions above.
+DO $$
+DECLARE
+    ch pgsse.channels;
+BEGIN
+    FOR ch IN SELECT * FROM pgsse.channels c
+               WHERE c.source_table IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.source_table)
+                 AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
+                                     AND t.tgname = 'pgsse_capture' AND t.tgnargs = 1)
+                      OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
+                                        AND t.tgname = 'pgsse_truncate'))
+    LOOP
+        PERFORM pgsse.install_capture(ch);
+    END LOOP;
+END
+$$;
+
+-- Least privilege: nothing for PUBLIC (a published table's writers need nothing, capture runs as the
+-- owner), the gateway reads the log and calls its own entry points, publishers call pgsse.publish.
+REVOKE ALL ON SCHEMA pgsse FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA pgsse FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgsse FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgsse FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgsse TO pgsse_gateway, pgsse_publisher;
+GRANT SELECT ON pgsse.events, pgsse.channels, pgsse.meta, pgsse.migrations TO pgsse_gateway;
+GRANT SELECT ON SEQUENCE pgsse.event_id_seq TO pgsse_gateway;
+GRANT EXECUTE ON FUNCTION
+    pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
+    pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
+    pgsse.insert_json(text, jsonb), pgsse.inserted_event(text, jsonb), pgsse.publish_json(text, text, jsonb),
+    pgsse.clear_channel(text, boolean), pgsse.record_clear(text), pgsse.camel_case(text)
+    TO pgsse_gateway;
+GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
+
+COMMIT;
