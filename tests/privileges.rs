@@ -1,0 +1,323 @@
+//! Production roles: an application's role writes published tables with no grant on pgsse, nobody forges
+//! an event, the gateway needs only `pgsse_gateway`, and private columns never reach the log.
+
+mod common;
+
+use bytes::Bytes;
+use common::{call, connect, fresh_db, get, writer, Gateway, SseStream, GATEWAY_ROLE, WRITER_ROLE};
+use serde_json::json;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// `users`, with a column nobody outside may see, published with `args`.
+async fn users_table(db: &tokio_postgres::Client, args: &str) {
+    db.batch_execute(&format!(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL, password_hash text NOT NULL DEFAULT 'x');
+         SELECT pgsse.publish_table('users'{args});"
+    ))
+    .await
+    .unwrap();
+}
+
+fn db_error(result: Result<impl Sized, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => panic!("expected the database to refuse"),
+        Err(err) => err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string()),
+    }
+}
+
+#[tokio::test]
+async fn an_applications_role_keeps_writing_at_every_isolation_level_without_a_grant() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    common::messages_table(&db, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let app = writer(&url).await;
+    for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {
+        app.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL {level}; INSERT INTO messages (body) VALUES ('{level}'); COMMIT;"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{level}: {e:?}"));
+    }
+    for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {
+        assert_eq!(stream.expect().await.json()["body"], level);
+    }
+    // The writer still sees nothing of pgsse itself.
+    assert!(db_error(app.query("SELECT * FROM pgsse.events", &[]).await).contains("permission denied for schema pgsse"));
+}
+
+#[tokio::test]
+async fn nobody_forges_an_event() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    common::messages_table(&db, "").await;
+    db.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}")).await.unwrap();
+    let app = writer(&url).await;
+    let gateway = connect(&common::as_role(&url, GATEWAY_ROLE)).await;
+    for (who, client) in [("writer", &app), ("gateway", &gateway)] {
+        for sql in [
+            "INSERT INTO pgsse.events (id, channel, event, payload) VALUES (9000000000000000000, 'messages', 'x', '{}')",
+            "INSERT INTO pgsse.outbox (channel, event, payload) VALUES ('messages', 'x', '{}')",
+            "UPDATE pgsse.channels SET source_table = NULL",
+            "SELECT pgsse.append('messages', 'x', '{}')",
+        ] {
+            let err = db_error(client.batch_execute(sql).await);
+            assert!(err.contains("permission denied"), "{who}: {sql}: {err}");
+        }
+    }
+    let err = db_error(app.batch_execute("SELECT pgsse.publish('messages', 'x', '{}')").await);
+    assert!(err.contains("permission denied"), "publish without pgsse_publisher: {err}");
+    let err = db_error(
+        app.batch_execute(
+            "CREATE TABLE mine (id int, body text);
+             CREATE CONSTRAINT TRIGGER t AFTER INSERT ON mine DEFERRABLE INITIALLY DEFERRED
+                 FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages')",
+        )
+        .await,
+    );
+    assert!(err.contains("permission denied"), "own trigger with pgsse's capture: {err}");
+
+    // Even a trigger that someone privileged copies onto another table records nothing for the channel.
+    db.batch_execute(
+        "CREATE TABLE other (id int, body text);
+         CREATE CONSTRAINT TRIGGER t AFTER INSERT ON other DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages');
+         CREATE TRIGGER tt AFTER TRUNCATE ON other FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate('messages');
+         INSERT INTO other VALUES (1, 'forged');",
+    )
+    .await
+    .unwrap();
+    db.batch_execute("TRUNCATE other").await.unwrap();
+    let count: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    assert_eq!(count, 0, "a copied trigger recorded an event");
+
+    // A role granted pgsse_publisher may publish.
+    db.batch_execute(&format!("GRANT pgsse_publisher TO {WRITER_ROLE}")).await.unwrap();
+    app.batch_execute("SELECT pgsse.publish('news', 'hello', '{\"ok\": true}')").await.unwrap();
+    db.batch_execute(&format!("REVOKE pgsse_publisher FROM {WRITER_ROLE}")).await.unwrap();
+    let count: i64 =
+        db.query_one("SELECT count(*) FROM pgsse.events WHERE channel = 'news'", &[]).await.unwrap().get(0);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn functions_and_operators_of_the_callers_path_never_run() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    users_table(&db, ", operations => array['insert', 'update'], columns => array['id', 'name']").await;
+    db.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}, {GATEWAY_ROLE}; GRANT SELECT ON users TO {GATEWAY_ROLE}"
+    ))
+    .await
+    .unwrap();
+    let app = writer(&url).await;
+    // Shadows of what pgsse's SQL calls, each more specific than pg_catalog's, so a caller's search_path
+    // would pick them: in public (first in the default path) and in pg_temp.
+    app.batch_execute(
+        "CREATE FUNCTION public.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         CREATE FUNCTION public.jsonb_each(jsonb) RETURNS TABLE (key text, value jsonb) LANGUAGE sql
+             AS $$ SELECT 'trojan', 'true'::jsonb $$;
+         CREATE FUNCTION public.trojan_eq(jsonb, jsonb) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE OPERATOR public.= (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = public.trojan_eq);
+         CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         CREATE FUNCTION public.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
+         CREATE FUNCTION public.has_table_privilege(regclass, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE FUNCTION public.jsonb_populate_record(users, jsonb) RETURNS users LANGUAGE sql
+             AS $$ SELECT 1::bigint, 'trojan', 'x' $$;
+         CREATE FUNCTION pg_temp.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         SET search_path = public, pg_catalog;
+         INSERT INTO users (name) VALUES ('by the app');
+         UPDATE users SET name = 'renamed';",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(&url).await;
+    let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "by post"}"#)).await.unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let mut stream = SseStream::ok(gw.addr, "/users/events", &[("last-event-id", "0")]).await;
+    let events = stream.take(3).await;
+    let names: Vec<_> = events.iter().map(|e| e.json()["name"].clone()).collect();
+    assert_eq!(names, [json!("by the app"), json!("renamed"), json!("by post")]);
+    assert!(events.iter().all(|e| !e.data.contains("trojan") && !e.data.contains("password")), "{events:?}");
+}
+
+#[tokio::test]
+async fn the_gateways_post_and_delete_need_the_tables_own_grants() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    users_table(&db, ", allow_clear => true").await;
+    db.batch_execute(&format!("REVOKE INSERT, DELETE ON users FROM {GATEWAY_ROLE}")).await.unwrap();
+    let gw = Gateway::start(&url).await;
+    let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    let msg = resp.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains(GATEWAY_ROLE) && msg.contains("grant INSERT"), "{msg}");
+    let resp = call(gw.addr, "DELETE", "/users", &[], Bytes::new()).await.unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert!(resp.json()["error"].as_str().unwrap().contains("grant DELETE"), "{}", resp.body);
+
+    db.batch_execute(&format!("GRANT INSERT, DELETE ON users TO {GATEWAY_ROLE}")).await.unwrap();
+    let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    assert_eq!(resp.json(), json!({"id": 1, "name": "x", "password_hash": "x"}));
+    let resp = call(gw.addr, "DELETE", "/users", &[], Bytes::new()).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+}
+
+#[tokio::test]
+async fn private_columns_never_enter_the_log() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    users_table(&db, ", operations => array['insert', 'update'], exclude_columns => array['password_hash']").await;
+    db.batch_execute(
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, body text, internal text);
+         SELECT pgsse.publish_table('notes', columns => array['id', 'body']);",
+    )
+    .await
+    .unwrap();
+    let err = db_error(db.batch_execute("SELECT pgsse.publish_table('notes', columns => array['id', 'nope'])").await);
+    assert_eq!(err, "pgsse: table public.notes has no column nope");
+    let err = db_error(db.batch_execute("SELECT pgsse.publish_table('notes', exclude_columns => array['nop'])").await);
+    assert_eq!(err, "pgsse: table public.notes has no column nop");
+
+    let gw = Gateway::start(&url).await;
+    let mut users = SseStream::ok(gw.addr, "/users/events", &[]).await;
+    let mut notes = SseStream::ok(gw.addr, "/notes/events", &[]).await;
+    let app = writer(&url).await;
+    app.batch_execute(
+        "INSERT INTO users (name, password_hash) VALUES ('ann', 'secret-1');
+         UPDATE users SET password_hash = 'secret-2';
+         UPDATE users SET name = 'anne';
+         INSERT INTO notes (body, internal) VALUES ('hi', 'secret-3');",
+    )
+    .await
+    .unwrap();
+    let resp = call(gw.addr, "POST", "/notes", &[JSON], Bytes::from(r#"{"body": "b", "internal": "secret-4"}"#))
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    assert_eq!(resp.json(), json!({"id": 2, "body": "b"}));
+
+    // The password-only update records nothing.
+    let got = users.take(2).await;
+    assert_eq!((got[0].event.as_str(), got[0].json()), ("insert", json!({"id": 1, "name": "ann"})));
+    assert_eq!((got[1].event.as_str(), got[1].json()), ("update", json!({"id": 1, "name": "anne"})));
+    assert_eq!(notes.expect().await.json(), json!({"id": 1, "body": "hi"}));
+    assert_eq!(notes.expect().await.json(), json!({"id": 2, "body": "b"}));
+
+    // A column added later: published under exclude_columns, not under columns.
+    db.batch_execute("ALTER TABLE users ADD COLUMN nick text; ALTER TABLE notes ADD COLUMN tag text").await.unwrap();
+    app.batch_execute(
+        "INSERT INTO users (name, nick) VALUES ('bo', 'b'); INSERT INTO notes (body, tag) VALUES ('t', 'x')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(users.expect().await.json(), json!({"id": 2, "name": "bo", "nick": "b"}));
+    assert_eq!(notes.expect().await.json(), json!({"id": 3, "body": "t"}));
+
+    let log: String =
+        db.query_one("SELECT string_agg(payload::text, ' ') FROM pgsse.events", &[]).await.unwrap().get(0);
+    assert!(!log.contains("secret") && !log.contains("password"), "{log}");
+    let history = get(gw.addr, "/notes", &[]).await.unwrap();
+    assert!(!history.body.contains("secret") && !history.body.contains("internal"), "{}", history.body);
+}
+
+#[tokio::test]
+async fn old_values_and_truncate() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    users_table(
+        &db,
+        ", operations => array['insert', 'update', 'delete'], old_values => true, \
+         exclude_columns => array['password_hash'], truncate_event => 'reset-all'",
+    )
+    .await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/users/events", &[]).await;
+    let app = writer(&url).await;
+    app.batch_execute("INSERT INTO users (name) VALUES ('a'); UPDATE users SET name = 'b'; DELETE FROM users;")
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO users (name) VALUES ('c')").await.unwrap();
+    app.batch_execute("TRUNCATE users").await.unwrap();
+    let got = stream.take(5).await;
+    assert_eq!(got[1].event, "update");
+    assert_eq!(got[1].json(), json!({"new": {"id": 1, "name": "b"}, "old": {"id": 1, "name": "a"}}));
+    assert_eq!((got[2].event.as_str(), got[2].json()), ("delete", json!({"id": 1, "name": "b"})));
+    assert_eq!(got[4].event, "reset-all");
+    assert!(got[4].json()["truncatedAt"].is_string(), "{:?}", got[4]);
+}
+
+#[tokio::test]
+async fn a_schema_3_install_upgrades_in_place() {
+    let url = common::empty_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(include_str!("fixtures/schema3.sql")).await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE messages (id bigserial PRIMARY KEY, body text NOT NULL, created_at timestamptz DEFAULT now());
+         SELECT pgsse.publish_table('messages', operations => array['insert', 'delete'], insert_event => 'message',
+                                    camel_case => true);
+         INSERT INTO messages (body) VALUES ('one'), ('two'); DELETE FROM messages WHERE body = 'one';",
+    )
+    .await
+    .unwrap();
+    let log = "SELECT string_agg(id || ' ' || event || ' ' || payload::text, ', ' ORDER BY id) FROM pgsse.events";
+    let before: String = db.query_one(log, &[]).await.unwrap().get(0);
+
+    pgsse::migrate::migrate(&url).await.unwrap();
+    pgsse::migrate::migrate(&url).await.unwrap();
+    assert_eq!(db.query_one(log, &[]).await.unwrap().get::<_, String>(0), before, "no event lost or renumbered");
+    let triggers: String = db
+        .query_one(
+            "SELECT string_agg(tgname || '/' || tgnargs, ' ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'messages'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, "pgsse_capture/1 pgsse_truncate/1");
+
+    let writer_grants = format!(
+        "GRANT SELECT, INSERT, DELETE ON messages TO {WRITER_ROLE}; GRANT USAGE ON SEQUENCE messages_id_seq TO {WRITER_ROLE}"
+    );
+    common::fresh_db().await; // creates the test roles on this cluster
+    db.batch_execute(&writer_grants).await.unwrap();
+    writer(&url)
+        .await
+        .batch_execute("INSERT INTO messages (body) VALUES ('three'); DELETE FROM messages WHERE body = 'two';")
+        .await
+        .unwrap();
+    let rows = db
+        .query("SELECT id, event, payload->>'body', payload ? 'createdAt' FROM pgsse.events ORDER BY id", &[])
+        .await
+        .unwrap();
+    let got: Vec<(i64, String, String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let want = [
+        (1, "message", "one"),
+        (2, "message", "two"),
+        (3, "delete", "one"),
+        (4, "message", "three"),
+        (5, "delete", "two"),
+    ];
+    let want: Vec<_> = want.iter().map(|(id, e, b)| (*id, e.to_string(), b.to_string(), true)).collect();
+    assert_eq!(got, want, "options kept, ids continue");
+}
+
+#[tokio::test]
+async fn migrate_without_createrole_prints_the_sql_to_run() {
+    let cluster = common::private_cluster();
+    let admin = cluster.url("postgres");
+    let su = connect(&admin).await;
+    su.batch_execute("CREATE ROLE app_owner LOGIN").await.unwrap();
+    su.batch_execute("CREATE DATABASE owned OWNER app_owner").await.unwrap();
+    let owner_url = common::as_role(&cluster.url("owned"), "app_owner");
+    let err = pgsse::migrate::migrate(&owner_url).await.unwrap_err().to_string();
+    assert!(err.contains("lacks CREATEROLE"), "{err}");
+    assert!(err.contains("CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN;"), "{err}");
+    su.batch_execute("CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN").await.unwrap();
+    pgsse::migrate::migrate(&owner_url).await.expect("migrate once the operator made the roles");
+    drop(su);
+    cluster.stop("fast").unwrap();
+}
