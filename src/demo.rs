@@ -12,14 +12,16 @@ use crate::migrate::{self, MigrateError};
 use crate::server::{self, ServerError};
 
 /// The demo table, published in the article's wire shape: `message` events with `{"id", "body",
-/// "createdAt"}`, and `clear` allowed. `publish_table` is idempotent, so this runs on every start.
+/// "createdAt"}`, `clear` allowed, and a TRUNCATE sent as `clear` too (what the article's client expects).
+/// `publish_table` is idempotent, so this runs on every start.
 const DEMO_SQL: &str = "
 CREATE TABLE IF NOT EXISTS public.messages (
     id         bigserial PRIMARY KEY,
     body       text NOT NULL CHECK (length(body) BETWEEN 1 AND 10000),
     created_at timestamptz NOT NULL DEFAULT now()
 );
-SELECT pgsse.publish_table('public.messages', insert_event => 'message', camel_case => true, allow_clear => true);
+SELECT pgsse.publish_table('public.messages', insert_event => 'message', camel_case => true, allow_clear => true,
+                           truncate_event => 'clear');
 ";
 
 #[derive(Debug, thiserror::Error)]
