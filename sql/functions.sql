@@ -48,8 +48,10 @@ $$;
 
 -- Must run at commit time (from a deferred trigger): the lock is held until the transaction ends, and
 -- PostgreSQL releases locks only after the commit is visible, so the next id goes to a later commit.
+-- Only the capture functions call it, as the owner; like pgsse.project it qualifies every name rather
+-- than pin search_path per row.
 CREATE OR REPLACE FUNCTION pgsse.append(p_channel text, p_event text, p_payload jsonb) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     new_id bigint;
 BEGIN
@@ -77,17 +79,20 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 $$;
 
 -- A row as the channel publishes it: only the published columns, camelCased if asked. Private columns
--- are dropped here, before anything reaches the log.
+-- are dropped here, before anything reaches the log. This and published_channel run per captured row:
+-- they qualify every name instead of pinning search_path, whose save and restore on each call would
+-- double capture's cost.
 CREATE OR REPLACE FUNCTION pgsse.project(ch pgsse.channels, r jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     projected jsonb := r;
 BEGIN
     IF ch.columns IS NOT NULL THEN
-        SELECT coalesce(jsonb_object_agg(k.key, k.value), '{}') INTO projected FROM jsonb_each(r) AS k
-         WHERE k.key = ANY (ch.columns);
+        SELECT coalesce(pg_catalog.jsonb_object_agg(k.key, k.value), '{}'::jsonb) INTO projected
+          FROM pg_catalog.jsonb_each(r) AS k
+         WHERE k.key OPERATOR(pg_catalog.=) ANY (ch.columns);
     ELSIF ch.exclude_columns IS NOT NULL THEN
-        projected := r - ch.exclude_columns;
+        projected := r OPERATOR(pg_catalog.-) ch.exclude_columns;
     END IF;
     IF ch.camel_case THEN
         projected := pgsse.camel_keys(projected);
@@ -99,14 +104,15 @@ $$;
 -- The channel a capture trigger may write: the one that publishes the very table it fires on. A copy of
 -- the trigger on any other table (even with the channel's name as argument) records nothing.
 CREATE OR REPLACE FUNCTION pgsse.published_channel(p_channel text, p_table oid) RETURNS pgsse.channels
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     ch pgsse.channels;
 BEGIN
-    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel AND c.source_table = p_table;
+    SELECT * INTO ch FROM pgsse.channels c
+     WHERE c.name OPERATOR(pg_catalog.=) p_channel AND c.source_table OPERATOR(pg_catalog.=) p_table::pg_catalog.regclass;
     IF NOT FOUND THEN
         RAISE WARNING 'pgsse: table % is not published as channel %; its change is not recorded',
-            p_table::regclass, quote_literal(p_channel);
+            p_table::pg_catalog.regclass, pg_catalog.quote_literal(p_channel);
         RETURN NULL;
     END IF;
     RETURN ch;
