@@ -321,3 +321,23 @@ async fn migrate_without_createrole_prints_the_sql_to_run() {
     drop(su);
     cluster.stop("fast").unwrap();
 }
+
+#[tokio::test]
+async fn publish_table_names_the_privilege_its_caller_lacks() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE secret_stuff (id int)").await.unwrap();
+    let app = writer(&url).await;
+    let err = db_error(app.batch_execute("SELECT pgsse.publish_table('secret_stuff')").await);
+    assert_eq!(err, "permission denied for schema pgsse");
+    // Even given the function, a role that may not add triggers to the table is told so.
+    db.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA pgsse TO {WRITER_ROLE};
+         GRANT EXECUTE ON FUNCTION pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean,
+                                                       text[], text[], boolean, text) TO {WRITER_ROLE}"
+    ))
+    .await
+    .unwrap();
+    let err = db_error(app.batch_execute("SELECT pgsse.publish_table('secret_stuff')").await);
+    assert_eq!(err, format!("pgsse: role {WRITER_ROLE} lacks the TRIGGER privilege on table public.secret_stuff"));
+}
