@@ -225,16 +225,24 @@ BEGIN
 END
 $$;
 
+-- Removes a table's capture triggers, if any (checked first: DROP TRIGGER IF EXISTS would print a NOTICE).
+CREATE OR REPLACE FUNCTION pgsse.drop_capture(p_table regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    trigger_name text;
+BEGIN
+    FOR trigger_name IN SELECT t.tgname FROM pg_trigger t
+                         WHERE t.tgrelid = p_table AND t.tgname IN ('pgsse_capture', 'pgsse_truncate') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, p_table);
+    END LOOP;
+END
+$$;
+
 -- (Re)creates a table channel's triggers from its pgsse.channels row.
 CREATE OR REPLACE FUNCTION pgsse.install_capture(ch pgsse.channels) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = ch.source_table AND tgname = 'pgsse_capture') THEN
-        EXECUTE format('DROP TRIGGER pgsse_capture ON %s', ch.source_table);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = ch.source_table AND tgname = 'pgsse_truncate') THEN
-        EXECUTE format('DROP TRIGGER pgsse_truncate ON %s', ch.source_table);
-    END IF;
+    PERFORM pgsse.drop_capture(ch.source_table);
     EXECUTE format(
         'CREATE CONSTRAINT TRIGGER pgsse_capture AFTER %s ON %s DEFERRABLE INITIALLY DEFERRED '
         'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%L)',
@@ -339,12 +347,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgsse.unpublish_table(p_table regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_table AND tgname = 'pgsse_capture') THEN
-        EXECUTE format('DROP TRIGGER pgsse_capture ON %s', p_table);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_table AND tgname = 'pgsse_truncate') THEN
-        EXECUTE format('DROP TRIGGER pgsse_truncate ON %s', p_table);
-    END IF;
+    PERFORM pgsse.drop_capture(p_table);
     DELETE FROM pgsse.channels WHERE source_table = p_table;
 END
 $$;
@@ -538,14 +541,10 @@ $$;
 -- Drops a channel's events and records its `clear` event (the second half of pgsse.clear_channel).
 CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text, OUT event_id bigint, OUT payload jsonb)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
-DECLARE
-    before bigint;
 BEGIN
     DELETE FROM pgsse.events e WHERE e.channel = p_channel;
     payload := jsonb_build_object('clearedAt', to_jsonb(clock_timestamp()));
-    PERFORM pgsse.publish(p_channel, 'clear', payload);
-    before := pgsse.flush_pending();
-    SELECT min(e.id) INTO event_id FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel;
+    event_id := pgsse.publish_json(p_channel, 'clear', payload);
 END
 $$;
 

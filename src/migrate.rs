@@ -27,9 +27,10 @@ pub enum MigrateError {
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
+    let recorded = recorded(&client).await?;
     let mut applied = 0;
     for &(file, sql) in MIGRATIONS {
-        if !recorded(&client, file).await? {
+        if !recorded.iter().any(|name| name == file) {
             apply(&client, file, sql).await?;
             tracing::info!(file, "applied");
             applied += 1;
@@ -44,14 +45,15 @@ pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     Ok(())
 }
 
-async fn recorded(client: &Client, file: &'static str) -> Result<bool, MigrateError> {
-    let fail = |err: tokio_postgres::Error| apply_error(file, &err);
+/// The numbered files this database has applied; none before `001_schema.sql` made the table.
+async fn recorded(client: &Client) -> Result<Vec<String>, MigrateError> {
+    let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
     let table = client.query_one("SELECT to_regclass('pgsse.migrations') IS NOT NULL", &[]).await.map_err(fail)?;
     if !table.try_get::<_, bool>(0).map_err(fail)? {
-        return Ok(false);
+        return Ok(Vec::new());
     }
-    let sql = "SELECT EXISTS (SELECT 1 FROM pgsse.migrations WHERE name = $1)";
-    client.query_one(sql, &[&file]).await.map_err(fail)?.try_get(0).map_err(fail)
+    let rows = client.query("SELECT name FROM pgsse.migrations", &[]).await.map_err(fail)?;
+    rows.iter().map(|row| row.try_get(0).map_err(fail)).collect()
 }
 
 async fn apply(client: &Client, file: &'static str, sql: &str) -> Result<(), MigrateError> {

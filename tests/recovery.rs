@@ -176,17 +176,6 @@ async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
     assert!(follower.reconnects() >= 1);
 }
 
-/// `url` with another user and password, as a key=value connection string (works for any server).
-fn as_user(url: &str, user: &str, password: &str) -> String {
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
-    };
-    let (port, db) = (config.get_ports()[0], config.get_dbname().unwrap());
-    format!("host={host} port={port} dbname={db} user={user} password={password}")
-}
-
 /// A gateway config whose LISTEN connection logs in as a role of its own, so a test can lock the
 /// listener out while the pool keeps working. Returns the config and the role.
 async fn own_listener_role(db: &tokio_postgres::Client, url: &str) -> (Config, String) {
@@ -194,7 +183,7 @@ async fn own_listener_role(db: &tokio_postgres::Client, url: &str) -> (Config, S
         format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
     db.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
     let mut config = common::gateway_config(url);
-    config.listen_database_url = Some(as_user(url, &role, "listener"));
+    config.listen_database_url = Some(format!("{} password=listener", common::as_role(url, &role)));
     (config, role)
 }
 

@@ -128,11 +128,16 @@ async fn test_roles(admin: &str, url: &str) {
         .expect("test privileges");
 }
 
-/// `url` with its user replaced by `role` (the test cluster trusts every local login).
+/// `url` with its user replaced by `role`, as a key=value connection string (the test cluster trusts every
+/// local login; append ` password=...` for one that does not).
 pub fn as_role(url: &str, role: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("database url with a scheme");
-    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{role}@{host}")
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+    };
+    let (port, db) = (config.get_ports()[0], config.get_dbname().unwrap());
+    format!("host={host} port={port} dbname={db} user={role}")
 }
 
 /// A gateway configuration that connects as [`GATEWAY_ROLE`].
