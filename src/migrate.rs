@@ -22,11 +22,14 @@ pub enum MigrateError {
     Connect(#[source] tokio_postgres::Error),
     #[error("{file}: {cause}")]
     Apply { file: &'static str, cause: String },
+    #[error("{0}")]
+    Privilege(String),
 }
 
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
+    check_privileges(&client).await?;
     let recorded = recorded(&client).await?;
     let mut applied = 0;
     for &(file, sql) in MIGRATIONS {
@@ -43,6 +46,32 @@ pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+/// Says which privilege is missing before any file runs, rather than a server error from the middle of one.
+async fn check_privileges(client: &Client) -> Result<(), MigrateError> {
+    let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, has_database_privilege(current_database(), 'CREATE'),
+                    (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'pgsse'),
+                    (SELECT pg_has_role(nspowner, 'USAGE') FROM pg_namespace WHERE nspname = 'pgsse')",
+            &[],
+        )
+        .await
+        .map_err(fail)?;
+    let (user, db): (String, String) = (row.get(0), row.get(1));
+    match (row.get::<_, bool>(2), row.get::<_, Option<String>>(3), row.get::<_, Option<bool>>(4)) {
+        (false, None, _) => Err(MigrateError::Privilege(format!(
+            "role {user} lacks the CREATE privilege on database {db}, which installing schema pgsse needs: run \
+             migrate as the database's owner, or have it run: GRANT CREATE ON DATABASE {db} TO {user};"
+        ))),
+        (_, Some(owner), Some(false)) => Err(MigrateError::Privilege(format!(
+            "schema pgsse belongs to role {owner}, and role {user} is not a member of it: run migrate as {owner}, \
+             the role that installed it"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The numbered files this database has applied; none before `001_schema.sql` made the table.
