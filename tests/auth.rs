@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{call, connect, fresh_db, get, Gateway, SseStream};
+use common::{call, get, Gateway, SseStream, TestDb};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use pgsse::auth::{Auth, Jwt, DEFAULT_COOKIE};
 use serde_json::{json, Value};
@@ -28,22 +28,22 @@ async fn gateway(url: &str) -> Gateway {
     Gateway::start_with(config).await
 }
 
-async fn orders_db() -> (String, tokio_postgres::Client) {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL, item text);
+async fn orders_db() -> TestDb {
+    let db = TestDb::new().await;
+    db.admin
+        .batch_execute(
+            "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL, item text);
          SELECT pgsse.publish_table('orders');
          SELECT pgsse.create_channel('public.news');",
-    )
-    .await
-    .unwrap();
-    (url, db)
+        )
+        .await
+        .unwrap();
+    db
 }
 
 #[tokio::test]
 async fn missing_bad_expired_and_foreign_tokens_are_refused() {
-    let (url, _db) = orders_db().await;
+    let TestDb { url, .. } = orders_db().await;
     let gw = gateway(&url).await;
     let good = token(json!({"subscribe": ["orders"]}), now() + 600);
     let forged = encode(
@@ -97,7 +97,7 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
 
 #[tokio::test]
 async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
-    let (url, db) = orders_db().await;
+    let TestDb { url, app, .. } = orders_db().await;
     let gw = gateway(&url).await;
     let mine = token(json!({"subscribe": ["orders"], "filter": {"orders": "user_id=eq.42"}}), now() + 600);
     let auth = format!("Bearer {mine}");
@@ -106,7 +106,7 @@ async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
     // Asking for user 7's rows too: the grant still limits the stream to user 42.
     let mut live = SseStream::ok(gw.addr, "/orders/events?user_id=in.(7,42)", &headers).await;
     for (user, item) in [(7, "theirs 1"), (42, "mine 1"), (7, "theirs 2"), (42, "mine 2")] {
-        db.execute("INSERT INTO orders (user_id, item) VALUES ($1, $2)", &[&user, &item]).await.unwrap();
+        app.execute("INSERT INTO orders (user_id, item) VALUES ($1, $2)", &[&user, &item]).await.unwrap();
     }
     let items = |events: Vec<common::Event>| -> Vec<String> {
         events.iter().map(|e| e.json()["item"].as_str().unwrap().to_string()).collect()
@@ -115,7 +115,7 @@ async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
 
     let mut replay = SseStream::ok(gw.addr, "/orders/events?last_event_id=0", &headers).await;
     assert_eq!(items(replay.take(2).await), ["mine 1", "mine 2"]);
-    db.execute("INSERT INTO orders (user_id, item) VALUES (7, 'theirs 3'), (42, 'mine 3')", &[]).await.unwrap();
+    app.execute("INSERT INTO orders (user_id, item) VALUES (7, 'theirs 3'), (42, 'mine 3')", &[]).await.unwrap();
     assert_eq!(items(replay.take(1).await), ["mine 3"]);
     assert_eq!(items(live.take(1).await), ["mine 3"]);
 
@@ -128,7 +128,7 @@ async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
 
 #[tokio::test]
 async fn writes_need_a_publish_grant() {
-    let (url, _db) = orders_db().await;
+    let TestDb { url, .. } = orders_db().await;
     let gw = gateway(&url).await;
     let reader = format!("Bearer {}", token(json!({"subscribe": ["*"]}), now() + 600));
     let writer = format!("Bearer {}", token(json!({"publish": ["orders", "alerts.*"]}), now() + 600));
@@ -152,11 +152,11 @@ async fn writes_need_a_publish_grant() {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires() {
-    let (url, db) = orders_db().await;
+    let TestDb { url, app, .. } = orders_db().await;
     let gw = gateway(&url).await;
     let short = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 2));
     let mut stream = SseStream::ok(gw.addr, "/orders/events", &[("authorization", &short)]).await;
-    db.execute("INSERT INTO orders (user_id, item) VALUES (1, 'while valid')", &[]).await.unwrap();
+    app.execute("INSERT INTO orders (user_id, item) VALUES (1, 'while valid')", &[]).await.unwrap();
     assert_eq!(stream.expect().await.json()["item"], "while valid");
     assert!(stream.next().await.is_none(), "the server ended the stream at exp");
 }
@@ -177,7 +177,7 @@ fn es256_pair(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
 
 #[tokio::test]
 async fn es256_public_keys_verify_and_a_key_cannot_be_used_as_an_hmac_secret() {
-    let (url, _db) = orders_db().await;
+    let TestDb { url, .. } = orders_db().await;
     let dir = std::env::temp_dir().join(format!("pgsse-es256-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (private, public) = es256_pair(&dir);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{call, connect, fresh_db, get, Gateway, SseStream};
+use common::{call, get, Gateway, SseStream, TestDb};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -63,25 +63,27 @@ impl Backend {
 }
 
 async fn setup(backend: &Backend) -> (Gateway, tokio_postgres::Client) {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    db.batch_execute("CREATE TABLE orders (id serial PRIMARY KEY, user_id int); SELECT pgsse.publish_table('orders');")
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE orders (id serial PRIMARY KEY, user_id int); SELECT pgsse.publish_table('orders');",
+        )
         .await
         .unwrap();
     let mut config = common::gateway_config(&url);
     config.auth = Arc::new(Auth::Url(Box::new(AuthUrl::new(&backend.url, Duration::from_secs(60)).unwrap())));
-    (Gateway::start_with(config).await, db)
+    (Gateway::start_with(config).await, app)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_decides_with_its_own_session_and_is_asked_once() {
     let backend = Backend::start().await;
-    let (gw, db) = setup(&backend).await;
+    let (gw, app) = setup(&backend).await;
     let alice = [("cookie", "session=alice")];
 
     let mut stream = SseStream::ok(gw.addr, "/orders/events?user_id=in.(7,42)", &alice).await;
     assert_eq!(*backend.last_query.lock().unwrap(), "channel=orders&method=GET");
-    db.batch_execute("INSERT INTO orders (user_id) VALUES (7), (42)").await.unwrap();
+    app.batch_execute("INSERT INTO orders (user_id) VALUES (7), (42)").await.unwrap();
     assert_eq!(stream.expect().await.json()["user_id"], 42, "the backend's filter applies");
     for _ in 0..3 {
         assert_eq!(SseStream::open(gw.addr, "/orders/events", &alice).await.status, 200);
@@ -107,7 +109,7 @@ async fn the_backend_decides_with_its_own_session_and_is_asked_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_outage_refuses_new_streams_and_spares_open_ones() {
     let backend = Backend::start().await;
-    let (gw, db) = setup(&backend).await;
+    let (gw, app) = setup(&backend).await;
     let mut open = SseStream::ok(gw.addr, "/orders/events", &[("cookie", "session=alice")]).await;
     backend.task.abort();
     let _ = backend.task.await;
@@ -115,6 +117,6 @@ async fn a_backend_outage_refuses_new_streams_and_spares_open_ones() {
     let refused = get(gw.addr, "/orders/events", &[("cookie", "session=bare")]).await.unwrap();
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.json()["error"].as_str().unwrap().contains("unavailable"));
-    db.execute("INSERT INTO orders (user_id) VALUES (42)", &[]).await.unwrap();
+    app.execute("INSERT INTO orders (user_id) VALUES (42)", &[]).await.unwrap();
     assert_eq!(open.expect().await.json()["user_id"], 42, "the open stream is unaffected");
 }

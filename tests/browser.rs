@@ -1,5 +1,5 @@
 //! Real browser tests: headless Chromium (Debian's package) driven through playwright-core. The demo feed
-//! page sees a post from `/send`, a row from psql, a clear and a gateway restart (screenshots go to
+//! page sees a post from `/send`, a row from psql, a clear, a TRUNCATE and a gateway restart (screenshots go to
 //! `target/browser/`); over HTTPS one page holds more EventSources than HTTP/1.1's six per host.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{connect, fresh_db, Gateway, TIMEOUT};
+use common::{Gateway, TestDb, TIMEOUT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -93,15 +93,14 @@ fn artifact_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     let Some(mut browser) = Browser::start() else { return };
-    let url = fresh_db().await;
+    let TestDb { url, app, .. } = TestDb::new().await;
     pgsse::demo::install(&url).await.unwrap();
     let mut config = common::gateway_config(&url);
     config.demo = true;
     config.retry = std::time::Duration::from_millis(300);
     let gw = Gateway::start_with(config.clone()).await;
     let addr = gw.addr;
-    let db = connect(&url).await;
-    db.execute("INSERT INTO messages (body) VALUES ('already there')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('already there')", &[]).await.unwrap();
 
     browser.goto("feed", &format!("http://{addr}/")).await;
     browser.wait("feed", "document.getElementById('status').dataset.state === 'open'").await;
@@ -113,7 +112,7 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     browser.wait("send", "document.getElementById('result').textContent.startsWith('Sent')").await;
     browser.wait("feed", &feed_has("hello from the send page")).await;
 
-    db.execute("INSERT INTO messages (body) VALUES ('hello from psql')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('hello from psql')", &[]).await.unwrap();
     browser.wait("feed", &feed_has("hello from psql")).await;
     let order = browser.eval("feed", "[...document.querySelectorAll('#feed li')].map(li => li.dataset.id)").await;
     assert_eq!(order, json!(["3", "2", "1"]), "newest first, each row once");
@@ -121,15 +120,20 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     let cleared = common::call(addr, "DELETE", "/messages", &[], bytes::Bytes::new()).await.unwrap();
     assert_eq!(cleared.status, 200);
     browser.wait("feed", "document.querySelectorAll('#feed li').length === 0").await;
+    // The demo sends a TRUNCATE as `clear` too, so a page never keeps rows that no longer exist.
+    app.execute("INSERT INTO messages (body) VALUES ('truncated soon')", &[]).await.unwrap();
+    browser.wait("feed", &feed_has("truncated soon")).await;
+    app.execute("TRUNCATE messages", &[]).await.unwrap();
+    browser.wait("feed", "document.querySelectorAll('#feed li').length === 0").await;
 
     // A marker that a reload would lose: the rows written while the gateway is down must arrive in this page.
     browser.eval("feed", "window.__sameDocument = true").await;
-    db.execute("INSERT INTO messages (body) VALUES ('before the stop')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('before the stop')", &[]).await.unwrap();
     browser.wait("feed", &feed_has("before the stop")).await;
     gw.shutdown().await;
     browser.wait("feed", "document.getElementById('status').dataset.state === 'closed'").await;
     for body in ["written while down 1", "written while down 2"] {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
     }
     let _gw = Gateway::start_on(addr, config).await;
     browser.wait("feed", &feed_has("written while down 2")).await;
@@ -150,9 +154,8 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
 async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
     const STREAMS: usize = 10;
     let Some(mut browser) = Browser::start() else { return };
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    common::messages_table(&db, "").await;
+    let TestDb { url, admin, app } = TestDb::new().await;
+    common::messages_table(&admin, "").await;
     let dir = artifact_dir().join(format!("tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = common::self_signed(&dir);
@@ -175,7 +178,7 @@ async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
     browser.eval("tls", &open).await;
     // Over HTTP/1.1 Chromium would leave every stream past the sixth waiting for a connection.
     browser.wait("tls", "window.sources.every(s => s.readyState === EventSource.OPEN)").await;
-    db.execute("INSERT INTO messages (body) VALUES ('to every stream')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('to every stream')", &[]).await.unwrap();
     browser.wait("tls", "window.got.every(g => g.length === 1 && g[0] === 'to every stream')").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

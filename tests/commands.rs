@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{call, connect, fresh_db, get, messages_table, Gateway, Response, SseStream};
+use common::{call, get, Gateway, Response, SseStream, TestDb};
 use serde_json::{json, Value};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -19,9 +19,7 @@ fn error_of(resp: &Response) -> String {
 
 #[tokio::test]
 async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
@@ -35,13 +33,13 @@ async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it()
     let ev = stream.expect().await;
     assert_eq!((ev.id(), ev.event.as_str()), (event_id, "insert"));
     assert_eq!(ev.json(), row, "the event carries exactly the row the POST returned");
-    let stored: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    let stored: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
     assert_eq!(stored, 1);
 }
 
 #[tokio::test]
 async fn post_to_any_other_channel_publishes_an_event() {
-    let url = fresh_db().await;
+    let url = common::fresh_db().await;
     let gw = Gateway::start(&url).await;
     let first = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
     assert_eq!(first.status, 201, "{}", first.body);
@@ -60,12 +58,10 @@ async fn post_to_any_other_channel_publishes_an_event() {
 
 #[tokio::test]
 async fn history_is_newest_first_and_pages_backwards() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     for i in 1..=5 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("m{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("m{i}")]).await.unwrap();
     }
     let bodies = |resp: &Response| -> Vec<String> {
         resp.json().as_array().unwrap().iter().map(|e| e["data"]["body"].as_str().unwrap().to_string()).collect()
@@ -101,14 +97,12 @@ async fn history_is_newest_first_and_pages_backwards() {
 
 #[tokio::test]
 async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, ", operations => array['insert', 'delete']").await;
-    db.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
+    let TestDb { url, admin, app } = TestDb::messages(", operations => array['insert', 'delete']").await;
+    admin.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
     let mut config = common::gateway_config(&url);
     config.allow_clear = vec!["board".into()];
     let gw = Gateway::start_with(config).await;
-    db.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
+    app.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
 
     let refused = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
     assert_eq!(refused.status, 403, "{}", refused.body);
@@ -116,11 +110,12 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
     let unknown = call(gw.addr, "DELETE", "/nosuch", &[], Bytes::new()).await.unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 
-    db.batch_execute(
-        "SELECT pgsse.publish_table('messages', operations => array['insert', 'delete'], allow_clear => true)",
-    )
-    .await
-    .unwrap();
+    admin
+        .batch_execute(
+            "SELECT pgsse.publish_table('messages', operations => array['insert', 'delete'], allow_clear => true)",
+        )
+        .await
+        .unwrap();
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let cleared = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
     assert_eq!(cleared.status, 200, "{}", cleared.body);
@@ -128,7 +123,7 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
     assert_eq!(ev.event, "clear", "one clear event, no delete event per row");
     assert!(ev.json()["clearedAt"].is_string());
     assert_eq!(ev.id(), cleared.json()["id"].as_i64().unwrap());
-    let rows: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
     assert_eq!(rows, 0);
     let history = get(gw.addr, "/messages", &[]).await.unwrap().json();
     assert_eq!(history.as_array().unwrap().len(), 1, "only the clear event is left: {history}");
@@ -139,14 +134,14 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
 
 #[tokio::test]
 async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL CHECK (name <> ''), qty int DEFAULT 1);
+    let TestDb { url, admin, .. } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL CHECK (name <> ''), qty int DEFAULT 1);
          SELECT pgsse.publish_table('items');",
-    )
-    .await
-    .unwrap();
+        )
+        .await
+        .unwrap();
     let mut config = common::gateway_config(&url);
     config.body_limit = 1024;
     let gw = Gateway::start_with(config).await;
@@ -194,8 +189,8 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
     let put = call(gw.addr, "PUT", "/items", &[JSON], Bytes::from("{}")).await.unwrap();
     assert_eq!(put.status, 405);
 
-    let rows: i64 = db.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
-    let events: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    let rows: i64 = admin.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
+    let events: i64 = admin.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
     assert_eq!((rows, events), (1, 1), "nothing half-written");
     assert_eq!(stream.expect().await.json()["name"], "first");
     assert_eq!(post(&gw, "/items", r#"{"id": 2, "name": "second"}"#).await.status, 201);
@@ -204,7 +199,7 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
 
 #[tokio::test]
 async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
-    let url = fresh_db().await;
+    let TestDb { url, app, .. } = TestDb::new().await;
     pgsse::demo::install(&url).await.unwrap();
     let mut config = common::gateway_config(&url);
     config.demo = true;
@@ -224,6 +219,11 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
     let ev = stream.expect().await;
     assert_eq!(ev.event, "clear");
     assert!(ev.json()["clearedAt"].as_str().is_some_and(|t| t.starts_with("20")));
+    // The app's own TRUNCATE reaches the page the same way.
+    app.execute("TRUNCATE messages", &[]).await.unwrap();
+    let ev = stream.expect().await;
+    assert_eq!(ev.event, "clear");
+    assert!(ev.json()["truncatedAt"].as_str().is_some_and(|t| t.starts_with("20")), "{}", ev.data);
 
     for (path, kind, text) in [
         ("/", "text/html", "EventSource"),
@@ -240,9 +240,7 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
 
 #[tokio::test]
 async fn cors_allows_exactly_the_configured_origins() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     config.cors_origins = vec!["http://localhost:3000".into()];
     let gw = Gateway::start_with(config).await;

@@ -1,12 +1,15 @@
-//! Hostile input, sent as raw bytes: each kind gets a clear response or a clean close, the gateway stays
-//! up, and a stream that was open all along keeps receiving every event.
+//! The hostile matrix. Over HTTP, raw bytes of every bad kind get a clear response or a clean close while
+//! an open stream keeps receiving; in SQL, neither the app's role nor the gateway's can forge an event or
+//! make pgsse's functions run its own through `search_path`.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{connect, fresh_db, messages_table, Gateway, SseStream};
+use bytes::Bytes;
+use common::{call, connect, db_error, users_table, Gateway, SseStream, TestDb, GATEWAY_ROLE, WRITER_ROLE};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,9 +55,7 @@ fn req(method: &str, target: &str, headers: &str, body: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     config.header_read_timeout = Duration::from_secs(1);
     config.body_limit = 4096;
@@ -121,7 +122,7 @@ async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
             }
         }
         seen.push(format!("{name}: {outcome:?}"));
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[name]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[name]).await.unwrap();
         assert_eq!(witness.expect().await.json()["body"], *name, "the open stream saw the event after {name}");
     }
     assert!(cases.len() >= 25);
@@ -140,4 +141,97 @@ async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
         }
     };
     tokio::time::timeout(Duration::from_secs(10), both).await.expect("both pipelined requests answered");
+}
+
+#[tokio::test]
+async fn nobody_forges_an_event() {
+    let TestDb { url, admin: db, app } = TestDb::messages("").await;
+    db.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}")).await.unwrap();
+    let gateway = connect(&common::as_role(&url, GATEWAY_ROLE)).await;
+    for (who, client) in [("writer", &app), ("gateway", &gateway)] {
+        for sql in [
+            "INSERT INTO pgsse.events (id, channel, event, payload) VALUES (9000000000000000000, 'messages', 'x', '{}')",
+            "INSERT INTO pgsse.outbox (channel, event, payload) VALUES ('messages', 'x', '{}')",
+            "UPDATE pgsse.channels SET source_table = NULL",
+            "SELECT pgsse.append('messages', 'x', '{}')",
+        ] {
+            let err = db_error(client.batch_execute(sql).await);
+            assert!(err.contains("permission denied"), "{who}: {sql}: {err}");
+        }
+    }
+    let err = db_error(app.batch_execute("SELECT pgsse.publish('messages', 'x', '{}')").await);
+    assert!(err.contains("permission denied"), "publish without pgsse_publisher: {err}");
+    let err = db_error(
+        app.batch_execute(
+            "CREATE TABLE mine (id int, body text);
+             CREATE CONSTRAINT TRIGGER t AFTER INSERT ON mine DEFERRABLE INITIALLY DEFERRED
+                 FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages')",
+        )
+        .await,
+    );
+    assert!(err.contains("permission denied"), "own trigger with pgsse's capture: {err}");
+
+    // Even a trigger that someone privileged copies onto another table records nothing for the channel.
+    db.batch_execute(
+        "CREATE TABLE other (id int, body text);
+         CREATE CONSTRAINT TRIGGER t AFTER INSERT ON other DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages');
+         CREATE TRIGGER tt AFTER TRUNCATE ON other FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate('messages');
+         INSERT INTO other VALUES (1, 'forged');",
+    )
+    .await
+    .unwrap();
+    db.batch_execute("TRUNCATE other").await.unwrap();
+    let count: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    assert_eq!(count, 0, "a copied trigger recorded an event");
+
+    // A role granted pgsse_publisher may publish.
+    db.batch_execute(&format!("GRANT pgsse_publisher TO {WRITER_ROLE}")).await.unwrap();
+    app.batch_execute("SELECT pgsse.publish('news', 'hello', '{\"ok\": true}')").await.unwrap();
+    db.batch_execute(&format!("REVOKE pgsse_publisher FROM {WRITER_ROLE}")).await.unwrap();
+    let count: i64 =
+        db.query_one("SELECT count(*) FROM pgsse.events WHERE channel = 'news'", &[]).await.unwrap().get(0);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn functions_and_operators_of_the_callers_path_never_run() {
+    let TestDb { url, admin: db, app } = TestDb::new().await;
+    users_table(&db, ", operations => array['insert', 'update'], columns => array['id', 'name']").await;
+    db.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}, {GATEWAY_ROLE}; GRANT SELECT ON users TO {GATEWAY_ROLE}"
+    ))
+    .await
+    .unwrap();
+    // Shadows of what pgsse's SQL calls, each more specific than pg_catalog's, so a caller's search_path
+    // would pick them: in public (first in the default path) and in pg_temp.
+    app.batch_execute(
+        "CREATE FUNCTION public.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         CREATE FUNCTION public.jsonb_each(jsonb) RETURNS TABLE (key text, value jsonb) LANGUAGE sql
+             AS $$ SELECT 'trojan', 'true'::jsonb $$;
+         CREATE FUNCTION public.trojan_eq(jsonb, jsonb) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE OPERATOR public.= (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = public.trojan_eq);
+         CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         CREATE FUNCTION public.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
+         CREATE FUNCTION public.has_table_privilege(regclass, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE FUNCTION public.jsonb_populate_record(users, jsonb) RETURNS users LANGUAGE sql
+             AS $$ SELECT 1::bigint, 'trojan', 'x' $$;
+         CREATE FUNCTION pg_temp.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         SET search_path = public, pg_catalog;
+         INSERT INTO users (name) VALUES ('by the app');
+         UPDATE users SET name = 'renamed';",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(&url).await;
+    let resp =
+        call(gw.addr, "POST", "/users", &[("content-type", "application/json")], Bytes::from(r#"{"name": "by post"}"#))
+            .await
+            .unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let mut stream = SseStream::ok(gw.addr, "/users/events", &[("last-event-id", "0")]).await;
+    let events = stream.take(3).await;
+    let names: Vec<_> = events.iter().map(|e| e.json()["name"].clone()).collect();
+    assert_eq!(names, [json!("by the app"), json!("renamed"), json!("by post")]);
+    assert!(events.iter().all(|e| !e.data.contains("trojan") && !e.data.contains("password")), "{events:?}");
 }

@@ -3,13 +3,12 @@
 
 mod common;
 
-use common::{connect, fresh_db, get, messages_table, wait_for, Gateway, SseStream, TIMEOUT};
+use common::{get, wait_for, Gateway, SseStream, TestDb, TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn streams_are_limited_per_client_and_in_total() {
-    let url = fresh_db().await;
-    messages_table(&connect(&url).await, "").await;
+    let TestDb { url, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     config.max_streams = 3;
     config.max_streams_per_client = 2;
@@ -39,8 +38,7 @@ async fn streams_are_limited_per_client_and_in_total() {
 
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
-    let url = fresh_db().await;
-    messages_table(&connect(&url).await, "").await;
+    let TestDb { url, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     config.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
@@ -51,7 +49,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 
 #[tokio::test]
 async fn long_urls_and_slow_headers_are_refused() {
-    let url = fresh_db().await;
+    let TestDb { url, .. } = TestDb::new().await;
     let mut config = common::gateway_config(&url);
     config.max_url_length = 256;
     config.header_read_timeout = std::time::Duration::from_millis(500);

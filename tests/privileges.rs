@@ -1,30 +1,14 @@
-//! Production roles: an application's role writes published tables with no grant on pgsse, nobody forges
-//! an event, the gateway needs only `pgsse_gateway`, and private columns never reach the log.
-
+//! Production roles: an application's role writes published tables with no grant on pgsse, the gateway
+//! needs only `pgsse_gateway`, and private columns never reach the log (forging attempts: `hostile.rs`).
 mod common;
 
 use bytes::Bytes;
-use common::{call, connect, fresh_db, get, writer, Gateway, SseStream, GATEWAY_ROLE, WRITER_ROLE};
+use common::{
+    call, connect, db_error, fresh_db, get, users_table, writer, Gateway, SseStream, GATEWAY_ROLE, WRITER_ROLE,
+};
 use serde_json::json;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
-
-/// `users`, with a column nobody outside may see, published with `args`.
-async fn users_table(db: &tokio_postgres::Client, args: &str) {
-    db.batch_execute(&format!(
-        "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL, password_hash text NOT NULL DEFAULT 'x');
-         SELECT pgsse.publish_table('users'{args});"
-    ))
-    .await
-    .unwrap();
-}
-
-fn db_error(result: Result<impl Sized, tokio_postgres::Error>) -> String {
-    match result {
-        Ok(_) => panic!("expected the database to refuse"),
-        Err(err) => err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string()),
-    }
-}
 
 #[tokio::test]
 async fn an_applications_role_keeps_writing_at_every_isolation_level_without_a_grant() {
@@ -46,101 +30,6 @@ async fn an_applications_role_keeps_writing_at_every_isolation_level_without_a_g
     }
     // The writer still sees nothing of pgsse itself.
     assert!(db_error(app.query("SELECT * FROM pgsse.events", &[]).await).contains("permission denied for schema pgsse"));
-}
-
-#[tokio::test]
-async fn nobody_forges_an_event() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    common::messages_table(&db, "").await;
-    db.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}")).await.unwrap();
-    let app = writer(&url).await;
-    let gateway = connect(&common::as_role(&url, GATEWAY_ROLE)).await;
-    for (who, client) in [("writer", &app), ("gateway", &gateway)] {
-        for sql in [
-            "INSERT INTO pgsse.events (id, channel, event, payload) VALUES (9000000000000000000, 'messages', 'x', '{}')",
-            "INSERT INTO pgsse.outbox (channel, event, payload) VALUES ('messages', 'x', '{}')",
-            "UPDATE pgsse.channels SET source_table = NULL",
-            "SELECT pgsse.append('messages', 'x', '{}')",
-        ] {
-            let err = db_error(client.batch_execute(sql).await);
-            assert!(err.contains("permission denied"), "{who}: {sql}: {err}");
-        }
-    }
-    let err = db_error(app.batch_execute("SELECT pgsse.publish('messages', 'x', '{}')").await);
-    assert!(err.contains("permission denied"), "publish without pgsse_publisher: {err}");
-    let err = db_error(
-        app.batch_execute(
-            "CREATE TABLE mine (id int, body text);
-             CREATE CONSTRAINT TRIGGER t AFTER INSERT ON mine DEFERRABLE INITIALLY DEFERRED
-                 FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages')",
-        )
-        .await,
-    );
-    assert!(err.contains("permission denied"), "own trigger with pgsse's capture: {err}");
-
-    // Even a trigger that someone privileged copies onto another table records nothing for the channel.
-    db.batch_execute(
-        "CREATE TABLE other (id int, body text);
-         CREATE CONSTRAINT TRIGGER t AFTER INSERT ON other DEFERRABLE INITIALLY DEFERRED
-             FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages');
-         CREATE TRIGGER tt AFTER TRUNCATE ON other FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate('messages');
-         INSERT INTO other VALUES (1, 'forged');",
-    )
-    .await
-    .unwrap();
-    db.batch_execute("TRUNCATE other").await.unwrap();
-    let count: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
-    assert_eq!(count, 0, "a copied trigger recorded an event");
-
-    // A role granted pgsse_publisher may publish.
-    db.batch_execute(&format!("GRANT pgsse_publisher TO {WRITER_ROLE}")).await.unwrap();
-    app.batch_execute("SELECT pgsse.publish('news', 'hello', '{\"ok\": true}')").await.unwrap();
-    db.batch_execute(&format!("REVOKE pgsse_publisher FROM {WRITER_ROLE}")).await.unwrap();
-    let count: i64 =
-        db.query_one("SELECT count(*) FROM pgsse.events WHERE channel = 'news'", &[]).await.unwrap().get(0);
-    assert_eq!(count, 1);
-}
-
-#[tokio::test]
-async fn functions_and_operators_of_the_callers_path_never_run() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    users_table(&db, ", operations => array['insert', 'update'], columns => array['id', 'name']").await;
-    db.batch_execute(&format!(
-        "GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}, {GATEWAY_ROLE}; GRANT SELECT ON users TO {GATEWAY_ROLE}"
-    ))
-    .await
-    .unwrap();
-    let app = writer(&url).await;
-    // Shadows of what pgsse's SQL calls, each more specific than pg_catalog's, so a caller's search_path
-    // would pick them: in public (first in the default path) and in pg_temp.
-    app.batch_execute(
-        "CREATE FUNCTION public.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
-         CREATE FUNCTION public.jsonb_each(jsonb) RETURNS TABLE (key text, value jsonb) LANGUAGE sql
-             AS $$ SELECT 'trojan', 'true'::jsonb $$;
-         CREATE FUNCTION public.trojan_eq(jsonb, jsonb) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
-         CREATE OPERATOR public.= (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = public.trojan_eq);
-         CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
-         CREATE FUNCTION public.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
-         CREATE FUNCTION public.has_table_privilege(regclass, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
-         CREATE FUNCTION public.jsonb_populate_record(users, jsonb) RETURNS users LANGUAGE sql
-             AS $$ SELECT 1::bigint, 'trojan', 'x' $$;
-         CREATE FUNCTION pg_temp.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
-         SET search_path = public, pg_catalog;
-         INSERT INTO users (name) VALUES ('by the app');
-         UPDATE users SET name = 'renamed';",
-    )
-    .await
-    .unwrap();
-    let gw = Gateway::start(&url).await;
-    let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "by post"}"#)).await.unwrap();
-    assert_eq!(resp.status, 201, "{}", resp.body);
-    let mut stream = SseStream::ok(gw.addr, "/users/events", &[("last-event-id", "0")]).await;
-    let events = stream.take(3).await;
-    let names: Vec<_> = events.iter().map(|e| e.json()["name"].clone()).collect();
-    assert_eq!(names, [json!("by the app"), json!("renamed"), json!("by post")]);
-    assert!(events.iter().all(|e| !e.data.contains("trojan") && !e.data.contains("password")), "{events:?}");
 }
 
 #[tokio::test]
@@ -340,4 +229,28 @@ async fn publish_table_names_the_privilege_its_caller_lacks() {
     .unwrap();
     let err = db_error(app.batch_execute("SELECT pgsse.publish_table('secret_stuff')").await);
     assert_eq!(err, format!("pgsse: role {WRITER_ROLE} lacks the TRIGGER privilege on table public.secret_stuff"));
+}
+
+#[tokio::test]
+async fn migrate_names_the_privilege_its_role_lacks() {
+    let url = common::empty_db().await;
+    let db = connect(&url).await;
+    let name: String = db.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let outsider = format!("{name}_outsider");
+    db.batch_execute(&format!("CREATE ROLE {outsider} LOGIN; REVOKE CREATE ON DATABASE {name} FROM PUBLIC"))
+        .await
+        .unwrap();
+    let as_outsider = common::as_role(&url, &outsider);
+    let err = pgsse::migrate::migrate(&as_outsider).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "role {outsider} lacks the CREATE privilege on database {name}, which installing schema pgsse needs: run \
+             migrate as the database's owner, or have it run: GRANT CREATE ON DATABASE {name} TO {outsider};"
+        )
+    );
+    pgsse::migrate::migrate(&url).await.unwrap();
+    let err = pgsse::migrate::migrate(&as_outsider).await.unwrap_err().to_string();
+    assert!(err.starts_with("schema pgsse belongs to role "), "{err}");
+    assert!(err.contains(&format!("role {outsider} is not a member of it")), "{err}");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{connect, fresh_db, fresh_db_on, messages_table, private_cluster, wait_for, Follower, Gateway, SseStream};
+use common::{connect, messages_table, private_cluster, wait_for, Follower, Gateway, SseStream, TestDb};
 use pgsse::config::Config;
 use serde_json::json;
 
@@ -24,8 +24,8 @@ fn received(follower: &Follower) -> Vec<(i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_once() {
     let cluster = private_cluster();
-    let url = fresh_db_on(&cluster.url("postgres")).await;
-    messages_table(&connect(&url).await, "").await;
+    let TestDb { url, admin, .. } = TestDb::on(&cluster.url("postgres")).await;
+    messages_table(&admin, "").await;
     let mut config = common::gateway_config(&url);
     config.probe_interval = std::time::Duration::from_millis(500);
     let gw = Gateway::start_with(config).await;
@@ -40,14 +40,15 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
             let mut n = 0u64;
             let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
             while !stop.load(Ordering::Relaxed) {
-                let Ok((db, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                let app = common::as_role(&url, common::WRITER_ROLE);
+                let Ok((app, conn)) = tokio_postgres::connect(&app, tokio_postgres::NoTls).await else {
                     pace.tick().await;
                     continue;
                 };
                 tokio::spawn(conn);
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    if db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("w{n}")]).await.is_err() {
+                    if app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("w{n}")]).await.is_err() {
                         break;
                     }
                     committed.fetch_add(1, Ordering::Relaxed);
@@ -85,18 +86,16 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
 
 #[tokio::test]
 async fn a_restarted_gateway_serves_what_was_written_while_it_was_down() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
-    db.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
     let seen = stream.expect().await;
     gw.shutdown().await;
     assert!(stream.next().await.is_none(), "stream ended by shutdown");
 
     for body in ["while down 1", "while down 2"] {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
     }
     let gw = Gateway::start(&url).await;
     let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &seen.id().to_string())]).await;
@@ -105,19 +104,17 @@ async fn a_restarted_gateway_serves_what_was_written_while_it_was_down() {
         (got[0].json()["body"].clone(), got[1].json()["body"].clone()),
         (json!("while down 1"), json!("while down 2"))
     );
-    db.execute("INSERT INTO messages (body) VALUES ('live again')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('live again')", &[]).await.unwrap();
     assert_eq!(resumed.expect().await.json()["body"], "live again");
 }
 
 #[tokio::test]
 async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
-    let killed: i64 = db
+    let killed: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgsse-listener' \
              AND datname = current_database()",
@@ -128,22 +125,20 @@ async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
         .get(0);
     assert_eq!(killed, 1, "exactly one LISTEN connection");
     // Written while the listener is (probably) down: only the catch-up after reconnecting can deliver it.
-    db.execute("INSERT INTO messages (body) VALUES ('during reconnect')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('during reconnect')", &[]).await.unwrap();
     assert_eq!(stream.expect().await.json()["body"], "during reconnect");
     gw.wait_healthy().await;
-    db.execute("INSERT INTO messages (body) VALUES ('after reconnect')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('after reconnect')", &[]).await.unwrap();
     assert_eq!(stream.expect().await.json()["body"], "after reconnect");
 }
 
 #[tokio::test]
 async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut first = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     for i in 1..=5 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("old{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("old{i}")]).await.unwrap();
     }
     let seen = first.take(5).await;
     let last_seen = seen[4].id();
@@ -151,15 +146,16 @@ async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
     wait_for("follower replayed the last event", || async { follower.last_id() == Some(last_seen) }).await;
 
     // What a restore from an older backup looks like to the gateway: the newest events and ids are gone.
-    db.batch_execute(&format!(
-        "DELETE FROM pgsse.events WHERE id > {keep}; ALTER SEQUENCE pgsse.event_id_seq RESTART WITH {next};
+    admin
+        .batch_execute(&format!(
+            "DELETE FROM pgsse.events WHERE id > {keep}; ALTER SEQUENCE pgsse.event_id_seq RESTART WITH {next};
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgsse-listener'
          AND datname = current_database();",
-        keep = seen[1].id(),
-        next = seen[1].id() + 1
-    ))
-    .await
-    .unwrap();
+            keep = seen[1].id(),
+            next = seen[1].id() + 1
+        ))
+        .await
+        .unwrap();
     assert!(first.next().await.is_none(), "live streams are ended so their clients resume");
     gw.wait_healthy().await;
 
@@ -167,7 +163,7 @@ async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
     let reset = resumed.expect().await;
     assert_eq!(reset.event, "reset");
     assert_eq!(reset.json(), json!({"from": seen[1].id(), "reason": "unknown_id"}));
-    db.execute("INSERT INTO messages (body) VALUES ('new history')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('new history')", &[]).await.unwrap();
     let next = resumed.expect().await;
     assert_eq!((next.id(), next.json()["body"].clone()), (seen[1].id() + 1, json!("new history")));
     wait_for("the reconnecting client gets the reset and the new event too", || async { follower.count() == 3 }).await;
@@ -178,46 +174,45 @@ async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
 
 /// A gateway config whose LISTEN connection logs in as a role of its own, so a test can lock the
 /// listener out while the pool keeps working. Returns the config and the role.
-async fn own_listener_role(db: &tokio_postgres::Client, url: &str) -> (Config, String) {
+async fn own_listener_role(admin: &tokio_postgres::Client, url: &str) -> (Config, String) {
     let role =
-        format!("{}_listener", db.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
-    db.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
+        format!("{}_listener", admin.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
+    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
     let mut config = common::gateway_config(url);
     config.listen_database_url = Some(format!("{} password=listener", common::as_role(url, &role)));
     (config, role)
 }
 
-/// Cuts the listener's connection so it cannot come back, then runs `then` in the same batch.
-async fn lock_out_listener(db: &tokio_postgres::Client, role: &str, then: &str) {
-    db.batch_execute(&format!(
-        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
-         {then}"
+/// Cuts the listener's connection so it cannot come back.
+async fn lock_out_listener(admin: &tokio_postgres::Client, role: &str) {
+    admin
+        .batch_execute(&format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';"
     ))
-    .await
-    .unwrap();
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_lags() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
-    let (config, role) = own_listener_role(&db, &url).await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (config, role) = own_listener_role(&admin, &url).await;
     let gw = Gateway::start_with(config).await;
 
     // Opened before the event below: the gateway has read the log's head once already.
     let mut early = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     // The LISTEN connection is cut and cannot come back, so this event is committed but not broadcast.
-    lock_out_listener(&db, &role, "INSERT INTO messages (body) VALUES ('before the stream');").await;
+    lock_out_listener(&admin, &role).await;
+    app.execute("INSERT INTO messages (body) VALUES ('before the stream')", &[]).await.unwrap();
     // Opened together, so they share reads of the head; none may use a read older than its request.
     let opening: Vec<_> = (0..20).map(|_| tokio::spawn(SseStream::ok(gw.addr, "/messages/events", &[]))).collect();
     let mut streams = Vec::new();
     for stream in opening {
         streams.push(stream.await.unwrap());
     }
-    db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
+    admin.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
     gw.wait_healthy().await;
-    db.execute("INSERT INTO messages (body) VALUES ('after the stream')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('after the stream')", &[]).await.unwrap();
     for stream in &mut streams {
         assert_eq!(stream.expect().await.json()["body"], "after the stream", "nothing from before the request");
     }
@@ -226,20 +221,18 @@ async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_la
 
 #[tokio::test]
 async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
-    let (mut config, role) = own_listener_role(&db, &url).await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (mut config, role) = own_listener_role(&admin, &url).await;
     config.queue_capacity = 16;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
-    db.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
     assert_eq!(stream.expect().await.json()["body"], "warmup");
 
     // Ten queues' worth of events commit while the listener is away.
-    lock_out_listener(&db, &role, "INSERT INTO messages (body) SELECT 'missed ' || n FROM generate_series(1, 160) n;")
-        .await;
-    db.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
+    lock_out_listener(&admin, &role).await;
+    app.execute("INSERT INTO messages (body) SELECT 'missed ' || n FROM generate_series(1, 160) n", &[]).await.unwrap();
+    admin.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
     let bodies: Vec<String> =
         stream.take(160).await.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
     assert_eq!(bodies, (1..=160).map(|n| format!("missed {n}")).collect::<Vec<_>>(), "on the same stream");
@@ -247,9 +240,7 @@ async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
 
 #[tokio::test]
 async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_again_after() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let polling = || common::metric(gw.addr, "pgsse_listener_polling");
@@ -260,9 +251,9 @@ async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_ag
     let writer = {
         let url = url.clone();
         tokio::spawn(async move {
-            let db = connect(&url).await;
+            let app = common::writer(&url).await;
             for batch in 0..60 {
-                db.execute(
+                app.execute(
                     "INSERT INTO messages (body) SELECT $1 || '.' || n FROM generate_series(1, 100) n",
                     &[&batch.to_string()],
                 )
@@ -280,20 +271,19 @@ async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_ag
     writer.await.unwrap();
 
     wait_for("the listener listens again", || async { polling().await == 0 }).await;
-    db.execute("INSERT INTO messages (body) VALUES ('quiet')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('quiet')", &[]).await.unwrap();
     assert_eq!(stream.expect().await.json()["body"], "quiet");
 }
 
 #[tokio::test]
 async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_later() {
     let cluster = private_cluster();
-    let url = fresh_db_on(&cluster.url("postgres")).await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, app } = TestDb::on(&cluster.url("postgres")).await;
+    messages_table(&admin, "").await;
     for body in ["seen", "missed"] {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
     }
-    drop(db);
+    drop((admin, app));
     let gw = Gateway::start(&url).await;
     let mut first = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
     assert_eq!(first.expect().await.json()["body"], "seen");
@@ -314,7 +304,7 @@ async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_
     .await
     .unwrap();
     assert_eq!(resumed.expect().await.json()["body"], "missed");
-    connect(&url).await.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
+    common::writer(&url).await.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
     assert_eq!(resumed.expect().await.json()["body"], "after");
     drop(cluster);
 }

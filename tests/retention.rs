@@ -3,34 +3,34 @@
 
 mod common;
 
-use common::{connect, fresh_db, messages_table, wait_for, Gateway, SseStream};
+use common::{wait_for, Gateway, SseStream, TestDb};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_events_are_pruned_and_resuming_from_them_gets_a_reset() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
     for i in 1..=5 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
     let ids: Vec<i64> =
-        db.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        admin.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     // The first three are two days old, and so is the last; but the last comes after b4, which is recent,
     // and pruning takes only a prefix of the log, so it stays.
-    db.execute(
-        "UPDATE pgsse.events SET created_at = now() - interval '2 days' WHERE id <= $1 OR id = $2",
-        &[&ids[2], &ids[4]],
-    )
-    .await
-    .unwrap();
+    admin
+        .execute(
+            "UPDATE pgsse.events SET created_at = now() - interval '2 days' WHERE id <= $1 OR id = $2",
+            &[&ids[2], &ids[4]],
+        )
+        .await
+        .unwrap();
     let mut config = common::gateway_config(&url);
     config.prune_interval = std::time::Duration::from_millis(100);
     let gw = Gateway::start_with(config.clone()).await;
     let _second = Gateway::start_with(config).await;
 
     wait_for("the old prefix pruned", || async {
-        let row = db.query_one("SELECT count(*), (SELECT pruned_through FROM pgsse.meta) FROM pgsse.events", &[]).await;
+        let row =
+            admin.query_one("SELECT count(*), (SELECT pruned_through FROM pgsse.meta) FROM pgsse.events", &[]).await;
         row.is_ok_and(|r| r.get::<_, i64>(0) == 2 && r.get::<_, i64>(1) == ids[2])
     })
     .await;
@@ -45,18 +45,20 @@ async fn old_events_are_pruned_and_resuming_from_them_gets_a_reset() {
 
 #[tokio::test]
 async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_pruned() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
-    db.batch_execute("SELECT pgsse.create_channel('alerts')").await.unwrap();
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    admin.batch_execute("SELECT pgsse.create_channel('alerts')").await.unwrap();
     let mut ids = std::collections::HashMap::new();
     for name in ["a1", "m1", "m2", "m3", "a2", "m4", "m5"] {
-        let sql = match name.starts_with('a') {
-            true => "SELECT pgsse.publish('alerts', 'alert', jsonb_build_object('body', $1::text))",
-            false => "INSERT INTO messages (body) VALUES ($1)",
+        let written = match name.starts_with('a') {
+            true => {
+                admin
+                    .execute("SELECT pgsse.publish('alerts', 'alert', jsonb_build_object('body', $1::text))", &[&name])
+                    .await
+            }
+            false => app.execute("INSERT INTO messages (body) VALUES ($1)", &[&name]).await,
         };
-        db.execute(sql, &[&name]).await.unwrap();
-        ids.insert(name, db.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
+        written.unwrap();
+        ids.insert(name, admin.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
     }
     let mut config = common::gateway_config(&url);
     config.retention_events = Some(3);
@@ -64,11 +66,11 @@ async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_
     let gw = Gateway::start_with(config).await;
 
     wait_for("messages cut to their newest three", || async {
-        let row = db.query_one("SELECT pruned_through FROM pgsse.channels WHERE name = 'messages'", &[]).await;
+        let row = admin.query_one("SELECT pruned_through FROM pgsse.channels WHERE name = 'messages'", &[]).await;
         row.is_ok_and(|r| r.get::<_, i64>(0) == ids["m2"])
     })
     .await;
-    let left: Vec<String> = db
+    let left: Vec<String> = admin
         .query("SELECT payload->>'body' FROM pgsse.events ORDER BY id", &[])
         .await
         .unwrap()

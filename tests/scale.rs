@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{connect, free_port, fresh_db, get, messages_table, wait_for, Follower};
+use common::{free_port, get, wait_for, Follower, TestDb};
 use tokio::process::{Child, Command};
 
 const CLIENTS: usize = 9;
@@ -34,15 +34,13 @@ async fn gateway_process(url: &str) -> (Child, SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_deliver_every_event_once_even_when_one_is_killed() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, app: writer_db } = TestDb::messages("").await;
     let mut gateways = Vec::new();
     for _ in 0..3 {
         gateways.push(gateway_process(&url).await);
     }
     let addrs: Vec<SocketAddr> = gateways.iter().map(|(_, addr)| *addr).collect();
-    let listeners: i64 = db
+    let listeners: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsse-listener' \
              AND datname = current_database()",
@@ -66,7 +64,6 @@ async fn three_instances_deliver_every_event_once_even_when_one_is_killed() {
     let committed = Arc::new(AtomicU64::new(0));
     let writer = {
         let (stop, committed) = (stop.clone(), committed.clone());
-        let writer_db = connect(&url).await;
         tokio::spawn(async move {
             let mut pace = tokio::time::interval(Duration::from_millis(5));
             while !stop.load(Ordering::Relaxed) {
@@ -87,7 +84,7 @@ async fn three_instances_deliver_every_event_once_even_when_one_is_killed() {
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
-    let rows = db.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
+    let rows = admin.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
     let log: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let head = log.last().unwrap().0;
     wait_for("every client caught up", || async { followers.iter().all(|f| f.last_id() >= Some(head)) }).await;

@@ -2,15 +2,13 @@
 
 mod common;
 
-use common::{connect, fresh_db, messages_table, Gateway, SseStream};
+use common::{connect, fresh_db, Gateway, SseStream, TestDb};
 use pgsse::config::Config;
 use serde_json::json;
 
 #[tokio::test]
 async fn insert_from_another_connection_arrives_with_stream_headers() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
 
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
@@ -18,7 +16,7 @@ async fn insert_from_another_connection_arrives_with_stream_headers() {
     assert_eq!(stream.headers["cache-control"], "no-cache, no-transform");
     assert_eq!(stream.headers["x-accel-buffering"], "no");
 
-    db.execute("INSERT INTO messages (body) VALUES ('hello from psql')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('hello from psql')", &[]).await.unwrap();
     let ev = stream.expect().await;
     assert_eq!(ev.event, "insert");
     assert_eq!(ev.json()["body"], "hello from psql");
@@ -29,13 +27,11 @@ async fn insert_from_another_connection_arrives_with_stream_headers() {
 
 #[tokio::test]
 async fn streams_share_one_http2_connection_by_prior_knowledge() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
 
     let mut streams = SseStream::h2_streams(gw.addr, &["/messages/events"; 3]).await;
-    db.execute("INSERT INTO messages (body) VALUES ('multiplexed')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('multiplexed')", &[]).await.unwrap();
     for stream in &mut streams {
         assert_eq!(stream.expect().await.json()["body"], "multiplexed");
     }
@@ -49,9 +45,7 @@ async fn streams_share_one_http2_connection_by_prior_knowledge() {
 #[tokio::test]
 async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_client_leaves() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let streams_open = || common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}");
 
@@ -83,7 +77,7 @@ async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_
     assert_eq!(body, "retry: 3000\n: pgsse\n\n");
 
     raw.clear();
-    db.execute("INSERT INTO messages (body) VALUES ('raw')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('raw')", &[]).await.unwrap();
     read_until(&mut conn, &mut raw, b"}\n\n").await;
     let event = String::from_utf8(raw).unwrap();
     assert!(event.starts_with("id: ") && event.contains("\nevent: insert\ndata: {"), "{event:?}");
@@ -100,9 +94,7 @@ async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_
 #[tokio::test]
 async fn an_http1_stream_over_tls_is_written_through_it() {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let dir = std::env::temp_dir().join(format!("pgsse-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = common::self_signed(&dir);
@@ -130,7 +122,7 @@ async fn an_http1_stream_over_tls_is_written_through_it() {
     };
     let head = read_until(": pgsse").await;
     assert_eq!(head[0], "HTTP/1.0 200 OK", "{head:?}");
-    db.execute("INSERT INTO messages (body) VALUES ('over tls')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('over tls')", &[]).await.unwrap();
     let all = read_until("over tls").await;
     assert!(all[all.len() - 2] == "event: insert" && all.last().unwrap().starts_with("data: {"), "{all:?}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -138,22 +130,22 @@ async fn an_http1_stream_over_tls_is_written_through_it() {
 
 #[tokio::test]
 async fn one_stream_carries_several_channels_in_id_order() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
-    db.batch_execute("SELECT pgsse.create_channel('alerts'); SELECT pgsse.create_channel('other');").await.unwrap();
+    let TestDb { url, admin, .. } = TestDb::messages("").await;
+    admin.batch_execute("SELECT pgsse.create_channel('alerts'); SELECT pgsse.create_channel('other');").await.unwrap();
     let gw = Gateway::start(&url).await;
 
     let mut both = SseStream::ok(gw.addr, "/events?channel=messages&channel=alerts", &[]).await;
     let mut alerts = SseStream::ok(gw.addr, "/alerts/events", &[]).await;
-    db.batch_execute(
-        "INSERT INTO messages (body) VALUES ('m1');
+    let publisher = common::connect(&common::as_role(&url, common::PUBLISHER_ROLE)).await;
+    publisher
+        .batch_execute(
+            "INSERT INTO messages (body) VALUES ('m1');
          SELECT pgsse.publish('other', 'message', '{\"skip\": true}');
          SELECT pgsse.publish('alerts', 'message', '{\"level\": \"high\"}');
          INSERT INTO messages (body) VALUES ('m2');",
-    )
-    .await
-    .unwrap();
+        )
+        .await
+        .unwrap();
     let got = both.take(3).await;
     let names: Vec<String> = got.iter().map(|e| e.event.clone()).collect();
     assert_eq!(names, ["insert", "message", "insert"]);
@@ -165,19 +157,17 @@ async fn one_stream_carries_several_channels_in_id_order() {
 
 #[tokio::test]
 async fn resume_replays_exactly_what_was_missed_then_goes_live() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
 
     let mut first = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     for i in 1..=3 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
     let seen = first.take(3).await;
     drop(first);
     for i in 4..=2600 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
     let last = seen[1].id().to_string();
     let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &last)]).await;
@@ -185,7 +175,7 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
     let bodies: Vec<String> = replayed.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect();
     let expected: Vec<String> = (3..=2600).map(|i| format!("b{i}")).collect();
     assert_eq!(bodies[..], expected[..], "every event after the resume point, once, in order");
-    db.execute("INSERT INTO messages (body) VALUES ('live')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('live')", &[]).await.unwrap();
     assert_eq!(resumed.expect().await.json()["body"], "live");
 
     // The query parameter is the page's first-connect form; the header wins when both are present.
@@ -199,16 +189,14 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
 
 #[tokio::test]
 async fn transactions_committing_out_of_insert_order_lose_nothing_on_resume() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut slow_tx = connect(&url).await;
 
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let tx = slow_tx.transaction().await.unwrap();
     tx.execute("INSERT INTO messages (body) VALUES ('inserted first, commits last')", &[]).await.unwrap();
-    db.execute("INSERT INTO messages (body) VALUES ('inserted second, commits first')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('inserted second, commits first')", &[]).await.unwrap();
     let early = stream.expect().await;
     assert_eq!(early.json()["body"], "inserted second, commits first");
     drop(stream);
@@ -222,9 +210,7 @@ async fn transactions_committing_out_of_insert_order_lose_nothing_on_resume() {
 
 #[tokio::test]
 async fn a_long_transaction_does_not_hold_back_others() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut long = connect(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
@@ -232,7 +218,7 @@ async fn a_long_transaction_does_not_hold_back_others() {
     let tx = long.transaction().await.unwrap();
     tx.execute("INSERT INTO messages (body) VALUES ('long')", &[]).await.unwrap();
     for i in 0..5 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("short{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("short{i}")]).await.unwrap();
     }
     let got = stream.take(5).await;
     assert!(got.iter().all(|e| e.json()["body"].as_str().unwrap().starts_with("short")));
@@ -242,15 +228,13 @@ async fn a_long_transaction_does_not_hold_back_others() {
 
 #[tokio::test]
 async fn a_one_megabyte_row_arrives_intact() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     let big: String = (0..1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    db.execute("INSERT INTO messages (body) VALUES ($1)", &[&big]).await.unwrap();
-    db.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ($1)", &[&big]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
     let ev = stream.expect().await;
     assert_eq!(ev.json()["body"].as_str().unwrap(), big);
     assert_eq!(stream.expect().await.json()["body"], "after");
@@ -258,42 +242,40 @@ async fn a_one_megabyte_row_arrives_intact() {
 
 #[tokio::test]
 async fn payload_text_cannot_forge_sse_fields() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
-    db.batch_execute("SELECT pgsse.create_channel('raw')").await.unwrap();
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    admin.batch_execute("SELECT pgsse.create_channel('raw')").await.unwrap();
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/events?channel=messages&channel=raw", &[]).await;
 
     let evil = "x\n\nevent: evil\nid: 999999\ndata: y\r\rdata: z";
-    db.execute("INSERT INTO messages (body) VALUES ($1)", &[&evil]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ($1)", &[&evil]).await.unwrap();
     // A JSON string payload whose text holds raw line breaks would be the dangerous case; jsonb escapes
     // them, and the encoder splits any that reach it. Both paths must yield one intact event.
-    db.execute("SELECT pgsse.publish('raw', 'message', to_jsonb($1::text))", &[&evil]).await.unwrap();
+    admin.execute("SELECT pgsse.publish('raw', 'message', to_jsonb($1::text))", &[&evil]).await.unwrap();
     let a = stream.expect().await;
     assert_eq!((a.event.as_str(), a.json()["body"].as_str().unwrap()), ("insert", evil));
     let b = stream.expect().await;
     assert_eq!((b.event.as_str(), b.json().as_str().unwrap()), ("message", evil));
     assert!(b.id() < 999999);
 
-    let bad_event = db.execute("SELECT pgsse.publish('raw', E'message\\nevent: evil', '{}')", &[]).await;
+    let bad_event = admin.execute("SELECT pgsse.publish('raw', E'message\\nevent: evil', '{}')", &[]).await;
     assert!(bad_event.is_err(), "event names with line breaks are refused at the source");
 }
 
 #[tokio::test]
 async fn update_and_delete_capture_with_custom_names_and_channel() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text);
          SELECT pgsse.publish_table('orders', channel => 'shop.orders', operations => ARRAY['insert','update','delete'],
                                     insert_event => 'created', update_event => 'changed', delete_event => 'removed');",
-    )
-    .await
-    .unwrap();
+        )
+        .await
+        .unwrap();
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/shop.orders/events", &[]).await;
-    db.batch_execute("INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid'; DELETE FROM orders;")
+    app.batch_execute("INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid'; DELETE FROM orders;")
         .await
         .unwrap();
     let got = stream.take(3).await;
@@ -304,26 +286,27 @@ async fn update_and_delete_capture_with_custom_names_and_channel() {
         [("created".into(), "new".into()), ("changed".into(), "paid".into()), ("removed".into(), "paid".into())]
     );
 
-    db.batch_execute("SELECT pgsse.unpublish_table('orders'); INSERT INTO orders VALUES (2, 'quiet');").await.unwrap();
+    admin
+        .batch_execute("SELECT pgsse.unpublish_table('orders'); INSERT INTO orders VALUES (2, 'quiet');")
+        .await
+        .unwrap();
     let unknown = common::get(gw.addr, "/unknown.channel/events", &[]).await.unwrap();
     assert_eq!(unknown.status, 400);
-    let count: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    let count: i64 = admin.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
     assert_eq!(count, 3, "unpublished table no longer captured");
 }
 
 #[tokio::test]
 async fn pruned_or_unknown_resume_ids_get_a_reset_event() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     for i in 1..=5 {
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
     let ids: Vec<i64> =
-        db.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    db.execute("DELETE FROM pgsse.events WHERE id <= $1", &[&ids[2]]).await.unwrap();
-    db.execute("UPDATE pgsse.meta SET pruned_through = $1", &[&ids[2]]).await.unwrap();
+        admin.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    admin.execute("DELETE FROM pgsse.events WHERE id <= $1", &[&ids[2]]).await.unwrap();
+    admin.execute("UPDATE pgsse.meta SET pruned_through = $1", &[&ids[2]]).await.unwrap();
 
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &ids[0].to_string())]).await;
     let reset = stream.expect().await;
@@ -336,15 +319,13 @@ async fn pruned_or_unknown_resume_ids_get_a_reset_event() {
     let mut ahead = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "999999")]).await;
     let reset = ahead.expect().await;
     assert_eq!(reset.json(), json!({"from": ids[4], "reason": "unknown_id"}));
-    db.execute("INSERT INTO messages (body) VALUES ('next')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('next')", &[]).await.unwrap();
     assert_eq!(ahead.expect().await.json()["body"], "next");
 }
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
     let cases: &[Case] = &[
@@ -413,9 +394,7 @@ async fn stalled_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     use tokio::io::AsyncReadExt;
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     // Small, so the stalled client is cut within the 300 events; roomy enough that this reader (a debug
     // build of hyper's client, which takes a body delimited by the connection's close in 8 KiB frames)
@@ -426,7 +405,7 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     let mut stalled = stalled_stream(gw.addr).await;
     let mut reader = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     // Registration of the raw client is confirmed by it receiving the first event below.
-    db.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
     assert_eq!(reader.expect().await.json()["body"], "warmup");
 
     let chunk = "x".repeat(64 * 1024);
@@ -434,9 +413,9 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     let writer = {
         let url = url.clone();
         tokio::spawn(async move {
-            let db = connect(&url).await;
+            let app = common::writer(&url).await;
             for i in 0..total {
-                db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("{i}:{chunk}")]).await.unwrap();
+                app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("{i}:{chunk}")]).await.unwrap();
             }
         })
     };
@@ -465,9 +444,7 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     config.heartbeat = std::time::Duration::from_millis(250);
     config.queue_capacity = 4;
@@ -486,7 +463,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
         if metric("pgsse_subscribers_cut_total").await > 0 {
             break;
         }
-        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
     }
     assert!(metric("pgsse_subscribers_cut_total").await > 0, "the stalled client was cut");
     // Its write is still blocked; only giving up on it frees the connection and the client's place.
@@ -499,14 +476,12 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
 
 #[tokio::test]
 async fn graceful_shutdown_ends_streams_and_returns_promptly() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let addr = gw.addr;
     let mut a = SseStream::ok(addr, "/messages/events", &[]).await;
     let mut b = SseStream::ok(addr, "/messages/events", &[("last-event-id", "0")]).await;
-    db.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
     a.expect().await;
     b.expect().await;
 
@@ -550,16 +525,14 @@ async fn the_listen_connection_can_use_its_own_url() {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    messages_table(&db, "").await;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
-    db.execute("INSERT INTO messages (body) VALUES ('counted')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('counted')", &[]).await.unwrap();
     let id = stream.expect().await.id();
     let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
     assert_eq!(resumed.expect().await.id(), id);
-    db.execute("INSERT INTO messages (body) VALUES ('live to both')", &[]).await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('live to both')", &[]).await.unwrap();
     let id = stream.expect().await.id();
     assert_eq!(resumed.expect().await.id(), id);
     let long = format!("/messages?{}", "x".repeat(9000));

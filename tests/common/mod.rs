@@ -94,6 +94,8 @@ pub async fn fresh_db_on(admin: &str) -> String {
 pub const GATEWAY_ROLE: &str = "pgsse_test_gateway";
 /// The login that tests write published tables with: no grant on schema pgsse at all.
 pub const WRITER_ROLE: &str = "pgsse_test_writer";
+/// An application's role that was also granted `pgsse_publisher`, to call `pgsse.publish` beside its writes.
+pub const PUBLISHER_ROLE: &str = "pgsse_test_publisher";
 
 /// Creates the two test logins once per cluster (roles are cluster-wide; the lock keeps concurrent tests
 /// from racing on them) and gives them the table privileges an application would grant in `url`.
@@ -109,6 +111,9 @@ async fn test_roles(admin: &str, url: &str) {
                  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WRITER_ROLE}') THEN
                      CREATE ROLE {WRITER_ROLE} LOGIN;
                  END IF;
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{PUBLISHER_ROLE}') THEN
+                     CREATE ROLE {PUBLISHER_ROLE} LOGIN IN ROLE pgsse_publisher;
+                 END IF;
                  IF NOT pg_has_role('{GATEWAY_ROLE}', 'pgsse_gateway', 'MEMBER') THEN
                      GRANT pgsse_gateway TO {GATEWAY_ROLE};
                  END IF;
@@ -120,9 +125,9 @@ async fn test_roles(admin: &str, url: &str) {
     connect(url)
         .await
         .batch_execute(&format!(
-            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO {WRITER_ROLE};
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO {WRITER_ROLE}, {PUBLISHER_ROLE};
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT INSERT, DELETE ON TABLES TO {GATEWAY_ROLE};
-             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO {WRITER_ROLE}, {GATEWAY_ROLE};"
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO {WRITER_ROLE}, {PUBLISHER_ROLE}, {GATEWAY_ROLE};"
         ))
         .await
         .expect("test privileges");
@@ -165,6 +170,35 @@ async fn empty_db_on(admin: &str) -> String {
     }
 }
 
+/// A fresh, migrated database as production uses it: `admin` (the superuser) only creates tables,
+/// publishes them and reads pgsse's own tables; `app` (an application's role with no grant on pgsse)
+/// makes every write to a published table.
+pub struct TestDb {
+    pub url: String,
+    pub admin: Client,
+    pub app: Client,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self::on(admin_url()).await
+    }
+
+    /// A fresh database on the server whose `postgres` database `server` names, e.g. a private cluster.
+    pub async fn on(server: &str) -> Self {
+        let url = fresh_db_on(server).await;
+        let (admin, app) = (connect(&url).await, writer(&url).await);
+        Self { url, admin, app }
+    }
+
+    /// A fresh database with `messages` published with `publish_args` (see [`messages_table`]).
+    pub async fn messages(publish_args: &str) -> Self {
+        let db = Self::new().await;
+        messages_table(&db.admin, publish_args).await;
+        db
+    }
+}
+
 /// Creates `messages` (id, body, created_at) and publishes it with the given extra arguments.
 pub async fn messages_table(db: &Client, publish_args: &str) {
     db.batch_execute(&format!(
@@ -173,6 +207,24 @@ pub async fn messages_table(db: &Client, publish_args: &str) {
     ))
     .await
     .unwrap();
+}
+
+/// `users`, with a column nobody outside may see (`password_hash`), published with `args`.
+pub async fn users_table(db: &tokio_postgres::Client, args: &str) {
+    db.batch_execute(&format!(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL, password_hash text NOT NULL DEFAULT 'x');
+         SELECT pgsse.publish_table('users'{args});"
+    ))
+    .await
+    .unwrap();
+}
+
+/// The server's message for a statement that must fail.
+pub fn db_error(result: Result<impl Sized, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => panic!("expected the database to refuse"),
+        Err(err) => err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string()),
+    }
 }
 
 pub struct Gateway {
