@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use decimal::Decimal;
+
+mod decimal;
+
 /// The filter of each channel of a stream (channels without one pass everything).
 pub type ChannelFilters = HashMap<String, Arc<Filter>>;
 
@@ -24,18 +28,18 @@ pub enum FilterError {
 #[derive(Debug, Clone, PartialEq)]
 struct Literal {
     text: String,
-    number: Option<f64>,
+    number: Option<Decimal>,
 }
 
 impl Literal {
     fn new(text: &str) -> Self {
-        Self { text: text.to_string(), number: text.parse::<f64>().ok().filter(|n| n.is_finite()) }
+        Self { text: text.to_string(), number: Decimal::parse(text) }
     }
 
     fn equals(&self, value: &Value) -> bool {
         match value {
             Value::String(s) => *s == self.text,
-            Value::Number(n) => self.number.is_some_and(|l| n.as_f64() == Some(l)),
+            Value::Number(n) => self.number.as_ref().is_some_and(|l| number(n).as_ref() == Some(l)),
             Value::Bool(b) => self.text == if *b { "true" } else { "false" },
             _ => false,
         }
@@ -44,11 +48,17 @@ impl Literal {
     /// `value` compared to the literal: numbers numerically, strings by bytes, anything else not at all.
     fn order(&self, value: &Value) -> Option<std::cmp::Ordering> {
         match value {
-            Value::Number(n) => n.as_f64()?.partial_cmp(&self.number?),
+            Value::Number(n) => Some(number(n)?.cmp(self.number.as_ref()?)),
             Value::String(s) => Some(s.as_str().cmp(self.text.as_str())),
             _ => None,
         }
     }
+}
+
+/// A JSON number exactly as written: serde_json keeps its text (the `arbitrary_precision` feature), so a
+/// `numeric` of 30 digits or a `bigint` past 2^53 is compared digit for digit, never through an `f64`.
+fn number(n: &serde_json::Number) -> Option<Decimal> {
+    Decimal::parse(&n.to_string())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -226,6 +236,29 @@ mod tests {
             assert!(!filter(q).matches(&row), "{q:?} should not match");
         }
         assert!(Filter::default().matches(&row));
+    }
+
+    #[test]
+    fn big_integers_and_decimals_compare_exactly() {
+        let row: Value =
+            serde_json::from_str(r#"{"user_id": 1234567890123456790, "big": 9007199254740993, "n": 0.30000000000000000001}"#)
+                .unwrap();
+        for (key, value, want) in [
+            ("user_id", "eq.1234567890123456789", false),
+            ("user_id", "eq.1234567890123456790", true),
+            ("user_id", "gt.1234567890123456789", true),
+            ("user_id", "lte.1234567890123456789", false),
+            ("user_id", "in.(1234567890123456789,1)", false),
+            ("big", "eq.9007199254740992", false),
+            ("big", "eq.9007199254740993", true),
+            ("big", "neq.9007199254740992", true),
+            ("big", "lt.9007199254740993.5", true),
+            ("n", "eq.0.3", false),
+            ("n", "gt.0.3", true),
+            ("n", "eq.30000000000000000001e-20", true),
+        ] {
+            assert_eq!(filter(&[(key, value)]).matches(&row), want, "{key}={value}");
+        }
     }
 
     #[test]

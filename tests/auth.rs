@@ -32,7 +32,7 @@ async fn orders_db() -> TestDb {
     let db = TestDb::new().await;
     db.admin
         .batch_execute(
-            "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL, item text);
+            "CREATE TABLE orders (id serial PRIMARY KEY, user_id bigint NOT NULL, item text);
          SELECT pgsse.publish_table('orders');
          SELECT pgsse.create_channel('public.news');",
         )
@@ -97,15 +97,26 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
 
 #[tokio::test]
 async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
+    filter_holds_live_on_replay_and_in_history(42, 7).await;
+}
+
+/// Snowflake-sized ids one apart round to the same f64: the grant must still tell them apart.
+#[tokio::test]
+async fn a_grant_on_a_bigint_id_tells_neighbours_apart() {
+    filter_holds_live_on_replay_and_in_history(1234567890123456789, 1234567890123456790).await;
+    filter_holds_live_on_replay_and_in_history(9007199254740992, 9007199254740993).await;
+}
+
+/// A token granted `user_id=eq.{mine}` sees only `mine`'s rows, even when it asks for `theirs` too.
+async fn filter_holds_live_on_replay_and_in_history(mine: i64, theirs: i64) {
     let TestDb { url, app, .. } = orders_db().await;
     let gw = gateway(&url).await;
-    let mine = token(json!({"subscribe": ["orders"], "filter": {"orders": "user_id=eq.42"}}), now() + 600);
-    let auth = format!("Bearer {mine}");
+    let grant = json!({"subscribe": ["orders"], "filter": {"orders": format!("user_id=eq.{mine}")}});
+    let auth = format!("Bearer {}", token(grant, now() + 600));
     let headers = [("authorization", auth.as_str())];
 
-    // Asking for user 7's rows too: the grant still limits the stream to user 42.
-    let mut live = SseStream::ok(gw.addr, "/orders/events?user_id=in.(7,42)", &headers).await;
-    for (user, item) in [(7, "theirs 1"), (42, "mine 1"), (7, "theirs 2"), (42, "mine 2")] {
+    let mut live = SseStream::ok(gw.addr, &format!("/orders/events?user_id=in.({theirs},{mine})"), &headers).await;
+    for (user, item) in [(theirs, "theirs 1"), (mine, "mine 1"), (theirs, "theirs 2"), (mine, "mine 2")] {
         app.execute("INSERT INTO orders (user_id, item) VALUES ($1, $2)", &[&user, &item]).await.unwrap();
     }
     let items = |events: Vec<common::Event>| -> Vec<String> {
@@ -115,7 +126,9 @@ async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
 
     let mut replay = SseStream::ok(gw.addr, "/orders/events?last_event_id=0", &headers).await;
     assert_eq!(items(replay.take(2).await), ["mine 1", "mine 2"]);
-    app.execute("INSERT INTO orders (user_id, item) VALUES (7, 'theirs 3'), (42, 'mine 3')", &[]).await.unwrap();
+    app.execute("INSERT INTO orders (user_id, item) VALUES ($1, 'theirs 3'), ($2, 'mine 3')", &[&theirs, &mine])
+        .await
+        .unwrap();
     assert_eq!(items(replay.take(1).await), ["mine 3"]);
     assert_eq!(items(live.take(1).await), ["mine 3"]);
 
@@ -123,7 +136,7 @@ async fn a_users_filter_cannot_be_escaped_live_on_replay_or_in_history() {
     assert_eq!(history.status, 200);
     let rows: Vec<i64> =
         history.json().as_array().unwrap().iter().map(|e| e["data"]["user_id"].as_i64().unwrap()).collect();
-    assert_eq!(rows, [42, 42, 42]);
+    assert_eq!(rows, [mine, mine, mine]);
 }
 
 #[tokio::test]
