@@ -32,7 +32,7 @@ use crate::sse::SseBody;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bound on closing a connection politely (TLS close_notify, FIN) once it is done.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Heartbeats' worth of time in which a stream's client must take at least one byte of a write.
+/// Heartbeats' worth of time in which a client must take at least one byte of a pending write.
 const STALLED_HEARTBEATS: u32 = 4;
 
 /// hyper's builders for the two protocols, configured once by the server.
@@ -112,8 +112,76 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Sniffed<IO> {
     }
 }
 
+/// A client connection whose writes fail once the client has taken no byte for `stall`: whatever is
+/// being written (a stream's frames, a history page, HTTP/2 frames of any stream), a client that stopped
+/// reading loses its connection, and with it everything the gateway held for it. The timer runs only while
+/// the socket is full, so a client that keeps up costs none, and one that keeps taking bytes, however
+/// slowly, is never cut here.
+struct Stalling<IO> {
+    inner: IO,
+    stall: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> Stalling<IO> {
+    fn new(inner: IO, stall: Duration) -> Self {
+        Self { inner, stall, timer: None }
+    }
+
+    fn progress<T>(&mut self, cx: &mut Context<'_>, step: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if step.is_ready() {
+            self.timer = None;
+            return step;
+        }
+        let stall = self.stall;
+        match self.timer.get_or_insert_with(|| Box::pin(sleep(stall))).as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client took no bytes"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Stalling<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Stalling<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let step = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, step)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let step = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, step)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let step = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, step)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// Serves one client connection until it closes or graceful shutdown ends it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, builders: Arc<Builders>) {
+    let stream = Stalling::new(stream, state.config.heartbeat * STALLED_HEARTBEATS);
     // hyper's header timeout starts only once the protocol is known, so the first bytes (and the TLS
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
     let limit = state.config.header_read_timeout;
@@ -215,7 +283,6 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     builder: http1::Builder,
 ) -> Result<(), hyper::Error> {
     let shutdown = state.shutdown.clone();
-    let stall = state.config.heartbeat * STALLED_HEARTBEATS;
     let opened: Arc<Mutex<Option<SseBody>>> = Arc::default();
     let slot = opened.clone();
     let service = service_fn(move |req| {
@@ -232,7 +299,7 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     drop(opened);
     let mut io = Pin::into_inner(conn).into_parts().io.into_inner();
     if let Some(body) = body {
-        write_stream(&mut io, body, &shutdown, stall).await;
+        write_stream(&mut io, body, &shutdown).await;
     }
     let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
     Ok(())
@@ -251,13 +318,13 @@ fn detach(response: Response<routes::Body>, slot: &Mutex<Option<SseBody>>) -> Re
     }
 }
 
-/// Writes a stream's bytes as they come, until the stream ends, the client goes, or a write makes no
-/// progress for `stall` (or until shutdown, for a write that the client does not read).
+/// Writes a stream's bytes as they come, until the stream ends, the client goes, or a write fails (one
+/// that makes no progress fails by itself, see [`Stalling`]; or until shutdown, for a write that the client
+/// does not read).
 async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     mut body: SseBody,
     shutdown: &CancellationToken,
-    stall: Duration,
 ) {
     let mut probe = [0; 1];
     loop {
@@ -275,46 +342,15 @@ async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
         let data = frame.into_data().unwrap_or_default();
         tokio::select! {
             biased;
-            written = write_progressing(io, &data, stall) => if written.is_err() { return },
+            written = write_flushed(io, &data) => if written.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }
 }
 
-/// `write_all` and a flush, failing once the client has taken no byte for `stall`: a client that stopped
-/// reading is cut from the hub when its queue fills, but only this frees its connection (it resumes from
-/// the log, like any cut stream, if it was alive after all). The timer runs only while the socket is
-/// full, so a client that keeps up costs none, and a slow one that keeps taking bytes is never cut here.
-async fn write_progressing<IO: AsyncWrite + Unpin>(io: &mut IO, mut data: &[u8], stall: Duration) -> io::Result<()> {
-    let mut timer = pin!(None::<Sleep>);
-    poll_fn(|cx| loop {
-        let step = if data.is_empty() {
-            Pin::new(&mut *io).poll_flush(cx)
-        } else {
-            match Pin::new(&mut *io).poll_write(cx, data) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    data = &data[n..];
-                    timer.set(None);
-                    continue;
-                }
-                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-                Poll::Pending => Poll::Pending,
-            }
-        };
-        if step.is_ready() {
-            return step;
-        }
-        if timer.is_none() {
-            timer.set(Some(sleep(stall)));
-        }
-        let expired = timer.as_mut().as_pin_mut().is_some_and(|t| t.poll(cx).is_ready());
-        return match expired {
-            true => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client took no bytes"))),
-            false => Poll::Pending,
-        };
-    })
-    .await
+async fn write_flushed<IO: AsyncWrite + Unpin>(io: &mut IO, data: &[u8]) -> io::Result<()> {
+    io.write_all(data).await?;
+    io.flush().await
 }
 
 #[cfg(test)]
@@ -325,16 +361,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_client_never_takes_fails_after_the_stall() {
-        let (mut ours, _theirs) = tokio::io::duplex(64);
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut ours = Stalling::new(ours, STALL);
         let started = tokio::time::Instant::now();
-        let err = write_progressing(&mut ours, &[b'x'; 1024], STALL).await.unwrap_err();
+        let err = write_flushed(&mut ours, &[b'x'; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), STALL);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_client_that_keeps_taking_bytes_is_never_timed_out() {
-        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut ours = Stalling::new(ours, STALL);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             let mut buf = [0; 64];
@@ -346,7 +384,7 @@ mod tests {
             got
         });
         let started = tokio::time::Instant::now();
-        write_progressing(&mut ours, &[b'x'; 1024], STALL).await.unwrap();
+        write_flushed(&mut ours, &[b'x'; 1024]).await.unwrap();
         assert!(started.elapsed() > STALL * 4, "took {:?}, far longer than one stall", started.elapsed());
         assert_eq!(reader.await.unwrap(), vec![b'x'; 1024]);
     }

@@ -240,9 +240,10 @@ mod tests {
 
     #[test]
     fn big_integers_and_decimals_compare_exactly() {
-        let row: Value =
-            serde_json::from_str(r#"{"user_id": 1234567890123456790, "big": 9007199254740993, "n": 0.30000000000000000001}"#)
-                .unwrap();
+        let row: Value = serde_json::from_str(
+            r#"{"user_id": 1234567890123456790, "big": 9007199254740993, "n": 0.30000000000000000001}"#,
+        )
+        .unwrap();
         for (key, value, want) in [
             ("user_id", "eq.1234567890123456789", false),
             ("user_id", "eq.1234567890123456790", true),

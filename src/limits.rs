@@ -12,7 +12,7 @@ use http::HeaderMap;
 pub enum LimitError {
     #[error("too many open streams on this gateway (at most {0}); try again later")]
     TooManyStreams(usize),
-    #[error("too many open streams from this client (at most {0}); close some first")]
+    #[error("too many open streams and history requests from this client (at most {0}); close some first")]
     TooManyFromClient(usize),
 }
 
@@ -39,16 +39,20 @@ struct Open {
     per_client: HashMap<IpAddr, usize>,
 }
 
-/// One admitted stream; dropping it gives the place back.
+/// One admitted stream or history request; dropping it gives the place back.
 pub struct StreamSlot {
     limits: Arc<Limits>,
     client: IpAddr,
+    /// Streams count against the gateway's total too; history requests only against their client's.
+    stream: bool,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.limits.lock();
-        open.total = open.total.saturating_sub(1);
+        if self.stream {
+            open.total = open.total.saturating_sub(1);
+        }
         if let Some(n) = open.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
@@ -79,8 +83,18 @@ impl Limits {
     }
 
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<StreamSlot, LimitError> {
+        self.take(client, true)
+    }
+
+    /// A place for a history request, held until its response is written: a client that pipelines
+    /// requests without reading holds at most its per-client limit of pages.
+    pub fn admit_request(self: &Arc<Self>, client: IpAddr) -> Result<StreamSlot, LimitError> {
+        self.take(client, false)
+    }
+
+    fn take(self: &Arc<Self>, client: IpAddr, stream: bool) -> Result<StreamSlot, LimitError> {
         let mut open = self.lock();
-        if open.total >= self.max_streams {
+        if stream && open.total >= self.max_streams {
             self.rejections.streams_total.fetch_add(1, Ordering::Relaxed);
             return Err(LimitError::TooManyStreams(self.max_streams));
         }
@@ -90,8 +104,10 @@ impl Limits {
             return Err(LimitError::TooManyFromClient(self.max_per_client));
         }
         *mine += 1;
-        open.total += 1;
-        Ok(StreamSlot { limits: self.clone(), client })
+        if stream {
+            open.total += 1;
+        }
+        Ok(StreamSlot { limits: self.clone(), client, stream })
     }
 }
 
@@ -111,8 +127,15 @@ mod tests {
         assert_eq!(limits.admit(b).err(), Some(LimitError::TooManyStreams(3)));
         drop(a1);
         assert!(limits.admit(b).is_ok());
+        // A history request takes a place of its client's, not of the gateway's total.
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let (_c1, c2) = (limits.admit_request(c).unwrap(), limits.admit_request(c).unwrap());
+        assert_eq!(limits.admit_request(c).err(), Some(LimitError::TooManyFromClient(2)));
+        assert!(limits.admit("10.0.0.4".parse().unwrap()).is_ok(), "the total counts streams only");
+        drop(c2);
+        assert!(limits.admit_request(c).is_ok());
         assert_eq!(limits.rejections.streams_total.load(Ordering::Relaxed), 1);
-        assert_eq!(limits.rejections.streams_per_client.load(Ordering::Relaxed), 1);
+        assert_eq!(limits.rejections.streams_per_client.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use serde_json::json;
 
 use crate::auth::AuthError;
@@ -17,7 +17,7 @@ use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
 use crate::filter::{ChannelFilters, Filter, FilterError};
 use crate::hub::HubError;
-use crate::limits::LimitError;
+use crate::limits::{LimitError, StreamSlot};
 use crate::metrics::Counters;
 use crate::migrate;
 use crate::server::AppState;
@@ -26,7 +26,40 @@ use crate::store::{Rejection, StoreError};
 use crate::stream::{self, StreamError};
 use crate::web;
 
-pub type Body = Either<Full<Bytes>, SseBody>;
+pub type Body = Either<Reply, SseBody>;
+
+/// A whole response body. One that took a place under the per-client limit (a history page) keeps it
+/// until hyper has written the body or dropped it with its connection.
+pub struct Reply {
+    data: Full<Bytes>,
+    _slot: Option<StreamSlot>,
+}
+
+impl Reply {
+    pub fn new(data: Bytes) -> Self {
+        Self { data: Full::new(data), _slot: None }
+    }
+}
+
+impl hyper::body::Body for Reply {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.data).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.data.size_hint()
+    }
+}
 
 /// What a client refused for a limit is told to wait before trying again.
 const RETRY_AFTER_SECS: &str = "5";
@@ -132,7 +165,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 
 /// A response whose body is already JSON text (rows as PostgreSQL rendered them).
 pub fn raw_json_response(status: StatusCode, json: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Either::Left(Full::new(json)));
+    let mut resp = Response::new(Either::Left(Reply::new(json)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -143,7 +176,7 @@ pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) 
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
     let mut resp = if preflight {
-        let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+        let mut resp = Response::new(Either::Left(Reply::new(Bytes::new())));
         *resp.status_mut() = StatusCode::NO_CONTENT;
         resp
     } else {
@@ -209,7 +242,14 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             let access =
                 state.config.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method()).await?;
             match *req.method() {
-                Method::GET => Ok(commands::history(state, &access, &channel, query.as_deref()).await?),
+                Method::GET => {
+                    let slot = state.limits.admit_request(state.limits.client(peer, req.headers()))?;
+                    let page = commands::history(state, &access, &channel, query.as_deref()).await?;
+                    Ok(page.map(|body| match body {
+                        Either::Left(reply) => Either::Left(Reply { _slot: Some(slot), ..reply }),
+                        stream => stream,
+                    }))
+                }
                 Method::DELETE => Ok(commands::clear(state, &access, &channel).await?),
                 _ => {
                     let (parts, body) = req.into_parts();
@@ -315,7 +355,7 @@ async fn events<B>(
 fn metrics(state: &AppState) -> Response<Body> {
     match state.metrics.render() {
         Ok(text) => {
-            let mut resp = Response::new(Either::Left(Full::new(Bytes::from(text))));
+            let mut resp = Response::new(Either::Left(Reply::new(Bytes::from(text))));
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
             resp
         }

@@ -12,8 +12,12 @@ use bytes::Bytes;
 use crate::hub::Frame;
 use crate::sse;
 
-/// Rows per replay query: large enough for throughput, small enough to bound memory per stream.
+/// Rows per replay query at most: large enough for throughput with small events.
 pub const REPLAY_BATCH: i64 = 1000;
+/// Event data one replay batch or history page holds at most (its first event always comes whole): a
+/// replaying stream whose client does not read pins about two batches, not the backlog, and a client that
+/// asks for pages without reading them pins one per place it holds under the per-client limit.
+pub const PAGE_BYTES: i64 = 256 * 1024;
 
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -121,10 +125,12 @@ impl EventRow {
 }
 
 /// One batch of a replay, read in one snapshot with the watermark of the stream's channels: every id at
-/// or below `watermark` may be missing, every later one is in `rows` (up to the batch size).
+/// or below `watermark` may be missing, every later one up to the last of `rows` is in `rows`.
 pub struct ReplayBatch {
     pub watermark: i64,
     pub rows: Vec<EventRow>,
+    /// Whether the batch stopped at its row limit or byte budget, so more events may follow it.
+    pub more: bool,
 }
 
 pub struct Store {
@@ -271,32 +277,49 @@ impl Store {
     }
 
     /// Up to `limit` events of `channel` with `id < before`, newest first.
+    /// The page stops early once its events' data would pass [`PAGE_BYTES`].
     pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         let client = self.pool.get().await?;
-        let sql = format!("SELECT {} FROM pgsse.history($1, $2, $3)", EventRow::COLUMNS);
-        let stmt = client.prepare_cached(&sql).await?;
-        let rows = client.query(&stmt, &[&channel, &before, &limit]).await?;
+        // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, channel, event, payload FROM ( \
+                   SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC) AS upto FROM ( \
+                     SELECT id, channel, event, payload::text AS payload FROM pgsse.history($1, $2, $3)) h \
+                 ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&channel, &before, &limit, &PAGE_BYTES]).await?;
         rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
     }
 
-    /// Events of `channels` with `after < id <= through` (no upper bound when `through` is `None`).
+    /// Up to `limit` events of `channels` with `after < id <= through` (no upper bound when `through` is
+    /// `None`), stopping early once their data would pass [`PAGE_BYTES`].
     pub async fn replay(
         &self,
         after: i64,
         through: Option<i64>,
         channels: &[String],
+        limit: i64,
     ) -> Result<ReplayBatch, StoreError> {
         let client = self.pool.get().await?;
+        // No event at all comes back as one row of NULLs beside the watermark; `fetched` counts the events
+        // before the byte budget cut them.
         let stmt = client
             .prepare_cached(
-                "SELECT e.id, e.channel, e.event, e.payload::text, w.mark FROM pgsse.watermark($3) AS w(mark) \
-                 LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true ORDER BY e.id",
+                "SELECT id, channel, event, payload, mark, fetched FROM ( \
+                   SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id) AS upto, \
+                          count(r.id) OVER () AS fetched FROM ( \
+                     SELECT e.id, e.channel, e.event, e.payload::text AS payload, w.mark \
+                     FROM pgsse.watermark($3) AS w(mark) LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
+                   ) r \
+                 ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
             )
             .await?;
-        let rows = client.query(&stmt, &[&after, &through, &channels, &REPLAY_BATCH]).await?;
-        let watermark = match rows.first() {
-            Some(row) => row.try_get(4)?,
-            None => 0,
+        let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
+        let (watermark, fetched): (i64, i64) = match rows.first() {
+            Some(row) => (row.try_get(4)?, row.try_get(5)?),
+            None => (0, 0),
         };
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -305,6 +328,7 @@ impl Store {
                 events.push(EventRow::from_row(row)?);
             }
         }
-        Ok(ReplayBatch { watermark, rows: events })
+        let more = fetched == limit || (events.len() as i64) < fetched;
+        Ok(ReplayBatch { watermark, rows: events, more })
     }
 }

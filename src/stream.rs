@@ -92,8 +92,10 @@ pub async fn open(
         };
         return Ok(SseBody::live(prelude, sub, skip_through, heartbeat).ending_at(expires));
     };
-    let (tx, rx) = mpsc::channel(4);
-    let replay = Replay { state: state.clone(), channels, filters, tx };
+    // One batch waits here while the body writes the one before: a client that stops reading pins two
+    // batches (each at most `PAGE_BYTES` beyond one event), never the backlog.
+    let (tx, rx) = mpsc::channel(1);
+    let replay = Replay { state: state.clone(), channels, filters, tx, limit: REPLAY_BATCH };
     let token = state.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -120,6 +122,9 @@ struct Replay {
     channels: Vec<String>,
     filters: ChannelFilters,
     tx: mpsc::Sender<Feed>,
+    /// Rows the next query asks for: twice what the byte budget let through last time, so large events
+    /// are not rendered by PostgreSQL only to be cut.
+    limit: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +138,7 @@ enum ReplayError {
 }
 
 impl Replay {
-    async fn run(self, after: i64) -> Result<(), ReplayError> {
+    async fn run(mut self, after: i64) -> Result<(), ReplayError> {
         Counters::add(&self.state.metrics.counters.replays, 1);
         let head = self.issued_head().await?;
         let mut cursor = after;
@@ -167,9 +172,11 @@ impl Replay {
         }
     }
 
-    /// Sends one batch after `cursor` as a single chunk; returns whether a full batch was read.
-    async fn batch(&self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
-        let batch = self.state.store.replay(*cursor, through, &self.channels).await?;
+    /// Sends one batch after `cursor` as a single chunk; returns whether more events may follow it.
+    async fn batch(&mut self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
+        let batch = self.state.store.replay(*cursor, through, &self.channels, self.limit).await?;
+        let cut = (batch.rows.len() as i64) < self.limit && batch.more;
+        self.limit = if cut { batch.rows.len() as i64 * 2 } else { self.limit * 2 }.clamp(16, REPLAY_BATCH);
         let mut chunk = BytesMut::new();
         if batch.watermark > *cursor {
             // Retention took events this stream had not seen yet: say so, and go on after them.
@@ -192,7 +199,7 @@ impl Replay {
             self.send(Feed::Chunk(chunk.freeze())).await?;
             Counters::add(&self.state.metrics.counters.events_replayed, sent);
         }
-        Ok(batch.rows.len() as i64 == REPLAY_BATCH)
+        Ok(batch.more)
     }
 
     async fn send(&self, feed: Feed) -> Result<(), ReplayError> {

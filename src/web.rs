@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::Response;
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 
-use crate::routes::Body;
+use crate::routes::{Body, Reply};
 
 const FEED: &str = include_str!("web/feed.html");
 const SEND: &str = include_str!("web/send.html");
@@ -20,7 +20,7 @@ pub fn page(path: &str) -> Option<Response<Body>> {
         "/demo.css" => (CSS, "text/css; charset=utf-8"),
         _ => return None,
     };
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    let mut resp = Response::new(Either::Left(Reply::new(Bytes::from_static(body.as_bytes()))));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Some(resp)

@@ -26,6 +26,8 @@ const INGEST_ROUNDS: usize = 5;
 /// Within hyper's default limit on concurrent streams per HTTP/2 connection (200).
 const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
+mod hoard;
+
 pub struct Bench {
     url: String,
     gateway: PathBuf,
@@ -149,6 +151,9 @@ impl Bench {
         }
         if wanted("replay") {
             reports.push(self.replay().await);
+        }
+        if wanted("hoard") {
+            reports.push(self.hoard().await);
         }
         if wanted("slow") {
             let load = Load { clients: 100, rate: Some(500.0), writers: 2, duration: secs(5), stalled: 0 };

@@ -1,0 +1,144 @@
+//! What a client that does not read can make the gateway hold: replay batches and history pages are
+//! bounded in bytes, a history request holds a place under the per-client limit until it is written, and
+//! a connection whose client takes no bytes is cut whatever it was being sent.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{get, wait_for, Gateway, SseStream, TestDb};
+use pgsse::store::{Store, PAGE_BYTES};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Rows of `messages` whose bodies are 10 KB each, numbered in the body's first characters.
+async fn backlog(app: &tokio_postgres::Client, rows: i32) {
+    app.execute(
+        "INSERT INTO messages (body) SELECT lpad(n::text, 6, '0') || repeat('x', 10000) FROM generate_series(1, $1) n",
+        &[&rows],
+    )
+    .await
+    .unwrap();
+}
+
+/// A client connection with a tiny receive buffer that sends `request`, reads the head of the first
+/// response (so its request was admitted before the test goes on), and then reads nothing more.
+async fn never_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        let n = tokio::time::timeout(common::TIMEOUT, conn.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(n, 1, "closed before a response head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    conn
+}
+
+#[tokio::test]
+async fn replay_batches_and_history_pages_are_bounded_in_bytes_and_lose_nothing() {
+    let TestDb { url, app, .. } = TestDb::messages("").await;
+    backlog(&app, 120).await;
+    let store = Store::new(&common::as_role(&url, common::GATEWAY_ROLE), 1).unwrap();
+    let batch = store.replay(0, None, &["messages".to_string()], 1000).await.unwrap();
+    let bytes: usize = batch.rows.iter().map(|r| r.payload.len()).sum();
+    let largest = batch.rows.iter().map(|r| r.payload.len()).max().unwrap();
+    assert!(bytes < PAGE_BYTES as usize + largest, "one batch holds {bytes} bytes");
+    assert!(batch.rows.len() < 120 && batch.more, "the budget cut the batch, and says more follow");
+
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
+    let ids: Vec<i64> = stream.take(120).await.iter().map(|e| e.id()).collect();
+    assert_eq!(ids, (1..=120).collect::<Vec<_>>(), "every event once, in order, across the batches");
+
+    let mut pages = Vec::new();
+    let mut before = i64::MAX;
+    loop {
+        let page = get(gw.addr, &format!("/messages?limit=1000&before={before}"), &[]).await.unwrap();
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.len() < PAGE_BYTES as usize + 11_000, "a page of {} bytes", page.body.len());
+        let got: Vec<i64> = page.json().as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        let Some(&last) = got.last() else { break };
+        assert!(got.len() < 120, "the budget cut the page");
+        pages.extend(got);
+        before = last;
+    }
+    assert_eq!(pages, (1..=120).rev().collect::<Vec<_>>(), "paging backwards sees every event once");
+}
+
+#[tokio::test]
+async fn a_history_request_takes_a_place_under_the_per_client_limit() {
+    let TestDb { url, .. } = TestDb::messages("").await;
+    let mut config = common::gateway_config(&url);
+    config.max_streams_per_client = 1;
+    let gw = Gateway::start_with(config).await;
+    let stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let refused = get(gw.addr, "/messages", &[]).await.unwrap();
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.json()["error"].as_str().unwrap().contains("history requests from this client"));
+    drop(stream);
+    wait_for("the stream's place is free for a history request", || async {
+        get(gw.addr, "/messages", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_asks_for_pages_and_never_reads_them_is_cut() {
+    let TestDb { url, app, .. } = TestDb::messages("").await;
+    backlog(&app, 60).await;
+    let mut config = common::gateway_config(&url);
+    config.max_streams_per_client = 1;
+    // Four heartbeats without a byte taken end a connection: 4 s here.
+    config.heartbeat = Duration::from_secs(1);
+    let gw = Gateway::start_with(config).await;
+
+    // 40 pipelined pages of about 256 KB: far more than the kernel's buffers take for a client that
+    // does not read, so the gateway's write stalls on one of them, holding its place.
+    let pipelined = "GET /messages?limit=1000 HTTP/1.1\r\nhost: x\r\n\r\n".repeat(40);
+    let _hoarder = never_reading(gw.addr, pipelined.as_bytes()).await;
+    wait_for("the hoarder holds the client's one place", || async {
+        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 429)
+    })
+    .await;
+    wait_for("the stalled connection is cut and its place given back", || async {
+        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replaying_stream_whose_client_never_reads_holds_a_few_batches_not_the_backlog() {
+    let TestDb { url, app, .. } = TestDb::messages("").await;
+    // 10 MB: more than the kernel takes for a client that does not read (its send buffer grows to 4 MB).
+    backlog(&app, 1000).await;
+    let mut config = common::gateway_config(&url);
+    config.max_streams_per_client = 1;
+    config.heartbeat = Duration::from_secs(1);
+    let gw = Gateway::start_with(config).await;
+
+    let request = b"GET /messages/events HTTP/1.1\r\nhost: x\r\nlast-event-id: 0\r\n\r\n";
+    let mut _hoarder = never_reading(gw.addr, request).await;
+    wait_for("the hoarding stream holds the client's one place", || async {
+        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 429)
+    })
+    .await;
+    // The write stalls, the connection is cut, and the replay stops: what it read by then is final.
+    wait_for("the stalled stream is cut and its place given back", || async {
+        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    // At most the kernel's 4 MB (about 400 events) and three batches of 256 KB (about 80): before the byte
+    // budget, the replay read the whole backlog ahead of a client that took none of it.
+    let replayed = common::metric(gw.addr, "pgsse_events_replayed_total").await;
+    assert!(replayed < 650, "read {replayed} of the 1,000 backlogged events for a client that took none");
+}
