@@ -20,13 +20,14 @@ use crate::pacing::Pacing;
 use crate::store::EventRow;
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
-/// The highest committed id (ids at or below the retention watermark count as committed), and the highest
-/// id the sequence has handed out, committed or not.
-const HEAD_SQL: &str = "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events), 0), m.pruned_through), \
-     CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.meta m, pgsse.event_id_seq s";
+/// The highest id the sequence has handed out, committed or not. Every read of the log stops there: a row
+/// with a higher id was not written by pgsse (whoever may write the log may get it wrong), and followed it
+/// would stall every stream until it was deleted and the gateway restarted.
+const ISSUED_SQL: &str =
+    "(SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.event_id_seq s)";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
-const PROBE_SQL: &str = "SELECT pg_notification_queue_usage()";
+
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +61,10 @@ pub struct ListenerStatus {
     polling: AtomicBool,
     reconnects: AtomicU64,
     events: AtomicU64,
+    /// Rows of the log with ids the sequence never issued: as the probe last counted them, and how many
+    /// have appeared in all (each skipped).
+    beyond_sequence: AtomicU64,
+    skipped_beyond_sequence: AtomicU64,
     /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
     queue_usage: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -74,6 +79,8 @@ impl Default for ListenerStatus {
             polling: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            beyond_sequence: AtomicU64::new(0),
+            skipped_beyond_sequence: AtomicU64::new(0),
             queue_usage: AtomicU64::new(0),
             last_error: Mutex::new(None),
             lag: Histogram::new(LAG_BUCKETS),
@@ -104,6 +111,25 @@ impl ListenerStatus {
 
     pub fn events_received(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// Rows of the log skipped because the sequence never issued their ids, since the gateway started.
+    pub fn skipped_beyond_sequence(&self) -> u64 {
+        self.skipped_beyond_sequence.load(Ordering::Relaxed)
+    }
+
+    /// Records the probe's count of rows beyond the sequence, with an error whenever more appear.
+    fn saw_beyond_sequence(&self, rows: i64, max: Option<i64>) {
+        let rows = rows.max(0) as u64;
+        let before = self.beyond_sequence.swap(rows, Ordering::Relaxed);
+        if rows > before {
+            self.skipped_beyond_sequence.fetch_add(rows - before, Ordering::Relaxed);
+            error!(
+                rows,
+                max_id = max,
+                "skipping log rows whose ids the sequence never issued: pgsse did not write them; delete them"
+            );
+        }
     }
 
     pub fn notification_queue_usage(&self) -> f64 {
@@ -182,12 +208,22 @@ impl Listener {
         conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
         let fetch_sql = format!(
             "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM pgsse.events \
-             WHERE id > $1 ORDER BY id LIMIT $2",
+             WHERE id > $1 AND id <= {ISSUED_SQL} ORDER BY id LIMIT $2",
             EventRow::COLUMNS
         );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
-        let head = conn.bounded(client.query_one(HEAD_SQL, &[])).await?;
+        // The highest committed id (ids at or below the retention watermark count as committed) and the
+        // highest issued one.
+        let head_sql = format!(
+            "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events WHERE id <= {ISSUED_SQL}), 0), \
+             m.pruned_through), {ISSUED_SQL} FROM pgsse.meta m"
+        );
+        let head = conn.bounded(client.query_one(&head_sql, &[])).await?;
         let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
+        let probe_sql = format!(
+            "SELECT pg_notification_queue_usage(), count(e.id), max(e.id) FROM pgsse.events e WHERE e.id > {ISSUED_SQL}"
+        );
+        let probe_query = conn.bounded(client.prepare(&probe_sql)).await?;
         match self.last_id {
             None => {
                 self.hub.start_at(committed);
@@ -245,10 +281,11 @@ impl Listener {
                 _ = probe.tick() => {
                     // The probe's answer is worth keeping: a filling NOTIFY queue means a listener somewhere
                     // is stuck, and at 100% every notifying commit in the database fails.
-                    let usage = timeout(self.probe_interval, conn.run(client.query_one(PROBE_SQL, &[])))
+                    let probed = timeout(self.probe_interval, conn.run(client.query_one(&probe_query, &[])))
                         .await
                         .map_err(|_| ListenerError::ProbeTimeout(self.probe_interval))??;
-                    self.status.queue_usage.store(usage.try_get::<_, f64>(0)?.to_bits(), Ordering::Relaxed);
+                    self.status.queue_usage.store(probed.try_get::<_, f64>(0)?.to_bits(), Ordering::Relaxed);
+                    self.status.saw_beyond_sequence(probed.try_get(1)?, probed.try_get(2)?);
                     // A notification lost to a bug elsewhere would otherwise delay events until the next one.
                     self.catch_up(&client, &fetch, &mut conn).await?;
                 }

@@ -102,6 +102,15 @@ impl Collector for Metrics {
             "Events read from the log by the listener.",
             listener.events_received(),
         )?;
+        let skipped = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "pgsse_events_skipped",
+            "Rows of the log that were not delivered: beyond_sequence (an id the sequence never issued).",
+            None,
+            skipped.metric_type(),
+        )?;
+        let labels = [("reason", "beyond_sequence")];
+        ConstCounter::new(listener.skipped_beyond_sequence()).encode(family.encode_family(&labels)?)?;
         counter(
             &mut encoder,
             "pgsse_subscribers_cut",

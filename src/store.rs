@@ -240,7 +240,13 @@ impl Store {
 
     async fn read_committed_head(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT coalesce(max(id), 0) FROM pgsse.events").await?;
+        // Bounded by the sequence as the listener's reads are: a row with an id it never issued is not pgsse's.
+        let stmt = client
+            .prepare_cached(
+                "SELECT coalesce(max(id), 0) FROM pgsse.events WHERE id <= \
+                 (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM pgsse.event_id_seq)",
+            )
+            .await?;
         Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
     }
 

@@ -147,7 +147,8 @@ impl Replay {
             cursor = head;
         }
         // Most of the history is read before registering, so a long replay does not fill the live queue.
-        while self.batch(&mut cursor, None).await? {}
+        // It stops at the issued head: a row beyond what the sequence issued is not pgsse's.
+        while self.batch(&mut cursor, Some(head)).await? {}
         let (sub, live_from) = self.state.hub.subscribe(&self.channels, &self.filters)?;
         if cursor < live_from {
             while self.batch(&mut cursor, Some(live_from)).await? {}

@@ -308,3 +308,39 @@ async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_
     assert_eq!(resumed.expect().await.json()["body"], "after");
     drop(cluster);
 }
+
+#[tokio::test]
+async fn a_log_row_with_an_id_the_sequence_never_issued_is_skipped_and_stalls_nothing() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let mut config = common::gateway_config(&url);
+    config.probe_interval = std::time::Duration::from_millis(200);
+    let gw = Gateway::start_with(config).await;
+    let mut live = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
+    let before = live.expect().await;
+
+    // Only pgsse's owner may write the log; one that gets it wrong must not stop delivery.
+    admin
+        .batch_execute("INSERT INTO pgsse.events (id, channel, event, payload) VALUES (9000000000000000000, 'messages', 'insert', '{\"forged\": true}')")
+        .await
+        .unwrap();
+    wait_for("the forged row is counted as skipped", || async {
+        common::metric(gw.addr, "pgsse_events_skipped_total{reason=\"beyond_sequence\"}").await == 1
+    })
+    .await;
+    app.execute("INSERT INTO messages (body) VALUES ('after')", &[]).await.unwrap();
+    assert_eq!(live.expect().await.json()["body"], "after", "live streams go on");
+    let fresh_from = before.id().to_string();
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", &fresh_from)]).await;
+    assert_eq!(resumed.expect().await.json()["body"], "after", "replay skips it too");
+    let mut fresh = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let health = common::get(gw.addr, "/healthz", &[]).await.unwrap().json();
+    assert!(health["last_event_id"].as_i64().unwrap() < 1000, "{health}");
+
+    admin.batch_execute("DELETE FROM pgsse.events WHERE id = 9000000000000000000").await.unwrap();
+    app.execute("INSERT INTO messages (body) VALUES ('later')", &[]).await.unwrap();
+    for stream in [&mut live, &mut resumed, &mut fresh] {
+        assert_eq!(stream.expect().await.json()["body"], "later");
+    }
+    assert!(!live.raw.windows(6).any(|w| w == b"forged"), "the forged row never reached a stream");
+}
