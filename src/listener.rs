@@ -65,6 +65,8 @@ pub struct ListenerStatus {
     /// have appeared in all (each skipped).
     beyond_sequence: AtomicU64,
     skipped_beyond_sequence: AtomicU64,
+    /// Rows whose payload is not UTF-8 (only a `SQL_ASCII` database stores such text), each skipped.
+    undecodable: AtomicU64,
     /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
     queue_usage: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -81,6 +83,7 @@ impl Default for ListenerStatus {
             events: AtomicU64::new(0),
             beyond_sequence: AtomicU64::new(0),
             skipped_beyond_sequence: AtomicU64::new(0),
+            undecodable: AtomicU64::new(0),
             queue_usage: AtomicU64::new(0),
             last_error: Mutex::new(None),
             lag: Histogram::new(LAG_BUCKETS),
@@ -116,6 +119,11 @@ impl ListenerStatus {
     /// Rows of the log skipped because the sequence never issued their ids, since the gateway started.
     pub fn skipped_beyond_sequence(&self) -> u64 {
         self.skipped_beyond_sequence.load(Ordering::Relaxed)
+    }
+
+    /// Rows of the log skipped because their payload is not UTF-8, since the gateway started.
+    pub fn skipped_undecodable(&self) -> u64 {
+        self.undecodable.load(Ordering::Relaxed)
     }
 
     /// Records the probe's count of rows beyond the sequence, with an error whenever more appear.
@@ -209,7 +217,7 @@ impl Listener {
         let fetch_sql = format!(
             "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_SQL} ORDER BY id LIMIT $2",
-            EventRow::COLUMNS
+            EventRow::columns()
         );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
@@ -310,8 +318,16 @@ impl Listener {
             let n = rows.len() as i64;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
-                let event = EventRow::from_row(row)?;
                 self.status.lag.observe(row.try_get::<_, f64>(4)?.max(0.0));
+                let event = match EventRow::from_row(row)? {
+                    Ok(event) => event,
+                    Err(poison) => {
+                        error!(id = poison.id, "skipping an event whose payload is not UTF-8 (a SQL_ASCII database?)");
+                        self.status.undecodable.fetch_add(1, Ordering::Relaxed);
+                        last = poison.id;
+                        continue;
+                    }
+                };
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
                     events.push(Event { channel: event.channel, frame, data });

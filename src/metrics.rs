@@ -105,12 +105,16 @@ impl Collector for Metrics {
         let skipped = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(
             "pgsse_events_skipped",
-            "Rows of the log that were not delivered: beyond_sequence (an id the sequence never issued).",
+            "Rows of the log that were not delivered: beyond_sequence (an id the sequence never issued), \
+             undecodable (a payload that is not UTF-8).",
             None,
             skipped.metric_type(),
         )?;
-        let labels = [("reason", "beyond_sequence")];
-        ConstCounter::new(listener.skipped_beyond_sequence()).encode(family.encode_family(&labels)?)?;
+        for (reason, n) in
+            [("beyond_sequence", listener.skipped_beyond_sequence()), ("undecodable", listener.skipped_undecodable())]
+        {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
         counter(
             &mut encoder,
             "pgsse_subscribers_cut",

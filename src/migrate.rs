@@ -30,6 +30,7 @@ pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
     check_privileges(&client).await?;
+    warn_on_sql_ascii(&client).await?;
     let recorded = recorded(&client).await?;
     let mut applied = 0;
     for &(file, sql) in MIGRATIONS {
@@ -72,6 +73,19 @@ async fn check_privileges(client: &Client) -> Result<(), MigrateError> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// A `SQL_ASCII` database stores text without checking it: a row that is not UTF-8 cannot become an event.
+async fn warn_on_sql_ascii(client: &Client) -> Result<(), MigrateError> {
+    let row =
+        client.query_one("SELECT getdatabaseencoding()", &[]).await.map_err(|e| apply_error(MIGRATIONS[0].0, &e))?;
+    if row.get::<_, String>(0) == "SQL_ASCII" {
+        tracing::warn!(
+            "this database's encoding is SQL_ASCII, which stores any bytes as text: a captured row that is not \
+             valid UTF-8 is skipped (logged, pgsse_events_skipped_total{{reason=\"undecodable\"}}), never sent"
+        );
+    }
+    Ok(())
 }
 
 /// The numbered files this database has applied; none before `001_schema.sql` made the table.

@@ -94,11 +94,32 @@ pub struct EventRow {
     pub payload: String,
 }
 
-impl EventRow {
-    pub const COLUMNS: &'static str = "id, channel, event, payload::text";
+/// The payload as bytes, so that the gateway checks it is UTF-8 itself: read as text, one row that is not
+/// (possible only in a `SQL_ASCII` database) fails the server's conversion and with it the whole read.
+/// Elsewhere PostgreSQL converts to UTF-8 as it would for text.
+const PAYLOAD_BYTES: &str =
+    "convert_to(payload::text, CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END)";
 
-    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
-        Ok(Self { id: row.try_get(0)?, channel: row.try_get(1)?, event: row.try_get(2)?, payload: row.try_get(3)? })
+/// A row whose payload is not UTF-8: it cannot be sent as SSE or JSON, so it is skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("event {id}'s payload is not valid UTF-8")]
+pub struct Undecodable {
+    pub id: i64,
+}
+
+impl EventRow {
+    /// `id, channel, event, payload`, the payload as [`EventRow::from_row`] expects it.
+    pub fn columns() -> String {
+        format!("id, channel, event, {PAYLOAD_BYTES} AS payload")
+    }
+
+    /// The row, or (inside `Ok`) [`Undecodable`] with its id when its payload is not UTF-8.
+    pub fn from_row(row: &Row) -> Result<Result<Self, Undecodable>, tokio_postgres::Error> {
+        let id = row.try_get(0)?;
+        let Ok(payload) = String::from_utf8(row.try_get::<_, Vec<u8>>(3)?) else {
+            return Ok(Err(Undecodable { id }));
+        };
+        Ok(Ok(Self { id, channel: row.try_get(1)?, event: row.try_get(2)?, payload }))
     }
 
     /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:
@@ -125,10 +146,13 @@ impl EventRow {
 }
 
 /// One batch of a replay, read in one snapshot with the watermark of the stream's channels: every id at
-/// or below `watermark` may be missing, every later one up to the last of `rows` is in `rows`.
+/// or below `watermark` may be missing, every later one through `last` is in `rows` (but for rows that
+/// are not UTF-8, which are skipped).
 pub struct ReplayBatch {
     pub watermark: i64,
     pub rows: Vec<EventRow>,
+    /// The highest id read, skipped or not.
+    pub last: Option<i64>,
     /// Whether the batch stopped at its row limit or byte budget, so more events may follow it.
     pub more: bool,
 }
@@ -288,15 +312,23 @@ impl Store {
         let client = self.pool.get().await?;
         // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
         let stmt = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT id, channel, event, payload FROM ( \
-                   SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC) AS upto FROM ( \
-                     SELECT id, channel, event, payload::text AS payload FROM pgsse.history($1, $2, $3)) h \
-                 ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
-            )
+                       SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC) AS upto FROM ( \
+                         SELECT {} FROM pgsse.history($1, $2, $3)) h \
+                     ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
+                EventRow::columns()
+            ))
             .await?;
         let rows = client.query(&stmt, &[&channel, &before, &limit, &PAGE_BYTES]).await?;
-        rows.iter().map(EventRow::from_row).collect::<Result<_, _>>().map_err(StoreError::from)
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // The listener reports such a row once; a page just leaves it out.
+            if let Ok(event) = EventRow::from_row(row)? {
+                events.push(event);
+            }
+        }
+        Ok(events)
     }
 
     /// Up to `limit` events of `channels` with `after < id <= through` (no upper bound when `through` is
@@ -312,15 +344,16 @@ impl Store {
         // No event at all comes back as one row of NULLs beside the watermark; `fetched` counts the events
         // before the byte budget cut them.
         let stmt = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT id, channel, event, payload, mark, fetched FROM ( \
-                   SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id) AS upto, \
-                          count(r.id) OVER () AS fetched FROM ( \
-                     SELECT e.id, e.channel, e.event, e.payload::text AS payload, w.mark \
-                     FROM pgsse.watermark($3) AS w(mark) LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
-                   ) r \
-                 ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
-            )
+                       SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id) AS upto, \
+                              count(r.id) OVER () AS fetched FROM ( \
+                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark FROM pgsse.watermark($3) AS w(mark) \
+                         LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
+                       ) r \
+                     ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
+                PAYLOAD_BYTES.replace("payload", "e.payload")
+            ))
             .await?;
         let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
         let (watermark, fetched): (i64, i64) = match rows.first() {
@@ -328,13 +361,17 @@ impl Store {
             None => (0, 0),
         };
         let mut events = Vec::with_capacity(rows.len());
+        let mut last = None;
         for row in &rows {
             // No event at all comes back as one row of NULLs beside the watermark.
-            if row.try_get::<_, Option<i64>>(0)?.is_some() {
-                events.push(EventRow::from_row(row)?);
+            if let Some(id) = row.try_get::<_, Option<i64>>(0)? {
+                last = Some(id);
+                if let Ok(event) = EventRow::from_row(row)? {
+                    events.push(event);
+                }
             }
         }
-        let more = fetched == limit || (events.len() as i64) < fetched;
-        Ok(ReplayBatch { watermark, rows: events, more })
+        let more = fetched == limit || (rows.len() as i64) < fetched;
+        Ok(ReplayBatch { watermark, rows: events, last, more })
     }
 }

@@ -193,8 +193,8 @@ impl Replay {
             chunk.extend_from_slice(&frame.bytes);
             sent += 1;
         }
-        if let Some(last) = batch.rows.last() {
-            *cursor = (*cursor).max(last.id);
+        if let Some(last) = batch.last {
+            *cursor = (*cursor).max(last);
         }
         if !chunk.is_empty() {
             self.send(Feed::Chunk(chunk.freeze())).await?;

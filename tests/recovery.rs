@@ -344,3 +344,28 @@ async fn a_log_row_with_an_id_the_sequence_never_issued_is_skipped_and_stalls_no
     }
     assert!(!live.raw.windows(6).any(|w| w == b"forged"), "the forged row never reached a stream");
 }
+
+#[tokio::test]
+async fn a_row_that_is_not_utf8_is_skipped_and_stops_nothing() {
+    // SQL_ASCII stores any bytes as text, so a legacy app can write Latin-1 into a published table.
+    let db = TestDb::created_with("ENCODING SQL_ASCII TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'").await;
+    let TestDb { url, admin, app } = db;
+    common::messages_table(&admin, "").await;
+    let gw = Gateway::start(&url).await;
+    let mut live = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    app.batch_execute("INSERT INTO messages (body) VALUES ('before'), (E'caf\\xe9'), ('after')").await.unwrap();
+    let bodies = |events: Vec<common::Event>| -> Vec<String> {
+        events.iter().map(|e| e.json()["body"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(bodies(live.take(2).await), ["before", "after"]);
+    assert_eq!(common::metric(gw.addr, "pgsse_events_skipped_total{reason=\"undecodable\"}").await, 1);
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events", &[("last-event-id", "0")]).await;
+    assert_eq!(bodies(resumed.take(2).await), ["before", "after"], "replay skips it too");
+    let history = common::get(gw.addr, "/messages", &[]).await.unwrap();
+    assert_eq!(history.status, 200, "{}", history.body);
+    assert_eq!(history.json().as_array().unwrap().len(), 2);
+    let health = common::get(gw.addr, "/healthz", &[]).await.unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    app.execute("INSERT INTO messages (body) VALUES ('later')", &[]).await.unwrap();
+    assert_eq!(bodies(live.take(1).await), ["later"]);
+}

@@ -83,7 +83,12 @@ pub async fn fresh_db() -> String {
 }
 
 pub async fn fresh_db_on(admin: &str) -> String {
-    let url = empty_db_on(admin).await;
+    fresh_db_with(admin, "").await
+}
+
+/// A new, migrated database made with `CREATE DATABASE ... {options}`, e.g. another encoding.
+pub async fn fresh_db_with(admin: &str, options: &str) -> String {
+    let url = empty_db_with(admin, options).await;
     pgsse::migrate::migrate(&url).await.expect("migrate");
     test_roles(admin, &url).await;
     url
@@ -157,13 +162,13 @@ pub async fn writer(url: &str) -> Client {
 
 /// A new database without the pgsse schema.
 pub async fn empty_db() -> String {
-    empty_db_on(admin_url()).await
+    empty_db_with(admin_url(), "").await
 }
 
-async fn empty_db_on(admin: &str) -> String {
+async fn empty_db_with(admin: &str, options: &str) -> String {
     let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let client = connect(admin).await;
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    client.batch_execute(&format!("CREATE DATABASE {name} {options}")).await.unwrap();
     match admin.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("admin url without database: {admin}"),
@@ -186,7 +191,16 @@ impl TestDb {
 
     /// A fresh database on the server whose `postgres` database `server` names, e.g. a private cluster.
     pub async fn on(server: &str) -> Self {
-        let url = fresh_db_on(server).await;
+        Self::with(server, "").await
+    }
+
+    /// A fresh database made with `CREATE DATABASE ... {options}` on the test server.
+    pub async fn created_with(options: &str) -> Self {
+        Self::with(admin_url(), options).await
+    }
+
+    async fn with(server: &str, options: &str) -> Self {
+        let url = fresh_db_with(server, options).await;
         let (admin, app) = (connect(&url).await, writer(&url).await);
         Self { url, admin, app }
     }
