@@ -55,7 +55,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(7083711517);
+    LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE;
     new_id := pg_catalog.nextval('pgsse.event_id_seq');
     INSERT INTO pgsse.events (id, channel, event, payload) VALUES (new_id, p_channel, p_event, p_payload);
     -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
@@ -392,7 +392,9 @@ DECLARE
     through bigint;
     deleted bigint;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(7083711518) THEN
+    -- One gateway prunes at a time; the lock is the meta row's, which no role but the owner may take.
+    PERFORM 1 FROM pgsse.meta FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         RETURN 0;
     END IF;
     FOR ev IN SELECT e.id, e.created_at FROM pgsse.events e ORDER BY e.id LIMIT p_batch LOOP
@@ -421,7 +423,9 @@ DECLARE
     n       bigint;
     deleted bigint := 0;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(7083711518) THEN
+    -- One gateway prunes at a time; the lock is the meta row's, which no role but the owner may take.
+    PERFORM 1 FROM pgsse.meta FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         RETURN 0;
     END IF;
     FOR ch IN SELECT c.name FROM pgsse.channels c ORDER BY c.name LOOP
@@ -448,7 +452,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     before bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(7083711517);
+    LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE;
     SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO before FROM pgsse.event_id_seq;
     SET CONSTRAINTS ALL IMMEDIATE;
     RETURN before;

@@ -1,6 +1,6 @@
 //! The retention job: every interval, prune events older than `--retention` and beyond the newest
 //! `--retention-events` of each channel, in small batches (short transactions, short locks). Gateways
-//! coordinate through an advisory lock inside the SQL functions.
+//! coordinate through a row lock on `pgsse.meta` inside the SQL functions (a lock no outside role can take).
 
 use std::time::Duration;
 

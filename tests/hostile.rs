@@ -235,3 +235,30 @@ async fn functions_and_operators_of_the_callers_path_never_run() {
     assert_eq!(names, [json!("by the app"), json!("renamed"), json!("by post")]);
     assert!(events.iter().all(|e| !e.data.contains("trojan") && !e.data.contains("password")), "{events:?}");
 }
+
+/// Advisory locks need no privilege: none that delivery or retention depends on may be one.
+#[tokio::test]
+async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let name: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let stranger = format!("{name}_stranger");
+    admin.batch_execute(&format!("CREATE ROLE {stranger} LOGIN")).await.unwrap();
+    let mut strange = connect(&common::as_role(&url, &stranger)).await;
+    // The keys pgsse's ordering and retention used, held in an open transaction.
+    let holding = strange.transaction().await.unwrap();
+    holding.batch_execute("SELECT pg_advisory_xact_lock(7083711517), pg_advisory_xact_lock(7083711518)").await.unwrap();
+    for sql in ["LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE", "SELECT 1 FROM pgsse.meta FOR UPDATE"] {
+        let err = db_error(holding.batch_execute(&format!("SAVEPOINT s; {sql}")).await);
+        assert!(err.contains("permission denied"), "{sql}: {err}");
+        holding.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    }
+
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let insert = app.execute("INSERT INTO messages (body) VALUES ('not held back')", &[]);
+    tokio::time::timeout(Duration::from_secs(5), insert).await.expect("the insert is not held back").unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "not held back");
+    let pruned = admin.query_one("SELECT pgsse.prune(now() + interval '1 hour', 10)", &[]).await.unwrap();
+    assert_eq!(pruned.get::<_, i64>(0), 1, "retention is not held back either");
+    holding.rollback().await.unwrap();
+}
