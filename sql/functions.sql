@@ -265,6 +265,8 @@ $$;
 -- make every call ambiguous.
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean);
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean);
+DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean, text[],
+                                            text[], boolean, text);
 CREATE OR REPLACE FUNCTION pgsse.publish_table(
     p_table         regclass,
     channel         text    DEFAULT NULL,
@@ -277,7 +279,9 @@ CREATE OR REPLACE FUNCTION pgsse.publish_table(
     columns         text[]  DEFAULT NULL,
     exclude_columns text[]  DEFAULT NULL,
     old_values      boolean DEFAULT false,
-    truncate_event  text    DEFAULT 'truncate'
+    truncate_event  text    DEFAULT 'truncate',
+    writable        boolean DEFAULT false,
+    writable_columns text[] DEFAULT NULL
 ) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch      text := coalesce(channel, (SELECT c.relname FROM pg_class c WHERE c.oid = p_table));
@@ -314,7 +318,7 @@ BEGIN
     IF columns IS NOT NULL AND exclude_columns IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: give columns or exclude_columns, not both' USING ERRCODE = '22023';
     END IF;
-    unknown := pgsse.unknown_columns(p_table, coalesce(columns, exclude_columns));
+    unknown := pgsse.unknown_columns(p_table, coalesce(columns, exclude_columns) || writable_columns);
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: table % has no column %', p_table, array_to_string(unknown, ', ')
             USING ERRCODE = '42703';
@@ -328,16 +332,17 @@ BEGIN
     DELETE FROM pgsse.channels WHERE source_table = p_table AND name <> ch;
     INSERT INTO pgsse.channels AS c (name, source_table, allow_clear, camel_case, operations, insert_event,
                                      update_event, delete_event, truncate_event, columns, exclude_columns,
-                                     old_values)
+                                     old_values, writable, writable_columns)
     VALUES (ch, p_table, allow_clear, camel_case, ops, insert_event, update_event, delete_event, truncate_event,
-            columns, exclude_columns, old_values)
+            columns, exclude_columns, old_values, writable, writable_columns)
     ON CONFLICT (name) DO UPDATE
        SET source_table = EXCLUDED.source_table, allow_clear = EXCLUDED.allow_clear,
            camel_case = EXCLUDED.camel_case, operations = EXCLUDED.operations,
            insert_event = EXCLUDED.insert_event, update_event = EXCLUDED.update_event,
            delete_event = EXCLUDED.delete_event, truncate_event = EXCLUDED.truncate_event,
            columns = EXCLUDED.columns, exclude_columns = EXCLUDED.exclude_columns,
-           old_values = EXCLUDED.old_values
+           old_values = EXCLUDED.old_values, writable = EXCLUDED.writable,
+           writable_columns = EXCLUDED.writable_columns
     RETURNING * INTO rec;
     PERFORM pgsse.install_capture(rec);
     RETURN ch;
@@ -498,6 +503,10 @@ BEGIN
     IF jsonb_typeof(p_row) IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'pgsse: the row must be a JSON object' USING ERRCODE = '22023';
     END IF;
+    IF NOT ch.writable THEN
+        RAISE EXCEPTION 'channel % does not take POST: publish its table with writable => true', p_channel
+            USING ERRCODE = '42501';
+    END IF;
     -- The row comes back from the log when inserts are captured; otherwise RETURNING reads it.
     captured := 'INSERT' = ANY (ch.operations);
     IF NOT (has_table_privilege(ch.source_table, 'INSERT')
@@ -517,6 +526,24 @@ BEGIN
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
             array_to_string(unknown, ', ') USING ERRCODE = '42703';
+    END IF;
+    -- On a camel_case channel a column may be named two ways; given both, which would win is not obvious
+    -- (and a grant's filter may have checked the other).
+    SELECT array_agg(d.attname ORDER BY d.attname) INTO unknown FROM (
+        SELECT a.attname FROM jsonb_each(p_row) k
+          JOIN pg_attribute a ON a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
+           AND (a.attname = k.key OR (ch.camel_case AND pgsse.camel_case(a.attname) = k.key))
+         GROUP BY a.attname HAVING count(*) > 1) d;
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'column % given twice, as its name and its camelCase form', array_to_string(unknown, ', ')
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(k ORDER BY k) INTO unknown FROM jsonb_object_keys(mapped) k
+     WHERE ch.writable_columns IS NOT NULL AND NOT k = ANY (ch.writable_columns);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'channel % takes no POST of column%: % (its writable_columns)', p_channel,
+            CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END, array_to_string(unknown, ', ')
+            USING ERRCODE = '42501';
     END IF;
     statement := CASE WHEN cols IS NULL THEN format('INSERT INTO %s AS t DEFAULT VALUES', ch.source_table)
                  ELSE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',

@@ -26,6 +26,10 @@ pub enum AuthError {
     Expired,
     #[error("not allowed to {action} channel {channel:?}")]
     Forbidden { action: &'static str, channel: String },
+    #[error("the row is outside this token's grant for channel {0:?}: its filter must match what is written")]
+    OutsideGrant(String),
+    #[error("a grant limited by a filter cannot clear channel {0:?}: clearing would remove rows outside it")]
+    FilteredClear(String),
     #[error("invalid filter in the token's grant for {channel:?}: {cause}")]
     BadGrant { channel: String, cause: FilterError },
     #[error("invalid auth configuration: {0}")]

@@ -36,7 +36,7 @@ pub enum CommandError {
     Body,
     #[error("invalid channel name {0:?}")]
     InvalidChannel(String),
-    #[error("unknown channel {0:?}")]
+    #[error("unknown channel {0:?}: create it with pgsse.create_channel or pgsse.publish_table (or start the gateway with --post-creates-channels)")]
     UnknownChannel(String),
     #[error("invalid event name {0:?}: use letters, digits, _ . : - (at most 64, not starting with . : -)")]
     InvalidEvent(String),
@@ -108,8 +108,19 @@ pub async fn post(
 ) -> Result<Response, CommandError> {
     check_name(channel)?;
     access.may_publish(channel)?;
+    // A token limited to some rows may write only such rows: the object must match its filter as written.
+    if access.filter_for(channel, None)?.is_some_and(|filter| !filter.matches(&body)) {
+        return Err(AuthError::OutsideGrant(channel.to_string()).into());
+    }
     let event = query_pairs(query, &["event", ACCESS_TOKEN])?.into_iter().find(|(k, _)| k == "event").map(|(_, v)| v);
-    let has_table = state.store.channel(channel).await?.is_some_and(|c| c.has_table);
+    if let Some(bad) = event.as_deref().filter(|e| !valid_event(e)) {
+        return Err(CommandError::InvalidEvent(bad.chars().take(70).collect()));
+    }
+    let info = state.store.channel(channel).await?;
+    if info.is_none() && !state.config.post_creates_channels {
+        return Err(CommandError::UnknownChannel(channel.to_string()));
+    }
+    let has_table = info.is_some_and(|c| c.has_table);
     if has_table {
         if event.is_some() {
             return Err(CommandError::BadQuery(
@@ -124,9 +135,6 @@ pub async fn post(
         return Ok(resp);
     }
     let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
-    if !valid_event(&event) {
-        return Err(CommandError::InvalidEvent(event.chars().take(70).collect()));
-    }
     let id = state.store.publish(channel, &event, &body).await?;
     let mut resp = json_response(
         StatusCode::CREATED,
@@ -186,6 +194,9 @@ pub async fn history(
 pub async fn clear(state: &AppState, access: &Access, channel: &str) -> Result<Response, CommandError> {
     check_name(channel)?;
     access.may_publish(channel)?;
+    if access.filter_for(channel, None)?.is_some() {
+        return Err(AuthError::FilteredClear(channel.to_string()).into());
+    }
     let force = state.config.allow_clear.iter().any(|c| c == channel);
     let Written { id, payload } = state.store.clear(channel, force).await?;
     let body = format!("{{\"id\":{},\"event\":\"clear\",\"data\":{payload}}}", id.unwrap_or_default());

@@ -138,6 +138,11 @@ pub struct ServeArgs {
     #[arg(long = "allow-clear", env = "PGSSE_ALLOW_CLEAR", value_delimiter = ',')]
     pub allow_clear: Vec<String>,
 
+    /// Let `POST /{channel}` create a channel that does not exist yet; without it such a POST is 404, and
+    /// channels come from `pgsse.create_channel` or `pgsse.publish_table`.
+    #[arg(long, env = "PGSSE_POST_CREATES_CHANNELS")]
+    pub post_creates_channels: bool,
+
     /// Serve the demo pages (`/` live feed, `/send` form) for the `messages` channel, creating its table.
     #[arg(long, env = "PGSSE_DEMO")]
     pub demo: bool,
@@ -295,6 +300,7 @@ pub struct Config {
     pub body_limit: usize,
     pub cors_origins: Vec<String>,
     pub allow_clear: Vec<String>,
+    pub post_creates_channels: bool,
     pub demo: bool,
     pub auth: Arc<Auth>,
     pub max_streams: usize,
@@ -375,6 +381,7 @@ impl Config {
             body_limit: args.body_limit,
             cors_origins: args.cors_origins.clone(),
             allow_clear: args.allow_clear.clone(),
+            post_creates_channels: args.post_creates_channels,
             demo: args.demo,
             auth: Arc::new(auth),
             max_streams: args.max_streams,

@@ -12,7 +12,8 @@ use crate::migrate::{self, MigrateError};
 use crate::server::{self, ServerError};
 
 /// The demo table, published in the article's wire shape: `message` events with `{"id", "body",
-/// "createdAt"}`, `clear` allowed, and a TRUNCATE sent as `clear` too (what the article's client expects).
+/// "createdAt"}`, `clear` allowed, a TRUNCATE sent as `clear` too (what the article's client expects), and
+/// `POST /messages` taking a `body` only.
 /// `publish_table` is idempotent, so this runs on every start.
 const DEMO_SQL: &str = "
 CREATE TABLE IF NOT EXISTS public.messages (
@@ -21,7 +22,7 @@ CREATE TABLE IF NOT EXISTS public.messages (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 SELECT pgsse.publish_table('public.messages', insert_event => 'message', camel_case => true, allow_clear => true,
-                           truncate_event => 'clear');
+                           truncate_event => 'clear', writable => true, writable_columns => array['body']);
 ";
 
 #[derive(Debug, thiserror::Error)]

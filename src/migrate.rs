@@ -11,7 +11,7 @@ pub const SCHEMA_VERSION: i32 = 5;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("001_schema.sql", include_str!("../sql/001_schema.sql")),
     ("002_capture_options.sql", include_str!("../sql/002_capture_options.sql")),
-    ("003_commit_order.sql", include_str!("../sql/003_commit_order.sql")),
+    ("003_locks_and_writes.sql", include_str!("../sql/003_locks_and_writes.sql")),
 ];
 
 /// Functions, roles and grants: applied again by every migrate, after the numbered files.

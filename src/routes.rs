@@ -153,7 +153,7 @@ impl ApiError {
 
 fn auth_status(err: &AuthError) -> StatusCode {
     match err {
-        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        AuthError::Forbidden { .. } | AuthError::OutsideGrant(_) | AuthError::FilteredClear(_) => StatusCode::FORBIDDEN,
         AuthError::Unavailable(_) | AuthError::Key(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     }

@@ -33,8 +33,8 @@ async fn orders_db() -> TestDb {
     db.admin
         .batch_execute(
             "CREATE TABLE orders (id serial PRIMARY KEY, user_id bigint NOT NULL, item text);
-         SELECT pgsse.publish_table('orders');
-         SELECT pgsse.create_channel('public.news');",
+         SELECT pgsse.publish_table('orders', writable => true);
+         SELECT pgsse.create_channel('public.news'); SELECT pgsse.create_channel('alerts.eu');",
         )
         .await
         .unwrap();
@@ -161,6 +161,39 @@ async fn writes_need_a_publish_grant() {
     assert_eq!(clear.status, 403);
     let history = get(gw.addr, "/orders", &[("authorization", &writer)]).await.unwrap();
     assert_eq!(history.status, 403, "publishing does not grant reading");
+}
+
+/// A token limited to user 42's rows writes only such rows, on table channels and ad-hoc ones alike, and
+/// cannot clear a channel (that would remove other users' rows).
+#[tokio::test]
+async fn a_grant_filter_limits_writes_too() {
+    let TestDb { url, admin, .. } = orders_db().await;
+    admin.batch_execute("SELECT pgsse.publish_table('orders', writable => true, allow_clear => true)").await.unwrap();
+    let gw = gateway(&url).await;
+    let grant = json!({"publish": ["orders", "alerts.eu"], "filter": {"orders": "user_id=eq.42", "alerts.eu": "user_id=eq.42"}});
+    let mine = format!("Bearer {}", token(grant, now() + 600));
+    let json = ("content-type", "application/json");
+    let post = |path: &'static str, body: &'static str| {
+        let headers = [json, ("authorization", mine.as_str())];
+        async move { call(gw.addr, "POST", path, &headers, Bytes::from(body)).await.unwrap() }
+    };
+    assert_eq!(post("/orders", r#"{"user_id": 42, "item": "mine"}"#).await.status, 201);
+    for (path, body) in [
+        ("/orders", r#"{"user_id": 43, "item": "theirs", "is_admin": true}"#),
+        ("/orders", r#"{"item": "no owner given"}"#),
+        ("/alerts.eu", r#"{"user_id": 43}"#),
+    ] {
+        let refused = post(path, body).await;
+        assert_eq!(refused.status, 403, "{path} {body}: {}", refused.body);
+        assert!(refused.json()["error"].as_str().unwrap().contains("outside this token's grant"), "{}", refused.body);
+    }
+    assert_eq!(post("/alerts.eu", r#"{"user_id": 42}"#).await.status, 201);
+    let clear = call(gw.addr, "DELETE", "/orders", &[("authorization", &mine)], Bytes::new()).await.unwrap();
+    assert_eq!(clear.status, 403, "{}", clear.body);
+    assert!(clear.json()["error"].as_str().unwrap().contains("cannot clear"), "{}", clear.body);
+    let owners: Vec<i64> =
+        admin.query("SELECT user_id FROM orders", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(owners, [42], "only the grant's own row was written, and nothing was cleared");
 }
 
 #[tokio::test]

@@ -66,7 +66,7 @@ async fn setup(backend: &Backend) -> (Gateway, tokio_postgres::Client) {
     let TestDb { url, admin, app } = TestDb::new().await;
     admin
         .batch_execute(
-            "CREATE TABLE orders (id serial PRIMARY KEY, user_id int); SELECT pgsse.publish_table('orders');",
+            "CREATE TABLE orders (id serial PRIMARY KEY, user_id int); SELECT pgsse.publish_table('orders', writable => true);",
         )
         .await
         .unwrap();

@@ -93,7 +93,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
     let recorded = "SELECT string_agg(name, ',' ORDER BY name) FROM pgsse.migrations";
     let by_psql = connect(&by_psql).await;
     let names: String = by_psql.query_one(recorded, &[]).await.unwrap().get(0);
-    assert_eq!(names, "001_schema.sql,002_capture_options.sql,003_commit_order.sql");
+    assert_eq!(names, "001_schema.sql,002_capture_options.sql,003_locks_and_writes.sql");
     let admin = connect(&url).await;
     assert_eq!(admin.query_one(recorded, &[]).await.unwrap().get::<_, String>(0), names);
     admin.batch_execute("CREATE TABLE t (id int); SELECT pgsse.publish_table('t');").await.unwrap();

@@ -19,7 +19,7 @@ fn error_of(resp: &Response) -> String {
 
 #[tokio::test]
 async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it() {
-    let TestDb { url, admin, .. } = TestDb::messages("").await;
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
     let gw = Gateway::start(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
@@ -41,6 +41,13 @@ async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it()
 async fn post_to_any_other_channel_publishes_an_event() {
     let url = common::fresh_db().await;
     let gw = Gateway::start(&url).await;
+    let unknown = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
+    assert_eq!(unknown.status, 404, "POST creates no channel unless the gateway is told to: {}", unknown.body);
+    assert!(error_of(&unknown).contains("--post-creates-channels"));
+    drop(gw);
+    let mut config = common::gateway_config(&url);
+    config.post_creates_channels = true;
+    let gw = Gateway::start_with(config).await;
     let first = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
     assert_eq!(first.status, 201, "{}", first.body);
     assert_eq!(first.json()["event"], "message", "default event name");
@@ -54,6 +61,41 @@ async fn post_to_any_other_channel_publishes_an_event() {
     assert_eq!(body["data"], json!({"level": "high", "nested": {"a": [1, 2]}}));
     let ev = stream.expect().await;
     assert_eq!((ev.id(), ev.event.as_str(), ev.json()), (body["id"].as_i64().unwrap(), "alarm", body["data"].clone()));
+}
+
+/// A table takes writes through the gateway only when published `writable`, and then only its
+/// `writable_columns` when given; a column named twice on a camel_case channel is refused, not guessed.
+#[tokio::test]
+async fn a_table_channel_takes_post_only_when_writable() {
+    let TestDb { url, admin, .. } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE notes (id serial PRIMARY KEY, user_name text, body text, is_admin boolean DEFAULT false);
+             SELECT pgsse.publish_table('notes', operations => array['update']);",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let refused = post(&gw, "/notes", r#"{"body": "invisible"}"#).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(error_of(&refused).contains("writable => true"), "{}", refused.body);
+
+    admin
+        .batch_execute(
+            "SELECT pgsse.publish_table('notes', camel_case => true, writable => true,
+                                        writable_columns => array['user_name', 'body']);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(post(&gw, "/notes", r#"{"userName": "ann", "body": "hi"}"#).await.status, 201);
+    let escalate = post(&gw, "/notes", r#"{"body": "x", "isAdmin": true}"#).await;
+    assert_eq!(escalate.status, 403, "{}", escalate.body);
+    assert!(error_of(&escalate).contains("is_admin"), "{}", escalate.body);
+    let twice = post(&gw, "/notes", r#"{"userName": "a", "user_name": "b"}"#).await;
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert!(error_of(&twice).contains("user_name given twice"), "{}", twice.body);
+    let rows: i64 = admin.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1);
 }
 
 #[tokio::test]
@@ -138,7 +180,7 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
     admin
         .batch_execute(
             "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL CHECK (name <> ''), qty int DEFAULT 1);
-         SELECT pgsse.publish_table('items');",
+         SELECT pgsse.publish_table('items', writable => true); SELECT pgsse.create_channel('other');",
         )
         .await
         .unwrap();
@@ -240,7 +282,7 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
 
 #[tokio::test]
 async fn cors_allows_exactly_the_configured_origins() {
-    let TestDb { url, .. } = TestDb::messages("").await;
+    let TestDb { url, .. } = TestDb::messages(", writable => true").await;
     let mut config = common::gateway_config(&url);
     config.cors_origins = vec!["http://localhost:3000".into()];
     let gw = Gateway::start_with(config).await;

@@ -55,7 +55,7 @@ fn req(method: &str, target: &str, headers: &str, body: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
+    let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
     let mut config = common::gateway_config(&url);
     config.header_read_timeout = Duration::from_secs(1);
     config.body_limit = 4096;
@@ -197,7 +197,8 @@ async fn nobody_forges_an_event() {
 #[tokio::test]
 async fn functions_and_operators_of_the_callers_path_never_run() {
     let TestDb { url, admin: db, app } = TestDb::new().await;
-    users_table(&db, ", operations => array['insert', 'update'], columns => array['id', 'name']").await;
+    users_table(&db, ", operations => array['insert', 'update'], columns => array['id', 'name'], writable => true")
+        .await;
     db.batch_execute(&format!(
         "GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}, {GATEWAY_ROLE}; GRANT SELECT ON users TO {GATEWAY_ROLE}"
     ))

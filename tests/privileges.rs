@@ -36,7 +36,7 @@ async fn an_applications_role_keeps_writing_at_every_isolation_level_without_a_g
 async fn the_gateways_post_and_delete_need_the_tables_own_grants() {
     let url = fresh_db().await;
     let db = connect(&url).await;
-    users_table(&db, ", allow_clear => true").await;
+    users_table(&db, ", allow_clear => true, writable => true").await;
     db.batch_execute(&format!("REVOKE INSERT, DELETE ON users FROM {GATEWAY_ROLE}")).await.unwrap();
     let gw = Gateway::start(&url).await;
     let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
@@ -59,10 +59,14 @@ async fn the_gateways_post_and_delete_need_the_tables_own_grants() {
 async fn private_columns_never_enter_the_log() {
     let url = fresh_db().await;
     let db = connect(&url).await;
-    users_table(&db, ", operations => array['insert', 'update'], exclude_columns => array['password_hash']").await;
+    users_table(
+        &db,
+        ", operations => array['insert', 'update'], exclude_columns => array['password_hash'], writable => true",
+    )
+    .await;
     db.batch_execute(
         "CREATE TABLE notes (id bigserial PRIMARY KEY, body text, internal text);
-         SELECT pgsse.publish_table('notes', columns => array['id', 'body']);",
+         SELECT pgsse.publish_table('notes', columns => array['id', 'body'], writable => true);",
     )
     .await
     .unwrap();
@@ -167,6 +171,9 @@ async fn a_schema_3_install_upgrades_in_place() {
         .unwrap()
         .get(0);
     assert_eq!(triggers, "pgsse_capture/1 pgsse_truncate/1");
+    let writable: bool =
+        db.query_one("SELECT writable FROM pgsse.channels WHERE name = 'messages'", &[]).await.unwrap().get(0);
+    assert!(writable, "a table that took POST before the upgrade still does");
 
     let writer_grants = format!(
         "GRANT SELECT, INSERT, DELETE ON messages TO {WRITER_ROLE}; GRANT USAGE ON SEQUENCE messages_id_seq TO {WRITER_ROLE}"
@@ -223,7 +230,7 @@ async fn publish_table_names_the_privilege_its_caller_lacks() {
     db.batch_execute(&format!(
         "GRANT USAGE ON SCHEMA pgsse TO {WRITER_ROLE};
          GRANT EXECUTE ON FUNCTION pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean,
-                                                       text[], text[], boolean, text) TO {WRITER_ROLE}"
+                                                       text[], text[], boolean, text, boolean, text[]) TO {WRITER_ROLE}"
     ))
     .await
     .unwrap();
