@@ -28,7 +28,7 @@ pub struct AuthUrl {
     url: Uri,
     client: Client<HttpConnector, Empty<Bytes>>,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Decision)>>,
+    cache: Mutex<HashMap<Vec<u8>, (Instant, Decision)>>,
 }
 
 /// What the backend said: a grant, or why not.
@@ -63,12 +63,14 @@ impl AuthUrl {
             .into_iter()
             .flat_map(|name| headers.get_all(&name).iter().map(move |v| (name.clone(), v)).collect::<Vec<_>>())
             .collect();
-        // The whole question is the key: two users must never share an answer.
-        let mut key = format!("{method} {}", channels.join(","));
-        for (name, value) in &forwarded {
-            key.push('\n');
-            key.push_str(name.as_str());
-            key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        // The whole question is the key, byte for byte and every field prefixed with its length: two
+        // questions that differ anywhere (a comma inside a name, a cookie's raw bytes) never share an answer.
+        let mut key = Vec::new();
+        let fields = [method.as_str().as_bytes()].into_iter().chain(channels.iter().map(|c| c.as_bytes()));
+        let headers = forwarded.iter().flat_map(|(name, value)| [name.as_str().as_bytes(), value.as_bytes()]);
+        for field in fields.chain(headers) {
+            key.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            key.extend_from_slice(field);
         }
         if let Some(decision) = self.cached(&key) {
             return decided(decision, channels);
@@ -108,12 +110,12 @@ impl AuthUrl {
         decided(decision, channels)
     }
 
-    fn cached(&self, key: &str) -> Option<Decision> {
+    fn cached(&self, key: &[u8]) -> Option<Decision> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, d)| d.clone())
     }
 
-    fn remember(&self, key: String, decision: Decision) {
+    fn remember(&self, key: Vec<u8>, decision: Decision) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             let ttl = self.ttl;

@@ -237,6 +237,10 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             if !matches!(*req.method(), Method::GET | Method::POST | Method::DELETE) {
                 return Err(ApiError::MethodNotAllowed(req.method().clone(), "GET, POST, DELETE"));
             }
+            // A name that is not one is refused before anyone, a legacy auth backend included, is asked.
+            if !stream::valid_channel(&channel) {
+                return Err(CommandError::InvalidChannel(channel.chars().take(140).collect()).into());
+            }
             let token = query_token(query.as_deref());
             let channels = [channel.clone()];
             let access =
@@ -328,9 +332,10 @@ async fn events<B>(
 ) -> Result<Response<Body>, ApiError> {
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
-    let channels = stream::check_channels(state, channels).await?;
+    let channels = stream::check_names(state, channels)?;
     let token = query.access_token.as_deref();
     let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
+    stream::check_known(state, &channels).await?;
     let mut filters = ChannelFilters::new();
     for channel in &channels {
         access.may_subscribe(channel)?;

@@ -45,8 +45,9 @@ pub enum StreamError {
     Hub(#[from] HubError),
 }
 
-/// Checks names, removes duplicates and refuses channels the database does not know.
-pub async fn check_channels(state: &AppState, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {
+/// Checks names and removes duplicates, without asking the database: this is all that may happen before
+/// the client is authenticated (which channels exist is not for strangers to learn, nor to cost a query).
+pub fn check_names(state: &AppState, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {
     if let Some(bad) = channels.iter().find(|c| !valid_channel(c)) {
         return Err(StreamError::InvalidChannel(bad.chars().take(140).collect()));
     }
@@ -58,10 +59,15 @@ pub async fn check_channels(state: &AppState, mut channels: Vec<String>) -> Resu
     if channels.len() > state.config.max_channels {
         return Err(StreamError::TooManyChannels(channels.len(), state.config.max_channels));
     }
-    if let Some(unknown) = state.store.unknown_channels(&channels).await?.into_iter().next() {
+    Ok(channels)
+}
+
+/// Refuses channels the database does not know.
+pub async fn check_known(state: &AppState, channels: &[String]) -> Result<(), StreamError> {
+    if let Some(unknown) = state.store.unknown_channels(channels).await?.into_iter().next() {
         return Err(StreamError::UnknownChannel(unknown));
     }
-    Ok(channels)
+    Ok(())
 }
 
 /// Opens a stream; each channel's filter applies to replayed and live events alike. The stream ends by

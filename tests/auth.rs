@@ -41,6 +41,17 @@ async fn orders_db() -> TestDb {
     db
 }
 
+/// Without a token nothing is learned, not even which channels exist, and no query is spent on it.
+#[tokio::test]
+async fn a_stranger_cannot_tell_which_channels_exist() {
+    let TestDb { url, .. } = orders_db().await;
+    let gw = gateway(&url).await;
+    for path in ["/orders/events", "/no.such.channel/events", "/events?channel=orders&channel=nope"] {
+        let resp = get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!(resp.status, 401, "{path}: {}", resp.body);
+    }
+}
+
 #[tokio::test]
 async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     let TestDb { url, .. } = orders_db().await;

@@ -42,14 +42,15 @@ impl Backend {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     c.fetch_add(1, Ordering::SeqCst);
                     *q.lock().unwrap() = req.uri().query().unwrap_or_default().to_string();
-                    let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let cookie = req.headers().get("cookie").map(|v| v.as_bytes()).unwrap_or_default();
                     let (status, body) = match cookie {
-                        "session=alice" => (
+                        b"session=alice" => (
                             200,
                             r#"{"pgsse": {"subscribe": ["orders"], "publish": ["orders"], "filter": {"orders": "user_id=eq.42"}}}"#,
                         ),
-                        "session=bare" => (200, ""),
-                        "session=bob" => (403, ""),
+                        // Known by its raw bytes: a lossy conversion would make it equal to \xfe's.
+                        b"session=bare" | b"session=\xffok" => (200, ""),
+                        b"session=bob" => (403, ""),
                         _ => (401, ""),
                     };
                     let resp = Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap();
@@ -119,4 +120,33 @@ async fn a_backend_outage_refuses_new_streams_and_spares_open_ones() {
     assert!(refused.json()["error"].as_str().unwrap().contains("unavailable"));
     app.execute("INSERT INTO orders (user_id) VALUES (42)", &[]).await.unwrap();
     assert_eq!(open.expect().await.json()["user_id"], 42, "the open stream is unaffected");
+}
+
+/// A GET with a raw (non-UTF-8) cookie, over a plain socket; returns the status.
+async fn raw_cookie_status(addr: std::net::SocketAddr, path: &str, cookie: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = [format!("GET {path} HTTP/1.1\r\nhost: x\r\ncookie: ").as_bytes(), cookie, b"\r\n\r\n"].concat();
+    conn.write_all(&head).await.unwrap();
+    let mut got = [0u8; 12];
+    tokio::time::timeout(common::TIMEOUT, conn.read_exact(&mut got)).await.unwrap().unwrap();
+    std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_is_asked_each_distinct_question_and_never_about_a_malformed_name() {
+    let backend = Backend::start().await;
+    let (gw, _app) = setup(&backend).await;
+    let alice = [("cookie", "session=alice")];
+    // One channel literally named "orders,public" is no channel: refused before the backend is asked, so
+    // its answer can never be taken for /events?channel=orders&channel=public.
+    for path in ["/orders,public", "/orders,public/events"] {
+        assert_eq!(get(gw.addr, path, &alice).await.unwrap().status, 400, "{path}");
+    }
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 0, "the backend was not asked");
+
+    // Two cookies that differ only in bytes a lossy conversion folds together get their own answers.
+    assert_eq!(raw_cookie_status(gw.addr, "/orders/events", b"session=\xffok").await, 200);
+    assert_eq!(raw_cookie_status(gw.addr, "/orders/events", b"session=\xfeok").await, 401);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "each asked once");
 }
