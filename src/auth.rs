@@ -84,13 +84,61 @@ impl Jwt {
         validation.validate_aud = false;
         Self { key, validation, cookie: cookie.to_string() }
     }
+
+    /// Requires the token's `aud` to include `audience` and its `iss` to be `issuer`, where given.
+    pub fn expecting(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            self.validation.set_required_spec_claims(&["exp", "aud"]);
+        }
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+        }
+        self
+    }
 }
+
+/// How far ahead of this gateway's clock a token's issuer may be: `nbf` and `iat` later than that are refused.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 struct Claims {
-    exp: u64,
+    /// Required (the validation says so, by name, when it is missing).
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
     #[serde(default)]
     pgsse: Grant,
+}
+
+/// The token's fault in words, without the library's internals.
+fn token_error(err: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    let why = match err.kind() {
+        ErrorKind::ExpiredSignature => return AuthError::Expired,
+        ErrorKind::InvalidSignature => "its signature does not verify with this gateway's key",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+            "it is signed with an algorithm this gateway does not accept"
+        }
+        ErrorKind::InvalidAudience => "its aud claim does not name this gateway (--jwt-audience)",
+        ErrorKind::InvalidIssuer => "its iss claim is not the expected issuer (--jwt-issuer)",
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
+        ErrorKind::MissingRequiredClaim(claim) => return AuthError::Invalid(format!("it has no {claim} claim")),
+        ErrorKind::Json(e) => return AuthError::Invalid(format!("its claims are malformed: {}", plain_json_error(e))),
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "it is not a JWT",
+        _ => "it could not be verified",
+    };
+    AuthError::Invalid(why.to_string())
+}
+
+/// serde's message without its position suffix (`at line 1 column 36`).
+fn plain_json_error(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.find(" at line ") {
+        Some(at) => text[..at].replace('`', ""),
+        None => text.replace('`', ""),
+    }
 }
 
 /// What a token allows. Patterns: `*`, `prefix.*`, or an exact channel name.
@@ -146,12 +194,19 @@ impl Jwt {
             .or_else(|| cookie(headers, &jwt.cookie))
             .or(query_token)
             .ok_or_else(|| AuthError::Missing(jwt.cookie.clone()))?;
-        let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
-        let expires = UNIX_EPOCH + Duration::from_secs(claims.claims.exp);
-        Ok(Access::Granted { grant: claims.claims.pgsse, expires: Some(expires) })
+        let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| token_error(&e))?.claims;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ahead = |at: Option<u64>| at.is_some_and(|t| Duration::from_secs(t) > now + CLOCK_SKEW);
+        if ahead(claims.nbf) {
+            return Err(AuthError::Invalid("it is not valid yet (nbf)".into()));
+        }
+        if ahead(claims.iat) {
+            return Err(AuthError::Invalid("it claims to be issued in the future (iat)".into()));
+        }
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
+            .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
+        Ok(Access::Granted { grant: claims.pgsse, expires: Some(expires) })
     }
 }
 
@@ -237,6 +292,47 @@ mod tests {
 
     fn auth() -> Jwt {
         Jwt::hs256(SECRET, DEFAULT_COOKIE)
+    }
+
+    /// The reason a token was refused, as the client reads it.
+    fn refusal(jwt: &Jwt, claims: serde_json::Value) -> String {
+        match jwt.check(&HeaderMap::new(), Some(&token(claims.clone()))) {
+            Ok(_) => panic!("accepted: {claims}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn time_audience_and_issuer_claims_are_checked_and_refusals_name_the_claim() {
+        let now = future() - 600;
+        let later = now + 300;
+        assert_eq!(
+            refusal(&auth(), json!({"exp": future(), "nbf": later})),
+            "invalid token: it is not valid yet (nbf)"
+        );
+        assert!(refusal(&auth(), json!({"exp": future(), "iat": later})).contains("issued in the future (iat)"));
+        assert!(auth()
+            .check(&HeaderMap::new(), Some(&token(json!({"exp": future(), "nbf": now, "iat": now}))))
+            .is_ok());
+        // Past what a SystemTime can hold: refused, not a panic in the connection's task.
+        assert!(refusal(&auth(), json!({"exp": u64::MAX})).contains("exp is out of range"));
+
+        let strict = auth().expecting(Some("pgsse.example"), Some("https://login.example"));
+        let good = json!({"exp": future(), "aud": "pgsse.example", "iss": "https://login.example"});
+        assert!(strict.check(&HeaderMap::new(), Some(&token(good))).is_ok());
+        let wrong_aud = json!({"exp": future(), "aud": "other", "iss": "https://login.example"});
+        assert!(refusal(&strict, wrong_aud).contains("aud claim"));
+        assert!(refusal(&strict, json!({"exp": future(), "iss": "https://login.example"})).contains("no aud claim"));
+        let wrong_iss = json!({"exp": future(), "aud": "pgsse.example", "iss": "https://evil.example"});
+        assert!(refusal(&strict, wrong_iss).contains("iss claim"));
+
+        let other_key = encode(&Header::default(), &json!({"exp": future()}), &EncodingKey::from_secret(b"other"));
+        let err = auth().check(&HeaderMap::new(), Some(&other_key.unwrap())).err().unwrap().to_string();
+        assert_eq!(err, "invalid token: its signature does not verify with this gateway's key");
+        let missing_exp = refusal(&auth(), json!({"pgsse": {}}));
+        assert_eq!(missing_exp, "invalid token: it has no exp claim");
+        let bad_grant = refusal(&auth(), json!({"exp": future(), "pgsse": {"subscribe": 1}}));
+        assert!(!bad_grant.contains("line 1") && !bad_grant.contains('`'), "{bad_grant}");
     }
 
     #[test]

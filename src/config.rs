@@ -160,6 +160,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// For `--auth jwt`: a token's `aud` claim must include this.
+    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// For `--auth jwt`: a token's `iss` claim must be this.
+    #[arg(long, env = "PGSSE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
     /// Cookie that may carry the token (besides `Authorization: Bearer` and `?access_token=`).
     #[arg(long, env = "PGSSE_JWT_COOKIE", default_value = DEFAULT_COOKIE)]
     pub jwt_cookie: String,
@@ -352,11 +360,13 @@ impl Config {
             }
             (AuthMode::None, _, _) => Auth::None,
             (AuthMode::Jwt, Some(secret), None) if !secret.is_empty() => {
-                Auth::Jwt(Box::new(Jwt::hs256(secret.as_bytes(), &args.jwt_cookie)))
+                let jwt = Jwt::hs256(secret.as_bytes(), &args.jwt_cookie);
+                Auth::Jwt(Box::new(jwt.expecting(args.jwt_audience.as_deref(), args.jwt_issuer.as_deref())))
             }
             (AuthMode::Jwt, None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.clone(), e))?;
-                Auth::Jwt(Box::new(Jwt::public_key(&pem, &args.jwt_cookie)?))
+                let jwt = Jwt::public_key(&pem, &args.jwt_cookie)?;
+                Auth::Jwt(Box::new(jwt.expecting(args.jwt_audience.as_deref(), args.jwt_issuer.as_deref())))
             }
             (AuthMode::Jwt, _, _) => return Err(ConfigError::JwtKey),
             (AuthMode::AuthUrl, _, _) => {

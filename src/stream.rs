@@ -81,7 +81,9 @@ pub async fn open(
 ) -> Result<SseBody, StreamError> {
     let prelude = sse::prelude(state.config.retry);
     let heartbeat = state.config.heartbeat;
-    let expires = expires.map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
+    // An end too far away for the clock to represent is as good as none.
+    let expires =
+        expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
     // Until the listener has read the head once there is no seam to make: such a new gateway is not ready.
     state.hub.wait_started(START_WAIT).await?;
     let Some(after) = resume else {
