@@ -334,6 +334,12 @@ pub enum ConfigError {
     InvalidDatabaseUrl(String),
     #[error("--auth none on the public address {0}: pass --allow-unauthenticated-public, or use --auth jwt")]
     PublicWithoutAuth(SocketAddr),
+    #[error(
+        "--auth none with --trusted-proxy: behind a proxy every request comes from loopback, so the loopback \
+         check protects nothing; use --auth jwt or --auth auth-url (or --allow-unauthenticated-public if the \
+         proxy itself admits only trusted clients)"
+    )]
+    ProxiedWithoutAuth,
     #[error("--auth jwt needs exactly one of --jwt-secret and --jwt-public-key")]
     JwtKey,
     #[error("--auth auth-url needs --auth-url")]
@@ -357,6 +363,9 @@ impl Config {
         let auth = match (args.auth, &args.jwt_secret, &args.jwt_public_key) {
             (AuthMode::None, _, _) if !args.listen.ip().is_loopback() && !args.allow_unauthenticated_public => {
                 return Err(ConfigError::PublicWithoutAuth(args.listen))
+            }
+            (AuthMode::None, _, _) if !args.trusted_proxies.is_empty() && !args.allow_unauthenticated_public => {
+                return Err(ConfigError::ProxiedWithoutAuth)
             }
             (AuthMode::None, _, _) => Auth::None,
             (AuthMode::Jwt, Some(secret), None) if !secret.is_empty() => {
@@ -456,6 +465,10 @@ mod tests {
         assert!(parse(&["--listen", "0.0.0.0:4000", "--allow-unauthenticated-public"]).is_ok());
         assert!(parse(&["--listen", "[::1]:4000"]).is_ok());
         assert!(parse(&["--listen", "0.0.0.0:4000", "--auth", "jwt", "--jwt-secret", "s"]).is_ok());
+        // Behind a proxy the peer is always loopback: that check alone would guard nothing.
+        assert!(matches!(parse(&["--trusted-proxy", "127.0.0.1"]), Err(ConfigError::ProxiedWithoutAuth)));
+        assert!(parse(&["--trusted-proxy", "127.0.0.1", "--auth", "jwt", "--jwt-secret", "s"]).is_ok());
+        assert!(parse(&["--trusted-proxy", "127.0.0.1", "--allow-unauthenticated-public"]).is_ok());
         assert!(matches!(parse(&["--auth", "jwt"]), Err(ConfigError::JwtKey)));
         assert!(matches!(
             parse(&["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"]),

@@ -61,6 +61,9 @@ impl hyper::body::Body for Reply {
     }
 }
 
+/// Largest request head (request line and headers); a larger one is answered 431.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// What a client refused for a limit is told to wait before trying again.
 const RETRY_AFTER_SECS: &str = "5";
 
@@ -89,6 +92,8 @@ pub enum ApiError {
     Limit(#[from] LimitError),
     #[error("request URL longer than {0} bytes")]
     UrlTooLong(usize),
+    #[error("request head (request line and headers) larger than {MAX_REQUEST_HEAD} bytes")]
+    HeadTooLarge,
 }
 
 impl ApiError {
@@ -100,6 +105,7 @@ impl ApiError {
             ApiError::Auth(err) | ApiError::Command(CommandError::Auth(err)) => auth_status(err),
             ApiError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UrlTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
@@ -175,7 +181,9 @@ pub fn raw_json_response(status: StatusCode, json: Bytes) -> Response<Body> {
 pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
-    let mut resp = if preflight {
+    let mut resp = if head_size(&req) > MAX_REQUEST_HEAD {
+        ApiError::HeadTooLarge.into_response()
+    } else if preflight {
         let mut resp = Response::new(Either::Left(Reply::new(Bytes::new())));
         *resp.status_mut() = StatusCode::NO_CONTENT;
         resp
@@ -190,6 +198,13 @@ pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) 
     }
     state.cors.apply(&request_headers, resp.headers_mut(), preflight);
     Ok(resp)
+}
+
+/// The request head's size as HTTP/1.1 writes it: request line, each header line, and the blank line.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let headers: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1 + headers + 2
 }
 
 async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

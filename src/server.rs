@@ -26,10 +26,6 @@ use crate::{conn, retention, routes};
 /// Pause after a failed accept (usually EMFILE), so the loop does not spin while descriptors are short.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// Largest request head (request line and headers) read; a larger one is answered 431. hyper's default
-/// would let every connection buffer about 400 KB.
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
-
 /// Shared by every request.
 pub struct AppState {
     pub config: Config,
@@ -134,8 +130,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
-        .max_buf_size(MAX_REQUEST_HEAD);
-    let builders = Arc::new(conn::Builders { http1, http2: http2::Builder::new(TokioExecutor::new()) });
+        // hyper's default would let every connection buffer about 400 KB. Its bound on the buffer is not one
+        // on the head (it may read up to twice this before parsing), so routing enforces the head's.
+        .max_buf_size(routes::MAX_REQUEST_HEAD);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.max_header_list_size(routes::MAX_REQUEST_HEAD as u32);
+    let builders = Arc::new(conn::Builders { http1, http2 });
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving");
     }

@@ -263,3 +263,20 @@ async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
     assert_eq!(pruned.get::<_, i64>(0), 1, "retention is not held back either");
     holding.rollback().await.unwrap();
 }
+
+/// The request head is bounded where the server says (64 KiB), on both protocols' first request alike.
+#[tokio::test]
+async fn a_request_head_over_64_kib_gets_431() {
+    let TestDb { url, .. } = TestDb::messages("").await;
+    let gw = Gateway::start(&url).await;
+    for (size, want) in [(60 * 1024, 200), (70 * 1024, 431), (100 * 1024, 431)] {
+        let header = format!("X-Pad: {}\r\n", "a".repeat(size));
+        let (outcome, raw) = send_raw(gw.addr, &req("GET", "/healthz", &header, ""), false).await;
+        assert_eq!(
+            outcome,
+            Outcome::Status(want),
+            "{size} bytes: {}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)])
+        );
+    }
+}
