@@ -76,8 +76,14 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Serve `GET /metrics` on this address instead of the main one (e.g. a port only Prometheus reaches).
+    /// Under `--auth jwt` or `auth-url` it is served only here: its channel labels tell who is online.
     #[arg(long, env = "PGSSE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Label `pgsse_streams_open` by channel (`false`: one total, for channels named after users or too
+    /// many to keep a series each).
+    #[arg(long, env = "PGSSE_METRICS_CHANNEL_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_channel_labels: bool,
 
     /// PEM certificate chain: serve HTTPS, with HTTP/2 offered by ALPN so a browser can open many streams
     /// over one connection. Needs --tls-key.
@@ -322,6 +328,7 @@ pub struct Config {
     pub retention_events: Option<i64>,
     pub prune_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_channel_labels: bool,
     /// Certificate chain and key, loaded and checked at startup.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
@@ -412,6 +419,7 @@ impl Config {
             retention_events: args.retention_events,
             prune_interval: args.prune_interval,
             metrics_listen: args.metrics_listen,
+            metrics_channel_labels: args.metrics_channel_labels,
             tls: match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
                 _ => None,

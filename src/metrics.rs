@@ -21,6 +21,8 @@ pub struct Metrics {
     hub: Arc<Hub>,
     listener: Arc<ListenerStatus>,
     limits: Arc<Limits>,
+    /// Whether `pgsse_streams_open` carries a series per channel.
+    channel_labels: bool,
     pub counters: Arc<Counters>,
 }
 
@@ -50,8 +52,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(hub: Arc<Hub>, listener: Arc<ListenerStatus>, limits: Arc<Limits>) -> Arc<Self> {
-        Arc::new(Self { hub, listener, limits, counters: Arc::default() })
+    pub fn new(hub: Arc<Hub>, listener: Arc<ListenerStatus>, limits: Arc<Limits>, channel_labels: bool) -> Arc<Self> {
+        Arc::new(Self { hub, listener, limits, channel_labels, counters: Arc::default() })
     }
 
     pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
@@ -91,9 +93,15 @@ impl Collector for Metrics {
             None,
             streams.metric_type(),
         )?;
-        for (channel, n) in self.hub.subscriber_counts() {
-            let labels = [("channel", channel)];
-            ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+        let counts = self.hub.subscriber_counts();
+        if self.channel_labels {
+            for (channel, n) in counts {
+                let labels = [("channel", channel)];
+                ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+            }
+        } else {
+            let total: usize = counts.iter().map(|(_, n)| n).sum();
+            ConstGauge::new(total as i64).encode(family)?;
         }
         let listener = &self.listener;
         counter(

@@ -12,7 +12,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use serde_json::json;
 
-use crate::auth::AuthError;
+use crate::auth::{Auth, AuthError};
 use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
 use crate::filter::{ChannelFilters, Filter, FilterError};
@@ -225,10 +225,12 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             only_get(&req, "GET")?;
             Ok(health(state).await)
         }
-        ["metrics"] if state.config.metrics_listen.is_none() => {
+        ["metrics"] if state.config.metrics_listen.is_none() && matches!(*state.config.auth, Auth::None) => {
             only_get(&req, "GET")?;
             Ok(metrics(state))
         }
+        // Its labels tell who is online: under auth, only --metrics-listen serves it.
+        ["metrics"] => Err(ApiError::NotFound("/metrics is served only on --metrics-listen".into())),
         ["readyz"] => {
             only_get(&req, "GET")?;
             Ok(ready(state).await)

@@ -93,7 +93,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let limits =
         Arc::new(Limits::new(config.max_streams, config.max_streams_per_client, config.trusted_proxies.clone()));
     let state = Arc::new(AppState {
-        metrics: Metrics::new(hub.clone(), status.clone(), limits.clone()),
+        metrics: Metrics::new(hub.clone(), status.clone(), limits.clone(), config.metrics_channel_labels),
         limits,
         store: Store::new(&config.database_url, config.pool_size)?,
         hub,

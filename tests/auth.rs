@@ -41,6 +41,30 @@ async fn orders_db() -> TestDb {
     db
 }
 
+/// `/metrics` shows who is online (a stream per user channel): under auth it leaves the public address,
+/// and its channel labels can go.
+#[tokio::test]
+async fn under_auth_metrics_are_only_on_their_own_address() {
+    let TestDb { url, .. } = orders_db().await;
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let mut config = common::gateway_config(&url);
+    config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
+    let gw = Gateway::start_with(config.clone()).await;
+    let public = get(gw.addr, "/metrics", &[]).await.unwrap();
+    assert_eq!(public.status, 404, "{}", public.body);
+    assert!(public.body.contains("--metrics-listen"), "{}", public.body);
+    drop(gw);
+
+    config.metrics_listen = Some(metrics_addr);
+    config.metrics_channel_labels = false;
+    let gw = Gateway::start_with(config).await;
+    let reader = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 600));
+    let _stream = SseStream::ok(gw.addr, "/orders/events", &[("authorization", &reader)]).await;
+    let metrics = get(metrics_addr, "/metrics", &[]).await.unwrap().body;
+    assert!(metrics.lines().any(|l| l == "pgsse_streams_open 1"), "{metrics}");
+    assert!(!metrics.contains("channel=\"orders\""), "{metrics}");
+}
+
 /// Without a token nothing is learned, not even which channels exist, and no query is spent on it.
 #[tokio::test]
 async fn a_stranger_cannot_tell_which_channels_exist() {
