@@ -23,9 +23,13 @@ fn token(grant: Value, exp: u64) -> String {
 }
 
 async fn gateway(url: &str) -> Gateway {
+    Gateway::start_with(jwt_config(url)).await
+}
+
+fn jwt_config(url: &str) -> pgsse::config::Config {
     let mut config = common::gateway_config(url);
     config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
-    Gateway::start_with(config).await
+    config
 }
 
 async fn orders_db() -> TestDb {
@@ -47,8 +51,7 @@ async fn orders_db() -> TestDb {
 async fn under_auth_metrics_are_only_on_their_own_address() {
     let TestDb { url, .. } = orders_db().await;
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    let mut config = common::gateway_config(&url);
-    config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
+    let mut config = jwt_config(&url);
     let gw = Gateway::start_with(config.clone()).await;
     let public = get(gw.addr, "/metrics", &[]).await.unwrap();
     assert_eq!(public.status, 404, "{}", public.body);
@@ -79,7 +82,10 @@ async fn a_stranger_cannot_tell_which_channels_exist() {
 #[tokio::test]
 async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     let TestDb { url, .. } = orders_db().await;
-    let gw = gateway(&url).await;
+    let mut config = jwt_config(&url);
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    config.metrics_listen = Some(metrics_addr);
+    let gw = Gateway::start_with(config).await;
     let good = token(json!({"subscribe": ["orders"]}), now() + 600);
     let forged = encode(
         &Header::default(),
@@ -113,7 +119,7 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
             assert_eq!(resp.headers["www-authenticate"], "Bearer");
         }
     }
-    let metrics = get(gw.addr, "/metrics", &[]).await.unwrap().body;
+    let metrics = get(metrics_addr, "/metrics", &[]).await.unwrap().body;
     for line in
         ["pgsse_auth_denials_total{reason=\"unauthenticated\"} 5", "pgsse_auth_denials_total{reason=\"forbidden\"} 2"]
     {
