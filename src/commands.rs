@@ -34,6 +34,8 @@ pub enum CommandError {
     NotAnObject,
     #[error("could not read the request body")]
     Body,
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("invalid channel name {0:?}")]
     InvalidChannel(String),
     #[error("unknown channel {0:?}: create it with pgsse.create_channel or pgsse.publish_table (or start the gateway with --post-creates-channels)")]
@@ -48,8 +50,14 @@ pub enum CommandError {
     Auth(#[from] AuthError),
 }
 
-/// Reads a JSON object body of at most `limit` bytes, refusing other content types before reading.
-pub async fn read_object(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Value, CommandError> {
+/// Reads a JSON object body of at most `limit` bytes within `deadline`, refusing other content types
+/// before reading: a body that trickles in must not hold its connection and buffer forever.
+pub async fn read_object(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Value, CommandError> {
     let essence = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
     if !essence.is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json")) {
         return Err(CommandError::NotJsonContentType);
@@ -58,7 +66,10 @@ pub async fn read_object(headers: &HeaderMap, body: Incoming, limit: usize) -> R
     if declared.is_some_and(|n| n > limit) {
         return Err(CommandError::TooLarge(limit));
     }
-    let bytes = match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| CommandError::BodyTimeout(deadline))?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(CommandError::TooLarge(limit)),
         Err(_) => return Err(CommandError::Body),

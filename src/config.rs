@@ -28,6 +28,9 @@ pub const DEFAULT_RETENTION: &str = "24h";
 pub const DEFAULT_PRUNE_INTERVAL: &str = "1m";
 pub const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_BODY_READ_TIMEOUT: &str = "30s";
+/// Above the per-client stream limit: each HTTP/1 stream holds a connection, and requests need a few more.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 pub const DEFAULT_MAX_URL_LENGTH: usize = 8 * 1024;
 pub const DEFAULT_DEMO_DIR: &str = ".pgsse-demo";
 pub const DEFAULT_DEMO_PG_PORT: u16 = 54329;
@@ -130,6 +133,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_PROBE_INTERVAL", default_value = DEFAULT_PROBE_INTERVAL, value_parser = parse_duration)]
     pub probe_interval: Duration,
 
+    /// A POST body must arrive whole within this long (else 408).
+    #[arg(long, env = "PGSSE_BODY_READ_TIMEOUT", default_value = DEFAULT_BODY_READ_TIMEOUT, value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
     /// Largest request body accepted by POST, in bytes.
     #[arg(long, env = "PGSSE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = parse_positive)]
     pub body_limit: usize,
@@ -212,11 +219,17 @@ pub struct ServeArgs {
           value_parser = parse_positive)]
     pub max_streams_per_client: usize,
 
+    /// Open connections per peer address (trusted proxies excepted); more are closed as they are accepted.
+    #[arg(long, env = "PGSSE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+          value_parser = parse_positive)]
+    pub max_connections_per_client: usize,
+
     /// Proxy address whose X-Forwarded-For names the client (repeatable); from anyone else it is ignored.
     #[arg(long = "trusted-proxy", env = "PGSSE_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 
-    /// A connection must send its request headers within this long, or it is closed.
+    /// A connection must send its request headers within this long, or it is closed; an HTTP/2 connection
+    /// with no request open for this long is closed too (GOAWAY).
     #[arg(long, env = "PGSSE_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT,
           value_parser = parse_duration)]
     pub header_read_timeout: Duration,
@@ -312,6 +325,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub probe_interval: Duration,
     pub body_limit: usize,
+    pub body_read_timeout: Duration,
     pub cors_origins: Vec<String>,
     pub allow_clear: Vec<String>,
     pub post_creates_channels: bool,
@@ -319,6 +333,7 @@ pub struct Config {
     pub auth: Arc<Auth>,
     pub max_streams: usize,
     pub max_streams_per_client: usize,
+    pub max_connections_per_client: usize,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub header_read_timeout: Duration,
     pub max_url_length: usize,
@@ -405,6 +420,7 @@ impl Config {
             shutdown_timeout: args.shutdown_timeout,
             probe_interval: args.probe_interval,
             body_limit: args.body_limit,
+            body_read_timeout: args.body_read_timeout,
             cors_origins: args.cors_origins.clone(),
             allow_clear: args.allow_clear.clone(),
             post_creates_channels: args.post_creates_channels,
@@ -412,6 +428,7 @@ impl Config {
             auth: Arc::new(auth),
             max_streams: args.max_streams,
             max_streams_per_client: args.max_streams_per_client,
+            max_connections_per_client: args.max_connections_per_client,
             trusted_proxies: args.trusted_proxies.clone(),
             header_read_timeout: args.header_read_timeout,
             max_url_length: args.max_url_length,

@@ -28,6 +28,8 @@ use crate::routes;
 use crate::server::AppState;
 use crate::sse::SseBody;
 
+mod idle;
+
 /// What a client speaking HTTP/2 by prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bound on closing a connection politely (TLS close_notify, FIN) once it is done.
@@ -225,14 +227,36 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     if !http2 {
         return Box::pin(serve_http1(io, peer, state, builders.http1.clone()));
     }
-    let shutdown = state.shutdown.clone();
+    // Closed (GOAWAY) at shutdown, or once no request has been open for the header timeout: what an idle
+    // HTTP/1 connection gets, since it must send its next request's head within that time.
+    let closing = state.shutdown.child_token();
+    let idle_limit = state.config.header_read_timeout;
+    let active = Arc::new(idle::Active::default());
+    let requests = active.clone();
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
     // future's slot for the connection's lifetime, and the routing future is large.
-    let service = service_fn(move |req| Box::pin(routes::handle(state.clone(), peer.ip(), req)));
+    let service = service_fn(move |req| {
+        let (state, guard) = (state.clone(), requests.enter());
+        Box::pin(async move {
+            let response = routes::handle(state, peer.ip(), req).await?;
+            Ok::<_, Infallible>(response.map(|body| idle::Tracked { body, _guard: guard }))
+        }) as Pin<Box<dyn Future<Output = Result<Response<idle::Tracked<routes::Body>>, Infallible>> + Send>>
+    });
     let conn = builders.http2.serve_connection(TokioIo::new(io), service);
     Box::pin(async move {
         let conn = pin!(conn);
-        until_done(conn, &shutdown, http2::Connection::graceful_shutdown, |conn, cx| conn.poll(cx)).await
+        let serving = until_done(conn, &closing, http2::Connection::graceful_shutdown, |conn, cx| conn.poll(cx));
+        tokio::select! {
+            done = serving => done,
+            // GOAWAY, then a bounded wait: hyper's graceful close waits for the client to answer a PING,
+            // which a client that does nothing never does.
+            () = async {
+                active.idle_for(idle_limit).await;
+                debug!("HTTP/2 connection idle; closing it");
+                closing.cancel();
+                sleep(CLOSE_TIMEOUT).await;
+            } => Ok(()),
+        }
     })
 }
 

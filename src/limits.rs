@@ -1,5 +1,5 @@
 //! Stream limits, in total and per client address (`X-Forwarded-For` believed only from configured
-//! proxies), and counters of every limit that refused a request.
+//! proxies), open connections per peer address, and counters of every limit that refused a request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +21,7 @@ pub enum LimitError {
 pub struct Rejections {
     pub streams_total: AtomicU64,
     pub streams_per_client: AtomicU64,
+    pub connections_per_client: AtomicU64,
     pub url_too_long: AtomicU64,
     pub body_too_large: AtomicU64,
 }
@@ -28,9 +29,31 @@ pub struct Rejections {
 pub struct Limits {
     max_streams: usize,
     max_per_client: usize,
+    max_connections_per_client: usize,
     trusted_proxies: Vec<IpAddr>,
     open: Mutex<Open>,
+    connections: Mutex<HashMap<IpAddr, usize>>,
     pub rejections: Rejections,
+}
+
+/// One accepted connection of a peer address; dropping it gives the place back.
+pub struct ConnectionSlot {
+    limits: Arc<Limits>,
+    /// `None` for a trusted proxy, whose connections are not counted.
+    peer: Option<IpAddr>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer else { return };
+        let mut connections = self.limits.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = connections.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                connections.remove(&peer);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,8 +86,38 @@ impl Drop for StreamSlot {
 }
 
 impl Limits {
-    pub fn new(max_streams: usize, max_per_client: usize, trusted_proxies: Vec<IpAddr>) -> Self {
-        Self { max_streams, max_per_client, trusted_proxies, open: Mutex::default(), rejections: Rejections::default() }
+    pub fn new(
+        max_streams: usize,
+        max_per_client: usize,
+        max_connections_per_client: usize,
+        trusted_proxies: Vec<IpAddr>,
+    ) -> Self {
+        Self {
+            max_streams,
+            max_per_client,
+            max_connections_per_client,
+            trusted_proxies,
+            open: Mutex::default(),
+            connections: Mutex::default(),
+            rejections: Rejections::default(),
+        }
+    }
+
+    /// A place for a connection from `peer`, or `None` when it has as many open as it may: one address
+    /// cannot take every connection the gateway allows. A trusted proxy carries many clients, so it is not
+    /// limited here (its clients are, by the stream limits).
+    pub fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
+        if self.trusted_proxies.contains(&peer) {
+            return Some(ConnectionSlot { limits: self.clone(), peer: None });
+        }
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let open = connections.entry(peer).or_default();
+        if *open >= self.max_connections_per_client {
+            self.rejections.connections_per_client.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *open += 1;
+        Some(ConnectionSlot { limits: self.clone(), peer: Some(peer) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
@@ -118,7 +171,7 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limits_and_releases_on_drop() {
-        let limits = Arc::new(Limits::new(3, 2, vec![]));
+        let limits = Arc::new(Limits::new(3, 2, 10, vec![]));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let a1 = limits.admit(a).unwrap();
         let _a2 = limits.admit(a).unwrap();
@@ -139,9 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn connections_per_peer_address_except_trusted_proxies() {
+        let proxy: IpAddr = "10.9.9.9".parse().unwrap();
+        let limits = Arc::new(Limits::new(10, 10, 2, vec![proxy]));
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let (first, _second) = (limits.admit_connection(peer).unwrap(), limits.admit_connection(peer).unwrap());
+        assert!(limits.admit_connection(peer).is_none());
+        assert!(limits.admit_connection("10.0.0.2".parse().unwrap()).is_some(), "another address is not affected");
+        drop(first);
+        assert!(limits.admit_connection(peer).is_some());
+        let held: Vec<ConnectionSlot> = (0..5).filter_map(|_| limits.admit_connection(proxy)).collect();
+        assert_eq!(held.len(), 5, "a trusted proxy is not counted");
+        assert_eq!(limits.rejections.connections_per_client.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let proxy: IpAddr = "127.0.0.1".parse().unwrap();
-        let limits = Limits::new(10, 10, vec![proxy, "10.9.9.9".parse().unwrap()]);
+        let limits = Limits::new(10, 10, 10, vec![proxy, "10.9.9.9".parse().unwrap()]);
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 5.6.7.8, 10.9.9.9"));
         assert_eq!(limits.client(proxy, &headers), "5.6.7.8".parse::<IpAddr>().unwrap());

@@ -196,6 +196,7 @@ impl Collector for Metrics {
         for (kind, value) in [
             ("streams_total", &rejections.streams_total),
             ("streams_per_client", &rejections.streams_per_client),
+            ("connections_per_client", &rejections.connections_per_client),
             ("url_too_long", &rejections.url_too_long),
             ("body_too_large", &rejections.body_too_large),
         ] {

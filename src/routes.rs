@@ -113,6 +113,7 @@ impl ApiError {
             ApiError::Command(err) => match err {
                 CommandError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 CommandError::NotJsonContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                CommandError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
                 CommandError::UnknownChannel(_) => StatusCode::NOT_FOUND,
                 CommandError::Store(StoreError::Rejected { kind, .. }) => match kind {
                     Rejection::Invalid => StatusCode::BAD_REQUEST,
@@ -276,9 +277,9 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
                     let (parts, body) = req.into_parts();
                     // Refused before the body is read when the token cannot publish here.
                     access.may_publish(&channel)?;
-                    let object = commands::read_object(&parts.headers, body, state.config.body_limit)
-                        .await
-                        .inspect_err(|err| {
+                    let (limit, deadline) = (state.config.body_limit, state.config.body_read_timeout);
+                    let object =
+                        commands::read_object(&parts.headers, body, limit, deadline).await.inspect_err(|err| {
                             if matches!(err, CommandError::TooLarge(_)) {
                                 state.limits.rejections.body_too_large.fetch_add(1, Ordering::Relaxed);
                             }

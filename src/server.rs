@@ -90,8 +90,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let status = Arc::new(ListenerStatus::default());
     let listen_url = config.listen_database_url.as_deref().unwrap_or(&config.database_url);
     let pg_listener = Listener::new(listen_url, hub.clone(), status.clone(), config.probe_interval)?;
-    let limits =
-        Arc::new(Limits::new(config.max_streams, config.max_streams_per_client, config.trusted_proxies.clone()));
+    let limits = Arc::new(Limits::new(
+        config.max_streams,
+        config.max_streams_per_client,
+        config.max_connections_per_client,
+        config.trusted_proxies.clone(),
+    ));
     let state = Arc::new(AppState {
         metrics: Metrics::new(hub.clone(), status.clone(), limits.clone(), config.metrics_channel_labels),
         limits,
@@ -161,6 +165,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             },
             _ = &mut shutdown => break,
         };
+        let Some(slot) = state.limits.admit_connection(peer.ip()) else {
+            debug!(%peer, "closing a connection over the per-address limit");
+            continue;
+        };
         if let Err(err) = stream.set_nodelay(true) {
             debug!(cause = ?err, "could not set TCP_NODELAY");
         }
@@ -169,7 +177,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         tokio::spawn(
             async move {
                 conn::serve(stream, peer, state, builders).await;
-                drop(permit);
+                drop((slot, permit));
             }
             .instrument(info_span!("conn", %peer)),
         );

@@ -280,3 +280,77 @@ async fn a_request_head_over_64_kib_gets_431() {
         );
     }
 }
+
+/// Reads until the server closes the connection, returning what came; fails if it has not within `within`.
+async fn until_closed(conn: &mut (impl AsyncReadExt + Unpin), within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = conn.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(within, read).await.expect("the server closed the connection in time");
+    got
+}
+
+/// A connection from another loopback address than the test's own 127.0.0.1.
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_slow_bodies_and_one_address_hoarding_connections_are_bounded() {
+    let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
+    let mut config = common::gateway_config(&url);
+    config.header_read_timeout = Duration::from_secs(1);
+    config.body_read_timeout = Duration::from_secs(1);
+    config.max_connections_per_client = 3;
+    let gw = Gateway::start_with(config).await;
+    let mut witness = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+
+    // HTTP/2 by prior knowledge: the preface and an empty SETTINGS frame, then no request at all.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let frames = until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(frames.windows(2).any(|w| w == [0x07, 0x00]), "closed with a GOAWAY frame: {frames:?}");
+
+    // A body that trickles in a byte at a time is refused once its time is up.
+    let slow = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut answer, mut body) = slow.into_split();
+    let head = "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{";
+    body.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for byte in b"\"body\": \"one byte at a time\"" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if body.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let refused = until_closed(&mut answer, Duration::from_secs(5)).await;
+    assert!(refused.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&refused));
+    trickle.abort();
+
+    // One address holds at most three connections; a fourth is closed unanswered, and others still get in.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = connect_from("127.0.0.2", gw.addr).await;
+        conn.write_all(b"GET /messages/events HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.0 200");
+        held.push(conn);
+    }
+    let mut fourth = connect_from("127.0.0.2", gw.addr).await;
+    let _ = fourth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let unanswered = until_closed(&mut fourth, Duration::from_secs(5)).await;
+    assert!(unanswered.is_empty(), "{}", String::from_utf8_lossy(&unanswered));
+    assert_eq!(common::get(gw.addr, "/healthz", &[]).await.unwrap().status, 200, "other addresses get in");
+    drop(held);
+
+    app.execute("INSERT INTO messages (body) VALUES ('still serving')", &[]).await.unwrap();
+    assert_eq!(witness.expect().await.json()["body"], "still serving");
+}
