@@ -175,6 +175,7 @@ impl Listener {
         let mut pg: tokio_postgres::Config =
             database_url.parse().map_err(|e: tokio_postgres::Error| ListenerError::Config(e.to_string()))?;
         pg.application_name("pgsse-listener");
+        crate::store::pin_search_path(&mut pg);
         pg.connect_timeout(CONNECT_TIMEOUT);
         pg.keepalives(true);
         pg.keepalives_idle(KEEPALIVE_IDLE);

@@ -75,6 +75,17 @@ fn strip_prefix(message: &str) -> String {
     message.strip_prefix("pgsse: ").unwrap_or(message).to_string()
 }
 
+/// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing
+/// else, so no function or operator that another role planted in a schema of the default path (`public`)
+/// can shadow one of them, whatever the role's or database's settings say.
+pub fn pin_search_path(pg: &mut tokio_postgres::Config) {
+    let options = match pg.get_options() {
+        Some(given) => format!("{given} -c search_path=pg_catalog"),
+        None => "-c search_path=pg_catalog".to_string(),
+    };
+    pg.options(options);
+}
+
 /// A channel as the command endpoints see it.
 pub struct ChannelInfo {
     pub has_table: bool,
@@ -169,6 +180,7 @@ impl Store {
         let mut pg: tokio_postgres::Config =
             database_url.parse().map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
         pg.application_name("pgsse");
+        pin_search_path(&mut pg);
         pg.connect_timeout(POOL_TIMEOUT);
         pg.keepalives(true);
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });

@@ -354,3 +354,123 @@ async fn idle_http2_connections_slow_bodies_and_one_address_hoarding_connections
     app.execute("INSERT INTO messages (body) VALUES ('still serving')", &[]).await.unwrap();
     assert_eq!(witness.expect().await.json()["body"], "still serving");
 }
+
+/// Names in `sql` that are called like functions: identifiers followed by `(`.
+fn called_names(sql: &str) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !(bytes[i].is_ascii_alphabetic() || bytes[i] == b'_') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        let after = sql[i..].trim_start_matches(' ');
+        if after.starts_with('(') {
+            names.insert(sql[start..i].to_ascii_lowercase());
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// Every pg_catalog function that pgsse's SQL calls by name, and every variant of every operator it
+/// spells, gets a shadow in `public` with the same signature that fails when it runs. The app's role and
+/// the gateway's then work with `public` first in their paths: no shadow may run, and the events are right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shadow_of_any_function_or_operator_pgsse_uses_ever_runs() {
+    let TestDb { url, admin, app } = TestDb::new().await;
+    users_table(
+        &admin,
+        ", operations => array['insert', 'update', 'delete'], columns => array['id', 'name'], old_values => true, \
+         writable => true",
+    )
+    .await;
+    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    admin
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}, {GATEWAY_ROLE}; GRANT SELECT ON users TO {GATEWAY_ROLE};
+             ALTER ROLE {GATEWAY_ROLE} IN DATABASE {database} SET search_path = public, pg_catalog;"
+        ))
+        .await
+        .unwrap();
+    let sql = include_str!("../sql/functions.sql");
+    let functions = called_names(sql);
+    let operators: Vec<&str> = ["=", "<>", "<", ">", "<=", ">=", "||", "->", "->>", "?", "-", "+", "@>", "~"]
+        .into_iter()
+        .filter(|op| sql.contains(&format!(" {op} ")))
+        .collect();
+    let quoted = |names: &[&str]| names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+    let function_names: Vec<&str> = functions.iter().map(String::as_str).collect();
+    app.batch_execute(&format!(
+        "DO $plant$
+         DECLARE f record; op record;
+         BEGIN
+             FOR f IN SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+                             pg_get_function_result(p.oid) AS res
+                        FROM pg_proc p
+                       WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f'
+                         AND p.proname = ANY (ARRAY[{}]) LOOP
+                 BEGIN
+                     EXECUTE format('CREATE FUNCTION public.%I(%s) RETURNS %s LANGUAGE plpgsql AS %L',
+                                    f.proname, f.args, f.res,
+                                    format('BEGIN RAISE EXCEPTION %L; END', 'shadow of ' || f.proname || ' ran'));
+                 EXCEPTION WHEN others THEN NULL; -- a signature a plain role cannot declare (internal, ...)
+                 END;
+             END LOOP;
+             FOR op IN SELECT p.oprname, p.oprleft::regtype AS l, p.oprright::regtype AS r,
+                             p.oprresult::regtype AS res, row_number() OVER () AS n
+                        FROM pg_operator p
+                       WHERE p.oprnamespace = 'pg_catalog'::regnamespace AND p.oprleft <> 0 AND p.oprright <> 0
+                         AND p.oprname = ANY (ARRAY[{}]) LOOP
+                 BEGIN
+                     EXECUTE format('CREATE FUNCTION public.shadow_op_%s(%s, %s) RETURNS %s LANGUAGE plpgsql AS %L',
+                                    op.n, op.l, op.r, op.res,
+                                    format('BEGIN RAISE EXCEPTION %L; END', 'shadow of ' || op.oprname || ' ran'));
+                     EXECUTE format('CREATE OPERATOR public.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = public.shadow_op_%s)',
+                                    op.oprname, op.l, op.r, op.n);
+                 EXCEPTION WHEN others THEN NULL;
+                 END;
+             END LOOP;
+         END $plant$;",
+        quoted(&function_names),
+        quoted(&operators)
+    ))
+    .await
+    .unwrap();
+    let planted: i64 = admin
+        .query_one("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(planted > 500, "planted {planted} shadows");
+
+    // No operator in the app's own statements: with public first, its own WHERE would meet a shadow.
+    app.batch_execute(
+        "SET search_path = public, pg_catalog;
+         INSERT INTO users (name) VALUES ('by the app');
+         UPDATE users SET name = 'renamed';",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(&url).await;
+    let resp =
+        call(gw.addr, "POST", "/users", &[("content-type", "application/json")], Bytes::from(r#"{"name": "by post"}"#))
+            .await
+            .unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    app.batch_execute("SET search_path = public, pg_catalog").await.unwrap();
+    app.batch_execute("DELETE FROM users").await.unwrap();
+    app.batch_execute("TRUNCATE users").await.unwrap();
+    let mut stream = SseStream::ok(gw.addr, "/users/events", &[("last-event-id", "0")]).await;
+    let events = stream.take(6).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["insert", "update", "insert", "delete", "delete", "truncate"]);
+    assert_eq!(events[1].json(), json!({"new": {"id": 1, "name": "renamed"}, "old": {"id": 1, "name": "by the app"}}));
+    let history = common::get(gw.addr, "/users?limit=10", &[]).await.unwrap();
+    assert_eq!(history.status, 200, "{}", history.body);
+    assert!(events.iter().all(|e| !e.data.contains("shadow")));
+}
