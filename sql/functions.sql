@@ -1,6 +1,8 @@
 -- pgsse functions, roles and privileges: applied again by every `pgsse migrate`, after the numbered files.
--- Every function pins search_path and qualifies what it calls; functions that writers' triggers and the
--- gateway run on the log are SECURITY DEFINER, and nothing here is granted to PUBLIC.
+-- Every function that a role can call pins search_path; functions that writers' triggers and the gateway
+-- run on the log are SECURITY DEFINER, and nothing here is granted to PUBLIC. Three helpers run only
+-- inside those, once per captured row (append, project, published_channel): they qualify every name
+-- instead, since a SET per call cost 19% of a 50,000-row insert.
 
 BEGIN;
 SET LOCAL client_min_messages = warning;
