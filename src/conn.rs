@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, Sleep};
+use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -117,26 +117,43 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Sniffed<IO> {
 /// A client connection whose writes fail once the client has taken no byte for `stall`: whatever is
 /// being written (a stream's frames, a history page, HTTP/2 frames of any stream), a client that stopped
 /// reading loses its connection, and with it everything the gateway held for it. The timer runs only while
-/// the socket is full, so a client that keeps up costs none, and one that keeps taking bytes, however
-/// slowly, is never cut here.
+/// the socket is full, and it is one timer per connection, moved only when it fires (to the start of the
+/// current wait plus `stall`): arming one for every write that must wait cost replay nearly half its
+/// speed. A client that keeps taking bytes, however slowly, is never cut here.
 struct Stalling<IO> {
     inner: IO,
     stall: Duration,
+    /// Since when writes have been waiting for the client, with no byte taken.
+    waiting: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Stalling<IO> {
     fn new(inner: IO, stall: Duration) -> Self {
-        Self { inner, stall, timer: None }
+        Self { inner, stall, waiting: None, timer: None }
     }
 
     fn progress<T>(&mut self, cx: &mut Context<'_>, step: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if step.is_ready() {
-            self.timer = None;
+            self.waiting = None;
             return step;
         }
-        let stall = self.stall;
-        match self.timer.get_or_insert_with(|| Box::pin(sleep(stall))).as_mut().poll(cx) {
+        let due = *self.waiting.get_or_insert_with(Instant::now) + self.stall;
+        // Polled only to register this task's waker, and again once it has fired: a write that waits
+        // touches no timer otherwise.
+        let timer = match &mut self.timer {
+            None => self.timer.insert(Box::pin(sleep_until(due))),
+            Some(timer) if timer.is_elapsed() => {
+                if Instant::now() >= due {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client took no bytes")));
+                }
+                // Set while an earlier write waited: the client has taken bytes since.
+                timer.as_mut().reset(due);
+                timer
+            }
+            Some(_) => return Poll::Pending,
+        };
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client took no bytes"))),
             Poll::Pending => Poll::Pending,
         }
