@@ -353,37 +353,43 @@ impl Store {
         limit: i64,
     ) -> Result<ReplayBatch, StoreError> {
         let client = self.pool.get().await?;
-        // No event at all comes back as one row of NULLs beside the watermark; `fetched` counts the events
-        // before the byte budget cut them.
+        // No event at all comes back as one row of NULLs beside the watermark. A ROWS frame keeps the running
+        // sum one addition a row.
         let stmt = client
             .prepare_cached(&format!(
-                "SELECT id, channel, event, payload, mark, fetched FROM ( \
-                       SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id) AS upto, \
-                              count(r.id) OVER () AS fetched FROM ( \
-                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark FROM pgsse.watermark($3) AS w(mark) \
-                         LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
-                       ) r \
-                     ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
+                "SELECT id, channel, event, payload, mark FROM ( \
+                   SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
+                   FROM ( \
+                     SELECT e.id, e.channel, e.event, {} AS payload, w.mark FROM pgsse.watermark($3) AS w(mark) \
+                     LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
+                   ) r \
+                 ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
                 PAYLOAD_BYTES.replace("payload", "e.payload")
             ))
             .await?;
         let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
-        let (watermark, fetched): (i64, i64) = match rows.first() {
-            Some(row) => (row.try_get(4)?, row.try_get(5)?),
-            None => (0, 0),
+        let watermark: i64 = match rows.first() {
+            Some(row) => row.try_get(4)?,
+            None => 0,
         };
         let mut events = Vec::with_capacity(rows.len());
-        let mut last = None;
+        let (mut last, mut read, mut bytes) = (None, 0, 0);
         for row in &rows {
             // No event at all comes back as one row of NULLs beside the watermark.
             if let Some(id) = row.try_get::<_, Option<i64>>(0)? {
-                last = Some(id);
-                if let Ok(event) = EventRow::from_row(row)? {
-                    events.push(event);
+                (last, read) = (Some(id), read + 1);
+                match EventRow::from_row(row)? {
+                    Ok(event) => {
+                        bytes += event.payload.len() as i64;
+                        events.push(event);
+                    }
+                    Err(_) => bytes += PAGE_BYTES,
                 }
             }
         }
-        let more = fetched == limit || (rows.len() as i64) < fetched;
+        // The budget cut the batch only if what came reached it (reaching it exactly with nothing after
+        // costs one more, empty, read).
+        let more = read == limit || bytes >= PAGE_BYTES;
         Ok(ReplayBatch { watermark, rows: events, last, more })
     }
 }
