@@ -195,50 +195,6 @@ async fn nobody_forges_an_event() {
 }
 
 #[tokio::test]
-async fn functions_and_operators_of_the_callers_path_never_run() {
-    let TestDb { url, admin: db, app } = TestDb::new().await;
-    users_table(&db, ", operations => array['insert', 'update'], columns => array['id', 'name'], writable => true")
-        .await;
-    db.batch_execute(&format!(
-        "GRANT CREATE ON SCHEMA public TO {WRITER_ROLE}, {GATEWAY_ROLE}; GRANT SELECT ON users TO {GATEWAY_ROLE}"
-    ))
-    .await
-    .unwrap();
-    // Shadows of what pgsse's SQL calls, each more specific than pg_catalog's, so a caller's search_path
-    // would pick them: in public (first in the default path) and in pg_temp.
-    app.batch_execute(
-        "CREATE FUNCTION public.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
-         CREATE FUNCTION public.jsonb_each(jsonb) RETURNS TABLE (key text, value jsonb) LANGUAGE sql
-             AS $$ SELECT 'trojan', 'true'::jsonb $$;
-         CREATE FUNCTION public.trojan_eq(jsonb, jsonb) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
-         CREATE OPERATOR public.= (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = public.trojan_eq);
-         CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
-         CREATE FUNCTION public.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
-         CREATE FUNCTION public.has_table_privilege(regclass, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
-         CREATE FUNCTION public.jsonb_populate_record(users, jsonb) RETURNS users LANGUAGE sql
-             AS $$ SELECT 1::bigint, 'trojan', 'x' $$;
-         CREATE FUNCTION pg_temp.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
-         SET search_path = public, pg_catalog;
-         INSERT INTO users (name) VALUES ('by the app');
-         UPDATE users SET name = 'renamed';",
-    )
-    .await
-    .unwrap();
-    let gw = Gateway::start(&url).await;
-    let resp =
-        call(gw.addr, "POST", "/users", &[("content-type", "application/json")], Bytes::from(r#"{"name": "by post"}"#))
-            .await
-            .unwrap();
-    assert_eq!(resp.status, 201, "{}", resp.body);
-    let mut stream = SseStream::ok(gw.addr, "/users/events", &[("last-event-id", "0")]).await;
-    let events = stream.take(3).await;
-    let names: Vec<_> = events.iter().map(|e| e.json()["name"].clone()).collect();
-    assert_eq!(names, [json!("by the app"), json!("renamed"), json!("by post")]);
-    assert!(events.iter().all(|e| !e.data.contains("trojan") && !e.data.contains("password")), "{events:?}");
-}
-
-/// Advisory locks need no privilege: none that delivery or retention depends on may be one.
-#[tokio::test]
 async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
     let name: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
@@ -448,9 +404,16 @@ async fn no_shadow_of_any_function_or_operator_pgsse_uses_ever_runs() {
         .get(0);
     assert!(planted > 500, "planted {planted} shadows");
 
-    // No operator in the app's own statements: with public first, its own WHERE would meet a shadow.
+    // Shadows more specific than pg_catalog's own (so even a path with pg_catalog first would pick them),
+    // in public and in pg_temp. No operator in the app's own statements: with public first, its own WHERE
+    // would meet a shadow.
     app.batch_execute(
-        "SET search_path = public, pg_catalog;
+        "CREATE FUNCTION public.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         CREATE FUNCTION public.jsonb_populate_record(users, jsonb) RETURNS users LANGUAGE sql
+             AS $$ SELECT 1::bigint, 'trojan', 'x' $$;
+         CREATE FUNCTION public.has_table_privilege(regclass, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE FUNCTION pg_temp.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         SET search_path = public, pg_catalog;
          INSERT INTO users (name) VALUES ('by the app');
          UPDATE users SET name = 'renamed';",
     )
@@ -472,5 +435,9 @@ async fn no_shadow_of_any_function_or_operator_pgsse_uses_ever_runs() {
     assert_eq!(events[1].json(), json!({"new": {"id": 1, "name": "renamed"}, "old": {"id": 1, "name": "by the app"}}));
     let history = common::get(gw.addr, "/users?limit=10", &[]).await.unwrap();
     assert_eq!(history.status, 200, "{}", history.body);
-    assert!(events.iter().all(|e| !e.data.contains("shadow")));
+    assert_eq!(
+        (events[0].json(), events[2].json()),
+        (json!({"id": 1, "name": "by the app"}), json!({"id": 2, "name": "by post"}))
+    );
+    assert!(events.iter().all(|e| !e.data.contains("trojan") && !e.data.contains("password")), "{events:?}");
 }

@@ -44,6 +44,15 @@ async fn never_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
     conn
 }
 
+/// Waits until the client's one place (`--max-streams-per-client 1`) is taken by a hoarder, then until
+/// the hoarder's stalled connection is cut and the place given back.
+async fn held_then_given_back(addr: SocketAddr) {
+    let history_answers =
+        |status: u16| async move { get(addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == status) };
+    wait_for("the hoarder holds the client's one place", || history_answers(429)).await;
+    wait_for("the stalled connection is cut and its place given back", || history_answers(200)).await;
+}
+
 #[tokio::test]
 async fn replay_batches_and_history_pages_are_bounded_in_bytes_and_lose_nothing() {
     let TestDb { url, app, .. } = TestDb::messages("").await;
@@ -106,14 +115,7 @@ async fn a_client_that_asks_for_pages_and_never_reads_them_is_cut() {
     // does not read, so the gateway's write stalls on one of them, holding its place.
     let pipelined = "GET /messages?limit=1000 HTTP/1.1\r\nhost: x\r\n\r\n".repeat(40);
     let _hoarder = never_reading(gw.addr, pipelined.as_bytes()).await;
-    wait_for("the hoarder holds the client's one place", || async {
-        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 429)
-    })
-    .await;
-    wait_for("the stalled connection is cut and its place given back", || async {
-        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    held_then_given_back(gw.addr).await;
 }
 
 #[tokio::test]
@@ -128,15 +130,8 @@ async fn a_replaying_stream_whose_client_never_reads_holds_a_few_batches_not_the
 
     let request = b"GET /messages/events HTTP/1.1\r\nhost: x\r\nlast-event-id: 0\r\n\r\n";
     let mut _hoarder = never_reading(gw.addr, request).await;
-    wait_for("the hoarding stream holds the client's one place", || async {
-        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 429)
-    })
-    .await;
     // The write stalls, the connection is cut, and the replay stops: what it read by then is final.
-    wait_for("the stalled stream is cut and its place given back", || async {
-        get(gw.addr, "/messages?limit=1", &[]).await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    held_then_given_back(gw.addr).await;
     // At most the kernel's 4 MB (about 400 events) and three batches of 256 KB (about 80): before the byte
     // budget, the replay read the whole backlog ahead of a client that took none of it.
     let replayed = common::metric(gw.addr, "pgsse_events_replayed_total").await;

@@ -37,7 +37,7 @@ async fn three_instances_deliver_every_event_once_even_when_one_is_killed() {
     let TestDb { url, admin, app: writer_db } = TestDb::messages("").await;
     let mut gateways = Vec::new();
     for _ in 0..3 {
-        gateways.push(gateway_process(&url).await);
+        gateways.push(gateway_process(&common::as_role(&url, common::GATEWAY_ROLE)).await);
     }
     let addrs: Vec<SocketAddr> = gateways.iter().map(|(_, addr)| *addr).collect();
     let listeners: i64 = admin
