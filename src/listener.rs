@@ -17,14 +17,9 @@ use tracing::{error, info, warn};
 
 use crate::hub::{Event, Hub};
 use crate::pacing::Pacing;
-use crate::store::EventRow;
+use crate::store::{EventRow, ISSUED_HEAD};
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
-/// The highest id the sequence has handed out, committed or not. Every read of the log stops there: a row
-/// with a higher id was not written by pgsse (whoever may write the log may get it wrong), and followed it
-/// would stall every stream until it was deleted and the gateway restarted.
-const ISSUED_SQL: &str =
-    "(SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.event_id_seq s)";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
 
@@ -217,20 +212,20 @@ impl Listener {
         conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
         let fetch_sql = format!(
             "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM pgsse.events \
-             WHERE id > $1 AND id <= {ISSUED_SQL} ORDER BY id LIMIT $2",
+             WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
             EventRow::columns()
         );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
         // highest issued one.
         let head_sql = format!(
-            "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events WHERE id <= {ISSUED_SQL}), 0), \
-             m.pruned_through), {ISSUED_SQL} FROM pgsse.meta m"
+            "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events WHERE id <= {ISSUED_HEAD}), 0), \
+             m.pruned_through), {ISSUED_HEAD} FROM pgsse.meta m"
         );
         let head = conn.bounded(client.query_one(&head_sql, &[])).await?;
         let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
         let probe_sql = format!(
-            "SELECT pg_notification_queue_usage(), count(e.id), max(e.id) FROM pgsse.events e WHERE e.id > {ISSUED_SQL}"
+            "SELECT pg_notification_queue_usage(), count(e.id), max(e.id) FROM pgsse.events e WHERE e.id > {ISSUED_HEAD}"
         );
         let probe_query = conn.bounded(client.prepare(&probe_sql)).await?;
         match self.last_id {

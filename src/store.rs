@@ -105,11 +105,18 @@ pub struct EventRow {
     pub payload: String,
 }
 
-/// The payload as bytes, so that the gateway checks it is UTF-8 itself: read as text, one row that is not
-/// (possible only in a `SQL_ASCII` database) fails the server's conversion and with it the whole read.
-/// Elsewhere PostgreSQL converts to UTF-8 as it would for text.
-const PAYLOAD_BYTES: &str =
-    "convert_to(payload::text, CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END)";
+/// The highest id the sequence has handed out, committed or not, as a scalar subquery. Every read of the
+/// log stops there: a row with a higher id was not written by pgsse (whoever may write the log may get it
+/// wrong), and followed it would stall every stream until it was deleted and the gateway restarted.
+pub const ISSUED_HEAD: &str =
+    "(SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.event_id_seq s)";
+
+/// The payload `column` as bytes, so that the gateway checks it is UTF-8 itself: read as text, one row that
+/// is not (possible only in a `SQL_ASCII` database) fails the server's conversion and with it the whole
+/// read. Elsewhere PostgreSQL converts to UTF-8 as it would for text.
+fn payload_bytes(column: &str) -> String {
+    format!("convert_to({column}::text, CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END)")
+}
 
 /// A row whose payload is not UTF-8: it cannot be sent as SSE or JSON, so it is skipped.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +128,7 @@ pub struct Undecodable {
 impl EventRow {
     /// `id, channel, event, payload`, the payload as [`EventRow::from_row`] expects it.
     pub fn columns() -> String {
-        format!("id, channel, event, {PAYLOAD_BYTES} AS payload")
+        format!("id, channel, event, {} AS payload", payload_bytes("payload"))
     }
 
     /// The row, or (inside `Ok`) [`Undecodable`] with its id when its payload is not UTF-8.
@@ -246,11 +253,7 @@ impl Store {
     /// The highest id ever handed out, committed or not: a resume id above it was never issued.
     pub async fn issued_head(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM pgsse.event_id_seq",
-            )
-            .await?;
+        let stmt = client.prepare_cached(&format!("SELECT {ISSUED_HEAD}")).await?;
         Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
     }
 
@@ -278,10 +281,7 @@ impl Store {
         let client = self.pool.get().await?;
         // Bounded by the sequence as the listener's reads are: a row with an id it never issued is not pgsse's.
         let stmt = client
-            .prepare_cached(
-                "SELECT coalesce(max(id), 0) FROM pgsse.events WHERE id <= \
-                 (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM pgsse.event_id_seq)",
-            )
+            .prepare_cached(&format!("SELECT coalesce(max(id), 0) FROM pgsse.events WHERE id <= {ISSUED_HEAD}"))
             .await?;
         Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
     }
@@ -326,7 +326,7 @@ impl Store {
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT id, channel, event, payload FROM ( \
-                       SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC) AS upto FROM ( \
+                       SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto FROM ( \
                          SELECT {} FROM pgsse.history($1, $2, $3)) h \
                      ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
                 EventRow::columns()
@@ -364,7 +364,7 @@ impl Store {
                      LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
                    ) r \
                  ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
-                PAYLOAD_BYTES.replace("payload", "e.payload")
+                payload_bytes("e.payload")
             ))
             .await?;
         let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
