@@ -1,7 +1,7 @@
 -- pgsse functions, roles and privileges: applied again by every `pgsse migrate`, after the numbered files.
 -- Every function that a role can call pins search_path; functions that writers' triggers and the gateway
 -- run on the log are SECURITY DEFINER, and nothing here is granted to PUBLIC. Three helpers run only
--- inside those, once per captured row (append, project, published_channel): they qualify every name
+-- inside those, once per captured row (stage, project, published_channel): they qualify every name
 -- instead, since a SET per call cost 19% of a 50,000-row insert.
 
 BEGIN;
@@ -48,21 +48,91 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$'
 $$;
 
--- Must run at commit time (from a deferred trigger): the lock is held until the transaction ends, and
--- PostgreSQL releases locks only after the commit is visible, so the next id goes to a later commit.
--- Only the capture functions call it, as the owner; like pgsse.project it qualifies every name rather
--- than pin search_path per row.
-CREATE OR REPLACE FUNCTION pgsse.append(p_channel text, p_event text, p_payload jsonb) RETURNS bigint
+-- Records one event of the committing transaction in pgsse.staged; a sequencing step gives it its id later.
+-- Runs at commit time (from deferred triggers), so the numbers it draws follow commit order between
+-- transactions that do not overlap. Writers take no lock another writer waits for: the doorbell's is
+-- skipped when held. Only the capture functions call it, as the owner; like pgsse.project it qualifies
+-- every name rather than pin search_path per row.
+CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    new_id bigint;
+    xid  pg_catalog.xid8 := pg_catalog.pg_current_xact_id();
+    mark pg_catalog.text := pg_catalog.current_setting('pgsse.staging', true);
+    seq  pg_catalog.int8 := pg_catalog.nextval('pgsse.staged_seq');
+    tx   pg_catalog.int8 := seq;
+    first boolean := mark IS NULL
+        OR pg_catalog.split_part(mark, ':', 1) OPERATOR(pg_catalog.<>) xid::pg_catalog.text;
 BEGIN
-    LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE;
-    new_id := pg_catalog.nextval('pgsse.event_id_seq');
-    INSERT INTO pgsse.events (id, channel, event, payload) VALUES (new_id, p_channel, p_event, p_payload);
-    -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
-    PERFORM pg_catalog.pg_notify('pgsse', '');
-    RETURN new_id;
+    IF first THEN
+        PERFORM pg_catalog.set_config('pgsse.staging',
+            xid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) seq::pg_catalog.text, true);
+    ELSE
+        tx := pg_catalog.split_part(mark, ':', 2)::pg_catalog.int8;
+    END IF;
+    INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload)
+    VALUES (tx, seq, xid, p_channel, p_event, p_payload);
+    -- Only after staging: a gateway that finds no writer holding pgsse.staged has seen every staged row of
+    -- a writer that skipped the doorbell (pgsse.sequence's in_flight).
+    IF first THEN
+        PERFORM 1 FROM pgsse.doorbell d WHERE d.armed FOR NO KEY UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
+            PERFORM pg_catalog.pg_notify('pgsse', '');
+        END IF;
+    END IF;
+END
+$$;
+
+-- Gives the staged events of committed transactions the next ids, about p_limit of them and whole
+-- transactions only, in the order their transactions drew their first number. The caller holds
+-- pgsse.commit_order: batches become visible one after another, so ids increase along the log in the
+-- order events become visible. Wakes the gateways once per batch.
+CREATE OR REPLACE FUNCTION pgsse.sequence_batch(p_limit integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    moved bigint;
+BEGIN
+    WITH cut AS (SELECT max(h.tx) AS tx FROM (SELECT s.tx FROM pgsse.staged s ORDER BY s.tx, s.seq LIMIT p_limit) h),
+    taken AS (DELETE FROM pgsse.staged s USING cut WHERE s.tx <= cut.tx RETURNING s.*)
+    INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid)
+    SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid
+      FROM (SELECT * FROM taken ORDER BY tx, seq) t;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved > 0 THEN
+        PERFORM pg_notify('pgsse', '');
+    END IF;
+    RETURN moved;
+END
+$$;
+
+-- The gateway's sequencing step: one batch, or moved = -1 at once when another session is sequencing.
+-- in_flight: a writer was still committing when the batch was read, and may have skipped the doorbell
+-- because another writer held it; ask again soon. p_listening is whether the caller is woken by NOTIFY
+-- or reads on the clock: writers ring only while it is.
+CREATE OR REPLACE FUNCTION pgsse.sequence(p_limit integer, p_listening boolean, OUT moved bigint, OUT in_flight boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    BEGIN
+        LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        moved := -1;
+        in_flight := false;
+        RETURN;
+    END;
+    -- Read before the batch's snapshot: pgsse.stage holds this lock from staging to the end of its commit.
+    in_flight := p_listening AND EXISTS (
+        SELECT 1 FROM pg_locks l
+         WHERE l.locktype = 'relation' AND l.relation = 'pgsse.staged'::regclass AND l.mode = 'RowExclusiveLock'
+           AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+           AND l.pid IS DISTINCT FROM pg_backend_pid());
+    -- A writer that read the doorbell unarmed rang for nobody; once armed (at this commit), ask again.
+    UPDATE pgsse.doorbell b SET armed = p_listening
+     WHERE b.singleton IN (SELECT d.singleton FROM pgsse.doorbell d WHERE d.armed <> p_listening
+                             FOR NO KEY UPDATE SKIP LOCKED);
+    IF FOUND AND p_listening THEN
+        in_flight := true;
+    END IF;
+    moved := pgsse.sequence_batch(p_limit);
 END
 $$;
 
@@ -145,11 +215,11 @@ BEGIN
         new_data := pgsse.project(ch, to_jsonb(NEW));
     END IF;
     IF TG_OP = 'INSERT' THEN
-        PERFORM pgsse.append(ch.name, ch.insert_event, new_data);
+        PERFORM pgsse.stage(ch.name, ch.insert_event, new_data);
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM pgsse.append(ch.name, ch.delete_event, old_data);
+        PERFORM pgsse.stage(ch.name, ch.delete_event, old_data);
     ELSIF new_data IS DISTINCT FROM old_data THEN
-        PERFORM pgsse.append(ch.name, ch.update_event,
+        PERFORM pgsse.stage(ch.name, ch.update_event,
             CASE WHEN ch.old_values THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END);
     END IF;
     RETURN NULL;
@@ -178,7 +248,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgsse.flush_outbox() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
-    PERFORM pgsse.append(NEW.channel, NEW.event, NEW.payload);
+    PERFORM pgsse.stage(NEW.channel, NEW.event, NEW.payload);
     DELETE FROM pgsse.outbox WHERE id = NEW.id;
     RETURN NULL;
 END
@@ -451,52 +521,69 @@ BEGIN
 END
 $$;
 
--- Fires this transaction's pending captures now and returns the highest id issued before them, so the
--- caller's events are exactly the ones after it (ids are drawn only under the lock taken here). The lock
--- is held until the transaction ends: call this last, right before commit.
-CREATE OR REPLACE FUNCTION pgsse.flush_pending() RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
-DECLARE
-    before bigint;
-BEGIN
-    LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE;
-    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO before FROM pgsse.event_id_seq;
-    SET CONSTRAINTS ALL IMMEDIATE;
-    RETURN before;
-END
+-- Events committed but not yet in the log, and the age in seconds of the oldest (NULL when there is none).
+CREATE OR REPLACE FUNCTION pgsse.backlog(OUT pending bigint, OUT oldest_seconds float8)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT count(*), extract(epoch FROM clock_timestamp() - min(s.created_at))::float8 FROM pgsse.staged s
 $$;
 
--- The event that the gateway's own insert into a table channel's table recorded; when the table does not
--- capture inserts, the row itself, projected as the channel publishes it.
-CREATE OR REPLACE FUNCTION pgsse.inserted_event(p_channel text, p_row jsonb,
-                                                OUT event_id bigint, OUT event text, OUT payload jsonb)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+-- Schema 5's write entry points answered with the event's id inside the writing transaction, under the
+-- ordering lock; their replacements below return where to find the event once it is sequenced.
+DROP FUNCTION IF EXISTS pgsse.inserted_event(text, jsonb);
+DROP FUNCTION IF EXISTS pgsse.insert_json(text, jsonb);
+DROP FUNCTION IF EXISTS pgsse.publish_json(text, text, jsonb);
+DROP FUNCTION IF EXISTS pgsse.record_clear(text);
+DROP FUNCTION IF EXISTS pgsse.clear_channel(text, boolean);
+DROP FUNCTION IF EXISTS pgsse.flush_pending();
+DROP FUNCTION IF EXISTS pgsse.append(text, text, jsonb);
+
+-- The highest id handed out so far: an event that the calling transaction records gets a higher one.
+CREATE OR REPLACE FUNCTION pgsse.issued_head() RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.event_id_seq s
+$$;
+
+-- The first event on p_channel that transaction p_txid recorded, once it is in the log (its id is above
+-- p_after): the gateway asks after its own write commits, to answer with the event's id. Runs the
+-- sequencing step itself, after the one under way if any, rather than wait for a gateway's next.
+CREATE OR REPLACE FUNCTION pgsse.sequenced(p_txid xid8, p_after bigint, p_channel text,
+                                           OUT event_id bigint, OUT payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '10s' AS $$
 DECLARE
-    before bigint;
+    locked boolean := false;
 BEGIN
-    before := pgsse.flush_pending();
-    SELECT e.id, e.event, e.payload INTO event_id, event, payload
-      FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel ORDER BY e.id LIMIT 1;
-    IF event_id IS NULL THEN
-        payload := pgsse.project((SELECT c FROM pgsse.channels c WHERE c.name = p_channel), p_row);
-    END IF;
+    LOOP
+        SELECT e.id, e.payload INTO event_id, payload FROM pgsse.events e
+         WHERE e.id > p_after AND e.txid = p_txid AND e.channel = p_channel ORDER BY e.id LIMIT 1;
+        EXIT WHEN FOUND;
+        IF NOT locked THEN
+            LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE;
+            locked := true;
+        ELSIF pgsse.sequence_batch(5000) = 0 THEN
+            EXIT;
+        END IF;
+    END LOOP;
 END
 $$;
 
 -- The gateway's POST to a table channel: inserts the row that the object's keys describe (column names,
--- or their camelCase form on a camel_case channel) and returns its event. Runs as the gateway's role, so
--- the table's own grants decide whether the gateway may write it.
+-- or their camelCase form on a camel_case channel). Runs as the gateway's role, so the table's own grants
+-- decide whether the gateway may write it. Its event is in pgsse.sequenced(txid, after, p_channel) once
+-- committed; a table that does not capture inserts records none, and `payload` is the row as the channel
+-- would publish it.
 CREATE OR REPLACE FUNCTION pgsse.insert_json(p_channel text, p_row jsonb,
-                                             OUT event_id bigint, OUT event text, OUT payload jsonb)
+                                             OUT txid xid8, OUT after bigint, OUT payload jsonb)
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch       pgsse.channels;
     captured boolean;
     unknown  text[];
     cols     text;
-    mapped    jsonb;
+    named    text[];
+    twice    text[];
+    mapped   jsonb;
     statement text;
-    new_row   jsonb;
+    new_row  jsonb;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
     IF ch.source_table IS NULL THEN
@@ -517,27 +604,28 @@ BEGIN
             ch.source_table, CASE WHEN captured THEN 'INSERT' ELSE 'INSERT and SELECT' END
             USING ERRCODE = '42501';
     END IF;
-    SELECT array_agg(k.key ORDER BY k.key) FILTER (WHERE a.attname IS NULL),
-           string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
-           jsonb_object_agg(coalesce(a.attname, k.key), k.value)
-      INTO unknown, cols, mapped
-      FROM jsonb_each(p_row) k
-      LEFT JOIN pg_attribute a
-        ON a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
-       AND (a.attname = k.key OR (ch.camel_case AND pgsse.camel_case(a.attname) = k.key));
+    -- Each key names a column exactly, or (camel_case) the camelCase form of one; on such a channel a
+    -- column given both ways is refused, since which would win is not obvious (and a grant's filter may
+    -- have checked the other).
+    SELECT array_agg(m.key ORDER BY m.key) FILTER (WHERE m.attname IS NULL),
+           string_agg(quote_ident(m.attname), ', ' ORDER BY m.attnum),
+           jsonb_object_agg(coalesce(m.attname, m.key), m.value),
+           array_agg(m.attname ORDER BY m.attname) FILTER (WHERE m.attname IS NOT NULL)
+      INTO unknown, cols, mapped, named
+      FROM (SELECT k.key, k.value, a.attname, a.attnum FROM jsonb_each(p_row) k
+              LEFT JOIN LATERAL (
+                SELECT a.attname, a.attnum FROM pg_attribute a
+                 WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
+                   AND (a.attname = k.key OR (ch.camel_case AND position('_' IN a.attname) > 0
+                                               AND pgsse.camel_case(a.attname) = k.key))
+                 ORDER BY a.attname = k.key DESC LIMIT 1) a ON true) m;
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
             array_to_string(unknown, ', ') USING ERRCODE = '42703';
     END IF;
-    -- On a camel_case channel a column may be named two ways; given both, which would win is not obvious
-    -- (and a grant's filter may have checked the other).
-    SELECT array_agg(d.attname ORDER BY d.attname) INTO unknown FROM (
-        SELECT a.attname FROM jsonb_each(p_row) k
-          JOIN pg_attribute a ON a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
-           AND (a.attname = k.key OR (ch.camel_case AND pgsse.camel_case(a.attname) = k.key))
-         GROUP BY a.attname HAVING count(*) > 1) d;
-    IF unknown IS NOT NULL THEN
-        RAISE EXCEPTION 'column % given twice, as its name and its camelCase form', array_to_string(unknown, ', ')
+    SELECT array_agg(d ORDER BY d) INTO twice FROM (SELECT n FROM unnest(named) n GROUP BY n HAVING count(*) > 1) x(d);
+    IF twice IS NOT NULL THEN
+        RAISE EXCEPTION 'column % given twice, as its name and its camelCase form', array_to_string(twice, ', ')
             USING ERRCODE = '22023';
     END IF;
     SELECT array_agg(k ORDER BY k) INTO unknown FROM jsonb_object_keys(mapped) k
@@ -552,40 +640,42 @@ BEGIN
                              ch.source_table, cols, cols, ch.source_table) END;
     IF captured THEN
         EXECUTE statement USING mapped;
+        txid := pg_current_xact_id();
+        after := pgsse.issued_head();
     ELSE
         EXECUTE statement || ' RETURNING to_jsonb(t.*)' USING mapped INTO new_row;
+        payload := pgsse.project((SELECT c FROM pgsse.channels c WHERE c.name = p_channel), new_row);
     END IF;
-    SELECT i.event_id, i.event, i.payload INTO event_id, event, payload FROM pgsse.inserted_event(p_channel, new_row) i;
 END
 $$;
 
--- The gateway's POST to a channel without a table: pgsse.publish, returning the event's id.
-CREATE OR REPLACE FUNCTION pgsse.publish_json(p_channel text, p_event text, p_payload jsonb) RETURNS bigint
+-- The gateway's POST to a channel without a table: pgsse.publish. Its event is in
+-- pgsse.sequenced(txid, after, p_channel) once committed.
+CREATE OR REPLACE FUNCTION pgsse.publish_json(p_channel text, p_event text, p_payload jsonb,
+                                              OUT txid xid8, OUT after bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
-DECLARE
-    before bigint;
 BEGIN
     PERFORM pgsse.publish(p_channel, p_event, p_payload);
-    before := pgsse.flush_pending();
-    RETURN (SELECT min(e.id) FROM pgsse.events e WHERE e.id > before AND e.channel = p_channel);
+    txid := pg_current_xact_id();
+    after := pgsse.issued_head();
 END
 $$;
 
 -- Drops a channel's events and records its `clear` event (the second half of pgsse.clear_channel).
-CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text, OUT event_id bigint, OUT payload jsonb)
+CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
     DELETE FROM pgsse.events e WHERE e.channel = p_channel;
-    payload := jsonb_build_object('clearedAt', to_jsonb(clock_timestamp()));
-    event_id := pgsse.publish_json(p_channel, 'clear', payload);
+    PERFORM pgsse.publish(p_channel, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())));
 END
 $$;
 
 -- Empties a channel: deletes its table's rows (recording no row events) and its events, then records a
--- `clear` event. Refused unless the channel allows it or the caller passes p_force (the gateway's flag).
--- Runs as the gateway's role: deleting the rows takes the table's own DELETE grant.
+-- `clear` event, in pgsse.sequenced(txid, after, p_channel) once committed. Refused unless the channel
+-- allows it or the caller passes p_force (the gateway's flag). Runs as the gateway's role: deleting the
+-- rows takes the table's own DELETE grant.
 CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, p_force boolean DEFAULT false,
-                                               OUT event_id bigint, OUT payload jsonb)
+                                               OUT txid xid8, OUT after bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels;
@@ -606,7 +696,9 @@ BEGIN
         PERFORM set_config('pgsse.suppress_capture', 'on', true);
         EXECUTE format('DELETE FROM %s', ch.source_table);
     END IF;
-    SELECT r.event_id, r.payload INTO event_id, payload FROM pgsse.record_clear(p_channel) r;
+    PERFORM pgsse.record_clear(p_channel);
+    txid := pg_current_xact_id();
+    after := pgsse.issued_head();
 END
 $$;
 
@@ -640,8 +732,10 @@ GRANT SELECT ON SEQUENCE pgsse.event_id_seq TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION
     pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
     pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
-    pgsse.insert_json(text, jsonb), pgsse.inserted_event(text, jsonb), pgsse.publish_json(text, text, jsonb),
-    pgsse.clear_channel(text, boolean), pgsse.record_clear(text), pgsse.camel_case(text)
+    pgsse.insert_json(text, jsonb), pgsse.publish_json(text, text, jsonb), pgsse.clear_channel(text, boolean),
+    pgsse.record_clear(text), pgsse.camel_case(text), pgsse.sequence(integer, boolean),
+    pgsse.sequenced(xid8, bigint, text), pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb),
+    pgsse.camel_keys(jsonb)
     TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
 

@@ -36,6 +36,7 @@ pub mod pacing;
 pub mod queue;
 pub mod retention;
 pub mod routes;
+pub mod sequencer;
 pub mod server;
 pub mod sse;
 pub mod store;

@@ -1,5 +1,6 @@
-//! The one dedicated LISTEN connection: LISTEN, catch up from the log, then read each burst of
-//! notifications as one log query and hand the encoded frames to the hub. Reconnects with jittered backoff.
+//! The one dedicated LISTEN connection: LISTEN, catch up from the log, then on each burst of notifications
+//! run the sequencing step (see [`crate::sequencer`]) and read the log once, handing the encoded frames to
+//! the hub. Reconnects with jittered backoff.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -17,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::hub::{Event, Hub};
 use crate::pacing::Pacing;
+use crate::sequencer::{self, Sequencing};
 use crate::store::{EventRow, ISSUED_HEAD};
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
@@ -64,6 +66,10 @@ pub struct ListenerStatus {
     undecodable: AtomicU64,
     /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
     queue_usage: AtomicU64,
+    /// Events committed but not yet sequenced, and the oldest one's age in seconds (f64 bits), from the
+    /// last probe.
+    pending: AtomicU64,
+    oldest_pending: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Seconds from an event's commit to its broadcast, both read on the database's clock.
     lag: Histogram,
@@ -80,6 +86,8 @@ impl Default for ListenerStatus {
             skipped_beyond_sequence: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             queue_usage: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            oldest_pending: AtomicU64::new(0),
             last_error: Mutex::new(None),
             lag: Histogram::new(LAG_BUCKETS),
         }
@@ -137,6 +145,16 @@ impl ListenerStatus {
 
     pub fn notification_queue_usage(&self) -> f64 {
         f64::from_bits(self.queue_usage.load(Ordering::Relaxed))
+    }
+
+    /// Events committed but not yet in the log, as the last probe counted them.
+    pub fn pending_events(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since the oldest of [`ListenerStatus::pending_events`] committed (0 when there is none).
+    pub fn oldest_pending_seconds(&self) -> f64 {
+        f64::from_bits(self.oldest_pending.load(Ordering::Relaxed))
     }
 
     fn set_up(&self) {
@@ -206,10 +224,13 @@ impl Listener {
             conn = self.pg.connect(NoTls) => conn?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let mut conn = Driven { connection, notified: false };
+        let mut conn = Driven { connection, notified: false, own_pid: None };
 
         // LISTEN before reading the log, so nothing committed in between goes unnoticed.
         conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
+        // This session's own batches notify it too; it reads the log after each anyway.
+        conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
+        let sequence = conn.bounded(client.prepare(sequencer::SEQUENCE_SQL)).await?;
         let fetch_sql = format!(
             "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
@@ -225,7 +246,8 @@ impl Listener {
         let head = conn.bounded(client.query_one(&head_sql, &[])).await?;
         let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
         let probe_sql = format!(
-            "SELECT pg_notification_queue_usage(), count(e.id), max(e.id) FROM pgsse.events e WHERE e.id > {ISSUED_HEAD}"
+            "SELECT pg_notification_queue_usage(), count(e.id), max(e.id), b.pending, coalesce(b.oldest_seconds, 0) \
+             FROM pgsse.backlog() b LEFT JOIN pgsse.events e ON e.id > {ISSUED_HEAD} GROUP BY b.pending, b.oldest_seconds"
         );
         let probe_query = conn.bounded(client.prepare(&probe_sql)).await?;
         match self.last_id {
@@ -243,7 +265,9 @@ impl Listener {
             }
             Some(_) => {}
         }
-        self.catch_up(&client, &fetch, &mut conn).await?;
+        let mut sequencing = Sequencing::new(Instant::now());
+        let mut log = Log { client: &client, fetch: &fetch, sequence: &sequence };
+        self.advance(&mut log, &mut conn, &mut sequencing, true).await?;
         self.status.set_up();
         *backoff = BACKOFF_MIN;
         info!(last_id = self.last_id, "listener connected and caught up");
@@ -257,7 +281,8 @@ impl Listener {
             tokio::select! {
                 woke = async {
                     if listening {
-                        conn.notified().await?;
+                        // Without a notification, a step is due anyway at some point (see Sequencing).
+                        conn.notified(sequencing.due()).await?;
                     }
                     let next = pacing.next_read();
                     if next > Instant::now() {
@@ -267,7 +292,7 @@ impl Listener {
                 } => {
                     woke?;
                     let started = Instant::now();
-                    let (events, woken) = self.catch_up(&client, &fetch, &mut conn).await?;
+                    let (events, woken) = self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;
                     pacing.record(started, events, woken);
                     // Under a steady stream of commits every read finds work anyway: stop being notified of
                     // each (the server's listening backend and this connection handle every one) and read on
@@ -278,7 +303,7 @@ impl Listener {
                         conn.bounded(client.batch_execute(&format!("{sql} {NOTIFY_CHANNEL}"))).await?;
                         self.status.polling.store(!listening, Ordering::Relaxed);
                         if listening {
-                            self.catch_up(&client, &fetch, &mut conn).await?;
+                            self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;
                         }
                     }
                 }
@@ -290,10 +315,35 @@ impl Listener {
                         .map_err(|_| ListenerError::ProbeTimeout(self.probe_interval))??;
                     self.status.queue_usage.store(probed.try_get::<_, f64>(0)?.to_bits(), Ordering::Relaxed);
                     self.status.saw_beyond_sequence(probed.try_get(1)?, probed.try_get(2)?);
+                    let pending: i64 = probed.try_get(3)?;
+                    self.status.pending.store(pending.max(0) as u64, Ordering::Relaxed);
+                    self.status.oldest_pending.store(probed.try_get::<_, f64>(4)?.to_bits(), Ordering::Relaxed);
                     // A notification lost to a bug elsewhere would otherwise delay events until the next one.
-                    self.catch_up(&client, &fetch, &mut conn).await?;
+                    self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;
                 }
                 _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs the sequencing step until nothing staged is left (unless another session is running it), reading
+    /// what each batch made visible; returns how many events it read and how many streams that woke.
+    async fn advance(
+        &mut self,
+        log: &mut Log<'_>,
+        conn: &mut Driven,
+        sequencing: &mut Sequencing,
+        listening: bool,
+    ) -> Result<(u64, u64), ListenerError> {
+        let (mut events, mut woken) = (0, 0);
+        loop {
+            let step = conn.bounded(log.client.query_one(log.sequence, &[&sequencer::BATCH, &listening])).await?;
+            let (moved, in_flight): (i64, bool) = (step.try_get(0)?, step.try_get(1)?);
+            sequencing.record(Instant::now(), in_flight);
+            let (read, wake) = self.catch_up(log.client, log.fetch, conn).await?;
+            (events, woken) = (events + read, woken + wake);
+            if moved < i64::from(sequencer::BATCH) {
+                return Ok((events, woken));
             }
         }
     }
@@ -340,6 +390,13 @@ impl Listener {
     }
 }
 
+/// The listener session's prepared statements.
+struct Log<'a> {
+    client: &'a Client,
+    fetch: &'a Statement,
+    sequence: &'a Statement,
+}
+
 /// The LISTEN connection, polled by the listener's own task rather than a spawned one: a notification is
 /// seen the moment it arrives, and a query's answer wakes no other task on its way back. Never awaited as
 /// a future, which would drop notifications.
@@ -347,6 +404,8 @@ struct Driven {
     connection: Connection<Socket, NoTlsStream>,
     /// A notification arrived since the listener last looked.
     notified: bool,
+    /// This session's backend: its own notifications are not news.
+    own_pid: Option<i32>,
 }
 
 impl Driven {
@@ -354,7 +413,9 @@ impl Driven {
     fn drive(&mut self, cx: &mut Context<'_>) -> Poll<ListenerError> {
         loop {
             match self.connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(AsyncMessage::Notification(_)))) => self.notified = true,
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                    self.notified |= Some(n.process_id()) != self.own_pid;
+                }
                 Poll::Ready(Some(Ok(_))) => {}
                 Poll::Ready(Some(Err(err))) => return Poll::Ready(err.into()),
                 Poll::Ready(None) => return Poll::Ready(ListenerError::Closed),
@@ -390,13 +451,15 @@ impl Driven {
         timeout(QUERY_TIMEOUT, self.run(query)).await.map_err(|_| ListenerError::QueryTimeout(QUERY_TIMEOUT))?
     }
 
-    /// Drives the connection until a notification has arrived (or one arrived during the last query).
-    async fn notified(&mut self) -> Result<(), ListenerError> {
+    /// Drives the connection until a notification has arrived (or one arrived during the last query), or
+    /// until `deadline`.
+    async fn notified(&mut self, deadline: Instant) -> Result<(), ListenerError> {
+        let mut deadline = pin!(sleep_until(deadline));
         poll_fn(|cx| {
             if let Poll::Ready(err) = self.drive(cx) {
                 return Poll::Ready(Err(err));
             }
-            if std::mem::take(&mut self.notified) {
+            if std::mem::take(&mut self.notified) || deadline.as_mut().poll(cx).is_ready() {
                 Poll::Ready(Ok(()))
             } else {
                 Poll::Pending

@@ -155,6 +155,19 @@ impl Collector for Metrics {
             None,
             usage.metric_type(),
         )?)?;
+        gauge(
+            &mut encoder,
+            "pgsse_pending_events",
+            "Events committed but not yet given ids (staged), at the listener's last probe.",
+            listener.pending_events() as i64,
+        )?;
+        let oldest = ConstGauge::new(listener.oldest_pending_seconds());
+        oldest.encode(encoder.encode_descriptor(
+            "pgsse_oldest_pending_seconds",
+            "Age of the oldest event committed but not yet given an id, at the listener's last probe (0: none).",
+            None,
+            oldest.metric_type(),
+        )?)?;
         let lag = self.listener.lag();
         lag.encode(encoder.encode_descriptor(
             "pgsse_broadcast_lag",

@@ -387,6 +387,9 @@ fn metrics(state: &AppState) -> Response<Body> {
 }
 
 /// Ready to serve streams: the schema is migrated to this version and the listener has caught up.
+/// Staged events this old mean a backlog rather than the usual moment between commit and sequencing.
+const BACKLOG_AGE: f64 = 1.0;
+
 async fn ready(state: &AppState) -> Response<Body> {
     let mut reasons = Vec::new();
     match state.store.schema_version().await {
@@ -401,8 +404,22 @@ async fn ready(state: &AppState) -> Response<Body> {
         reasons.push(format!("listener: {}", state.listener.last_error().unwrap_or_else(|| "connecting".into())));
     }
     if reasons.is_empty() {
-        return json_response(StatusCode::OK, &json!({ "status": "ready", "last_event_id": state.hub.last_id() }));
+        // Streams are served while a backlog (events committed when no gateway ran) is worked off.
+        let (pending, oldest) = match state.store.backlog().await {
+            Ok(backlog) => backlog,
+            Err(err) => return unready(vec![format!("pool: {err}")]),
+        };
+        let status = if pending > 0 && oldest >= BACKLOG_AGE { "catching up" } else { "ready" };
+        return json_response(
+            StatusCode::OK,
+            &json!({ "status": status, "last_event_id": state.hub.last_id(),
+                     "pending_events": pending, "oldest_pending_seconds": oldest }),
+        );
     }
+    unready(reasons)
+}
+
+fn unready(reasons: Vec<String>) -> Response<Body> {
     json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "not ready", "error": reasons.join("; ") }))
 }
 

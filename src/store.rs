@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
 use bytes::Bytes;
@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The database refused the request's data; the message is safe to show to the client.
     #[error("{message}")]
     Rejected { kind: Rejection, message: String },
+    /// A write committed, but the log holds no event of it on its channel.
+    #[error("the write committed but recorded no event")]
+    NotSequenced,
 }
 
 /// Why the database refused a write, as far as the client needs to know.
@@ -84,6 +87,19 @@ pub fn pin_search_path(pg: &mut tokio_postgres::Config) {
         None => "-c search_path=pg_catalog".to_string(),
     };
     pg.options(options);
+}
+
+/// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
+/// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it.
+async fn sequenced(client: &Client, txid: i64, after: i64, channel: &str) -> Result<Written, StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT event_id, payload::text FROM pgsse.sequenced($1::int8::text::xid8, $2, $3)")
+        .await?;
+    let row = client.query_one(&stmt, &[&txid, &after, &channel]).await?;
+    match (row.try_get(0)?, row.try_get(1)?) {
+        (Some(id), Some(payload)) => Ok(Written { id: Some(id), payload }),
+        _ => Err(StoreError::NotSequenced),
+    }
 }
 
 /// A channel as the command endpoints see it.
@@ -250,6 +266,14 @@ impl Store {
         Ok(Some(client.query_one("SELECT schema_version FROM pgsse.meta", &[]).await?.try_get(0)?))
     }
 
+    /// Events committed but not yet in the log, and the oldest one's age in seconds (0 when none).
+    pub async fn backlog(&self) -> Result<(i64, f64), StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached("SELECT pending, coalesce(oldest_seconds, 0) FROM pgsse.backlog()").await?;
+        let row = client.query_one(&stmt, &[]).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
     /// The highest id ever handed out, committed or not: a resume id above it was never issued.
     pub async fn issued_head(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
@@ -292,30 +316,38 @@ impl Store {
         Ok(client.query_opt(&stmt, &[&name]).await?.map(|row| ChannelInfo { has_table: row.get(0) }))
     }
 
-    /// Inserts a row into a table channel's table; the id is `None` when the table does not capture inserts.
+    /// Inserts a row into a table channel's table and answers once its event is in the log; the id is
+    /// `None` when the table does not capture inserts.
     pub async fn insert_row(&self, channel: &str, row: &serde_json::Value) -> Result<Written, StoreError> {
         let client = self.pool.get().await?;
-        let stmt =
-            client.prepare_cached("SELECT event_id, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)").await?;
+        let stmt = client
+            .prepare_cached("SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)")
+            .await?;
         let row = client.query_one(&stmt, &[&channel, &row.to_string()]).await.map_err(StoreError::from_db)?;
-        Ok(Written { id: row.try_get(0)?, payload: row.try_get(1)? })
+        match (row.try_get(0)?, row.try_get(1)?) {
+            (Some(txid), Some(after)) => sequenced(&client, txid, after, channel).await,
+            _ => Ok(Written { id: None, payload: row.try_get(2)? }),
+        }
     }
 
-    /// Records an ad-hoc event through `pgsse.publish` and returns its id.
+    /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log.
     pub async fn publish(&self, channel: &str, event: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT pgsse.publish_json($1, $2, $3::text::jsonb)").await?;
+        let stmt = client
+            .prepare_cached("SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)")
+            .await?;
         let row =
             client.query_one(&stmt, &[&channel, &event, &payload.to_string()]).await.map_err(StoreError::from_db)?;
-        Ok(row.try_get(0)?)
+        let written = sequenced(&client, row.try_get(0)?, row.try_get(1)?, channel).await?;
+        written.id.ok_or(StoreError::NotSequenced)
     }
 
     /// Empties a channel and records its `clear` event; `force` is the gateway's `--allow-clear`.
     pub async fn clear(&self, channel: &str, force: bool) -> Result<Written, StoreError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT event_id, payload::text FROM pgsse.clear_channel($1, $2)").await?;
+        let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1, $2)").await?;
         let row = client.query_one(&stmt, &[&channel, &force]).await.map_err(StoreError::from_db)?;
-        Ok(Written { id: row.try_get(0)?, payload: row.try_get(1)? })
+        sequenced(&client, row.try_get(0)?, row.try_get(1)?, channel).await
     }
 
     /// Up to `limit` events of `channel` with `id < before`, newest first.

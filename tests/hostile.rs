@@ -152,15 +152,21 @@ async fn nobody_forges_an_event() {
         for sql in [
             "INSERT INTO pgsse.events (id, channel, event, payload) VALUES (9000000000000000000, 'messages', 'x', '{}')",
             "INSERT INTO pgsse.outbox (channel, event, payload) VALUES ('messages', 'x', '{}')",
+            "INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload) \
+             VALUES (1, 1, pg_current_xact_id(), 'messages', 'x', '{}')",
             "UPDATE pgsse.channels SET source_table = NULL",
-            "SELECT pgsse.append('messages', 'x', '{}')",
+            "UPDATE pgsse.doorbell SET armed = false",
+            "SELECT pgsse.stage('messages', 'x', '{}')",
+            "SELECT pgsse.sequence_batch(10)",
         ] {
             let err = db_error(client.batch_execute(sql).await);
             assert!(err.contains("permission denied"), "{who}: {sql}: {err}");
         }
     }
-    let err = db_error(app.batch_execute("SELECT pgsse.publish('messages', 'x', '{}')").await);
-    assert!(err.contains("permission denied"), "publish without pgsse_publisher: {err}");
+    for sql in ["SELECT pgsse.publish('messages', 'x', '{}')", "SELECT pgsse.sequence(10, true)"] {
+        let err = db_error(app.batch_execute(sql).await);
+        assert!(err.contains("permission denied"), "writer: {sql}: {err}");
+    }
     let err = db_error(
         app.batch_execute(
             "CREATE TABLE mine (id int, body text);
@@ -182,15 +188,17 @@ async fn nobody_forges_an_event() {
     .await
     .unwrap();
     db.batch_execute("TRUNCATE other").await.unwrap();
-    let count: i64 = db.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    let recorded =
+        "SELECT count(*) FROM (SELECT channel FROM pgsse.events UNION ALL SELECT channel FROM pgsse.staged) e \
+                    WHERE channel = $1";
+    let count: i64 = db.query_one(recorded, &[&"messages"]).await.unwrap().get(0);
     assert_eq!(count, 0, "a copied trigger recorded an event");
 
     // A role granted pgsse_publisher may publish.
     db.batch_execute(&format!("GRANT pgsse_publisher TO {WRITER_ROLE}")).await.unwrap();
     app.batch_execute("SELECT pgsse.publish('news', 'hello', '{\"ok\": true}')").await.unwrap();
     db.batch_execute(&format!("REVOKE pgsse_publisher FROM {WRITER_ROLE}")).await.unwrap();
-    let count: i64 =
-        db.query_one("SELECT count(*) FROM pgsse.events WHERE channel = 'news'", &[]).await.unwrap().get(0);
+    let count: i64 = db.query_one(recorded, &[&"news"]).await.unwrap().get(0);
     assert_eq!(count, 1);
 }
 
@@ -204,7 +212,12 @@ async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
     // The keys pgsse's ordering and retention used, held in an open transaction.
     let holding = strange.transaction().await.unwrap();
     holding.batch_execute("SELECT pg_advisory_xact_lock(7083711517), pg_advisory_xact_lock(7083711518)").await.unwrap();
-    for sql in ["LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE", "SELECT 1 FROM pgsse.meta FOR UPDATE"] {
+    for sql in [
+        "LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE",
+        "SELECT 1 FROM pgsse.meta FOR UPDATE",
+        "SELECT 1 FROM pgsse.doorbell FOR UPDATE",
+        "LOCK TABLE pgsse.staged IN ACCESS EXCLUSIVE MODE",
+    ] {
         let err = db_error(holding.batch_execute(&format!("SAVEPOINT s; {sql}")).await);
         assert!(err.contains("permission denied"), "{sql}: {err}");
         holding.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();

@@ -185,6 +185,7 @@ async fn a_schema_3_install_upgrades_in_place() {
         .batch_execute("INSERT INTO messages (body) VALUES ('three'); DELETE FROM messages WHERE body = 'two';")
         .await
         .unwrap();
+    common::sequence_staged(&db).await;
     let rows = db
         .query("SELECT id, event, payload->>'body', payload ? 'createdAt' FROM pgsse.events ORDER BY id", &[])
         .await

@@ -75,7 +75,11 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
+    // The crash closed `admin`.
+    common::wait_sequenced(&connect(&url).await).await;
     let log = log_of(&url).await;
+    // A commit whose answer the crash took may be in the log without having been counted.
+    assert!(log.len() as u64 >= committed.load(Ordering::Relaxed), "every acknowledged write in the log");
     let head = log.last().unwrap().0;
     wait_for("follower caught up with the log", || async { follower.last_id() >= Some(head) }).await;
     let got = received(&follower);
@@ -201,9 +205,10 @@ async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_la
 
     // Opened before the event below: the gateway has read the log's head once already.
     let mut early = SseStream::ok(gw.addr, "/messages/events", &[]).await;
-    // The LISTEN connection is cut and cannot come back, so this event is committed but not broadcast.
+    // The LISTEN connection is cut and cannot come back, so this event is in the log but not broadcast.
     lock_out_listener(&admin, &role).await;
     app.execute("INSERT INTO messages (body) VALUES ('before the stream')", &[]).await.unwrap();
+    common::sequence_staged(&admin).await;
     // Opened together, so they share reads of the head; none may use a read older than its request.
     let opening: Vec<_> = (0..20).map(|_| tokio::spawn(SseStream::ok(gw.addr, "/messages/events", &[]))).collect();
     let mut streams = Vec::new();

@@ -12,6 +12,7 @@ async fn old_events_are_pruned_and_resuming_from_them_gets_a_reset() {
     for i in 1..=5 {
         app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
+    common::sequence_staged(&admin).await;
     let ids: Vec<i64> =
         admin.query("SELECT id FROM pgsse.events ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     // The first three are two days old, and so is the last; but the last comes after b4, which is recent,
@@ -58,6 +59,7 @@ async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_
             false => app.execute("INSERT INTO messages (body) VALUES ($1)", &[&name]).await,
         };
         written.unwrap();
+        common::sequence_staged(&admin).await;
         ids.insert(name, admin.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
     }
     let mut config = common::gateway_config(&url);

@@ -84,8 +84,10 @@ async fn three_instances_deliver_every_event_once_even_when_one_is_killed() {
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
+    common::wait_sequenced(&admin).await;
     let rows = admin.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
     let log: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(log.len() as u64, committed.load(Ordering::Relaxed), "every committed row once in the log");
     let head = log.last().unwrap().0;
     wait_for("every client caught up", || async { followers.iter().all(|f| f.last_id() >= Some(head)) }).await;
     for (i, follower) in followers.iter().enumerate() {

@@ -233,6 +233,25 @@ pub async fn users_table(db: &tokio_postgres::Client, args: &str) {
     .unwrap();
 }
 
+/// Runs the sequencing step as a gateway would, until nothing staged is left: tests that read the log
+/// with no gateway running (or with its listener cut off) put committed events there first.
+pub async fn sequence_staged(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "BEGIN; LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE; SELECT pgsse.sequence_batch(1000000); COMMIT;",
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until a running gateway has sequenced everything staged so far.
+pub async fn wait_sequenced(admin: &tokio_postgres::Client) {
+    wait_for("every staged event sequenced", || async {
+        admin.query_one("SELECT count(*) FROM pgsse.staged", &[]).await.is_ok_and(|r| r.get::<_, i64>(0) == 0)
+    })
+    .await;
+}
+
 /// The server's message for a statement that must fail.
 pub fn db_error(result: Result<impl Sized, tokio_postgres::Error>) -> String {
     match result {

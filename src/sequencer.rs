@@ -1,0 +1,76 @@
+//! When the listener runs the sequencing step (`pgsse.sequence`), which gives staged events their ids:
+//! on every wakeup, soon again while a writer that may have skipped the doorbell is still committing,
+//! and on a slow tick so that a gateway takes over from one that died.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One step of sequencing: `moved` is -1 when another session holds the step's lock.
+pub const SEQUENCE_SQL: &str = "SELECT moved, in_flight FROM pgsse.sequence($1, $2)";
+/// Events per batch, about (transactions are taken whole).
+pub const BATCH: i32 = 5000;
+
+/// The first recheck after a step found a writer still committing: about one commit's flush.
+const RECHECK_MIN: Duration = Duration::from_millis(1);
+/// Rechecks back off to this while a writer stays mid-commit (a prepared transaction, say).
+const RECHECK_MAX: Duration = Duration::from_millis(250);
+/// Every gateway tries a step this often even when nothing wakes it: a sequencing gateway that died holds
+/// nothing (its transaction ends with its session), but the doorbell may be unarmed or its last writer
+/// may have rolled back.
+const TAKEOVER: Duration = Duration::from_millis(500);
+
+pub struct Sequencing {
+    recheck: Option<Instant>,
+    backoff: Duration,
+    takeover: Instant,
+}
+
+impl Sequencing {
+    pub fn new(now: Instant) -> Self {
+        Self { recheck: None, backoff: RECHECK_MIN, takeover: now + TAKEOVER }
+    }
+
+    /// Records a step taken at `now`.
+    pub fn record(&mut self, now: Instant, in_flight: bool) {
+        self.takeover = now + TAKEOVER;
+        if in_flight {
+            self.recheck = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(RECHECK_MAX);
+        } else {
+            self.recheck = None;
+            self.backoff = RECHECK_MIN;
+        }
+    }
+
+    /// When the next step is due if nothing wakes the listener first.
+    pub fn due(&self) -> Instant {
+        self.recheck.map_or(self.takeover, |r| r.min(self.takeover))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rechecks_back_off_while_a_writer_stays_mid_commit_and_reset_once_none_is() {
+        let mut s = Sequencing::new(Instant::now());
+        assert_eq!(s.due() - Instant::now(), TAKEOVER);
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let now = Instant::now();
+            s.record(now, true);
+            waits.push(s.due() - now);
+            tokio::time::advance(s.due() - now).await;
+        }
+        assert_eq!(waits[..4], [1, 2, 4, 8].map(Duration::from_millis));
+        assert!(waits.iter().all(|w| *w <= RECHECK_MAX));
+        assert_eq!(waits[9], RECHECK_MAX);
+        let now = Instant::now();
+        s.record(now, false);
+        assert_eq!(s.due() - now, TAKEOVER);
+        s.record(now, true);
+        assert_eq!(s.due() - now, RECHECK_MIN);
+    }
+}
