@@ -176,17 +176,6 @@ async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
     assert!(follower.reconnects() >= 1);
 }
 
-/// A gateway config whose LISTEN connection logs in as a role of its own, so a test can lock the
-/// listener out while the pool keeps working. Returns the config and the role.
-async fn own_listener_role(admin: &tokio_postgres::Client, url: &str) -> (Config, String) {
-    let role =
-        format!("{}_listener", admin.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
-    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
-    let mut config = common::gateway_config(url);
-    config.listen_database_url = Some(format!("{} password=listener", common::as_role(url, &role)));
-    (config, role)
-}
-
 /// Cuts the listener's connection so it cannot come back.
 async fn lock_out_listener(admin: &tokio_postgres::Client, role: &str) {
     admin
@@ -200,7 +189,7 @@ async fn lock_out_listener(admin: &tokio_postgres::Client, role: &str) {
 #[tokio::test]
 async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_lags() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
-    let (config, role) = own_listener_role(&admin, &url).await;
+    let (config, role) = common::own_listener_role(&admin, &url).await;
     let gw = Gateway::start_with(config).await;
 
     // Opened before the event below: the gateway has read the log's head once already.
@@ -227,7 +216,7 @@ async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_la
 #[tokio::test]
 async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
-    let (mut config, role) = own_listener_role(&admin, &url).await;
+    let (mut config, role) = common::own_listener_role(&admin, &url).await;
     config.queue_capacity = 16;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;

@@ -155,6 +155,17 @@ pub fn gateway_config(url: &str) -> Config {
     Config::new(as_role(url, GATEWAY_ROLE)).unwrap()
 }
 
+/// A gateway config whose LISTEN connection logs in as a role of its own, so a test can lock the
+/// listener out while the pool keeps working. Returns the config and the role.
+pub async fn own_listener_role(admin: &tokio_postgres::Client, url: &str) -> (Config, String) {
+    let role =
+        format!("{}_listener", admin.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
+    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
+    let mut config = gateway_config(url);
+    config.listen_database_url = Some(format!("{} password=listener", as_role(url, &role)));
+    (config, role)
+}
+
 /// A connection as [`WRITER_ROLE`], an application's role that knows nothing of pgsse.
 pub async fn writer(url: &str) -> Client {
     connect(&as_role(url, WRITER_ROLE)).await
