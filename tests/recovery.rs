@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{connect, messages_table, private_cluster, wait_for, Follower, Gateway, SseStream, TestDb};
-use pgsse::config::Config;
 use serde_json::json;
 
 /// Every event in the log, as (id, body), in id order: what a client must have received.
