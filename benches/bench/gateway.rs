@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+pub const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 pub struct Gateway {
     pub addr: SocketAddr,

@@ -27,6 +27,8 @@ const INGEST_ROUNDS: usize = 5;
 const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
 mod hoard;
+mod post;
+mod writepath;
 
 pub struct Bench {
     url: String,
@@ -109,15 +111,15 @@ impl Bench {
                 (cluster.url("postgres"), Some(cluster))
             }
         };
-        pgsse::migrate::migrate(&url).await.map_err(|e| e.to_string())?;
+        let gateway = args.gateway.clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_pgsse").into());
+        migrate_with(&gateway, &url);
         let db = connect(&url).await;
         db.batch_execute(
             "CREATE TABLE IF NOT EXISTS bench (id bigserial PRIMARY KEY, sent bigint NOT NULL, pad text NOT NULL);
-             SELECT pgsse.publish_table('bench');",
+             SELECT pgsse.publish_table('bench', writable => true);",
         )
         .await
         .map_err(|e| e.to_string())?;
-        let gateway = args.gateway.clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_pgsse").into());
         Ok(Self { url, gateway, cluster, db, payload: "x".repeat(args.payload_bytes) })
     }
 
@@ -155,6 +157,12 @@ impl Bench {
         if wanted("hoard") {
             reports.push(self.hoard().await);
         }
+        if wanted("writepath") {
+            reports.extend(writepath::writepath(&self.gateway, &self.payload).await);
+        }
+        if wanted("post") {
+            reports.extend(self.post().await);
+        }
         if wanted("slow") {
             let load = Load { clients: 100, rate: Some(500.0), writers: 2, duration: secs(5), stalled: 0 };
             reports.push(self.load("slow: none stalled", &load).await);
@@ -179,8 +187,7 @@ impl Bench {
     }
 
     async fn head(&self) -> i64 {
-        let row = self.db.query_one("SELECT coalesce(max(id), 0) FROM pgsse.events", &[]).await.unwrap();
-        row.get(0)
+        settled_head(&self.db).await
     }
 
     /// Clients on `gw`, writers at the load's rate, then a drain until every client has the last event.
@@ -542,6 +549,32 @@ fn sample_rss(gw: &Gateway, peak: Arc<AtomicU64>, running: Arc<AtomicBool>) -> t
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// Installs the schema with the gateway under test, so two builds compared back to back each run on
+/// their own SQL.
+fn migrate_with(gateway: &std::path::Path, url: &str) {
+    let out = std::process::Command::new(gateway)
+        .args(["migrate", "--database-url", url])
+        .env("PGSSE_LOG", "warn")
+        .output()
+        .expect("run the gateway's migrate");
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The log's head once every committed event is in it (builds that stage events sequence them shortly
+/// after their commit).
+async fn settled_head(db: &Client) -> i64 {
+    let staging: bool = db.query_one("SELECT to_regclass('pgsse.staged') IS NOT NULL", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while staging && Instant::now() < deadline {
+        let staged: i64 = db.query_one("SELECT count(*) FROM pgsse.staged", &[]).await.unwrap().get(0);
+        if staged == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    db.query_one("SELECT coalesce(max(id), 0) FROM pgsse.events", &[]).await.unwrap().get(0)
 }
 
 async fn connect(url: &str) -> Client {

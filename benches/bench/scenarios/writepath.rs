@@ -1,0 +1,152 @@
+//! `writepath`: what publishing a table costs the writers that insert into it, on a cluster of its own with
+//! `fsync=on` (a production setting): 8 and 32 writers inserting single rows flat out into a published table
+//! and into an unpublished one of the same shape, alternated, with the gateway attached and 10 streams open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgsse::cluster::Cluster;
+
+use super::{account, connect, migrate_with, Clients, Report};
+use crate::gateway::Gateway;
+
+const WRITERS: [usize; 2] = [8, 32];
+const ROUNDS: usize = 3;
+const ROUND: Duration = Duration::from_secs(4);
+const STREAMS: usize = 10;
+/// Issue 13's target: the published table keeps this share of the unpublished one's inserts per second.
+const TARGET_SHARE: f64 = 60.0;
+
+pub(super) async fn writepath(gateway: &std::path::Path, payload: &str) -> Vec<Report> {
+    let dir = std::env::temp_dir().join(format!("pgsse-bench-writepath-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cluster = Cluster::new(&dir, port).expect("a PostgreSQL installation");
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.init(false).expect("initdb");
+        cluster.start().expect("start the fsync=on cluster");
+        cluster
+    })
+    .await
+    .unwrap();
+    let url = cluster.url("postgres");
+    migrate_with(gateway, &url);
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE bench (id bigserial PRIMARY KEY, sent bigint NOT NULL, pad text NOT NULL);
+         CREATE TABLE plain (id bigserial PRIMARY KEY, sent bigint NOT NULL, pad text NOT NULL);
+         SELECT pgsse.publish_table('bench');",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(gateway, &url, &[]);
+    let t0 = Instant::now();
+    let clients = Clients::connect(gw.addr, STREAMS, t0).await;
+    let start_id = super::settled_head(&db).await;
+
+    let mut reports = Vec::new();
+    let mut total = 0;
+    let started = Instant::now();
+    for writers in WRITERS {
+        let (mut plain, mut published) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternated, so neither side always runs on the warmer (or more bloated) database.
+            for table in if round % 2 == 0 { ["plain", "bench"] } else { ["bench", "plain"] } {
+                let (count, tps) = flat_out(&url, table, writers, payload, t0).await;
+                if table == "bench" {
+                    total += count;
+                    published.push(tps);
+                } else {
+                    plain.push(tps);
+                }
+            }
+        }
+        let share: Vec<f64> = published.iter().zip(&plain).map(|(p, q)| p / q * 100.0).collect();
+        let median = median(share.clone());
+        reports.push(Report {
+            scenario: format!("writepath {writers}"),
+            clients: STREAMS,
+            writers,
+            inserts: total,
+            inserts_per_s: median_of(&published),
+            note: format!(
+                "fsync=on; inserts/s published {} against unpublished {} (rounds alternated): {} % of it, \
+                 median {median:.1}% (target >= {TARGET_SHARE}%)",
+                list(&published),
+                list(&plain),
+                list(&share),
+            ),
+            ..Report::default()
+        });
+    }
+    let wrote_for = started.elapsed();
+    let end_id = super::settled_head(&db).await;
+    let all_seen = clients.drain(end_id).await;
+    let expected: Vec<i64> = db
+        .query(
+            "SELECT id FROM pgsse.events WHERE channel = 'bench' AND id > $1 AND id <= $2 ORDER BY id",
+            &[&start_id, &end_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(last) = reports.last_mut() {
+        account(last, &expected, all_seen, start_id, wrote_for);
+        last.note += &format!("; {} published rows, each checked on every stream", expected.len());
+        if expected.len() as u64 != total {
+            last.note += &format!("; MISMATCH: {total} rows inserted, {} events in the log", expected.len());
+        }
+    }
+    drop(gw);
+    drop(db);
+    let _ = tokio::task::spawn_blocking(move || cluster.stop("fast")).await;
+    let _ = std::fs::remove_dir_all(dir);
+    reports
+}
+
+/// `writers` connections inserting one row per transaction into `table` for a round; returns the count
+/// and the rate.
+async fn flat_out(url: &str, table: &str, writers: usize, pad: &str, t0: Instant) -> (u64, f64) {
+    let mut ready = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        let db = connect(url).await;
+        let insert = db.prepare(&format!("INSERT INTO {table} (sent, pad) VALUES ($1, $2)")).await.unwrap();
+        ready.push((db, insert));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + ROUND;
+    let tasks: Vec<_> = ready
+        .into_iter()
+        .map(|(db, insert)| {
+            let (done, pad) = (done.clone(), pad.to_string());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let sent = t0.elapsed().as_micros() as i64;
+                    db.execute(&insert, &[&sent, &pad]).await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let count = done.load(Ordering::Relaxed);
+    (count, count as f64 / started.elapsed().as_secs_f64())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn median_of(values: &[f64]) -> f64 {
+    median(values.to_vec())
+}
+
+fn list(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join("/")
+}
