@@ -6,19 +6,10 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{connect, messages_table, private_cluster, wait_for, Follower, Gateway, SseStream, TestDb};
+use common::{
+    connect, log_of, messages_table, private_cluster, received, wait_for, Follower, Gateway, SseStream, TestDb,
+};
 use serde_json::json;
-
-/// Every event in the log, as (id, body), in id order: what a client must have received.
-async fn log_of(url: &str) -> Vec<(i64, String)> {
-    let db = connect(url).await;
-    let rows = db.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-}
-
-fn received(follower: &Follower) -> Vec<(i64, String)> {
-    follower.events().iter().map(|e| (e.id(), e.json()["body"].as_str().unwrap_or_default().to_string())).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_once() {
@@ -76,7 +67,7 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
 
     // The crash closed `admin`.
     common::wait_sequenced(&connect(&url).await).await;
-    let log = log_of(&url).await;
+    let log = log_of(&connect(&url).await).await;
     // A commit whose answer the crash took may be in the log without having been counted.
     assert!(log.len() as u64 >= committed.load(Ordering::Relaxed), "every acknowledged write in the log");
     let head = log.last().unwrap().0;

@@ -10,24 +10,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{connect, get, wait_for, Follower, Gateway, SseStream, TestDb, TIMEOUT, WRITER_ROLE};
+use common::{connect, get, log_of, received, wait_for, Follower, Gateway, SseStream, TestDb, TIMEOUT, WRITER_ROLE};
 use tokio_postgres::Client;
-
-/// The log as (id, body), in id order.
-async fn log_of(db: &Client) -> Vec<(i64, String)> {
-    let rows = db.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-}
-
-fn received(follower: &Follower) -> Vec<(i64, String)> {
-    follower.events().iter().map(|e| (e.id(), e.json()["body"].as_str().unwrap_or_default().to_string())).collect()
-}
 
 /// Waits until `follower` has the whole log, then checks it has exactly the log.
 async fn has_exactly(follower: &Follower, log: &[(i64, String)], who: &str) {
     let head = log.last().map(|(id, _)| *id);
     wait_for("the follower caught up with the log", || async { follower.last_id() >= head }).await;
     assert_eq!(received(follower), log, "{who}: every event of the log exactly once, in order");
+}
+
+/// Once everything staged is sequenced: the log holds `committed` rows, none twice, and `follower` has
+/// exactly the log.
+async fn every_row_once(admin: &Client, committed: u64, follower: &Follower, who: &str) {
+    common::wait_sequenced(admin).await;
+    let log = log_of(admin).await;
+    assert_eq!(log.len() as u64, committed, "every committed row in the log");
+    let distinct: HashSet<&str> = log.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(distinct.len(), log.len(), "none twice");
+    has_exactly(follower, &log, who).await;
 }
 
 /// One writer's transaction: its label (the prefix of its rows' bodies), how many rows, when its COMMIT
@@ -196,12 +197,7 @@ async fn the_sequencing_backend_terminated_mid_batch_loses_and_repeats_nothing()
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
-    common::wait_sequenced(&admin).await;
-    let log = log_of(&admin).await;
-    assert_eq!(log.len() as u64, committed.load(Ordering::Relaxed), "every committed row in the log");
-    let distinct: HashSet<&str> = log.iter().map(|(_, body)| body.as_str()).collect();
-    assert_eq!(distinct.len(), log.len(), "none twice");
-    has_exactly(&follower, &log, "the stream").await;
+    every_row_once(&admin, committed.load(Ordering::Relaxed), &follower, "the stream").await;
 }
 
 /// The local ports of `pid`'s TCP sockets, from /proc: how a test tells which backend is whose.
@@ -266,12 +262,7 @@ async fn killing_the_sequencing_gateway_hands_the_step_to_another_and_loses_noth
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
-    common::wait_sequenced(&admin).await;
-    let log = log_of(&admin).await;
-    assert_eq!(log.len() as u64, committed.load(Ordering::Relaxed), "every committed row in the log");
-    let distinct: HashSet<&str> = log.iter().map(|(_, body)| body.as_str()).collect();
-    assert_eq!(distinct.len(), log.len(), "none twice");
-    has_exactly(&follower, &log, "the second gateway's stream").await;
+    every_row_once(&admin, committed.load(Ordering::Relaxed), &follower, "the second gateway's stream").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,6 +263,17 @@ pub async fn wait_sequenced(admin: &tokio_postgres::Client) {
     .await;
 }
 
+/// Every event in the log, as (id, body), in id order: what a client must have received.
+pub async fn log_of(db: &Client) -> Vec<(i64, String)> {
+    let rows = db.query("SELECT id, payload->>'body' FROM pgsse.events ORDER BY id", &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// What `follower` received, as (id, body).
+pub fn received(follower: &Follower) -> Vec<(i64, String)> {
+    follower.events().iter().map(|e| (e.id(), e.json()["body"].as_str().unwrap_or_default().to_string())).collect()
+}
+
 /// The server's message for a statement that must fail.
 pub fn db_error(result: Result<impl Sized, tokio_postgres::Error>) -> String {
     match result {
