@@ -53,33 +53,41 @@ $$;
 -- transactions that do not overlap. Writers take no lock another writer waits for: the doorbell's is
 -- skipped when held. Only the capture functions call it, as the owner; like pgsse.project it qualifies
 -- every name rather than pin search_path per row.
-CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb) RETURNS void
+DO $$
+BEGIN
+    -- Before schema 6 was released it returned void.
+    IF (SELECT p.prorettype FROM pg_catalog.pg_proc p
+         WHERE p.oid = pg_catalog.to_regprocedure('pgsse.stage(text, text, jsonb)')) = 'void'::regtype THEN
+        DROP FUNCTION pgsse.stage(text, text, jsonb);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    xid  pg_catalog.xid8 := pg_catalog.pg_current_xact_id();
-    mark pg_catalog.text := pg_catalog.current_setting('pgsse.staging', true);
-    seq  pg_catalog.int8 := pg_catalog.nextval('pgsse.staged_seq');
-    tx   pg_catalog.int8 := seq;
-    first boolean := mark IS NULL
-        OR pg_catalog.split_part(mark, ':', 1) OPERATOR(pg_catalog.<>) xid::pg_catalog.text;
+    rang boolean;
 BEGIN
-    IF first THEN
-        PERFORM pg_catalog.set_config('pgsse.staging',
-            xid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) seq::pg_catalog.text, true);
-    ELSE
-        tx := pg_catalog.split_part(mark, ':', 2)::pg_catalog.int8;
-    END IF;
+    -- One statement: a small write transaction pays PostgreSQL's set-up of every statement and expression
+    -- it runs, once per transaction, and that set-up was most of capture's cost. `tx` is the first number
+    -- the transaction drew, kept in pgsse.staging as "xid:tx". The doorbell is tried after this
+    -- statement's lock on pgsse.staged is taken: a gateway that finds no writer holding that lock has seen
+    -- every staged row of a writer that skipped the doorbell (pgsse.sequence's in_flight).
     INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload)
-    VALUES (tx, seq, xid, p_channel, p_event, p_payload);
-    -- Only after staging: a gateway that finds no writer holding pgsse.staged has seen every staged row of
-    -- a writer that skipped the doorbell (pgsse.sequence's in_flight).
-    IF first THEN
-        PERFORM 1 FROM pgsse.doorbell d WHERE d.armed FOR NO KEY UPDATE SKIP LOCKED;
-        IF FOUND THEN
-            -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
-            PERFORM pg_catalog.pg_notify('pgsse', '');
-        END IF;
+    SELECT CASE WHEN pg_catalog.split_part(k.mark, ':', 1) OPERATOR(pg_catalog.=) k.xid::pg_catalog.text
+                THEN pg_catalog.split_part(k.mark, ':', 2)
+                ELSE pg_catalog.split_part(pg_catalog.set_config('pgsse.staging',
+                         k.xid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) k.seq::pg_catalog.text,
+                         true), ':', 2) END::pg_catalog.int8,
+           k.seq, k.xid, p_channel, p_event, p_payload
+      FROM (SELECT pg_catalog.pg_current_xact_id() AS xid, pg_catalog.nextval('pgsse.staged_seq') AS seq,
+                   pg_catalog.current_setting('pgsse.staging', true) AS mark) k
+    RETURNING (SELECT d.armed FROM pgsse.doorbell d WHERE d.armed FOR NO KEY UPDATE SKIP LOCKED) INTO rang;
+    IF rang THEN
+        -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
+        PERFORM pg_catalog.pg_notify('pgsse', '');
     END IF;
+    RETURN rang;
 END
 $$;
 
@@ -191,8 +199,17 @@ BEGIN
 END
 $$;
 
--- The row trigger of a published table; its one argument is the channel. Runs as its owner, so writers
--- of the table need no grant on schema pgsse. A transaction that sets pgsse.suppress_capture = 'on'
+-- The arguments of a published table's row trigger: everything a capture needs, so that a captured row
+-- costs no lookup. The table's oid makes a copy of the trigger on any other table record nothing.
+CREATE OR REPLACE FUNCTION pgsse.capture_args(ch pgsse.channels) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT ARRAY[ch.name, ch.source_table::oid::text, ch.insert_event, ch.update_event, ch.delete_event,
+                 ch.old_values::text, ch.camel_case::text, coalesce(ch.columns::text, ''),
+                 coalesce(ch.exclude_columns::text, '')]
+$$;
+
+-- The row trigger of a published table, with pgsse.capture_args as its arguments. Runs as its owner, so
+-- writers of the table need no grant on schema pgsse. A transaction that sets pgsse.suppress_capture = 'on'
 -- records no row events (clearing a channel does).
 CREATE OR REPLACE FUNCTION pgsse.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
@@ -200,27 +217,40 @@ DECLARE
     ch       pgsse.channels;
     new_data jsonb;
     old_data jsonb;
+    rang     boolean;
 BEGIN
     IF current_setting('pgsse.suppress_capture', true) = 'on' THEN
         RETURN NULL;
     END IF;
-    ch := pgsse.published_channel(TG_ARGV[0], TG_RELID);
-    IF ch.name IS NULL THEN
+    IF TG_NARGS <> 9 OR TG_ARGV[1] <> TG_RELID::oid::text THEN
+        RAISE WARNING 'pgsse: this trigger on % is not the one pgsse.publish_table installed for it; its change is not recorded',
+            TG_RELID::regclass USING HINT = 'publish the table again, or run pgsse migrate (after a restore, say)';
         RETURN NULL;
     END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_data := pgsse.project(ch, to_jsonb(OLD));
-    END IF;
     IF TG_OP <> 'DELETE' THEN
-        new_data := pgsse.project(ch, to_jsonb(NEW));
+        new_data := to_jsonb(NEW);
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        old_data := to_jsonb(OLD);
+    END IF;
+    IF TG_ARGV[6] = 'true' OR TG_ARGV[7] <> '' OR TG_ARGV[8] <> '' THEN
+        ch.camel_case := TG_ARGV[6]::boolean;
+        ch.columns := nullif(TG_ARGV[7], '')::text[];
+        ch.exclude_columns := nullif(TG_ARGV[8], '')::text[];
+        IF new_data IS NOT NULL THEN
+            new_data := pgsse.project(ch, new_data);
+        END IF;
+        IF old_data IS NOT NULL THEN
+            old_data := pgsse.project(ch, old_data);
+        END IF;
     END IF;
     IF TG_OP = 'INSERT' THEN
-        PERFORM pgsse.stage(ch.name, ch.insert_event, new_data);
+        rang := pgsse.stage(TG_ARGV[0], TG_ARGV[2], new_data);
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM pgsse.stage(ch.name, ch.delete_event, old_data);
+        rang := pgsse.stage(TG_ARGV[0], TG_ARGV[4], old_data);
     ELSIF new_data IS DISTINCT FROM old_data THEN
-        PERFORM pgsse.stage(ch.name, ch.update_event,
-            CASE WHEN ch.old_values THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END);
+        rang := pgsse.stage(TG_ARGV[0], TG_ARGV[3],
+            CASE WHEN TG_ARGV[5] = 'true' THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END);
     END IF;
     RETURN NULL;
 END
@@ -317,8 +347,9 @@ BEGIN
     PERFORM pgsse.drop_capture(ch.source_table);
     EXECUTE format(
         'CREATE CONSTRAINT TRIGGER pgsse_capture AFTER %s ON %s DEFERRABLE INITIALLY DEFERRED '
-        'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%L)',
-        array_to_string(ch.operations, ' OR '), ch.source_table, ch.name);
+        'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%s)',
+        array_to_string(ch.operations, ' OR '), ch.source_table,
+        (SELECT string_agg(quote_literal(a), ', ' ORDER BY i) FROM unnest(pgsse.capture_args(ch)) WITH ORDINALITY AS u(a, i)));
     EXECUTE format('CREATE TRIGGER pgsse_truncate AFTER TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate(%L)', ch.source_table, ch.name);
 END
@@ -702,7 +733,8 @@ BEGIN
 END
 $$;
 
--- Triggers made by schema 3 (options in their arguments, no TRUNCATE trigger) move to the functions above.
+-- Row triggers whose arguments are not what pgsse.capture_args makes of the channel now (made by an earlier
+-- schema, or restored onto a table with a new oid) and tables without the TRUNCATE trigger get theirs anew.
 DO $$
 DECLARE
     ch pgsse.channels;
@@ -711,7 +743,10 @@ BEGIN
                WHERE c.source_table IS NOT NULL
                  AND EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.source_table)
                  AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
-                                     AND t.tgname = 'pgsse_capture' AND t.tgnargs = 1)
+                                     AND t.tgname = 'pgsse_capture'
+                                     AND t.tgargs = (SELECT string_agg(convert_to(a, current_setting('server_encoding'))
+                                                                       || '\x00'::bytea, ''::bytea ORDER BY i)
+                                                       FROM unnest(pgsse.capture_args(c)) WITH ORDINALITY AS u(a, i)))
                       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
                                         AND t.tgname = 'pgsse_truncate'))
     LOOP

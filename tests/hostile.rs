@@ -177,13 +177,20 @@ async fn nobody_forges_an_event() {
     );
     assert!(err.contains("permission denied"), "own trigger with pgsse's capture: {err}");
 
-    // Even a trigger that someone privileged copies onto another table records nothing for the channel.
+    // Even a trigger that someone privileged copies onto another table, arguments and all, records nothing
+    // for the channel.
     db.batch_execute(
         "CREATE TABLE other (id int, body text);
          CREATE CONSTRAINT TRIGGER t AFTER INSERT ON other DEFERRABLE INITIALLY DEFERRED
              FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages');
          CREATE TRIGGER tt AFTER TRUNCATE ON other FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate('messages');
-         INSERT INTO other VALUES (1, 'forged');",
+         INSERT INTO other VALUES (1, 'forged');
+         CREATE TABLE copied (id int, body text);
+         DO $$ BEGIN EXECUTE format('CREATE CONSTRAINT TRIGGER t AFTER INSERT ON copied DEFERRABLE INITIALLY DEFERRED
+                                     FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%s)',
+             (SELECT string_agg(quote_literal(a), ', ' ORDER BY i) FROM pgsse.channels c,
+                     unnest(pgsse.capture_args(c)) WITH ORDINALITY AS u(a, i) WHERE c.name = 'messages')); END $$;
+         INSERT INTO copied VALUES (1, 'forged with the very arguments');",
     )
     .await
     .unwrap();

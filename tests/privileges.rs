@@ -4,7 +4,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    call, connect, db_error, fresh_db, get, users_table, writer, Gateway, SseStream, GATEWAY_ROLE, WRITER_ROLE,
+    call, connect, db_error, fresh_db, get, users_table, writer, Gateway, SseStream, TestDb, GATEWAY_ROLE, WRITER_ROLE,
 };
 use serde_json::json;
 
@@ -170,7 +170,7 @@ async fn a_schema_3_install_upgrades_in_place() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(triggers, "pgsse_capture/1 pgsse_truncate/1");
+    assert_eq!(triggers, "pgsse_capture/9 pgsse_truncate/1");
     let writable: bool =
         db.query_one("SELECT writable FROM pgsse.channels WHERE name = 'messages'", &[]).await.unwrap().get(0);
     assert!(writable, "a table that took POST before the upgrade still does");
@@ -200,6 +200,32 @@ async fn a_schema_3_install_upgrades_in_place() {
     ];
     let want: Vec<_> = want.iter().map(|(id, e, b)| (*id, e.to_string(), b.to_string(), true)).collect();
     assert_eq!(got, want, "options kept, ids continue");
+}
+
+#[tokio::test]
+async fn a_capture_trigger_restored_onto_a_new_table_is_reinstalled_by_migrate() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    // What pg_restore makes: the trigger's arguments name the table's oid in the dumped database.
+    admin
+        .batch_execute(
+            "DROP TRIGGER pgsse_capture ON messages;
+             DO $$ BEGIN EXECUTE format('CREATE CONSTRAINT TRIGGER pgsse_capture AFTER INSERT ON messages
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%s)',
+                 (SELECT string_agg(quote_literal(CASE WHEN i = 2 THEN '1' ELSE a END), ', ' ORDER BY i)
+                    FROM pgsse.channels c, unnest(pgsse.capture_args(c)) WITH ORDINALITY AS u(a, i)
+                   WHERE c.name = 'messages')); END $$;",
+        )
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO messages (body) VALUES ('lost')").await.unwrap();
+    let staged = "SELECT count(*) FROM pgsse.staged";
+    assert_eq!(admin.query_one(staged, &[]).await.unwrap().get::<_, i64>(0), 0);
+
+    pgsse::migrate::migrate(&url).await.unwrap();
+    app.batch_execute("INSERT INTO messages (body) VALUES ('kept')").await.unwrap();
+    let bodies: Vec<String> =
+        admin.query("SELECT payload->>'body' FROM pgsse.staged", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(bodies, ["kept"]);
 }
 
 #[tokio::test]
