@@ -12,7 +12,8 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -337,10 +338,24 @@ impl Listener {
     ) -> Result<(u64, u64), ListenerError> {
         let (mut events, mut woken) = (0, 0);
         loop {
-            let step = conn.bounded(log.client.query_one(log.sequence, &[&sequencer::BATCH, &listening])).await?;
+            let (last, limit) = (self.last_id.unwrap_or(0), self.fetch_limit());
+            // The step and the first read go out together (tokio::join! polls in order, and a query is sent
+            // on its first poll): PostgreSQL runs them in turn on this session, so the read sees what the
+            // step moved, a round trip sooner.
+            let (step_params, fetch_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 2]) =
+                ([&sequencer::BATCH, &listening], [&last, &limit]);
+            let (step, rows) = conn
+                .bounded(async {
+                    let (step, rows) = tokio::join!(
+                        log.client.query_one(log.sequence, &step_params),
+                        log.client.query(log.fetch, &fetch_params)
+                    );
+                    Ok((step?, rows?))
+                })
+                .await?;
             let (moved, in_flight): (i64, bool) = (step.try_get(0)?, step.try_get(1)?);
             sequencing.record(Instant::now(), in_flight);
-            let (read, wake) = self.catch_up(log.client, log.fetch, conn).await?;
+            let (read, wake) = self.catch_up(log.client, log.fetch, conn, rows).await?;
             (events, woken) = (events + read, woken + wake);
             if moved < i64::from(sequencer::BATCH) {
                 return Ok((events, woken));
@@ -348,19 +363,24 @@ impl Listener {
         }
     }
 
-    /// Reads everything after `last_id` in batches and broadcasts it; never waits on a subscriber. Returns
-    /// how many events it read and how many streams that woke.
+    /// Rows of the log read at once: a batch, or fewer when the streams' queues have less room.
+    fn fetch_limit(&self) -> i64 {
+        FETCH_BATCH.min(self.hub.fill_limit() as i64)
+    }
+
+    /// Broadcasts `rows` (the log after `last_id`, read with [`Self::fetch_limit`]), then reads the rest in
+    /// batches; never waits on a subscriber. Returns how many events it read and how many streams that woke.
     async fn catch_up(
         &mut self,
         client: &Client,
         fetch: &Statement,
         conn: &mut Driven,
+        mut rows: Vec<Row>,
     ) -> Result<(u64, u64), ListenerError> {
         let Some(mut last) = self.last_id else { return Ok((0, 0)) };
         let (mut total, mut woken) = (0, 0);
-        let limit = FETCH_BATCH.min(self.hub.fill_limit() as i64);
+        let mut limit = self.fetch_limit();
         loop {
-            let rows = conn.bounded(client.query(fetch, &[&last, &limit])).await?;
             let n = rows.len() as i64;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -386,6 +406,8 @@ impl Listener {
             if n < limit {
                 return Ok((total, woken));
             }
+            limit = self.fetch_limit();
+            rows = conn.bounded(client.query(fetch, &[&last, &limit])).await?;
         }
     }
 }
