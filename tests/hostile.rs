@@ -156,6 +156,7 @@ async fn nobody_forges_an_event() {
              VALUES (1, 1, pg_current_xact_id(), 'messages', 'x', '{}')",
             "UPDATE pgsse.channels SET source_table = NULL",
             "UPDATE pgsse.doorbell SET armed = false",
+            "UPDATE pgsse.staged_floor SET floor = 9000000000000000000",
             "SELECT pgsse.stage('messages', 'x', '{}')",
             "SELECT pgsse.sequence_batch(10)",
         ] {
