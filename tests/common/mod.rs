@@ -2,6 +2,8 @@
 //! per test, a gateway on port 0, and a real HTTP client that parses SSE.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

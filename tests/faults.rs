@@ -1,0 +1,62 @@
+//! Network faults between the gateway and PostgreSQL, injected by the test support's TCP proxy
+//! (`common::proxy`): what the gateway does on each, and how fast.
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::proxy::FaultProxy;
+use common::{get, log_of, received, wait_for, Follower, Gateway, TestDb, GATEWAY_ROLE};
+use pgsse::config::Config;
+
+/// A proxy in front of the test database, and a gateway config whose every connection goes through it.
+async fn proxied(url: &str) -> (FaultProxy, Config) {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let target = SocketAddr::from(([127, 0, 0, 1], config.get_ports()[0]));
+    let proxy = FaultProxy::start(target).await;
+    let config = Config::new(proxy.url(&common::as_role(url, GATEWAY_ROLE))).unwrap();
+    (proxy, config)
+}
+
+#[tokio::test]
+async fn a_connection_that_delays_every_packet_keeps_streams_working_and_loses_nothing() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (proxy, config) = proxied(&url).await;
+    proxy.delay(Duration::from_millis(200));
+    let through = common::connect(&proxy.url(&url)).await;
+    let started = Instant::now();
+    through.query_one("SELECT 1", &[]).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400), "a round trip through the proxy is delayed both ways");
+    let gw = Gateway::start_with(config).await;
+    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+    for i in 0..10 {
+        app.batch_execute(&format!("INSERT INTO messages (body) VALUES ('slow {i}')")).await.unwrap();
+    }
+    wait_for("every event through the slow link", || async { received(&follower).len() >= 10 }).await;
+    let log = log_of(&admin).await;
+    assert_eq!(log.len(), 10);
+    assert_eq!(received(&follower), log, "each event once, in the log's order");
+    let health = get(gw.addr, "/healthz", &[]).await.unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+}
+
+#[tokio::test]
+async fn the_proxy_freezes_the_connections_it_holds_and_lets_new_ones_pass() {
+    let TestDb { url, .. } = TestDb::messages("").await;
+    let (proxy, _) = proxied(&url).await;
+    let held = common::connect(&proxy.url(&url)).await;
+    proxy.freeze();
+    let mut answer = Box::pin(held.query_one("SELECT 1", &[]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut answer).await.is_err(),
+        "a frozen connection answered"
+    );
+    let fresh = common::connect(&proxy.url(&url)).await;
+    fresh.query_one("SELECT 1", &[]).await.unwrap();
+    proxy.heal();
+    answer.await.expect("the held query answers once the link heals");
+    proxy.refuse(true);
+    assert!(tokio_postgres::connect(&proxy.url(&url), tokio_postgres::NoTls).await.is_err(), "refused");
+    proxy.cut();
+    assert!(held.query_one("SELECT 1", &[]).await.is_err(), "a cut connection fails");
+}
