@@ -129,7 +129,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// How often the LISTEN connection is probed; a probe unanswered for this long forces a reconnect.
+    /// How often the LISTEN connection is probed; a probe or query unanswered for this long forces a reconnect.
     #[arg(long, env = "PGSSE_PROBE_INTERVAL", default_value = DEFAULT_PROBE_INTERVAL, value_parser = parse_duration)]
     pub probe_interval: Duration,
 

@@ -32,8 +32,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
-/// Bound on any one query of this connection: a half-open socket must not stall the listener forever.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Commit-to-broadcast lag buckets, in seconds: sub-millisecond when healthy, minutes after an outage.
 const LAG_BUCKETS: [f64; 16] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -195,6 +193,9 @@ impl Listener {
         pg.keepalives_idle(KEEPALIVE_IDLE);
         pg.keepalives_interval(KEEPALIVE_INTERVAL);
         pg.keepalives_retries(KEEPALIVE_RETRIES);
+        // Data the server never acknowledges (a peer gone without a word) drops the connection in the kernel
+        // too, even between queries.
+        pg.tcp_user_timeout(probe_interval * 2);
         Ok(Self { pg, hub, status, probe_interval, last_id: None })
     }
 
@@ -225,7 +226,7 @@ impl Listener {
             conn = self.pg.connect(NoTls) => conn?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let mut conn = Driven { connection, notified: false, own_pid: None };
+        let mut conn = Driven { connection, notified: false, own_pid: None, bound: self.probe_interval };
 
         // LISTEN before reading the log, so nothing committed in between goes unnoticed.
         conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
@@ -428,6 +429,9 @@ struct Driven {
     notified: bool,
     /// This session's backend: its own notifications are not news.
     own_pid: Option<i32>,
+    /// Longest wait for any one answer: `--probe-interval`, like the probe's own, so a connection that
+    /// froze mid-query is given up within two probe intervals of the fault, as one that froze while idle.
+    bound: Duration,
 }
 
 impl Driven {
@@ -470,7 +474,8 @@ impl Driven {
         &mut self,
         query: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, ListenerError> {
-        timeout(QUERY_TIMEOUT, self.run(query)).await.map_err(|_| ListenerError::QueryTimeout(QUERY_TIMEOUT))?
+        let bound = self.bound;
+        timeout(bound, self.run(query)).await.map_err(|_| ListenerError::QueryTimeout(bound))?
     }
 
     /// Drives the connection until a notification has arrived (or one arrived during the last query), or

@@ -60,3 +60,24 @@ async fn the_proxy_freezes_the_connections_it_holds_and_lets_new_ones_pass() {
     proxy.cut();
     assert!(held.query_one("SELECT 1", &[]).await.is_err(), "a cut connection fails");
 }
+
+#[tokio::test]
+async fn a_listen_connection_frozen_while_idle_is_replaced_within_two_probe_intervals() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (proxy, mut config) = proxied(&url).await;
+    config.probe_interval = Duration::from_secs(1);
+    let gw = Gateway::start_with(config).await;
+    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+    app.batch_execute("INSERT INTO messages (body) VALUES ('before')").await.unwrap();
+    wait_for("the first event", || async { received(&follower).len() == 1 }).await;
+
+    proxy.freeze();
+    let frozen = Instant::now();
+    for i in 0..10 {
+        app.batch_execute(&format!("INSERT INTO messages (body) VALUES ('during {i}')")).await.unwrap();
+    }
+    wait_for("the events written during the fault", || async { received(&follower).len() == 11 }).await;
+    let took = frozen.elapsed();
+    assert!(took < Duration::from_secs(3), "delivered {took:?} after the fault; two probe intervals are 2 s");
+    assert_eq!(received(&follower), log_of(&admin).await, "each event once, in the log's order");
+}
