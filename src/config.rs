@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_POOL_SIZE: usize = 16;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 pub const DEFAULT_PROBE_INTERVAL: &str = "10s";
+/// Above `pgsse.sequenced`'s 10 s lock timeout, so a POST that waits for a busy sequencing step gets its id.
+pub const DEFAULT_DB_TIMEOUT: &str = "15s";
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
@@ -124,6 +126,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE,
           value_parser = parse_positive)]
     pub pool_size: usize,
+
+    /// Longest wait for a pooled connection, and then for its answer: a request past it gets 503 and the
+    /// connection is dropped (a replaying stream retries); the kernel also drops a connection whose data
+    /// goes unacknowledged this long.
+    #[arg(long, env = "PGSSE_DB_TIMEOUT", default_value = DEFAULT_DB_TIMEOUT, value_parser = parse_duration)]
+    pub db_timeout: Duration,
 
     /// How long open connections get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "PGSSE_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
@@ -322,6 +330,7 @@ pub struct Config {
     pub max_connections: usize,
     pub max_channels: usize,
     pub pool_size: usize,
+    pub db_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub probe_interval: Duration,
     pub body_limit: usize,
@@ -417,6 +426,7 @@ impl Config {
             max_connections: args.max_connections,
             max_channels: args.max_channels,
             pool_size: args.pool_size,
+            db_timeout: args.db_timeout,
             shutdown_timeout: args.shutdown_timeout,
             probe_interval: args.probe_interval,
             body_limit: args.body_limit,

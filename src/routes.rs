@@ -22,7 +22,7 @@ use crate::metrics::Counters;
 use crate::migrate;
 use crate::server::AppState;
 use crate::sse::SseBody;
-use crate::store::{Rejection, StoreError};
+use crate::store::{Readiness, Rejection, StoreError};
 use crate::stream::{self, StreamError};
 use crate::web;
 
@@ -392,23 +392,22 @@ const BACKLOG_AGE: f64 = 1.0;
 
 async fn ready(state: &AppState) -> Response<Body> {
     let mut reasons = Vec::new();
-    match state.store.schema_version().await {
-        Ok(Some(v)) if v >= migrate::SCHEMA_VERSION => {}
-        Ok(Some(v)) => {
+    let readiness = state.store.readiness().await;
+    match &readiness {
+        Ok(Readiness { version: Some(v), .. }) if *v >= migrate::SCHEMA_VERSION => {}
+        Ok(Readiness { version: Some(v), .. }) => {
             reasons.push(format!("schema version {v}, expected {}: run pgsse migrate", migrate::SCHEMA_VERSION))
         }
-        Ok(None) => reasons.push("schema pgsse not installed: run pgsse migrate".to_string()),
+        Ok(Readiness { version: None, .. }) => {
+            reasons.push("schema pgsse not installed: run pgsse migrate".to_string())
+        }
         Err(err) => reasons.push(format!("pool: {err}")),
     }
     if !state.listener.is_up() {
         reasons.push(format!("listener: {}", state.listener.last_error().unwrap_or_else(|| "connecting".into())));
     }
-    if reasons.is_empty() {
+    if let (true, Ok(Readiness { backlog: Some((pending, oldest)), .. })) = (reasons.is_empty(), readiness) {
         // Streams are served while a backlog (events committed when no gateway ran) is worked off.
-        let (pending, oldest) = match state.store.backlog().await {
-            Ok(backlog) => backlog,
-            Err(err) => return unready(vec![format!("pool: {err}")]),
-        };
         let status = if pending > 0 && oldest >= BACKLOG_AGE { "catching up" } else { "ready" };
         return json_response(
             StatusCode::OK,

@@ -99,7 +99,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let state = Arc::new(AppState {
         metrics: Metrics::new(hub.clone(), status.clone(), limits.clone(), config.metrics_channel_labels),
         limits,
-        store: Store::new(&config.database_url, config.pool_size)?,
+        store: Store::new(&config.database_url, config.pool_size, config.db_timeout)?,
         hub,
         listener: status,
         cors: Cors::new(&config.cors_origins),

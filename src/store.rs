@@ -19,7 +19,9 @@ pub const REPLAY_BATCH: i64 = 1000;
 /// asks for pages without reading them pins one per place it holds under the per-client limit.
 pub const PAGE_BYTES: i64 = 256 * 1024;
 
-const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `/healthz` and `/readyz` answer within a second whatever the database does.
+pub const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +37,9 @@ pub enum StoreError {
     /// The database refused the request's data; the message is safe to show to the client.
     #[error("{message}")]
     Rejected { kind: Rejection, message: String },
+    /// No connection, or no answer on one, within the bound (`--db-timeout`); the connection is dropped.
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
     /// A write committed, but the log holds no event of it on its channel.
     #[error("the write committed but recorded no event")]
     NotSequenced,
@@ -179,6 +184,12 @@ impl EventRow {
     }
 }
 
+/// What `/readyz` reads: see [`Store::readiness`].
+pub struct Readiness {
+    pub version: Option<i32>,
+    pub backlog: Option<(i64, f64)>,
+}
+
 /// One batch of a replay, read in one snapshot with the watermark of the stream's channels: every id at
 /// or below `watermark` may be missing, every later one through `last` is in `rows` (but for rows that
 /// are not UTF-8, which are skipped).
@@ -193,34 +204,64 @@ pub struct ReplayBatch {
 
 pub struct Store {
     pool: Pool,
+    /// Longest wait for a pooled connection, and then for its answer (`--db-timeout`).
+    bound: Duration,
     known_channels: Mutex<HashSet<String>>,
     /// The last read of the committed head: when it began, and its outcome. See [`Store::committed_head`].
     head: tokio::sync::Mutex<Option<(Instant, Result<i64, String>)>>,
 }
 
 impl Store {
-    pub fn new(database_url: &str, pool_size: usize) -> Result<Self, StoreError> {
+    pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
         let mut pg: tokio_postgres::Config =
             database_url.parse().map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
         pg.application_name("pgsse");
         pin_search_path(&mut pg);
-        pg.connect_timeout(POOL_TIMEOUT);
+        pg.connect_timeout(CONNECT_TIMEOUT.min(bound));
         pg.keepalives(true);
+        // Data the server never acknowledges drops the connection in the kernel, even while it sits idle.
+        pg.tcp_user_timeout(bound);
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
-            .recycle_timeout(Some(POOL_TIMEOUT))
+            .wait_timeout(Some(bound))
+            .create_timeout(Some(bound))
+            .recycle_timeout(Some(bound))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Self { pool, known_channels: Mutex::new(HashSet::new()), head: tokio::sync::Mutex::new(None) })
+        Ok(Self { pool, bound, known_channels: Mutex::new(HashSet::new()), head: tokio::sync::Mutex::new(None) })
+    }
+
+    /// Runs `work` on a pooled connection, waiting at most `bound` for the connection and as long again
+    /// for the work. A connection that did not answer in time is taken out of the pool rather than handed
+    /// to the next request (it may be half-open).
+    async fn bounded<T>(
+        &self,
+        bound: Duration,
+        work: impl AsyncFnOnce(&Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let client = tokio::time::timeout(bound, self.pool.get()).await.map_err(|_| StoreError::Timeout(bound))??;
+        match tokio::time::timeout(bound, work(&client)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(StoreError::Timeout(bound))
+            }
+        }
+    }
+
+    /// [`Self::bounded`] by `--db-timeout`.
+    async fn with<T>(&self, work: impl AsyncFnOnce(&Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.bounded(self.bound, work).await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
-        Ok(())
+        self.bounded(HEALTH_BOUND.min(self.bound), async |client| {
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Returns the names among `channels` that are not registered. Known names are cached: a channel
@@ -233,52 +274,67 @@ impl Store {
         if missing.is_empty() {
             return Ok(missing);
         }
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT name FROM pgsse.channels WHERE name = ANY($1)").await?;
-        let found: HashSet<String> = client.query(&stmt, &[&missing]).await?.iter().map(|r| r.get(0)).collect();
-        let mut known = self.known_channels.lock().unwrap_or_else(|p| p.into_inner());
-        known.extend(found.iter().cloned());
-        Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())
+        self.with(async |client| {
+            let stmt = client.prepare_cached("SELECT name FROM pgsse.channels WHERE name = ANY($1)").await?;
+            let found: HashSet<String> = client.query(&stmt, &[&missing]).await?.iter().map(|r| r.get(0)).collect();
+            let mut known = self.known_channels.lock().unwrap_or_else(|p| p.into_inner());
+            known.extend(found.iter().cloned());
+            Ok(missing.into_iter().filter(|c| !found.contains(c)).collect())
+        })
+        .await
     }
 
     /// Deletes up to `batch` events older than `age` (a prefix of the log); returns how many.
     pub async fn prune_older_than(&self, age: Duration, batch: i32) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT pgsse.prune(now() - make_interval(secs => $1), $2)").await?;
-        Ok(client.query_one(&stmt, &[&age.as_secs_f64(), &batch]).await?.try_get(0)?)
+        self.with(async |client| {
+            let stmt = client.prepare_cached("SELECT pgsse.prune(now() - make_interval(secs => $1), $2)").await?;
+            Ok(client.query_one(&stmt, &[&age.as_secs_f64(), &batch]).await?.try_get(0)?)
+        })
+        .await
     }
 
     /// Deletes up to `batch` events beyond the newest `keep` of each channel; returns how many.
     pub async fn prune_beyond(&self, keep: i64, batch: i32) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT pgsse.prune_channels($1, $2)").await?;
-        Ok(client.query_one(&stmt, &[&keep, &batch]).await?.try_get(0)?)
+        self.with(async |client| {
+            let stmt = client.prepare_cached("SELECT pgsse.prune_channels($1, $2)").await?;
+            Ok(client.query_one(&stmt, &[&keep, &batch]).await?.try_get(0)?)
+        })
+        .await
     }
 
-    /// The installed schema version; `None` when `pgsse migrate` has not run.
-    pub async fn schema_version(&self) -> Result<Option<i32>, StoreError> {
-        let client = self.pool.get().await?;
-        let installed: bool =
-            client.query_one("SELECT to_regclass('pgsse.meta') IS NOT NULL", &[]).await?.try_get(0)?;
-        if !installed {
-            return Ok(None);
-        }
-        Ok(Some(client.query_one("SELECT schema_version FROM pgsse.meta", &[]).await?.try_get(0)?))
-    }
-
-    /// Events committed but not yet in the log, and the oldest one's age in seconds (0 when none).
-    pub async fn backlog(&self) -> Result<(i64, f64), StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT pending, coalesce(oldest_seconds, 0) FROM pgsse.backlog()").await?;
-        let row = client.query_one(&stmt, &[]).await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+    /// For `/readyz`, within [`HEALTH_BOUND`]: the installed schema version (`None` before `pgsse migrate`)
+    /// and, once it is this build's, the events committed but not yet in the log with the oldest one's age
+    /// in seconds.
+    pub async fn readiness(&self) -> Result<Readiness, StoreError> {
+        self.bounded(HEALTH_BOUND.min(self.bound), async |client| {
+            let installed: bool =
+                client.query_one("SELECT to_regclass('pgsse.meta') IS NOT NULL", &[]).await?.try_get(0)?;
+            let version: Option<i32> = match installed {
+                true => Some(client.query_one("SELECT schema_version FROM pgsse.meta", &[]).await?.try_get(0)?),
+                false => None,
+            };
+            let backlog = match version {
+                Some(v) if v >= crate::migrate::SCHEMA_VERSION => {
+                    let stmt = client
+                        .prepare_cached("SELECT pending, coalesce(oldest_seconds, 0) FROM pgsse.backlog()")
+                        .await?;
+                    let row = client.query_one(&stmt, &[]).await?;
+                    Some((row.try_get(0)?, row.try_get(1)?))
+                }
+                _ => None,
+            };
+            Ok(Readiness { version, backlog })
+        })
+        .await
     }
 
     /// The highest id ever handed out, committed or not: a resume id above it was never issued.
     pub async fn issued_head(&self) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(&format!("SELECT {ISSUED_HEAD}")).await?;
-        Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+        self.with(async |client| {
+            let stmt = client.prepare_cached(&format!("SELECT {ISSUED_HEAD}")).await?;
+            Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+        })
+        .await
     }
 
     /// The newest committed event id, read after this call began. Unlike the sequence (`issued_head`), it
@@ -302,77 +358,94 @@ impl Store {
     }
 
     async fn read_committed_head(&self) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        // Bounded by the sequence as the listener's reads are: a row with an id it never issued is not pgsse's.
-        let stmt = client
-            .prepare_cached(&format!("SELECT coalesce(max(id), 0) FROM pgsse.events WHERE id <= {ISSUED_HEAD}"))
-            .await?;
-        Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+        self.with(async |client| {
+            // Bounded by the sequence as the listener's reads are: a row with an id it never issued is not pgsse's.
+            let stmt = client
+                .prepare_cached(&format!("SELECT coalesce(max(id), 0) FROM pgsse.events WHERE id <= {ISSUED_HEAD}"))
+                .await?;
+            Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+        })
+        .await
     }
 
     pub async fn channel(&self, name: &str) -> Result<Option<ChannelInfo>, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT source_table IS NOT NULL FROM pgsse.channels WHERE name = $1").await?;
-        Ok(client.query_opt(&stmt, &[&name]).await?.map(|row| ChannelInfo { has_table: row.get(0) }))
+        self.with(async |client| {
+            let stmt =
+                client.prepare_cached("SELECT source_table IS NOT NULL FROM pgsse.channels WHERE name = $1").await?;
+            Ok(client.query_opt(&stmt, &[&name]).await?.map(|row| ChannelInfo { has_table: row.get(0) }))
+        })
+        .await
     }
 
     /// Inserts a row into a table channel's table and answers once its event is in the log; the id is
     /// `None` when the table does not capture inserts.
     pub async fn insert_row(&self, channel: &str, row: &serde_json::Value) -> Result<Written, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached("SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)")
-            .await?;
-        let row = client.query_one(&stmt, &[&channel, &row.to_string()]).await.map_err(StoreError::from_db)?;
-        match (row.try_get(0)?, row.try_get(1)?) {
-            (Some(txid), Some(after)) => sequenced(&client, txid, after, channel).await,
-            _ => Ok(Written { id: None, payload: row.try_get(2)? }),
-        }
+        self.with(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
+                )
+                .await?;
+            let row = client.query_one(&stmt, &[&channel, &row.to_string()]).await.map_err(StoreError::from_db)?;
+            match (row.try_get(0)?, row.try_get(1)?) {
+                (Some(txid), Some(after)) => sequenced(client, txid, after, channel).await,
+                _ => Ok(Written { id: None, payload: row.try_get(2)? }),
+            }
+        })
+        .await
     }
 
     /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log.
     pub async fn publish(&self, channel: &str, event: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached("SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)")
-            .await?;
-        let row =
-            client.query_one(&stmt, &[&channel, &event, &payload.to_string()]).await.map_err(StoreError::from_db)?;
-        let written = sequenced(&client, row.try_get(0)?, row.try_get(1)?, channel).await?;
-        written.id.ok_or(StoreError::NotSequenced)
+        self.with(async |client| {
+            let stmt = client
+                .prepare_cached("SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)")
+                .await?;
+            let row = client
+                .query_one(&stmt, &[&channel, &event, &payload.to_string()])
+                .await
+                .map_err(StoreError::from_db)?;
+            let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel).await?;
+            written.id.ok_or(StoreError::NotSequenced)
+        })
+        .await
     }
 
     /// Empties a channel and records its `clear` event; `force` is the gateway's `--allow-clear`.
     pub async fn clear(&self, channel: &str, force: bool) -> Result<Written, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1, $2)").await?;
-        let row = client.query_one(&stmt, &[&channel, &force]).await.map_err(StoreError::from_db)?;
-        sequenced(&client, row.try_get(0)?, row.try_get(1)?, channel).await
+        self.with(async |client| {
+            let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1, $2)").await?;
+            let row = client.query_one(&stmt, &[&channel, &force]).await.map_err(StoreError::from_db)?;
+            sequenced(client, row.try_get(0)?, row.try_get(1)?, channel).await
+        })
+        .await
     }
 
     /// Up to `limit` events of `channel` with `id < before`, newest first.
     /// The page stops early once its events' data would pass [`PAGE_BYTES`].
     pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
-        let client = self.pool.get().await?;
-        // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT id, channel, event, payload FROM ( \
-                       SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto FROM ( \
-                         SELECT {} FROM pgsse.history($1, $2, $3)) h \
-                     ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
-                EventRow::columns()
-            ))
-            .await?;
-        let rows = client.query(&stmt, &[&channel, &before, &limit, &PAGE_BYTES]).await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // The listener reports such a row once; a page just leaves it out.
-            if let Ok(event) = EventRow::from_row(row)? {
-                events.push(event);
+        self.with(async |client| {
+            // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT id, channel, event, payload FROM ( \
+                           SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto FROM ( \
+                             SELECT {} FROM pgsse.history($1, $2, $3)) h \
+                         ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
+                    EventRow::columns()
+                ))
+                .await?;
+            let rows = client.query(&stmt, &[&channel, &before, &limit, &PAGE_BYTES]).await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                // The listener reports such a row once; a page just leaves it out.
+                if let Ok(event) = EventRow::from_row(row)? {
+                    events.push(event);
+                }
             }
-        }
-        Ok(events)
+            Ok(events)
+        })
+        .await
     }
 
     /// Up to `limit` events of `channels` with `after < id <= through` (no upper bound when `through` is
@@ -384,44 +457,46 @@ impl Store {
         channels: &[String],
         limit: i64,
     ) -> Result<ReplayBatch, StoreError> {
-        let client = self.pool.get().await?;
-        // No event at all comes back as one row of NULLs beside the watermark. A ROWS frame keeps the running
-        // sum one addition a row.
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT id, channel, event, payload, mark FROM ( \
-                   SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
-                   FROM ( \
-                     SELECT e.id, e.channel, e.event, {} AS payload, w.mark FROM pgsse.watermark($3) AS w(mark) \
-                     LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
-                   ) r \
-                 ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
-                payload_bytes("e.payload")
-            ))
-            .await?;
-        let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
-        let watermark: i64 = match rows.first() {
-            Some(row) => row.try_get(4)?,
-            None => 0,
-        };
-        let mut events = Vec::with_capacity(rows.len());
-        let (mut last, mut read, mut bytes) = (None, 0, 0);
-        for row in &rows {
-            // No event at all comes back as one row of NULLs beside the watermark.
-            if let Some(id) = row.try_get::<_, Option<i64>>(0)? {
-                (last, read) = (Some(id), read + 1);
-                match EventRow::from_row(row)? {
-                    Ok(event) => {
-                        bytes += event.payload.len() as i64;
-                        events.push(event);
+        self.with(async |client| {
+            // No event at all comes back as one row of NULLs beside the watermark. A ROWS frame keeps the running
+            // sum one addition a row.
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT id, channel, event, payload, mark FROM ( \
+                       SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
+                       FROM ( \
+                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark FROM pgsse.watermark($3) AS w(mark) \
+                         LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
+                       ) r \
+                     ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
+                    payload_bytes("e.payload")
+                ))
+                .await?;
+            let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
+            let watermark: i64 = match rows.first() {
+                Some(row) => row.try_get(4)?,
+                None => 0,
+            };
+            let mut events = Vec::with_capacity(rows.len());
+            let (mut last, mut read, mut bytes) = (None, 0, 0);
+            for row in &rows {
+                // No event at all comes back as one row of NULLs beside the watermark.
+                if let Some(id) = row.try_get::<_, Option<i64>>(0)? {
+                    (last, read) = (Some(id), read + 1);
+                    match EventRow::from_row(row)? {
+                        Ok(event) => {
+                            bytes += event.payload.len() as i64;
+                            events.push(event);
+                        }
+                        Err(_) => bytes += PAGE_BYTES,
                     }
-                    Err(_) => bytes += PAGE_BYTES,
                 }
             }
-        }
-        // The budget cut the batch only if what came reached it (reaching it exactly with nothing after
-        // costs one more, empty, read).
-        let more = read == limit || bytes >= PAGE_BYTES;
-        Ok(ReplayBatch { watermark, rows: events, last, more })
+            // The budget cut the batch only if what came reached it (reaching it exactly with nothing after
+            // costs one more, empty, read).
+            let more = read == limit || bytes >= PAGE_BYTES;
+            Ok(ReplayBatch { watermark, rows: events, last, more })
+        })
+        .await
     }
 }

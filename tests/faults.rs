@@ -5,8 +5,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::proxy::FaultProxy;
-use common::{get, log_of, received, wait_for, Follower, Gateway, TestDb, GATEWAY_ROLE};
+use common::{call, get, log_of, received, wait_for, Follower, Gateway, TestDb, GATEWAY_ROLE};
 use pgsse::config::Config;
 
 /// A proxy in front of the test database, and a gateway config whose every connection goes through it.
@@ -80,4 +81,50 @@ async fn a_listen_connection_frozen_while_idle_is_replaced_within_two_probe_inte
     let took = frozen.elapsed();
     assert!(took < Duration::from_secs(3), "delivered {took:?} after the fault; two probe intervals are 2 s");
     assert_eq!(received(&follower), log_of(&admin).await, "each event once, in the log's order");
+}
+
+#[tokio::test]
+async fn frozen_pool_connections_answer_503_within_the_bound_and_are_dropped() {
+    let TestDb { url, admin, .. } = TestDb::messages("").await;
+    admin.batch_execute("SELECT pgsse.create_channel('news')").await.unwrap();
+    let (proxy, mut config) = proxied(&url).await;
+    config.db_timeout = Duration::from_secs(1);
+    config.pool_size = 2;
+    let gw = Gateway::start_with(config).await;
+    let post = || call(gw.addr, "POST", "/news", &[("content-type", "application/json")], Bytes::from("{\"n\": 1}"));
+    assert_eq!(post().await.unwrap().status, 201);
+
+    proxy.freeze();
+    let started = Instant::now();
+    let health = get(gw.addr, "/healthz", &[]).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(health.body.contains("pool: database did not answer within 1s"), "{}", health.body);
+    assert!(took < Duration::from_millis(1500), "/healthz took {took:?}");
+    for path in ["/readyz", "/healthz"] {
+        let started = Instant::now();
+        let answer = get(gw.addr, path, &[]).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{path} took {:?}: {}",
+            started.elapsed(),
+            answer.body
+        );
+    }
+
+    // Each frozen connection fails one request within the bound and leaves the pool; fresh ones pass the proxy.
+    let mut failed = 0;
+    loop {
+        let started = Instant::now();
+        let answer = post().await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(2500), "a POST took {:?}", started.elapsed());
+        if answer.status == 201 {
+            break;
+        }
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        failed += 1;
+        assert!(failed <= 2, "a frozen connection was handed out again");
+    }
+    let published: i64 = admin.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
+    assert!(published >= 2, "the POST that answered 201 is in the log");
 }

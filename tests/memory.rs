@@ -58,7 +58,8 @@ async fn replay_batches_and_history_pages_are_bounded_in_bytes_and_lose_nothing(
     let TestDb { url, app, admin } = TestDb::messages("").await;
     backlog(&app, 120).await;
     common::sequence_staged(&admin).await;
-    let store = Store::new(&common::as_role(&url, common::GATEWAY_ROLE), 1).unwrap();
+    let store =
+        Store::new(&common::as_role(&url, common::GATEWAY_ROLE), 1, std::time::Duration::from_secs(15)).unwrap();
     let batch = store.replay(0, None, &["messages".to_string()], 1000).await.unwrap();
     let bytes: usize = batch.rows.iter().map(|r| r.payload.len()).sum();
     let largest = batch.rows.iter().map(|r| r.payload.len()).max().unwrap();
