@@ -128,3 +128,38 @@ async fn frozen_pool_connections_answer_503_within_the_bound_and_are_dropped() {
     let published: i64 = admin.query_one("SELECT count(*) FROM pgsse.events", &[]).await.unwrap().get(0);
     assert!(published >= 2, "the POST that answered 201 is in the log");
 }
+
+#[tokio::test]
+async fn a_listen_connection_frozen_during_a_flood_is_replaced_within_two_probe_intervals() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (proxy, mut config) = proxied(&url).await;
+    config.probe_interval = Duration::from_secs(1);
+    let gw = Gateway::start_with(config).await;
+    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                app.batch_execute(&format!("INSERT INTO messages (body) VALUES ('flood {i}')")).await.unwrap();
+                i += 1;
+            }
+        }
+    });
+    wait_for("the flood on the stream", || async { received(&follower).len() >= 200 }).await;
+
+    // The listener is reading the log all the time now: the fault most likely catches a query in flight.
+    proxy.freeze();
+    let frozen = Instant::now();
+    let committed = log_of(&admin).await.len();
+    wait_for("events committed after the fault", || async { received(&follower).len() >= committed + 50 }).await;
+    let took = frozen.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.await.unwrap();
+    assert!(took < Duration::from_secs(3), "delivered {took:?} after the fault; two probe intervals are 2 s");
+    common::wait_sequenced(&admin).await;
+    let log = log_of(&admin).await;
+    wait_for("the whole log on the stream", || async { received(&follower).len() >= log.len() }).await;
+    assert_eq!(received(&follower), log, "each event once, in the log's order");
+}
