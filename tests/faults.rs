@@ -163,3 +163,29 @@ async fn a_listen_connection_frozen_during_a_flood_is_replaced_within_two_probe_
     wait_for("the whole log on the stream", || async { received(&follower).len() >= log.len() }).await;
     assert_eq!(received(&follower), log, "each event once, in the log's order");
 }
+
+#[tokio::test]
+async fn a_replay_on_frozen_pool_connections_ends_and_resumes_on_fresh_ones() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (proxy, mut config) = proxied(&url).await;
+    config.db_timeout = Duration::from_secs(1);
+    config.pool_size = 2;
+    let gw = Gateway::start_with(config).await;
+    app.batch_execute("INSERT INTO messages (body) SELECT 'old ' || g FROM generate_series(1, 50) g").await.unwrap();
+    common::wait_sequenced(&admin).await;
+    // Both pooled connections exist before the fault.
+    let (a, b) = tokio::join!(get(gw.addr, "/messages?limit=1", &[]), get(gw.addr, "/messages?limit=1", &[]));
+    assert_eq!((a.unwrap().status, b.unwrap().status), (200, 200));
+
+    proxy.freeze();
+    let frozen = Instant::now();
+    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+    let log = log_of(&admin).await;
+    wait_for("the replay, on fresh connections", || async { received(&follower).len() >= log.len() }).await;
+    let took = frozen.elapsed();
+    assert!(took < Duration::from_secs(8), "replayed {took:?} after the fault");
+    assert_eq!(received(&follower), log, "each event once, in the log's order");
+    let started = Instant::now();
+    get(gw.addr, "/healthz", &[]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
