@@ -189,3 +189,26 @@ async fn a_replay_on_frozen_pool_connections_ends_and_resumes_on_fresh_ones() {
     get(gw.addr, "/healthz", &[]).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
+
+#[tokio::test]
+async fn a_connection_cut_in_the_middle_of_a_large_row_loses_nothing() {
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (proxy, mut config) = proxied(&url).await;
+    config.probe_interval = Duration::from_secs(1);
+    let gw = Gateway::start_with(config).await;
+    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+    app.batch_execute("INSERT INTO messages (body) VALUES ('small')").await.unwrap();
+    wait_for("the first event", || async { received(&follower).len() == 1 }).await;
+
+    // The listener's connection closes a quarter of the way into the 1 MB row.
+    proxy.cut_after(256 * 1024);
+    let big = "x".repeat(1024 * 1024);
+    app.batch_execute(&format!("INSERT INTO messages (body) VALUES ('{big}')")).await.unwrap();
+    wait_for("the large row, after the reconnect", || async { received(&follower).len() == 2 }).await;
+    let got = received(&follower);
+    assert_eq!(got[1].1.len(), big.len(), "the 1 MB row arrived intact");
+    assert_eq!(got, log_of(&admin).await, "each event once, in the log's order");
+    let metrics = get(gw.addr, "/metrics", &[]).await.unwrap().body;
+    let reconnects = metrics.lines().find_map(|l| l.strip_prefix("pgsse_listener_reconnects_total "));
+    assert!(reconnects.is_some_and(|n| n.trim() != "0"), "the cut connection was replaced: {reconnects:?}");
+}

@@ -1,6 +1,6 @@
 //! A TCP proxy between a gateway and PostgreSQL that injects network faults on command: freeze the
 //! connections it holds (bytes stop, sockets stay open, as when a NAT drops their state), refuse new ones,
-//! delay every chunk, or cut every connection.
+//! delay every chunk, cut every connection, or cut each one in the middle of what the server sends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,9 @@ struct State {
     frozen_below: u64,
     refuse: bool,
     delay: Duration,
+    /// Connections opened before this one close after passing `cut_bytes` more bytes from the server.
+    cut_below: u64,
+    cut_bytes: usize,
 }
 
 pub struct FaultProxy {
@@ -53,8 +56,8 @@ impl FaultProxy {
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     let mut pumps = pumps.lock().unwrap();
-                    pumps.extend(pump(client_read, server_write, number, watching.clone()));
-                    pumps.extend(pump(server_read, client_write, number, watching.clone()));
+                    pumps.extend(pump(client_read, server_write, number, false, watching.clone()));
+                    pumps.extend(pump(server_read, client_write, number, true, watching.clone()));
                 }
             }
         });
@@ -91,6 +94,13 @@ impl FaultProxy {
         }
     }
 
+    /// Each connection held now closes once `bytes` more bytes from the server have passed: in the middle
+    /// of a message, for a large one.
+    pub fn cut_after(&self, bytes: usize) {
+        let below = *self.opened.lock().unwrap() + 1;
+        self.state.send_modify(|s| (s.cut_below, s.cut_bytes) = (below, bytes));
+    }
+
     /// Forwards everything again.
     pub fn heal(&self) {
         self.state.send_modify(|s| *s = State::default());
@@ -110,6 +120,7 @@ fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     number: u64,
+    from_server: bool,
     mut state: watch::Receiver<State>,
 ) -> [JoinHandle<()>; 2] {
     // Bounded: a frozen connection stops reading too, so the sender's kernel buffers fill as on a real network.
@@ -123,6 +134,7 @@ fn pump(
         }
     });
     let writer = tokio::spawn(async move {
+        let mut left: Option<usize> = None;
         while let Some((arrived, chunk)) = arriving.recv().await {
             loop {
                 let now = *state.borrow_and_update();
@@ -134,6 +146,16 @@ fn pump(
                 }
                 sleep_until(arrived + now.delay).await;
                 break;
+            }
+            let cut = *state.borrow();
+            if from_server && number < cut.cut_below {
+                let budget = *left.get_or_insert(cut.cut_bytes);
+                if chunk.len() >= budget {
+                    // Dropping the socket's halves without a shutdown closes it mid-stream.
+                    let _ = to.write_all(&chunk[..budget]).await;
+                    return;
+                }
+                left = Some(budget - chunk.len());
             }
             if to.write_all(&chunk).await.is_err() {
                 return;
