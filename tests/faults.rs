@@ -19,6 +19,40 @@ async fn proxied(url: &str) -> (FaultProxy, Config) {
     (proxy, config)
 }
 
+/// Polls `/healthz` all along a test; every answer must come within its bound.
+struct HealthWatch {
+    slowest: std::sync::Arc<std::sync::Mutex<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthWatch {
+    fn start(addr: SocketAddr) -> Self {
+        let slowest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let task = tokio::spawn({
+            let slowest = slowest.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    every.tick().await;
+                    let started = Instant::now();
+                    let _ = get(addr, "/healthz", &[]).await;
+                    let took = started.elapsed();
+                    let mut slowest = slowest.lock().unwrap();
+                    *slowest = (*slowest).max(took);
+                }
+            }
+        });
+        Self { slowest, task }
+    }
+
+    /// Asserts that `/healthz` always answered within 1 s (with a margin for the test's own scheduling).
+    fn check(self) {
+        self.task.abort();
+        let slowest = *self.slowest.lock().unwrap();
+        assert!(slowest < Duration::from_millis(1300), "/healthz once took {slowest:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_connection_that_delays_every_packet_keeps_streams_working_and_loses_nothing() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
@@ -29,6 +63,7 @@ async fn a_connection_that_delays_every_packet_keeps_streams_working_and_loses_n
     through.query_one("SELECT 1", &[]).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(400), "a round trip through the proxy is delayed both ways");
     let gw = Gateway::start_with(config).await;
+    let watch = HealthWatch::start(gw.addr);
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
     for i in 0..10 {
         app.batch_execute(&format!("INSERT INTO messages (body) VALUES ('slow {i}')")).await.unwrap();
@@ -39,6 +74,7 @@ async fn a_connection_that_delays_every_packet_keeps_streams_working_and_loses_n
     assert_eq!(received(&follower), log, "each event once, in the log's order");
     let health = get(gw.addr, "/healthz", &[]).await.unwrap();
     assert_eq!(health.status, 200, "{}", health.body);
+    watch.check();
 }
 
 #[tokio::test]
@@ -68,6 +104,7 @@ async fn a_listen_connection_frozen_while_idle_is_replaced_within_two_probe_inte
     let (proxy, mut config) = proxied(&url).await;
     config.probe_interval = Duration::from_secs(1);
     let gw = Gateway::start_with(config).await;
+    let watch = HealthWatch::start(gw.addr);
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
     app.batch_execute("INSERT INTO messages (body) VALUES ('before')").await.unwrap();
     wait_for("the first event", || async { received(&follower).len() == 1 }).await;
@@ -81,6 +118,7 @@ async fn a_listen_connection_frozen_while_idle_is_replaced_within_two_probe_inte
     let took = frozen.elapsed();
     assert!(took < Duration::from_secs(3), "delivered {took:?} after the fault; two probe intervals are 2 s");
     assert_eq!(received(&follower), log_of(&admin).await, "each event once, in the log's order");
+    watch.check();
 }
 
 #[tokio::test]
@@ -135,6 +173,7 @@ async fn a_listen_connection_frozen_during_a_flood_is_replaced_within_two_probe_
     let (proxy, mut config) = proxied(&url).await;
     config.probe_interval = Duration::from_secs(1);
     let gw = Gateway::start_with(config).await;
+    let watch = HealthWatch::start(gw.addr);
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = tokio::spawn({
@@ -162,6 +201,7 @@ async fn a_listen_connection_frozen_during_a_flood_is_replaced_within_two_probe_
     let log = log_of(&admin).await;
     wait_for("the whole log on the stream", || async { received(&follower).len() >= log.len() }).await;
     assert_eq!(received(&follower), log, "each event once, in the log's order");
+    watch.check();
 }
 
 #[tokio::test]
@@ -171,6 +211,7 @@ async fn a_replay_on_frozen_pool_connections_ends_and_resumes_on_fresh_ones() {
     config.db_timeout = Duration::from_secs(1);
     config.pool_size = 2;
     let gw = Gateway::start_with(config).await;
+    let watch = HealthWatch::start(gw.addr);
     app.batch_execute("INSERT INTO messages (body) SELECT 'old ' || g FROM generate_series(1, 50) g").await.unwrap();
     common::wait_sequenced(&admin).await;
     // Both pooled connections exist before the fault.
@@ -188,6 +229,7 @@ async fn a_replay_on_frozen_pool_connections_ends_and_resumes_on_fresh_ones() {
     let started = Instant::now();
     get(gw.addr, "/healthz", &[]).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(1500));
+    watch.check();
 }
 
 #[tokio::test]
@@ -196,6 +238,7 @@ async fn a_connection_cut_in_the_middle_of_a_large_row_loses_nothing() {
     let (proxy, mut config) = proxied(&url).await;
     config.probe_interval = Duration::from_secs(1);
     let gw = Gateway::start_with(config).await;
+    let watch = HealthWatch::start(gw.addr);
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
     app.batch_execute("INSERT INTO messages (body) VALUES ('small')").await.unwrap();
     wait_for("the first event", || async { received(&follower).len() == 1 }).await;
@@ -211,4 +254,5 @@ async fn a_connection_cut_in_the_middle_of_a_large_row_loses_nothing() {
     let metrics = get(gw.addr, "/metrics", &[]).await.unwrap().body;
     let reconnects = metrics.lines().find_map(|l| l.strip_prefix("pgsse_listener_reconnects_total "));
     assert!(reconnects.is_some_and(|n| n.trim() != "0"), "the cut connection was replaced: {reconnects:?}");
+    watch.check();
 }
