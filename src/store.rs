@@ -20,6 +20,9 @@ pub const REPLAY_BATCH: i64 = 1000;
 pub const PAGE_BYTES: i64 = 256 * 1024;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// `/healthz` and `/readyz` answer within a second whatever the database does.
 pub const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
@@ -218,8 +221,11 @@ impl Store {
         pg.application_name("pgsse");
         pin_search_path(&mut pg);
         pg.connect_timeout(CONNECT_TIMEOUT.min(bound));
+        // An idle connection whose peer is gone is found by keepalives, one in use by unacknowledged data.
         pg.keepalives(true);
-        // Data the server never acknowledges drops the connection in the kernel, even while it sits idle.
+        pg.keepalives_idle(KEEPALIVE_IDLE);
+        pg.keepalives_interval(KEEPALIVE_INTERVAL);
+        pg.keepalives_retries(KEEPALIVE_RETRIES);
         pg.tcp_user_timeout(bound);
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
