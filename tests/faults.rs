@@ -53,6 +53,31 @@ impl HealthWatch {
     }
 }
 
+/// A gateway behind a proxy, probing every second, its `/healthz` watched, with a stream that has
+/// received one event.
+struct Watched {
+    admin: tokio_postgres::Client,
+    app: tokio_postgres::Client,
+    proxy: FaultProxy,
+    gw: Gateway,
+    watch: HealthWatch,
+    follower: Follower,
+}
+
+impl Watched {
+    async fn start() -> Self {
+        let TestDb { url, admin, app } = TestDb::messages("").await;
+        let (proxy, mut config) = proxied(&url).await;
+        config.probe_interval = Duration::from_secs(1);
+        let gw = Gateway::start_with(config).await;
+        let watch = HealthWatch::start(gw.addr);
+        let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+        app.batch_execute("INSERT INTO messages (body) VALUES ('first')").await.unwrap();
+        wait_for("the first event", || async { received(&follower).len() == 1 }).await;
+        Self { admin, app, proxy, gw, watch, follower }
+    }
+}
+
 #[tokio::test]
 async fn a_connection_that_delays_every_packet_keeps_streams_working_and_loses_nothing() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
@@ -100,14 +125,7 @@ async fn the_proxy_freezes_the_connections_it_holds_and_lets_new_ones_pass() {
 
 #[tokio::test]
 async fn a_listen_connection_frozen_while_idle_is_replaced_within_two_probe_intervals() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let (proxy, mut config) = proxied(&url).await;
-    config.probe_interval = Duration::from_secs(1);
-    let gw = Gateway::start_with(config).await;
-    let watch = HealthWatch::start(gw.addr);
-    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
-    app.batch_execute("INSERT INTO messages (body) VALUES ('before')").await.unwrap();
-    wait_for("the first event", || async { received(&follower).len() == 1 }).await;
+    let Watched { admin, app, proxy, gw: _gw, watch, follower } = Watched::start().await;
 
     proxy.freeze();
     let frozen = Instant::now();
@@ -169,12 +187,7 @@ async fn frozen_pool_connections_answer_503_within_the_bound_and_are_dropped() {
 
 #[tokio::test]
 async fn a_listen_connection_frozen_during_a_flood_is_replaced_within_two_probe_intervals() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let (proxy, mut config) = proxied(&url).await;
-    config.probe_interval = Duration::from_secs(1);
-    let gw = Gateway::start_with(config).await;
-    let watch = HealthWatch::start(gw.addr);
-    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
+    let Watched { admin, app, proxy, gw: _gw, watch, follower } = Watched::start().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = tokio::spawn({
         let stop = stop.clone();
@@ -234,14 +247,7 @@ async fn a_replay_on_frozen_pool_connections_ends_and_resumes_on_fresh_ones() {
 
 #[tokio::test]
 async fn a_connection_cut_in_the_middle_of_a_large_row_loses_nothing() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let (proxy, mut config) = proxied(&url).await;
-    config.probe_interval = Duration::from_secs(1);
-    let gw = Gateway::start_with(config).await;
-    let watch = HealthWatch::start(gw.addr);
-    let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
-    app.batch_execute("INSERT INTO messages (body) VALUES ('small')").await.unwrap();
-    wait_for("the first event", || async { received(&follower).len() == 1 }).await;
+    let Watched { admin, app, proxy, gw, watch, follower } = Watched::start().await;
 
     // The listener's connection closes a quarter of the way into the 1 MB row.
     proxy.cut_after(256 * 1024);
