@@ -24,7 +24,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 /// `/healthz` and `/readyz` answer within a second whatever the database does.
-pub const HEALTH_BOUND: Duration = Duration::from_secs(1);
+const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
