@@ -261,6 +261,7 @@ BEGIN
             old_data := pgsse.project(ch, old_data);
         END IF;
     END IF;
+    -- An assignment, not PERFORM: it calls pgsse.stage as an expression, without a query around it.
     IF TG_OP = 'INSERT' THEN
         rang := pgsse.stage(TG_ARGV[0], TG_ARGV[2], new_data);
     ELSIF TG_OP = 'DELETE' THEN

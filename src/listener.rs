@@ -356,7 +356,7 @@ impl Listener {
                 .await?;
             let (moved, in_flight): (i64, bool) = (step.try_get(0)?, step.try_get(1)?);
             sequencing.record(Instant::now(), in_flight);
-            let (read, wake) = self.catch_up(log.client, log.fetch, conn, rows).await?;
+            let (read, wake) = self.catch_up(log.client, log.fetch, conn, rows, limit).await?;
             (events, woken) = (events + read, woken + wake);
             if moved < i64::from(sequencer::BATCH) {
                 return Ok((events, woken));
@@ -369,18 +369,18 @@ impl Listener {
         FETCH_BATCH.min(self.hub.fill_limit() as i64)
     }
 
-    /// Broadcasts `rows` (the log after `last_id`, read with [`Self::fetch_limit`]), then reads the rest in
-    /// batches; never waits on a subscriber. Returns how many events it read and how many streams that woke.
+    /// Broadcasts `rows` (the log after `last_id`, read with `limit`), then reads the rest in batches; never
+    /// waits on a subscriber. Returns how many events it read and how many streams that woke.
     async fn catch_up(
         &mut self,
         client: &Client,
         fetch: &Statement,
         conn: &mut Driven,
         mut rows: Vec<Row>,
+        mut limit: i64,
     ) -> Result<(u64, u64), ListenerError> {
         let Some(mut last) = self.last_id else { return Ok((0, 0)) };
         let (mut total, mut woken) = (0, 0);
-        let mut limit = self.fetch_limit();
         loop {
             let n = rows.len() as i64;
             let mut events = Vec::with_capacity(rows.len());
