@@ -24,13 +24,21 @@ pub struct Cluster {
     bin: PathBuf,
     /// `Some((uid, gid))` of `postgres` when we are root: initdb refuses to run as root.
     run_as: Option<(u32, u32)>,
+    /// Set for the server's processes (a benchmark's `LD_PRELOAD`, say).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     pub fn new(data_dir: impl Into<PathBuf>, port: u16) -> Result<Self, ClusterError> {
         let data_dir = std::path::absolute(data_dir.into())?;
         let run_as = if id(&["-u"])? == 0 { Some((id(&["-u", "postgres"])?, id(&["-g", "postgres"])?)) } else { None };
-        Ok(Self { data_dir, port, bin: find_bin_dir().ok_or(ClusterError::NoBinaries)?, run_as })
+        Ok(Self { data_dir, port, bin: find_bin_dir().ok_or(ClusterError::NoBinaries)?, run_as, env: Vec::new() })
+    }
+
+    /// Starts the server with `name=value` in its environment.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
     }
 
     pub fn url(&self, database: &str) -> String {
@@ -92,7 +100,7 @@ impl Cluster {
 
     fn command(&self, program: &str, args: &[&str]) -> Command {
         let exe = self.bin.join(program);
-        match self.run_as {
+        let mut cmd = match self.run_as {
             Some(_) => {
                 let mut cmd = Command::new("runuser");
                 cmd.args(["-u", "postgres", "--"]).arg(exe).args(args);
@@ -103,7 +111,9 @@ impl Cluster {
                 cmd.args(args);
                 cmd
             }
-        }
+        };
+        cmd.envs(self.env.iter().map(|(name, value)| (name, value)));
+        cmd
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, ClusterError> {

@@ -38,6 +38,10 @@ pub struct Args {
     /// machine compare a change back to back.
     #[arg(long, env = "PGSSE_BENCH_GATEWAY")]
     pub gateway: Option<std::path::PathBuf>,
+    /// For `writepath`: microseconds each WAL flush of its cluster waits first, as on a cloud disk (about
+    /// 1,000-2,000); 0 is this machine's own disk. Needs a C compiler (`cc`).
+    #[arg(long, default_value_t = 0)]
+    pub flush_delay_us: u64,
     /// Bytes of padding in each row.
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,

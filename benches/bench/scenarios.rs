@@ -158,7 +158,7 @@ impl Bench {
             reports.push(self.hoard().await);
         }
         if wanted("writepath") {
-            reports.extend(writepath::writepath(&self.gateway, &self.payload).await);
+            reports.extend(writepath::writepath(&self.gateway, &self.payload, args.flush_delay_us).await);
         }
         if wanted("post") {
             reports.extend(self.post().await);

@@ -1,6 +1,7 @@
 //! `writepath`: what publishing a table costs the writers that insert into it, on a cluster of its own with
 //! `fsync=on` (a production setting): 8 and 32 writers inserting single rows flat out into a published table
 //! and into an unpublished one of the same shape, alternated, with the gateway attached and 10 streams open.
+//! `--flush-delay-us` makes each flush as slow as a cloud disk's, where commits wait on the disk, not the CPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,10 +19,17 @@ const STREAMS: usize = 10;
 /// Issue 13's target: the published table keeps this share of the unpublished one's inserts per second.
 const TARGET_SHARE: f64 = 60.0;
 
-pub(super) async fn writepath(gateway: &std::path::Path, payload: &str) -> Vec<Report> {
+pub(super) async fn writepath(gateway: &std::path::Path, payload: &str, flush_delay_us: u64) -> Vec<Report> {
     let dir = std::env::temp_dir().join(format!("pgsse-bench-writepath-{}", std::process::id()));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cluster = Cluster::new(&dir, port).expect("a PostgreSQL installation");
+    let mut cluster = Cluster::new(&dir, port).expect("a PostgreSQL installation");
+    let shim = dir.with_extension("slowflush.so");
+    if flush_delay_us > 0 {
+        slow_flush(&shim);
+        cluster = cluster
+            .with_env("LD_PRELOAD", &shim.to_string_lossy())
+            .with_env("SLOW_FLUSH_US", &flush_delay_us.to_string());
+    }
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.init(false).expect("initdb");
         cluster.start().expect("start the fsync=on cluster");
@@ -70,7 +78,7 @@ pub(super) async fn writepath(gateway: &std::path::Path, payload: &str) -> Vec<R
             inserts: total,
             inserts_per_s: median_of(&published),
             note: format!(
-                "fsync=on; inserts/s published {} against unpublished {} (rounds alternated): {} % of it, \
+                "fsync=on, flush delay {flush_delay_us} us; inserts/s published {} against unpublished {} (rounds alternated): {} % of it, \
                  median {median:.1}% (target >= {TARGET_SHARE}%)",
                 list(&published),
                 list(&plain),
@@ -103,7 +111,20 @@ pub(super) async fn writepath(gateway: &std::path::Path, payload: &str) -> Vec<R
     drop(db);
     let _ = tokio::task::spawn_blocking(move || cluster.stop("fast")).await;
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(shim);
     reports
+}
+
+/// Builds the LD_PRELOAD library that delays PostgreSQL's flushes.
+fn slow_flush(out: &std::path::Path) {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/bench/slowflush.c");
+    let status = std::process::Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(out)
+        .args([source, "-ldl"])
+        .status()
+        .expect("--flush-delay-us needs a C compiler (cc)");
+    assert!(status.success(), "cc {source} failed");
 }
 
 /// `writers` connections inserting one row per transaction into `table` for a round; returns the count
