@@ -492,6 +492,107 @@ SET enable_bitmapscan = off SET enable_sort = off SET jit = off SET search_path 
     ORDER BY e.id LIMIT p_limit
 $$;
 
+-- The columns a snapshot may filter and order on: the published ones, under the names events carry them.
+CREATE OR REPLACE FUNCTION pgsse.snapshot_columns(ch pgsse.channels, OUT key text, OUT col name, OUT typ text)
+RETURNS SETOF record LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT CASE WHEN ch.camel_case THEN pgsse.camel_case(a.attname) ELSE a.attname::text END, a.attname,
+           format_type(a.atttypid, a.atttypmod)
+      FROM pg_attribute a
+     WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
+       AND (ch.columns IS NULL OR a.attname = ANY (ch.columns))
+       AND (ch.exclude_columns IS NULL OR NOT a.attname = ANY (ch.exclude_columns))
+     ORDER BY a.attnum
+$$;
+
+-- The FROM, WHERE and ORDER BY of a snapshot of table channel ch. p_filters: [{"key", "op", "value"}]
+-- ("value" a list for "in"), p_order: [{"key", "desc"}]; keys name published columns. The request's
+-- values stay in p_filters, which the query reads as its parameter $1, each cast to its column's type so
+-- that the table's own indexes serve the filter; only catalog names are written into the text.
+CREATE OR REPLACE FUNCTION pgsse.snapshot_query(ch pgsse.channels, p_filters jsonb, p_order jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    conds text[] := '{}';
+    ord   text[] := '{}';
+    f     record;
+    c     record;
+    op    text;
+BEGIN
+    IF ch.source_table IS NULL THEN
+        RAISE EXCEPTION 'pgsse: channel % has no table, so there are no rows to snapshot', quote_literal(ch.name)
+            USING ERRCODE = '22023', HINT = 'snapshot=true is for channels made by pgsse.publish_table';
+    END IF;
+    FOR f IN SELECT e.value AS v, e.ordinality - 1 AS n FROM jsonb_array_elements(p_filters) WITH ORDINALITY AS e
+             UNION ALL
+             SELECT e.value, NULL FROM jsonb_array_elements(p_order) AS e LOOP
+        SELECT * INTO c FROM pgsse.snapshot_columns(ch) s WHERE s.key = f.v->>'key';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'pgsse: % is not a published column of channel %', quote_literal(f.v->>'key'),
+                quote_literal(ch.name) USING ERRCODE = '42703',
+                HINT = 'its columns: ' || (SELECT string_agg(s.key, ', ') FROM pgsse.snapshot_columns(ch) s);
+        END IF;
+        IF f.n IS NULL THEN
+            ord := ord || format('t.%I %s', c.col, CASE WHEN (f.v->>'desc')::boolean THEN 'DESC' ELSE 'ASC' END);
+            CONTINUE;
+        END IF;
+        op := CASE f.v->>'op' WHEN 'eq' THEN '=' WHEN 'neq' THEN '<>' WHEN 'lt' THEN '<' WHEN 'lte' THEN '<='
+                              WHEN 'gt' THEN '>' WHEN 'gte' THEN '>=' END;
+        conds := conds || CASE
+            WHEN f.v->>'op' = 'is' THEN
+                format('t.%I IS %s', c.col, CASE f.v->>'value' WHEN 'true' THEN 'TRUE' WHEN 'false' THEN 'FALSE' ELSE 'NULL' END)
+            WHEN f.v->>'op' = 'in' THEN
+                format('t.%I = ANY (ARRAY(SELECT jsonb_array_elements_text($1->%s->''value''))::%s[])', c.col, f.n, c.typ)
+            WHEN op IS NOT NULL THEN format('t.%I %s ($1->%s->>''value'')::%s', c.col, op, f.n, c.typ)
+        END;
+        IF conds[cardinality(conds)] IS NULL THEN
+            RAISE EXCEPTION 'pgsse: unknown filter operator %', quote_literal(f.v->>'op') USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    RETURN format('FROM %s t', ch.source_table)
+        || CASE WHEN cardinality(conds) > 0 THEN ' WHERE ' || array_to_string(conds, ' AND ') ELSE '' END
+        || CASE WHEN cardinality(ord) > 0 THEN ' ORDER BY ' || array_to_string(ord, ', ') ELSE '' END;
+END
+$$;
+
+-- The current rows of table channel p_channel as its events carry them (projected), at most p_limit.
+-- The gateway's role need not read the table: this runs as pgsse's owner and returns published columns only.
+CREATE OR REPLACE FUNCTION pgsse.snapshot(p_channel text, p_filters jsonb, p_order jsonb, p_limit bigint)
+RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    RETURN QUERY EXECUTE 'SELECT pgsse.project($2, to_jsonb(t)) ' || pgsse.snapshot_query(ch, p_filters, p_order)
+        || ' LIMIT $3' USING p_filters, ch, p_limit;
+END
+$$;
+
+-- How many rows pgsse.snapshot would return, counting no further than p_cap; refuses what it would refuse.
+CREATE OR REPLACE FUNCTION pgsse.snapshot_count(p_channel text, p_filters jsonb, p_order jsonb, p_cap bigint)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels;
+    n  bigint;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    PERFORM pgsse.snapshot_query(ch, p_filters, p_order);
+    EXECUTE 'SELECT count(*) FROM (SELECT 1 ' || pgsse.snapshot_query(ch, p_filters, '[]') || ' LIMIT $2) s'
+        INTO n USING p_filters, p_cap;
+    RETURN n;
+END
+$$;
+
+-- Where a stream that starts with a snapshot goes on, read in the snapshot's own transaction: after the
+-- newest event in the log (head), skipping the events of the transactions in pending. Those committed
+-- before the snapshot, so it holds their changes, but their events were still staged: they will come
+-- after head.
+CREATE OR REPLACE FUNCTION pgsse.snapshot_seam(p_channels text[], OUT head bigint, OUT pending bigint[])
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT coalesce((SELECT max(e.id) FROM pgsse.events e
+                      WHERE e.id <= (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END
+                                       FROM pgsse.event_id_seq q)), 0),
+           ARRAY(SELECT DISTINCT s.txid::text::bigint FROM pgsse.staged s WHERE s.channel = ANY (p_channels))
+$$;
+
 -- Every id at or below this may be missing from a stream on p_channels: the log-wide watermark (time
 -- retention) or the highest of the channels' own (count retention).
 CREATE OR REPLACE FUNCTION pgsse.watermark(p_channels text[]) RETURNS bigint
@@ -788,7 +889,8 @@ GRANT EXECUTE ON FUNCTION
     pgsse.insert_json(text, jsonb), pgsse.publish_json(text, text, jsonb), pgsse.clear_channel(text, boolean),
     pgsse.record_clear(text), pgsse.camel_case(text), pgsse.sequence(integer, boolean),
     pgsse.sequenced(xid8, bigint, text), pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb),
-    pgsse.camel_keys(jsonb)
+    pgsse.camel_keys(jsonb), pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
+    pgsse.snapshot_seam(text[])
     TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
 

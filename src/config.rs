@@ -23,6 +23,7 @@ pub const DEFAULT_PROBE_INTERVAL: &str = "10s";
 /// Above `pgsse.sequenced`'s 10 s lock timeout, so a POST that waits for a busy sequencing step gets its id.
 pub const DEFAULT_DB_TIMEOUT: &str = "15s";
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
+pub const DEFAULT_SNAPSHOT_MAX_ROWS: usize = 10_000;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 pub const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
@@ -121,6 +122,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_MAX_CHANNELS", default_value_t = DEFAULT_MAX_CHANNELS,
           value_parser = parse_positive)]
     pub max_channels: usize,
+
+    /// Most rows a stream's snapshot (`?snapshot=true`) may send; a larger one is refused, asking for a `limit`.
+    #[arg(long, env = "PGSSE_SNAPSHOT_MAX_ROWS", default_value_t = DEFAULT_SNAPSHOT_MAX_ROWS,
+          value_parser = parse_positive)]
+    pub snapshot_max_rows: usize,
 
     /// Connections in the pool used for replay and lookups (the LISTEN connection is separate).
     #[arg(long, env = "PGSSE_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE,
@@ -329,6 +335,7 @@ pub struct Config {
     pub queue_capacity: usize,
     pub max_connections: usize,
     pub max_channels: usize,
+    pub snapshot_max_rows: usize,
     pub pool_size: usize,
     pub db_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -425,6 +432,7 @@ impl Config {
             queue_capacity: args.queue_capacity,
             max_connections: args.max_connections,
             max_channels: args.max_channels,
+            snapshot_max_rows: args.snapshot_max_rows,
             pool_size: args.pool_size,
             db_timeout: args.db_timeout,
             shutdown_timeout: args.shutdown_timeout,

@@ -129,6 +129,27 @@ impl Filter {
         })
     }
 
+    /// The conditions as `pgsse.snapshot` takes them, to run in SQL: `[{"key", "op", "value"}]`.
+    pub fn to_sql_json(&self) -> Value {
+        let text = |l: &Literal| Value::String(l.text.clone());
+        let conditions = self.conditions.iter().map(|c| {
+            let (op, value) = match &c.op {
+                Op::Eq(l) => ("eq", text(l)),
+                Op::Neq(l) => ("neq", text(l)),
+                Op::Lt(l) => ("lt", text(l)),
+                Op::Lte(l) => ("lte", text(l)),
+                Op::Gt(l) => ("gt", text(l)),
+                Op::Gte(l) => ("gte", text(l)),
+                Op::In(list) => ("in", Value::Array(list.iter().map(text).collect())),
+                Op::IsNull => ("is", "null".into()),
+                Op::IsTrue => ("is", "true".into()),
+                Op::IsFalse => ("is", "false".into()),
+            };
+            serde_json::json!({ "key": c.path.join("."), "op": op, "value": value })
+        });
+        Value::Array(conditions.collect())
+    }
+
     /// Parses `data` (JSON text) and tests it; data that is not JSON matches no filter.
     pub fn matches_text(&self, data: &[u8]) -> bool {
         self.is_empty() || serde_json::from_slice::<Value>(data).is_ok_and(|v| self.matches(&v))
@@ -281,6 +302,17 @@ mod tests {
         assert!(Filter::parse([("a", long.as_str())]).is_err());
         let many: Vec<(&str, &str)> = (0..17).map(|_| ("a", "eq.1")).collect();
         assert_eq!(Filter::parse(many), Err(FilterError::TooMany));
+    }
+
+    #[test]
+    fn conditions_for_sql() {
+        let f = filter(&[("status", "in.(open,\"a,b\")"), ("user_id", "gte.4"), ("note", "is.null")]);
+        assert_eq!(
+            f.to_sql_json(),
+            json!([{"key": "status", "op": "in", "value": ["open", "a,b"]},
+                   {"key": "user_id", "op": "gte", "value": "4"},
+                   {"key": "note", "op": "is", "value": "null"}])
+        );
     }
 
     #[test]

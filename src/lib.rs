@@ -13,7 +13,7 @@
 //!   [`limits`]: streams per gateway and per client, and counts of refusals; [`metrics`]: `/metrics`.
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
-//!   [`filter`]: row filters on event data.
+//!   [`filter`]: row filters on event data; [`snapshot`]: a table's current rows at the start of a stream.
 //! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
@@ -38,6 +38,7 @@ pub mod retention;
 pub mod routes;
 pub mod sequencer;
 pub mod server;
+pub mod snapshot;
 pub mod sse;
 pub mod store;
 pub mod stream;

@@ -21,6 +21,7 @@ use crate::limits::{LimitError, StreamSlot};
 use crate::metrics::Counters;
 use crate::migrate;
 use crate::server::AppState;
+use crate::snapshot::{Shape, SnapshotError, RESERVED};
 use crate::sse::SseBody;
 use crate::store::{Readiness, Rejection, StoreError};
 use crate::stream::{self, StreamError};
@@ -108,6 +109,7 @@ impl ApiError {
             ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StreamError::Snapshot(err) if !err.is_request() => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             },
             ApiError::Command(err) => match err {
@@ -135,7 +137,9 @@ impl ApiError {
         }
         // Database errors carry SQL details; clients only learn that the database is unavailable.
         let message = match &self {
-            ApiError::Stream(StreamError::Store(_)) => "database unavailable, try again".to_string(),
+            ApiError::Stream(StreamError::Store(_) | StreamError::Snapshot(SnapshotError::Store(_))) => {
+                "database unavailable, try again".to_string()
+            }
             ApiError::Command(CommandError::Store(err)) if !matches!(err, StoreError::Rejected { .. }) => {
                 "database unavailable, try again".to_string()
             }
@@ -312,14 +316,17 @@ fn query_token(raw: Option<&str>) -> Option<String> {
     form_urlencoded::parse(raw.unwrap_or("").as_bytes()).find(|(k, _)| k == ACCESS_TOKEN).map(|(_, v)| v.into_owned())
 }
 
-/// A stream's query: `channel`, `last_event_id` and `access_token`; every other parameter is a row
-/// filter, parsed strictly so that a typo is refused rather than silently matching everything.
+/// A stream's query: `channel`, `last_event_id`, `access_token` and the snapshot's shape (`snapshot`,
+/// `order`, `limit`); every other parameter is a row filter, parsed strictly so that a typo is refused
+/// rather than silently matching everything.
 #[derive(Default)]
 struct Query {
     channels: Vec<String>,
     last_event_id: Option<String>,
     access_token: Option<String>,
     filter: Option<Filter>,
+    /// `snapshot`, `order` and `limit`, as given.
+    shape: [Option<String>; 3],
 }
 
 impl Query {
@@ -332,6 +339,12 @@ impl Query {
                 "last_event_id" if q.last_event_id.is_none() => q.last_event_id = Some(value.into_owned()),
                 "last_event_id" => return Err(ApiError::BadQuery("last_event_id given more than once".into())),
                 ACCESS_TOKEN => q.access_token = Some(value.into_owned()),
+                name if RESERVED.contains(&name) => {
+                    let i = RESERVED.iter().position(|r| *r == name).unwrap_or_default();
+                    if q.shape[i].replace(value.into_owned()).is_some() {
+                        return Err(StreamError::from(SnapshotError::Repeated(RESERVED[i])).into());
+                    }
+                }
                 _ => filters.push((key.into_owned(), value.into_owned())),
             }
         }
@@ -350,6 +363,8 @@ async fn events<B>(
 ) -> Result<Response<Body>, ApiError> {
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
+    let [snapshot, order, limit] = query.shape.each_ref().map(Option::as_deref);
+    let shape = Shape::parse(snapshot, order, limit, state.config.snapshot_max_rows).map_err(StreamError::Snapshot)?;
     let channels = stream::check_names(state, channels)?;
     let token = query.access_token.as_deref();
     let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
@@ -363,7 +378,7 @@ async fn events<B>(
     }
     tracing::debug!(?channels, ?resume, "stream opened");
     let slot = state.limits.admit(state.limits.client(peer, req.headers()))?;
-    let body = stream::open(state, channels, resume, filters, access.expires())
+    let body = stream::open(state, channels, resume, shape, filters, access.expires())
         .await?
         .holding(slot)
         .counted(state.metrics.counters.clone());

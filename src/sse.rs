@@ -31,13 +31,22 @@ pub enum EncodeError {
 /// Encodes one event. `data` may hold line breaks of any style: each line becomes its own `data:` field,
 /// which is what makes payload text unable to forge fields or end the event early.
 pub fn encode(id: i64, event: &str, data: &str) -> Result<Bytes, EncodeError> {
+    let mut buf = BytesMut::with_capacity(data.len() + event.len() + 40);
+    encode_into(&mut buf, Some(id), event, data)?;
+    Ok(buf.freeze())
+}
+
+/// Appends one event to `buf`; without `id`, the client's last event id stays what it was.
+pub fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data: &str) -> Result<(), EncodeError> {
     if event.contains(['\r', '\n']) {
         return Err(EncodeError::EventNameLineBreak);
     }
-    let mut buf = BytesMut::with_capacity(data.len() + event.len() + 40);
-    buf.put_slice(b"id: ");
-    buf.put_slice(id.to_string().as_bytes());
-    buf.put_slice(b"\nevent: ");
+    if let Some(id) = id {
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.to_string().as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_slice(b"event: ");
     buf.put_slice(event.as_bytes());
     buf.put_u8(b'\n');
     for line in split_lines(data) {
@@ -46,7 +55,7 @@ pub fn encode(id: i64, event: &str, data: &str) -> Result<Bytes, EncodeError> {
         buf.put_u8(b'\n');
     }
     buf.put_u8(b'\n');
-    Ok(buf.freeze())
+    Ok(())
 }
 
 /// Splits on CRLF, CR and LF alike, as an SSE parser does; an empty input is one empty line.
@@ -279,6 +288,14 @@ mod tests {
         let out = enc(3, "m", "x\n\nevent: evil\nid: 99\ndata: y");
         assert_eq!(out, "id: 3\nevent: m\ndata: x\ndata: \ndata: event: evil\ndata: id: 99\ndata: data: y\n\n");
         assert_eq!(out.matches("\n\n").count(), 1, "exactly one event terminator");
+    }
+
+    #[test]
+    fn encodes_without_id() {
+        let mut buf = BytesMut::from(&b"x"[..]);
+        encode_into(&mut buf, None, "insert", "a\nb").unwrap();
+        assert_eq!(&buf[..], b"xevent: insert\ndata: a\ndata: b\n\n");
+        assert_eq!(encode_into(&mut buf, None, "a\nb", "x"), Err(EncodeError::EventNameLineBreak));
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub enum Rejection {
 
 impl StoreError {
     /// Sorts database errors caused by the request's data from the rest, phrasing the former without SQL.
-    fn from_db(err: tokio_postgres::Error) -> Self {
+    pub(crate) fn from_db(err: tokio_postgres::Error) -> Self {
         let Some(db) = err.as_db_error() else { return StoreError::Query(err) };
         let code = db.code().code();
         let constraint = db.constraint().unwrap_or("unnamed");
@@ -127,6 +127,8 @@ pub struct EventRow {
     pub channel: String,
     pub event: String,
     pub payload: String,
+    /// The writing transaction, where the read asked for it (replay does, for a snapshot's seam).
+    pub txid: Option<i64>,
 }
 
 /// The highest id the sequence has handed out, committed or not, as a scalar subquery. Every read of the
@@ -161,7 +163,7 @@ impl EventRow {
         let Ok(payload) = String::from_utf8(row.try_get::<_, Vec<u8>>(3)?) else {
             return Ok(Err(Undecodable { id }));
         };
-        Ok(Ok(Self { id, channel: row.try_get(1)?, event: row.try_get(2)?, payload }))
+        Ok(Ok(Self { id, channel: row.try_get(1)?, event: row.try_get(2)?, payload, txid: None }))
     }
 
     /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:
@@ -255,6 +257,13 @@ impl Store {
                 Err(StoreError::Timeout(bound))
             }
         }
+    }
+
+    /// A pooled connection of its own, for work longer than one bounded query (a snapshot's transaction).
+    pub async fn session(&self) -> Result<(deadpool_postgres::Object, Duration), StoreError> {
+        let client =
+            tokio::time::timeout(self.bound, self.pool.get()).await.map_err(|_| StoreError::Timeout(self.bound))??;
+        Ok((client, self.bound))
     }
 
     /// [`Self::bounded`] by `--db-timeout`.
@@ -468,10 +477,10 @@ impl Store {
             // sum one addition a row.
             let stmt = client
                 .prepare_cached(&format!(
-                    "SELECT id, channel, event, payload, mark FROM ( \
+                    "SELECT id, channel, event, payload, mark, txid FROM ( \
                        SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
                        FROM ( \
-                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark FROM pgsse.watermark($3) AS w(mark) \
+                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark, e.txid::text::int8 AS txid FROM pgsse.watermark($3) AS w(mark) \
                          LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
                        ) r \
                      ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
@@ -492,7 +501,7 @@ impl Store {
                     match EventRow::from_row(row)? {
                         Ok(event) => {
                             bytes += event.payload.len() as i64;
-                            events.push(event);
+                            events.push(EventRow { txid: row.try_get(5)?, ..event });
                         }
                         Err(_) => bytes += PAGE_BYTES,
                     }

@@ -1,6 +1,7 @@
 //! Opening one SSE stream: validate its channels, then either go live at once or replay from the log and
 //! switch to live frames at an exact seam (no gap, no duplicate).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,7 @@ use crate::filter::ChannelFilters;
 use crate::hub::HubError;
 use crate::metrics::Counters;
 use crate::server::AppState;
+use crate::snapshot::{Shape, Snapshot, SnapshotError};
 use crate::sse::{self, Feed, SseBody};
 use crate::store::{EventRow, StoreError, REPLAY_BATCH};
 
@@ -21,6 +23,8 @@ const START_WAIT: Duration = Duration::from_secs(5);
 /// How often a resuming stream asks for the log again while the database is away.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often a stream after a snapshot looks for the snapshot's transactions in the log.
+const AWAIT_POLL: Duration = Duration::from_millis(5);
 
 /// Same rule as `pgsse.valid_channel` in SQL.
 pub fn valid_channel(name: &str) -> bool {
@@ -43,6 +47,8 @@ pub enum StreamError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Checks names and removes duplicates, without asking the database: this is all that may happen before
@@ -70,12 +76,14 @@ pub async fn check_known(state: &AppState, channels: &[String]) -> Result<(), St
     Ok(())
 }
 
-/// Opens a stream; each channel's filter applies to replayed and live events alike. The stream ends by
-/// itself at `expires` (the end of the client's token), and the client reconnects with a fresh one.
+/// Opens a stream; each channel's filter applies to replayed and live events alike. A stream that does
+/// not resume may start with a snapshot of the channels' tables. The stream ends by itself at `expires`
+/// (the end of the client's token), and the client reconnects with a fresh one.
 pub async fn open(
     state: &Arc<AppState>,
     channels: Vec<String>,
     resume: Option<i64>,
+    snapshot: Option<Shape>,
     filters: ChannelFilters,
     expires: Option<SystemTime>,
 ) -> Result<SseBody, StreamError> {
@@ -86,28 +94,58 @@ pub async fn open(
         expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
     // Until the listener has read the head once there is no seam to make: such a new gateway is not ready.
     state.hub.wait_started(START_WAIT).await?;
-    let Some(after) = resume else {
-        let (sub, _) = state.hub.subscribe(&channels, &filters)?;
-        // A new stream starts at the database's present, not at the listener's: an event that committed
-        // before this request but was not yet broadcast must not reach it. Subscribing first means every
-        // event after that head still arrives live.
-        let skip_through = match state.store.committed_head().await {
-            Ok(head) => head,
-            Err(err) => {
-                debug!(cause = %err, "no committed head; starting at the listener's");
-                0
-            }
-        };
-        return Ok(SseBody::live(prelude, sub, skip_through, heartbeat).ending_at(expires));
+    let (tx, rx) = mpsc::channel(1);
+    let start = match (resume, snapshot) {
+        (Some(after), _) => Start::Resume(after),
+        (None, Some(shape)) => {
+            let max = state.config.snapshot_max_rows;
+            Start::Snapshot(Snapshot::begin(&state.store, &channels, &filters, &shape, max).await?)
+        }
+        (None, None) => {
+            let (sub, _) = state.hub.subscribe(&channels, &filters)?;
+            // A new stream starts at the database's present, not at the listener's: an event that committed
+            // before this request but was not yet broadcast must not reach it. Subscribing first means every
+            // event after that head still arrives live.
+            let skip_through = match state.store.committed_head().await {
+                Ok(head) => head,
+                Err(err) => {
+                    debug!(cause = %err, "no committed head; starting at the listener's");
+                    0
+                }
+            };
+            return Ok(SseBody::live(prelude, sub, skip_through, heartbeat).ending_at(expires));
+        }
     };
     // One batch waits here while the body writes the one before: a client that stops reading pins two
     // batches (each at most `PAGE_BYTES` beyond one event), never the backlog.
-    let (tx, rx) = mpsc::channel(1);
-    let replay = Replay { state: state.clone(), channels, filters, tx, limit: REPLAY_BATCH };
+    let mut replay = Replay {
+        state: state.clone(),
+        channels,
+        filters,
+        tx,
+        limit: REPLAY_BATCH,
+        skip: HashSet::new(),
+        awaiting: HashSet::new(),
+    };
     let token = state.shutdown.clone();
     tokio::spawn(async move {
+        let run = async {
+            let after = match start {
+                Start::Resume(after) => after,
+                Start::Snapshot(snapshot) => {
+                    let (head, pending) = (snapshot.head, snapshot.pending.clone());
+                    if !snapshot.send(&replay.tx).await? {
+                        return Err(ReplayError::Gone);
+                    }
+                    replay.skip.extend(pending.iter().copied());
+                    replay.awaiting.extend(pending);
+                    head
+                }
+            };
+            replay.run(after).await
+        };
         tokio::select! {
-            result = replay.run(after) => match result {
+            result = run => match result {
                 Ok(()) => {}
                 Err(ReplayError::Gone) => debug!("client left during replay"),
                 Err(err) => warn!(cause = %err, "replay failed; ending the stream so the client resumes"),
@@ -116,6 +154,12 @@ pub async fn open(
         }
     });
     Ok(SseBody::replaying(prelude, rx, heartbeat).ending_at(expires))
+}
+
+/// Where a stream that does not start live begins.
+enum Start {
+    Resume(i64),
+    Snapshot(Snapshot),
 }
 
 /// The `reset` event: the requested id is no longer (or never was) in the log; the stream goes on
@@ -133,6 +177,11 @@ struct Replay {
     /// Rows the next query asks for: twice what the byte budget let through last time, so large events
     /// are not rendered by PostgreSQL only to be cut.
     limit: i64,
+    /// Transactions whose events are not sent: a snapshot before the replay already holds their changes.
+    skip: HashSet<i64>,
+    /// Those of `skip` not read yet: the stream goes live only once they have passed, or their events
+    /// could arrive live.
+    awaiting: HashSet<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +190,8 @@ enum ReplayError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("client went away")]
     Gone,
 }
@@ -157,12 +208,33 @@ impl Replay {
         // Most of the history is read before registering, so a long replay does not fill the live queue.
         // It stops at the issued head: a row beyond what the sequence issued is not pgsse's.
         while self.batch(&mut cursor, Some(head)).await? {}
+        self.await_skipped(&mut cursor).await?;
         let (sub, live_from) = self.state.hub.subscribe(&self.channels, &self.filters)?;
         if cursor < live_from {
             while self.batch(&mut cursor, Some(live_from)).await? {}
         }
         debug!(cursor, live_from, "replay done, going live");
         self.send(Feed::Live { sub, skip_through: cursor }).await
+    }
+
+    /// Reads on until every transaction a snapshot skips has been read past. Such a transaction committed
+    /// before the snapshot, so the gateway sequences it within moments; past `--db-timeout` the stream
+    /// goes live anyway (its events could then repeat rows of the snapshot) and says why in the log.
+    async fn await_skipped(&mut self, cursor: &mut i64) -> Result<(), ReplayError> {
+        let deadline = Instant::now() + self.state.config.db_timeout;
+        while !self.awaiting.is_empty() {
+            if Instant::now() >= deadline {
+                warn!(transactions = self.awaiting.len(), "a snapshot's transactions did not reach the log in time");
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(AWAIT_POLL) => {}
+                _ = self.tx.closed() => return Err(ReplayError::Gone),
+            }
+            let head = self.issued_head().await?;
+            while self.batch(cursor, Some(head)).await? {}
+        }
+        Ok(())
     }
 
     /// Waits out a database outage with the stream already open: a browser's EventSource gives up for
@@ -193,8 +265,13 @@ impl Replay {
             chunk.extend_from_slice(&reset_frame(batch.watermark, "pruned"));
         }
         let after = *cursor;
+        for txid in batch.rows.iter().filter_map(|row| row.txid) {
+            self.awaiting.remove(&txid);
+        }
         let wanted = |row: &&EventRow| {
-            row.id > after && self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()))
+            row.id > after
+                && row.txid.is_none_or(|t| !self.skip.contains(&t))
+                && self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()))
         };
         let mut sent = 0;
         for (frame, _) in batch.rows.iter().filter(wanted).filter_map(EventRow::encode) {
