@@ -220,9 +220,9 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
     }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
-    if state.config.demo && req.method() == Method::GET {
-        if let Some(page) = web::page(&path) {
-            return Ok(page);
+    if req.method() == Method::GET {
+        if let Some(file) = web::module(&path).or_else(|| state.config.demo.then(|| web::page(&path)).flatten()) {
+            return Ok(file);
         }
     }
     match segments.as_slice() {

@@ -99,7 +99,7 @@ pub async fn open(
         (Some(after), _) => Start::Resume(after),
         (None, Some(shape)) => {
             let max = state.config.snapshot_max_rows;
-            Start::Snapshot(Snapshot::begin(&state.store, &channels, &filters, &shape, max).await?)
+            Start::Snapshot(Box::new(Snapshot::begin(&state.store, &channels, &filters, &shape, max).await?))
         }
         (None, None) => {
             let (sub, _) = state.hub.subscribe(&channels, &filters)?;
@@ -159,7 +159,7 @@ pub async fn open(
 /// Where a stream that does not start live begins.
 enum Start {
     Resume(i64),
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
 }
 
 /// The `reset` event: the requested id is no longer (or never was) in the log; the stream goes on

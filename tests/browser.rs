@@ -131,7 +131,7 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     app.execute("INSERT INTO messages (body) VALUES ('before the stop')", &[]).await.unwrap();
     browser.wait("feed", &feed_has("before the stop")).await;
     gw.shutdown().await;
-    browser.wait("feed", "document.getElementById('status').dataset.state === 'closed'").await;
+    browser.wait("feed", "document.getElementById('status').dataset.state === 'reconnecting'").await;
     for body in ["written while down 1", "written while down 2"] {
         app.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
     }

@@ -232,3 +232,18 @@ async fn snapshot_and_follow_under_concurrent_writes() {
         assert_eq!(replica.rows, table, "client {c} rebuilt the table");
     }
 }
+
+/// The client module is served in every mode, with its types beside it.
+#[tokio::test]
+async fn the_client_module_is_served() {
+    let db = orders().await;
+    let gw = Gateway::start(&db.url).await;
+    for (path, content_type, text) in [
+        ("/pgsse.js", "text/javascript; charset=utf-8", "export function live(url, options)"),
+        ("/pgsse.d.ts", "application/typescript; charset=utf-8", "export declare function live<"),
+    ] {
+        let resp = common::get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!((resp.status, resp.headers["content-type"].as_str()), (200, content_type), "{path}");
+        assert!(resp.body.contains(text), "{path}");
+    }
+}
