@@ -33,6 +33,8 @@ pub struct Counters {
     pub bytes_sent: AtomicU64,
     pub replays: AtomicU64,
     pub events_replayed: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub snapshot_queries: AtomicU64,
     pub auth_unauthenticated: AtomicU64,
     pub auth_forbidden: AtomicU64,
 }
@@ -185,6 +187,12 @@ impl Collector for Metrics {
             ),
             ("pgsse_replays", "Streams that resumed from the log (Last-Event-ID).", &sent.replays),
             ("pgsse_events_replayed", "Events sent from the log to resuming streams.", &sent.events_replayed),
+            ("pgsse_snapshots", "Streams that started with a snapshot of their tables.", &sent.snapshots),
+            (
+                "pgsse_snapshot_queries",
+                "Snapshots read from the database (identical requests arriving together share one).",
+                &sent.snapshot_queries,
+            ),
         ] {
             counter_of(&mut encoder, name, help, counter)?;
         }

@@ -20,6 +20,7 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::metrics::Metrics;
+use crate::snapshot::Shared;
 use crate::store::{Store, StoreError};
 use crate::{conn, retention, routes};
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub cors: Cors,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    pub snapshots: Shared,
     /// Cancelled on shutdown: ends every stream body and the listener.
     pub shutdown: CancellationToken,
 }
@@ -103,6 +105,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         hub,
         listener: status,
         cors: Cors::new(&config.cors_origins),
+        snapshots: Shared::default(),
         shutdown: CancellationToken::new(),
         config,
     });

@@ -3,11 +3,16 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
 use deadpool_postgres::Object;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::filter::ChannelFilters;
 use crate::sse::{self, Feed};
@@ -16,6 +21,9 @@ use crate::store::{Store, StoreError};
 /// Snapshot rows are sent in chunks of about this size: small enough that a client that does not read
 /// pins little, large enough that a big snapshot is not a write per row.
 const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Snapshots of at most this many rows are read whole and shared by identical requests arriving together.
+const SHARED_ROWS: i64 = 1000;
 
 /// The query parameters that shape a snapshot; reserved, so never row filters.
 pub const RESERVED: [&str; 3] = ["snapshot", "order", "limit"];
@@ -153,6 +161,8 @@ pub struct Snapshot {
     pub head: i64,
     /// Transactions whose changes the snapshot holds but whose events come after `head`: skipped.
     pub pending: Vec<i64>,
+    /// At most this many rows will come: the limit, or the count.
+    rows: i64,
 }
 
 impl Snapshot {
@@ -174,6 +184,7 @@ impl Snapshot {
             limit: shape.limit,
             head: 0,
             pending: Vec::new(),
+            rows: 0,
         };
         match snapshot.prepare(channels, filters, shape, max_rows).await {
             Ok(()) => Ok(snapshot),
@@ -215,6 +226,7 @@ impl Snapshot {
             if rows > max_rows as i64 {
                 return Err(SnapshotError::TooLarge(channel.clone(), max_rows));
             }
+            self.rows += shape.limit.unwrap_or(rows);
             self.parts.push(Part { channel: channel.clone(), insert_event, filters });
         }
         Ok(())
@@ -222,7 +234,20 @@ impl Snapshot {
 
     /// Sends every row as its channel's insert event without an id, then `snapshot-end` carrying the
     /// head as its id, and ends the transaction. `Ok(false)`: the client went away.
-    pub async fn send(mut self, tx: &mpsc::Sender<Feed>) -> Result<bool, SnapshotError> {
+    pub async fn send(self, tx: &mpsc::Sender<Feed>) -> Result<bool, SnapshotError> {
+        self.read(Sink::Channel(tx)).await
+    }
+
+    /// Reads the whole snapshot into memory, for identical requests to share.
+    async fn take(self) -> Result<Taken, SnapshotError> {
+        let (head, pending) = (self.head, self.pending.clone());
+        let mut chunks = Vec::new();
+        self.read(Sink::Buffer(&mut chunks)).await?;
+        Ok(Taken { chunks, head, pending })
+    }
+
+    /// Hands the encoded snapshot to `sink` chunk by chunk, as rows are read; stops when it says no.
+    async fn read(mut self, mut sink: Sink<'_>) -> Result<bool, SnapshotError> {
         let mut chunk = BytesMut::new();
         let mut sent: u64 = 0;
         for part in &self.parts {
@@ -238,7 +263,7 @@ impl Snapshot {
                     continue;
                 }
                 sent += 1;
-                if chunk.len() >= CHUNK_BYTES && tx.send(Feed::Chunk(chunk.split().freeze())).await.is_err() {
+                if chunk.len() >= CHUNK_BYTES && !sink.put(chunk.split().freeze()).await {
                     return Ok(false);
                 }
             }
@@ -247,7 +272,7 @@ impl Snapshot {
         self.open = false;
         let end = json!({ "rows": sent, "through": self.head }).to_string();
         sse::encode_into(&mut chunk, Some(self.head), "snapshot-end", &end).expect("a constant event name");
-        Ok(tx.send(Feed::Chunk(chunk.freeze())).await.is_ok())
+        Ok(sink.put(chunk.freeze()).await)
     }
 
     fn client(&self) -> &Object {
@@ -263,6 +288,91 @@ impl Snapshot {
             Ok(outcome) => outcome.map_err(|e| SnapshotError::from_db(e, self.bound)),
             Err(_) => Err(SnapshotError::TimedOut(self.bound)),
         }
+    }
+}
+
+/// Where [`Snapshot::read`] puts the encoded snapshot.
+enum Sink<'a> {
+    Channel(&'a mpsc::Sender<Feed>),
+    Buffer(&'a mut Vec<Bytes>),
+}
+
+impl Sink<'_> {
+    /// `false` once the stream's client has gone.
+    async fn put(&mut self, chunk: Bytes) -> bool {
+        match self {
+            Sink::Channel(tx) => tx.send(Feed::Chunk(chunk)).await.is_ok(),
+            Sink::Buffer(chunks) => {
+                chunks.push(chunk);
+                true
+            }
+        }
+    }
+}
+
+/// A snapshot read whole: its encoded rows and `snapshot-end`, and where its stream goes on.
+pub struct Taken {
+    pub chunks: Vec<Bytes>,
+    pub head: i64,
+    pub pending: Vec<i64>,
+}
+
+/// A snapshot ready to send: read whole and shared, or to be streamed as it is read.
+pub enum Begun {
+    Shared(Arc<Taken>),
+    Streaming(Box<Snapshot>),
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Taken>)>>>;
+
+/// Identical snapshot requests (same channels, filters with the grant's, order and limit) arriving
+/// together share one query, as fresh streams share their head read: a request that finds the slot busy
+/// waits, and takes the result of a read that began after it arrived. Each snapshot stands at its own
+/// head, so any such read is exact; a page reloaded by many browsers at once costs a few queries.
+#[derive(Default)]
+pub struct Shared {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Shared {
+    pub async fn begin(
+        &self,
+        store: &Store,
+        channels: &[String],
+        filters: &ChannelFilters,
+        shape: &Shape,
+        max_rows: usize,
+        queries: &AtomicU64,
+    ) -> Result<Begun, SnapshotError> {
+        let asked = Instant::now();
+        let key = json!([
+            channels,
+            channels.iter().map(|c| filters.get(c).map(|f| f.to_sql_json())).collect::<Vec<_>>(),
+            shape.order,
+            shape.limit
+        ])
+        .to_string();
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            // A slot nobody holds has nothing left to share.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+            slots.entry(key).or_default().clone()
+        };
+        let mut last = slot.lock().await;
+        if let Some((began, taken)) = &*last {
+            if *began >= asked {
+                return Ok(Begun::Shared(taken.clone()));
+            }
+        }
+        let began = Instant::now();
+        queries.fetch_add(1, Ordering::Relaxed);
+        let snapshot = Snapshot::begin(store, channels, filters, shape, max_rows).await?;
+        if snapshot.rows > SHARED_ROWS {
+            return Ok(Begun::Streaming(Box::new(snapshot)));
+        }
+        let taken = Arc::new(snapshot.take().await?);
+        *last = Some((began, taken.clone()));
+        Ok(Begun::Shared(taken))
     }
 }
 

@@ -14,7 +14,7 @@ use crate::filter::ChannelFilters;
 use crate::hub::HubError;
 use crate::metrics::Counters;
 use crate::server::AppState;
-use crate::snapshot::{Shape, Snapshot, SnapshotError};
+use crate::snapshot::{Begun, Shape, Snapshot, SnapshotError, Taken};
 use crate::sse::{self, Feed, SseBody};
 use crate::store::{EventRow, StoreError, REPLAY_BATCH};
 
@@ -96,10 +96,22 @@ pub async fn open(
     state.hub.wait_started(START_WAIT).await?;
     let (tx, rx) = mpsc::channel(1);
     let start = match (resume, snapshot) {
-        (Some(after), _) => Start::Resume(after),
+        (Some(after), _) => {
+            Counters::add(&state.metrics.counters.replays, 1);
+            Start::Resume(after)
+        }
         (None, Some(shape)) => {
             let max = state.config.snapshot_max_rows;
-            Start::Snapshot(Box::new(Snapshot::begin(&state.store, &channels, &filters, &shape, max).await?))
+            let counters = &state.metrics.counters;
+            Counters::add(&counters.snapshots, 1);
+            match state
+                .snapshots
+                .begin(&state.store, &channels, &filters, &shape, max, &counters.snapshot_queries)
+                .await?
+            {
+                Begun::Shared(taken) => Start::Shared(taken),
+                Begun::Streaming(snapshot) => Start::Snapshot(snapshot),
+            }
         }
         (None, None) => {
             let (sub, _) = state.hub.subscribe(&channels, &filters)?;
@@ -137,9 +149,15 @@ pub async fn open(
                     if !snapshot.send(&replay.tx).await? {
                         return Err(ReplayError::Gone);
                     }
-                    replay.skip.extend(pending.iter().copied());
-                    replay.awaiting.extend(pending);
+                    replay.skip_from(pending);
                     head
+                }
+                Start::Shared(taken) => {
+                    for chunk in &taken.chunks {
+                        replay.send(Feed::Chunk(chunk.clone())).await?;
+                    }
+                    replay.skip_from(taken.pending.clone());
+                    taken.head
                 }
             };
             replay.run(after).await
@@ -160,6 +178,7 @@ pub async fn open(
 enum Start {
     Resume(i64),
     Snapshot(Box<Snapshot>),
+    Shared(Arc<Taken>),
 }
 
 /// The `reset` event: the requested id is no longer (or never was) in the log; the stream goes on
@@ -198,7 +217,6 @@ enum ReplayError {
 
 impl Replay {
     async fn run(mut self, after: i64) -> Result<(), ReplayError> {
-        Counters::add(&self.state.metrics.counters.replays, 1);
         let head = self.issued_head().await?;
         let mut cursor = after;
         if after > head {
@@ -215,6 +233,11 @@ impl Replay {
         }
         debug!(cursor, live_from, "replay done, going live");
         self.send(Feed::Live { sub, skip_through: cursor }).await
+    }
+
+    fn skip_from(&mut self, pending: Vec<i64>) {
+        self.skip.extend(pending.iter().copied());
+        self.awaiting.extend(pending);
     }
 
     /// Reads on until every transaction a snapshot skips has been read past. Such a transaction committed

@@ -247,3 +247,32 @@ async fn the_client_module_is_served() {
         assert!(resp.body.contains(text), "{path}");
     }
 }
+
+/// 200 identical snapshot requests at once share a handful of queries, and each gets the whole snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_snapshots_arriving_together_share_queries() {
+    let db = orders().await;
+    db.app
+        .execute("INSERT INTO orders (user_id, status) SELECT g, 'open' FROM generate_series(1, 80) g", &[])
+        .await
+        .unwrap();
+    let mut config = common::gateway_config(&db.url);
+    (config.max_streams_per_client, config.max_connections_per_client) = (1000, 1000);
+    let gw = Gateway::start_with(config).await;
+    let path = "/orders/events?snapshot=true&order=id.desc&limit=50";
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = SseStream::ok(gw.addr, path, &[]).await;
+                s.take(51).await.iter().map(|e| e.json()["id"].as_i64().unwrap_or(-1)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let want: Vec<i64> = (31..=80).rev().chain([-1]).collect();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), want, "the 50 newest, then snapshot-end");
+    }
+    assert_eq!(common::metric(gw.addr, "pgsse_snapshots_total").await, 200);
+    let queries = common::metric(gw.addr, "pgsse_snapshot_queries_total").await;
+    assert!((1..=10).contains(&queries), "{queries} snapshot queries for 200 identical requests");
+}
