@@ -3,7 +3,6 @@
 
 use std::future::Future;
 
-use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
 
 use crate::cluster::{Cluster, ClusterError};
@@ -72,7 +71,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
     config.demo = true;
     install(&database_url).await?;
 
-    let listener = TcpListener::bind(args.serve.listen).await.map_err(|e| DemoError::Bind(args.serve.listen, e))?;
+    let listener = crate::server::bind(args.serve.listen).map_err(|e| DemoError::Bind(args.serve.listen, e))?;
     let addr = listener.local_addr().map_err(|e| DemoError::Bind(args.serve.listen, e))?;
     println!("pgsse demo is running on http://{addr}\n");
     println!("Open the live feed:\n  http://{addr}/   (and http://{addr}/send to post)\n");

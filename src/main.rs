@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgsse::config::{Cli, Command, Config, LogFormat};
-use tokio::net::TcpListener;
 
 /// BSD `EX_USAGE`: the configuration is wrong, retrying will not help.
 const EXIT_USAGE: u8 = 64;
@@ -65,7 +64,7 @@ async fn serve(args: pgsse::config::ServeArgs) -> Result<(), String> {
     if config.demo {
         pgsse::demo::install(&config.database_url).await.map_err(|e| e.to_string())?;
     }
-    let listener = match TcpListener::bind(args.listen).await {
+    let listener = match pgsse::server::bind(args.listen) {
         Ok(listener) => listener,
         Err(err) => return usage(&format!("cannot listen on {}: {err}", args.listen)),
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument};
@@ -49,6 +49,19 @@ pub enum ServerError {
     Listener(#[from] ListenerError),
     #[error("cannot serve metrics on {0}: {1}")]
     MetricsListen(SocketAddr, std::io::Error),
+}
+
+/// Connections the kernel queues before the accept loop takes them (it caps this at `somaxconn`): a page
+/// reloaded by a thousand browsers at once connects at once, and a connection the queue drops waits a
+/// second for its SYN to be sent again.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the client-facing address, with room for a reconnect storm in the accept queue.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The `--metrics-listen` address: plain HTTP/1.1, `/metrics` only, until shutdown.

@@ -268,7 +268,7 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
     assert!(ev.json()["truncatedAt"].as_str().is_some_and(|t| t.starts_with("20")), "{}", ev.data);
 
     for (path, kind, text) in [
-        ("/", "text/html", "EventSource"),
+        ("/", "text/html", "import { live } from \"/pgsse.js\""),
         ("/send", "text/html", "fetch(\"/messages\""),
         ("/demo.css", "text/css", "--accent"),
     ] {

@@ -28,6 +28,7 @@ const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
 mod hoard;
 mod post;
+mod snapshot;
 mod writepath;
 
 pub struct Bench {
@@ -159,6 +160,12 @@ impl Bench {
         }
         if wanted("writepath") {
             reports.extend(writepath::writepath(&self.gateway, &self.payload, args.flush_delay_us).await);
+        }
+        if wanted("snapshot") {
+            reports.push(self.snapshot().await);
+        }
+        if wanted("snapshot-storm") {
+            reports.push(self.snapshot_storm().await);
         }
         if wanted("post") {
             reports.extend(self.post().await);
