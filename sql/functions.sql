@@ -55,15 +55,13 @@ $$;
 -- every name rather than pin search_path per row.
 DO $$
 BEGIN
-    -- Before schema 6 was released it returned void.
-    IF (SELECT p.prorettype FROM pg_catalog.pg_proc p
-         WHERE p.oid = pg_catalog.to_regprocedure('pgsse.stage(text, text, jsonb)')) = 'void'::regtype THEN
-        DROP FUNCTION pgsse.stage(text, text, jsonb);
-    END IF;
+    -- Before schema 8 it took no old row (and before schema 6 returned void).
+    DROP FUNCTION IF EXISTS pgsse.stage(text, text, jsonb);
 END
 $$;
 
-CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb) RETURNS boolean
+CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb, p_old jsonb DEFAULT NULL)
+RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     rang boolean;
@@ -73,13 +71,13 @@ BEGIN
     -- the transaction drew, kept in pgsse.staging as "xid:tx". The doorbell is tried after this
     -- statement's lock on pgsse.staged is taken: a gateway that finds no writer holding that lock has seen
     -- every staged row of a writer that skipped the doorbell (pgsse.sequence's in_flight).
-    INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload)
+    INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload, old)
     SELECT CASE WHEN pg_catalog.split_part(k.mark, ':', 1) OPERATOR(pg_catalog.=) k.xid::pg_catalog.text
                 THEN pg_catalog.split_part(k.mark, ':', 2)
                 ELSE pg_catalog.split_part(pg_catalog.set_config('pgsse.staging',
                          k.xid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) k.seq::pg_catalog.text,
                          true), ':', 2) END::pg_catalog.int8,
-           k.seq, k.xid, p_channel, p_event, p_payload
+           k.seq, k.xid, p_channel, p_event, p_payload, p_old
       FROM (SELECT pg_catalog.pg_current_xact_id() AS xid, pg_catalog.nextval('pgsse.staged_seq') AS seq,
                    pg_catalog.current_setting('pgsse.staging', true) AS mark) k
     RETURNING (SELECT d.armed FROM pgsse.doorbell d WHERE d.armed FOR NO KEY UPDATE SKIP LOCKED) INTO rang;
@@ -104,8 +102,8 @@ BEGIN
     WITH cut AS (SELECT max(h.tx) AS tx
                    FROM (SELECT s.tx FROM pgsse.staged s WHERE s.tx >= low ORDER BY s.tx, s.seq LIMIT p_limit) h),
     taken AS (DELETE FROM pgsse.staged s USING cut WHERE s.tx >= low AND s.tx <= cut.tx RETURNING s.*)
-    INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid)
-    SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid
+    INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid, old)
+    SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid, t.old
       FROM (SELECT * FROM taken ORDER BY tx, seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
     IF moved > 0 THEN
@@ -268,7 +266,8 @@ BEGIN
         rang := pgsse.stage(TG_ARGV[0], TG_ARGV[4], old_data);
     ELSIF new_data IS DISTINCT FROM old_data THEN
         rang := pgsse.stage(TG_ARGV[0], TG_ARGV[3],
-            CASE WHEN TG_ARGV[5] = 'true' THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END);
+            CASE WHEN TG_ARGV[5] = 'true' THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END,
+            old_data);
     END IF;
     RETURN NULL;
 END

@@ -25,6 +25,30 @@ pub struct Event {
     pub frame: Frame,
     /// The event's JSON data, for row filters.
     pub data: Bytes,
+    /// For an update: its old row, and what a filtered stream gets when the row entered or left its filter.
+    pub moves: Option<Box<Moves>>,
+}
+
+/// An update as a filtered stream may need it: the old row (JSON) and the update re-encoded as its
+/// channel's insert (new row) and delete (old row) events.
+pub struct Moves {
+    pub old: Bytes,
+    pub insert: Frame,
+    pub delete: Frame,
+}
+
+impl Moves {
+    /// The frame a stream with `filter` gets for this update: the update if the row matches before and
+    /// after, the insert if it entered the filter, the delete if it left it, nothing if neither matches.
+    pub fn choose<'a>(&'a self, update: &'a Frame, new: bool, filter: &Filter) -> Option<&'a Frame> {
+        let old = filter.matches_text(&self.old);
+        match (old, new) {
+            (true, true) => Some(update),
+            (false, true) => Some(&self.insert),
+            (true, false) => Some(&self.delete),
+            (false, false) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -180,7 +204,11 @@ impl Hub {
                         parsed.resize(run.len(), None);
                         let matching = run.iter().zip(parsed.iter_mut()).filter_map(|(event, value)| {
                             let value = value.get_or_insert_with(|| serde_json::from_slice(&event.data).ok());
-                            value.as_ref().is_some_and(|v| filter.matches(v)).then_some(&event.frame)
+                            let new = value.as_ref().is_some_and(|v| filter.matches(v));
+                            match &event.moves {
+                                Some(moves) => moves.choose(&event.frame, new, filter),
+                                None => new.then_some(&event.frame),
+                            }
                         });
                         sub.queue.push_all(matching)
                     }
@@ -254,7 +282,7 @@ mod tests {
     }
 
     fn event(channel: &str, id: i64) -> Event {
-        Event { channel: channel.into(), frame: frame(id), data: Bytes::from(format!("{{\"n\": {id}}}")) }
+        Event { channel: channel.into(), frame: frame(id), data: Bytes::from(format!("{{\"n\": {id}}}")), moves: None }
     }
 
     /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
@@ -333,6 +361,33 @@ mod tests {
         assert_eq!(take(&sub), Poll::Ready(None));
         let (_, last) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(last, 20);
+    }
+
+    #[test]
+    fn updates_that_move_rows_across_a_filter_become_inserts_and_deletes() {
+        let hub = Arc::new(Hub::new(16));
+        hub.start_at(0);
+        let open = Arc::new(Filter::parse([("status", "eq.open")]).unwrap());
+        let (filtered, _) = hub.subscribe(&["a".into()], &ChannelFilters::from([("a".to_string(), open)])).unwrap();
+        let (all, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
+        let update = |id: i64, old: &str, new: &str| Event {
+            channel: "a".into(),
+            frame: Frame { id, bytes: Bytes::from(format!("u{id};")) },
+            data: Bytes::from(format!("{{\"status\": \"{new}\"}}")),
+            moves: Some(Box::new(Moves {
+                old: Bytes::from(format!("{{\"status\": \"{old}\"}}")),
+                insert: Frame { id, bytes: Bytes::from(format!("i{id};")) },
+                delete: Frame { id, bytes: Bytes::from(format!("d{id};")) },
+            })),
+        };
+        hub.broadcast(vec![
+            update(1, "open", "open"),
+            update(2, "open", "closed"),
+            update(3, "closed", "closed"),
+            update(4, "closed", "open"),
+        ]);
+        assert_eq!(take(&filtered), ready("u1;d2;i4;"), "left the filter: delete; entered it: insert");
+        assert_eq!(take(&all), ready("u1;u2;u3;u4;"), "without a filter, updates stay updates");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::hub::{Event, Hub};
 use crate::pacing::Pacing;
 use crate::sequencer::{self, Sequencing};
-use crate::store::{EventRow, ISSUED_HEAD};
+use crate::store::{moved_columns, EventRow, ISSUED_HEAD};
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
@@ -234,9 +234,10 @@ impl Listener {
         conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
         let sequence = conn.bounded(client.prepare(sequencer::SEQUENCE_SQL)).await?;
         let fetch_sql = format!(
-            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM pgsse.events \
+            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {} FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
-            EventRow::columns()
+            EventRow::columns(),
+            moved_columns("pgsse.events")
         );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
@@ -387,7 +388,7 @@ impl Listener {
             for row in &rows {
                 self.status.lag.observe(row.try_get::<_, f64>(4)?.max(0.0));
                 let event = match EventRow::from_row(row)? {
-                    Ok(event) => event,
+                    Ok(event) => event.with_moved(row, 5)?,
                     Err(poison) => {
                         error!(id = poison.id, "skipping an event whose payload is not UTF-8 (a SQL_ASCII database?)");
                         self.status.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +398,8 @@ impl Listener {
                 };
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
-                    events.push(Event { channel: event.channel, frame, data });
+                    let moves = event.moves().map(Box::new);
+                    events.push(Event { channel: event.channel, frame, data, moves });
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);

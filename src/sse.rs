@@ -333,7 +333,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(10)).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
-        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new() }]);
+        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None }]);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         let after_event = Instant::now();
         assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
@@ -343,7 +343,7 @@ mod tests {
         for (id, wait) in [(2, 3), (3, 11)] {
             tokio::time::advance(Duration::from_secs(wait)).await;
             let frame = Frame { id, bytes: Bytes::from_static(b"E") };
-            hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new() }]);
+            hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None }]);
             assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         }
         let after_last = Instant::now();
@@ -363,6 +363,7 @@ mod tests {
             channel: "c".into(),
             frame: Frame { id, bytes: Bytes::from(format!("L{id}")) },
             data: Bytes::new(),
+            moves: None,
         });
         hub.broadcast(frames.collect());
         assert_eq!(next_chunk(&mut body).await.unwrap(), "R1");
@@ -390,7 +391,7 @@ mod tests {
         let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15));
         next_chunk(&mut body).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
-        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new() }]);
+        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None }]);
         hub.close();
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E", "what was queued still goes out");
         assert!(next_chunk(&mut body).await.is_none());

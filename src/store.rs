@@ -9,7 +9,7 @@ use tokio_postgres::{NoTls, Row};
 
 use bytes::Bytes;
 
-use crate::hub::Frame;
+use crate::hub::{Frame, Moves};
 use crate::sse;
 
 /// Rows per replay query at most: large enough for throughput with small events.
@@ -129,6 +129,27 @@ pub struct EventRow {
     pub payload: String,
     /// The writing transaction, where the read asked for it (replay does, for a snapshot's seam).
     pub txid: Option<i64>,
+    /// For an update, where the read asked for it: what a filtered stream needs to send it as an
+    /// insert or a delete when the row entered or left its filter.
+    pub moved: Option<Moved>,
+}
+
+/// An update's old row (projected, JSON text) and its channel's insert and delete event names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    pub old: String,
+    pub insert_event: String,
+    pub delete_event: String,
+}
+
+/// An update's old row and event names as [`EventRow::with_moved`] reads them, for a read whose rows
+/// come from `table` (a name or alias of `pgsse.events` rows).
+pub fn moved_columns(table: &str) -> String {
+    format!(
+        "{} AS old, CASE WHEN {table}.old IS NOT NULL THEN \
+           (SELECT ARRAY[c.insert_event, c.delete_event] FROM pgsse.channels c WHERE c.name = {table}.channel) END AS moves",
+        payload_bytes(&format!("{table}.old"))
+    )
 }
 
 /// The highest id the sequence has handed out, committed or not, as a scalar subquery. Every read of the
@@ -163,7 +184,32 @@ impl EventRow {
         let Ok(payload) = String::from_utf8(row.try_get::<_, Vec<u8>>(3)?) else {
             return Ok(Err(Undecodable { id }));
         };
-        Ok(Ok(Self { id, channel: row.try_get(1)?, event: row.try_get(2)?, payload, txid: None }))
+        Ok(Ok(Self { id, channel: row.try_get(1)?, event: row.try_get(2)?, payload, txid: None, moved: None }))
+    }
+
+    /// Adds the old row and event names read by [`moved_columns`] at `at` and `at + 1`; an old row that
+    /// is not UTF-8 is left out (the update then reaches filtered streams as an update).
+    pub fn with_moved(mut self, row: &Row, at: usize) -> Result<Self, tokio_postgres::Error> {
+        let old = row.try_get::<_, Option<Vec<u8>>>(at)?.and_then(|b| String::from_utf8(b).ok());
+        let names = row.try_get::<_, Option<Vec<String>>>(at + 1)?;
+        if let (Some(old), Some([insert_event, delete_event])) = (old, names.as_deref()) {
+            let (insert_event, delete_event) = (insert_event.clone(), delete_event.clone());
+            self.moved = Some(Moved { old, insert_event, delete_event });
+        }
+        Ok(self)
+    }
+
+    /// The frames a filtered stream gets instead of this update when the row entered its filter (the
+    /// insert event with the new row) or left it (the delete event with the old row).
+    pub fn moves(&self) -> Option<Moves> {
+        let moved = self.moved.as_ref()?;
+        let insert = sse::encode(self.id, &moved.insert_event, &self.payload).ok()?;
+        let delete = sse::encode(self.id, &moved.delete_event, &moved.old).ok()?;
+        Some(Moves {
+            old: Bytes::from(moved.old.clone()),
+            insert: Frame { id: self.id, bytes: insert },
+            delete: Frame { id: self.id, bytes: delete },
+        })
     }
 
     /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:
@@ -477,14 +523,15 @@ impl Store {
             // sum one addition a row.
             let stmt = client
                 .prepare_cached(&format!(
-                    "SELECT id, channel, event, payload, mark, txid FROM ( \
+                    "SELECT id, channel, event, payload, mark, txid, old, moves FROM ( \
                        SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
                        FROM ( \
-                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark, e.txid::text::int8 AS txid FROM pgsse.watermark($3) AS w(mark) \
+                         SELECT e.id, e.channel, e.event, {} AS payload, w.mark, e.txid::text::int8 AS txid, {} FROM pgsse.watermark($3) AS w(mark) \
                          LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
                        ) r \
                      ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
-                    payload_bytes("e.payload")
+                    payload_bytes("e.payload"),
+                    moved_columns("e")
                 ))
                 .await?;
             let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
@@ -501,7 +548,7 @@ impl Store {
                     match EventRow::from_row(row)? {
                         Ok(event) => {
                             bytes += event.payload.len() as i64;
-                            events.push(EventRow { txid: row.try_get(5)?, ..event });
+                            events.push(EventRow { txid: row.try_get(5)?, ..event }.with_moved(row, 6)?);
                         }
                         Err(_) => bytes += PAGE_BYTES,
                     }

@@ -16,7 +16,7 @@ use crate::metrics::Counters;
 use crate::server::AppState;
 use crate::snapshot::{Begun, Shape, Snapshot, SnapshotError, Taken};
 use crate::sse::{self, Feed, SseBody};
-use crate::store::{EventRow, StoreError, REPLAY_BATCH};
+use crate::store::{StoreError, REPLAY_BATCH};
 
 /// How long a stream opened while the gateway is still starting waits for its first database connection.
 const START_WAIT: Duration = Duration::from_secs(5);
@@ -291,15 +291,23 @@ impl Replay {
         for txid in batch.rows.iter().filter_map(|row| row.txid) {
             self.awaiting.remove(&txid);
         }
-        let wanted = |row: &&EventRow| {
-            row.id > after
-                && row.txid.is_none_or(|t| !self.skip.contains(&t))
-                && self.filters.get(&row.channel).is_none_or(|f| f.matches_text(row.payload.as_bytes()))
-        };
         let mut sent = 0;
-        for (frame, _) in batch.rows.iter().filter(wanted).filter_map(EventRow::encode) {
-            chunk.extend_from_slice(&frame.bytes);
-            sent += 1;
+        for row in batch.rows.iter().filter(|row| row.id > after && row.txid.is_none_or(|t| !self.skip.contains(&t))) {
+            let Some((frame, _)) = row.encode() else { continue };
+            let chosen = match self.filters.get(&row.channel) {
+                None => Some(frame),
+                Some(filter) => {
+                    let new = filter.matches_text(row.payload.as_bytes());
+                    match row.moves() {
+                        Some(moves) => moves.choose(&frame, new, filter).cloned(),
+                        None => new.then_some(frame),
+                    }
+                }
+            };
+            if let Some(frame) = chosen {
+                chunk.extend_from_slice(&frame.bytes);
+                sent += 1;
+            }
         }
         if let Some(last) = batch.last {
             *cursor = (*cursor).max(last);

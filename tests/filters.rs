@@ -51,3 +51,47 @@ async fn filters_select_rows_live_and_on_replay() {
         assert!(resp.json()["error"].as_str().unwrap().contains(text), "{query}: {}", resp.body);
     }
 }
+
+/// An update that takes a row out of a stream's filter arrives as the channel's delete event with the old
+/// row; one that brings a row in, as its insert event; live and on replay alike.
+#[tokio::test]
+async fn rows_moving_across_a_filter_arrive_as_inserts_and_deletes() {
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text, note text, secret text);
+             SELECT pgsse.publish_table('orders', operations => ARRAY['insert', 'update', 'delete'],
+                                        exclude_columns => ARRAY['secret'], delete_event => 'gone');",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let first: i64 = admin.query_one("SELECT coalesce(max(id), 0) FROM pgsse.events", &[]).await.unwrap().get(0);
+    let mut live = SseStream::ok(gw.addr, "/orders/events?status=eq.open", &[]).await;
+    for sql in [
+        "INSERT INTO orders VALUES (1, 'open', 'a', 's'), (2, 'closed', 'a', 's')",
+        "UPDATE orders SET status = 'open' WHERE id = 2",
+        "UPDATE orders SET status = 'closed', secret = 't' WHERE id = 1",
+        "UPDATE orders SET note = 'b' WHERE id = 2",
+        "UPDATE orders SET status = 'void' WHERE id = 1",
+        "DELETE FROM orders WHERE id = 2",
+    ] {
+        app.batch_execute(sql).await.unwrap();
+    }
+    let want = [
+        ("insert", r#"{"id": 1, "status": "open", "note": "a"}"#),
+        ("insert", r#"{"id": 2, "status": "open", "note": "a"}"#),
+        ("gone", r#"{"id": 1, "status": "open", "note": "a"}"#),
+        ("update", r#"{"id": 2, "status": "open", "note": "b"}"#),
+        ("gone", r#"{"id": 2, "status": "open", "note": "b"}"#),
+    ];
+    let got = |events: Vec<common::Event>| -> Vec<(String, serde_json::Value)> {
+        events.into_iter().map(|e| (e.event.clone(), e.json())).collect()
+    };
+    let want: Vec<(String, serde_json::Value)> =
+        want.iter().map(|(e, d)| (e.to_string(), serde_json::from_str(d).unwrap())).collect();
+    assert_eq!(got(live.take(5).await), want, "live");
+    let mut replayed =
+        SseStream::ok(gw.addr, &format!("/orders/events?status=eq.open&last_event_id={first}"), &[]).await;
+    assert_eq!(got(replayed.take(5).await), want, "replayed");
+}

@@ -168,8 +168,8 @@ impl Replica {
     }
 }
 
-/// 20 clients snapshot and follow while writers insert, update and delete: each ends with exactly the
-/// table (or its filtered part), and never sees a row inserted twice.
+/// 20 clients snapshot and follow while writers insert, update (moving rows in and out of a filter) and
+/// delete: each ends with exactly the table (or its filtered part), and never sees a row inserted twice.
 #[tokio::test]
 async fn snapshot_and_follow_under_concurrent_writes() {
     let db = orders().await;
@@ -188,7 +188,10 @@ async fn snapshot_and_follow_under_concurrent_writes() {
                 n += 1;
                 let sql = match n % 3 {
                     0 => "INSERT INTO orders (user_id, status) VALUES ($1 % 4, 'open')",
-                    1 => "UPDATE orders SET amount = amount + 1 WHERE id = (SELECT max(id) FROM orders) - $1 % 7",
+                    1 => {
+                        "UPDATE orders SET amount = amount + 1, status = CASE status WHEN 'open' THEN 'closed' ELSE 'open' END \
+                         WHERE id = (SELECT max(id) FROM orders) - $1 % 7"
+                    }
                     _ => "DELETE FROM orders WHERE id = (SELECT min(id) FROM orders) + $1 % 5",
                 };
                 client.execute(sql, &[&(n + w)]).await.unwrap();
@@ -197,7 +200,11 @@ async fn snapshot_and_follow_under_concurrent_writes() {
     }
     let mut clients = Vec::new();
     for c in 0..20 {
-        let path = if c % 2 == 0 { "/orders/events?snapshot=true" } else { "/orders/events?snapshot=true&userId=eq.1" };
+        let path = match c % 3 {
+            0 => "/orders/events?snapshot=true",
+            1 => "/orders/events?snapshot=true&userId=eq.1",
+            _ => "/orders/events?snapshot=true&status=eq.open",
+        };
         let mut s = SseStream::ok(gw.addr, path, &[]).await;
         let mut replica = Replica::default();
         while !replica.ended {
@@ -212,7 +219,7 @@ async fn snapshot_and_follow_under_concurrent_writes() {
     // A last row on every client's view marks the end of the changes.
     let last: i32 = db
         .app
-        .query_one("INSERT INTO orders (user_id, status) VALUES (1, 'last') RETURNING id", &[])
+        .query_one("INSERT INTO orders (user_id, status) VALUES (1, 'open') RETURNING id", &[])
         .await
         .unwrap()
         .get(0);
@@ -220,7 +227,7 @@ async fn snapshot_and_follow_under_concurrent_writes() {
         while !replica.rows.contains_key(&i64::from(last)) {
             replica.apply(&s.expect().await, &format!("client {c}"));
         }
-        let filter = if *c % 2 == 0 { "" } else { "WHERE user_id = 1" };
+        let filter = ["", "WHERE user_id = 1", "WHERE status = 'open'"][*c % 3];
         let table: BTreeMap<i64, Value> = db
             .admin
             .query(&format!("SELECT id, jsonb_build_object('id', id, 'userId', user_id, 'status', status, 'amount', amount) FROM orders {filter}"), &[])
