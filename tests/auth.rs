@@ -285,3 +285,36 @@ async fn es256_public_keys_verify_and_a_key_cannot_be_used_as_an_hmac_secret() {
     assert_eq!(refused.status, 401, "{}", refused.body);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A grant's filter narrows a snapshot as it does every stream, and a row handed to another user leaves
+/// the first user's view (a delete event) as it enters the other's (an insert event).
+#[tokio::test]
+async fn a_grant_filter_narrows_snapshots_and_rows_move_between_users() {
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE tasks (id int PRIMARY KEY, owner int NOT NULL, title text);
+             SELECT pgsse.publish_table('tasks', operations => ARRAY['insert', 'update', 'delete']);",
+        )
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO tasks VALUES (1, 7, 'a'), (2, 8, 'b'), (3, 7, 'c')").await.unwrap();
+    let gw = gateway(&url).await;
+    let bearer = |owner: i32| {
+        let grant = json!({"subscribe": ["tasks"], "filter": {"tasks": format!("owner=eq.{owner}")}});
+        format!("Bearer {}", token(grant, now() + 600))
+    };
+    let (seven, eight) = (bearer(7), bearer(8));
+    let mut mine = SseStream::ok(gw.addr, "/tasks/events?snapshot=true&order=id", &[("authorization", &seven)]).await;
+    let rows: Vec<(String, i64)> =
+        mine.take(3).await.iter().map(|e| (e.event.clone(), e.json()["id"].as_i64().unwrap_or(-1))).collect();
+    assert_eq!(rows, [("insert".into(), 1), ("insert".into(), 3), ("snapshot-end".into(), -1)]);
+    let mut theirs = SseStream::ok(gw.addr, "/tasks/events?snapshot=true", &[("authorization", &eight)]).await;
+    assert_eq!(theirs.take(2).await[1].event, "snapshot-end");
+
+    app.batch_execute("UPDATE tasks SET owner = 8 WHERE id = 3").await.unwrap();
+    let left = mine.expect().await;
+    assert_eq!((left.event.as_str(), left.json()["owner"].as_i64()), ("delete", Some(7)), "with the old row");
+    let came = theirs.expect().await;
+    assert_eq!((came.event.as_str(), came.json()["owner"].as_i64()), ("insert", Some(8)));
+}

@@ -283,3 +283,30 @@ async fn identical_snapshots_arriving_together_share_queries() {
     let queries = common::metric(gw.addr, "pgsse_snapshot_queries_total").await;
     assert!((1..=10).contains(&queries), "{queries} snapshot queries for 200 identical requests");
 }
+
+/// Several channels: each table's rows in turn (by its insert event), one `snapshot-end`; a client that
+/// drops mid-snapshot and reconnects with the same URL gets the whole snapshot again.
+#[tokio::test]
+async fn several_channels_and_a_reconnect_mid_snapshot() {
+    let db = orders().await;
+    db.admin
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text);
+             SELECT pgsse.publish_table('notes', insert_event => 'note');",
+        )
+        .await
+        .unwrap();
+    db.app
+        .execute("INSERT INTO orders (user_id, status) SELECT g, 'open' FROM generate_series(1, 3) g", &[])
+        .await
+        .unwrap();
+    db.app.execute("INSERT INTO notes VALUES (1, 'x'), (2, 'y')", &[]).await.unwrap();
+    let gw = Gateway::start(&db.url).await;
+    let path = "/events?channel=orders&channel=notes&snapshot=true&order=id";
+    let names = |events: Vec<common::Event>| events.iter().map(|e| e.event.clone()).collect::<Vec<_>>();
+    let mut first = SseStream::ok(gw.addr, path, &[]).await;
+    assert_eq!(names(first.take(2).await), ["note", "note"], "channels in name order");
+    drop(first);
+    let mut again = SseStream::ok(gw.addr, path, &[]).await;
+    assert_eq!(names(again.take(6).await), ["note", "note", "insert", "insert", "insert", "snapshot-end"]);
+}
