@@ -32,7 +32,7 @@ pub enum DemoError {
     Migrate(#[from] MigrateError),
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("database: {0}")]
+    #[error("database: {}", crate::pgerror::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("cannot listen on {0}: {1}")]
     Bind(std::net::SocketAddr, std::io::Error),

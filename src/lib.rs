@@ -14,7 +14,7 @@
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
 //!   [`filter`]: row filters on event data; [`snapshot`]: a table's current rows at the start of a stream.
-//! - [`store`]: pooled reads of the log; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
+//! - [`store`]: pooled reads of the log; [`pgerror`]: database errors in one line; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
 pub mod auth;
@@ -33,6 +33,7 @@ pub mod listener;
 pub mod metrics;
 pub mod migrate;
 pub mod pacing;
+pub mod pgerror;
 pub mod queue;
 pub mod retention;
 pub mod routes;

@@ -38,8 +38,14 @@ const LAG_BUCKETS: [f64; 16] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::pgerror::describe(.0))]
     Db(#[from] tokio_postgres::Error),
+    #[error("cannot connect to {target}: {}", crate::pgerror::describe(.source))]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("connection closed")]
     Closed,
     #[error("liveness probe got no answer within {0:?}")]
@@ -223,7 +229,7 @@ impl Listener {
 
     async fn session(&mut self, shutdown: &CancellationToken, backoff: &mut Duration) -> Result<(), ListenerError> {
         let (client, connection) = tokio::select! {
-            conn = self.pg.connect(NoTls) => conn?,
+            conn = self.pg.connect(NoTls) => conn.map_err(|source| ListenerError::Connect { target: crate::pgerror::target_of(&self.pg), source })?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let mut conn = Driven { connection, notified: false, own_pid: None, bound: self.probe_interval };

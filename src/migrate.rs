@@ -22,8 +22,12 @@ pub const FUNCTIONS: (&str, &str) = ("functions.sql", include_str!("../sql/funct
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("cannot connect: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    #[error("cannot connect to {target}: {}", crate::pgerror::describe(.source))]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("{file}: {cause}")]
     Apply { file: &'static str, cause: String },
     #[error("{0}")]
@@ -31,7 +35,9 @@ pub enum MigrateError {
 }
 
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
-    let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.map_err(MigrateError::Connect)?;
+    let (client, connection) = tokio_postgres::connect(database_url, NoTls)
+        .await
+        .map_err(|source| MigrateError::Connect { target: crate::pgerror::target(database_url), source })?;
     let driver = tokio::spawn(connection);
     check_privileges(&client).await?;
     warn_on_sql_ascii(&client).await?;

@@ -137,6 +137,12 @@ impl ApiError {
         }
         // Database errors carry SQL details; clients only learn that the database is unavailable.
         let message = match &self {
+            ApiError::Stream(StreamError::Store(err)) | ApiError::Command(CommandError::Store(err))
+                if err.schema_missing() =>
+            {
+                "pgsse is not installed in this database, or is older than this gateway: run `pgsse migrate`"
+                    .to_string()
+            }
             ApiError::Stream(StreamError::Store(_) | StreamError::Snapshot(SnapshotError::Store(_))) => {
                 "database unavailable, try again".to_string()
             }

@@ -28,9 +28,9 @@ const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", pool_error(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::pgerror::describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database url: {0}")]
     Config(String),
@@ -79,6 +79,21 @@ impl StoreError {
             _ => return StoreError::Query(err),
         };
         StoreError::Rejected { kind, message }
+    }
+}
+
+impl StoreError {
+    /// The database answered, but pgsse is not installed there (or is older than this binary).
+    pub fn schema_missing(&self) -> bool {
+        matches!(self, StoreError::Query(err) if crate::pgerror::schema_missing(err))
+    }
+}
+
+/// A pool error with the database's own words when a connection could not be made.
+fn pool_error(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(err) => crate::pgerror::describe(err),
+        other => other.to_string(),
     }
 }
 

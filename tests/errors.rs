@@ -1,0 +1,69 @@
+//! The errors a user can cause, each with the one line that names its cause and, where there is one, the
+//! fix: one table, walked by one test per way of meeting them (the binary's output, HTTP answers).
+
+mod common;
+
+use std::process::Command;
+
+use common::{empty_db, fresh_db, Gateway};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgsse");
+
+/// `url` with its database (the last path segment) or user replaced.
+fn with_database(url: &str, database: &str) -> String {
+    format!("{}/{database}", url.rsplit_once('/').unwrap().0)
+}
+
+fn with_user(url: &str, user: &str) -> String {
+    url.replacen("postgres://postgres@", &format!("postgres://{user}@"), 1)
+}
+
+#[tokio::test]
+async fn the_binary_names_each_database_error_and_its_fix() {
+    let url = fresh_db().await;
+    let port = url.rsplit_once(':').unwrap().1.split('/').next().unwrap().to_string();
+    // A port nothing listens on once this listener is dropped.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let refused = format!("postgres://postgres@{closed}/postgres");
+    for (args, exit, message) in [
+        (
+            vec!["migrate", "--database-url", &with_database(&url, "no_such_db")],
+            1,
+            format!("cannot connect to 127.0.0.1:{port}: database \"no_such_db\" does not exist"),
+        ),
+        (
+            vec!["migrate", "--database-url", &with_user(&url, "no_such_role")],
+            1,
+            format!("cannot connect to 127.0.0.1:{port}: role \"no_such_role\" does not exist"),
+        ),
+        (
+            vec!["migrate", "--database-url", &refused],
+            1,
+            format!("cannot connect to {closed}: error connecting to server: Connection refused"),
+        ),
+    ] {
+        let out = Command::new(BIN).args(&args).env_remove("DATABASE_URL").output().unwrap();
+        // The log (stdout) carries the error: where the operator's log collector already looks.
+        let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(exit), "{args:?}: {output}");
+        assert!(output.contains(&message), "{args:?}: wanted {message:?} in {output}");
+        assert!(!output.contains("\u{1b}["), "{args:?}: no colour when not on a terminal: {output:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_before_migrate_says_to_run_it() {
+    let url = empty_db().await;
+    let gw = Gateway::spawn(common::gateway_config(&url)).await;
+    let fix = "run `pgsse migrate`";
+    common::wait_for("healthz to name the missing schema", || async {
+        let health = common::get(gw.addr, "/healthz", &[]).await.unwrap();
+        health.status == 503 && health.body.contains("schema \\\"pgsse\\\" does not exist") && health.body.contains(fix)
+    })
+    .await;
+    for path in ["/orders/events", "/orders"] {
+        let resp = common::get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!(resp.status, 503, "{path}");
+        assert!(resp.json()["error"].as_str().unwrap().contains(fix), "{path}: {}", resp.body);
+    }
+}
