@@ -889,7 +889,7 @@ GRANT EXECUTE ON FUNCTION
     pgsse.record_clear(text), pgsse.camel_case(text), pgsse.sequence(integer, boolean),
     pgsse.sequenced(xid8, bigint, text), pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb),
     pgsse.camel_keys(jsonb), pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
-    pgsse.snapshot_seam(text[])
+    pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels)
     TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
 

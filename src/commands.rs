@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::auth::{Access, AuthError};
+use crate::filter::{Filter, FilterError};
+use crate::published::ColumnsError;
 use crate::routes::{json_response, raw_json_response, Body, ACCESS_TOKEN};
 use crate::server::AppState;
 use crate::store::{StoreError, Written};
@@ -48,6 +50,10 @@ pub enum CommandError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Columns(#[from] ColumnsError),
 }
 
 /// Reads a JSON object body of at most `limit` bytes within `deadline`, refusing other content types
@@ -164,24 +170,35 @@ pub async fn history(
 ) -> Result<Response, CommandError> {
     check_name(channel)?;
     access.may_subscribe(channel)?;
-    let granted = access.filter_for(channel, None)?;
     let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
-    for (key, value) in query_pairs(query, &["limit", "before", ACCESS_TOKEN])? {
-        if key == ACCESS_TOKEN {
-            continue;
+    let (mut filters, mut seen) = (Vec::new(), Vec::new());
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let n = || cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")));
+        if matches!(key.as_ref(), "limit" | "before") {
+            if seen.contains(&key) {
+                return Err(CommandError::BadQuery(format!("{key} given more than once")));
+            }
+            seen.push(key.clone());
         }
-        let n = cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")))?;
-        match key.as_str() {
-            "limit" if n == 0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
-            "limit" => limit = n.min(MAX_HISTORY),
-            _ => before = n,
+        match key.as_ref() {
+            ACCESS_TOKEN => {}
+            "limit" => match n()? {
+                0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
+                n => limit = n.min(MAX_HISTORY),
+            },
+            "before" => before = n()?,
+            // Every other parameter is a row filter, as on streams: "history, then stream" filters both halves alike.
+            _ => filters.push((key.into_owned(), value.into_owned())),
         }
     }
+    let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     if state.store.channel(channel).await?.is_none() {
         return Err(CommandError::UnknownChannel(channel.to_string()));
     }
+    state.published.check(&state.store, channel, &asked).await?;
+    let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
     let mut rows = state.store.history(channel, before, limit).await?;
-    // A grant's filter hides rows here as on streams (a page may then hold fewer than `limit`).
+    // Filters (the client's and its grant's) hide rows here as on streams (a page may then hold fewer than `limit`).
     if let Some(filter) = granted {
         rows.retain(|row| filter.matches_text(row.payload.as_bytes()));
     }

@@ -104,6 +104,11 @@ impl Filter {
         self.conditions.is_empty()
     }
 
+    /// The top-level key of each condition (`customer` of `customer.country`).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.conditions.iter().filter_map(|c| c.path.first().map(String::as_str))
+    }
+
     /// Both filters at once (AND): a grant's filter narrowed by what the client asked for.
     pub fn and(mut self, other: Filter) -> Self {
         self.conditions.extend(other.conditions);

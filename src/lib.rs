@@ -13,7 +13,7 @@
 //!   [`limits`]: streams per gateway and per client, and counts of refusals; [`metrics`]: `/metrics`.
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
-//!   [`filter`]: row filters on event data; [`snapshot`]: a table's current rows at the start of a stream.
+//!   [`filter`]: row filters on event data ([`published`]: the columns they may name); [`snapshot`]: a table's current rows at the start of a stream.
 //! - [`store`]: pooled reads of the log; [`pgerror`]: database errors in one line; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pacing;
 pub mod pgerror;
+pub mod published;
 pub mod queue;
 pub mod retention;
 pub mod routes;

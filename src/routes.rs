@@ -20,6 +20,7 @@ use crate::hub::HubError;
 use crate::limits::{LimitError, StreamSlot};
 use crate::metrics::Counters;
 use crate::migrate;
+use crate::published::ColumnsError;
 use crate::server::AppState;
 use crate::snapshot::{Shape, SnapshotError, RESERVED};
 use crate::sse::SseBody;
@@ -110,6 +111,7 @@ impl ApiError {
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StreamError::Snapshot(err) if !err.is_request() => StatusCode::SERVICE_UNAVAILABLE,
+                StreamError::Columns(ColumnsError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             },
             ApiError::Command(err) => match err {
@@ -124,7 +126,9 @@ impl ApiError {
                     Rejection::NotFound => StatusCode::NOT_FOUND,
                     Rejection::Forbidden => StatusCode::FORBIDDEN,
                 },
-                CommandError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                CommandError::Store(_) | CommandError::Columns(ColumnsError::Store(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::BAD_REQUEST,
             },
         }
@@ -143,7 +147,12 @@ impl ApiError {
                 "pgsse is not installed in this database, or is older than this gateway: run `pgsse migrate`"
                     .to_string()
             }
-            ApiError::Stream(StreamError::Store(_) | StreamError::Snapshot(SnapshotError::Store(_))) => {
+            ApiError::Stream(
+                StreamError::Store(_)
+                | StreamError::Snapshot(SnapshotError::Store(_))
+                | StreamError::Columns(ColumnsError::Store(_)),
+            )
+            | ApiError::Command(CommandError::Columns(ColumnsError::Store(_))) => {
                 "database unavailable, try again".to_string()
             }
             ApiError::Command(CommandError::Store(err)) if !matches!(err, StoreError::Rejected { .. }) => {
@@ -375,6 +384,11 @@ async fn events<B>(
     let token = query.access_token.as_deref();
     let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
     stream::check_known(state, &channels).await?;
+    if let Some(filter) = &query.filter {
+        for channel in &channels {
+            state.published.check(&state.store, channel, filter).await.map_err(StreamError::Columns)?;
+        }
+    }
     let mut filters = ChannelFilters::new();
     for channel in &channels {
         access.may_subscribe(channel)?;

@@ -20,6 +20,7 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::listener::{Listener, ListenerError, ListenerStatus};
 use crate::metrics::Metrics;
+use crate::published::Published;
 use crate::snapshot::Shared;
 use crate::store::{Store, StoreError};
 use crate::{conn, retention, routes};
@@ -37,6 +38,7 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub snapshots: Shared,
+    pub published: Published,
     /// Cancelled on shutdown: ends every stream body and the listener.
     pub shutdown: CancellationToken,
 }
@@ -119,6 +121,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         listener: status,
         cors: Cors::new(&config.cors_origins),
         snapshots: Shared::default(),
+        published: Published::default(),
         shutdown: CancellationToken::new(),
         config,
     });

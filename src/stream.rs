@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use crate::filter::ChannelFilters;
 use crate::hub::HubError;
 use crate::metrics::Counters;
+use crate::published::ColumnsError;
 use crate::server::AppState;
 use crate::snapshot::{Begun, Shape, Snapshot, SnapshotError, Taken};
 use crate::sse::{self, Feed, SseBody};
@@ -49,6 +50,8 @@ pub enum StreamError {
     Hub(#[from] HubError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Columns(#[from] ColumnsError),
 }
 
 /// Checks names and removes duplicates, without asking the database: this is all that may happen before

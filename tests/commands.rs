@@ -120,6 +120,8 @@ async fn history_is_newest_first_and_pages_backwards() {
     assert_eq!(bodies(&next), ["m3", "m2"]);
     let capped = get(gw.addr, "/messages?limit=999999", &[]).await.unwrap();
     assert_eq!((capped.status, bodies(&capped).len()), (200, 5));
+    let filtered = get(gw.addr, "/messages?body=in.(m2,m4)", &[]).await.unwrap();
+    assert_eq!(bodies(&filtered), ["m4", "m2"], "history takes the filters streams take");
 
     for (path, status, text) in [
         ("/messages?limit=0", 400, "limit"),
@@ -127,7 +129,8 @@ async fn history_is_newest_first_and_pages_backwards() {
         ("/messages?limit=ten", 400, "limit"),
         ("/messages?before=x", 400, "before"),
         ("/messages?limit=1&limit=2", 400, "more than once"),
-        ("/messages?sort=asc", 400, "unknown query parameter"),
+        ("/messages?sort=asc", 400, "invalid filter \"sort\""),
+        ("/messages?bdy=eq.m3", 400, "filter \"bdy\" names no published column of channel \"messages\""),
         ("/nosuchchannel", 404, "unknown channel"),
         ("/bad%20name", 400, "invalid channel"),
     ] {

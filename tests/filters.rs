@@ -45,11 +45,20 @@ async fn filters_select_rows_live_and_on_replay() {
     app.execute(insert, &[&42, &"new", &"150", &r#"{"region": "eu"}"#]).await.unwrap();
     assert_eq!(replayed.expect().await.json()["amount"].as_f64(), Some(150.0), "and so does the live part after it");
 
-    for (query, text) in [("user_id=42", "operator.value"), ("status=in.new", "list"), ("a..b=eq.1", "dots")] {
+    for (query, text) in [
+        ("user_id=42", "operator.value"),
+        ("status=in.new", "list"),
+        ("a..b=eq.1", "dots"),
+        ("usr_id=eq.42", "filter \"usr_id\" names no published column of channel \"orders\" (its columns: id, user_id"),
+        ("meta.region=eq.eu&nope.x=eq.1", "filter \"nope\" names no published column"),
+    ] {
         let resp = common::get(gw.addr, &format!("/orders/events?{query}"), &[]).await.unwrap();
         assert_eq!(resp.status, 400, "{query}");
         assert!(resp.json()["error"].as_str().unwrap().contains(text), "{query}: {}", resp.body);
     }
+    // A channel without a table carries free-form events: any key may be filtered on.
+    admin.batch_execute("SELECT pgsse.create_channel('chat')").await.unwrap();
+    SseStream::ok(gw.addr, "/chat/events?anything=eq.1", &[]).await;
 }
 
 /// An update that takes a row out of a stream's filter arrives as the channel's delete event with the old

@@ -69,7 +69,7 @@ async fn refused_snapshots_name_their_cause() {
     let gw = Gateway::start_with(config).await;
     for (query, status, text) in [
         ("/chat/events?snapshot=true", 400, "has no table"),
-        ("/orders/events?snapshot=true&secret=eq.x", 400, "'secret' is not a published column"),
+        ("/orders/events?snapshot=true&secret=eq.x", 400, "filter \"secret\" names no published column"),
         ("/orders/events?snapshot=true&user_id=eq.1", 400, "its columns: id, userId, status, amount"),
         ("/orders/events?snapshot=true&order=nope.desc", 400, "'nope' is not a published column"),
         ("/orders/events?snapshot=true&userId=eq.abc&limit=1", 400, "invalid value in a filter"),

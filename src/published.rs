@@ -1,0 +1,70 @@
+//! The columns a table channel publishes (under the names its events carry), cached briefly: a filter key
+//! that names none of them is a typo, refused rather than left to match nothing forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::filter::Filter;
+use crate::store::{Store, StoreError};
+
+/// How long a channel's columns are trusted: an `ALTER TABLE` shows within this.
+const FRESH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnsError {
+    #[error("filter {key:?} names no published column of channel {channel:?} (its columns: {})", columns.join(", "))]
+    Unknown { key: String, channel: String, columns: Arc<[String]> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Channel → when read, and its columns (`None`: a channel without a table, whose events are free-form).
+type Cache = HashMap<String, (Instant, Option<Arc<[String]>>)>;
+
+#[derive(Default)]
+pub struct Published {
+    cache: Mutex<Cache>,
+}
+
+impl Published {
+    /// Refuses a filter on a table channel whose key does not start with a published column.
+    pub async fn check(&self, store: &Store, channel: &str, filter: &Filter) -> Result<(), ColumnsError> {
+        if filter.is_empty() {
+            return Ok(());
+        }
+        let Some(columns) = self.columns(store, channel).await? else { return Ok(()) };
+        match filter.keys().find(|key| !columns.iter().any(|c| c == key)) {
+            Some(key) => Err(ColumnsError::Unknown { key: key.to_string(), channel: channel.to_string(), columns }),
+            None => Ok(()),
+        }
+    }
+
+    async fn columns(&self, store: &Store, channel: &str) -> Result<Option<Arc<[String]>>, StoreError> {
+        if let Some((read, columns)) = self.lock().get(channel) {
+            if read.elapsed() < FRESH {
+                return Ok(columns.clone());
+            }
+        }
+        let (client, bound) = store.session().await?;
+        let query = "SELECT c.source_table IS NOT NULL, ARRAY(SELECT s.key FROM pgsse.snapshot_columns(c) s) \
+                     FROM pgsse.channels c WHERE c.name = $1";
+        let row = tokio::time::timeout(bound, client.query_opt(query, &[&channel]))
+            .await
+            .map_err(|_| StoreError::Timeout(bound))??;
+        let columns = match row {
+            Some(row) if row.try_get::<_, bool>(0)? => Some(row.try_get::<_, Vec<String>>(1)?.into()),
+            _ => None,
+        };
+        let mut cache = self.lock();
+        cache.retain(|_, (read, _)| read.elapsed() < FRESH);
+        cache.insert(channel.to_string(), (Instant::now(), columns.clone()));
+        Ok(columns)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
