@@ -34,8 +34,14 @@ pub enum DemoError {
     Config(#[from] ConfigError),
     #[error("database: {}", crate::pgerror::describe(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("cannot listen on {0}: {1}")]
+    #[error("cannot listen on {0}: {1} (another pgsse? pass --listen with a free address)")]
     Bind(std::net::SocketAddr, std::io::Error),
+    #[error(
+        "another pgsse demo is using {} (its PostgreSQL is running): stop it first, or give this one \
+         --data-dir and --pg-port of its own",
+        .0.display()
+    )]
+    Busy(std::path::PathBuf),
     #[error("{0}")]
     Server(#[from] ServerError),
     #[error("background task failed: {0}")]
@@ -54,10 +60,17 @@ pub async fn install(database_url: &str) -> Result<(), DemoError> {
 }
 
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    // The HTTP port first: a demo that cannot serve starts no PostgreSQL.
+    let listener = crate::server::bind(args.serve.listen).map_err(|e| DemoError::Bind(args.serve.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| DemoError::Bind(args.serve.listen, e))?;
     let (database_url, cluster) = match args.serve.db.database_url.clone() {
         Some(url) => (url, None),
         None => {
             let cluster = Cluster::new(&args.data_dir, args.pg_port)?;
+            // Another demo's cluster is not this one's to use, nor to stop on exit.
+            if cluster.is_running() {
+                return Err(DemoError::Busy(cluster.data_dir.clone()));
+            }
             let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster, ClusterError> {
                 cluster.init(true)?;
                 cluster.start()?;
@@ -67,19 +80,33 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
             (cluster.url("postgres"), Some(cluster))
         }
     };
-    let mut config = Config::with_database_url(&args.serve, database_url.clone())?;
-    config.demo = true;
-    install(&database_url).await?;
+    let result = serve(listener, addr, &args, &database_url, shutdown).await;
+    if let Some(cluster) = cluster {
+        tokio::task::spawn_blocking(move || cluster.stop("fast")).await??;
+    }
+    result
+}
 
-    let listener = crate::server::bind(args.serve.listen).map_err(|e| DemoError::Bind(args.serve.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| DemoError::Bind(args.serve.listen, e))?;
+async fn serve(
+    listener: tokio::net::TcpListener,
+    addr: std::net::SocketAddr,
+    args: &DemoArgs,
+    database_url: &str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let mut config = Config::with_database_url(&args.serve, database_url.to_string())?;
+    config.demo = true;
+    install(database_url).await?;
     println!("pgsse demo is running on http://{addr}\n");
     println!("Open the live feed:\n  http://{addr}/   (and http://{addr}/send to post)\n");
     println!("Watch the stream:\n  curl -N http://{addr}/messages/events\n");
     println!("Insert a row from any other terminal:\n  psql '{database_url}' -c \"insert into messages (body) values ('hello from psql')\"\n");
-    let result = server::run(listener, config, shutdown).await;
-    if let Some(cluster) = cluster {
-        tokio::task::spawn_blocking(move || cluster.stop("fast")).await??;
+    Ok(server::run(listener, config, shutdown).await?)
+}
+
+impl DemoError {
+    /// Whether the fix is in how the demo was started (exit 64, as `serve` does), not in the machine.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, DemoError::Bind(..) | DemoError::Busy(_) | DemoError::Config(_))
     }
-    Ok(result?)
 }

@@ -40,7 +40,10 @@ async fn main() -> ExitCode {
             None => usage("no database given: set DATABASE_URL or pass --database-url"),
             Some(url) => pgsse::migrate::migrate(&url).await.map_err(|e| e.to_string()),
         },
-        Some(Command::Demo(args)) => pgsse::demo::run(args, shutdown_signal()).await.map_err(|e| e.to_string()),
+        Some(Command::Demo(args)) => match pgsse::demo::run(args, shutdown_signal()).await {
+            Err(err) if err.is_usage() => usage(&err.to_string()),
+            other => other.map_err(|e| e.to_string()),
+        },
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     };

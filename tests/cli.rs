@@ -144,6 +144,27 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
         let (addr, path) = url.strip_prefix("http://").unwrap().split_once('/').unwrap();
         let mut stream = SseStream::ok(addr.parse().unwrap(), &format!("/{path}?last_event_id=0"), &[]).await;
 
+        if run == 0 {
+            // A second demo on the same data dir refuses, and leaves the first one's PostgreSQL running; one
+            // on the same HTTP port refuses before starting any PostgreSQL. Both exit as `serve` would (64).
+            let other_dir = dir.with_extension("other");
+            for (listen, data_dir, want) in [
+                ("127.0.0.1:0", &dir, "another pgsse demo is using"),
+                (addr, &other_dir, "cannot listen on"),
+            ] {
+                let out = Command::new(BIN)
+                    .args(["demo", "--listen", listen, "--pg-port", &common::free_port().to_string(), "--data-dir"])
+                    .arg(data_dir)
+                    .env_remove("DATABASE_URL")
+                    .output()
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(64), "{listen} {}: {stderr}", data_dir.display());
+                assert!(stderr.contains(want), "{stderr}");
+            }
+            assert!(!other_dir.exists(), "no PostgreSQL was started for a demo that cannot serve");
+        }
+
         let psql = find("psql ");
         let out = Command::new("sh").args(["-c", &psql]).output().unwrap();
         assert!(out.status.success(), "{psql}: {}", String::from_utf8_lossy(&out.stderr));
