@@ -38,7 +38,7 @@ pub fn valid_channel(name: &str) -> bool {
 pub enum StreamError {
     #[error("invalid channel name {0:?}: use letters, digits, _ . : - (at most 128, not starting with . : -)")]
     InvalidChannel(String),
-    #[error("unknown channel {0:?}")]
+    #[error("unknown channel {0:?}: create it with pgsse.create_channel or pgsse.publish_table")]
     UnknownChannel(String),
     #[error("no channel given: use /{{channel}}/events or /events?channel=a&channel=b")]
     NoChannel,

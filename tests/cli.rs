@@ -148,10 +148,9 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
             // A second demo on the same data dir refuses, and leaves the first one's PostgreSQL running; one
             // on the same HTTP port refuses before starting any PostgreSQL. Both exit as `serve` would (64).
             let other_dir = dir.with_extension("other");
-            for (listen, data_dir, want) in [
-                ("127.0.0.1:0", &dir, "another pgsse demo is using"),
-                (addr, &other_dir, "cannot listen on"),
-            ] {
+            for (listen, data_dir, want) in
+                [("127.0.0.1:0", &dir, "another pgsse demo is using"), (addr, &other_dir, "cannot listen on")]
+            {
                 let out = Command::new(BIN)
                     .args(["demo", "--listen", listen, "--pg-port", &common::free_port().to_string(), "--data-dir"])
                     .arg(data_dir)
