@@ -266,7 +266,9 @@ pub enum AuthMode {
     AuthUrl,
 }
 
+/// The demo always serves its pages: `--demo` is not one of its flags.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("demo", |arg| arg.hide(true)))]
 pub struct DemoArgs {
     #[command(flatten)]
     pub serve: ServeArgs,

@@ -20,8 +20,12 @@ async fn main() -> ExitCode {
             // clap's first paragraph, on one line: "the following required arguments were not provided:
             // --tls-key <TLS_KEY>" needs its second line to be useful.
             let text = err.to_string();
-            let summary: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
-            eprintln!("pgsse: {}", summary.join(" ").trim_start_matches("error: "));
+            let mut summary: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            // "tip: a similar argument exists: '--heartbeat'" is the fix for a typo: keep it, on the same line.
+            summary.extend(
+                text.lines().map(str::trim).find(|l| l.starts_with("tip:")).map(|tip| [";", tip]).into_iter().flatten(),
+            );
+            eprintln!("pgsse: {}", summary.join(" ").trim_start_matches("error: ").replace(" ; ", "; "));
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -24,6 +24,7 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         &["--database-url", "postgres://x@h/db", "--queue-capacity", "0"],
         &["--database-url", "not a url at all"],
         &["--no-such-flag"],
+        &["serve", "--heartbat", "5"],
         &["--database-url", "postgres://x@h/db", "--tls-cert", "/nonexistent/cert.pem"],
         &["--database-url", "postgres://x@h/db", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"],
     ] {
@@ -32,6 +33,9 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
         assert!(stderr.starts_with("pgsse: "), "{args:?}: {stderr}");
+        if args.contains(&"--heartbat") {
+            assert!(stderr.contains("tip: a similar argument exists: '--heartbeat'"), "the fix for a typo: {stderr}");
+        }
         if args.contains(&"--tls-cert") {
             assert!(
                 stderr.contains("--tls-key") || stderr.contains("/nonexistent/c.pem"),
@@ -61,6 +65,8 @@ fn help_names_every_option_with_its_environment_variable() {
     for needle in ["--database-url", "DATABASE_URL", "--listen", "PGSSE_LISTEN", "127.0.0.1:4000", "PGSSE_HEARTBEAT"] {
         assert!(help.contains(needle), "help mentions {needle}:\n{help}");
     }
+    let demo = String::from_utf8_lossy(&pgsse(&["demo", "--help"]).stdout).into_owned();
+    assert!(demo.contains("--data-dir") && !demo.contains("--demo"), "the demo always serves its pages:\n{demo}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
