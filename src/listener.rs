@@ -15,7 +15,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, Statement};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::hub::{Event, Hub};
 use crate::pacing::Pacing;
@@ -208,6 +208,7 @@ impl Listener {
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
+        let mut last_cause = String::new();
         loop {
             let result = self.session(&shutdown, &mut backoff).await;
             if shutdown.is_cancelled() {
@@ -217,7 +218,15 @@ impl Listener {
             self.status.set_down(&err);
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
             let delay = jitter(backoff);
-            warn!(cause = %err, retry_in = ?delay, "listener connection lost");
+            // A cause that persists (a database not migrated yet, say) is said once, not every few seconds;
+            // a session that got going in between resets the backoff, and its failure is news again.
+            let cause = err.to_string();
+            if backoff == BACKOFF_MIN || cause != last_cause {
+                warn!(cause, retry_in = ?delay, "listener connection lost");
+            } else {
+                debug!(cause, retry_in = ?delay, "listener connection still failing");
+            }
+            last_cause = cause;
             backoff = (backoff * 2).min(BACKOFF_MAX);
             tokio::select! {
                 _ = sleep(delay) => {}

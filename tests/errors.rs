@@ -67,3 +67,35 @@ async fn a_gateway_before_migrate_says_to_run_it() {
         assert!(resp.json()["error"].as_str().unwrap().contains(fix), "{path}: {}", resp.body);
     }
 }
+
+/// `serve` before `migrate` says so once at start and keeps retrying, without a warning per retry.
+#[tokio::test]
+async fn serve_before_migrate_says_so_once() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let url = empty_db().await;
+    let mut serve = tokio::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let (mut log, mut addr) = (Vec::new(), None);
+    while addr.is_none() {
+        let line = tokio::time::timeout(common::TIMEOUT, lines.next_line()).await.unwrap().unwrap().unwrap();
+        addr = line.split("addr=").nth(1).map(|a| a.trim().parse::<std::net::SocketAddr>().unwrap());
+        log.push(line);
+    }
+    let addr = addr.unwrap();
+    common::wait_for("five failed attempts", || async {
+        common::metric(addr, "pgsse_listener_reconnects_total").await >= 5
+    })
+    .await;
+    serve.start_kill().unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.push(line);
+    }
+    let warnings: Vec<&String> = log.iter().filter(|l| l.contains("listener connection lost")).collect();
+    assert_eq!(warnings.len(), 1, "{log:#?}");
+    assert!(warnings[0].contains("run `pgsse migrate`"), "{}", warnings[0]);
+}
