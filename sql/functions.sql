@@ -798,6 +798,30 @@ BEGIN
 END
 $$;
 
+-- The key of p_row whose value the channel's table cannot take (the first, by key), for the message of a
+-- failed pgsse.insert_json: run only after such a failure, each key tried on its own.
+CREATE OR REPLACE FUNCTION pgsse.bad_column(p_channel text, p_row jsonb) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels;
+    k  record;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    FOR k IN SELECT e.key, e.value, a.attname FROM jsonb_each(p_row) e
+               JOIN pg_attribute a ON a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
+                AND (a.attname = e.key OR (ch.camel_case AND pgsse.camel_case(a.attname) = e.key))
+              ORDER BY e.key LOOP
+        BEGIN
+            EXECUTE format('SELECT jsonb_populate_record(NULL::%s, $1)', ch.source_table)
+                USING jsonb_build_object(k.attname, k.value);
+        EXCEPTION WHEN data_exception THEN
+            RETURN k.key;
+        END;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- The gateway's POST to a channel without a table: pgsse.publish. Its event is in
 -- pgsse.sequenced(txid, after, p_channel) once committed.
 CREATE OR REPLACE FUNCTION pgsse.publish_json(p_channel text, p_event text, p_payload jsonb,
@@ -885,7 +909,7 @@ GRANT SELECT ON SEQUENCE pgsse.event_id_seq TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION
     pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
     pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
-    pgsse.insert_json(text, jsonb), pgsse.publish_json(text, text, jsonb), pgsse.clear_channel(text, boolean),
+    pgsse.insert_json(text, jsonb), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb), pgsse.clear_channel(text, boolean),
     pgsse.record_clear(text), pgsse.camel_case(text), pgsse.sequence(integer, boolean),
     pgsse.sequenced(xid8, bigint, text), pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb),
     pgsse.camel_keys(jsonb), pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),

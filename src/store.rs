@@ -462,7 +462,23 @@ impl Store {
                     "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
                 )
                 .await?;
-            let row = client.query_one(&stmt, &[&channel, &row.to_string()]).await.map_err(StoreError::from_db)?;
+            let object = row.to_string();
+            let row = match client.query_one(&stmt, &[&channel, &object]).await {
+                Ok(row) => row,
+                // A value its column cannot take: PostgreSQL's message names the value, not the column.
+                Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
+                    let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
+                    let column: Option<String> =
+                        client.query_one(named, &[&channel, &object]).await.ok().and_then(|r| r.get(0));
+                    return Err(match (StoreError::from_db(err), column) {
+                        (StoreError::Rejected { kind, message }, Some(column)) => {
+                            StoreError::Rejected { kind, message: format!("column {column:?}: {message}") }
+                        }
+                        (err, _) => err,
+                    });
+                }
+                Err(err) => return Err(StoreError::from_db(err)),
+            };
             match (row.try_get(0)?, row.try_get(1)?) {
                 (Some(txid), Some(after)) => sequenced(client, txid, after, channel).await,
                 _ => Ok(Written { id: None, payload: row.try_get(2)? }),
