@@ -99,3 +99,94 @@ async fn serve_before_migrate_says_so_once() {
     assert_eq!(warnings.len(), 1, "{log:#?}");
     assert!(warnings[0].contains("run `pgsse migrate`"), "{}", warnings[0]);
 }
+
+/// Every error a client of the HTTP interface can cause, with the one line it gets back.
+#[tokio::test]
+async fn each_http_error_names_its_cause_and_fix() {
+    let db = common::TestDb::new().await;
+    db.admin
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, user_id int);
+             SELECT pgsse.publish_table('orders');
+             CREATE TABLE notes (id int PRIMARY KEY, body text);
+             SELECT pgsse.publish_table('notes', writable => true);
+             GRANT INSERT ON notes TO pgsse_gateway;",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&db.url).await;
+    let json = ("content-type", "application/json");
+    let table: &[(&str, &str, &[(&str, &str)], &str, u16, &str)] = &[
+        ("GET", "/bad%20name/events", &[], "", 400, "invalid channel name \"bad%20name\": use letters, digits"),
+        (
+            "GET",
+            "/nope/events",
+            &[],
+            "",
+            400,
+            "unknown channel \"nope\": create it with pgsse.create_channel or pgsse.publish_table",
+        ),
+        (
+            "GET",
+            "/nope",
+            &[],
+            "",
+            404,
+            "unknown channel \"nope\": create it with pgsse.create_channel or pgsse.publish_table",
+        ),
+        ("GET", "/events", &[], "", 400, "no channel given: use /{channel}/events or /events?channel=a&channel=b"),
+        (
+            "GET",
+            "/orders/events?usr_id=eq.1",
+            &[],
+            "",
+            400,
+            "filter \"usr_id\" names no published column of channel \"orders\" (its columns: id, user_id)",
+        ),
+        ("GET", "/orders/events?user_id=42", &[], "", 400, "expected operator.value, e.g. eq.42"),
+        ("GET", "/orders?usr_id=eq.1", &[], "", 400, "filter \"usr_id\" names no published column"),
+        ("GET", "/orders?limit=0", &[], "", 400, "limit must be at least 1"),
+        (
+            "GET",
+            "/orders/events",
+            &[("last-event-id", "abc")],
+            "",
+            400,
+            "invalid resume id \"abc\": expected a non-negative integer",
+        ),
+        (
+            "GET",
+            "/orders/events?snapshot=true&limit=0",
+            &[],
+            "",
+            400,
+            "use a whole number from 1 to 10000 (--snapshot-max-rows)",
+        ),
+        ("GET", "/orders/events?order=id", &[], "", 400, "order and limit shape a snapshot: add snapshot=true"),
+        ("POST", "/orders", &[json], "{\"id\": 1}", 403, "publish its table with writable => true"),
+        ("POST", "/notes", &[("content-type", "text/plain")], "x", 415, "content type must be application/json"),
+        ("POST", "/notes", &[json], "{", 400, "request body is not valid JSON"),
+        ("POST", "/notes", &[json], "[1]", 400, "request body must be a JSON object"),
+        (
+            "POST",
+            "/notes",
+            &[json],
+            "{\"id\": \"two\"}",
+            400,
+            "column \"id\": invalid input syntax for type integer: \"two\"",
+        ),
+        ("POST", "/notes", &[json], "{\"nope\": 1}", 400, "unknown column: nope"),
+        ("DELETE", "/notes", &[], "", 403, "allow_clear"),
+        ("PUT", "/notes", &[], "", 405, "method PUT not allowed here"),
+        ("GET", "/a/b/c", &[], "", 404, "not found: /a/b/c"),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, headers, body, status, message) in table {
+        let resp = common::call(gw.addr, method, path, headers, bytes::Bytes::from(body.to_string())).await.unwrap();
+        let error = resp.json()["error"].as_str().unwrap_or_default().to_string();
+        if resp.status != *status || !error.contains(message) {
+            wrong.push(format!("{method} {path}: wanted {status} {message:?}, got {} {error:?}", resp.status));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
