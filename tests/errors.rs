@@ -100,6 +100,9 @@ async fn serve_before_migrate_says_so_once() {
     assert!(warnings[0].contains("run `pgsse migrate`"), "{}", warnings[0]);
 }
 
+/// One request: method, path, headers, body, and the status and message it must get.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+
 /// Every error a client of the HTTP interface can cause, with the one line it gets back.
 #[tokio::test]
 async fn each_http_error_names_its_cause_and_fix() {
@@ -116,7 +119,7 @@ async fn each_http_error_names_its_cause_and_fix() {
         .unwrap();
     let gw = Gateway::start(&db.url).await;
     let json = ("content-type", "application/json");
-    let table: &[(&str, &str, &[(&str, &str)], &str, u16, &str)] = &[
+    let table: &[Case] = &[
         ("GET", "/bad%20name/events", &[], "", 400, "invalid channel name \"bad%20name\": use letters, digits"),
         (
             "GET",
