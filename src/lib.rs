@@ -14,7 +14,7 @@
 //! - [`commands`]: `POST`/`GET`/`DELETE` on a channel (writes go through PostgreSQL, never to the hub).
 //! - [`stream`]: opening a stream, replay from the log and the seam to live frames; [`cursor`]: resume ids;
 //!   [`filter`]: row filters on event data ([`published`]: the columns they may name); [`snapshot`]: a table's current rows at the start of a stream.
-//! - [`store`]: pooled reads of the log; [`pgerror`]: database errors in one line; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
+//! - [`store`]: pooled reads of the log ([`logrow`]: a row of it and its encoding); [`pgerror`]: database errors in one line; [`migrate`]: installs `sql/`; [`retention`]: prunes old events.
 //! - [`cluster`] and [`demo`]: a private PostgreSQL for `pgsse demo` and the tests; [`web`]: the demo pages.
 
 pub mod auth;
@@ -30,6 +30,7 @@ pub mod filter;
 pub mod hub;
 pub mod limits;
 pub mod listener;
+pub mod logrow;
 pub mod metrics;
 pub mod migrate;
 pub mod pacing;

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::hub::{Event, Hub};
+use crate::logrow::{moved_columns, EventRow, ISSUED_HEAD};
 use crate::pacing::Pacing;
 use crate::sequencer::{self, Sequencing};
-use crate::store::{moved_columns, EventRow, ISSUED_HEAD};
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
