@@ -9,14 +9,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::filter::{ChannelFilters, Filter};
+use crate::queue::Frame;
 use crate::queue::{PushError, Queue};
-
-/// One encoded event as it travels to subscribers.
-#[derive(Clone, Debug)]
-pub struct Frame {
-    pub id: i64,
-    pub bytes: Bytes,
-}
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
 /// too (a slice of the same buffer) would double the contended reference counting per delivery.

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use tokio_postgres::Row;
 
-use crate::hub::{Frame, Moves};
+use crate::hub::Moves;
+use crate::queue::Frame;
 use crate::sse;
 
 /// One row of `pgsse.events` as the gateway reads it (payload as JSON text, never re-serialized).

@@ -8,7 +8,12 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::hub::Frame;
+/// One encoded event as it travels to subscribers.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub id: i64,
+    pub bytes: Bytes,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {

@@ -259,7 +259,8 @@ impl Body for SseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Event, Frame, Hub};
+    use crate::hub::{Event, Hub};
+    use crate::queue::Frame;
     use http_body_util::BodyExt;
 
     fn enc(id: i64, event: &str, data: &str) -> String {
