@@ -48,16 +48,7 @@ impl Published {
                 return Ok(columns.clone());
             }
         }
-        let (client, bound) = store.session().await?;
-        let query = "SELECT c.source_table IS NOT NULL, ARRAY(SELECT s.key FROM pgsse.snapshot_columns(c) s) \
-                     FROM pgsse.channels c WHERE c.name = $1";
-        let row = tokio::time::timeout(bound, client.query_opt(query, &[&channel]))
-            .await
-            .map_err(|_| StoreError::Timeout(bound))??;
-        let columns = match row {
-            Some(row) if row.try_get::<_, bool>(0)? => Some(row.try_get::<_, Vec<String>>(1)?.into()),
-            _ => None,
-        };
+        let columns: Option<Arc<[String]>> = store.published_columns(channel).await?.map(Into::into);
         let mut cache = self.lock();
         cache.retain(|_, (read, _)| read.elapsed() < FRESH);
         cache.insert(channel.to_string(), (Instant::now(), columns.clone()));

@@ -336,6 +336,21 @@ impl Store {
         .await
     }
 
+    /// The names under which a table channel's events carry its published columns; `None` for a channel
+    /// without a table (or none of that name).
+    pub async fn published_columns(&self, channel: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.with(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT ARRAY(SELECT s.key FROM pgsse.snapshot_columns(c) s) FROM pgsse.channels c \
+                     WHERE c.name = $1 AND c.source_table IS NOT NULL",
+                )
+                .await?;
+            Ok(client.query_opt(&stmt, &[&channel]).await?.map(|row| row.get(0)))
+        })
+        .await
+    }
+
     /// Inserts a row into a table channel's table and answers once its event is in the log; the id is
     /// `None` when the table does not capture inserts.
     pub async fn insert_row(&self, channel: &str, row: &serde_json::Value) -> Result<Written, StoreError> {
