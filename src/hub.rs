@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::filter::{ChannelFilters, Filter};
 use crate::queue::Frame;
 use crate::queue::{PushError, Queue};
+use crate::sse;
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
 /// too (a slice of the same buffer) would double the contended reference counting per delivery.
@@ -23,25 +24,52 @@ pub struct Event {
     pub moves: Option<Box<Moves>>,
 }
 
-/// An update as a filtered stream may need it: the old row (JSON) and the update re-encoded as its
-/// channel's insert (new row) and delete (old row) events.
+/// An update's old row (projected, JSON text) and its channel's insert and delete event names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    pub old: String,
+    pub insert_event: String,
+    pub delete_event: String,
+}
+
+/// An update as a filtered stream may need it: its old row, parsed once, and the update re-encoded as
+/// its channel's insert (new row) or delete (old row) event, each encoded only once a stream needs it.
 pub struct Moves {
-    pub old: Bytes,
-    pub insert: Frame,
-    pub delete: Frame,
+    id: i64,
+    /// The new row (JSON text): the update's data.
+    new: Bytes,
+    moved: Moved,
+    old_value: OnceLock<Option<serde_json::Value>>,
+    insert: OnceLock<Option<Frame>>,
+    delete: OnceLock<Option<Frame>>,
 }
 
 impl Moves {
-    /// The frame a stream with `filter` gets for this update: the update if the row matches before and
-    /// after, the insert if it entered the filter, the delete if it left it, nothing if neither matches.
+    pub fn new(id: i64, new: Bytes, moved: Moved) -> Self {
+        Self { id, new, moved, old_value: OnceLock::new(), insert: OnceLock::new(), delete: OnceLock::new() }
+    }
+
+    /// The frame a stream with `filter` gets for this update, whose new row matches it or not: the update
+    /// if the row matches before and after, the insert if it entered the filter, the delete if it left it,
+    /// nothing if neither matches. An event name that cannot be encoded keeps the update as it was.
     pub fn choose<'a>(&'a self, update: &'a Frame, new: bool, filter: &Filter) -> Option<&'a Frame> {
-        let old = filter.matches_text(&self.old);
+        let old_value = self.old_value.get_or_init(|| serde_json::from_str(&self.moved.old).ok());
+        let old = filter.is_empty() || old_value.as_ref().is_some_and(|v| filter.matches(v));
         match (old, new) {
             (true, true) => Some(update),
-            (false, true) => Some(&self.insert),
-            (true, false) => Some(&self.delete),
+            (false, true) => {
+                let new_row = std::str::from_utf8(&self.new).unwrap_or_default();
+                self.frame(&self.insert, &self.moved.insert_event, new_row).or(Some(update))
+            }
+            (true, false) => self.frame(&self.delete, &self.moved.delete_event, &self.moved.old),
             (false, false) => None,
         }
+    }
+
+    fn frame<'a>(&self, cell: &'a OnceLock<Option<Frame>>, event: &str, data: &str) -> Option<&'a Frame> {
+        let frame =
+            cell.get_or_init(|| sse::encode(self.id, event, data).ok().map(|bytes| Frame { id: self.id, bytes }));
+        frame.as_ref()
     }
 }
 
@@ -364,15 +392,15 @@ mod tests {
         let open = Arc::new(Filter::parse([("status", "eq.open")]).unwrap());
         let (filtered, _) = hub.subscribe(&["a".into()], &ChannelFilters::from([("a".to_string(), open)])).unwrap();
         let (all, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
-        let update = |id: i64, old: &str, new: &str| Event {
-            channel: "a".into(),
-            frame: Frame { id, bytes: Bytes::from(format!("u{id};")) },
-            data: Bytes::from(format!("{{\"status\": \"{new}\"}}")),
-            moves: Some(Box::new(Moves {
-                old: Bytes::from(format!("{{\"status\": \"{old}\"}}")),
-                insert: Frame { id, bytes: Bytes::from(format!("i{id};")) },
-                delete: Frame { id, bytes: Bytes::from(format!("d{id};")) },
-            })),
+        let row = |status: &str| format!("{{\"status\":\"{status}\"}}");
+        let update = |id: i64, old: &str, new: &str| {
+            let moved = Moved { old: row(old), insert_event: "ins".into(), delete_event: "del".into() };
+            Event {
+                channel: "a".into(),
+                frame: Frame { id, bytes: Bytes::from(format!("u{id};")) },
+                data: Bytes::from(row(new)),
+                moves: Some(Box::new(Moves::new(id, Bytes::from(row(new)), moved))),
+            }
         };
         hub.broadcast(vec![
             update(1, "open", "open"),
@@ -380,7 +408,9 @@ mod tests {
             update(3, "closed", "closed"),
             update(4, "closed", "open"),
         ]);
-        assert_eq!(take(&filtered), ready("u1;d2;i4;"), "left the filter: delete; entered it: insert");
+        let want =
+            format!("u1;id: 2\nevent: del\ndata: {}\n\nid: 4\nevent: ins\ndata: {}\n\n", row("open"), row("open"));
+        assert_eq!(take(&filtered), ready(&want), "left the filter: delete with the old row; entered it: insert");
         assert_eq!(take(&all), ready("u1;u2;u3;u4;"), "without a filter, updates stay updates");
     }
 

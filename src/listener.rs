@@ -17,7 +17,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, State
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::hub::{Event, Hub};
+use crate::hub::{Event, Hub, Moves};
 use crate::logrow::{moved_columns, EventRow, ISSUED_HEAD};
 use crate::pacing::Pacing;
 use crate::sequencer::{self, Sequencing};
@@ -413,7 +413,7 @@ impl Listener {
                 };
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
-                    let moves = event.moves().map(Box::new);
+                    let moves = event.moved.map(|moved| Box::new(Moves::new(event.id, data.clone(), moved)));
                     events.push(Event { channel: event.channel, frame, data, moves });
                 }
             }

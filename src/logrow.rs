@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tokio_postgres::Row;
 
-use crate::hub::Moves;
+use crate::hub::Moved;
 use crate::queue::Frame;
 use crate::sse;
 
@@ -19,14 +19,6 @@ pub struct EventRow {
     /// For an update, where the read asked for it: what a filtered stream needs to send it as an
     /// insert or a delete when the row entered or left its filter.
     pub moved: Option<Moved>,
-}
-
-/// An update's old row (projected, JSON text) and its channel's insert and delete event names.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Moved {
-    pub old: String,
-    pub insert_event: String,
-    pub delete_event: String,
 }
 
 /// An update's old row and event names as [`EventRow::with_moved`] reads them, for a read whose rows
@@ -84,19 +76,6 @@ impl EventRow {
             self.moved = Some(Moved { old, insert_event, delete_event });
         }
         Ok(self)
-    }
-
-    /// The frames a filtered stream gets instead of this update when the row entered its filter (the
-    /// insert event with the new row) or left it (the delete event with the old row).
-    pub fn moves(&self) -> Option<Moves> {
-        let moved = self.moved.as_ref()?;
-        let insert = sse::encode(self.id, &moved.insert_event, &self.payload).ok()?;
-        let delete = sse::encode(self.id, &moved.delete_event, &moved.old).ok()?;
-        Some(Moves {
-            old: Bytes::from(moved.old.clone()),
-            insert: Frame { id: self.id, bytes: insert },
-            delete: Frame { id: self.id, bytes: delete },
-        })
     }
 
     /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::filter::ChannelFilters;
-use crate::hub::HubError;
+use crate::hub::{HubError, Moves};
 use crate::metrics::Counters;
 use crate::published::ColumnsError;
 use crate::server::AppState;
@@ -296,13 +296,13 @@ impl Replay {
         }
         let mut sent = 0;
         for row in batch.rows.iter().filter(|row| row.id > after && row.txid.is_none_or(|t| !self.skip.contains(&t))) {
-            let Some((frame, _)) = row.encode() else { continue };
+            let Some((frame, data)) = row.encode() else { continue };
             let chosen = match self.filters.get(&row.channel) {
                 None => Some(frame),
                 Some(filter) => {
                     let new = filter.matches_text(row.payload.as_bytes());
-                    match row.moves() {
-                        Some(moves) => moves.choose(&frame, new, filter).cloned(),
+                    match &row.moved {
+                        Some(moved) => Moves::new(row.id, data, moved.clone()).choose(&frame, new, filter).cloned(),
                         None => new.then_some(frame),
                     }
                 }
