@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::AuthUrl;
 use crate::auth::{Auth, AuthError, Jwt, DEFAULT_COOKIE};
-use crate::auth_url::AuthUrl;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 pub const DEFAULT_HEARTBEAT: &str = "15s";

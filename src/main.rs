@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Migrate(db)) => match db.database_url {
             None => usage("no database given: set DATABASE_URL or pass --database-url"),
-            Some(url) => pgsse::migrate::migrate(&url).await.map_err(|e| e.to_string()),
+            Some(url) => pgsse::migrate(&url).await.map_err(|e| e.to_string()),
         },
         Some(Command::Demo(args)) => match pgsse::demo::run(args, shutdown_signal()).await {
             Err(err) if err.is_usage() => usage(&err.to_string()),
@@ -75,11 +75,11 @@ async fn serve(args: pgsse::config::ServeArgs) -> Result<(), String> {
     if config.demo {
         pgsse::demo::install(&config.database_url).await.map_err(|e| e.to_string())?;
     }
-    let listener = match pgsse::server::bind(args.listen) {
+    let listener = match pgsse::bind(args.listen) {
         Ok(listener) => listener,
         Err(err) => return usage(&format!("cannot listen on {}: {err}", args.listen)),
     };
-    pgsse::server::run(listener, config, shutdown_signal()).await.map_err(|e| e.to_string())
+    pgsse::run(listener, config, shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -14,34 +14,21 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument};
 
+use crate::api::snapshot::Shared;
+use crate::app::metrics::Metrics;
+use crate::app::AppState;
 use crate::config::Config;
-use crate::cors::Cors;
-use crate::hub::Hub;
+use crate::fanout::hub::Hub;
+use crate::http::cors::Cors;
+use crate::http::{conn, routes};
 use crate::limits::Limits;
-use crate::listener::{Listener, ListenerError, ListenerStatus};
-use crate::metrics::Metrics;
-use crate::published::Published;
-use crate::snapshot::Shared;
-use crate::store::{Store, StoreError};
-use crate::{conn, retention, routes};
+use crate::pg::listener::{Listener, ListenerError, ListenerStatus};
+use crate::pg::published::Published;
+use crate::pg::retention;
+use crate::pg::store::{Store, StoreError};
 
 /// Pause after a failed accept (usually EMFILE), so the loop does not spin while descriptors are short.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
-
-/// Shared by every request.
-pub struct AppState {
-    pub config: Config,
-    pub store: Store,
-    pub hub: Arc<Hub>,
-    pub listener: Arc<ListenerStatus>,
-    pub cors: Cors,
-    pub limits: Arc<Limits>,
-    pub metrics: Arc<Metrics>,
-    pub snapshots: Shared,
-    pub published: Published,
-    /// Cancelled on shutdown: ends every stream body and the listener.
-    pub shutdown: CancellationToken,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pgsse::auth::Auth;
-use pgsse::auth_url::AuthUrl;
+use pgsse::auth::AuthUrl;
 use tokio::task::JoinSet;
 
 /// The legacy backend: knows a few sessions by cookie, counts questions, remembers the last query.

@@ -99,7 +99,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
     let recorded = "SELECT string_agg(name, ',' ORDER BY name) FROM pgsse.migrations";
     let by_psql = connect(&by_psql).await;
     let names: String = by_psql.query_one(recorded, &[]).await.unwrap().get(0);
-    let numbered: Vec<&str> = pgsse::migrate::MIGRATIONS.iter().map(|(name, _)| *name).collect();
+    let numbered: Vec<&str> = pgsse::MIGRATIONS.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, numbered.join(","));
     let admin = connect(&url).await;
     assert_eq!(admin.query_one(recorded, &[]).await.unwrap().get::<_, String>(0), names);
@@ -108,7 +108,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
     // No gateway runs: the event waits, staged, for the first one.
     let row = admin.query_one("SELECT count(*), (SELECT schema_version FROM pgsse.meta) FROM pgsse.staged", &[]).await;
     let (events, version): (i64, i32) = row.map(|r| (r.get(0), r.get(1))).unwrap();
-    assert_eq!((events, version), (1, pgsse::migrate::SCHEMA_VERSION));
+    assert_eq!((events, version), (1, pgsse::SCHEMA_VERSION));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +116,7 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
     let dir = std::env::temp_dir().join(format!("pgsse-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pg_port = common::free_port().to_string();
-    let _cleanup = StopCluster(pgsse::cluster::Cluster::new(&dir, pg_port.parse().unwrap()).unwrap());
+    let _cleanup = StopCluster(pgsse::demo::Cluster::new(&dir, pg_port.parse().unwrap()).unwrap());
     let start = || {
         tokio::process::Command::new(BIN)
             .args(["demo", "--listen", "127.0.0.1:0", "--pg-port", &pg_port, "--data-dir"])
@@ -189,7 +189,7 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
 
 /// Stops the demo's cluster and removes its directory even when the test fails half-way (the demo process
 /// itself is killed on drop, which leaves its PostgreSQL running).
-struct StopCluster(pgsse::cluster::Cluster);
+struct StopCluster(pgsse::demo::Cluster);
 
 impl Drop for StopCluster {
     fn drop(&mut self) {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{get, wait_for, Gateway, SseStream, TestDb};
-use pgsse::store::{Store, PAGE_BYTES};
+use pgsse::{Store, PAGE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -159,8 +159,8 @@ async fn a_schema_3_install_upgrades_in_place() {
     let log = "SELECT string_agg(id || ' ' || event || ' ' || payload::text, ', ' ORDER BY id) FROM pgsse.events";
     let before: String = db.query_one(log, &[]).await.unwrap().get(0);
 
-    pgsse::migrate::migrate(&url).await.unwrap();
-    pgsse::migrate::migrate(&url).await.unwrap();
+    pgsse::migrate(&url).await.unwrap();
+    pgsse::migrate(&url).await.unwrap();
     assert_eq!(db.query_one(log, &[]).await.unwrap().get::<_, String>(0), before, "no event lost or renumbered");
     let triggers: String = db
         .query_one(
@@ -221,7 +221,7 @@ async fn a_capture_trigger_restored_onto_a_new_table_is_reinstalled_by_migrate()
     let staged = "SELECT count(*) FROM pgsse.staged";
     assert_eq!(admin.query_one(staged, &[]).await.unwrap().get::<_, i64>(0), 0);
 
-    pgsse::migrate::migrate(&url).await.unwrap();
+    pgsse::migrate(&url).await.unwrap();
     app.batch_execute("INSERT INTO messages (body) VALUES ('kept')").await.unwrap();
     let bodies: Vec<String> =
         admin.query("SELECT payload->>'body' FROM pgsse.staged", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
@@ -236,11 +236,11 @@ async fn migrate_without_createrole_prints_the_sql_to_run() {
     su.batch_execute("CREATE ROLE app_owner LOGIN").await.unwrap();
     su.batch_execute("CREATE DATABASE owned OWNER app_owner").await.unwrap();
     let owner_url = common::as_role(&cluster.url("owned"), "app_owner");
-    let err = pgsse::migrate::migrate(&owner_url).await.unwrap_err().to_string();
+    let err = pgsse::migrate(&owner_url).await.unwrap_err().to_string();
     assert!(err.contains("lacks CREATEROLE"), "{err}");
     assert!(err.contains("CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN;"), "{err}");
     su.batch_execute("CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN").await.unwrap();
-    pgsse::migrate::migrate(&owner_url).await.expect("migrate once the operator made the roles");
+    pgsse::migrate(&owner_url).await.expect("migrate once the operator made the roles");
     drop(su);
     cluster.stop("fast").unwrap();
 }
@@ -275,7 +275,7 @@ async fn migrate_names_the_privilege_its_role_lacks() {
         .await
         .unwrap();
     let as_outsider = common::as_role(&url, &outsider);
-    let err = pgsse::migrate::migrate(&as_outsider).await.unwrap_err().to_string();
+    let err = pgsse::migrate(&as_outsider).await.unwrap_err().to_string();
     assert_eq!(
         err,
         format!(
@@ -283,8 +283,8 @@ async fn migrate_names_the_privilege_its_role_lacks() {
              migrate as the database's owner, or have it run: GRANT CREATE ON DATABASE {name} TO {outsider};"
         )
     );
-    pgsse::migrate::migrate(&url).await.unwrap();
-    let err = pgsse::migrate::migrate(&as_outsider).await.unwrap_err().to_string();
+    pgsse::migrate(&url).await.unwrap();
+    let err = pgsse::migrate(&as_outsider).await.unwrap_err().to_string();
     assert!(err.starts_with("schema pgsse belongs to role "), "{err}");
     assert!(err.contains(&format!("role {outsider} is not a member of it")), "{err}");
 }

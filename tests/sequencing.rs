@@ -383,7 +383,7 @@ async fn a_schema_3_install_migrated_under_a_writer_keeps_every_id_and_event() {
     };
     wait_for("the writer under way", || async { written.lock().unwrap().len() >= 20 }).await;
     let before = log_of(&db).await;
-    pgsse::migrate::migrate(&url).await.unwrap();
+    pgsse::migrate(&url).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 

@@ -506,7 +506,7 @@ async fn readyz_waits_for_the_schema_and_the_listener() {
     assert_eq!(before.status, 503);
     assert!(before.json()["error"].as_str().unwrap().contains("run pgsse migrate"), "{}", before.body);
 
-    pgsse::migrate::migrate(&url).await.unwrap();
+    pgsse::migrate(&url).await.unwrap();
     common::wait_for("ready once migrated", || async {
         common::get(addr, "/readyz", &[]).await.is_ok_and(|r| r.status == 200)
     })

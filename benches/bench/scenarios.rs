@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgsse::cluster::Cluster;
+use pgsse::demo::Cluster;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};

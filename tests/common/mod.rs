@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use pgsse::cluster::Cluster;
 use pgsse::config::Config;
+use pgsse::demo::Cluster;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -91,7 +91,7 @@ pub async fn fresh_db_on(admin: &str) -> String {
 /// A new, migrated database made with `CREATE DATABASE ... {options}`, e.g. another encoding.
 pub async fn fresh_db_with(admin: &str, options: &str) -> String {
     let url = empty_db_with(admin, options).await;
-    pgsse::migrate::migrate(&url).await.expect("migrate");
+    pgsse::migrate(&url).await.expect("migrate");
     test_roles(admin, &url).await;
     url
 }
@@ -318,7 +318,7 @@ impl Gateway {
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            pgsse::server::run(listener, config, async {
+            pgsse::run(listener, config, async {
                 let _ = rx.await;
             })
             .await

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgsse::cluster::Cluster;
+use pgsse::demo::Cluster;
 
 use super::{account, connect, migrate_with, Clients, Report};
 use crate::gateway::Gateway;

@@ -11,9 +11,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use prometheus_client::registry::Unit;
 
-use crate::hub::Hub;
+use crate::fanout::hub::Hub;
 use crate::limits::Limits;
-use crate::listener::ListenerStatus;
+use crate::pg::listener::ListenerStatus;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

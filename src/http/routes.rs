@@ -12,21 +12,21 @@ use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use serde_json::json;
 
+use crate::api::commands::{self, CommandError};
+use crate::api::events::{self as stream, StreamError};
+use crate::api::snapshot::{Shape, SnapshotError, RESERVED};
+use crate::app::metrics::Counters;
+use crate::app::AppState;
 use crate::auth::{Auth, AuthError};
-use crate::commands::{self, CommandError};
 use crate::cursor::{self, CursorError};
+use crate::fanout::hub::HubError;
 use crate::filter::{ChannelFilters, Filter, FilterError};
-use crate::hub::HubError;
+use crate::http::web;
 use crate::limits::{LimitError, StreamSlot};
-use crate::metrics::Counters;
-use crate::migrate;
-use crate::published::ColumnsError;
-use crate::server::AppState;
-use crate::snapshot::{Shape, SnapshotError, RESERVED};
-use crate::sse::SseBody;
-use crate::store::{Readiness, Rejection, StoreError};
-use crate::stream::{self, StreamError};
-use crate::web;
+use crate::pg::migrate;
+use crate::pg::published::ColumnsError;
+use crate::pg::store::{Readiness, Rejection, StoreError};
+use crate::sse::body::SseBody;
 
 pub type Body = Either<Reply, SseBody>;
 
@@ -275,7 +275,7 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
                 return Err(ApiError::MethodNotAllowed(req.method().clone(), "GET, POST, DELETE"));
             }
             // A name that is not one is refused before anyone, a legacy auth backend included, is asked.
-            if !stream::valid_channel(&channel) {
+            if !crate::channel::valid(&channel) {
                 return Err(CommandError::InvalidChannel(channel.chars().take(140).collect()).into());
             }
             let token = query_token(query.as_deref());
@@ -414,7 +414,7 @@ fn metrics(state: &AppState) -> Response<Body> {
     match state.metrics.render() {
         Ok(text) => {
             let mut resp = Response::new(Either::Left(Reply::new(Bytes::from(text))));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::app::metrics::CONTENT_TYPE));
             resp
         }
         Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "metrics could not be encoded" })),

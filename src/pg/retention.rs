@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::store::{Store, StoreError};
+use crate::pg::store::{Store, StoreError};
 
 /// Rows per prune transaction.
 const BATCH: i32 = 5_000;

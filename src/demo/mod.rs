@@ -5,9 +5,12 @@ use std::future::Future;
 
 use tokio_postgres::NoTls;
 
-use crate::cluster::{Cluster, ClusterError};
+mod cluster;
+
+pub use cluster::{Cluster, ClusterError};
+
 use crate::config::{Config, ConfigError, DemoArgs};
-use crate::migrate::{self, MigrateError};
+use crate::pg::migrate::{self, MigrateError};
 use crate::server::{self, ServerError};
 
 /// The demo table, published in the article's wire shape: `message` events with `{"id", "body",
@@ -32,7 +35,7 @@ pub enum DemoError {
     Migrate(#[from] MigrateError),
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("database: {}", crate::pgerror::describe(.0))]
+    #[error("database: {}", crate::pg::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("cannot listen on {0}: {1} (another pgsse? pass --listen with a free address)")]
     Bind(std::net::SocketAddr, std::io::Error),

@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use tokio_postgres::Row;
 
-use crate::hub::Moved;
-use crate::queue::Frame;
-use crate::sse;
+use crate::fanout::hub::Moved;
+use crate::fanout::queue::Frame;
+use crate::sse::wire as sse;
 
 /// One row of `pgsse.events` as the gateway reads it (payload as JSON text, never re-serialized).
 pub struct EventRow {

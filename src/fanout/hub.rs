@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::fanout::queue::Frame;
+use crate::fanout::queue::{PushError, Queue};
 use crate::filter::{ChannelFilters, Filter};
-use crate::queue::Frame;
-use crate::queue::{PushError, Queue};
-use crate::sse;
+use crate::sse::wire as sse;
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
 /// too (a slice of the same buffer) would double the contended reference counting per delivery.

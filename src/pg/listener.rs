@@ -1,5 +1,5 @@
 //! The one dedicated LISTEN connection: LISTEN, catch up from the log, then on each burst of notifications
-//! run the sequencing step (see [`crate::sequencer`]) and read the log once, handing the encoded frames to
+//! run the sequencing step (see [`crate::pg::sequencer`]) and read the log once, handing the encoded frames to
 //! the hub. Reconnects with jittered backoff.
 
 use std::future::{poll_fn, Future};
@@ -17,10 +17,10 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, State
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::hub::{Event, Hub, Moves};
-use crate::logrow::{moved_columns, EventRow, ISSUED_HEAD};
-use crate::pacing::Pacing;
-use crate::sequencer::{self, Sequencing};
+use crate::fanout::hub::{Event, Hub, Moves};
+use crate::pg::logrow::{moved_columns, EventRow, ISSUED_HEAD};
+use crate::pg::pacing::Pacing;
+use crate::pg::sequencer::{self, Sequencing};
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
@@ -38,9 +38,9 @@ const LAG_BUCKETS: [f64; 16] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    #[error("database error: {}", crate::pgerror::describe(.0))]
+    #[error("database error: {}", crate::pg::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("cannot connect to {target}: {}", crate::pgerror::describe(.source))]
+    #[error("cannot connect to {target}: {}", crate::pg::error::describe(.source))]
     Connect {
         target: String,
         #[source]
@@ -193,7 +193,7 @@ impl Listener {
         let mut pg: tokio_postgres::Config =
             database_url.parse().map_err(|e: tokio_postgres::Error| ListenerError::Config(e.to_string()))?;
         pg.application_name("pgsse-listener");
-        crate::store::pin_search_path(&mut pg);
+        crate::pg::store::pin_search_path(&mut pg);
         pg.connect_timeout(CONNECT_TIMEOUT);
         pg.keepalives(true);
         pg.keepalives_idle(KEEPALIVE_IDLE);
@@ -238,7 +238,7 @@ impl Listener {
 
     async fn session(&mut self, shutdown: &CancellationToken, backoff: &mut Duration) -> Result<(), ListenerError> {
         let (client, connection) = tokio::select! {
-            conn = self.pg.connect(NoTls) => conn.map_err(|source| ListenerError::Connect { target: crate::pgerror::target_of(&self.pg), source })?,
+            conn = self.pg.connect(NoTls) => conn.map_err(|source| ListenerError::Connect { target: crate::pg::error::target_of(&self.pg), source })?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let mut conn = Driven { connection, notified: false, own_pid: None, bound: self.probe_interval };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::logrow::{moved_columns, payload_bytes, EventRow, ISSUED_HEAD};
+use crate::pg::logrow::{moved_columns, payload_bytes, EventRow, ISSUED_HEAD};
 
 /// Rows per replay query at most: large enough for throughput with small events.
 pub const REPLAY_BATCH: i64 = 1000;
@@ -27,7 +27,7 @@ const HEALTH_BOUND: Duration = Duration::from_secs(1);
 pub enum StoreError {
     #[error("database unavailable: {}", pool_error(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {}", crate::pgerror::describe(.0))]
+    #[error("database error: {}", crate::pg::error::describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database url: {0}")]
     Config(String),
@@ -82,14 +82,14 @@ impl StoreError {
 impl StoreError {
     /// The database answered, but pgsse is not installed there (or is older than this binary).
     pub fn schema_missing(&self) -> bool {
-        matches!(self, StoreError::Query(err) if crate::pgerror::schema_missing(err))
+        matches!(self, StoreError::Query(err) if crate::pg::error::schema_missing(err))
     }
 }
 
 /// A pool error with the database's own words when a connection could not be made.
 fn pool_error(err: &deadpool_postgres::PoolError) -> String {
     match err {
-        deadpool_postgres::PoolError::Backend(err) => crate::pgerror::describe(err),
+        deadpool_postgres::PoolError::Backend(err) => crate::pg::error::describe(err),
         other => other.to_string(),
     }
 }
@@ -273,7 +273,7 @@ impl Store {
                 false => None,
             };
             let backlog = match version {
-                Some(v) if v >= crate::migrate::SCHEMA_VERSION => {
+                Some(v) if v >= crate::pg::migrate::SCHEMA_VERSION => {
                     let stmt = client
                         .prepare_cached("SELECT pending, coalesce(oldest_seconds, 0) FROM pgsse.backlog()")
                         .await?;

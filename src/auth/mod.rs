@@ -2,6 +2,10 @@
 //! legacy backend) lists channel patterns to subscribe and publish, and row filters per channel that the
 //! client can narrow but never widen.
 
+mod url;
+
+pub use url::AuthUrl;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +15,6 @@ use http::{HeaderMap, Method};
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::auth_url::AuthUrl;
 use crate::filter::{Filter, FilterError};
 
 pub const DEFAULT_COOKIE: &str = "pgsse_token";

@@ -9,13 +9,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::app::AppState;
 use crate::auth::{Access, AuthError};
+use crate::cursor;
 use crate::filter::{Filter, FilterError};
-use crate::published::ColumnsError;
-use crate::routes::{json_response, raw_json_response, Body, ACCESS_TOKEN};
-use crate::server::AppState;
-use crate::store::{StoreError, Written};
-use crate::{cursor, stream};
+use crate::http::routes::{json_response, raw_json_response, Body, ACCESS_TOKEN};
+use crate::pg::published::ColumnsError;
+use crate::pg::store::{StoreError, Written};
 
 pub type Response = http::Response<Body>;
 
@@ -88,7 +88,7 @@ pub async fn read_object(
 }
 
 fn check_name(channel: &str) -> Result<(), CommandError> {
-    if stream::valid_channel(channel) {
+    if crate::channel::valid(channel) {
         Ok(())
     } else {
         Err(CommandError::InvalidChannel(channel.chars().take(140).collect()))
@@ -97,7 +97,7 @@ fn check_name(channel: &str) -> Result<(), CommandError> {
 
 /// Same rule as `pgsse.valid_event` in SQL.
 fn valid_event(name: &str) -> bool {
-    name.len() <= 64 && stream::valid_channel(name)
+    name.len() <= 64 && crate::channel::valid(name)
 }
 
 fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, CommandError> {

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::filter::ChannelFilters;
-use crate::sse::{self, Feed};
-use crate::store::{Store, StoreError};
+use crate::pg::store::{Store, StoreError};
+use crate::sse::body::Feed;
+use crate::sse::wire as sse;
 
 /// Snapshot rows are sent in chunks of about this size: small enough that a client that does not read
 /// pins little, large enough that a big snapshot is not a write per row.

@@ -24,11 +24,9 @@ use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::routes;
-use crate::server::AppState;
-use crate::sse::SseBody;
-
-mod idle;
+use crate::app::AppState;
+use crate::http::routes;
+use crate::sse::body::SseBody;
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -248,7 +246,7 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     // HTTP/1 connection gets, since it must send its next request's head within that time.
     let closing = state.shutdown.child_token();
     let idle_limit = state.config.header_read_timeout;
-    let active = Arc::new(idle::Active::default());
+    let active = Arc::new(super::idle::Active::default());
     let requests = active.clone();
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
     // future's slot for the connection's lifetime, and the routing future is large.
@@ -256,8 +254,9 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let (state, guard) = (state.clone(), requests.enter());
         Box::pin(async move {
             let response = routes::handle(state, peer.ip(), req).await?;
-            Ok::<_, Infallible>(response.map(|body| idle::Tracked { body, _guard: guard }))
-        }) as Pin<Box<dyn Future<Output = Result<Response<idle::Tracked<routes::Body>>, Infallible>> + Send>>
+            Ok::<_, Infallible>(response.map(|body| super::idle::Tracked { body, _guard: guard }))
+        })
+            as Pin<Box<dyn Future<Output = Result<Response<super::idle::Tracked<routes::Body>>, Infallible>> + Send>>
     });
     let conn = builders.http2.serve_connection(TokioIo::new(io), service);
     Box::pin(async move {

@@ -9,20 +9,20 @@ pub const SCHEMA_VERSION: i32 = 8;
 
 /// The numbered files of `sql/`, embedded at build time, in the order they apply.
 pub const MIGRATIONS: &[(&str, &str)] = &[
-    ("001_schema.sql", include_str!("../sql/001_schema.sql")),
-    ("002_capture_options.sql", include_str!("../sql/002_capture_options.sql")),
-    ("003_locks_and_writes.sql", include_str!("../sql/003_locks_and_writes.sql")),
-    ("004_staging.sql", include_str!("../sql/004_staging.sql")),
-    ("005_staged_floor.sql", include_str!("../sql/005_staged_floor.sql")),
-    ("006_old_rows.sql", include_str!("../sql/006_old_rows.sql")),
+    ("001_schema.sql", include_str!("../../sql/001_schema.sql")),
+    ("002_capture_options.sql", include_str!("../../sql/002_capture_options.sql")),
+    ("003_locks_and_writes.sql", include_str!("../../sql/003_locks_and_writes.sql")),
+    ("004_staging.sql", include_str!("../../sql/004_staging.sql")),
+    ("005_staged_floor.sql", include_str!("../../sql/005_staged_floor.sql")),
+    ("006_old_rows.sql", include_str!("../../sql/006_old_rows.sql")),
 ];
 
 /// Functions, roles and grants: applied again by every migrate, after the numbered files.
-pub const FUNCTIONS: (&str, &str) = ("functions.sql", include_str!("../sql/functions.sql"));
+pub const FUNCTIONS: (&str, &str) = ("functions.sql", include_str!("../../sql/functions.sql"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("cannot connect to {target}: {}", crate::pgerror::describe(.source))]
+    #[error("cannot connect to {target}: {}", crate::pg::error::describe(.source))]
     Connect {
         target: String,
         #[source]
@@ -37,7 +37,7 @@ pub enum MigrateError {
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
-        .map_err(|source| MigrateError::Connect { target: crate::pgerror::target(database_url), source })?;
+        .map_err(|source| MigrateError::Connect { target: crate::pg::error::target(database_url), source })?;
     let driver = tokio::spawn(connection);
     check_privileges(&client).await?;
     warn_on_sql_ascii(&client).await?;

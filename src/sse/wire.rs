@@ -1,0 +1,119 @@
+//! The SSE wire format: one event encoded into a shareable `Bytes` frame, data split on every line break
+//! and line breaks refused in the event name, so payload text can never forge a field.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    #[error("event name must not contain CR or LF")]
+    EventNameLineBreak,
+}
+
+/// Encodes one event. `data` may hold line breaks of any style: each line becomes its own `data:` field,
+/// which is what makes payload text unable to forge fields or end the event early.
+pub fn encode(id: i64, event: &str, data: &str) -> Result<Bytes, EncodeError> {
+    let mut buf = BytesMut::with_capacity(data.len() + event.len() + 40);
+    encode_into(&mut buf, Some(id), event, data)?;
+    Ok(buf.freeze())
+}
+
+/// Appends one event to `buf`; without `id`, the client's last event id stays what it was.
+pub fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data: &str) -> Result<(), EncodeError> {
+    if event.contains(['\r', '\n']) {
+        return Err(EncodeError::EventNameLineBreak);
+    }
+    if let Some(id) = id {
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.to_string().as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_slice(b"event: ");
+    buf.put_slice(event.as_bytes());
+    buf.put_u8(b'\n');
+    for line in split_lines(data) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    Ok(())
+}
+
+/// Splits on CRLF, CR and LF alike, as an SSE parser does; an empty input is one empty line.
+fn split_lines(data: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(i) => {
+                let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[i + skip..]);
+                Some(&s[..i])
+            }
+        }
+    })
+}
+
+/// The first bytes of every stream: the reconnect delay and a comment, so headers and a body chunk
+/// reach the client at once (some proxies and clients wait for the first chunk).
+pub fn prelude(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n: pgsse\n\n", retry.as_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(id: i64, event: &str, data: &str) -> String {
+        String::from_utf8(encode(id, event, data).unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn encodes_single_line() {
+        assert_eq!(enc(7, "insert", r#"{"a":1}"#), "id: 7\nevent: insert\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn splits_every_line_break_style() {
+        assert_eq!(enc(1, "m", "a\nb\r\nc\rd"), "id: 1\nevent: m\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+    }
+
+    #[test]
+    fn keeps_empty_lines_and_trailing_break() {
+        assert_eq!(enc(1, "m", ""), "id: 1\nevent: m\ndata: \n\n");
+        assert_eq!(enc(1, "m", "a\n"), "id: 1\nevent: m\ndata: a\ndata: \n\n");
+        assert_eq!(enc(1, "m", "\n\n"), "id: 1\nevent: m\ndata: \ndata: \ndata: \n\n");
+    }
+
+    #[test]
+    fn payload_cannot_forge_fields() {
+        let out = enc(3, "m", "x\n\nevent: evil\nid: 99\ndata: y");
+        assert_eq!(out, "id: 3\nevent: m\ndata: x\ndata: \ndata: event: evil\ndata: id: 99\ndata: data: y\n\n");
+        assert_eq!(out.matches("\n\n").count(), 1, "exactly one event terminator");
+    }
+
+    #[test]
+    fn encodes_without_id() {
+        let mut buf = BytesMut::from(&b"x"[..]);
+        encode_into(&mut buf, None, "insert", "a\nb").unwrap();
+        assert_eq!(&buf[..], b"xevent: insert\ndata: a\ndata: b\n\n");
+        assert_eq!(encode_into(&mut buf, None, "a\nb", "x"), Err(EncodeError::EventNameLineBreak));
+    }
+
+    #[test]
+    fn rejects_line_breaks_in_event_name() {
+        assert_eq!(encode(1, "a\nb", "x"), Err(EncodeError::EventNameLineBreak));
+        assert_eq!(encode(1, "a\rb", "x"), Err(EncodeError::EventNameLineBreak));
+    }
+
+    #[test]
+    fn prelude_sets_retry() {
+        assert_eq!(&prelude(Duration::from_millis(2500))[..], b"retry: 2500\n: pgsse\n\n");
+    }
+}
