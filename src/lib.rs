@@ -17,6 +17,7 @@ mod fanout;
 pub mod filter;
 mod http;
 mod limits;
+mod parse;
 mod pg;
 mod server;
 pub mod sse;

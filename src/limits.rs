@@ -8,6 +8,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::HeaderMap;
 
+/// Above the per-client stream limit: each HTTP/1 stream holds a connection, and requests need a few more.
+const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+const DEFAULT_MAX_STREAMS: usize = 10_000;
+const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 100;
+
+/// Streams and connections per gateway and per client.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Open streams on this gateway; more get 429 with Retry-After.
+    #[arg(long, env = "PGSSE_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS, value_parser = crate::parse::positive)]
+    pub max_streams: usize,
+
+    /// Open streams per client address; more get 429 with Retry-After.
+    #[arg(long, env = "PGSSE_MAX_STREAMS_PER_CLIENT", default_value_t = DEFAULT_MAX_STREAMS_PER_CLIENT,
+          value_parser = crate::parse::positive)]
+    pub max_streams_per_client: usize,
+
+    /// Open connections per peer address (trusted proxies excepted); more are closed as they are accepted.
+    #[arg(long, env = "PGSSE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+          value_parser = crate::parse::positive)]
+    pub max_connections_per_client: usize,
+
+    /// Proxy address whose X-Forwarded-For names the client (repeatable); from anyone else it is ignored.
+    #[arg(long = "trusted-proxy", env = "PGSSE_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitError {
     #[error("too many open streams on this gateway (at most {0}); try again later")]
@@ -86,17 +114,12 @@ impl Drop for StreamSlot {
 }
 
 impl Limits {
-    pub fn new(
-        max_streams: usize,
-        max_per_client: usize,
-        max_connections_per_client: usize,
-        trusted_proxies: Vec<IpAddr>,
-    ) -> Self {
+    pub fn new(args: &LimitArgs) -> Self {
         Self {
-            max_streams,
-            max_per_client,
-            max_connections_per_client,
-            trusted_proxies,
+            max_streams: args.max_streams,
+            max_per_client: args.max_streams_per_client,
+            max_connections_per_client: args.max_connections_per_client,
+            trusted_proxies: args.trusted_proxies.clone(),
             open: Mutex::default(),
             connections: Mutex::default(),
             rejections: Rejections::default(),
@@ -167,11 +190,20 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(max_streams: usize, per_client: usize, connections: usize, proxies: Vec<IpAddr>) -> LimitArgs {
+        LimitArgs {
+            max_streams,
+            max_streams_per_client: per_client,
+            max_connections_per_client: connections,
+            trusted_proxies: proxies,
+        }
+    }
     use http::HeaderValue;
 
     #[test]
     fn admits_up_to_the_limits_and_releases_on_drop() {
-        let limits = Arc::new(Limits::new(3, 2, 10, vec![]));
+        let limits = Arc::new(Limits::new(&args(3, 2, 10, vec![])));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let a1 = limits.admit(a).unwrap();
         let _a2 = limits.admit(a).unwrap();
@@ -194,7 +226,7 @@ mod tests {
     #[test]
     fn connections_per_peer_address_except_trusted_proxies() {
         let proxy: IpAddr = "10.9.9.9".parse().unwrap();
-        let limits = Arc::new(Limits::new(10, 10, 2, vec![proxy]));
+        let limits = Arc::new(Limits::new(&args(10, 10, 2, vec![proxy])));
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let (first, _second) = (limits.admit_connection(peer).unwrap(), limits.admit_connection(peer).unwrap());
         assert!(limits.admit_connection(peer).is_none());
@@ -209,7 +241,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let proxy: IpAddr = "127.0.0.1".parse().unwrap();
-        let limits = Limits::new(10, 10, 10, vec![proxy, "10.9.9.9".parse().unwrap()]);
+        let limits = Limits::new(&args(10, 10, 10, vec![proxy, "10.9.9.9".parse().unwrap()]));
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 5.6.7.8, 10.9.9.9"));
         assert_eq!(limits.client(proxy, &headers), "5.6.7.8".parse::<IpAddr>().unwrap());

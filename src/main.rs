@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgsse::config::{Cli, Command, Config, LogFormat};
+use pgsse::config::{Cli, Command, Config, DatabaseArgs, LogFormat, ServeArgs};
 
 /// BSD `EX_USAGE`: the configuration is wrong, retrying will not help.
 const EXIT_USAGE: u8 = 64;
@@ -40,46 +40,51 @@ async fn main() -> ExitCode {
     }
 
     let result = match cli.command {
-        Some(Command::Migrate(db)) => match db.database_url {
-            None => usage("no database given: set DATABASE_URL or pass --database-url"),
-            Some(url) => pgsse::migrate(&url).await.map_err(|e| e.to_string()),
-        },
-        Some(Command::Demo(args)) => match pgsse::demo::run(args, shutdown_signal()).await {
-            Err(err) if err.is_usage() => usage(&err.to_string()),
-            other => other.map_err(|e| e.to_string()),
-        },
+        Some(Command::Migrate(db)) => migrate(db).await,
+        Some(Command::Demo(args)) => pgsse::demo::run(args, shutdown_signal()).await.map_err(|err| {
+            if err.is_usage() {
+                Exit::Usage(err.to_string())
+            } else {
+                Exit::Failure(err.into())
+            }
+        }),
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) if msg.is_empty() => ExitCode::from(EXIT_USAGE),
-        Err(msg) => {
-            tracing::error!(cause = %msg, "exiting");
+        Err(Exit::Usage(msg)) => {
+            eprintln!("pgsse: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Exit::Failure(err)) => {
+            tracing::error!(cause = %err, "exiting");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Prints a configuration error and yields the empty error that maps to exit code 64.
-fn usage(msg: &str) -> Result<(), String> {
-    eprintln!("pgsse: {msg}");
-    Err(String::new())
+/// Why the binary stops early: how it was started is wrong (exit 64, printed), or running failed (logged).
+enum Exit {
+    Usage(String),
+    Failure(Box<dyn std::error::Error>),
 }
 
-async fn serve(args: pgsse::config::ServeArgs) -> Result<(), String> {
-    let config = match Config::from_args(&args) {
-        Ok(config) => config,
-        Err(err) => return usage(&err.to_string()),
-    };
-    if config.demo {
-        pgsse::demo::install(&config.database_url).await.map_err(|e| e.to_string())?;
+async fn migrate(db: DatabaseArgs) -> Result<(), Exit> {
+    let url = db
+        .database_url
+        .ok_or_else(|| Exit::Usage("no database given: set DATABASE_URL or pass --database-url".into()))?;
+    pgsse::migrate(&url).await.map_err(|err| Exit::Failure(err.into()))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Exit> {
+    let listen = args.server.listen;
+    let config = Config::from_args(args).map_err(|err| Exit::Usage(err.to_string()))?;
+    if config.server.demo {
+        pgsse::demo::install(&config.database_url).await.map_err(|err| Exit::Failure(err.into()))?;
     }
-    let listener = match pgsse::bind(args.listen) {
-        Ok(listener) => listener,
-        Err(err) => return usage(&format!("cannot listen on {}: {err}", args.listen)),
-    };
-    pgsse::run(listener, config, shutdown_signal()).await.map_err(|e| e.to_string())
+    let listener = pgsse::bind(listen).map_err(|err| Exit::Usage(format!("cannot listen on {listen}: {err}")))?;
+    pgsse::run(listener, config, shutdown_signal()).await.map_err(|err| Exit::Failure(err.into()))
 }
 
 async fn shutdown_signal() {

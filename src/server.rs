@@ -11,39 +11,29 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, Instrument};
 
-use crate::api::snapshot::Shared;
-use crate::app::metrics::Metrics;
-use crate::app::AppState;
-use crate::config::Config;
-use crate::fanout::hub::Hub;
+use crate::app::{App, AppError};
+use crate::config::{Config, ServerArgs};
 use crate::http::cors::Cors;
-use crate::http::{conn, routes};
-use crate::limits::Limits;
-use crate::pg::listener::{Listener, ListenerError, ListenerStatus};
-use crate::pg::published::Published;
-use crate::pg::retention;
-use crate::pg::store::{Store, StoreError};
+use crate::http::{conn, routes, Builders, Site};
 
 /// Pause after a failed accept (usually EMFILE), so the loop does not spin while descriptors are short.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Listener(#[from] ListenerError),
-    #[error("cannot serve metrics on {0}: {1}")]
-    MetricsListen(SocketAddr, std::io::Error),
-}
 
 /// Connections the kernel queues before the accept loop takes them (it caps this at `somaxconn`): a page
 /// reloaded by a thousand browsers at once connects at once, and a connection the queue drops waits a
 /// second for its SYN to be sent again.
 const LISTEN_BACKLOG: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("cannot serve metrics on {0}: {1}")]
+    MetricsListen(SocketAddr, #[source] std::io::Error),
+}
 
 /// Binds the client-facing address, with room for a reconnect storm in the accept queue.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -53,8 +43,108 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Serves until `shutdown` completes, then ends every stream and waits (up to `--shutdown-timeout`) for
+/// connections to close.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| ServerError::MetricsListen(addr, err))?),
+        None => None,
+    };
+    let tasks = TaskTracker::new();
+    let app = App::start(config, &tasks)?;
+    if let Some(metrics_listener) = metrics_listener {
+        tasks.spawn(serve_metrics(metrics_listener, app.clone()));
+    }
+    let server = &app.config.server;
+    let site = Arc::new(Site { cors: Cors::new(&server.cors_origins), builders: builders(server), app: app.clone() });
+    let connections = TaskTracker::new();
+    accept(listener, &site, &connections, shutdown).await;
+
+    info!("shutting down: ending streams and closing connections");
+    app.shut_down();
+    // Each connection starts its graceful shutdown on the token (conn::until_done); its task, HTTP/1
+    // streams that conn writes itself included, ends with it.
+    connections.close();
+    let limit = server.shutdown_timeout;
+    match tokio::time::timeout(limit, connections.wait()).await {
+        Ok(()) => debug!("all connections closed"),
+        Err(_) => info!(timeout = ?limit, "connections still open at the shutdown timeout; closing them"),
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+fn builders(server: &ServerArgs) -> Builders {
+    let mut http1 = http1::Builder::new();
+    http1
+        .keep_alive(true)
+        // No read for the client's close while a request is being answered: that read would take a second
+        // 8 KiB buffer for every stream still opening (the first stays shared with the request's head).
+        // A stream's close is watched once it is written (conn::write_stream).
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        // hyper's default would let every connection buffer about 400 KB. Its bound on the buffer is not one
+        // on the head (it may read up to twice this before parsing), so routing enforces the head's.
+        .max_buf_size(routes::MAX_REQUEST_HEAD);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.max_header_list_size(routes::MAX_REQUEST_HEAD as u32);
+    Builders { http1, http2 }
+}
+
+/// Accepts connections, at most `--max-connections` at a time, until `shutdown` completes.
+async fn accept(
+    listener: TcpListener,
+    site: &Arc<Site>,
+    connections: &TaskTracker,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving");
+    }
+    let permits = Arc::new(Semaphore::new(site.app.config.server.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = &mut shutdown => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Usually EMFILE or a connection reset before accept: log and keep serving.
+                    error!(cause = ?err, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let Some(slot) = site.app.limits.admit_connection(peer.ip()) else {
+            debug!(%peer, "closing a connection over the per-address limit");
+            continue;
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(cause = ?err, "could not set TCP_NODELAY");
+        }
+        let site = site.clone();
+        connections.spawn(
+            async move {
+                conn::serve(stream, peer, site).await;
+                drop((slot, permit));
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+}
+
 /// The `--metrics-listen` address: plain HTTP/1.1, `/metrics` only, until shutdown.
-async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving metrics");
     }
@@ -68,12 +158,12 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
                     continue;
                 }
             },
-            _ = state.shutdown.cancelled() => return,
+            _ = app.shutdown.cancelled() => return,
         };
-        let state = state.clone();
+        let app = app.clone();
         tokio::spawn(async move {
-            let header_read_timeout = state.config.header_read_timeout;
-            let service = service_fn(move |req| routes::handle_metrics(state.clone(), req));
+            let header_read_timeout = app.config.server.header_read_timeout;
+            let service = service_fn(move |req| routes::handle_metrics(app.clone(), req));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
@@ -83,126 +173,4 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
             }
         });
     }
-}
-
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| ServerError::MetricsListen(addr, err))?),
-        None => None,
-    };
-    let hub = Arc::new(Hub::new(config.queue_capacity));
-    let status = Arc::new(ListenerStatus::default());
-    let listen_url = config.listen_database_url.as_deref().unwrap_or(&config.database_url);
-    let pg_listener = Listener::new(listen_url, hub.clone(), status.clone(), config.probe_interval)?;
-    let limits = Arc::new(Limits::new(
-        config.max_streams,
-        config.max_streams_per_client,
-        config.max_connections_per_client,
-        config.trusted_proxies.clone(),
-    ));
-    let state = Arc::new(AppState {
-        metrics: Metrics::new(hub.clone(), status.clone(), limits.clone(), config.metrics_channel_labels),
-        limits,
-        store: Store::new(&config.database_url, config.pool_size, config.db_timeout)?,
-        hub,
-        listener: status,
-        cors: Cors::new(&config.cors_origins),
-        snapshots: Shared::default(),
-        published: Published::default(),
-        shutdown: CancellationToken::new(),
-        config,
-    });
-    let listener_task = tokio::spawn(pg_listener.run(state.shutdown.clone()));
-    if let Some(metrics_listener) = metrics_listener {
-        tokio::spawn(serve_metrics(metrics_listener, state.clone()));
-    }
-    let retention_task = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let config = &state.config;
-            let rules = config
-                .retention
-                .map(retention::Rule::OlderThan)
-                .into_iter()
-                .chain(config.retention_events.map(retention::Rule::BeyondPerChannel))
-                .collect();
-            retention::run(&state.store, rules, config.prune_interval, state.shutdown.clone()).await;
-        })
-    };
-
-    let permits = Arc::new(Semaphore::new(state.config.max_connections));
-    let mut http1 = http1::Builder::new();
-    http1
-        .keep_alive(true)
-        // No read for the client's close while a request is being answered: that read would take a second
-        // 8 KiB buffer for every stream still opening (the first stays shared with the request's head).
-        // A stream's close is watched once it is written (conn::write_stream).
-        .half_close(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        // hyper's default would let every connection buffer about 400 KB. Its bound on the buffer is not one
-        // on the head (it may read up to twice this before parsing), so routing enforces the head's.
-        .max_buf_size(routes::MAX_REQUEST_HEAD);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2.max_header_list_size(routes::MAX_REQUEST_HEAD as u32);
-    let builders = Arc::new(conn::Builders { http1, http2 });
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving");
-    }
-
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    // Usually EMFILE or a connection reset before accept: log and keep serving.
-                    error!(cause = ?err, "accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Some(slot) = state.limits.admit_connection(peer.ip()) else {
-            debug!(%peer, "closing a connection over the per-address limit");
-            continue;
-        };
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!(cause = ?err, "could not set TCP_NODELAY");
-        }
-        let state = state.clone();
-        let builders = builders.clone();
-        tokio::spawn(
-            async move {
-                conn::serve(stream, peer, state, builders).await;
-                drop((slot, permit));
-            }
-            .instrument(info_span!("conn", %peer)),
-        );
-    }
-
-    info!("shutting down: ending streams and closing connections");
-    drop(listener);
-    state.shutdown.cancel();
-    state.hub.close();
-    // Each connection starts its graceful shutdown on the token (conn::until_done), and its task, HTTP/1
-    // streams that conn writes itself included, holds a permit until it ends.
-    let every_permit = u32::try_from(state.config.max_connections).unwrap_or(u32::MAX);
-    tokio::select! {
-        _ = permits.acquire_many(every_permit) => debug!("all connections closed"),
-        _ = tokio::time::sleep(state.config.shutdown_timeout) => {
-            info!(timeout = ?state.config.shutdown_timeout, "connections still open at the shutdown timeout; closing them");
-        }
-    }
-    let _ = listener_task.await;
-    let _ = retention_task.await;
-    Ok(())
 }

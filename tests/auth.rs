@@ -58,8 +58,8 @@ async fn under_auth_metrics_are_only_on_their_own_address() {
     assert!(public.body.contains("--metrics-listen"), "{}", public.body);
     drop(gw);
 
-    config.metrics_listen = Some(metrics_addr);
-    config.metrics_channel_labels = false;
+    config.server.metrics_listen = Some(metrics_addr);
+    config.server.metrics_channel_labels = false;
     let gw = Gateway::start_with(config).await;
     let reader = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 600));
     let _stream = SseStream::ok(gw.addr, "/orders/events", &[("authorization", &reader)]).await;
@@ -84,7 +84,7 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     let TestDb { url, .. } = orders_db().await;
     let mut config = jwt_config(&url);
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    config.metrics_listen = Some(metrics_addr);
+    config.server.metrics_listen = Some(metrics_addr);
     let gw = Gateway::start_with(config).await;
     let good = token(json!({"subscribe": ["orders"]}), now() + 600);
     let forged = encode(

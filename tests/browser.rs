@@ -96,8 +96,8 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     let TestDb { url, app, .. } = TestDb::new().await;
     pgsse::demo::install(&url).await.unwrap();
     let mut config = common::gateway_config(&url);
-    config.demo = true;
-    config.retry = std::time::Duration::from_millis(300);
+    config.server.demo = true;
+    config.streams.retry = std::time::Duration::from_millis(300);
     let gw = Gateway::start_with(config.clone()).await;
     let addr = gw.addr;
     app.execute("INSERT INTO messages (body) VALUES ('already there')", &[]).await.unwrap();

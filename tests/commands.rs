@@ -46,7 +46,7 @@ async fn post_to_any_other_channel_publishes_an_event() {
     assert!(error_of(&unknown).contains("--post-creates-channels"));
     drop(gw);
     let mut config = common::gateway_config(&url);
-    config.post_creates_channels = true;
+    config.commands.post_creates_channels = true;
     let gw = Gateway::start_with(config).await;
     let first = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
     assert_eq!(first.status, 201, "{}", first.body);
@@ -145,7 +145,7 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
     let TestDb { url, admin, app } = TestDb::messages(", operations => array['insert', 'delete']").await;
     admin.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
     let mut config = common::gateway_config(&url);
-    config.allow_clear = vec!["board".into()];
+    config.commands.allow_clear = vec!["board".into()];
     let gw = Gateway::start_with(config).await;
     app.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
 
@@ -188,7 +188,7 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
         .await
         .unwrap();
     let mut config = common::gateway_config(&url);
-    config.body_limit = 1024;
+    config.commands.body_limit = 1024;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/items/events", &[]).await;
     assert_eq!(post(&gw, "/items", r#"{"id": 1, "name": "first"}"#).await.status, 201);
@@ -253,7 +253,7 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
     let TestDb { url, app, .. } = TestDb::new().await;
     pgsse::demo::install(&url).await.unwrap();
     let mut config = common::gateway_config(&url);
-    config.demo = true;
+    config.server.demo = true;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
@@ -293,7 +293,7 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
 async fn cors_allows_exactly_the_configured_origins() {
     let TestDb { url, .. } = TestDb::messages(", writable => true").await;
     let mut config = common::gateway_config(&url);
-    config.cors_origins = vec!["http://localhost:3000".into()];
+    config.server.cors_origins = vec!["http://localhost:3000".into()];
     let gw = Gateway::start_with(config).await;
 
     let preflight = [

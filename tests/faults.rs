@@ -68,7 +68,7 @@ impl Watched {
     async fn start() -> Self {
         let TestDb { url, admin, app } = TestDb::messages("").await;
         let (proxy, mut config) = proxied(&url).await;
-        config.probe_interval = Duration::from_secs(1);
+        config.listener.probe_interval = Duration::from_secs(1);
         let gw = Gateway::start_with(config).await;
         let watch = HealthWatch::start(gw.addr);
         let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
@@ -144,8 +144,8 @@ async fn frozen_pool_connections_answer_503_within_the_bound_and_are_dropped() {
     let TestDb { url, admin, .. } = TestDb::messages("").await;
     admin.batch_execute("SELECT pgsse.create_channel('news')").await.unwrap();
     let (proxy, mut config) = proxied(&url).await;
-    config.db_timeout = Duration::from_secs(1);
-    config.pool_size = 2;
+    config.pool.db_timeout = Duration::from_secs(1);
+    config.pool.pool_size = 2;
     let gw = Gateway::start_with(config).await;
     let post = || call(gw.addr, "POST", "/news", &[("content-type", "application/json")], Bytes::from("{\"n\": 1}"));
     assert_eq!(post().await.unwrap().status, 201);
@@ -221,8 +221,8 @@ async fn a_listen_connection_frozen_during_a_flood_is_replaced_within_two_probe_
 async fn a_replay_on_frozen_pool_connections_ends_and_resumes_on_fresh_ones() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
     let (proxy, mut config) = proxied(&url).await;
-    config.db_timeout = Duration::from_secs(1);
-    config.pool_size = 2;
+    config.pool.db_timeout = Duration::from_secs(1);
+    config.pool.pool_size = 2;
     let gw = Gateway::start_with(config).await;
     let watch = HealthWatch::start(gw.addr);
     app.batch_execute("INSERT INTO messages (body) SELECT 'old ' || g FROM generate_series(1, 50) g").await.unwrap();

@@ -57,8 +57,8 @@ fn req(method: &str, target: &str, headers: &str, body: &str) -> Vec<u8> {
 async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
     let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
     let mut config = common::gateway_config(&url);
-    config.header_read_timeout = Duration::from_secs(1);
-    config.body_limit = 4096;
+    config.server.header_read_timeout = Duration::from_secs(1);
+    config.commands.body_limit = 4096;
     let gw = Gateway::start_with(config).await;
     let mut witness = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
@@ -282,9 +282,9 @@ async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 async fn idle_http2_connections_slow_bodies_and_one_address_hoarding_connections_are_bounded() {
     let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
     let mut config = common::gateway_config(&url);
-    config.header_read_timeout = Duration::from_secs(1);
-    config.body_read_timeout = Duration::from_secs(1);
-    config.max_connections_per_client = 3;
+    config.server.header_read_timeout = Duration::from_secs(1);
+    config.commands.body_read_timeout = Duration::from_secs(1);
+    config.limits.max_connections_per_client = 3;
     let gw = Gateway::start_with(config).await;
     let mut witness = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 

@@ -10,9 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn streams_are_limited_per_client_and_in_total() {
     let TestDb { url, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
-    config.max_streams = 3;
-    config.max_streams_per_client = 2;
-    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.limits.max_streams = 3;
+    config.limits.max_streams_per_client = 2;
+    config.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     let gw = Gateway::start_with(config).await;
     let from = |ip: &'static str| [("x-forwarded-for", ip)];
 
@@ -40,7 +40,7 @@ async fn streams_are_limited_per_client_and_in_total() {
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let TestDb { url, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
-    config.max_streams_per_client = 1;
+    config.limits.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
     let _one = SseStream::ok(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.1")]).await;
     let claimed = get(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.2")]).await.unwrap();
@@ -51,8 +51,8 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 async fn long_urls_and_slow_headers_are_refused() {
     let TestDb { url, .. } = TestDb::new().await;
     let mut config = common::gateway_config(&url);
-    config.max_url_length = 256;
-    config.header_read_timeout = std::time::Duration::from_millis(500);
+    config.server.max_url_length = 256;
+    config.server.header_read_timeout = std::time::Duration::from_millis(500);
     let gw = Gateway::start_with(config).await;
     let long = format!("/events?channel={}", "a".repeat(300));
     let resp = get(gw.addr, &long, &[]).await.unwrap();

@@ -90,7 +90,7 @@ async fn replay_batches_and_history_pages_are_bounded_in_bytes_and_lose_nothing(
 async fn a_history_request_takes_a_place_under_the_per_client_limit() {
     let TestDb { url, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
-    config.max_streams_per_client = 1;
+    config.limits.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
     let stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let refused = get(gw.addr, "/messages", &[]).await.unwrap();
@@ -108,9 +108,9 @@ async fn a_client_that_asks_for_pages_and_never_reads_them_is_cut() {
     let TestDb { url, app, .. } = TestDb::messages("").await;
     backlog(&app, 60).await;
     let mut config = common::gateway_config(&url);
-    config.max_streams_per_client = 1;
+    config.limits.max_streams_per_client = 1;
     // Four heartbeats without a byte taken end a connection: 4 s here.
-    config.heartbeat = Duration::from_secs(1);
+    config.streams.heartbeat = Duration::from_secs(1);
     let gw = Gateway::start_with(config).await;
 
     // 40 pipelined pages of about 256 KB: far more than the kernel's buffers take for a client that
@@ -126,8 +126,8 @@ async fn a_replaying_stream_whose_client_never_reads_holds_a_few_batches_not_the
     // 10 MB: more than the kernel takes for a client that does not read (its send buffer grows to 4 MB).
     backlog(&app, 1000).await;
     let mut config = common::gateway_config(&url);
-    config.max_streams_per_client = 1;
-    config.heartbeat = Duration::from_secs(1);
+    config.limits.max_streams_per_client = 1;
+    config.streams.heartbeat = Duration::from_secs(1);
     let gw = Gateway::start_with(config).await;
 
     let request = b"GET /messages/events HTTP/1.1\r\nhost: x\r\nlast-event-id: 0\r\n\r\n";

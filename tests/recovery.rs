@@ -17,7 +17,7 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
     let TestDb { url, admin, .. } = TestDb::on(&cluster.url("postgres")).await;
     messages_table(&admin, "").await;
     let mut config = common::gateway_config(&url);
-    config.probe_interval = std::time::Duration::from_millis(500);
+    config.listener.probe_interval = std::time::Duration::from_millis(500);
     let gw = Gateway::start_with(config).await;
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
 
@@ -207,7 +207,7 @@ async fn a_new_stream_starts_at_the_databases_present_even_while_the_listener_la
 async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
     let (mut config, role) = common::own_listener_role(&admin, &url).await;
-    config.queue_capacity = 16;
+    config.streams.queue_capacity = 16;
     let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     app.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
@@ -297,7 +297,7 @@ async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_
 async fn a_log_row_with_an_id_the_sequence_never_issued_is_skipped_and_stalls_nothing() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
-    config.probe_interval = std::time::Duration::from_millis(200);
+    config.listener.probe_interval = std::time::Duration::from_millis(200);
     let gw = Gateway::start_with(config).await;
     let mut live = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();

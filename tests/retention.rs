@@ -25,7 +25,7 @@ async fn old_events_are_pruned_and_resuming_from_them_gets_a_reset() {
         .await
         .unwrap();
     let mut config = common::gateway_config(&url);
-    config.prune_interval = std::time::Duration::from_millis(100);
+    config.retention.prune_interval = std::time::Duration::from_millis(100);
     let gw = Gateway::start_with(config.clone()).await;
     let _second = Gateway::start_with(config).await;
 
@@ -63,8 +63,8 @@ async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_
         ids.insert(name, admin.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
     }
     let mut config = common::gateway_config(&url);
-    config.retention_events = Some(3);
-    config.prune_interval = std::time::Duration::from_millis(100);
+    config.retention.retention_events = Some(3);
+    config.retention.prune_interval = std::time::Duration::from_millis(100);
     let gw = Gateway::start_with(config).await;
 
     wait_for("messages cut to their newest three", || async {

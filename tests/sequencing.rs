@@ -279,7 +279,7 @@ async fn writes_go_on_without_a_gateway_and_the_first_to_start_sequences_the_bac
     holding.batch_execute("LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE").await.unwrap();
     admin.batch_execute("UPDATE pgsse.staged SET created_at = created_at - interval '1 minute'").await.unwrap();
     let mut config = common::gateway_config(&url);
-    config.probe_interval = std::time::Duration::from_millis(100);
+    config.listener.probe_interval = std::time::Duration::from_millis(100);
     let gw = Gateway::start_with(config).await;
     let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
     assert_eq!(ready.status, 200);

@@ -65,7 +65,7 @@ async fn refused_snapshots_name_their_cause() {
         .await
         .unwrap();
     let mut config = common::gateway_config(&db.url);
-    config.snapshot_max_rows = 4;
+    config.streams.snapshot_max_rows = 4;
     let gw = Gateway::start_with(config).await;
     for (query, status, text) in [
         ("/chat/events?snapshot=true", 400, "has no table"),
@@ -130,7 +130,7 @@ async fn snapshot_skips_transactions_it_already_holds() {
 async fn a_slow_snapshot_hits_its_timeout() {
     let db = orders().await;
     let mut config = common::gateway_config(&db.url);
-    config.db_timeout = Duration::from_millis(500);
+    config.pool.db_timeout = Duration::from_millis(500);
     let gw = Gateway::start_with(config).await;
     let holder = common::connect(&db.url).await;
     holder.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").await.unwrap();
@@ -264,7 +264,7 @@ async fn identical_snapshots_arriving_together_share_queries() {
         .await
         .unwrap();
     let mut config = common::gateway_config(&db.url);
-    (config.max_streams_per_client, config.max_connections_per_client) = (1000, 1000);
+    (config.limits.max_streams_per_client, config.limits.max_connections_per_client) = (1000, 1000);
     let gw = Gateway::start_with(config).await;
     let path = "/orders/events?snapshot=true&order=id.desc&limit=50";
     let clients: Vec<_> = (0..200)

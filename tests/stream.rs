@@ -372,7 +372,7 @@ async fn healthz_reports_listener_and_pool() {
     assert_eq!(ok.json()["status"], "ok");
 
     let mut config = Config::new("postgres://postgres@127.0.0.1:1/none").unwrap();
-    config.pool_size = 1;
+    config.pool.pool_size = 1;
     let gateway = Gateway::spawn(config).await;
     let addr = gateway.addr;
     let down = common::get(addr, "/healthz", &[]).await.unwrap();
@@ -404,7 +404,7 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     // Small, so the stalled client is cut within the 300 events; roomy enough that this reader (a debug
     // build of hyper's client, which takes a body delimited by the connection's close in 8 KiB frames)
     // keeps within it while commits come flat out and the other tests share the cores.
-    config.queue_capacity = 128;
+    config.streams.queue_capacity = 128;
     let gw = Gateway::start_with(config).await;
 
     let mut stalled = stalled_stream(gw.addr).await;
@@ -451,9 +451,9 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
 async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats() {
     let TestDb { url, app, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
-    config.heartbeat = std::time::Duration::from_millis(250);
-    config.queue_capacity = 4;
-    config.max_streams_per_client = 1;
+    config.streams.heartbeat = std::time::Duration::from_millis(250);
+    config.streams.queue_capacity = 4;
+    config.limits.max_streams_per_client = 1;
     let gw = Gateway::start_with(config).await;
     let metric = |sample| common::metric(gw.addr, sample);
 
@@ -518,7 +518,7 @@ async fn readyz_waits_for_the_schema_and_the_listener() {
 async fn the_listen_connection_can_use_its_own_url() {
     let url = fresh_db().await;
     let mut config = common::gateway_config(&url);
-    config.listen_database_url = Some("postgres://postgres@127.0.0.1:1/nowhere".into());
+    config.listener.listen_database_url = Some("postgres://postgres@127.0.0.1:1/nowhere".into());
     let gateway = Gateway::spawn(config).await;
     let addr = gateway.addr;
     let health = common::get(addr, "/healthz", &[]).await.unwrap();
@@ -575,7 +575,7 @@ async fn metrics_can_move_to_their_own_address() {
     let url = fresh_db().await;
     let mut config = common::gateway_config(&url);
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    config.metrics_listen = Some(metrics_addr);
+    config.server.metrics_listen = Some(metrics_addr);
     let gw = Gateway::start_with(config).await;
     assert_eq!(common::get(gw.addr, "/metrics", &[]).await.unwrap().status, 404, "not on the public address");
     let resp = common::get(metrics_addr, "/metrics", &[]).await.unwrap();

@@ -9,13 +9,16 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use crate::app::AppState;
-use crate::auth::{Access, AuthError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::reply::{json_response, raw_json_response, Body};
+use crate::auth::{Access, AuthError, ACCESS_TOKEN};
 use crate::cursor;
 use crate::filter::{Filter, FilterError};
-use crate::http::routes::{json_response, raw_json_response, Body, ACCESS_TOKEN};
-use crate::pg::published::ColumnsError;
-use crate::pg::store::{StoreError, Written};
+use crate::pg::error::StoreError;
+use crate::pg::published::{ColumnsError, Published};
+use crate::pg::store::{Store, Written};
 
 pub type Response = http::Response<Body>;
 
@@ -23,6 +26,39 @@ pub const DEFAULT_HISTORY: i64 = 50;
 pub const MAX_HISTORY: i64 = 1000;
 pub const EVENT_ID_HEADER: &str = "pgsse-event-id";
 const DEFAULT_EVENT: &str = "message";
+
+const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+const DEFAULT_BODY_READ_TIMEOUT: &str = "30s";
+
+/// Writes through `POST` and `DELETE` on a channel.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Writes")]
+pub struct CommandArgs {
+    /// A POST body must arrive whole within this long (else 408).
+    #[arg(long, env = "PGSSE_BODY_READ_TIMEOUT", default_value = DEFAULT_BODY_READ_TIMEOUT, value_parser = crate::parse::duration)]
+    pub body_read_timeout: Duration,
+
+    /// Largest request body accepted by POST, in bytes.
+    #[arg(long, env = "PGSSE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = crate::parse::positive)]
+    pub body_limit: usize,
+
+    /// Channel on which `DELETE /{channel}` may clear everything (repeatable); `pgsse.publish_table(...,
+    /// allow_clear => true)` enables it in SQL.
+    #[arg(long = "allow-clear", env = "PGSSE_ALLOW_CLEAR", value_delimiter = ',')]
+    pub allow_clear: Vec<String>,
+
+    /// Let `POST /{channel}` create a channel that does not exist yet; without it such a POST is 404, and
+    /// channels come from `pgsse.create_channel` or `pgsse.publish_table`.
+    #[arg(long, env = "PGSSE_POST_CREATES_CHANNELS")]
+    pub post_creates_channels: bool,
+}
+
+/// What the channel commands need: the pool, the published columns, and the writes' settings.
+pub struct Commands {
+    store: Arc<Store>,
+    published: Arc<Published>,
+    args: CommandArgs,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -46,9 +82,9 @@ pub enum CommandError {
     InvalidEvent(String),
     #[error("{0}")]
     BadQuery(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
     Filter(#[from] FilterError),
@@ -56,35 +92,154 @@ pub enum CommandError {
     Columns(#[from] ColumnsError),
 }
 
-/// Reads a JSON object body of at most `limit` bytes within `deadline`, refusing other content types
-/// before reading: a body that trickles in must not hold its connection and buffer forever.
-pub async fn read_object(
-    headers: &HeaderMap,
-    body: Incoming,
-    limit: usize,
-    deadline: std::time::Duration,
-) -> Result<Value, CommandError> {
-    let essence = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
-    if !essence.is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json")) {
-        return Err(CommandError::NotJsonContentType);
+impl Commands {
+    pub fn new(store: Arc<Store>, published: Arc<Published>, args: CommandArgs) -> Self {
+        Self { store, published, args }
     }
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(CommandError::TooLarge(limit));
+
+    /// Reads a JSON object body of at most `--body-limit` bytes within `--body-read-timeout`, refusing other
+    /// content types before reading: a body that trickles in must not hold its connection and buffer forever.
+    pub async fn read_object(&self, headers: &HeaderMap, body: Incoming) -> Result<Value, CommandError> {
+        let (limit, deadline) = (self.args.body_limit, self.args.body_read_timeout);
+        let essence = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+        if !essence.is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json")) {
+            return Err(CommandError::NotJsonContentType);
+        }
+        let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(CommandError::TooLarge(limit));
+        }
+        let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
+            .await
+            .map_err(|_| CommandError::BodyTimeout(deadline))?;
+        let bytes = match collected {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(CommandError::TooLarge(limit)),
+            Err(_) => return Err(CommandError::Body),
+        };
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| CommandError::InvalidJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(CommandError::NotAnObject);
+        }
+        Ok(value)
     }
-    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| CommandError::BodyTimeout(deadline))?;
-    let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(CommandError::TooLarge(limit)),
-        Err(_) => return Err(CommandError::Body),
-    };
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| CommandError::InvalidJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(CommandError::NotAnObject);
+
+    /// `POST /{channel}`: a table channel gets a row built from the object's keys, any other channel an event.
+    pub async fn post(
+        &self,
+        access: &Access,
+        channel: &str,
+        query: Option<&str>,
+        body: Value,
+    ) -> Result<Response, CommandError> {
+        check_name(channel)?;
+        access.may_publish(channel)?;
+        // A token limited to some rows may write only such rows: the object must match its filter as written.
+        if access.filter_for(channel, None)?.is_some_and(|filter| !filter.matches(&body)) {
+            return Err(AuthError::OutsideGrant(channel.to_string()).into());
+        }
+        let event =
+            query_pairs(query, &["event", ACCESS_TOKEN])?.into_iter().find(|(k, _)| k == "event").map(|(_, v)| v);
+        if let Some(bad) = event.as_deref().filter(|e| !valid_event(e)) {
+            return Err(CommandError::InvalidEvent(bad.chars().take(70).collect()));
+        }
+        let info = self.store.channel(channel).await?;
+        if info.is_none() && !self.args.post_creates_channels {
+            return Err(CommandError::UnknownChannel(channel.to_string()));
+        }
+        let has_table = info.is_some_and(|c| c.has_table);
+        if has_table {
+            if event.is_some() {
+                return Err(CommandError::BadQuery(
+                    "event= is for channels without a table; the table names its events".into(),
+                ));
+            }
+            let written = self.store.insert_row(channel, &body).await?;
+            let mut resp = raw_json_response(StatusCode::CREATED, Bytes::from(written.payload));
+            if let Some(id) = written.id {
+                resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+            }
+            return Ok(resp);
+        }
+        let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
+        let id = self.store.publish(channel, &event, &body).await?;
+        let mut resp = json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({ "id": id, "channel": channel, "event": event, "data": body }),
+        );
+        resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+        Ok(resp)
     }
-    Ok(value)
+
+    /// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards.
+    pub async fn history(&self, access: &Access, channel: &str, query: Option<&str>) -> Result<Response, CommandError> {
+        check_name(channel)?;
+        access.may_subscribe(channel)?;
+        let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
+        let (mut filters, mut seen) = (Vec::new(), Vec::new());
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let n =
+                || cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")));
+            if matches!(key.as_ref(), "limit" | "before") {
+                if seen.contains(&key) {
+                    return Err(CommandError::BadQuery(format!("{key} given more than once")));
+                }
+                seen.push(key.clone());
+            }
+            match key.as_ref() {
+                ACCESS_TOKEN => {}
+                "limit" => match n()? {
+                    0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
+                    n => limit = n.min(MAX_HISTORY),
+                },
+                "before" => before = n()?,
+                // Every other parameter is a row filter, as on streams: "history, then stream" filters both halves alike.
+                _ => filters.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        if self.store.channel(channel).await?.is_none() {
+            return Err(CommandError::UnknownChannel(channel.to_string()));
+        }
+        self.published.check(&self.store, channel, &asked).await?;
+        let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
+        let mut rows = self.store.history(channel, before, limit).await?;
+        // Filters (the client's and its grant's) hide rows here as on streams (a page may then hold fewer than `limit`).
+        if let Some(filter) = granted {
+            rows.retain(|row| filter.matches_text(row.payload.as_bytes()));
+        }
+        let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.payload.len() + 48).sum::<usize>() + 2);
+        out.put_u8(b'[');
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            let event = serde_json::to_string(&row.event).unwrap_or_else(|_| "\"\"".into());
+            out.put_slice(format!("{{\"id\":{},\"event\":{event},\"data\":", row.id).as_bytes());
+            // The payload is jsonb's own text output: valid JSON, used as is rather than parsed again.
+            out.put_slice(row.payload.as_bytes());
+            out.put_u8(b'}');
+        }
+        out.put_u8(b']');
+        Ok(raw_json_response(StatusCode::OK, out.freeze()))
+    }
+
+    /// `DELETE /{channel}`: removes the channel's rows and events and broadcasts a `clear` event.
+    pub async fn clear(&self, access: &Access, channel: &str) -> Result<Response, CommandError> {
+        check_name(channel)?;
+        access.may_publish(channel)?;
+        if access.filter_for(channel, None)?.is_some() {
+            return Err(AuthError::FilteredClear(channel.to_string()).into());
+        }
+        let force = self.args.allow_clear.iter().any(|c| c == channel);
+        let Written { id, payload } = self.store.clear(channel, force).await?;
+        let body = format!("{{\"id\":{},\"event\":\"clear\",\"data\":{payload}}}", id.unwrap_or_default());
+        let mut resp = raw_json_response(StatusCode::OK, Bytes::from(body));
+        if let Some(id) = id {
+            resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+        }
+        Ok(resp)
+    }
 }
 
 fn check_name(channel: &str) -> Result<(), CommandError> {
@@ -113,124 +268,4 @@ fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
         pairs.push((key.into_owned(), value.into_owned()));
     }
     Ok(pairs)
-}
-
-/// `POST /{channel}`: a table channel gets a row built from the object's keys, any other channel an event.
-pub async fn post(
-    state: &AppState,
-    access: &Access,
-    channel: &str,
-    query: Option<&str>,
-    body: Value,
-) -> Result<Response, CommandError> {
-    check_name(channel)?;
-    access.may_publish(channel)?;
-    // A token limited to some rows may write only such rows: the object must match its filter as written.
-    if access.filter_for(channel, None)?.is_some_and(|filter| !filter.matches(&body)) {
-        return Err(AuthError::OutsideGrant(channel.to_string()).into());
-    }
-    let event = query_pairs(query, &["event", ACCESS_TOKEN])?.into_iter().find(|(k, _)| k == "event").map(|(_, v)| v);
-    if let Some(bad) = event.as_deref().filter(|e| !valid_event(e)) {
-        return Err(CommandError::InvalidEvent(bad.chars().take(70).collect()));
-    }
-    let info = state.store.channel(channel).await?;
-    if info.is_none() && !state.config.post_creates_channels {
-        return Err(CommandError::UnknownChannel(channel.to_string()));
-    }
-    let has_table = info.is_some_and(|c| c.has_table);
-    if has_table {
-        if event.is_some() {
-            return Err(CommandError::BadQuery(
-                "event= is for channels without a table; the table names its events".into(),
-            ));
-        }
-        let written = state.store.insert_row(channel, &body).await?;
-        let mut resp = raw_json_response(StatusCode::CREATED, Bytes::from(written.payload));
-        if let Some(id) = written.id {
-            resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
-        }
-        return Ok(resp);
-    }
-    let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
-    let id = state.store.publish(channel, &event, &body).await?;
-    let mut resp = json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({ "id": id, "channel": channel, "event": event, "data": body }),
-    );
-    resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
-    Ok(resp)
-}
-
-/// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards.
-pub async fn history(
-    state: &AppState,
-    access: &Access,
-    channel: &str,
-    query: Option<&str>,
-) -> Result<Response, CommandError> {
-    check_name(channel)?;
-    access.may_subscribe(channel)?;
-    let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
-    let (mut filters, mut seen) = (Vec::new(), Vec::new());
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let n = || cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")));
-        if matches!(key.as_ref(), "limit" | "before") {
-            if seen.contains(&key) {
-                return Err(CommandError::BadQuery(format!("{key} given more than once")));
-            }
-            seen.push(key.clone());
-        }
-        match key.as_ref() {
-            ACCESS_TOKEN => {}
-            "limit" => match n()? {
-                0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
-                n => limit = n.min(MAX_HISTORY),
-            },
-            "before" => before = n()?,
-            // Every other parameter is a row filter, as on streams: "history, then stream" filters both halves alike.
-            _ => filters.push((key.into_owned(), value.into_owned())),
-        }
-    }
-    let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-    if state.store.channel(channel).await?.is_none() {
-        return Err(CommandError::UnknownChannel(channel.to_string()));
-    }
-    state.published.check(&state.store, channel, &asked).await?;
-    let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
-    let mut rows = state.store.history(channel, before, limit).await?;
-    // Filters (the client's and its grant's) hide rows here as on streams (a page may then hold fewer than `limit`).
-    if let Some(filter) = granted {
-        rows.retain(|row| filter.matches_text(row.payload.as_bytes()));
-    }
-    let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.payload.len() + 48).sum::<usize>() + 2);
-    out.put_u8(b'[');
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        let event = serde_json::to_string(&row.event).unwrap_or_else(|_| "\"\"".into());
-        out.put_slice(format!("{{\"id\":{},\"event\":{event},\"data\":", row.id).as_bytes());
-        // The payload is jsonb's own text output: valid JSON, used as is rather than parsed again.
-        out.put_slice(row.payload.as_bytes());
-        out.put_u8(b'}');
-    }
-    out.put_u8(b']');
-    Ok(raw_json_response(StatusCode::OK, out.freeze()))
-}
-
-/// `DELETE /{channel}`: removes the channel's rows and events and broadcasts a `clear` event.
-pub async fn clear(state: &AppState, access: &Access, channel: &str) -> Result<Response, CommandError> {
-    check_name(channel)?;
-    access.may_publish(channel)?;
-    if access.filter_for(channel, None)?.is_some() {
-        return Err(AuthError::FilteredClear(channel.to_string()).into());
-    }
-    let force = state.config.allow_clear.iter().any(|c| c == channel);
-    let Written { id, payload } = state.store.clear(channel, force).await?;
-    let body = format!("{{\"id\":{},\"event\":\"clear\",\"data\":{payload}}}", id.unwrap_or_default());
-    let mut resp = raw_json_response(StatusCode::OK, Bytes::from(body));
-    if let Some(id) = id {
-        resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
-    }
-    Ok(resp)
 }

@@ -2,23 +2,83 @@
 //! switch to live frames at an exact seam (no gap, no duplicate).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::api::snapshot::{Begun, Shape, Snapshot, SnapshotError, Taken};
-use crate::app::metrics::Counters;
-use crate::app::AppState;
-use crate::fanout::hub::{HubError, Moves};
-use crate::filter::ChannelFilters;
-use crate::pg::published::ColumnsError;
-use crate::pg::store::{StoreError, REPLAY_BATCH};
-use crate::sse::body::{Feed, SseBody};
+use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, SnapshotError, Taken};
+use crate::fanout::hub::{Hub, HubError, Moves};
+use crate::filter::{ChannelFilters, Filter};
+use crate::pg::error::StoreError;
+use crate::pg::published::{ColumnsError, Published};
+use crate::pg::store::Store;
+use crate::pg::store::REPLAY_BATCH;
+use crate::sse::body::{Feed, Sent, SseBody};
 use crate::sse::wire as sse;
+
+const DEFAULT_HEARTBEAT: &str = "15s";
+const DEFAULT_MAX_CHANNELS: usize = 32;
+const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+const DEFAULT_RETRY: &str = "3s";
+const DEFAULT_SNAPSHOT_MAX_ROWS: usize = 10_000;
+
+/// What every event stream is told and held to.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Streams")]
+pub struct StreamArgs {
+    /// Comment sent on an idle stream this often, so proxies and clients see it is alive.
+    #[arg(long, env = "PGSSE_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = crate::parse::duration)]
+    pub heartbeat: Duration,
+
+    /// Reconnect delay the browser is told to use (`retry:` field).
+    #[arg(long, env = "PGSSE_RETRY", default_value = DEFAULT_RETRY, value_parser = crate::parse::duration)]
+    pub retry: Duration,
+
+    /// Frames queued per stream before a slow client is cut off (it resumes from the log).
+    #[arg(long, env = "PGSSE_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY,
+          value_parser = crate::parse::positive)]
+    pub queue_capacity: usize,
+
+    /// Maximum channels in one stream.
+    #[arg(long, env = "PGSSE_MAX_CHANNELS", default_value_t = DEFAULT_MAX_CHANNELS,
+          value_parser = crate::parse::positive)]
+    pub max_channels: usize,
+
+    /// Most rows a stream's snapshot (`?snapshot=true`) may send; a larger one is refused, asking for a `limit`.
+    #[arg(long, env = "PGSSE_SNAPSHOT_MAX_ROWS", default_value_t = DEFAULT_SNAPSHOT_MAX_ROWS,
+          value_parser = crate::parse::positive)]
+    pub snapshot_max_rows: usize,
+}
+
+/// Streams opened by how they start, and events sent from the log rather than live.
+#[derive(Default)]
+pub struct Counters {
+    pub replays: AtomicU64,
+    pub events_replayed: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub snapshot_queries: AtomicU64,
+}
+
+/// What opening a stream needs: the log, the hub, and the streams' settings; nothing of HTTP.
+pub struct Events {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    published: Arc<Published>,
+    snapshots: Shared,
+    args: StreamArgs,
+    /// How long a stream after a snapshot waits for the snapshot's transactions (`--db-timeout`).
+    db_timeout: Duration,
+    counters: Counters,
+    sent: Arc<Sent>,
+    /// Cancelled on shutdown: ends every replay.
+    shutdown: CancellationToken,
+}
 
 /// How long a stream opened while the gateway is still starting waits for its first database connection.
 const START_WAIT: Duration = Duration::from_secs(5);
@@ -48,127 +108,171 @@ pub enum StreamError {
     Columns(#[from] ColumnsError),
 }
 
-/// Checks names and removes duplicates, without asking the database: this is all that may happen before
-/// the client is authenticated (which channels exist is not for strangers to learn, nor to cost a query).
-pub fn check_names(state: &AppState, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {
-    if let Some(bad) = channels.iter().find(|c| !crate::channel::valid(c)) {
-        return Err(StreamError::InvalidChannel(bad.chars().take(140).collect()));
+impl Events {
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        published: Arc<Published>,
+        args: StreamArgs,
+        db_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            hub,
+            published,
+            snapshots: Shared::default(),
+            args,
+            db_timeout,
+            counters: Counters::default(),
+            sent: Arc::default(),
+            shutdown,
+        })
     }
-    channels.sort();
-    channels.dedup();
-    if channels.is_empty() {
-        return Err(StreamError::NoChannel);
-    }
-    if channels.len() > state.config.max_channels {
-        return Err(StreamError::TooManyChannels(channels.len(), state.config.max_channels));
-    }
-    Ok(channels)
-}
 
-/// Refuses channels the database does not know.
-pub async fn check_known(state: &AppState, channels: &[String]) -> Result<(), StreamError> {
-    if let Some(unknown) = state.store.unknown_channels(channels).await?.into_iter().next() {
-        return Err(StreamError::UnknownChannel(unknown));
+    pub fn args(&self) -> &StreamArgs {
+        &self.args
     }
-    Ok(())
-}
 
-/// Opens a stream; each channel's filter applies to replayed and live events alike. A stream that does
-/// not resume may start with a snapshot of the channels' tables. The stream ends by itself at `expires`
-/// (the end of the client's token), and the client reconnects with a fresh one.
-pub async fn open(
-    state: &Arc<AppState>,
-    channels: Vec<String>,
-    resume: Option<i64>,
-    snapshot: Option<Shape>,
-    filters: ChannelFilters,
-    expires: Option<SystemTime>,
-) -> Result<SseBody, StreamError> {
-    let prelude = sse::prelude(state.config.retry);
-    let heartbeat = state.config.heartbeat;
-    // An end too far away for the clock to represent is as good as none.
-    let expires =
-        expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
-    // Until the listener has read the head once there is no seam to make: such a new gateway is not ready.
-    state.hub.wait_started(START_WAIT).await?;
-    let (tx, rx) = mpsc::channel(1);
-    let start = match (resume, snapshot) {
-        (Some(after), _) => {
-            Counters::add(&state.metrics.counters.replays, 1);
-            Start::Resume(after)
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn sent(&self) -> &Sent {
+        &self.sent
+    }
+
+    /// Checks names and removes duplicates, without asking the database: this is all that may happen before
+    /// the client is authenticated (which channels exist is not for strangers to learn, nor to cost a query).
+    pub fn check_names(&self, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {
+        if let Some(bad) = channels.iter().find(|c| !crate::channel::valid(c)) {
+            return Err(StreamError::InvalidChannel(bad.chars().take(140).collect()));
         }
-        (None, Some(shape)) => {
-            let max = state.config.snapshot_max_rows;
-            let counters = &state.metrics.counters;
-            Counters::add(&counters.snapshots, 1);
-            match state
-                .snapshots
-                .begin(&state.store, &channels, &filters, &shape, max, &counters.snapshot_queries)
-                .await?
-            {
-                Begun::Shared(taken) => Start::Shared(taken),
-                Begun::Streaming(snapshot) => Start::Snapshot(snapshot),
+        channels.sort();
+        channels.dedup();
+        if channels.is_empty() {
+            return Err(StreamError::NoChannel);
+        }
+        if channels.len() > self.args.max_channels {
+            return Err(StreamError::TooManyChannels(channels.len(), self.args.max_channels));
+        }
+        Ok(channels)
+    }
+
+    /// Refuses channels the database does not know.
+    pub async fn check_known(&self, channels: &[String]) -> Result<(), StreamError> {
+        if let Some(unknown) = self.store.unknown_channels(channels).await?.into_iter().next() {
+            return Err(StreamError::UnknownChannel(unknown));
+        }
+        Ok(())
+    }
+
+    /// Refuses a client's filter that names no published column of a table channel.
+    pub async fn check_filter(&self, channels: &[String], filter: &Filter) -> Result<(), StreamError> {
+        for channel in channels {
+            self.published.check(&self.store, channel, filter).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens a stream; each channel's filter applies to replayed and live events alike. A stream that does
+    /// not resume may start with a snapshot of the channels' tables. The stream ends by itself at `expires`
+    /// (the end of the client's token), and the client reconnects with a fresh one.
+    pub async fn open(
+        self: &Arc<Self>,
+        channels: Vec<String>,
+        resume: Option<i64>,
+        snapshot: Option<Shape>,
+        filters: ChannelFilters,
+        expires: Option<SystemTime>,
+    ) -> Result<SseBody, StreamError> {
+        let prelude = sse::prelude(self.args.retry);
+        let heartbeat = self.args.heartbeat;
+        // An end too far away for the clock to represent is as good as none.
+        let expires =
+            expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
+        // Until the listener has read the head once there is no seam to make: such a new gateway is not ready.
+        self.hub.wait_started(START_WAIT).await?;
+        let (tx, rx) = mpsc::channel(1);
+        let start = match (resume, snapshot) {
+            (Some(after), _) => {
+                self.counters.replays.fetch_add(1, Ordering::Relaxed);
+                Start::Resume(after)
             }
-        }
-        (None, None) => {
-            let (sub, _) = state.hub.subscribe(&channels, &filters)?;
-            // A new stream starts at the database's present, not at the listener's: an event that committed
-            // before this request but was not yet broadcast must not reach it. Subscribing first means every
-            // event after that head still arrives live.
-            let skip_through = match state.store.committed_head().await {
-                Ok(head) => head,
-                Err(err) => {
-                    debug!(cause = %err, "no committed head; starting at the listener's");
-                    0
+            (None, Some(shape)) => {
+                let max = self.args.snapshot_max_rows;
+                self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+                match self
+                    .snapshots
+                    .begin(&self.store, &channels, &filters, &shape, max, &self.counters.snapshot_queries)
+                    .await?
+                {
+                    Begun::Shared(taken) => Start::Shared(taken),
+                    Begun::Streaming(snapshot) => Start::Snapshot(snapshot),
                 }
-            };
-            return Ok(SseBody::live(prelude, sub, skip_through, heartbeat).ending_at(expires));
-        }
-    };
-    // One batch waits here while the body writes the one before: a client that stops reading pins two
-    // batches (each at most `PAGE_BYTES` beyond one event), never the backlog.
-    let mut replay = Replay {
-        state: state.clone(),
-        channels,
-        filters,
-        tx,
-        limit: REPLAY_BATCH,
-        skip: HashSet::new(),
-        awaiting: HashSet::new(),
-    };
-    let token = state.shutdown.clone();
-    tokio::spawn(async move {
-        let run = async {
-            let after = match start {
-                Start::Resume(after) => after,
-                Start::Snapshot(snapshot) => {
-                    let (head, pending) = (snapshot.head, snapshot.pending.clone());
-                    if !snapshot.send(&replay.tx).await? {
-                        return Err(ReplayError::Gone);
+            }
+            (None, None) => {
+                let (sub, _) = self.hub.subscribe(&channels, &filters)?;
+                // A new stream starts at the database's present, not at the listener's: an event that committed
+                // before this request but was not yet broadcast must not reach it. Subscribing first means every
+                // event after that head still arrives live.
+                let skip_through = match self.store.committed_head().await {
+                    Ok(head) => head,
+                    Err(err) => {
+                        debug!(cause = %err, "no committed head; starting at the listener's");
+                        0
                     }
-                    replay.skip_from(pending);
-                    head
-                }
-                Start::Shared(taken) => {
-                    for chunk in &taken.chunks {
-                        replay.send(Feed::Chunk(chunk.clone())).await?;
-                    }
-                    replay.skip_from(taken.pending.clone());
-                    taken.head
-                }
-            };
-            replay.run(after).await
+                };
+                return Ok(SseBody::live(prelude, sub, skip_through, heartbeat)
+                    .ending_at(expires)
+                    .counted(self.sent.clone()));
+            }
         };
-        tokio::select! {
-            result = run => match result {
-                Ok(()) => {}
-                Err(ReplayError::Gone) => debug!("client left during replay"),
-                Err(err) => warn!(cause = %err, "replay failed; ending the stream so the client resumes"),
-            },
-            _ = token.cancelled() => {}
-        }
-    });
-    Ok(SseBody::replaying(prelude, rx, heartbeat).ending_at(expires))
+        // One batch waits here while the body writes the one before: a client that stops reading pins two
+        // batches (each at most `PAGE_BYTES` beyond one event), never the backlog.
+        let mut replay = Replay {
+            events: self.clone(),
+            channels,
+            filters,
+            tx,
+            limit: REPLAY_BATCH,
+            skip: HashSet::new(),
+            awaiting: HashSet::new(),
+        };
+        let token = self.shutdown.clone();
+        tokio::spawn(async move {
+            let run = async {
+                let after = match start {
+                    Start::Resume(after) => after,
+                    Start::Snapshot(snapshot) => {
+                        let (head, pending) = (snapshot.head, snapshot.pending.clone());
+                        if !snapshot.send(&replay.tx).await? {
+                            return Err(ReplayError::Gone);
+                        }
+                        replay.skip_from(pending);
+                        head
+                    }
+                    Start::Shared(taken) => {
+                        for chunk in &taken.chunks {
+                            replay.send(Feed::Chunk(chunk.clone())).await?;
+                        }
+                        replay.skip_from(taken.pending.clone());
+                        taken.head
+                    }
+                };
+                replay.run(after).await
+            };
+            tokio::select! {
+                result = run => match result {
+                    Ok(()) => {}
+                    Err(ReplayError::Gone) => debug!("client left during replay"),
+                    Err(err) => warn!(cause = %err, "replay failed; ending the stream so the client resumes"),
+                },
+                _ = token.cancelled() => {}
+            }
+        });
+        Ok(SseBody::replaying(prelude, rx, heartbeat).ending_at(expires).counted(self.sent.clone()))
+    }
 }
 
 /// Where a stream that does not start live begins.
@@ -186,7 +290,7 @@ fn reset_frame(from: i64, reason: &str) -> Bytes {
 }
 
 struct Replay {
-    state: Arc<AppState>,
+    events: Arc<Events>,
     channels: Vec<String>,
     filters: ChannelFilters,
     tx: mpsc::Sender<Feed>,
@@ -224,7 +328,7 @@ impl Replay {
         // It stops at the issued head: a row beyond what the sequence issued is not pgsse's.
         while self.batch(&mut cursor, Some(head)).await? {}
         self.await_skipped(&mut cursor).await?;
-        let (sub, live_from) = self.state.hub.subscribe(&self.channels, &self.filters)?;
+        let (sub, live_from) = self.events.hub.subscribe(&self.channels, &self.filters)?;
         if cursor < live_from {
             while self.batch(&mut cursor, Some(live_from)).await? {}
         }
@@ -241,7 +345,7 @@ impl Replay {
     /// before the snapshot, so the gateway sequences it within moments; past `--db-timeout` the stream
     /// goes live anyway (its events could then repeat rows of the snapshot) and says why in the log.
     async fn await_skipped(&mut self, cursor: &mut i64) -> Result<(), ReplayError> {
-        let deadline = Instant::now() + self.state.config.db_timeout;
+        let deadline = Instant::now() + self.events.db_timeout;
         while !self.awaiting.is_empty() {
             if Instant::now() >= deadline {
                 warn!(transactions = self.awaiting.len(), "a snapshot's transactions did not reach the log in time");
@@ -262,7 +366,7 @@ impl Replay {
     async fn issued_head(&self) -> Result<i64, ReplayError> {
         let mut pause = RETRY_MIN;
         loop {
-            match self.state.store.issued_head().await {
+            match self.events.store.issued_head().await {
                 Ok(head) => return Ok(head),
                 Err(err) => debug!(cause = %err, "log head unavailable; the stream waits"),
             }
@@ -275,7 +379,7 @@ impl Replay {
 
     /// Sends one batch after `cursor` as a single chunk; returns whether more events may follow it.
     async fn batch(&mut self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
-        let batch = self.state.store.replay(*cursor, through, &self.channels, self.limit).await?;
+        let batch = self.events.store.replay(*cursor, through, &self.channels, self.limit).await?;
         let cut = (batch.rows.len() as i64) < self.limit && batch.more;
         self.limit = if cut { batch.rows.len() as i64 * 2 } else { self.limit * 2 }.clamp(16, REPLAY_BATCH);
         let mut chunk = BytesMut::new();
@@ -311,7 +415,7 @@ impl Replay {
         }
         if !chunk.is_empty() {
             self.send(Feed::Chunk(chunk.freeze())).await?;
-            Counters::add(&self.state.metrics.counters.events_replayed, sent);
+            self.events.counters.events_replayed.fetch_add(sent, Ordering::Relaxed);
         }
         Ok(batch.more)
     }

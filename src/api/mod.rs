@@ -3,4 +3,6 @@
 
 pub mod commands;
 pub mod events;
+pub mod health;
+pub mod reply;
 pub mod snapshot;

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::filter::ChannelFilters;
-use crate::pg::store::{Store, StoreError};
+use crate::pg::error::StoreError;
+use crate::pg::store::Store;
 use crate::sse::body::Feed;
 use crate::sse::wire as sse;
 

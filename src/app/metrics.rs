@@ -11,9 +11,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use prometheus_client::registry::Unit;
 
+use crate::api::events::Events;
+use crate::auth::Denials;
 use crate::fanout::hub::Hub;
 use crate::limits::Limits;
-use crate::pg::listener::ListenerStatus;
+use crate::pg::status::ListenerStatus;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -23,28 +25,8 @@ pub struct Metrics {
     limits: Arc<Limits>,
     /// Whether `pgsse_streams_open` carries a series per channel.
     channel_labels: bool,
-    pub counters: Arc<Counters>,
-}
-
-/// Counters kept only for the metrics, bumped where the work happens.
-#[derive(Default)]
-pub struct Counters {
-    pub frames_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub replays: AtomicU64,
-    pub events_replayed: AtomicU64,
-    pub snapshots: AtomicU64,
-    pub snapshot_queries: AtomicU64,
-    pub auth_unauthenticated: AtomicU64,
-    pub auth_forbidden: AtomicU64,
-}
-
-impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        if n > 0 {
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
-    }
+    events: Arc<Events>,
+    denials: Arc<Denials>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,8 +36,15 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(hub: Arc<Hub>, listener: Arc<ListenerStatus>, limits: Arc<Limits>, channel_labels: bool) -> Arc<Self> {
-        Arc::new(Self { hub, listener, limits, channel_labels, counters: Arc::default() })
+    pub fn new(
+        hub: Arc<Hub>,
+        listener: Arc<ListenerStatus>,
+        limits: Arc<Limits>,
+        events: Arc<Events>,
+        denials: Arc<Denials>,
+        channel_labels: bool,
+    ) -> Arc<Self> {
+        Arc::new(Self { hub, listener, limits, channel_labels, events, denials })
     }
 
     pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
@@ -177,21 +166,21 @@ impl Collector for Metrics {
             Some(&Unit::Seconds),
             lag.metric_type(),
         )?)?;
-        let sent = &self.counters;
+        let (sent, opened) = (self.events.sent(), self.events.counters());
         for (name, help, counter) in [
-            ("pgsse_frames_sent", "Live event frames handed to client connections.", &sent.frames_sent),
+            ("pgsse_frames_sent", "Live event frames handed to client connections.", &sent.frames),
             (
                 "pgsse_bytes_sent",
                 "Bytes of SSE handed to client connections, replays and heartbeats included.",
-                &sent.bytes_sent,
+                &sent.bytes,
             ),
-            ("pgsse_replays", "Streams that resumed from the log (Last-Event-ID).", &sent.replays),
-            ("pgsse_events_replayed", "Events sent from the log to resuming streams.", &sent.events_replayed),
-            ("pgsse_snapshots", "Streams that started with a snapshot of their tables.", &sent.snapshots),
+            ("pgsse_replays", "Streams that resumed from the log (Last-Event-ID).", &opened.replays),
+            ("pgsse_events_replayed", "Events sent from the log to resuming streams.", &opened.events_replayed),
+            ("pgsse_snapshots", "Streams that started with a snapshot of their tables.", &opened.snapshots),
             (
                 "pgsse_snapshot_queries",
                 "Snapshots read from the database (identical requests arriving together share one).",
-                &sent.snapshot_queries,
+                &opened.snapshot_queries,
             ),
         ] {
             counter_of(&mut encoder, name, help, counter)?;
@@ -203,7 +192,9 @@ impl Collector for Metrics {
             None,
             denied.metric_type(),
         )?;
-        for (reason, value) in [("unauthenticated", &sent.auth_unauthenticated), ("forbidden", &sent.auth_forbidden)] {
+        for (reason, value) in
+            [("unauthenticated", &self.denials.unauthenticated), ("forbidden", &self.denials.forbidden)]
+        {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("reason", reason)])?)?;
         }
         let rejections = &self.limits.rejections;

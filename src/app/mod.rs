@@ -1,32 +1,98 @@
-//! The shared state every request reaches, and its construction.
+//! The application behind HTTP: built once from the configuration, it hands each API handler its narrow
+//! handle and runs the background tasks (the LISTEN connection, retention) that feed and tend them.
 
 pub mod metrics;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::api::snapshot::Shared;
+use crate::api::commands::Commands;
+use crate::api::events::Events;
+use crate::api::health::Health;
+use crate::auth::Denials;
 use crate::config::Config;
 use crate::fanout::hub::Hub;
-use crate::http::cors::Cors;
 use crate::limits::Limits;
-use crate::pg::listener::ListenerStatus;
+use crate::pg::error::StoreError;
+use crate::pg::listener::{Listener, ListenerError};
 use crate::pg::published::Published;
+use crate::pg::retention;
+use crate::pg::status::ListenerStatus;
 use crate::pg::store::Store;
 use metrics::Metrics;
 
-/// Shared by every request.
-pub struct AppState {
+pub struct App {
+    /// Read by the HTTP layer: its own settings, and the access control.
     pub config: Config,
-    pub store: Store,
-    pub hub: Arc<Hub>,
-    pub listener: Arc<ListenerStatus>,
-    pub cors: Cors,
+    pub events: Arc<Events>,
+    pub commands: Commands,
+    pub health: Health,
     pub limits: Arc<Limits>,
+    pub denials: Arc<Denials>,
     pub metrics: Arc<Metrics>,
-    pub snapshots: Shared,
-    pub published: Published,
-    /// Cancelled on shutdown: ends every stream body and the listener.
+    hub: Arc<Hub>,
+    /// Cancelled on shutdown: ends every stream body, the listener and the retention job.
     pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+}
+
+impl App {
+    /// Builds the state and starts the background tasks on `tasks`; they end with [`App::shut_down`].
+    pub fn start(config: Config, tasks: &TaskTracker) -> Result<Arc<Self>, AppError> {
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(config.streams.queue_capacity));
+        let status = Arc::new(ListenerStatus::default());
+        let listen_url = config.listener.listen_database_url.as_deref().unwrap_or(&config.database_url);
+        let listener = Listener::new(listen_url, hub.clone(), status.clone(), config.listener.probe_interval)?;
+        let store = Arc::new(Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?);
+        let published = Arc::new(Published::default());
+        let events = Events::new(
+            store.clone(),
+            hub.clone(),
+            published.clone(),
+            config.streams.clone(),
+            config.pool.db_timeout,
+            shutdown.clone(),
+        );
+        let limits = Arc::new(Limits::new(&config.limits));
+        let denials = Arc::new(Denials::default());
+        let metrics = Metrics::new(
+            hub.clone(),
+            status.clone(),
+            limits.clone(),
+            events.clone(),
+            denials.clone(),
+            config.server.metrics_channel_labels,
+        );
+        tasks.spawn(listener.run(shutdown.clone()));
+        let (args, token) = (config.retention.clone(), shutdown.clone());
+        let pruned = store.clone();
+        tasks.spawn(async move { retention::run(&pruned, &args, token).await });
+        Ok(Arc::new(App {
+            events,
+            commands: Commands::new(store.clone(), published, config.commands.clone()),
+            health: Health::new(store, hub.clone(), status),
+            limits,
+            denials,
+            metrics,
+            hub,
+            shutdown,
+            config,
+        }))
+    }
+
+    /// Ends every stream body, the listener and the retention job.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.hub.close();
+    }
 }

@@ -1,44 +1,116 @@
-//! Who may read and write which channels. A grant (from a JWT's `pgsse` claim, or from the auth URL of a
-//! legacy backend) lists channel patterns to subscribe and publish, and row filters per channel that the
-//! client can narrow but never widen.
+//! Who may read and write which channels: nobody checks (`none`), a JWT's grant, or a legacy backend's
+//! answer (`auth-url`). The grant itself, and what it allows, is in `grant`.
 
+mod grant;
+mod jwt;
 mod url;
 
+pub use grant::{Access, AuthError, Grant};
+pub use jwt::Jwt;
 pub use url::AuthUrl;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, Method};
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 
-use crate::filter::{Filter, FilterError};
+/// The query parameter that may carry a token, for an `EventSource` on another origin (it cannot set headers).
+pub const ACCESS_TOKEN: &str = "access_token";
 
 pub const DEFAULT_COOKIE: &str = "pgsse_token";
 
+const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
+
+/// Who may read and write which channels.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Access control")]
+pub struct AuthArgs {
+    /// Who may read and write: `none` (anyone; only on loopback unless --allow-unauthenticated-public),
+    /// `jwt` (a token's `pgsse` claim grants channels), or `auth-url` (a backend's URL decides).
+    #[arg(long, env = "PGSSE_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// HS256 secret for `--auth jwt`.
+    #[arg(long, env = "PGSSE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for `--auth jwt`.
+    #[arg(long, env = "PGSSE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// For `--auth jwt`: a token's `aud` claim must include this.
+    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// For `--auth jwt`: a token's `iss` claim must be this.
+    #[arg(long, env = "PGSSE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Cookie that may carry the token (besides `Authorization: Bearer` and `?access_token=`).
+    #[arg(long, env = "PGSSE_JWT_COOKIE", default_value = DEFAULT_COOKIE)]
+    pub jwt_cookie: String,
+
+    /// For `--auth auth-url`: the backend URL asked about each new stream or write (http only).
+    #[arg(long, env = "PGSSE_AUTH_URL")]
+    pub auth_url: Option<String>,
+
+    /// How long an auth URL's answer is reused for the same cookie, authorization and request.
+    #[arg(long, env = "PGSSE_AUTH_CACHE_TTL", default_value = DEFAULT_AUTH_CACHE_TTL, value_parser = crate::parse::duration)]
+    pub auth_cache_ttl: Duration,
+
+    /// Serve a non-loopback address with `--auth none`: anyone who can reach it reads and writes everything.
+    #[arg(long, env = "PGSSE_ALLOW_UNAUTHENTICATED_PUBLIC")]
+    pub allow_unauthenticated_public: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    None,
+    Jwt,
+    AuthUrl,
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("authentication required: send a token as Authorization: Bearer, the {0} cookie, or ?access_token=")]
-    Missing(String),
-    #[error("invalid token: {0}")]
-    Invalid(String),
-    #[error("token expired")]
-    Expired,
-    #[error("not allowed to {action} channel {channel:?}")]
-    Forbidden { action: &'static str, channel: String },
-    #[error("the row is outside this token's grant for channel {0:?}: its filter must match what is written")]
-    OutsideGrant(String),
-    #[error("a grant limited by a filter cannot clear channel {0:?}: clearing would remove rows outside it")]
-    FilteredClear(String),
-    #[error("invalid filter in the token's grant for {channel:?}: {cause}")]
-    BadGrant { channel: String, cause: FilterError },
-    #[error("invalid auth configuration: {0}")]
-    Key(String),
-    #[error("authorization is unavailable, try again: {0}")]
-    Unavailable(String),
+pub enum AuthConfigError {
+    #[error("--auth jwt needs exactly one of --jwt-secret and --jwt-public-key")]
+    JwtKey,
+    #[error("--auth auth-url needs --auth-url")]
+    AuthUrl,
+    #[error("cannot read {0}: {1}")]
+    KeyFile(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Invalid(#[from] AuthError),
+}
+
+impl AuthArgs {
+    /// The access control these flags ask for, with its key read and checked.
+    pub fn build(&self) -> Result<Auth, AuthConfigError> {
+        let jwt =
+            |jwt: Jwt| Auth::Jwt(Box::new(jwt.expecting(self.jwt_audience.as_deref(), self.jwt_issuer.as_deref())));
+        Ok(match (self.auth, &self.jwt_secret, &self.jwt_public_key) {
+            (AuthMode::None, _, _) => Auth::None,
+            (AuthMode::Jwt, Some(secret), None) if !secret.is_empty() => {
+                jwt(Jwt::hs256(secret.as_bytes(), &self.jwt_cookie))
+            }
+            (AuthMode::Jwt, None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| AuthConfigError::KeyFile(path.clone(), e))?;
+                jwt(Jwt::public_key(&pem, &self.jwt_cookie)?)
+            }
+            (AuthMode::Jwt, _, _) => return Err(AuthConfigError::JwtKey),
+            (AuthMode::AuthUrl, _, _) => {
+                let url = self.auth_url.as_deref().ok_or(AuthConfigError::AuthUrl)?;
+                Auth::Url(Box::new(AuthUrl::new(url, self.auth_cache_ttl)?))
+            }
+        })
+    }
+}
+
+/// Requests refused by access control, for the metrics.
+#[derive(Default)]
+pub struct Denials {
+    pub unauthenticated: AtomicU64,
+    pub forbidden: AtomicU64,
 }
 
 pub enum Auth {
@@ -58,121 +130,6 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-pub struct Jwt {
-    key: DecodingKey,
-    validation: Validation,
-    cookie: String,
-}
-
-impl Jwt {
-    pub fn hs256(secret: &[u8], cookie: &str) -> Self {
-        Self::new(DecodingKey::from_secret(secret), Algorithm::HS256, cookie)
-    }
-
-    /// A PEM public key, RSA (RS256) or EC P-256 (ES256).
-    pub fn public_key(pem: &[u8], cookie: &str) -> Result<Self, AuthError> {
-        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Self::new(key, Algorithm::RS256, cookie));
-        }
-        DecodingKey::from_ec_pem(pem)
-            .map(|key| Self::new(key, Algorithm::ES256, cookie))
-            .map_err(|e| AuthError::Key(format!("neither an RSA nor an EC public key in PEM: {e}")))
-    }
-
-    /// Accepts only `algorithm`: a token may not pick a weaker one (or `none`).
-    fn new(key: DecodingKey, algorithm: Algorithm, cookie: &str) -> Self {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp"]);
-        validation.validate_aud = false;
-        Self { key, validation, cookie: cookie.to_string() }
-    }
-
-    /// Requires the token's `aud` to include `audience` and its `iss` to be `issuer`, where given.
-    pub fn expecting(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
-        if let Some(audience) = audience {
-            self.validation.set_audience(&[audience]);
-            self.validation.validate_aud = true;
-            self.validation.set_required_spec_claims(&["exp", "aud"]);
-        }
-        if let Some(issuer) = issuer {
-            self.validation.set_issuer(&[issuer]);
-        }
-        self
-    }
-}
-
-/// How far ahead of this gateway's clock a token's issuer may be: `nbf` and `iat` later than that are refused.
-const CLOCK_SKEW: Duration = Duration::from_secs(5);
-
-#[derive(Deserialize)]
-struct Claims {
-    /// Required (the validation says so, by name, when it is missing).
-    exp: Option<u64>,
-    nbf: Option<u64>,
-    iat: Option<u64>,
-    #[serde(default)]
-    pgsse: Grant,
-}
-
-/// The token's fault in words, without the library's internals.
-fn token_error(err: &jsonwebtoken::errors::Error) -> AuthError {
-    use jsonwebtoken::errors::ErrorKind;
-    let why = match err.kind() {
-        ErrorKind::ExpiredSignature => return AuthError::Expired,
-        ErrorKind::InvalidSignature => "its signature does not verify with this gateway's key",
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-            "it is signed with an algorithm this gateway does not accept"
-        }
-        ErrorKind::InvalidAudience => "its aud claim does not name this gateway (--jwt-audience)",
-        ErrorKind::InvalidIssuer => "its iss claim is not the expected issuer (--jwt-issuer)",
-        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
-        ErrorKind::MissingRequiredClaim(claim) => return AuthError::Invalid(format!("it has no {claim} claim")),
-        ErrorKind::Json(e) => return AuthError::Invalid(format!("its claims are malformed: {}", plain_json_error(e))),
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "it is not a JWT",
-        _ => "it could not be verified",
-    };
-    AuthError::Invalid(why.to_string())
-}
-
-/// serde's message without its position suffix (`at line 1 column 36`).
-fn plain_json_error(err: &serde_json::Error) -> String {
-    let text = err.to_string();
-    match text.find(" at line ") {
-        Some(at) => text[..at].replace('`', ""),
-        None => text.replace('`', ""),
-    }
-}
-
-/// What a token allows. Patterns: `*`, `prefix.*`, or an exact channel name.
-#[derive(Deserialize, Default, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct Grant {
-    #[serde(default)]
-    subscribe: Vec<String>,
-    #[serde(default)]
-    publish: Vec<String>,
-    /// Channel (or pattern) to a filter in query form, e.g. `"user_id=eq.42&status=neq.void"`.
-    #[serde(default)]
-    filter: HashMap<String, String>,
-}
-
-impl Grant {
-    /// Exactly `channels`, for reading or (with `publish`) writing: what a bare 2xx from an auth URL allows.
-    pub fn allowing(channels: &[String], publish: bool) -> Self {
-        let list = channels.to_vec();
-        let (subscribe, publish) = if publish { (Vec::new(), list) } else { (list, Vec::new()) };
-        Self { subscribe, publish, filter: HashMap::new() }
-    }
-}
-
-/// The outcome of authenticating one request.
-#[derive(Clone)]
-pub enum Access {
-    Open,
-    Granted { grant: Grant, expires: Option<SystemTime> },
-}
-
 impl Auth {
     /// Decides a request for `channels` (a stream's, or the one a write targets) made with `method`.
     pub async fn authenticate(
@@ -190,98 +147,15 @@ impl Auth {
     }
 }
 
-impl Jwt {
-    pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
-        let jwt = self;
-        let token = bearer(headers)
-            .or_else(|| cookie(headers, &jwt.cookie))
-            .or(query_token)
-            .ok_or_else(|| AuthError::Missing(jwt.cookie.clone()))?;
-        let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| token_error(&e))?.claims;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let ahead = |at: Option<u64>| at.is_some_and(|t| Duration::from_secs(t) > now + CLOCK_SKEW);
-        if ahead(claims.nbf) {
-            return Err(AuthError::Invalid("it is not valid yet (nbf)".into()));
-        }
-        if ahead(claims.iat) {
-            return Err(AuthError::Invalid("it claims to be issued in the future (iat)".into()));
-        }
-        let expires = UNIX_EPOCH
-            .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
-            .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
-        Ok(Access::Granted { grant: claims.pgsse, expires: Some(expires) })
-    }
-}
-
-impl Access {
-    pub fn may_subscribe(&self, channel: &str) -> Result<(), AuthError> {
-        self.check("subscribe to", channel, |g| &g.subscribe)
-    }
-
-    pub fn may_publish(&self, channel: &str) -> Result<(), AuthError> {
-        self.check("publish to", channel, |g| &g.publish)
-    }
-
-    fn check(&self, action: &'static str, channel: &str, list: fn(&Grant) -> &Vec<String>) -> Result<(), AuthError> {
-        match self {
-            Access::Open => Ok(()),
-            Access::Granted { grant, .. } if list(grant).iter().any(|p| pattern_matches(p, channel)) => Ok(()),
-            Access::Granted { .. } => Err(AuthError::Forbidden { action, channel: channel.to_string() }),
-        }
-    }
-
-    /// The grant's filter for `channel` (every pattern that names it applies), AND-ed with the client's.
-    pub fn filter_for(&self, channel: &str, client: Option<&Filter>) -> Result<Option<Arc<Filter>>, AuthError> {
-        let mut combined = client.cloned().unwrap_or_default();
-        if let Access::Granted { grant, .. } = self {
-            for (pattern, query) in grant.filter.iter().filter(|(p, _)| pattern_matches(p, channel)) {
-                let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-                let filter = Filter::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .map_err(|cause| AuthError::BadGrant { channel: pattern.clone(), cause })?;
-                combined = combined.and(filter);
-            }
-        }
-        Ok((!combined.is_empty()).then(|| Arc::new(combined)))
-    }
-
-    pub fn expires(&self) -> Option<SystemTime> {
-        match self {
-            Access::Open => None,
-            Access::Granted { expires, .. } => *expires,
-        }
-    }
-}
-
-fn pattern_matches(pattern: &str, channel: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some("") => true,
-        Some(prefix) if prefix.ends_with('.') => channel.starts_with(prefix),
-        _ => pattern == channel,
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find_map(|(k, v)| (k == name && !v.is_empty()).then_some(v))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::Filter;
+    use http::header::{AUTHORIZATION, COOKIE};
     use http::HeaderValue;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     const SECRET: &[u8] = b"test secret";
 
@@ -336,17 +210,6 @@ mod tests {
         assert_eq!(missing_exp, "invalid token: it has no exp claim");
         let bad_grant = refusal(&auth(), json!({"exp": future(), "pgsse": {"subscribe": 1}}));
         assert!(!bad_grant.contains("line 1") && !bad_grant.contains('`'), "{bad_grant}");
-    }
-
-    #[test]
-    fn patterns() {
-        assert!(pattern_matches("*", "anything"));
-        assert!(pattern_matches("orders.*", "orders.eu"));
-        assert!(!pattern_matches("orders.*", "orders"));
-        assert!(!pattern_matches("orders.*", "ordersx.eu"));
-        assert!(pattern_matches("messages", "messages"));
-        assert!(!pattern_matches("messages", "messages2"));
-        assert!(!pattern_matches("mess*", "messages"), "only a whole trailing segment may be a wildcard");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::auth::{Access, AuthError, Grant};
+use crate::auth::grant::{Access, AuthError, Grant};
 
 /// How long the backend gets to answer before the request is refused with 503.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(5);

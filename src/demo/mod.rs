@@ -9,7 +9,7 @@ mod cluster;
 
 pub use cluster::{Cluster, ClusterError};
 
-use crate::config::{Config, ConfigError, DemoArgs};
+use crate::config::{Config, ConfigError, DemoArgs, ServeArgs};
 use crate::pg::migrate::{self, MigrateError};
 use crate::server::{self, ServerError};
 
@@ -64,8 +64,9 @@ pub async fn install(database_url: &str) -> Result<(), DemoError> {
 
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     // The HTTP port first: a demo that cannot serve starts no PostgreSQL.
-    let listener = crate::server::bind(args.serve.listen).map_err(|e| DemoError::Bind(args.serve.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| DemoError::Bind(args.serve.listen, e))?;
+    let listen = args.serve.server.listen;
+    let listener = crate::server::bind(listen).map_err(|e| DemoError::Bind(listen, e))?;
+    let addr = listener.local_addr().map_err(|e| DemoError::Bind(listen, e))?;
     let (database_url, cluster) = match args.serve.db.database_url.clone() {
         Some(url) => (url, None),
         None => {
@@ -83,7 +84,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
             (cluster.url("postgres"), Some(cluster))
         }
     };
-    let result = serve(listener, addr, &args, &database_url, shutdown).await;
+    let result = serve(listener, addr, args.serve, &database_url, shutdown).await;
     if let Some(cluster) = cluster {
         tokio::task::spawn_blocking(move || cluster.stop("fast")).await??;
     }
@@ -93,12 +94,12 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
 async fn serve(
     listener: tokio::net::TcpListener,
     addr: std::net::SocketAddr,
-    args: &DemoArgs,
+    args: ServeArgs,
     database_url: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
-    let mut config = Config::with_database_url(&args.serve, database_url.to_string())?;
-    config.demo = true;
+    let mut config = Config::with_database_url(args, database_url.to_string())?;
+    config.server.demo = true;
     install(database_url).await?;
     println!("pgsse demo is running on http://{addr}\n");
     println!("Open the live feed:\n  http://{addr}/   (and http://{addr}/send to post)\n");

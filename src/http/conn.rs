@@ -17,15 +17,15 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::{Body, Frame};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::app::AppState;
-use crate::http::routes;
+use crate::api::reply::Body as Routed;
+use crate::http::{routes, Site};
 use crate::sse::body::SseBody;
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
@@ -34,12 +34,6 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeats' worth of time in which a client must take at least one byte of a pending write.
 const STALLED_HEARTBEATS: u32 = 4;
-
-/// hyper's builders for the two protocols, configured once by the server.
-pub struct Builders {
-    pub http1: http1::Builder,
-    pub http2: http2::Builder<TokioExecutor>,
-}
 
 /// A connection whose first bytes were read to choose the protocol. They are handed back to hyper
 /// together with whatever else has arrived, in one read: hyper sizes its read buffer by its first read,
@@ -197,16 +191,17 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Stalling<IO> {
 }
 
 /// Serves one client connection until it closes or graceful shutdown ends it.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, builders: Arc<Builders>) {
-    let stream = Stalling::new(stream, state.config.heartbeat * STALLED_HEARTBEATS);
+pub async fn serve(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) {
+    let config = &site.app.config;
+    let stream = Stalling::new(stream, config.streams.heartbeat * STALLED_HEARTBEATS);
     // hyper's header timeout starts only once the protocol is known, so the first bytes (and the TLS
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
-    let limit = state.config.header_read_timeout;
-    let serving = match state.config.tls.clone() {
+    let limit = config.server.header_read_timeout;
+    let serving = match config.tls.clone() {
         // Each phase boxed: inline, every connection's task would stay as large as the largest phase (the
         // TLS handshake, the deadline's timer) for as long as its stream idles.
         None => match Box::pin(timeout(limit, Sniffed::read(stream))).await {
-            Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders),
+            Ok(Ok((io, http2))) => serve_http(io, http2, peer, site.clone()),
             Ok(Err(err)) => return debug!(cause = %err, "reading the first bytes failed"),
             Err(_) => return debug!("no request in time"),
         },
@@ -216,7 +211,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, bu
                 Sniffed::read(stream).await
             }));
             match accepted.await {
-                Ok(Ok((io, http2))) => serve_http(io, http2, peer, state, &builders),
+                Ok(Ok((io, http2))) => serve_http(io, http2, peer, site.clone()),
                 Ok(Err(err)) => return debug!(cause = %err, "TLS handshake or first bytes failed"),
                 Err(_) => return debug!("no TLS handshake and request in time"),
             }
@@ -236,29 +231,28 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Sniffed<IO>,
     http2: bool,
     peer: SocketAddr,
-    state: Arc<AppState>,
-    builders: &Builders,
+    site: Arc<Site>,
 ) -> Serving {
     if !http2 {
-        return Box::pin(serve_http1(io, peer, state, builders.http1.clone()));
+        return Box::pin(serve_http1(io, peer, site));
     }
     // Closed (GOAWAY) at shutdown, or once no request has been open for the header timeout: what an idle
     // HTTP/1 connection gets, since it must send its next request's head within that time.
-    let closing = state.shutdown.child_token();
-    let idle_limit = state.config.header_read_timeout;
+    let closing = site.app.shutdown.child_token();
+    let idle_limit = site.app.config.server.header_read_timeout;
     let active = Arc::new(super::idle::Active::default());
     let requests = active.clone();
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
     // future's slot for the connection's lifetime, and the routing future is large.
+    let builder = site.builders.http2.clone();
     let service = service_fn(move |req| {
-        let (state, guard) = (state.clone(), requests.enter());
+        let (site, guard) = (site.clone(), requests.enter());
         Box::pin(async move {
-            let response = routes::handle(state, peer.ip(), req).await?;
+            let response = routes::handle(site, peer.ip(), req).await?;
             Ok::<_, Infallible>(response.map(|body| super::idle::Tracked { body, _guard: guard }))
-        })
-            as Pin<Box<dyn Future<Output = Result<Response<super::idle::Tracked<routes::Body>>, Infallible>> + Send>>
+        }) as Pin<Box<dyn Future<Output = Result<Response<super::idle::Tracked<Routed>>, Infallible>> + Send>>
     });
-    let conn = builders.http2.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     Box::pin(async move {
         let conn = pin!(conn);
         let serving = until_done(conn, &closing, http2::Connection::graceful_shutdown, |conn, cx| conn.poll(cx));
@@ -297,7 +291,7 @@ async fn until_done<C, T>(
 }
 
 /// What hyper writes on an HTTP/1 connection: a routed response, or only the head of a stream.
-type Http1Body = Either<routes::Body, Detached>;
+type Http1Body = Either<Routed, Detached>;
 
 /// The body of a stream's response as hyper sees it: no length, and over at once. With the response
 /// marked HTTP/1.0 that means a body delimited by the connection's close, so hyper writes the head with
@@ -319,16 +313,16 @@ impl Body for Detached {
 async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Sniffed<IO>,
     peer: SocketAddr,
-    state: Arc<AppState>,
-    builder: http1::Builder,
+    site: Arc<Site>,
 ) -> Result<(), hyper::Error> {
-    let shutdown = state.shutdown.clone();
+    let shutdown = site.app.shutdown.clone();
+    let builder = site.builders.http1.clone();
     let opened: Arc<Mutex<Option<SseBody>>> = Arc::default();
     let slot = opened.clone();
     let service = service_fn(move |req| {
-        let (state, slot) = (state.clone(), slot.clone());
+        let (site, slot) = (site.clone(), slot.clone());
         Box::pin(async move {
-            let response = routes::handle(state, peer.ip(), req).await?;
+            let response = routes::handle(site, peer.ip(), req).await?;
             Ok::<_, Infallible>(detach(response, &slot))
         }) as Pin<Box<dyn Future<Output = Result<Response<Http1Body>, Infallible>> + Send>>
     });
@@ -346,7 +340,7 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 /// Takes a stream's body out of its response for `serve_http1` to write, leaving hyper only the head.
-fn detach(response: Response<routes::Body>, slot: &Mutex<Option<SseBody>>) -> Response<Http1Body> {
+fn detach(response: Response<Routed>, slot: &Mutex<Option<SseBody>>) -> Response<Http1Body> {
     let (mut parts, body) = response.into_parts();
     match body {
         Either::Right(stream) => {

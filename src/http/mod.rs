@@ -5,3 +5,24 @@ pub mod cors;
 mod idle;
 pub mod routes;
 pub mod web;
+
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
+
+use crate::app::App;
+use cors::Cors;
+
+/// What every connection shares: the application, and HTTP's own parts.
+pub struct Site {
+    pub app: Arc<App>,
+    pub cors: Cors,
+    pub builders: Builders,
+}
+
+/// hyper's builders for the two protocols, configured once by the server.
+pub struct Builders {
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
+}

@@ -8,60 +8,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
+use http_body_util::Either;
+use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::api::commands::{self, CommandError};
-use crate::api::events::{self as stream, StreamError};
+use crate::api::commands::CommandError;
+use crate::api::events::StreamError;
+use crate::api::reply::{json_response, Body, Reply};
 use crate::api::snapshot::{Shape, SnapshotError, RESERVED};
-use crate::app::metrics::Counters;
-use crate::app::AppState;
-use crate::auth::{Auth, AuthError};
+use crate::app::App;
+use crate::auth::{Auth, AuthError, ACCESS_TOKEN};
 use crate::cursor::{self, CursorError};
 use crate::fanout::hub::HubError;
 use crate::filter::{ChannelFilters, Filter, FilterError};
-use crate::http::web;
-use crate::limits::{LimitError, StreamSlot};
-use crate::pg::migrate;
+use crate::http::{web, Site};
+use crate::limits::LimitError;
+use crate::pg::error::{Rejection, StoreError};
 use crate::pg::published::ColumnsError;
-use crate::pg::store::{Readiness, Rejection, StoreError};
-use crate::sse::body::SseBody;
-
-pub type Body = Either<Reply, SseBody>;
-
-/// A whole response body. One that took a place under the per-client limit (a history page) keeps it
-/// until hyper has written the body or dropped it with its connection.
-pub struct Reply {
-    data: Full<Bytes>,
-    _slot: Option<StreamSlot>,
-}
-
-impl Reply {
-    pub fn new(data: Bytes) -> Self {
-        Self { data: Full::new(data), _slot: None }
-    }
-}
-
-impl hyper::body::Body for Reply {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        std::pin::Pin::new(&mut self.data).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.data.size_hint()
-    }
-}
 
 /// Largest request head (request line and headers); a larger one is answered 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -69,28 +32,25 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// What a client refused for a limit is told to wait before trying again.
 const RETRY_AFTER_SECS: &str = "5";
 
-/// The query parameter that may carry a token, for an `EventSource` on another origin (it cannot set headers).
-pub const ACCESS_TOKEN: &str = "access_token";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("not found: {0}")]
     NotFound(String),
     #[error("method {0} not allowed here")]
     MethodNotAllowed(Method, &'static str),
-    #[error("{0}")]
+    #[error(transparent)]
     Cursor(#[from] CursorError),
     #[error("{0}")]
     BadQuery(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("{0}")]
+    #[error(transparent)]
     Command(#[from] CommandError),
-    #[error("{0}")]
+    #[error(transparent)]
     Filter(#[from] FilterError),
-    #[error("{0}")]
+    #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("{0}")]
+    #[error(transparent)]
     Limit(#[from] LimitError),
     #[error("request URL longer than {0} bytes")]
     UrlTooLong(usize),
@@ -185,20 +145,8 @@ fn auth_status(err: &AuthError) -> StatusCode {
     }
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    raw_json_response(status, Bytes::from(value.to_string()))
-}
-
-/// A response whose body is already JSON text (rows as PostgreSQL rendered them).
-pub fn raw_json_response(status: StatusCode, json: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Either::Left(Reply::new(json)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(site: Arc<Site>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let state = &site.app;
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
     let mut resp = if head_size(&req) > MAX_REQUEST_HEAD {
@@ -208,15 +156,14 @@ pub async fn handle(state: Arc<AppState>, peer: IpAddr, req: Request<Incoming>) 
         *resp.status_mut() = StatusCode::NO_CONTENT;
         resp
     } else {
-        route(&state, peer, req).await.unwrap_or_else(ApiError::into_response)
+        route(state, peer, req).await.unwrap_or_else(ApiError::into_response)
     };
-    let counters = &state.metrics.counters;
     match resp.status() {
-        StatusCode::UNAUTHORIZED => Counters::add(&counters.auth_unauthenticated, 1),
-        StatusCode::FORBIDDEN => Counters::add(&counters.auth_forbidden, 1),
-        _ => {}
-    }
-    state.cors.apply(&request_headers, resp.headers_mut(), preflight);
+        StatusCode::UNAUTHORIZED => state.denials.unauthenticated.fetch_add(1, Ordering::Relaxed),
+        StatusCode::FORBIDDEN => state.denials.forbidden.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+    site.cors.apply(&request_headers, resp.headers_mut(), preflight);
     Ok(resp)
 }
 
@@ -227,25 +174,26 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1 + headers + 2
 }
 
-async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(state: &App, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if url_length > state.config.max_url_length {
+    if url_length > state.config.server.max_url_length {
         state.limits.rejections.url_too_long.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::UrlTooLong(state.config.max_url_length));
+        return Err(ApiError::UrlTooLong(state.config.server.max_url_length));
     }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     if req.method() == Method::GET {
-        if let Some(file) = web::module(&path).or_else(|| state.config.demo.then(|| web::page(&path)).flatten()) {
+        if let Some(file) = web::module(&path).or_else(|| state.config.server.demo.then(|| web::page(&path)).flatten())
+        {
             return Ok(file);
         }
     }
     match segments.as_slice() {
         ["healthz"] => {
             only_get(&req, "GET")?;
-            Ok(health(state).await)
+            Ok(state.health.health().await)
         }
-        ["metrics"] if state.config.metrics_listen.is_none() && matches!(*state.config.auth, Auth::None) => {
+        ["metrics"] if state.config.server.metrics_listen.is_none() && matches!(*state.config.auth, Auth::None) => {
             only_get(&req, "GET")?;
             Ok(metrics(state))
         }
@@ -253,7 +201,7 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
         ["metrics"] => Err(ApiError::NotFound("/metrics is served only on --metrics-listen".into())),
         ["readyz"] => {
             only_get(&req, "GET")?;
-            Ok(ready(state).await)
+            Ok(state.health.ready().await)
         }
         ["events"] => {
             only_get(&req, "GET")?;
@@ -285,25 +233,23 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
             match *req.method() {
                 Method::GET => {
                     let slot = state.limits.admit_request(state.limits.client(peer, req.headers()))?;
-                    let page = commands::history(state, &access, &channel, query.as_deref()).await?;
+                    let page = state.commands.history(&access, &channel, query.as_deref()).await?;
                     Ok(page.map(|body| match body {
-                        Either::Left(reply) => Either::Left(Reply { _slot: Some(slot), ..reply }),
+                        Either::Left(reply) => Either::Left(reply.holding(slot)),
                         stream => stream,
                     }))
                 }
-                Method::DELETE => Ok(commands::clear(state, &access, &channel).await?),
+                Method::DELETE => Ok(state.commands.clear(&access, &channel).await?),
                 _ => {
                     let (parts, body) = req.into_parts();
                     // Refused before the body is read when the token cannot publish here.
                     access.may_publish(&channel)?;
-                    let (limit, deadline) = (state.config.body_limit, state.config.body_read_timeout);
-                    let object =
-                        commands::read_object(&parts.headers, body, limit, deadline).await.inspect_err(|err| {
-                            if matches!(err, CommandError::TooLarge(_)) {
-                                state.limits.rejections.body_too_large.fetch_add(1, Ordering::Relaxed);
-                            }
-                        })?;
-                    Ok(commands::post(state, &access, &channel, query.as_deref(), object).await?)
+                    let object = state.commands.read_object(&parts.headers, body).await.inspect_err(|err| {
+                        if matches!(err, CommandError::TooLarge(_)) {
+                            state.limits.rejections.body_too_large.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })?;
+                    Ok(state.commands.post(&access, &channel, query.as_deref(), object).await?)
                 }
             }
         }
@@ -312,7 +258,7 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, req: Request<Incoming>) -> R
 }
 
 /// The `--metrics-listen` address serves only `/metrics`.
-pub async fn handle_metrics(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle_metrics(state: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => only_get(&req, "GET").map(|()| metrics(&state)),
         other => Err(ApiError::NotFound(other.chars().take(200).collect())),
@@ -370,7 +316,7 @@ impl Query {
 }
 
 async fn events<B>(
-    state: &Arc<AppState>,
+    state: &App,
     peer: IpAddr,
     req: &Request<B>,
     channels: Vec<String>,
@@ -379,15 +325,14 @@ async fn events<B>(
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
     let [snapshot, order, limit] = query.shape.each_ref().map(Option::as_deref);
-    let shape = Shape::parse(snapshot, order, limit, state.config.snapshot_max_rows).map_err(StreamError::Snapshot)?;
-    let channels = stream::check_names(state, channels)?;
+    let events = &state.events;
+    let shape = Shape::parse(snapshot, order, limit, events.args().snapshot_max_rows).map_err(StreamError::Snapshot)?;
+    let channels = events.check_names(channels)?;
     let token = query.access_token.as_deref();
     let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
-    stream::check_known(state, &channels).await?;
+    events.check_known(&channels).await?;
     if let Some(filter) = &query.filter {
-        for channel in &channels {
-            state.published.check(&state.store, channel, filter).await.map_err(StreamError::Columns)?;
-        }
+        events.check_filter(&channels, filter).await?;
     }
     let mut filters = ChannelFilters::new();
     for channel in &channels {
@@ -398,10 +343,7 @@ async fn events<B>(
     }
     tracing::debug!(?channels, ?resume, "stream opened");
     let slot = state.limits.admit(state.limits.client(peer, req.headers()))?;
-    let body = stream::open(state, channels, resume, shape, filters, access.expires())
-        .await?
-        .holding(slot)
-        .counted(state.metrics.counters.clone());
+    let body = events.open(channels, resume, shape, filters, access.expires()).await?.holding(slot);
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -410,7 +352,7 @@ async fn events<B>(
     Ok(resp)
 }
 
-fn metrics(state: &AppState) -> Response<Body> {
+fn metrics(state: &App) -> Response<Body> {
     match state.metrics.render() {
         Ok(text) => {
             let mut resp = Response::new(Either::Left(Reply::new(Bytes::from(text))));
@@ -419,61 +361,4 @@ fn metrics(state: &AppState) -> Response<Body> {
         }
         Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "metrics could not be encoded" })),
     }
-}
-
-/// Ready to serve streams: the schema is migrated to this version and the listener has caught up.
-/// Staged events this old mean a backlog rather than the usual moment between commit and sequencing.
-const BACKLOG_AGE: f64 = 1.0;
-
-async fn ready(state: &AppState) -> Response<Body> {
-    let mut reasons = Vec::new();
-    let readiness = state.store.readiness().await;
-    match &readiness {
-        Ok(Readiness { version: Some(v), .. }) if *v >= migrate::SCHEMA_VERSION => {}
-        Ok(Readiness { version: Some(v), .. }) => {
-            reasons.push(format!("schema version {v}, expected {}: run pgsse migrate", migrate::SCHEMA_VERSION))
-        }
-        Ok(Readiness { version: None, .. }) => {
-            reasons.push("schema pgsse not installed: run pgsse migrate".to_string())
-        }
-        Err(err) => reasons.push(format!("pool: {err}")),
-    }
-    if !state.listener.is_up() {
-        reasons.push(format!("listener: {}", state.listener.last_error().unwrap_or_else(|| "connecting".into())));
-    }
-    if let (true, Ok(Readiness { backlog: Some((pending, oldest)), .. })) = (reasons.is_empty(), readiness) {
-        // Streams are served while a backlog (events committed when no gateway ran) is worked off.
-        let status = if pending > 0 && oldest >= BACKLOG_AGE { "catching up" } else { "ready" };
-        return json_response(
-            StatusCode::OK,
-            &json!({ "status": status, "last_event_id": state.hub.last_id(),
-                     "pending_events": pending, "oldest_pending_seconds": oldest }),
-        );
-    }
-    unready(reasons)
-}
-
-fn unready(reasons: Vec<String>) -> Response<Body> {
-    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "not ready", "error": reasons.join("; ") }))
-}
-
-async fn health(state: &AppState) -> Response<Body> {
-    let listener_up = state.listener.is_up();
-    let db = state.store.ping().await;
-    let last_event_id = state.hub.last_id();
-    if listener_up && db.is_ok() {
-        return json_response(StatusCode::OK, &json!({ "status": "ok", "last_event_id": last_event_id }));
-    }
-    let mut reasons = Vec::new();
-    if !listener_up {
-        let why = state.listener.last_error().unwrap_or_else(|| "connecting".into());
-        reasons.push(format!("listener: {why}"));
-    }
-    if let Err(err) = db {
-        reasons.push(format!("pool: {err}"));
-    }
-    json_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &json!({ "status": "unavailable", "error": reasons.join("; "), "last_event_id": last_event_id }),
-    )
 }

@@ -6,7 +6,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::Response;
 use http_body_util::Either;
 
-use crate::http::routes::{Body, Reply};
+use crate::api::reply::{Body, Reply};
 
 const FEED: &str = include_str!("web/feed.html");
 const SEND: &str = include_str!("web/send.html");

@@ -1,7 +1,9 @@
 //! PostgreSQL errors in one line a user can act on: the server's own message with its detail and hint,
-//! or, for a connection that failed, what the network said and where it was going.
+//! or, for a connection that failed, what the network said and where it was going; and the pool's errors,
+//! with those the request's own data caused told apart from the database's.
 
 use std::error::Error;
+use std::time::Duration;
 
 /// The server's message (and detail and hint), or the error and its causes; where pgsse's schema is
 /// missing, the fix.
@@ -51,6 +53,81 @@ pub fn target_of(config: &tokio_postgres::Config) -> String {
         None => "localhost".into(),
     };
     format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {}", pool_error(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {}", describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error("invalid database url: {0}")]
+    Config(String),
+    /// A read that concurrent requests shared failed (the first of them got its cause).
+    #[error("database unavailable: {0}")]
+    Shared(String),
+    /// The database refused the request's data; the message is safe to show to the client.
+    #[error("{message}")]
+    Rejected { kind: Rejection, message: String },
+    /// No connection, or no answer on one, within the bound (`--db-timeout`); the connection is dropped.
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A write committed, but the log holds no event of it on its channel.
+    #[error("the write committed but recorded no event")]
+    NotSequenced,
+}
+
+/// Why the database refused a write, as far as the client needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Malformed values, unknown columns, invalid names.
+    Invalid,
+    /// A unique or exclusion constraint: the row already exists.
+    Conflict,
+    /// A NOT NULL, CHECK or foreign key constraint.
+    Unprocessable,
+    NotFound,
+    Forbidden,
+}
+
+impl StoreError {
+    /// Sorts database errors caused by the request's data from the rest, phrasing the former without SQL.
+    pub(crate) fn from_db(err: tokio_postgres::Error) -> Self {
+        let Some(db) = err.as_db_error() else { return StoreError::Query(err) };
+        let code = db.code().code();
+        let constraint = db.constraint().unwrap_or("unnamed");
+        let (kind, message) = match code {
+            "23505" | "23P01" => (Rejection::Conflict, format!("a row with this key already exists ({constraint})")),
+            "23502" => (Rejection::Unprocessable, format!("column {:?} must not be null", db.column().unwrap_or("?"))),
+            "23514" => (Rejection::Unprocessable, format!("value violates check constraint {constraint:?}")),
+            "23503" => (Rejection::Unprocessable, format!("a referenced row does not exist ({constraint})")),
+            "P0002" => (Rejection::NotFound, strip_prefix(db.message())),
+            "42501" => (Rejection::Forbidden, strip_prefix(db.message())),
+            "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
+            c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
+            _ => return StoreError::Query(err),
+        };
+        StoreError::Rejected { kind, message }
+    }
+}
+
+impl StoreError {
+    /// The database answered, but pgsse is not installed there (or is older than this binary).
+    pub fn schema_missing(&self) -> bool {
+        matches!(self, StoreError::Query(err) if schema_missing(err))
+    }
+}
+
+/// A pool error with the database's own words when a connection could not be made.
+fn pool_error(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(err) => describe(err),
+        other => other.to_string(),
+    }
+}
+
+fn strip_prefix(message: &str) -> String {
+    message.strip_prefix("pgsse: ").unwrap_or(message).to_string()
 }
 
 #[cfg(test)]

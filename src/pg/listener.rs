@@ -4,12 +4,11 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
@@ -21,6 +20,7 @@ use crate::fanout::hub::{Event, Hub, Moves};
 use crate::pg::logrow::{moved_columns, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
 use crate::pg::sequencer::{self, Sequencing};
+use crate::pg::status::ListenerStatus;
 
 pub const NOTIFY_CHANNEL: &str = "pgsse";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
@@ -32,9 +32,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
-/// Commit-to-broadcast lag buckets, in seconds: sub-millisecond when healthy, minutes after an outage.
-const LAG_BUCKETS: [f64; 16] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const DEFAULT_PROBE_INTERVAL: &str = "10s";
+
+/// The one LISTEN connection.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "LISTEN connection")]
+pub struct ListenerArgs {
+    /// Separate URL for the LISTEN connection, e.g. straight to PostgreSQL when the pool goes through
+    /// PgBouncer in transaction mode (where LISTEN does not work). Default: --database-url.
+    #[arg(long, env = "PGSSE_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
+
+    /// How often the LISTEN connection is probed; a probe or query unanswered for this long forces a reconnect.
+    #[arg(long, env = "PGSSE_PROBE_INTERVAL", default_value = DEFAULT_PROBE_INTERVAL, value_parser = crate::parse::duration)]
+    pub probe_interval: Duration,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -54,124 +66,6 @@ pub enum ListenerError {
     QueryTimeout(Duration),
     #[error("invalid database url: {0}")]
     Config(String),
-}
-
-/// What `/healthz` and the metrics see of the listener.
-pub struct ListenerStatus {
-    up: AtomicBool,
-    /// Reading the log on the clock (unlistened) while commits arrive faster than notifications are worth.
-    polling: AtomicBool,
-    reconnects: AtomicU64,
-    events: AtomicU64,
-    /// Rows of the log with ids the sequence never issued: as the probe last counted them, and how many
-    /// have appeared in all (each skipped).
-    beyond_sequence: AtomicU64,
-    skipped_beyond_sequence: AtomicU64,
-    /// Rows whose payload is not UTF-8 (only a `SQL_ASCII` database stores such text), each skipped.
-    undecodable: AtomicU64,
-    /// `pg_notification_queue_usage()` as f64 bits, from the last liveness probe.
-    queue_usage: AtomicU64,
-    /// Events committed but not yet sequenced, and the oldest one's age in seconds (f64 bits), from the
-    /// last probe.
-    pending: AtomicU64,
-    oldest_pending: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    /// Seconds from an event's commit to its broadcast, both read on the database's clock.
-    lag: Histogram,
-}
-
-impl Default for ListenerStatus {
-    fn default() -> Self {
-        Self {
-            up: AtomicBool::new(false),
-            polling: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-            beyond_sequence: AtomicU64::new(0),
-            skipped_beyond_sequence: AtomicU64::new(0),
-            undecodable: AtomicU64::new(0),
-            queue_usage: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            oldest_pending: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            lag: Histogram::new(LAG_BUCKETS),
-        }
-    }
-}
-
-impl ListenerStatus {
-    pub fn lag(&self) -> &Histogram {
-        &self.lag
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn is_polling(&self) -> bool {
-        self.polling.load(Ordering::Relaxed)
-    }
-
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-
-    pub fn events_received(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
-    }
-
-    /// Rows of the log skipped because the sequence never issued their ids, since the gateway started.
-    pub fn skipped_beyond_sequence(&self) -> u64 {
-        self.skipped_beyond_sequence.load(Ordering::Relaxed)
-    }
-
-    /// Rows of the log skipped because their payload is not UTF-8, since the gateway started.
-    pub fn skipped_undecodable(&self) -> u64 {
-        self.undecodable.load(Ordering::Relaxed)
-    }
-
-    /// Records the probe's count of rows beyond the sequence, with an error whenever more appear.
-    fn saw_beyond_sequence(&self, rows: i64, max: Option<i64>) {
-        let rows = rows.max(0) as u64;
-        let before = self.beyond_sequence.swap(rows, Ordering::Relaxed);
-        if rows > before {
-            self.skipped_beyond_sequence.fetch_add(rows - before, Ordering::Relaxed);
-            error!(
-                rows,
-                max_id = max,
-                "skipping log rows whose ids the sequence never issued: pgsse did not write them; delete them"
-            );
-        }
-    }
-
-    pub fn notification_queue_usage(&self) -> f64 {
-        f64::from_bits(self.queue_usage.load(Ordering::Relaxed))
-    }
-
-    /// Events committed but not yet in the log, as the last probe counted them.
-    pub fn pending_events(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
-    }
-
-    /// Seconds since the oldest of [`ListenerStatus::pending_events`] committed (0 when there is none).
-    pub fn oldest_pending_seconds(&self) -> f64 {
-        f64::from_bits(self.oldest_pending.load(Ordering::Relaxed))
-    }
-
-    fn set_up(&self) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.polling.store(false, Ordering::Relaxed);
-        self.up.store(true, Ordering::Release);
-    }
-
-    fn set_down(&self, err: &ListenerError) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
-        self.up.store(false, Ordering::Release);
-    }
 }
 
 pub struct Listener {
@@ -215,7 +109,7 @@ impl Listener {
                 break;
             }
             let err = result.err().unwrap_or(ListenerError::Closed);
-            self.status.set_down(&err);
+            self.status.set_down(err.to_string());
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
             let delay = jitter(backoff);
             // A cause that persists (a database not migrated yet, say) is said once, not every few seconds;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::filter::Filter;
-use crate::pg::store::{Store, StoreError};
+use crate::pg::error::StoreError;
+use crate::pg::store::Store;
 
 /// How long a channel's columns are trusted: an `ALTER TABLE` shows within this.
 const FRESH: Duration = Duration::from_secs(5);

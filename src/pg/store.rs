@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use crate::pg::error::StoreError;
 use crate::pg::logrow::{moved_columns, payload_bytes, EventRow, ISSUED_HEAD};
 
 /// Rows per replay query at most: large enough for throughput with small events.
@@ -23,79 +24,24 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// `/healthz` and `/readyz` answer within a second whatever the database does.
 const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database unavailable: {}", pool_error(.0))]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {}", crate::pg::error::describe(.0))]
-    Query(#[from] tokio_postgres::Error),
-    #[error("invalid database url: {0}")]
-    Config(String),
-    /// A read that concurrent requests shared failed (the first of them got its cause).
-    #[error("database unavailable: {0}")]
-    Shared(String),
-    /// The database refused the request's data; the message is safe to show to the client.
-    #[error("{message}")]
-    Rejected { kind: Rejection, message: String },
-    /// No connection, or no answer on one, within the bound (`--db-timeout`); the connection is dropped.
-    #[error("database did not answer within {0:?}")]
-    Timeout(Duration),
-    /// A write committed, but the log holds no event of it on its channel.
-    #[error("the write committed but recorded no event")]
-    NotSequenced,
-}
+/// Above `pgsse.sequenced`'s 10 s lock timeout, so a POST that waits for a busy sequencing step gets its id.
+const DEFAULT_DB_TIMEOUT: &str = "15s";
+const DEFAULT_POOL_SIZE: usize = 16;
 
-/// Why the database refused a write, as far as the client needs to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Malformed values, unknown columns, invalid names.
-    Invalid,
-    /// A unique or exclusion constraint: the row already exists.
-    Conflict,
-    /// A NOT NULL, CHECK or foreign key constraint.
-    Unprocessable,
-    NotFound,
-    Forbidden,
-}
+/// The pool that replays, lookups and writes use (the LISTEN connection is separate).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Database pool")]
+pub struct PoolArgs {
+    /// Connections in the pool used for replay and lookups (the LISTEN connection is separate).
+    #[arg(long, env = "PGSSE_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE,
+          value_parser = crate::parse::positive)]
+    pub pool_size: usize,
 
-impl StoreError {
-    /// Sorts database errors caused by the request's data from the rest, phrasing the former without SQL.
-    pub(crate) fn from_db(err: tokio_postgres::Error) -> Self {
-        let Some(db) = err.as_db_error() else { return StoreError::Query(err) };
-        let code = db.code().code();
-        let constraint = db.constraint().unwrap_or("unnamed");
-        let (kind, message) = match code {
-            "23505" | "23P01" => (Rejection::Conflict, format!("a row with this key already exists ({constraint})")),
-            "23502" => (Rejection::Unprocessable, format!("column {:?} must not be null", db.column().unwrap_or("?"))),
-            "23514" => (Rejection::Unprocessable, format!("value violates check constraint {constraint:?}")),
-            "23503" => (Rejection::Unprocessable, format!("a referenced row does not exist ({constraint})")),
-            "P0002" => (Rejection::NotFound, strip_prefix(db.message())),
-            "42501" => (Rejection::Forbidden, strip_prefix(db.message())),
-            "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
-            c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
-            _ => return StoreError::Query(err),
-        };
-        StoreError::Rejected { kind, message }
-    }
-}
-
-impl StoreError {
-    /// The database answered, but pgsse is not installed there (or is older than this binary).
-    pub fn schema_missing(&self) -> bool {
-        matches!(self, StoreError::Query(err) if crate::pg::error::schema_missing(err))
-    }
-}
-
-/// A pool error with the database's own words when a connection could not be made.
-fn pool_error(err: &deadpool_postgres::PoolError) -> String {
-    match err {
-        deadpool_postgres::PoolError::Backend(err) => crate::pg::error::describe(err),
-        other => other.to_string(),
-    }
-}
-
-fn strip_prefix(message: &str) -> String {
-    message.strip_prefix("pgsse: ").unwrap_or(message).to_string()
+    /// Longest wait for a pooled connection, and then for its answer: a request past it gets 503 and the
+    /// connection is dropped (a replaying stream retries); the kernel also drops a connection whose data
+    /// goes unacknowledged this long.
+    #[arg(long, env = "PGSSE_DB_TIMEOUT", default_value = DEFAULT_DB_TIMEOUT, value_parser = crate::parse::duration)]
+    pub db_timeout: Duration,
 }
 
 /// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,7 +14,6 @@ use http_body::{Body, Frame as BodyFrame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
-use crate::app::metrics::Counters;
 use crate::fanout::hub::Subscription;
 use crate::limits::StreamSlot;
 
@@ -21,6 +21,13 @@ use crate::limits::StreamSlot;
 const COALESCE_BYTES: usize = 64 * 1024;
 
 const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+
+/// What stream bodies have written, for the metrics.
+#[derive(Default)]
+pub struct Sent {
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+}
 
 /// What the replay task hands the body: encoded history, then the live subscription.
 pub enum Feed {
@@ -54,7 +61,7 @@ pub struct SseBody {
     expires: Option<Pin<Box<Sleep>>>,
     /// The stream's place under the limits, given back when the body is dropped.
     slot: Option<StreamSlot>,
-    counters: Option<Arc<Counters>>,
+    sent: Option<Arc<Sent>>,
 }
 
 impl SseBody {
@@ -78,20 +85,20 @@ impl SseBody {
             last_sent: now,
             expires: None,
             slot: None,
-            counters: None,
+            sent: None,
         }
     }
 
     /// Counts what this stream sends in the gateway's metrics.
-    pub fn counted(mut self, counters: Arc<Counters>) -> Self {
-        self.counters = Some(counters);
+    pub fn counted(mut self, sent: Arc<Sent>) -> Self {
+        self.sent = Some(sent);
         self
     }
 
     fn sent(&self, bytes: Bytes, frames: u64) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
-        if let Some(counters) = &self.counters {
-            Counters::add(&counters.frames_sent, frames);
-            Counters::add(&counters.bytes_sent, bytes.len() as u64);
+        if let Some(sent) = &self.sent {
+            sent.frames.fetch_add(frames, Ordering::Relaxed);
+            sent.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         Poll::Ready(Some(Ok(BodyFrame::data(bytes))))
     }

@@ -164,7 +164,7 @@ pub async fn own_listener_role(admin: &tokio_postgres::Client, url: &str) -> (Co
         format!("{}_listener", admin.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0));
     admin.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE pgsse_gateway PASSWORD 'listener'")).await.unwrap();
     let mut config = gateway_config(url);
-    config.listen_database_url = Some(format!("{} password=listener", as_role(url, &role)));
+    config.listener.listen_database_url = Some(format!("{} password=listener", as_role(url, &role)));
     (config, role)
 }
 

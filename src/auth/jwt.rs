@@ -1,0 +1,136 @@
+//! `--auth jwt`: a signed token (HS256 secret, or an RS256/ES256 public key) whose `pgsse` claim is the
+//! grant, taken from `Authorization: Bearer`, a cookie, or `?access_token=`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::HeaderMap;
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::auth::grant::{Access, AuthError, Grant};
+
+pub struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+    cookie: String,
+}
+
+impl Jwt {
+    pub fn hs256(secret: &[u8], cookie: &str) -> Self {
+        Self::new(DecodingKey::from_secret(secret), Algorithm::HS256, cookie)
+    }
+
+    /// A PEM public key, RSA (RS256) or EC P-256 (ES256).
+    pub fn public_key(pem: &[u8], cookie: &str) -> Result<Self, AuthError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Self::new(key, Algorithm::RS256, cookie));
+        }
+        DecodingKey::from_ec_pem(pem)
+            .map(|key| Self::new(key, Algorithm::ES256, cookie))
+            .map_err(|e| AuthError::Key(format!("neither an RSA nor an EC public key in PEM: {e}")))
+    }
+
+    /// Accepts only `algorithm`: a token may not pick a weaker one (or `none`).
+    fn new(key: DecodingKey, algorithm: Algorithm, cookie: &str) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_aud = false;
+        Self { key, validation, cookie: cookie.to_string() }
+    }
+
+    /// Requires the token's `aud` to include `audience` and its `iss` to be `issuer`, where given.
+    pub fn expecting(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            self.validation.set_required_spec_claims(&["exp", "aud"]);
+        }
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+        }
+        self
+    }
+}
+
+/// How far ahead of this gateway's clock a token's issuer may be: `nbf` and `iat` later than that are refused.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+struct Claims {
+    /// Required (the validation says so, by name, when it is missing).
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    #[serde(default)]
+    pgsse: Grant,
+}
+
+/// The token's fault in words, without the library's internals.
+fn token_error(err: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    let why = match err.kind() {
+        ErrorKind::ExpiredSignature => return AuthError::Expired,
+        ErrorKind::InvalidSignature => "its signature does not verify with this gateway's key",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+            "it is signed with an algorithm this gateway does not accept"
+        }
+        ErrorKind::InvalidAudience => "its aud claim does not name this gateway (--jwt-audience)",
+        ErrorKind::InvalidIssuer => "its iss claim is not the expected issuer (--jwt-issuer)",
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
+        ErrorKind::MissingRequiredClaim(claim) => return AuthError::Invalid(format!("it has no {claim} claim")),
+        ErrorKind::Json(e) => return AuthError::Invalid(format!("its claims are malformed: {}", plain_json_error(e))),
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "it is not a JWT",
+        _ => "it could not be verified",
+    };
+    AuthError::Invalid(why.to_string())
+}
+
+/// serde's message without its position suffix (`at line 1 column 36`).
+fn plain_json_error(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.find(" at line ") {
+        Some(at) => text[..at].replace('`', ""),
+        None => text.replace('`', ""),
+    }
+}
+
+impl Jwt {
+    pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
+        let jwt = self;
+        let token = bearer(headers)
+            .or_else(|| cookie(headers, &jwt.cookie))
+            .or(query_token)
+            .ok_or_else(|| AuthError::Missing(jwt.cookie.clone()))?;
+        let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| token_error(&e))?.claims;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ahead = |at: Option<u64>| at.is_some_and(|t| Duration::from_secs(t) > now + CLOCK_SKEW);
+        if ahead(claims.nbf) {
+            return Err(AuthError::Invalid("it is not valid yet (nbf)".into()));
+        }
+        if ahead(claims.iat) {
+            return Err(AuthError::Invalid("it claims to be issued in the future (iat)".into()));
+        }
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
+            .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
+        Ok(Access::Granted { grant: claims.pgsse, expires: Some(expires) })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name && !v.is_empty()).then_some(v))
+}
