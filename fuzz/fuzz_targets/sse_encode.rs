@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgsse::sse::wire as sse;
+use pgsse::sse;
 
 fuzz_target!(|input: (i64, String, String)| {
     let (id, event, data) = input;

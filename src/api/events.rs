@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, SnapshotError, Taken};
+use crate::api::stream::{Feed, Sent, SseBody};
 use crate::fanout::hub::{Hub, HubError, Moves};
 use crate::filter::{ChannelFilters, Filter};
 use crate::pg::error::StoreError;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::Store;
 use crate::pg::store::REPLAY_BATCH;
-use crate::sse::body::{Feed, Sent, SseBody};
-use crate::sse::wire as sse;
+use crate::sse;
 
 const DEFAULT_HEARTBEAT: &str = "15s";
 const DEFAULT_MAX_CHANNELS: usize = 32;

@@ -6,3 +6,4 @@ pub mod events;
 pub mod health;
 pub mod reply;
 pub mod snapshot;
+pub mod stream;

@@ -9,8 +9,8 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::{Frame, SizeHint};
 
+use crate::api::stream::SseBody;
 use crate::limits::StreamSlot;
-use crate::sse::body::SseBody;
 
 pub type Body = Either<Reply, SseBody>;
 

@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::api::stream::Feed;
 use crate::filter::ChannelFilters;
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
-use crate::sse::body::Feed;
-use crate::sse::wire as sse;
+use crate::sse;
 
 /// Snapshot rows are sent in chunks of about this size: small enough that a client that does not read
 /// pins little, large enough that a big snapshot is not a write per row.

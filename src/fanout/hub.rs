@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::fanout::queue::Frame;
 use crate::fanout::queue::{PushError, Queue};
 use crate::filter::{ChannelFilters, Filter};
-use crate::sse::wire as sse;
+use crate::sse;
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
 /// too (a slice of the same buffer) would double the contended reference counting per delivery.

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::api::reply::Body as Routed;
+use crate::api::stream::SseBody;
 use crate::http::{routes, Site};
-use crate::sse::body::SseBody;
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

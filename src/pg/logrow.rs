@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 
 use crate::fanout::hub::Moved;
 use crate::fanout::queue::Frame;
-use crate::sse::wire as sse;
+use crate::sse;
 
 /// One row of `pgsse.events` as the gateway reads it (payload as JSON text, never re-serialized).
 pub struct EventRow {
