@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgsse::config::{Cli, Command, Config, DatabaseArgs, LogFormat, ServeArgs};
+use pgsse::Listeners;
 
 /// BSD `EX_USAGE`: the configuration is wrong, retrying will not help.
 const EXIT_USAGE: u8 = 64;
@@ -78,13 +79,12 @@ async fn migrate(db: DatabaseArgs) -> Result<(), Exit> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Exit> {
-    let listen = args.server.listen;
     let config = Config::from_args(args).map_err(|err| Exit::Usage(err.to_string()))?;
     if config.server.demo {
         pgsse::demo::install(&config.database_url).await.map_err(|err| Exit::Failure(err.into()))?;
     }
-    let listener = pgsse::bind(listen).map_err(|err| Exit::Usage(format!("cannot listen on {listen}: {err}")))?;
-    pgsse::run(listener, config, shutdown_signal()).await.map_err(|err| Exit::Failure(err.into()))
+    let listeners = Listeners::bind(&config.server).map_err(|err| Exit::Usage(err.to_string()))?;
+    pgsse::run(listeners, config, shutdown_signal()).await.map_err(|err| Exit::Failure(err.into()))
 }
 
 async fn shutdown_signal() {

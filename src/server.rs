@@ -31,34 +31,76 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub enum ServerError {
     #[error(transparent)]
     App(#[from] AppError),
-    #[error("cannot serve metrics on {0}: {1}")]
-    MetricsListen(SocketAddr, #[source] std::io::Error),
 }
 
-/// Binds the client-facing address, with room for a reconnect storm in the accept queue.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {0}: {1}")]
+pub struct BindError(SocketAddr, #[source] std::io::Error);
+
+impl BindError {
+    pub fn new(addr: SocketAddr, err: std::io::Error) -> Self {
+        Self(addr, err)
+    }
+}
+
+/// The sockets a gateway serves on, bound before it starts: the API's, and the metrics' own when
+/// `/metrics` is served apart from it (`--metrics-listen`).
+pub struct Listeners {
+    pub api: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `--listen` and, when given, `--metrics-listen`.
+    pub fn bind(server: &ServerArgs) -> Result<Self, BindError> {
+        let metrics = match server.metrics_listen {
+            Some(addr) => Some(bind(addr)?),
+            None => None,
+        };
+        Ok(Self { api: bind(server.listen)?, metrics })
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Self {
+        Self { api, metrics: None }
+    }
+}
+
+/// Binds `addr`, with room for a reconnect storm in the accept queue.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let bound = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().map_err(|err| BindError::new(addr, err))
 }
 
 /// Serves until `shutdown` completes, then ends every stream and waits (up to `--shutdown-timeout`) for
 /// connections to close.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let metrics_listener = match config.server.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| ServerError::MetricsListen(addr, err))?),
-        None => None,
-    };
+pub async fn run(
+    listeners: impl Into<Listeners>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let Listeners { api, metrics } = listeners.into();
     let tasks = TaskTracker::new();
     let app = App::start(config, &tasks)?;
-    if let Some(metrics_listener) = metrics_listener {
-        tasks.spawn(serve_metrics(metrics_listener, app.clone()));
+    let metrics_apart = metrics.is_some();
+    if let Some(metrics) = metrics {
+        tasks.spawn(serve_metrics(metrics, app.clone()));
     }
     let server = &app.config.server;
-    let site = Arc::new(Site { cors: Cors::new(&server.cors_origins), builders: builders(server), app: app.clone() });
+    let site = Arc::new(Site {
+        cors: Cors::new(&server.cors_origins),
+        builders: builders(server),
+        metrics_apart,
+        app: app.clone(),
+    });
     let connections = TaskTracker::new();
-    accept(listener, &site, &connections, shutdown).await;
+    accept(api, &site, &connections, shutdown).await;
 
     info!("shutting down: ending streams and closing connections");
     app.shut_down();

@@ -50,7 +50,6 @@ async fn orders_db() -> TestDb {
 #[tokio::test]
 async fn under_auth_metrics_are_only_on_their_own_address() {
     let TestDb { url, .. } = orders_db().await;
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let mut config = jwt_config(&url);
     let gw = Gateway::start_with(config.clone()).await;
     let public = get(gw.addr, "/metrics", &[]).await.unwrap();
@@ -58,9 +57,8 @@ async fn under_auth_metrics_are_only_on_their_own_address() {
     assert!(public.body.contains("--metrics-listen"), "{}", public.body);
     drop(gw);
 
-    config.server.metrics_listen = Some(metrics_addr);
     config.server.metrics_channel_labels = false;
-    let gw = Gateway::start_with(config).await;
+    let (gw, metrics_addr) = Gateway::start_with_metrics(config).await;
     let reader = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 600));
     let _stream = SseStream::ok(gw.addr, "/orders/events", &[("authorization", &reader)]).await;
     let metrics = get(metrics_addr, "/metrics", &[]).await.unwrap().body;
@@ -82,10 +80,7 @@ async fn a_stranger_cannot_tell_which_channels_exist() {
 #[tokio::test]
 async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     let TestDb { url, .. } = orders_db().await;
-    let mut config = jwt_config(&url);
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    config.server.metrics_listen = Some(metrics_addr);
-    let gw = Gateway::start_with(config).await;
+    let (gw, metrics_addr) = Gateway::start_with_metrics(jwt_config(&url)).await;
     let good = token(json!({"subscribe": ["orders"]}), now() + 600);
     let forged = encode(
         &Header::default(),

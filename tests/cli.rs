@@ -115,7 +115,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
 async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream() {
     let dir = std::env::temp_dir().join(format!("pgsse-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let pg_port = common::free_port().to_string();
+    let pg_port = pgsse::testing::pg_port().to_string();
     let _cleanup = StopCluster(pgsse::demo::Cluster::new(&dir, pg_port.parse().unwrap()).unwrap());
     let start = || {
         tokio::process::Command::new(BIN)
@@ -158,7 +158,14 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
                 [("127.0.0.1:0", &dir, "another pgsse demo is using"), (addr, &other_dir, "cannot listen on")]
             {
                 let out = Command::new(BIN)
-                    .args(["demo", "--listen", listen, "--pg-port", &common::free_port().to_string(), "--data-dir"])
+                    .args([
+                        "demo",
+                        "--listen",
+                        listen,
+                        "--pg-port",
+                        &pgsse::testing::pg_port().to_string(),
+                        "--data-dir",
+                    ])
                     .arg(data_dir)
                     .env_remove("DATABASE_URL")
                     .output()

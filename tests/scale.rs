@@ -5,31 +5,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, get, wait_for, Follower, TestDb};
-use tokio::process::{Child, Command};
+use common::{wait_for, Follower, TestDb};
+use tokio::process::Child;
 
 const CLIENTS: usize = 9;
 
 async fn gateway_process(url: &str) -> (Child, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pgsse"))
-        .args(["--database-url", url, "--listen", &addr.to_string(), "--retry", "100ms"])
-        .env("PGSSE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pgsse");
-    wait_for(
-        "gateway process healthy",
-        || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) },
-    )
-    .await;
-    (child, addr)
+    common::gateway_process(&["--database-url", url, "--retry", "100ms"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

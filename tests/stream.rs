@@ -573,10 +573,8 @@ async fn metrics_are_served_in_prometheus_text_format() {
 #[tokio::test]
 async fn metrics_can_move_to_their_own_address() {
     let url = fresh_db().await;
-    let mut config = common::gateway_config(&url);
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    config.server.metrics_listen = Some(metrics_addr);
-    let gw = Gateway::start_with(config).await;
+    let config = common::gateway_config(&url);
+    let (gw, metrics_addr) = Gateway::start_with_metrics(config).await;
     assert_eq!(common::get(gw.addr, "/metrics", &[]).await.unwrap().status, 404, "not on the public address");
     let resp = common::get(metrics_addr, "/metrics", &[]).await.unwrap();
     assert_eq!(resp.status, 200);

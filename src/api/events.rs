@@ -98,9 +98,9 @@ pub enum StreamError {
     NoChannel,
     #[error("too many channels: {0} given, at most {1} allowed")]
     TooManyChannels(usize, usize),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Hub(#[from] HubError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -306,9 +306,9 @@ struct Replay {
 
 #[derive(Debug, thiserror::Error)]
 enum ReplayError {
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Hub(#[from] HubError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),

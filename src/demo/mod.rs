@@ -11,7 +11,7 @@ pub use cluster::{Cluster, ClusterError};
 
 use crate::config::{Config, ConfigError, DemoArgs, ServeArgs};
 use crate::pg::migrate::{self, MigrateError};
-use crate::server::{self, ServerError};
+use crate::server::{self, BindError, Listeners, ServerError};
 
 /// The demo table, published in the article's wire shape: `message` events with `{"id", "body",
 /// "createdAt"}`, `clear` allowed, a TRUNCATE sent as `clear` too (what the article's client expects), and
@@ -29,23 +29,23 @@ SELECT pgsse.publish_table('public.messages', insert_event => 'message', camel_c
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("{0}")]
+    #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error("{0}")]
+    #[error(transparent)]
     Migrate(#[from] MigrateError),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("database: {}", crate::pg::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("cannot listen on {0}: {1} (another pgsse? pass --listen with a free address)")]
-    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("{0} (another pgsse? pass --listen with a free address)")]
+    Bind(#[from] BindError),
     #[error(
         "another pgsse demo is using {} (its PostgreSQL is running): stop it first, or give this one \
          --data-dir and --pg-port of its own",
         .0.display()
     )]
     Busy(std::path::PathBuf),
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] ServerError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -64,9 +64,8 @@ pub async fn install(database_url: &str) -> Result<(), DemoError> {
 
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     // The HTTP port first: a demo that cannot serve starts no PostgreSQL.
-    let listen = args.serve.server.listen;
-    let listener = crate::server::bind(listen).map_err(|e| DemoError::Bind(listen, e))?;
-    let addr = listener.local_addr().map_err(|e| DemoError::Bind(listen, e))?;
+    let listeners = Listeners::bind(&args.serve.server)?;
+    let addr = listeners.api.local_addr().map_err(|e| BindError::new(args.serve.server.listen, e))?;
     let (database_url, cluster) = match args.serve.db.database_url.clone() {
         Some(url) => (url, None),
         None => {
@@ -84,7 +83,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
             (cluster.url("postgres"), Some(cluster))
         }
     };
-    let result = serve(listener, addr, args.serve, &database_url, shutdown).await;
+    let result = serve(listeners, addr, args.serve, &database_url, shutdown).await;
     if let Some(cluster) = cluster {
         tokio::task::spawn_blocking(move || cluster.stop("fast")).await??;
     }
@@ -92,7 +91,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     addr: std::net::SocketAddr,
     args: ServeArgs,
     database_url: &str,
@@ -105,7 +104,7 @@ async fn serve(
     println!("Open the live feed:\n  http://{addr}/   (and http://{addr}/send to post)\n");
     println!("Watch the stream:\n  curl -N http://{addr}/messages/events\n");
     println!("Insert a row from any other terminal:\n  psql '{database_url}' -c \"insert into messages (body) values ('hello from psql')\"\n");
-    Ok(server::run(listener, config, shutdown).await?)
+    Ok(server::run(listeners, config, shutdown).await?)
 }
 
 impl DemoError {

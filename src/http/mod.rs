@@ -19,6 +19,8 @@ pub struct Site {
     pub app: Arc<App>,
     pub cors: Cors,
     pub builders: Builders,
+    /// Whether `/metrics` has a listener of its own, and so is not served here.
+    pub metrics_apart: bool,
 }
 
 /// hyper's builders for the two protocols, configured once by the server.

@@ -156,7 +156,7 @@ pub async fn handle(site: Arc<Site>, peer: IpAddr, req: Request<Incoming>) -> Re
         *resp.status_mut() = StatusCode::NO_CONTENT;
         resp
     } else {
-        route(state, peer, req).await.unwrap_or_else(ApiError::into_response)
+        route(&site, peer, req).await.unwrap_or_else(ApiError::into_response)
     };
     match resp.status() {
         StatusCode::UNAUTHORIZED => state.denials.unauthenticated.fetch_add(1, Ordering::Relaxed),
@@ -174,7 +174,8 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1 + headers + 2
 }
 
-async fn route(state: &App, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let state = &site.app;
     let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if url_length > state.config.server.max_url_length {
         state.limits.rejections.url_too_long.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +194,7 @@ async fn route(state: &App, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             only_get(&req, "GET")?;
             Ok(state.health.health().await)
         }
-        ["metrics"] if state.config.server.metrics_listen.is_none() && matches!(*state.config.auth, Auth::None) => {
+        ["metrics"] if !site.metrics_apart && matches!(*state.config.auth, Auth::None) => {
             only_get(&req, "GET")?;
             Ok(metrics(state))
         }

@@ -1,0 +1,124 @@
+//! A gateway in the test process, on a listener bound to port 0 that the test hands it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgsse::config::Config;
+use pgsse::Listeners;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{gateway_config, get, wait_for, TIMEOUT};
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts a gateway as [`GATEWAY_ROLE`] on a database made by [`fresh_db`].
+    pub async fn start(database_url: &str) -> Self {
+        Self::start_with(gateway_config(database_url)).await
+    }
+
+    /// Starts and waits until `/healthz` says the listener is connected.
+    pub async fn start_with(config: Config) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Like `start_with` on a given address, e.g. to restart a gateway where its clients expect it.
+    pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
+        let gw = Self::spawn_on(addr, config).await;
+        gw.wait_healthy().await;
+        gw
+    }
+
+    /// Starts without waiting for the database: for gateways that are not meant to become healthy.
+    pub async fn spawn(config: Config) -> Self {
+        Self::spawn_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Starts with `/metrics` on a listener of its own (`--metrics-listen`); returns that address too.
+    pub async fn start_with_metrics(config: Config) -> (Self, SocketAddr) {
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw = Self::serve(Listeners { api, metrics: Some(metrics) }, config);
+        gw.wait_healthy().await;
+        (gw, metrics_addr)
+    }
+
+    async fn spawn_on(addr: SocketAddr, config: Config) -> Self {
+        Self::serve(TcpListener::bind(addr).await.unwrap().into(), config)
+    }
+
+    fn serve(listeners: Listeners, config: Config) -> Self {
+        let addr = listeners.api.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            pgsse::run(listeners, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn wait_healthy(&self) {
+        let addr = self.addr;
+        wait_for("gateway healthy", || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) })
+            .await;
+    }
+
+    /// Triggers shutdown and returns how long `server::run` took to return.
+    pub async fn shutdown(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(TIMEOUT, self.task.take().unwrap()).await.expect("run returned").unwrap();
+        started.elapsed()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A `pgsse` process given `args` and `--listen 127.0.0.1:0`: the address it bound is read from its
+/// `serving` log line, so no port is chosen before the process binds it.
+pub async fn gateway_process(args: &[&str]) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("PGSSE_LOG", "pgsse::server=info,warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pgsse");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if record["fields"]["message"] == "serving" {
+                return record["fields"]["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+            }
+        }
+        None
+    };
+    let addr = tokio::time::timeout(TIMEOUT, serving).await.expect("gateway logged its address").expect("an address");
+    // Reads on, so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    wait_for(
+        "gateway process healthy",
+        || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) },
+    )
+    .await;
+    (child, addr)
+}
