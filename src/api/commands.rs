@@ -269,3 +269,6 @@ fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
     }
     Ok(pairs)
 }
+
+#[cfg(test)]
+mod tests;

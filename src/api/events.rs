@@ -426,12 +426,4 @@ impl Replay {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reset_frame_carries_its_resume_point() {
-        let frame = reset_frame(40, "pruned");
-        assert_eq!(&frame[..], b"id: 40\nevent: reset\ndata: {\"from\":40,\"reason\":\"pruned\"}\n\n");
-    }
-}
+mod tests;
