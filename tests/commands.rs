@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{call, get, Gateway, Response, SseStream, TestDb};
+use common::{call, get, Fixture, Gateway, Response, SseStream, TestDb};
 use serde_json::{json, Value};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -19,8 +19,7 @@ fn error_of(resp: &Response) -> String {
 
 #[tokio::test]
 async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it() {
-    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     let resp = post(&gw, "/messages", r#"{"body": "from http"}"#).await;
@@ -100,8 +99,7 @@ async fn a_table_channel_takes_post_only_when_writable() {
 
 #[tokio::test]
 async fn history_is_newest_first_and_pages_backwards() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
     for i in 1..=5 {
         app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("m{i}")]).await.unwrap();
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{call, connect, db_error, users_table, Gateway, SseStream, TestDb, GATEWAY_ROLE, WRITER_ROLE};
+use common::{call, connect, db_error, users_table, Fixture, Gateway, SseStream, TestDb, GATEWAY_ROLE, WRITER_ROLE};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -244,8 +244,7 @@ async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
 /// The request head is bounded where the server says (64 KiB), on both protocols' first request alike.
 #[tokio::test]
 async fn a_request_head_over_64_kib_gets_431() {
-    let TestDb { url, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { gw, .. } = Fixture::messages("").await;
     for (size, want) in [(60 * 1024, 200), (70 * 1024, 431), (100 * 1024, 431)] {
         let header = format!("X-Pad: {}\r\n", "a".repeat(size));
         let (outcome, raw) = send_raw(gw.addr, &req("GET", "/healthz", &header, ""), false).await;

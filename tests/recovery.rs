@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{
-    connect, log_of, messages_table, private_cluster, received, wait_for, Follower, Gateway, SseStream, TestDb,
+    connect, log_of, messages_table, private_cluster, received, wait_for, Fixture, Follower, Gateway, SseStream, TestDb,
 };
 use serde_json::json;
 
@@ -80,8 +80,7 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
 
 #[tokio::test]
 async fn a_restarted_gateway_serves_what_was_written_while_it_was_down() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, app, gw, .. } = Fixture::messages("").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
     let seen = stream.expect().await;
@@ -104,8 +103,7 @@ async fn a_restarted_gateway_serves_what_was_written_while_it_was_down() {
 
 #[tokio::test]
 async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { admin, app, gw, .. } = Fixture::messages("").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     let killed: i64 = admin
@@ -128,8 +126,7 @@ async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
 
 #[tokio::test]
 async fn a_log_that_went_backwards_restarts_streams_with_a_reset() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { admin, app, gw, .. } = Fixture::messages("").await;
     let mut first = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     for i in 1..=5 {
         app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("old{i}")]).await.unwrap();
@@ -224,8 +221,7 @@ async fn catching_up_after_an_outage_does_not_cut_streams_that_keep_up() {
 
 #[tokio::test]
 async fn under_a_flood_of_commits_the_listener_reads_on_the_clock_and_listens_again_after() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, app, gw, .. } = Fixture::messages("").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let polling = || common::metric(gw.addr, "pgsse_listener_polling");
     let metrics = common::get(gw.addr, "/metrics", &[]).await.unwrap().body;

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{connect, get, log_of, received, wait_for, Follower, Gateway, SseStream, TestDb, TIMEOUT, WRITER_ROLE};
+use common::{
+    connect, get, log_of, received, wait_for, Fixture, Follower, Gateway, SseStream, TestDb, TIMEOUT, WRITER_ROLE,
+};
 use tokio_postgres::Client;
 
 /// Waits until `follower` has the whole log, then checks it has exactly the log.
@@ -95,8 +97,7 @@ fn check_commit_order(log: &[(i64, String)], commits: &[Committed]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_committing_in_shuffled_order_reach_every_stream_as_the_log_holds_them() {
-    let TestDb { url, admin, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, admin, gw, .. } = Fixture::messages("").await;
     let followers: Vec<Follower> =
         (0..2).map(|_| Follower::start(gw.addr, "/messages/events?last_event_id=0")).collect();
     let commits = shuffled_writers(&url, 12, 12, 0.03).await;
@@ -110,8 +111,7 @@ async fn writers_committing_in_shuffled_order_reach_every_stream_as_the_log_hold
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_row_transaction_arrives_whole_and_no_reader_sees_part_of_it() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, admin, app, gw } = Fixture::messages("").await;
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
     let stop = Arc::new(AtomicBool::new(false));
     let small = {
@@ -304,8 +304,7 @@ async fn writes_go_on_without_a_gateway_and_the_first_to_start_sequences_the_bac
 
 #[tokio::test]
 async fn a_transaction_that_drew_its_number_early_is_not_passed_over_by_later_ones() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, admin, app, gw } = Fixture::messages("").await;
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
     // Immediate constraints: the capture stages its row, and draws its number, at the INSERT.
     let drawn = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgsse.staged_seq";
@@ -335,8 +334,7 @@ async fn a_transaction_that_drew_its_number_early_is_not_passed_over_by_later_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_answers_once_its_event_is_in_the_log() {
-    let TestDb { url, .. } = TestDb::messages(", writable => true").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { gw, .. } = Fixture::messages(", writable => true").await;
     for n in 0..20 {
         let body = bytes::Bytes::from(format!("{{\"body\": \"post {n}\"}}"));
         let posted = common::call(gw.addr, "POST", "/messages", &[("content-type", "application/json")], body);

@@ -2,14 +2,13 @@
 
 mod common;
 
-use common::{connect, fresh_db, Gateway, SseStream, TestDb};
+use common::{connect, fresh_db, Fixture, Gateway, SseStream, TestDb};
 use pgsse::config::Config;
 use serde_json::json;
 
 #[tokio::test]
 async fn insert_from_another_connection_arrives_with_stream_headers() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
 
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     assert_eq!(stream.headers["content-type"], "text/event-stream");
@@ -27,8 +26,7 @@ async fn insert_from_another_connection_arrives_with_stream_headers() {
 
 #[tokio::test]
 async fn streams_share_one_http2_connection_by_prior_knowledge() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
 
     let mut streams = SseStream::h2_streams(gw.addr, &["/messages/events"; 3]).await;
     app.execute("INSERT INTO messages (body) VALUES ('multiplexed')", &[]).await.unwrap();
@@ -45,8 +43,7 @@ async fn streams_share_one_http2_connection_by_prior_knowledge() {
 #[tokio::test]
 async fn an_http1_stream_is_raw_sse_after_its_head_and_frees_its_place_when_the_client_leaves() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
     let streams_open = || common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}");
 
     // An ordinary request first: the stream takes over a connection that hyper has already served on.
@@ -157,8 +154,7 @@ async fn one_stream_carries_several_channels_in_id_order() {
 
 #[tokio::test]
 async fn resume_replays_exactly_what_was_missed_then_goes_live() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
 
     let mut first = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     for i in 1..=3 {
@@ -189,8 +185,7 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
 
 #[tokio::test]
 async fn transactions_committing_out_of_insert_order_lose_nothing_on_resume() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, app, gw, .. } = Fixture::messages("").await;
     let mut slow_tx = connect(&url).await;
 
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
@@ -210,8 +205,7 @@ async fn transactions_committing_out_of_insert_order_lose_nothing_on_resume() {
 
 #[tokio::test]
 async fn a_long_transaction_does_not_hold_back_others() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { url, app, gw, .. } = Fixture::messages("").await;
     let mut long = connect(&url).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
@@ -228,8 +222,7 @@ async fn a_long_transaction_does_not_hold_back_others() {
 
 #[tokio::test]
 async fn a_one_megabyte_row_arrives_intact() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     let big: String = (0..1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
@@ -302,8 +295,7 @@ async fn update_and_delete_capture_with_custom_names_and_channel() {
 
 #[tokio::test]
 async fn pruned_or_unknown_resume_ids_get_a_reset_event() {
-    let TestDb { url, admin, app } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { admin, app, gw, .. } = Fixture::messages("").await;
     for i in 1..=5 {
         app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("b{i}")]).await.unwrap();
     }
@@ -330,8 +322,7 @@ async fn pruned_or_unknown_resume_ids_get_a_reset_event() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let TestDb { url, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { gw, .. } = Fixture::messages("").await;
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
     let cases: &[Case] = &[
         ("GET", "/", &[], 404, "not found"),
@@ -430,21 +421,25 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     }
     writer.await.unwrap();
 
-    // Now drain the stalled client: it got a bounded prefix, then the server ended its stream.
+    // Now drain the stalled client: the server ended its stream (the close that delimits an HTTP/1.0
+    // stream's body) after an unbroken prefix of the events, short of the last.
     let mut raw = Vec::new();
-    let read_all = async {
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = stalled.read(&mut buf).await.unwrap();
-            raw.extend_from_slice(&buf[..n]);
-            if n == 0 || raw.ends_with(b"\r\n0\r\n\r\n") {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(common::TIMEOUT, read_all).await.expect("stalled stream was ended");
-    let delivered = raw.windows(7).filter(|w| w == b"event: ").count();
-    assert!(delivered < total + 1, "cut off before receiving everything ({delivered} events)");
+    tokio::time::timeout(common::TIMEOUT, stalled.read_to_end(&mut raw))
+        .await
+        .expect("stalled stream was ended")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let bodies: Vec<String> = raw
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap()["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bodies.first().map(String::as_str), Some("warmup"));
+    for (i, body) in bodies[1..].iter().enumerate() {
+        assert!(body.starts_with(&format!("{i}:")), "event {i} of the prefix is {:.8}", body);
+    }
+    assert!(bodies.len() < 1 + total, "cut off before the last event, yet it got all {} events", bodies.len());
+    assert_eq!(common::metric(gw.addr, "pgsse_subscribers_cut_total").await, 1, "exactly the stalled stream was cut");
 }
 
 #[tokio::test]
@@ -481,8 +476,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
 
 #[tokio::test]
 async fn graceful_shutdown_ends_streams_and_returns_promptly() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
     let addr = gw.addr;
     let mut a = SseStream::ok(addr, "/messages/events", &[]).await;
     let mut b = SseStream::ok(addr, "/messages/events", &[("last-event-id", "0")]).await;
@@ -530,8 +524,7 @@ async fn the_listen_connection_can_use_its_own_url() {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format() {
-    let TestDb { url, app, .. } = TestDb::messages("").await;
-    let gw = Gateway::start(&url).await;
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     app.execute("INSERT INTO messages (body) VALUES ('counted')", &[]).await.unwrap();
     let id = stream.expect().await.id();

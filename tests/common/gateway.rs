@@ -122,3 +122,20 @@ pub async fn gateway_process(args: &[&str]) -> (tokio::process::Child, SocketAdd
     .await;
     (child, addr)
 }
+
+/// The setup most tests share: a fresh, migrated database with `messages` published with `publish_args`
+/// (see [`super::messages_table`]), its superuser and application connections, and a gateway on it.
+pub struct Fixture {
+    pub url: String,
+    pub admin: tokio_postgres::Client,
+    pub app: tokio_postgres::Client,
+    pub gw: Gateway,
+}
+
+impl Fixture {
+    pub async fn messages(publish_args: &str) -> Self {
+        let super::TestDb { url, admin, app } = super::TestDb::messages(publish_args).await;
+        let gw = Gateway::start(&url).await;
+        Self { url, admin, app, gw }
+    }
+}
