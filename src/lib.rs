@@ -1,10 +1,8 @@
 //! pgsse turns PostgreSQL changes into Server-Sent Events streams.
 //!
-//! The folders are the layers, each importing only those below it (docs/design.md draws them):
-//! [`server`] accepts and drains; `http` serves one connection and routes it; `app` builds the shared
-//! state and hands each handler of `api` the narrow handle it needs; below them `auth`, `sse` (wire
-//! encoding and the stream body), `fanout` (hub and queues) and `pg` (the LISTEN connection, the pool,
-//! migrations); at the bottom small leaves ([`filter`], [`cursor`], `channel`, `limits`, `tls`).
+//! The folders are the layers (docs/design.md draws them): `server` binds, accepts and drains; `http`
+//! serves a connection; `app` builds the state and gives each `api` handler its narrow handle; below them
+//! `pg`, `fanout`, [`sse`], [`auth`] and `limits`; at the bottom small leaves ([`filter`], [`cursor`]).
 
 mod api;
 mod app;
