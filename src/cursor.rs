@@ -10,7 +10,7 @@ pub enum CursorError {
 /// Longest accepted id text; ids are positive `bigint`s, so 19 digits always suffice.
 const MAX_DIGITS: usize = 19;
 
-pub fn parse(text: &str) -> Result<i64, CursorError> {
+pub(crate) fn parse(text: &str) -> Result<i64, CursorError> {
     let invalid = || CursorError::Invalid(text.chars().take(40).collect());
     let t = text.trim_matches([' ', '\t']);
     if t.is_empty() || t.len() > MAX_DIGITS || !t.bytes().all(|b| b.is_ascii_digit()) {

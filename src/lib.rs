@@ -24,6 +24,6 @@ pub mod tls;
 pub use pg::migrate::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
 /// For tests that read the log the way the gateway does.
 pub use pg::store::{Store, PAGE_BYTES};
-pub use server::{bind, run, BindError, Listeners, ServerError};
+pub use server::{run, BindError, Listeners, ServerError};
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -20,7 +20,7 @@ pub fn encode(id: i64, event: &str, data: &str) -> Result<Bytes, EncodeError> {
 }
 
 /// Appends one event to `buf`; without `id`, the client's last event id stays what it was.
-pub fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data: &str) -> Result<(), EncodeError> {
+pub(crate) fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data: &str) -> Result<(), EncodeError> {
     if event.contains(['\r', '\n']) {
         return Err(EncodeError::EventNameLineBreak);
     }
@@ -62,7 +62,7 @@ fn split_lines(data: &str) -> impl Iterator<Item = &str> {
 
 /// The first bytes of every stream: the reconnect delay and a comment, so headers and a body chunk
 /// reach the client at once (some proxies and clients wait for the first chunk).
-pub fn prelude(retry: Duration) -> Bytes {
+pub(crate) fn prelude(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n: pgsse\n\n", retry.as_millis()))
 }
 

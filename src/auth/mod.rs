@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 
 /// The query parameter that may carry a token, for an `EventSource` on another origin (it cannot set headers).
-pub const ACCESS_TOKEN: &str = "access_token";
+pub(crate) const ACCESS_TOKEN: &str = "access_token";
 
 pub const DEFAULT_COOKIE: &str = "pgsse_token";
 
@@ -108,7 +108,7 @@ impl AuthArgs {
 
 /// Requests refused by access control, for the metrics.
 #[derive(Default)]
-pub struct Denials {
+pub(crate) struct Denials {
     pub unauthenticated: AtomicU64,
     pub forbidden: AtomicU64,
 }

@@ -135,7 +135,7 @@ fn id(args: &[&str]) -> Result<u32, ClusterError> {
 }
 
 /// `PGSSE_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin` (Debian's layout), else `initdb` on PATH.
-pub fn find_bin_dir() -> Option<PathBuf> {
+pub(crate) fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PGSSE_PG_BIN") {
         return Some(PathBuf::from(dir));
     }

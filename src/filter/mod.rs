@@ -11,7 +11,7 @@ use decimal::Decimal;
 mod decimal;
 
 /// The filter of each channel of a stream (channels without one pass everything).
-pub type ChannelFilters = HashMap<String, Arc<Filter>>;
+pub(crate) type ChannelFilters = HashMap<String, Arc<Filter>>;
 
 const MAX_CONDITIONS: usize = 16;
 const MAX_VALUE_LEN: usize = 512;
