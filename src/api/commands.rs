@@ -2,15 +2,15 @@
 //! `DELETE` clears. Writes only touch PostgreSQL: their broadcast comes from the log after commit, exactly
 //! as for a row written with psql.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use crate::api::reply::{json_response, raw_json_response, Body};
 use crate::auth::{Access, AuthError, ACCESS_TOKEN};

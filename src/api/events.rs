@@ -18,8 +18,7 @@ use crate::fanout::hub::{Hub, HubError, Moves};
 use crate::filter::{ChannelFilters, Filter};
 use crate::pg::error::StoreError;
 use crate::pg::published::{ColumnsError, Published};
-use crate::pg::store::Store;
-use crate::pg::store::REPLAY_BATCH;
+use crate::pg::store::{Store, REPLAY_BATCH};
 use crate::sse;
 
 const DEFAULT_HEARTBEAT: &str = "15s";
