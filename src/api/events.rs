@@ -245,7 +245,7 @@ impl Events {
                     Start::Resume(after) => after,
                     Start::Snapshot(snapshot) => {
                         let (head, pending) = (snapshot.head, snapshot.pending.clone());
-                        if !snapshot.send(&replay.tx).await? {
+                        if !snapshot.send(&replay.tx).await.map_err(StreamError::from)? {
                             return Err(ReplayError::Gone);
                         }
                         replay.skip_from(pending);
@@ -306,11 +306,7 @@ struct Replay {
 #[derive(Debug, thiserror::Error)]
 enum ReplayError {
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hub(#[from] HubError),
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Failed(#[from] StreamError),
     #[error("client went away")]
     Gone,
 }
@@ -327,7 +323,7 @@ impl Replay {
         // It stops at the issued head: a row beyond what the sequence issued is not pgsse's.
         while self.batch(&mut cursor, Some(head)).await? {}
         self.await_skipped(&mut cursor).await?;
-        let (sub, live_from) = self.events.hub.subscribe(&self.channels, &self.filters)?;
+        let (sub, live_from) = self.events.hub.subscribe(&self.channels, &self.filters).map_err(StreamError::from)?;
         if cursor < live_from {
             while self.batch(&mut cursor, Some(live_from)).await? {}
         }
@@ -378,7 +374,8 @@ impl Replay {
 
     /// Sends one batch after `cursor` as a single chunk; returns whether more events may follow it.
     async fn batch(&mut self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
-        let batch = self.events.store.replay(*cursor, through, &self.channels, self.limit).await?;
+        let batch =
+            self.events.store.replay(*cursor, through, &self.channels, self.limit).await.map_err(StreamError::from)?;
         let cut = (batch.rows.len() as i64) < self.limit && batch.more;
         self.limit = if cut { batch.rows.len() as i64 * 2 } else { self.limit * 2 }.clamp(16, REPLAY_BATCH);
         let mut chunk = BytesMut::new();
