@@ -29,9 +29,6 @@ const FETCH_BATCH: i64 = 2000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_RETRIES: u32 = 3;
 const DEFAULT_PROBE_INTERVAL: &str = "10s";
 
 /// The one LISTEN connection.
@@ -84,18 +81,9 @@ impl Listener {
         status: Arc<ListenerStatus>,
         probe_interval: Duration,
     ) -> Result<Self, ListenerError> {
-        let mut pg: tokio_postgres::Config =
-            database_url.parse().map_err(|e: tokio_postgres::Error| ListenerError::Config(e.to_string()))?;
-        pg.application_name("pgsse-listener");
-        crate::pg::store::pin_search_path(&mut pg);
-        pg.connect_timeout(CONNECT_TIMEOUT);
-        pg.keepalives(true);
-        pg.keepalives_idle(KEEPALIVE_IDLE);
-        pg.keepalives_interval(KEEPALIVE_INTERVAL);
-        pg.keepalives_retries(KEEPALIVE_RETRIES);
-        // Data the server never acknowledges (a peer gone without a word) drops the connection in the kernel
-        // too, even between queries.
-        pg.tcp_user_timeout(probe_interval * 2);
+        // Two probe intervals without an acknowledgement drop the connection in the kernel, even between queries.
+        let pg = super::session_config(database_url, "pgsse-listener", CONNECT_TIMEOUT, probe_interval * 2)
+            .map_err(|e| ListenerError::Config(e.to_string()))?;
         Ok(Self { pg, hub, status, probe_interval, last_id: None })
     }
 

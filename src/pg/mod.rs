@@ -12,10 +12,48 @@ pub mod sequencer;
 pub mod status;
 pub mod store;
 
+use std::time::Duration;
+
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The settings every gateway session has, the pool's and the LISTEN connection's alike: its name in
+/// `pg_stat_activity`, a pinned search path, a bound on connecting, and keepalives with a bound on data the
+/// server never acknowledges, so a peer gone without a word is found whether the connection idles or not.
+pub fn session_config(
+    url: &str,
+    application_name: &str,
+    connect_timeout: Duration,
+    unacknowledged: Duration,
+) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut pg: tokio_postgres::Config = url.parse()?;
+    pg.application_name(application_name);
+    pin_search_path(&mut pg);
+    pg.connect_timeout(connect_timeout);
+    pg.keepalives(true);
+    pg.keepalives_idle(KEEPALIVE_IDLE);
+    pg.keepalives_interval(KEEPALIVE_INTERVAL);
+    pg.keepalives_retries(KEEPALIVE_RETRIES);
+    pg.tcp_user_timeout(unacknowledged);
+    Ok(pg)
+}
+
 /// The database, for `serve` and `migrate` alike.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+}
+
+/// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing
+/// else, so no function or operator that another role planted in a schema of the default path (`public`)
+/// can shadow one of them, whatever the role's or database's settings say.
+fn pin_search_path(pg: &mut tokio_postgres::Config) {
+    let options = match pg.get_options() {
+        Some(given) => format!("{given} -c search_path=pg_catalog"),
+        None => "-c search_path=pg_catalog".to_string(),
+    };
+    pg.options(options);
 }

@@ -18,9 +18,6 @@ pub const REPLAY_BATCH: i64 = 1000;
 pub const PAGE_BYTES: i64 = 256 * 1024;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_RETRIES: u32 = 3;
 /// `/healthz` and `/readyz` answer within a second whatever the database does.
 const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
@@ -42,17 +39,6 @@ pub struct PoolArgs {
     /// goes unacknowledged this long.
     #[arg(long, env = "PGSSE_DB_TIMEOUT", default_value = DEFAULT_DB_TIMEOUT, value_parser = crate::parse::duration)]
     pub db_timeout: Duration,
-}
-
-/// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing
-/// else, so no function or operator that another role planted in a schema of the default path (`public`)
-/// can shadow one of them, whatever the role's or database's settings say.
-pub fn pin_search_path(pg: &mut tokio_postgres::Config) {
-    let options = match pg.get_options() {
-        Some(given) => format!("{given} -c search_path=pg_catalog"),
-        None => "-c search_path=pg_catalog".to_string(),
-    };
-    pg.options(options);
 }
 
 /// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
@@ -108,17 +94,8 @@ pub struct Store {
 
 impl Store {
     pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
-        let mut pg: tokio_postgres::Config =
-            database_url.parse().map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
-        pg.application_name("pgsse");
-        pin_search_path(&mut pg);
-        pg.connect_timeout(CONNECT_TIMEOUT.min(bound));
-        // An idle connection whose peer is gone is found by keepalives, one in use by unacknowledged data.
-        pg.keepalives(true);
-        pg.keepalives_idle(KEEPALIVE_IDLE);
-        pg.keepalives_interval(KEEPALIVE_INTERVAL);
-        pg.keepalives_retries(KEEPALIVE_RETRIES);
-        pg.tcp_user_timeout(bound);
+        let pg = super::session_config(database_url, "pgsse", CONNECT_TIMEOUT.min(bound), bound)
+            .map_err(|e| StoreError::Config(e.to_string()))?;
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
