@@ -97,7 +97,10 @@ impl SseBody {
 
     fn sent(&self, bytes: Bytes, frames: u64) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
         if let Some(sent) = &self.sent {
-            sent.frames.fetch_add(frames, Ordering::Relaxed);
+            // A heartbeat sends no frame: no write to a counter every stream shares.
+            if frames > 0 {
+                sent.frames.fetch_add(frames, Ordering::Relaxed);
+            }
             sent.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         Poll::Ready(Some(Ok(BodyFrame::data(bytes))))
