@@ -409,12 +409,7 @@ impl Bench {
             .unwrap();
         // No gateway runs now to give them ids: sequence them here, so the client is behind a log that
         // holds them all, which is what this scenario measures (not the first gateway's catching up).
-        self.db
-            .batch_execute(
-                "BEGIN; LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE; SELECT pgsse.sequence_batch(1000000); COMMIT;",
-            )
-            .await
-            .unwrap();
+        pgsse::testing::sequence_staged(&self.db).await;
         let until = self.head().await;
         let gw = Gateway::start(&self.gateway, &self.url, &[]);
         let cpu0 = gw.cpu_seconds();
