@@ -80,13 +80,7 @@ async fn serve_before_migrate_says_so_once() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let (mut log, mut addr) = (Vec::new(), None);
-    while addr.is_none() {
-        let line = tokio::time::timeout(common::TIMEOUT, lines.next_line()).await.unwrap().unwrap().unwrap();
-        addr = line.split("addr=").nth(1).map(|a| a.trim().parse::<std::net::SocketAddr>().unwrap());
-        log.push(line);
-    }
-    let addr = addr.unwrap();
+    let (addr, mut log) = common::serving_addr(&mut lines).await;
     common::wait_for("five failed attempts", || async {
         common::metric(addr, "pgsse_listener_reconnects_total").await >= 5
     })

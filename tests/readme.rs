@@ -7,6 +7,7 @@ mod common;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{empty_db, SseStream};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgsse");
 
@@ -18,12 +19,11 @@ async fn the_walk_through_runs_as_written() {
     let url = empty_db().await;
     let (server, database) = url.strip_prefix("postgres://postgres@").unwrap().split_once('/').unwrap();
     let role = format!("gw_{database}");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let script = block
         .replace("postgres://admin@db.internal/app", &url)
         .replace("gw:change-me@db.internal/app", &format!("{role}:change-me@{server}/{database}"))
         .replace("create role gw login", &format!("create role {role} login"))
-        .replace("0.0.0.0:4000", &listen.to_string());
+        .replace("0.0.0.0:4000", "127.0.0.1:0");
     // The secret the script made, for this test to sign with: written just before the gateway starts.
     let secret_file = std::env::temp_dir().join(format!("pgsse-readme-{database}"));
     // `exec`: the gateway takes the shell's place, so stopping the child stops the gateway.
@@ -35,9 +35,14 @@ async fn the_walk_through_runs_as_written() {
         .args(["-ec", &script])
         .env("PATH", path)
         .env_remove("DATABASE_URL")
+        .env("PGSSE_LOG", "pgsse::server=info,warn")
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut log = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let (listen, _) = common::serving_addr(&mut log).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
     common::wait_for("the walk-through's gateway to be healthy", || async {
         common::get(listen, "/healthz", &[]).await.is_ok_and(|r| r.status == 200)
     })

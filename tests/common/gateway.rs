@@ -90,31 +90,41 @@ impl Drop for Gateway {
     }
 }
 
-/// A `pgsse` process given `args` and `--listen 127.0.0.1:0`: the address it bound is read from its
-/// `serving` log line, so no port is chosen before the process binds it.
+/// A process's standard output, a line at a time.
+pub type Log = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Reads a `pgsse` process's log (text format) up to its `serving addr=...` line; returns the address it
+/// bound and the lines before it. With `--listen 127.0.0.1:0`, no port is chosen before it is bound.
+pub async fn serving_addr(log: &mut Log) -> (SocketAddr, Vec<String>) {
+    let mut before = Vec::new();
+    let read = async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if let Some(addr) = line.split(" serving addr=").nth(1) {
+                return addr.trim().parse::<SocketAddr>().unwrap();
+            }
+            before.push(line);
+        }
+        panic!("pgsse exited before serving: {before:#?}");
+    };
+    let addr = tokio::time::timeout(TIMEOUT, read).await.expect("pgsse logged its address");
+    (addr, before)
+}
+
+/// A `pgsse` process given `args`, on `127.0.0.1:0`, once it is healthy.
 pub async fn gateway_process(args: &[&str]) -> (tokio::process::Child, SocketAddr) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
         .args(args)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--listen", "127.0.0.1:0"])
         .env("PGSSE_LOG", "pgsse::server=info,warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start pgsse");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let serving = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if record["fields"]["message"] == "serving" {
-                return record["fields"]["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
-            }
-        }
-        None
-    };
-    let addr = tokio::time::timeout(TIMEOUT, serving).await.expect("gateway logged its address").expect("an address");
+    let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (addr, _) = serving_addr(&mut log).await;
     // Reads on, so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
     wait_for(
         "gateway process healthy",
         || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) },
