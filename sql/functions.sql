@@ -8,33 +8,51 @@ BEGIN;
 SET LOCAL client_min_messages = warning;
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
 
--- Roles are cluster-wide: one pair serves every database of the cluster that has pgsse installed, and a
--- login granted pgsse_gateway may act as a gateway on each of them.
+-- Roles are cluster-wide: one set serves every database of the cluster that has pgsse installed, and a
+-- login granted pgsse_gateway may act as a gateway on each of them. pgsse_owner owns schema pgsse and runs
+-- its SECURITY DEFINER functions: it cannot log in, is no superuser, and holds nothing but pgsse's own
+-- objects, so no code that runs as it (and none of pgsse's runs anything a table's owner or writer made)
+-- can reach further. Whoever migrates is made a member, to create and replace pgsse's objects.
 DO $$
 DECLARE
     missing text[];
     r       text;
+    can     boolean := EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                                WHERE rolname = current_user AND (rolsuper OR rolcreaterole));
 BEGIN
     SELECT array_agg(n ORDER BY n) INTO missing
-      FROM unnest(ARRAY['pgsse_gateway', 'pgsse_publisher']) AS n
+      FROM unnest(ARRAY['pgsse_gateway', 'pgsse_owner', 'pgsse_publisher']) AS n
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = n);
-    IF missing IS NULL THEN
-        RETURN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = current_user AND (rolsuper OR rolcreaterole)) THEN
+    IF missing IS NOT NULL AND NOT can THEN
         RAISE EXCEPTION 'pgsse: role % cannot create the roles % (it lacks CREATEROLE)',
             current_user, array_to_string(missing, ', ')
-            USING ERRCODE = '42501',
-                  HINT = format('have an operator run: %s then run pgsse migrate again',
-                                (SELECT string_agg(format('CREATE ROLE %I NOLOGIN;', m), ' ') FROM unnest(missing) m));
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have an operator run: %s%s then run pgsse migrate again',
+                                (SELECT string_agg(format('CREATE ROLE %I NOLOGIN;', m), ' ') FROM unnest(missing) m),
+                                CASE WHEN 'pgsse_owner' = ANY (missing)
+                                     THEN format(' GRANT pgsse_owner TO %I;', current_user) ELSE '' END);
     END IF;
-    FOREACH r IN ARRAY missing LOOP
+    FOREACH r IN ARRAY coalesce(missing, '{}') LOOP
         BEGIN
             EXECUTE format('CREATE ROLE %I NOLOGIN', r);
         EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL; -- another database's migrate created it just now
         END;
     END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                WHERE rolname = 'pgsse_owner' AND (rolsuper OR rolcanlogin OR rolcreaterole OR rolcreatedb OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'pgsse: role pgsse_owner has attributes it must not have (it runs pgsse''s definer functions)'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'have an operator run: ALTER ROLE pgsse_owner NOSUPERUSER NOLOGIN NOCREATEROLE NOCREATEDB NOBYPASSRLS;';
+    END IF;
+    IF NOT pg_catalog.pg_has_role('pgsse_owner', 'USAGE') THEN
+        IF NOT can THEN
+            RAISE EXCEPTION 'pgsse: role % is not a member of pgsse_owner, which owns schema pgsse', current_user
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('have an operator run: GRANT pgsse_owner TO %I; then run pgsse migrate again', current_user);
+        END IF;
+        EXECUTE format('GRANT pgsse_owner TO %I', current_user);
+    END IF;
 END
 $$;
 
@@ -48,63 +66,85 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$'
 $$;
 
--- Records one event of the committing transaction in pgsse.staged; a sequencing step gives it its id later.
--- Runs at commit time (from deferred triggers), so the numbers it draws follow commit order between
--- transactions that do not overlap. Writers take no lock another writer waits for: the doorbell's is
--- skipped when held. Only the capture functions call it, as the owner; like pgsse.project it qualifies
--- every name rather than pin search_path per row.
+-- Records one event in pgsse.staged; a sequencing step gives it its id later. Called at the end of the
+-- writer's statement (or by pgsse.publish), only from pgsse's own definer functions: like pgsse.project it
+-- qualifies every name rather than pin search_path per row. The transaction's first staged event is
+-- marked to ring the doorbell at its commit (pgsse.ring); a writer that sets pgsse.rang only keeps its
+-- own transaction from waking the gateways.
 DO $$
 BEGIN
-    -- Before schema 8 it took no old row (and before schema 6 returned void).
+    -- Before schema 8 it took no old row (and before schema 6 returned void); before schema 9 it returned
+    -- whether it rang.
     DROP FUNCTION IF EXISTS pgsse.stage(text, text, jsonb);
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
+                WHERE oid = to_regprocedure('pgsse.stage(text, text, jsonb, jsonb)') AND prorettype = 'boolean'::regtype) THEN
+        DROP FUNCTION pgsse.stage(text, text, jsonb, jsonb);
+    END IF;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb, p_old jsonb DEFAULT NULL)
-RETURNS boolean
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    rang boolean;
+    first boolean := NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false);
 BEGIN
-    -- One statement: a small write transaction pays PostgreSQL's set-up of every statement and expression
-    -- it runs, once per transaction, and that set-up was most of capture's cost. `tx` is the first number
-    -- the transaction drew, kept in pgsse.staging as "xid:tx". The doorbell is tried after this
-    -- statement's lock on pgsse.staged is taken: a gateway that finds no writer holding that lock has seen
-    -- every staged row of a writer that skipped the doorbell (pgsse.sequence's in_flight).
-    INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload, old)
-    SELECT CASE WHEN pg_catalog.split_part(k.mark, ':', 1) OPERATOR(pg_catalog.=) k.xid::pg_catalog.text
-                THEN pg_catalog.split_part(k.mark, ':', 2)
-                ELSE pg_catalog.split_part(pg_catalog.set_config('pgsse.staging',
-                         k.xid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) k.seq::pg_catalog.text,
-                         true), ':', 2) END::pg_catalog.int8,
-           k.seq, k.xid, p_channel, p_event, p_payload, p_old
-      FROM (SELECT pg_catalog.pg_current_xact_id() AS xid, pg_catalog.nextval('pgsse.staged_seq') AS seq,
-                   pg_catalog.current_setting('pgsse.staging', true) AS mark) k
-    RETURNING (SELECT d.armed FROM pgsse.doorbell d WHERE d.armed FOR NO KEY UPDATE SKIP LOCKED) INTO rang;
-    IF rang THEN
-        -- A constant payload lets PostgreSQL fold all of a transaction's notifications into one.
-        PERFORM pg_catalog.pg_notify('pgsse', '');
+    IF first THEN
+        PERFORM pg_catalog.set_config('pgsse.rang', 'y', true);
     END IF;
-    RETURN rang;
+    INSERT INTO pgsse.staged (seq, txid, channel, event, payload, old, ring)
+    VALUES (pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), p_channel, p_event, p_payload,
+            p_old, first);
 END
 $$;
 
--- Gives the staged events of committed transactions the next ids, about p_limit of them and whole
--- transactions only, in the order their transactions drew their first number. The caller holds
--- pgsse.commit_order: batches become visible one after another, so ids increase along the log in the
--- order events become visible. Wakes the gateways once per batch.
-CREATE OR REPLACE FUNCTION pgsse.sequence_batch(p_limit integer) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+-- Runs when a transaction that staged events commits (a deferred trigger on its first staged row): draws
+-- the number that places the transaction in commit order, and wakes the gateways. The first such commit
+-- after a sequencing step notifies, the others rely on it; a number drawn from pgsse.bell, not a lock,
+-- decides which, so nothing a writer holds makes another writer wait. A writer that makes this fire
+-- early (SET CONSTRAINTS ... IMMEDIATE) only places its own transaction by its last staged event and
+-- silences the others until the next step, which its open transaction makes come soon (in_flight).
+CREATE OR REPLACE FUNCTION pgsse.ring() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    UPDATE pgsse.staged s SET committed = pg_catalog.nextval('pgsse.staged_seq')
+     WHERE s.seq OPERATOR(pg_catalog.=) NEW.seq;
+    IF (SELECT d.armed FROM pgsse.doorbell d) AND pg_catalog.nextval('pgsse.bell') OPERATOR(pg_catalog.=) 1 THEN
+        -- A constant payload lets PostgreSQL fold a transaction's notifications into one.
+        PERFORM pg_catalog.pg_notify('pgsse', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                    WHERE tgrelid = 'pgsse.staged'::regclass AND tgname = 'pgsse_ring') THEN
+        CREATE CONSTRAINT TRIGGER pgsse_ring AFTER INSERT ON pgsse.staged DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (NEW.ring) EXECUTE FUNCTION pgsse.ring();
+    END IF;
+END
+$$;
+
+-- Gives every staged event of the committed transactions the next ids. A transaction's events go together,
+-- transactions in the order of the last number each drew: the one its commit drew (pgsse.ring), or a
+-- later staged event's. Commits go in the order they happened; and whatever a writer does, one that
+-- changed a row after another committed drew a number after all of the other's. One DELETE and one sort over the rows moved, whatever the planner's statistics.
+-- The caller holds pgsse.commit_order: batches become visible one after another, so ids increase along
+-- the log in the order events become visible.
+DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
+CREATE OR REPLACE FUNCTION pgsse.sequence_batch() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET enable_nestloop = off SET jit = off AS $$
 DECLARE
     moved bigint;
     low   bigint := (SELECT f.floor FROM pgsse.staged_floor f);
 BEGIN
-    WITH cut AS (SELECT max(h.tx) AS tx
-                   FROM (SELECT s.tx FROM pgsse.staged s WHERE s.tx >= low ORDER BY s.tx, s.seq LIMIT p_limit) h),
-    taken AS (DELETE FROM pgsse.staged s USING cut WHERE s.tx >= low AND s.tx <= cut.tx RETURNING s.*)
+    WITH taken AS (DELETE FROM pgsse.staged s WHERE s.seq >= low RETURNING s.*)
     INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid, old)
     SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid, t.old
-      FROM (SELECT * FROM taken ORDER BY tx, seq) t;
+      FROM (SELECT t.*, greatest(max(t.seq) OVER w, max(t.committed) OVER w) AS last FROM taken t
+             WINDOW w AS (PARTITION BY t.txid) ORDER BY last, t.seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
     IF moved > 0 THEN
         PERFORM pg_notify('pgsse', '');
@@ -113,10 +153,11 @@ BEGIN
 END
 $$;
 
--- The gateway's sequencing step: one batch, or moved = -1 at once when another session is sequencing.
--- in_flight: a writer was still committing when the batch was read, and may have skipped the doorbell
--- because another writer held it; ask again soon. p_listening is whether the caller is woken by NOTIFY
--- or reads on the clock: writers ring only while it is.
+-- The gateway's sequencing step: every committed staged event, or moved = -1 at once when another session
+-- is sequencing. in_flight: a writer that staged was still open when the batch was read, and may not
+-- ring when it commits; ask again soon. p_listening is whether the caller is woken by NOTIFY or reads on
+-- the clock (writers ring only while it is), or NULL to leave that as it is. p_limit is unused since
+-- schema 9 (a step takes everything committed); gateways of the release before pass it.
 CREATE OR REPLACE FUNCTION pgsse.sequence(p_limit integer, p_listening boolean, OUT moved bigint, OUT in_flight boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
@@ -129,12 +170,13 @@ BEGIN
         in_flight := false;
         RETURN;
     END;
-    -- Before the batch's snapshot: pgsse.stage holds a ROW EXCLUSIVE lock on pgsse.staged from staging to
-    -- the end of its commit, which SHARE conflicts with. Held for no longer than this block (its
-    -- subtransaction ends either way), so a writer waits a few microseconds at most; pg_locks, which
-    -- answered the same, cost a third of a millisecond per step.
-    -- With no writer in flight, every number drawn so far belongs to a transaction that has ended, and
-    -- every number drawn later is higher: once the batch has taken all it sees, pgsse.staged_floor may rise.
+    -- The next writer to commit rings again. Before the check below: a writer that found the bell taken
+    -- had staged before now, so it is either seen by the batch or still open (in flight).
+    PERFORM setval('pgsse.bell', 1, false);
+    -- pgsse.stage holds a ROW EXCLUSIVE lock on pgsse.staged from staging to the end of its transaction,
+    -- which SHARE conflicts with. Held for no longer than this block (its subtransaction ends either way).
+    -- With no writer open, every number drawn so far belongs to a transaction that has ended, and every
+    -- number drawn later is higher: once the batch has taken all it sees, pgsse.staged_floor may rise.
     in_flight := false;
     BEGIN
         LOCK TABLE pgsse.staged IN SHARE MODE NOWAIT;
@@ -142,18 +184,18 @@ BEGIN
         drawn := (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM pgsse.staged_seq q);
         RAISE EXCEPTION USING ERRCODE = 'PGS01';
     EXCEPTION
-        WHEN lock_not_available THEN in_flight := p_listening;
+        WHEN lock_not_available THEN in_flight := coalesce(p_listening, false);
         WHEN SQLSTATE 'PGS01' THEN NULL;
     END;
     -- A writer that read the doorbell unarmed rang for nobody; once armed (at this commit), ask again.
-    UPDATE pgsse.doorbell b SET armed = p_listening
-     WHERE b.singleton IN (SELECT d.singleton FROM pgsse.doorbell d WHERE d.armed <> p_listening
-                             FOR NO KEY UPDATE SKIP LOCKED);
-    IF FOUND AND p_listening THEN
-        in_flight := true;
+    IF p_listening IS NOT NULL THEN
+        UPDATE pgsse.doorbell b SET armed = p_listening WHERE b.armed <> p_listening;
+        IF FOUND AND p_listening THEN
+            in_flight := true;
+        END IF;
     END IF;
-    moved := pgsse.sequence_batch(p_limit);
-    IF drawn IS NOT NULL AND moved < p_limit THEN
+    moved := pgsse.sequence_batch();
+    IF drawn IS NOT NULL THEN
         UPDATE pgsse.staged_floor f SET floor = drawn + 1 WHERE f.floor < drawn + 1;
     END IF;
 END
@@ -174,9 +216,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 $$;
 
 -- A row as the channel publishes it: only the published columns, camelCased if asked. Private columns
--- are dropped here, before anything reaches the log. This and published_channel run per captured row:
--- they qualify every name instead of pinning search_path, whose save and restore on each call would
--- double capture's cost.
+-- are dropped here, before anything reaches the log. This runs per captured row: it qualifies every name
+-- instead of pinning search_path, whose save and restore on each call would double capture's cost.
 CREATE OR REPLACE FUNCTION pgsse.project(ch pgsse.channels, r jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -196,7 +237,7 @@ BEGIN
 END
 $$;
 
--- The channel a capture trigger may write: the one that publishes the very table it fires on. A copy of
+-- The channel a TRUNCATE trigger may write: the one that publishes the very table it fires on. A copy of
 -- the trigger on any other table (even with the channel's name as argument) records nothing.
 CREATE OR REPLACE FUNCTION pgsse.published_channel(p_channel text, p_table oid) RETURNS pgsse.channels
 LANGUAGE plpgsql STABLE AS $$
@@ -214,8 +255,8 @@ BEGIN
 END
 $$;
 
--- The arguments of a published table's row trigger: everything a capture needs, so that a captured row
--- costs no lookup. The table's oid makes a copy of the trigger on any other table record nothing.
+-- The arguments of a published table's staging trigger: everything a capture needs, so that a captured
+-- row costs no lookup. The table's oid makes a copy of the trigger on any other table record nothing.
 CREATE OR REPLACE FUNCTION pgsse.capture_args(ch pgsse.channels) RETURNS text[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT ARRAY[ch.name, ch.source_table::oid::text, ch.insert_event, ch.update_event, ch.delete_event,
@@ -223,35 +264,71 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
                  coalesce(ch.exclude_columns::text, '')]
 $$;
 
--- The row trigger of a published table, with pgsse.capture_args as its arguments. Runs as its owner, so
--- writers of the table need no grant on schema pgsse. A transaction that sets pgsse.suppress_capture = 'on'
--- records no row events (clearing a channel does).
-CREATE OR REPLACE FUNCTION pgsse.capture() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+-- Capture is two plain row triggers that fire one after the other at the end of the writer's statement
+-- (their names sort so; plain triggers cannot be deferred or reordered by SET CONSTRAINTS). The first,
+-- pgsse_capture, runs as the writer: to_jsonb may call casts that the table's owner made, and those
+-- must run with no rights but the writer's. It hands the row over in pgsse.captured. The second,
+-- pgsse_capture_stage, runs as pgsse's owner and evaluates nothing the table's owner or writer made: it
+-- takes the hand-over, clears it, projects it and stages the event. Nothing a writer runs comes between
+-- the two (only the table owner's own triggers could), so it stages what the first trigger made of
+-- that very row. Both qualify every name: the first runs with the writer's search_path.
+CREATE OR REPLACE FUNCTION pgsse.capture_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.to_jsonb(NEW)::pg_catalog.text, true);
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.to_jsonb(OLD)::pg_catalog.text, true);
+    ELSE
+        PERFORM pg_catalog.set_config('pgsse.captured',
+            pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(NEW), pg_catalog.to_jsonb(OLD))::pg_catalog.text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The staging trigger, with pgsse.capture_args as its arguments. A transaction in which
+-- pgsse.clear_channel empties this very table records no row events (checked against pgsse.clearing, since
+-- any writer may set pgsse.suppress_capture).
+CREATE OR REPLACE FUNCTION pgsse.capture_stage() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
+    handed   text := pg_catalog.current_setting('pgsse.captured', true);
     ch       pgsse.channels;
+    row_data jsonb;
     new_data jsonb;
     old_data jsonb;
-    rang     boolean;
 BEGIN
-    IF current_setting('pgsse.suppress_capture', true) = 'on' THEN
-        RETURN NULL;
-    END IF;
-    IF TG_NARGS <> 9 OR TG_ARGV[1] <> TG_RELID::oid::text THEN
+    PERFORM pg_catalog.set_config('pgsse.captured', '', true);
+    IF TG_NARGS OPERATOR(pg_catalog.<>) 9 OR TG_ARGV[1] OPERATOR(pg_catalog.<>) TG_RELID::pg_catalog.oid::pg_catalog.text THEN
         RAISE WARNING 'pgsse: this trigger on % is not the one pgsse.publish_table installed for it; its change is not recorded',
-            TG_RELID::regclass USING HINT = 'publish the table again, or run pgsse migrate (after a restore, say)';
+            TG_RELID::pg_catalog.regclass USING HINT = 'publish the table again, or run pgsse migrate (after a restore, say)';
         RETURN NULL;
     END IF;
-    IF TG_OP <> 'DELETE' THEN
-        new_data := to_jsonb(NEW);
+    IF pg_catalog.current_setting('pgsse.suppress_capture', true) OPERATOR(pg_catalog.=) 'on'
+       AND EXISTS (SELECT 1 FROM pgsse.clearing c WHERE c.txid OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()
+                                                    AND c.source_table OPERATOR(pg_catalog.=) TG_RELID) THEN
+        RETURN NULL;
     END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_data := to_jsonb(OLD);
+    IF handed IS NULL OR handed OPERATOR(pg_catalog.=) '' THEN
+        RAISE WARNING 'pgsse: no row was handed over for this change of %; it is not recorded', TG_RELID::pg_catalog.regclass
+            USING HINT = 'a trigger named pgsse_capture must fire just before pgsse_capture_stage: publish the table again';
+        RETURN NULL;
     END IF;
-    IF TG_ARGV[6] = 'true' OR TG_ARGV[7] <> '' OR TG_ARGV[8] <> '' THEN
+    row_data := handed::jsonb;
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        new_data := row_data OPERATOR(pg_catalog.->) 0;
+        old_data := row_data OPERATOR(pg_catalog.->) 1;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        new_data := row_data;
+    ELSE
+        old_data := row_data;
+    END IF;
+    IF TG_ARGV[6] OPERATOR(pg_catalog.=) 'true' OR TG_ARGV[7] OPERATOR(pg_catalog.<>) ''
+       OR TG_ARGV[8] OPERATOR(pg_catalog.<>) '' THEN
         ch.camel_case := TG_ARGV[6]::boolean;
-        ch.columns := nullif(TG_ARGV[7], '')::text[];
-        ch.exclude_columns := nullif(TG_ARGV[8], '')::text[];
+        ch.columns := CASE WHEN TG_ARGV[7] OPERATOR(pg_catalog.<>) '' THEN TG_ARGV[7]::text[] END;
+        ch.exclude_columns := CASE WHEN TG_ARGV[8] OPERATOR(pg_catalog.<>) '' THEN TG_ARGV[8]::text[] END;
         IF new_data IS NOT NULL THEN
             new_data := pgsse.project(ch, new_data);
         END IF;
@@ -259,55 +336,35 @@ BEGIN
             old_data := pgsse.project(ch, old_data);
         END IF;
     END IF;
-    -- An assignment, not PERFORM: it calls pgsse.stage as an expression, without a query around it.
-    IF TG_OP = 'INSERT' THEN
-        rang := pgsse.stage(TG_ARGV[0], TG_ARGV[2], new_data);
-    ELSIF TG_OP = 'DELETE' THEN
-        rang := pgsse.stage(TG_ARGV[0], TG_ARGV[4], old_data);
-    ELSIF new_data IS DISTINCT FROM old_data THEN
-        rang := pgsse.stage(TG_ARGV[0], TG_ARGV[3],
-            CASE WHEN TG_ARGV[5] = 'true' THEN jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END,
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        PERFORM pgsse.stage(TG_ARGV[0], TG_ARGV[2], new_data);
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        PERFORM pgsse.stage(TG_ARGV[0], TG_ARGV[4], old_data);
+    ELSIF new_data OPERATOR(pg_catalog.<>) old_data THEN
+        PERFORM pgsse.stage(TG_ARGV[0], TG_ARGV[3],
+            CASE WHEN TG_ARGV[5] OPERATOR(pg_catalog.=) 'true'
+                 THEN pg_catalog.jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END,
             old_data);
     END IF;
     RETURN NULL;
 END
 $$;
 
--- TRUNCATE of a published table: one event, so clients drop rows that no longer exist. Statement
--- triggers cannot be deferred, so it goes through the outbox, which is.
+-- TRUNCATE of a published table: one event, so clients drop rows that no longer exist.
 CREATE OR REPLACE FUNCTION pgsse.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels;
 BEGIN
-    IF current_setting('pgsse.suppress_capture', true) = 'on' THEN
+    IF current_setting('pgsse.suppress_capture', true) = 'on'
+       AND EXISTS (SELECT 1 FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id() AND c.source_table = TG_RELID) THEN
         RETURN NULL;
     END IF;
     ch := pgsse.published_channel(TG_ARGV[0], TG_RELID);
     IF ch.name IS NOT NULL THEN
-        INSERT INTO pgsse.outbox (channel, event, payload)
-        VALUES (ch.name, ch.truncate_event, jsonb_build_object('truncatedAt', to_jsonb(clock_timestamp())));
+        PERFORM pgsse.stage(ch.name, ch.truncate_event, jsonb_build_object('truncatedAt', to_jsonb(clock_timestamp())));
     END IF;
     RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION pgsse.flush_outbox() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
-BEGIN
-    PERFORM pgsse.stage(NEW.channel, NEW.event, NEW.payload);
-    DELETE FROM pgsse.outbox WHERE id = NEW.id;
-    RETURN NULL;
-END
-$$;
-
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                    WHERE tgrelid = 'pgsse.outbox'::regclass AND tgname = 'pgsse_flush') THEN
-        CREATE CONSTRAINT TRIGGER pgsse_flush AFTER INSERT ON pgsse.outbox
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgsse.flush_outbox();
-    END IF;
 END
 $$;
 
@@ -324,51 +381,117 @@ BEGIN
 END
 $$;
 
--- Records an ad-hoc event; it gets its id, and is broadcast, when the calling transaction commits.
+-- Why p_event may not be published on p_channel by anyone but pgsse itself, or NULL: the names pgsse gives
+-- meaning to on every channel, and a table channel's row events, which only its capture records.
+CREATE OR REPLACE FUNCTION pgsse.reserved_event(p_channel text, p_event text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT CASE
+        WHEN p_event IN ('reset', 'snapshot-end', 'clear') THEN
+            format('event %s is pgsse''s own: clients act on it (reload, end of snapshot, emptied channel)',
+                   quote_literal(p_event))
+        WHEN EXISTS (SELECT 1 FROM pgsse.channels c
+                      WHERE c.name = p_channel AND c.source_table IS NOT NULL
+                        AND p_event IN (c.insert_event, c.update_event, c.delete_event, c.truncate_event)) THEN
+            format('event %s on channel %s is a row event of its table: only the table''s own changes record it',
+                   quote_literal(p_event), quote_literal(p_channel))
+        WHEN p_event = 'truncate' THEN
+            format('event %s is pgsse''s own: clients drop every row on it', quote_literal(p_event))
+    END
+$$;
+
+-- Records an ad-hoc event; it gets its id, and is broadcast, once the calling transaction commits.
 -- Granted to pgsse_publisher.
 CREATE OR REPLACE FUNCTION pgsse.publish(p_channel text, p_event text, p_payload jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    why text;
 BEGIN
     IF p_channel IS NULL OR NOT pgsse.valid_channel(p_channel) THEN
         RAISE EXCEPTION 'pgsse: invalid channel name %', quote_literal(coalesce(p_channel, 'NULL'))
-            USING ERRCODE = '22023';
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_event IS NULL OR NOT pgsse.valid_event(p_event) THEN
         RAISE EXCEPTION 'pgsse: invalid event name %', quote_literal(coalesce(p_event, 'NULL'))
-            USING ERRCODE = '22023';
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    why := pgsse.reserved_event(p_channel, p_event);
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: %', why USING ERRCODE = 'insufficient_privilege',
+            HINT = 'publish it under another event name';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pgsse.channels WHERE name = p_channel) THEN
         INSERT INTO pgsse.channels (name) VALUES (p_channel) ON CONFLICT (name) DO NOTHING;
     END IF;
-    INSERT INTO pgsse.outbox (channel, event, payload) VALUES (p_channel, p_event, coalesce(p_payload, 'null'));
+    PERFORM pgsse.stage(p_channel, p_event, coalesce(p_payload, 'null'));
 END
 $$;
 
 -- Removes a table's capture triggers, if any (checked first: DROP TRIGGER IF EXISTS would print a NOTICE).
+-- Only the table's owner may drop its triggers: anyone else is told who must.
 CREATE OR REPLACE FUNCTION pgsse.drop_capture(p_table regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
-    trigger_name text;
+    names text[] := ARRAY(SELECT t.tgname::text FROM pg_trigger t
+                           WHERE t.tgrelid = p_table
+                             AND t.tgname IN ('pgsse_capture', 'pgsse_capture_stage', 'pgsse_truncate')
+                           ORDER BY t.tgname);
+    owner text := (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = p_table);
+    n     text;
 BEGIN
-    FOR trigger_name IN SELECT t.tgname FROM pg_trigger t
-                         WHERE t.tgrelid = p_table AND t.tgname IN ('pgsse_capture', 'pgsse_truncate') LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, p_table);
+    IF cardinality(names) > 0 AND NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = p_table), 'USAGE') THEN
+        RAISE EXCEPTION 'pgsse: only the owner of table % (role %) may replace its capture triggers, and role % is not a member of it',
+            p_table, owner, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have role %s run: %s then run this again', owner,
+                                (SELECT string_agg(format('DROP TRIGGER %I ON %s;', x, p_table), ' ') FROM unnest(names) x));
+    END IF;
+    FOREACH n IN ARRAY names LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', n, p_table);
     END LOOP;
 END
 $$;
 
--- (Re)creates a table channel's triggers from its pgsse.channels row.
+-- (Re)creates a table channel's triggers from its pgsse.channels row (see pgsse.capture_row).
 CREATE OR REPLACE FUNCTION pgsse.install_capture(ch pgsse.channels) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ops text := array_to_string(ch.operations, ' OR ');
 BEGIN
     PERFORM pgsse.drop_capture(ch.source_table);
-    EXECUTE format(
-        'CREATE CONSTRAINT TRIGGER pgsse_capture AFTER %s ON %s DEFERRABLE INITIALLY DEFERRED '
-        'FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%s)',
-        array_to_string(ch.operations, ' OR '), ch.source_table,
+    EXECUTE format('CREATE TRIGGER pgsse_capture AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION pgsse.capture_row()',
+                   ops, ch.source_table);
+    EXECUTE format('CREATE TRIGGER pgsse_capture_stage AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION pgsse.capture_stage(%s)',
+        ops, ch.source_table,
         (SELECT string_agg(quote_literal(a), ', ' ORDER BY i) FROM unnest(pgsse.capture_args(ch)) WITH ORDINALITY AS u(a, i)));
     EXECUTE format('CREATE TRIGGER pgsse_truncate AFTER TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate(%L)', ch.source_table, ch.name);
+END
+$$;
+
+-- Snapshots read a table channel's rows as the gateway (so that nothing its owner made runs with any
+-- other rights): pgsse_gateway needs SELECT on the published columns, which publish_table grants when
+-- its caller may. The refusal, when it may not, names the GRANT that the table's owner runs.
+-- (A GRANT that its caller may not make only warns: client_min_messages keeps that from the caller.)
+CREATE OR REPLACE FUNCTION pgsse.grant_snapshot_reads(ch pgsse.channels) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET client_min_messages = error AS $$
+DECLARE
+    missing text;
+BEGIN
+    SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
+     WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT');
+    IF missing IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('GRANT SELECT (%s) ON %s TO pgsse_gateway', missing, ch.source_table);
+    IF EXISTS (SELECT 1 FROM pgsse.snapshot_columns(ch) s
+                WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT')) THEN
+        RAISE EXCEPTION 'pgsse: snapshots of channel % read table % as the gateway, and role % may not give role pgsse_gateway SELECT on its published columns',
+            quote_literal(ch.name), ch.source_table, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have the table''s owner (role %s) run: GRANT SELECT (%s) ON %s TO pgsse_gateway; then publish again',
+                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = ch.source_table),
+                                missing, ch.source_table);
+    END IF;
 END
 $$;
 
@@ -412,7 +535,9 @@ DECLARE
 BEGIN
     IF NOT pg_catalog.has_table_privilege(p_table, 'TRIGGER') THEN
         RAISE EXCEPTION 'pgsse: role % lacks the TRIGGER privilege on table %', current_user, p_table
-            USING ERRCODE = '42501', HINT = 'run publish_table as the table''s owner, or grant trigger on it';
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have the table''s owner (role %s) run: GRANT TRIGGER ON %s TO %I;',
+                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = p_table), p_table, current_user);
     END IF;
     IF NOT pgsse.valid_channel(ch) THEN
         RAISE EXCEPTION 'pgsse: invalid channel name %', quote_literal(ch) USING ERRCODE = '22023';
@@ -464,6 +589,7 @@ BEGIN
            old_values = EXCLUDED.old_values, writable = EXCLUDED.writable,
            writable_columns = EXCLUDED.writable_columns
     RETURNING * INTO rec;
+    PERFORM pgsse.grant_snapshot_reads(rec);
     PERFORM pgsse.install_capture(rec);
     RETURN ch;
 END
@@ -520,6 +646,7 @@ BEGIN
         RAISE EXCEPTION 'pgsse: channel % has no table, so there are no rows to snapshot', quote_literal(ch.name)
             USING ERRCODE = '22023', HINT = 'snapshot=true is for channels made by pgsse.publish_table';
     END IF;
+    PERFORM pgsse.check_snapshot_reads(ch);
     FOR f IN SELECT e.value AS v, e.ordinality - 1 AS n FROM jsonb_array_elements(p_filters) WITH ORDINALITY AS e
              UNION ALL
              SELECT e.value, NULL FROM jsonb_array_elements(p_order) AS e LOOP
@@ -552,22 +679,51 @@ BEGIN
 END
 $$;
 
--- The current rows of table channel p_channel as its events carry them (projected), at most p_limit.
--- The gateway's role need not read the table: this runs as pgsse's owner and returns published columns only.
-CREATE OR REPLACE FUNCTION pgsse.snapshot(p_channel text, p_filters jsonb, p_order jsonb, p_limit bigint)
-RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+-- The gateway may read the published columns of ch's table; the refusal names the GRANT that fixes it.
+CREATE OR REPLACE FUNCTION pgsse.check_snapshot_reads(ch pgsse.channels) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
-    ch pgsse.channels;
+    missing text;
+BEGIN
+    SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
+     WHERE NOT has_column_privilege(ch.source_table, s.col, 'SELECT');
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: role % may not read columns % of table %, which snapshots of channel % read',
+            current_user, missing, ch.source_table, quote_literal(ch.name)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have the table''s owner (role %s) run: GRANT SELECT (%s) ON %s TO pgsse_gateway;',
+                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = ch.source_table),
+                                missing, ch.source_table);
+    END IF;
+END
+$$;
+
+-- The current rows of table channel p_channel as its events carry them (published columns, under their
+-- published names), at most p_limit. Runs as the gateway, with its own SELECT on those columns (and the
+-- table's row security, if any), so that casts, domain checks and policies of the table's owner run with
+-- no other rights.
+CREATE OR REPLACE FUNCTION pgsse.snapshot(p_channel text, p_filters jsonb, p_order jsonb, p_limit bigint)
+RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch   pgsse.channels;
+    body text;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
-    RETURN QUERY EXECUTE 'SELECT pgsse.project($2, to_jsonb(t)) ' || pgsse.snapshot_query(ch, p_filters, p_order)
-        || ' LIMIT $3' USING p_filters, ch, p_limit;
+    body := pgsse.snapshot_query(ch, p_filters, p_order);
+    -- jsonb_build_object takes at most 100 arguments: wide tables are built 50 columns at a time.
+    RETURN QUERY EXECUTE 'SELECT ' || (
+        SELECT coalesce(string_agg(part, ' || ' ORDER BY g), '''{}''::jsonb')
+          FROM (SELECT (n - 1) / 50 AS g,
+                       'jsonb_build_object(' || string_agg(format('%L, t.%I', s.key, s.col), ', ' ORDER BY n) || ')' AS part
+                  FROM pgsse.snapshot_columns(ch) WITH ORDINALITY AS s(key, col, typ, n)
+                 GROUP BY 1) parts)
+        || ' ' || body || ' LIMIT $2' USING p_filters, p_limit;
 END
 $$;
 
 -- How many rows pgsse.snapshot would return, counting no further than p_cap; refuses what it would refuse.
 CREATE OR REPLACE FUNCTION pgsse.snapshot_count(p_channel text, p_filters jsonb, p_order jsonb, p_cap bigint)
-RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels;
     n  bigint;
@@ -619,7 +775,7 @@ DECLARE
     deleted bigint;
 BEGIN
     -- One gateway prunes at a time; the lock is the meta row's, which no role but the owner may take.
-    PERFORM 1 FROM pgsse.meta FOR UPDATE SKIP LOCKED;
+    SELECT least(p_cutoff, now() - m.min_age) INTO p_cutoff FROM pgsse.meta m FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
@@ -650,7 +806,7 @@ DECLARE
     deleted bigint := 0;
 BEGIN
     -- One gateway prunes at a time; the lock is the meta row's, which no role but the owner may take.
-    PERFORM 1 FROM pgsse.meta FOR UPDATE SKIP LOCKED;
+    SELECT greatest(p_keep, m.min_events) INTO p_keep FROM pgsse.meta m FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
@@ -692,26 +848,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.event_id_seq s
 $$;
 
--- The first event on p_channel that transaction p_txid recorded, once it is in the log (its id is above
--- p_after): the gateway asks after its own write commits, to answer with the event's id. Runs the
--- sequencing step itself, after the one under way if any, rather than wait for a gateway's next.
+-- The first event on p_channel that transaction p_txid recorded, if it is in the log yet (its id is above
+-- p_after): the gateway asks after its own write commits, to answer with the event's id. Takes a
+-- sequencing step first; busy: another session was taking one, so the event may come with it (ask
+-- again). It waits for no lock: a caller that holds its transaction open holds no step but its own.
+DROP FUNCTION IF EXISTS pgsse.sequenced(xid8, bigint, text);
 CREATE OR REPLACE FUNCTION pgsse.sequenced(p_txid xid8, p_after bigint, p_channel text,
-                                           OUT event_id bigint, OUT payload jsonb)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '10s' AS $$
-DECLARE
-    locked boolean := false;
+                                           OUT event_id bigint, OUT payload jsonb, OUT busy boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
-    LOOP
-        SELECT e.id, e.payload INTO event_id, payload FROM pgsse.events e
-         WHERE e.id > p_after AND e.txid = p_txid AND e.channel = p_channel ORDER BY e.id LIMIT 1;
-        EXIT WHEN FOUND;
-        IF NOT locked THEN
-            LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE;
-            locked := true;
-        ELSIF pgsse.sequence_batch(5000) = 0 THEN
-            EXIT;
-        END IF;
-    END LOOP;
+    busy := false;
+    SELECT e.id, e.payload INTO event_id, payload FROM pgsse.events e
+     WHERE e.id > p_after AND e.txid = p_txid AND e.channel = p_channel ORDER BY e.id LIMIT 1;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    busy := (SELECT s.moved FROM pgsse.sequence(0, NULL) s) < 0;
+    SELECT e.id, e.payload INTO event_id, payload FROM pgsse.events e
+     WHERE e.id > p_after AND e.txid = p_txid AND e.channel = p_channel ORDER BY e.id LIMIT 1;
 END
 $$;
 
@@ -823,51 +977,83 @@ END
 $$;
 
 -- The gateway's POST to a channel without a table: pgsse.publish. Its event is in
--- pgsse.sequenced(txid, after, p_channel) once committed.
+-- pgsse.sequenced(txid, after, p_channel) once committed. A table channel's events are its rows'.
 CREATE OR REPLACE FUNCTION pgsse.publish_json(p_channel text, p_event text, p_payload jsonb,
                                               OUT txid xid8, OUT after bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pgsse.channels c WHERE c.name = p_channel AND c.source_table IS NOT NULL) THEN
+        RAISE EXCEPTION 'pgsse: channel % publishes a table: its events are its rows''', quote_literal(p_channel)
+            USING ERRCODE = 'insufficient_privilege', HINT = 'insert a row with pgsse.insert_json';
+    END IF;
     PERFORM pgsse.publish(p_channel, p_event, p_payload);
     txid := pg_current_xact_id();
     after := pgsse.issued_head();
 END
 $$;
 
--- Drops a channel's events and records its `clear` event (the second half of pgsse.clear_channel).
-CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
-BEGIN
-    DELETE FROM pgsse.events e WHERE e.channel = p_channel;
-    PERFORM pgsse.publish(p_channel, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())));
-END
-$$;
-
--- Empties a channel: deletes its table's rows (recording no row events) and its events, then records a
--- `clear` event, in pgsse.sequenced(txid, after, p_channel) once committed. Refused unless the channel
--- allows it or the caller passes p_force (the gateway's flag). Runs as the gateway's role: deleting the
--- rows takes the table's own DELETE grant.
-CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, p_force boolean DEFAULT false,
-                                               OUT txid xid8, OUT after bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+-- Channel p_channel, which the caller may clear; refused unless pgsse.channels allows it (publish_table's or
+-- create_channel's allow_clear): the gateway's login may leak, so no flag of its own can.
+CREATE OR REPLACE FUNCTION pgsse.clearable(p_channel text) RETURNS pgsse.channels
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgsse: unknown channel %', quote_literal(p_channel) USING ERRCODE = 'P0002';
+        RAISE EXCEPTION 'pgsse: unknown channel %', quote_literal(p_channel) USING ERRCODE = 'no_data_found';
     END IF;
-    IF NOT (ch.allow_clear OR p_force) THEN
-        RAISE EXCEPTION 'clearing is not enabled for channel % (publish it with allow_clear => true, or start '
-                        'the gateway with --allow-clear %)', p_channel, p_channel USING ERRCODE = '42501';
+    IF NOT ch.allow_clear THEN
+        RAISE EXCEPTION 'clearing is not enabled for channel %', p_channel
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = CASE WHEN ch.source_table IS NULL
+                              THEN format('have pgsse''s admin run: SELECT pgsse.create_channel(%L, true);', p_channel)
+                              ELSE format('have pgsse''s admin publish table %s again with allow_clear => true', ch.source_table) END;
     END IF;
+    RETURN ch;
+END
+$$;
+
+-- The first half of pgsse.clear_channel: the deletes of ch's table in this transaction record no events.
+CREATE OR REPLACE FUNCTION pgsse.begin_clear(p_channel text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels := pgsse.clearable(p_channel);
+BEGIN
+    INSERT INTO pgsse.clearing (txid, source_table) VALUES (pg_current_xact_id(), ch.source_table);
+END
+$$;
+
+-- The second half: drops the channel's events and records its `clear` event.
+CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels := pgsse.clearable(p_channel);
+BEGIN
+    DELETE FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id();
+    DELETE FROM pgsse.events e WHERE e.channel = ch.name;
+    PERFORM pgsse.stage(ch.name, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())));
+END
+$$;
+
+-- Empties a channel that allows it: deletes its table's rows (recording no row events) and its events,
+-- then records a `clear` event, in pgsse.sequenced(txid, after, p_channel) once committed. Runs as the
+-- gateway's role: deleting the rows takes the table's own DELETE grant.
+CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, OUT txid xid8, OUT after bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch pgsse.channels := pgsse.clearable(p_channel);
+BEGIN
     IF ch.source_table IS NOT NULL THEN
         IF NOT has_table_privilege(ch.source_table, 'DELETE') THEN
-            RAISE EXCEPTION 'the gateway''s role % may not delete from table % (grant DELETE)', current_user,
-                ch.source_table USING ERRCODE = '42501';
+            RAISE EXCEPTION 'the gateway''s role % may not delete from table %', current_user, ch.source_table
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('have the table''s owner run: GRANT DELETE ON %s TO %I;', ch.source_table, current_user);
         END IF;
+        PERFORM pgsse.begin_clear(p_channel);
         PERFORM set_config('pgsse.suppress_capture', 'on', true);
         EXECUTE format('DELETE FROM %s', ch.source_table);
+        PERFORM set_config('pgsse.suppress_capture', '', true);
     END IF;
     PERFORM pgsse.record_clear(p_channel);
     txid := pg_current_xact_id();
@@ -875,8 +1061,8 @@ BEGIN
 END
 $$;
 
--- Row triggers whose arguments are not what pgsse.capture_args makes of the channel now (made by an earlier
--- schema, or restored onto a table with a new oid) and tables without the TRUNCATE trigger get theirs anew.
+-- Tables whose capture triggers are not what pgsse.install_capture makes of their channel now (made by an
+-- earlier schema, or restored onto a table with a new oid) get theirs anew.
 DO $$
 DECLARE
     ch pgsse.channels;
@@ -885,10 +1071,13 @@ BEGIN
                WHERE c.source_table IS NOT NULL
                  AND EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.source_table)
                  AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
-                                     AND t.tgname = 'pgsse_capture'
+                                     AND t.tgname = 'pgsse_capture_stage'
+                                     AND t.tgfoid = 'pgsse.capture_stage()'::regprocedure
                                      AND t.tgargs = (SELECT string_agg(convert_to(a, current_setting('server_encoding'))
                                                                        || '\x00'::bytea, ''::bytea ORDER BY i)
                                                        FROM unnest(pgsse.capture_args(c)) WITH ORDINALITY AS u(a, i)))
+                      OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
+                                        AND t.tgname = 'pgsse_capture' AND t.tgfoid = 'pgsse.capture_row()'::regprocedure)
                       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.source_table
                                         AND t.tgname = 'pgsse_truncate'))
     LOOP
@@ -897,8 +1086,40 @@ BEGIN
 END
 $$;
 
--- Least privilege: nothing for PUBLIC (a published table's writers need nothing, capture runs as the
--- owner), the gateway reads the log and calls its own entry points, publishers call pgsse.publish.
+-- Schema 8's capture trigger ran as pgsse's owner, with the row's casts, and pgsse.publish staged at commit
+-- through an outbox; no trigger uses either any more.
+DROP FUNCTION IF EXISTS pgsse.capture();
+DROP TABLE IF EXISTS pgsse.outbox;
+DROP FUNCTION IF EXISTS pgsse.flush_outbox();
+
+-- pgsse_owner owns everything in the schema, so that SECURITY DEFINER functions run with its rights only.
+-- Installs made before schema 9 belonged to whoever migrated them, often a superuser.
+DO $$
+DECLARE
+    o record;
+BEGIN
+    IF (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'pgsse') <> 'pgsse_owner'::regrole THEN
+        ALTER SCHEMA pgsse OWNER TO pgsse_owner;
+    END IF;
+    -- Tables first: their identity sequences and indexes follow them.
+    FOR o IN SELECT c.oid::regclass AS name, c.relkind FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'pgsse'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'S')
+              ORDER BY c.relkind = 'S' LOOP
+        IF (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = o.name) <> 'pgsse_owner'::regrole THEN
+            EXECUTE format('ALTER %s %s OWNER TO pgsse_owner',
+                           CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END, o.name);
+        END IF;
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS name FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pgsse'::regnamespace AND p.proowner <> 'pgsse_owner'::regrole LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO pgsse_owner', o.name);
+    END LOOP;
+END
+$$;
+
+-- Least privilege: nothing for PUBLIC (a published table's writers need nothing: capture's triggers fire
+-- whatever their function's grants), the gateway reads the log and calls its own entry points, publishers
+-- call pgsse.publish.
 REVOKE ALL ON SCHEMA pgsse FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA pgsse FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgsse FROM PUBLIC;
@@ -909,10 +1130,12 @@ GRANT SELECT ON SEQUENCE pgsse.event_id_seq TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION
     pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
     pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
-    pgsse.insert_json(text, jsonb), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb), pgsse.clear_channel(text, boolean),
-    pgsse.record_clear(text), pgsse.camel_case(text), pgsse.sequence(integer, boolean),
-    pgsse.sequenced(xid8, bigint, text), pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb),
-    pgsse.camel_keys(jsonb), pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
+    pgsse.insert_json(text, jsonb), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb),
+    pgsse.clear_channel(text), pgsse.clearable(text), pgsse.begin_clear(text), pgsse.record_clear(text),
+    pgsse.camel_case(text), pgsse.sequence(integer, boolean), pgsse.sequenced(xid8, bigint, text),
+    pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb), pgsse.camel_keys(jsonb),
+    pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
+    pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
     pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels)
     TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;

@@ -157,9 +157,7 @@ pub fn as_role(url: &str, role: &str) -> String {
 /// with no gateway running (or with its listener cut off) put committed events there first.
 pub async fn sequence_staged(admin: &Client) {
     admin
-        .batch_execute(
-            "BEGIN; LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE; SELECT pgsse.sequence_batch(1000000); COMMIT;",
-        )
+        .batch_execute("BEGIN; LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE; SELECT pgsse.sequence_batch(); COMMIT;")
         .await
         .unwrap();
 }

@@ -142,14 +142,16 @@ async fn history_is_newest_first_and_pages_backwards() {
 async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
     let TestDb { url, admin, app } = TestDb::messages(", operations => array['insert', 'delete']").await;
     admin.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
-    let mut config = common::gateway_config(&url);
-    config.commands.allow_clear = vec!["board".into()];
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start(&url).await;
     app.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
 
     let refused = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(error_of(&refused).contains("not enabled"));
+    assert!(error_of(&refused).contains("publish table public.messages again with allow_clear => true"));
+    let refused = call(gw.addr, "DELETE", "/board", &[], Bytes::new()).await.unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(error_of(&refused).contains("SELECT pgsse.create_channel('board', true);"), "{}", refused.body);
     let unknown = call(gw.addr, "DELETE", "/nosuch", &[], Bytes::new()).await.unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 
@@ -171,8 +173,9 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
     let history = get(gw.addr, "/messages", &[]).await.unwrap().json();
     assert_eq!(history.as_array().unwrap().len(), 1, "only the clear event is left: {history}");
 
-    let by_flag = call(gw.addr, "DELETE", "/board", &[], Bytes::new()).await.unwrap();
-    assert_eq!(by_flag.status, 200, "--allow-clear enables it: {}", by_flag.body);
+    admin.batch_execute("SELECT pgsse.create_channel('board', true)").await.unwrap();
+    let board = call(gw.addr, "DELETE", "/board", &[], Bytes::new()).await.unwrap();
+    assert_eq!(board.status, 200, "create_channel's allow_clear enables it: {}", board.body);
 }
 
 #[tokio::test]

@@ -151,14 +151,16 @@ async fn nobody_forges_an_event() {
     for (who, client) in [("writer", &app), ("gateway", &gateway)] {
         for sql in [
             "INSERT INTO pgsse.events (id, channel, event, payload) VALUES (9000000000000000000, 'messages', 'x', '{}')",
-            "INSERT INTO pgsse.outbox (channel, event, payload) VALUES ('messages', 'x', '{}')",
-            "INSERT INTO pgsse.staged (tx, seq, txid, channel, event, payload) \
-             VALUES (1, 1, pg_current_xact_id(), 'messages', 'x', '{}')",
+            "INSERT INTO pgsse.staged (seq, txid, channel, event, payload) \
+             VALUES (1, pg_current_xact_id(), 'messages', 'x', '{}')",
+            "UPDATE pgsse.staged SET committed = 0",
+            "INSERT INTO pgsse.clearing VALUES (pg_current_xact_id(), 'messages')",
+            "SELECT setval('pgsse.bell', 2)",
             "UPDATE pgsse.channels SET source_table = NULL",
             "UPDATE pgsse.doorbell SET armed = false",
             "UPDATE pgsse.staged_floor SET floor = 9000000000000000000",
             "SELECT pgsse.stage('messages', 'x', '{}')",
-            "SELECT pgsse.sequence_batch(10)",
+            "SELECT pgsse.sequence_batch()",
         ] {
             let err = db_error(client.batch_execute(sql).await);
             assert!(err.contains("permission denied"), "{who}: {sql}: {err}");
@@ -172,7 +174,7 @@ async fn nobody_forges_an_event() {
         app.batch_execute(
             "CREATE TABLE mine (id int, body text);
              CREATE CONSTRAINT TRIGGER t AFTER INSERT ON mine DEFERRABLE INITIALLY DEFERRED
-                 FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages')",
+                 FOR EACH ROW EXECUTE FUNCTION pgsse.capture_stage('messages')",
         )
         .await,
     );
@@ -183,12 +185,13 @@ async fn nobody_forges_an_event() {
     db.batch_execute(
         "CREATE TABLE other (id int, body text);
          CREATE CONSTRAINT TRIGGER t AFTER INSERT ON other DEFERRABLE INITIALLY DEFERRED
-             FOR EACH ROW EXECUTE FUNCTION pgsse.capture('messages');
+             FOR EACH ROW EXECUTE FUNCTION pgsse.capture_stage('messages');
          CREATE TRIGGER tt AFTER TRUNCATE ON other FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_truncate('messages');
          INSERT INTO other VALUES (1, 'forged');
          CREATE TABLE copied (id int, body text);
-         DO $$ BEGIN EXECUTE format('CREATE CONSTRAINT TRIGGER t AFTER INSERT ON copied DEFERRABLE INITIALLY DEFERRED
-                                     FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%s)',
+         CREATE TRIGGER s AFTER INSERT ON copied FOR EACH ROW EXECUTE FUNCTION pgsse.capture_row();
+         DO $$ BEGIN EXECUTE format('CREATE TRIGGER t AFTER INSERT ON copied
+                                     FOR EACH ROW EXECUTE FUNCTION pgsse.capture_stage(%s)',
              (SELECT string_agg(quote_literal(a), ', ' ORDER BY i) FROM pgsse.channels c,
                      unnest(pgsse.capture_args(c)) WITH ORDINALITY AS u(a, i) WHERE c.name = 'messages')); END $$;
          INSERT INTO copied VALUES (1, 'forged with the very arguments');",
@@ -236,6 +239,7 @@ async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
     let insert = app.execute("INSERT INTO messages (body) VALUES ('not held back')", &[]);
     tokio::time::timeout(Duration::from_secs(5), insert).await.expect("the insert is not held back").unwrap();
     assert_eq!(stream.expect().await.json()["body"], "not held back");
+    admin.batch_execute("UPDATE pgsse.meta SET min_age = '0'").await.unwrap();
     let pruned = admin.query_one("SELECT pgsse.prune(now() + interval '1 hour', 10)", &[]).await.unwrap();
     assert_eq!(pruned.get::<_, i64>(0), 1, "retention is not held back either");
     holding.rollback().await.unwrap();

@@ -45,7 +45,8 @@ async fn the_gateways_post_and_delete_need_the_tables_own_grants() {
     assert!(msg.contains(GATEWAY_ROLE) && msg.contains("grant INSERT"), "{msg}");
     let resp = call(gw.addr, "DELETE", "/users", &[], Bytes::new()).await.unwrap();
     assert_eq!(resp.status, 403, "{}", resp.body);
-    assert!(resp.json()["error"].as_str().unwrap().contains("grant DELETE"), "{}", resp.body);
+    let want = format!("have the table's owner run: GRANT DELETE ON public.users TO {GATEWAY_ROLE};");
+    assert!(resp.json()["error"].as_str().unwrap().contains(&want), "{}", resp.body);
 
     db.batch_execute(&format!("GRANT INSERT, DELETE ON users TO {GATEWAY_ROLE}")).await.unwrap();
     let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
@@ -170,7 +171,7 @@ async fn a_schema_3_install_upgrades_in_place() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(triggers, "pgsse_capture/9 pgsse_truncate/1");
+    assert_eq!(triggers, "pgsse_capture/0 pgsse_capture_stage/9 pgsse_truncate/1");
     let writable: bool =
         db.query_one("SELECT writable FROM pgsse.channels WHERE name = 'messages'", &[]).await.unwrap().get(0);
     assert!(writable, "a table that took POST before the upgrade still does");
@@ -208,9 +209,9 @@ async fn a_capture_trigger_restored_onto_a_new_table_is_reinstalled_by_migrate()
     // What pg_restore makes: the trigger's arguments name the table's oid in the dumped database.
     admin
         .batch_execute(
-            "DROP TRIGGER pgsse_capture ON messages;
-             DO $$ BEGIN EXECUTE format('CREATE CONSTRAINT TRIGGER pgsse_capture AFTER INSERT ON messages
-                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgsse.capture(%s)',
+            "DROP TRIGGER pgsse_capture_stage ON messages;
+             DO $$ BEGIN EXECUTE format('CREATE TRIGGER pgsse_capture_stage AFTER INSERT ON messages
+                     FOR EACH ROW EXECUTE FUNCTION pgsse.capture_stage(%s)',
                  (SELECT string_agg(quote_literal(CASE WHEN i = 2 THEN '1' ELSE a END), ', ' ORDER BY i)
                     FROM pgsse.channels c, unnest(pgsse.capture_args(c)) WITH ORDINALITY AS u(a, i)
                    WHERE c.name = 'messages')); END $$;",
@@ -238,8 +239,11 @@ async fn migrate_without_createrole_prints_the_sql_to_run() {
     let owner_url = common::as_role(&cluster.url("owned"), "app_owner");
     let err = pgsse::migrate(&owner_url).await.unwrap_err().to_string();
     assert!(err.contains("lacks CREATEROLE"), "{err}");
-    assert!(err.contains("CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN;"), "{err}");
-    su.batch_execute("CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN").await.unwrap();
+    let sql =
+        "CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_owner NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN; \
+               GRANT pgsse_owner TO app_owner;";
+    assert!(err.contains(sql), "{err}");
+    su.batch_execute(sql).await.unwrap();
     pgsse::migrate(&owner_url).await.expect("migrate once the operator made the roles");
     drop(su);
     cluster.stop("fast").unwrap();

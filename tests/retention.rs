@@ -62,6 +62,8 @@ async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_
         common::sequence_staged(&admin).await;
         ids.insert(name, admin.query_one("SELECT max(id) FROM pgsse.events", &[]).await.unwrap().get::<_, i64>(0));
     }
+    // Below the database's floor, which the gateway's login cannot lower; pgsse's admin can.
+    admin.batch_execute("UPDATE pgsse.meta SET min_events = 3").await.unwrap();
     let mut config = common::gateway_config(&url);
     config.retention.retention_events = Some(3);
     config.retention.prune_interval = std::time::Duration::from_millis(100);

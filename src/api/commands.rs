@@ -42,11 +42,6 @@ pub struct CommandArgs {
     #[arg(long, env = "PGSSE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = crate::parse::positive)]
     pub body_limit: usize,
 
-    /// Channel on which `DELETE /{channel}` may clear everything (repeatable); `pgsse.publish_table(...,
-    /// allow_clear => true)` enables it in SQL.
-    #[arg(long = "allow-clear", env = "PGSSE_ALLOW_CLEAR", value_delimiter = ',')]
-    pub allow_clear: Vec<String>,
-
     /// Let `POST /{channel}` create a channel that does not exist yet; without it such a POST is 404, and
     /// channels come from `pgsse.create_channel` or `pgsse.publish_table`.
     #[arg(long, env = "PGSSE_POST_CREATES_CHANNELS")]
@@ -231,8 +226,7 @@ impl Commands {
         if access.filter_for(channel, None)?.is_some() {
             return Err(AuthError::FilteredClear(channel.to_string()).into());
         }
-        let force = self.args.allow_clear.iter().any(|c| c == channel);
-        let Written { id, payload } = self.store.clear(channel, force).await?;
+        let Written { id, payload } = self.store.clear(channel).await?;
         let body = format!("{{\"id\":{},\"event\":\"clear\",\"data\":{payload}}}", id.unwrap_or_default());
         let mut resp = raw_json_response(StatusCode::OK, Bytes::from(body));
         if let Some(id) = id {

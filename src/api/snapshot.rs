@@ -51,6 +51,9 @@ pub enum SnapshotError {
     /// without a table); the message names it.
     #[error("{0}")]
     Refused(String),
+    /// The gateway's role may not read the table's published columns; the message names the GRANT.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the snapshot query took longer than {0:?} (--db-timeout): narrow it with filters or a limit")]
     TimedOut(Duration),
     #[error(transparent)]
@@ -65,6 +68,13 @@ impl SnapshotError {
         let code = db.code().code();
         if code == "57014" {
             return SnapshotError::TimedOut(bound);
+        }
+        if code == "42501" {
+            let message = db.message().strip_prefix("pgsse: ").unwrap_or(db.message());
+            return SnapshotError::Forbidden(match db.hint() {
+                Some(hint) => format!("{message}: {hint}"),
+                None => message.to_string(),
+            });
         }
         if code == "42703" || code.starts_with("22") {
             let message = match db.message().strip_prefix("pgsse: ") {

@@ -71,6 +71,7 @@ impl ApiError {
             ApiError::Stream(err) => match err {
                 StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StreamError::Snapshot(err) if !err.is_request() => StatusCode::SERVICE_UNAVAILABLE,
+                StreamError::Snapshot(SnapshotError::Forbidden(_)) => StatusCode::FORBIDDEN,
                 StreamError::Columns(ColumnsError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             },

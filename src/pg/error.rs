@@ -102,7 +102,13 @@ impl StoreError {
             "23514" => (Rejection::Unprocessable, format!("value violates check constraint {constraint:?}")),
             "23503" => (Rejection::Unprocessable, format!("a referenced row does not exist ({constraint})")),
             "P0002" => (Rejection::NotFound, strip_prefix(db.message())),
-            "42501" => (Rejection::Forbidden, strip_prefix(db.message())),
+            "42501" => (
+                Rejection::Forbidden,
+                match db.hint() {
+                    Some(hint) => format!("{}: {hint}", strip_prefix(db.message())),
+                    None => strip_prefix(db.message()),
+                },
+            ),
             "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
             c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
             _ => return StoreError::Query(err),

@@ -5,7 +5,7 @@
 use tokio_postgres::{Client, NoTls};
 
 /// The schema version the SQL below installs (`pgsse.meta.schema_version`); `/readyz` waits for it.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The numbered files of `sql/`, embedded at build time, in the order they apply.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("004_staging.sql", include_str!("../../sql/004_staging.sql")),
     ("005_staged_floor.sql", include_str!("../../sql/005_staged_floor.sql")),
     ("006_old_rows.sql", include_str!("../../sql/006_old_rows.sql")),
+    ("007_least_privilege.sql", include_str!("../../sql/007_least_privilege.sql")),
 ];
 
 /// Functions, roles and grants: applied again by every migrate, after the numbered files.

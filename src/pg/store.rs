@@ -21,8 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `/healthz` and `/readyz` answer within a second whatever the database does.
 const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
-/// Above `pgsse.sequenced`'s 10 s lock timeout, so a POST that waits for a busy sequencing step gets its id.
+/// Above [`SEQUENCED_WAIT`], so a POST that waits for a busy sequencing step gets its id.
 const DEFAULT_DB_TIMEOUT: &str = "15s";
+/// How long a gateway's own write waits for another session's sequencing step to give its event an id.
+const SEQUENCED_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_POOL_SIZE: usize = 16;
 
 /// The pool that replays, lookups and writes use (the LISTEN connection is separate).
@@ -42,16 +44,38 @@ pub struct PoolArgs {
 }
 
 /// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
-/// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it.
+/// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
+/// try takes a sequencing step unless another session is taking one, so this waits only while one is.
 async fn sequenced(client: &Client, txid: i64, after: i64, channel: &str) -> Result<Written, StoreError> {
     let stmt = client
-        .prepare_cached("SELECT event_id, payload::text FROM pgsse.sequenced($1::int8::text::xid8, $2, $3)")
+        .prepare_cached("SELECT event_id, payload::text, busy FROM pgsse.sequenced($1::int8::text::xid8, $2, $3)")
         .await?;
-    let row = client.query_one(&stmt, &[&txid, &after, &channel]).await?;
-    match (row.try_get(0)?, row.try_get(1)?) {
-        (Some(id), Some(payload)) => Ok(Written { id: Some(id), payload }),
-        _ => Err(StoreError::NotSequenced),
+    let deadline = Instant::now() + SEQUENCED_WAIT;
+    let mut pause = Duration::from_micros(250);
+    loop {
+        let row = client.query_one(&stmt, &[&txid, &after, &channel]).await?;
+        if let (Some(id), Some(payload)) = (row.try_get(0)?, row.try_get(1)?) {
+            return Ok(Written { id: Some(id), payload });
+        }
+        if !row.try_get::<_, bool>(2)? || Instant::now() + pause > deadline {
+            return Err(StoreError::NotSequenced);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// Takes a sequencing step, or waits for the one another session is taking to end, so that every event
+/// committed before the call is in the log (within [`SEQUENCED_WAIT`]; past it, what is there is read).
+async fn sequenced_all(client: &Client) -> Result<(), StoreError> {
+    let stmt = client.prepare_cached("SELECT moved FROM pgsse.sequence(0, NULL)").await?;
+    let deadline = Instant::now() + SEQUENCED_WAIT;
+    let mut pause = Duration::from_micros(250);
+    while client.query_one(&stmt, &[]).await?.try_get::<_, i64>(0)? < 0 && Instant::now() + pause < deadline {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// A channel as the command endpoints see it.
@@ -324,11 +348,11 @@ impl Store {
         .await
     }
 
-    /// Empties a channel and records its `clear` event; `force` is the gateway's `--allow-clear`.
-    pub async fn clear(&self, channel: &str, force: bool) -> Result<Written, StoreError> {
+    /// Empties a channel whose `pgsse.channels` row allows it and records its `clear` event.
+    pub async fn clear(&self, channel: &str) -> Result<Written, StoreError> {
         self.with(async |client| {
-            let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1, $2)").await?;
-            let row = client.query_one(&stmt, &[&channel, &force]).await.map_err(StoreError::from_db)?;
+            let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
+            let row = client.query_one(&stmt, &[&channel]).await.map_err(StoreError::from_db)?;
             sequenced(client, row.try_get(0)?, row.try_get(1)?, channel).await
         })
         .await
@@ -336,8 +360,10 @@ impl Store {
 
     /// Up to `limit` events of `channel` with `id < before`, newest first.
     /// The page stops early once its events' data would pass [`PAGE_BYTES`].
+    /// Every event committed before the call is in the log first.
     pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         self.with(async |client| {
+            sequenced_all(client).await?;
             // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
             let stmt = client
                 .prepare_cached(&format!(

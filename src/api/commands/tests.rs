@@ -14,12 +14,7 @@ async fn commands(post_creates_channels: bool) -> (Commands, tokio_postgres::Cli
     let url = testing::fresh_db().await;
     let admin = testing::connect(&url).await;
     let store = Store::new(&testing::as_role(&url, testing::GATEWAY_ROLE), 2, Duration::from_secs(20)).unwrap();
-    let args = CommandArgs {
-        body_read_timeout: Duration::from_secs(1),
-        body_limit: 1024,
-        allow_clear: Vec::new(),
-        post_creates_channels,
-    };
+    let args = CommandArgs { body_read_timeout: Duration::from_secs(1), body_limit: 1024, post_creates_channels };
     (Commands::new(Arc::new(store), Arc::default(), args), admin)
 }
 

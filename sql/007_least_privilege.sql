@@ -1,0 +1,51 @@
+-- pgsse schema 9. A capture stages its event at the end of the writer's statement, from two plain row
+-- triggers: one makes the row's JSON with the writer's own rights, the next (pgsse's owner's) stages it.
+-- A transaction's events go to the log in the order of the last number it drew (at its commit, or later
+-- than any event it staged), which no setting a writer may change steers. Retention has floors that only pgsse's owner may lower. Idempotent; records
+-- itself in pgsse.migrations.
+
+BEGIN;
+SET LOCAL client_min_messages = warning;
+DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+
+-- `tx` was read from a session setting that any writer could set; schema 9 orders by `seq` alone. The
+-- column stays, unused and nullable, so that schema 8's functions work until functions.sql (applied next,
+-- in a transaction of its own) replaces them. Rows a forged `tx` stranded below the floor are taken again:
+-- the floor goes down to the lowest staged number.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indexrelid = 'pgsse.staged_pkey'::regclass AND i.indnatts = 2) THEN
+        ALTER TABLE pgsse.staged DROP CONSTRAINT staged_pkey;
+        ALTER TABLE pgsse.staged ALTER COLUMN tx DROP NOT NULL;
+        ALTER TABLE pgsse.staged ADD PRIMARY KEY (seq);
+    END IF;
+END
+$$;
+UPDATE pgsse.staged_floor SET floor = (SELECT min(seq) FROM pgsse.staged)
+ WHERE floor > (SELECT coalesce(min(seq), floor) FROM pgsse.staged);
+
+-- The first event a transaction stages rings the doorbell when the transaction commits, and takes then
+-- the number that places the transaction in commit order (`committed`).
+ALTER TABLE pgsse.staged ADD COLUMN IF NOT EXISTS ring boolean NOT NULL DEFAULT false,
+                         ADD COLUMN IF NOT EXISTS committed bigint;
+
+-- Taken by the one committing writer that wakes the gateways after a sequencing step: a number, not a
+-- lock, so a writer whose transaction stays open holds nothing another writer waits for.
+CREATE SEQUENCE IF NOT EXISTS pgsse.bell AS bigint;
+
+-- Retention prunes nothing younger than min_age, nor a channel's newest min_events, whatever a gateway
+-- asks: the gateway's login may leak, and its retention flags live outside the database.
+ALTER TABLE pgsse.meta
+    ADD COLUMN IF NOT EXISTS min_age    interval NOT NULL DEFAULT '1 hour',
+    ADD COLUMN IF NOT EXISTS min_events bigint   NOT NULL DEFAULT 100;
+
+-- The tables that pgsse.clear_channel is emptying in an open transaction: their deletes record no events.
+CREATE UNLOGGED TABLE IF NOT EXISTS pgsse.clearing (
+    txid         xid8     NOT NULL,
+    source_table regclass NOT NULL
+);
+
+UPDATE pgsse.meta SET schema_version = 9 WHERE schema_version < 9;
+INSERT INTO pgsse.migrations (name) VALUES ('007_least_privilege.sql') ON CONFLICT (name) DO NOTHING;
+
+COMMIT;
