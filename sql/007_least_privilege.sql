@@ -33,6 +33,11 @@ ALTER TABLE pgsse.staged ADD COLUMN IF NOT EXISTS ring boolean NOT NULL DEFAULT 
 -- lock, so a writer whose transaction stays open holds nothing another writer waits for.
 CREATE SEQUENCE IF NOT EXISTS pgsse.bell AS bigint;
 
+-- Gateways are woken on the channel pgsse_<bell_token>, which only those that may read pgsse.meta know: any
+-- login may LISTEN or NOTIFY on a channel it can name, and would otherwise learn when published writes
+-- commit, or wake every gateway for nothing.
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS bell_token text NOT NULL DEFAULT replace(gen_random_uuid()::text, '-', '');
+
 -- Retention prunes nothing younger than min_age, nor a channel's newest min_events, whatever a gateway
 -- asks: the gateway's login may leak, and its retention flags live outside the database.
 ALTER TABLE pgsse.meta

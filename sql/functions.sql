@@ -111,7 +111,7 @@ BEGIN
      WHERE s.seq OPERATOR(pg_catalog.=) NEW.seq;
     IF (SELECT d.armed FROM pgsse.doorbell d) AND pg_catalog.nextval('pgsse.bell') OPERATOR(pg_catalog.=) 1 THEN
         -- A constant payload lets PostgreSQL fold a transaction's notifications into one.
-        PERFORM pg_catalog.pg_notify('pgsse', '');
+        PERFORM pg_catalog.pg_notify('pgsse_' OPERATOR(pg_catalog.||) m.bell_token, '') FROM pgsse.meta m;
     END IF;
     RETURN NULL;
 END
@@ -147,7 +147,7 @@ BEGIN
              WINDOW w AS (PARTITION BY t.txid) ORDER BY last, t.seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
     IF moved > 0 THEN
-        PERFORM pg_notify('pgsse', '');
+        PERFORM pg_notify('pgsse_' || m.bell_token, '') FROM pgsse.meta m;
     END IF;
     RETURN moved;
 END
@@ -848,22 +848,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END FROM pgsse.event_id_seq s
 $$;
 
--- The first event on p_channel that transaction p_txid recorded, if it is in the log yet (its id is above
--- p_after): the gateway asks after its own write commits, to answer with the event's id. Takes a
--- sequencing step first; busy: another session was taking one, so the event may come with it (ask
--- again). It waits for no lock: a caller that holds its transaction open holds no step but its own.
+-- The first event on p_channel that transaction p_txid recorded, if it is in the log (its id is above
+-- p_after): the gateway asks after its own write commits, to answer with the event's id, in the statement
+-- that takes a sequencing step (pgsse.sequence) first: volatile, so that it sees what that step moved.
+-- It takes no lock itself.
 DROP FUNCTION IF EXISTS pgsse.sequenced(xid8, bigint, text);
 CREATE OR REPLACE FUNCTION pgsse.sequenced(p_txid xid8, p_after bigint, p_channel text,
-                                           OUT event_id bigint, OUT payload jsonb, OUT busy boolean)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+                                           OUT event_id bigint, OUT payload jsonb)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
-    busy := false;
-    SELECT e.id, e.payload INTO event_id, payload FROM pgsse.events e
-     WHERE e.id > p_after AND e.txid = p_txid AND e.channel = p_channel ORDER BY e.id LIMIT 1;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    busy := (SELECT s.moved FROM pgsse.sequence(0, NULL) s) < 0;
     SELECT e.id, e.payload INTO event_id, payload FROM pgsse.events e
      WHERE e.id > p_after AND e.txid = p_txid AND e.channel = p_channel ORDER BY e.id LIMIT 1;
 END

@@ -22,7 +22,9 @@ use crate::pg::pacing::Pacing;
 use crate::pg::sequencer::{self, Sequencing};
 use crate::pg::status::ListenerStatus;
 
-pub const NOTIFY_CHANNEL: &str = "pgsse";
+/// The channel that pgsse's commits and batches notify: named by a token that only the roles that may read
+/// `pgsse.meta` know, so that other logins can neither watch commits nor wake the gateways.
+const NOTIFY_CHANNEL: &str = "SELECT 'pgsse_' || bell_token FROM pgsse.meta";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
 
@@ -125,11 +127,14 @@ impl Listener {
         };
         let mut conn = Driven { connection, notified: false, own_pid: None, bound: self.probe_interval };
 
+        // Prepared first: before migrate, its error is the one that names the missing schema.
+        let sequence = conn.bounded(client.prepare(sequencer::SEQUENCE_SQL)).await?;
         // LISTEN before reading the log, so nothing committed in between goes unnoticed.
-        conn.bounded(client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))).await?;
+        let channel =
+            conn.bounded(client.query_one(NOTIFY_CHANNEL, &[])).await?.try_get::<_, String>(0)?.replace('"', "\"\"");
+        conn.bounded(client.batch_execute(&format!("LISTEN \"{channel}\""))).await?;
         // This session's own batches notify it too; it reads the log after each anyway.
         conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
-        let sequence = conn.bounded(client.prepare(sequencer::SEQUENCE_SQL)).await?;
         let fetch_sql = format!(
             "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {} FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
@@ -200,7 +205,7 @@ impl Listener {
                     if listening == pacing.busy() {
                         listening = !listening;
                         let sql = if listening { "LISTEN" } else { "UNLISTEN" };
-                        conn.bounded(client.batch_execute(&format!("{sql} {NOTIFY_CHANNEL}"))).await?;
+                        conn.bounded(client.batch_execute(&format!("{sql} \"{channel}\""))).await?;
                         self.status.polling.store(!listening, Ordering::Relaxed);
                         if listening {
                             self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;

@@ -45,10 +45,14 @@ pub struct PoolArgs {
 
 /// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
 /// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
-/// try takes a sequencing step unless another session is taking one, so this waits only while one is.
+/// try takes a sequencing step (in its own statement, so its lock ends with it) unless another session is
+/// taking one, so this waits only while one is.
 async fn sequenced(client: &Client, txid: i64, after: i64, channel: &str) -> Result<Written, StoreError> {
     let stmt = client
-        .prepare_cached("SELECT event_id, payload::text, busy FROM pgsse.sequenced($1::int8::text::xid8, $2, $3)")
+        .prepare_cached(
+            "SELECT e.event_id, e.payload::text, s.moved < 0 FROM pgsse.sequence(0, NULL) s, \
+             LATERAL pgsse.sequenced($1::int8::text::xid8, $2, $3) e",
+        )
         .await?;
     let deadline = Instant::now() + SEQUENCED_WAIT;
     let mut pause = Duration::from_micros(250);
