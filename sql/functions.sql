@@ -471,26 +471,46 @@ $$;
 -- Snapshots read a table channel's rows as the gateway (so that nothing its owner made runs with any
 -- other rights): pgsse_gateway needs SELECT on the published columns, which publish_table grants when
 -- its caller may. The refusal, when it may not, names the GRANT that the table's owner runs.
--- (A GRANT that its caller may not make only warns: client_min_messages keeps that from the caller.)
+-- (A GRANT that its caller may not make fails or, if it holds some other privilege there, only warns:
+-- either way the check after it tells, and client_min_messages keeps the warning from the caller.)
 CREATE OR REPLACE FUNCTION pgsse.grant_snapshot_reads(ch pgsse.channels) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET client_min_messages = error AS $$
 DECLARE
+    nsp     oid := (SELECT c.relnamespace FROM pg_class c WHERE c.oid = ch.source_table);
     missing text;
+    grants  text := '';
 BEGIN
+    IF NOT has_schema_privilege('pgsse_gateway', nsp, 'USAGE') THEN
+        BEGIN
+            EXECUTE format('GRANT USAGE ON SCHEMA %s TO pgsse_gateway', nsp::regnamespace);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+        IF NOT has_schema_privilege('pgsse_gateway', nsp, 'USAGE') THEN
+            grants := format('GRANT USAGE ON SCHEMA %s TO pgsse_gateway; ', nsp::regnamespace);
+        END IF;
+    END IF;
     SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
      WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT');
-    IF missing IS NULL THEN
-        RETURN;
+    IF missing IS NOT NULL THEN
+        BEGIN
+            EXECUTE format('GRANT SELECT (%s) ON %s TO pgsse_gateway', missing, ch.source_table);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+        SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
+         WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT');
+        IF missing IS NOT NULL THEN
+            grants := grants || format('GRANT SELECT (%s) ON %s TO pgsse_gateway;', missing, ch.source_table);
+        END IF;
     END IF;
-    EXECUTE format('GRANT SELECT (%s) ON %s TO pgsse_gateway', missing, ch.source_table);
-    IF EXISTS (SELECT 1 FROM pgsse.snapshot_columns(ch) s
-                WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT')) THEN
-        RAISE EXCEPTION 'pgsse: snapshots of channel % read table % as the gateway, and role % may not give role pgsse_gateway SELECT on its published columns',
+    IF grants <> '' THEN
+        RAISE EXCEPTION 'pgsse: snapshots of channel % read table % as the gateway, and role % may not grant role pgsse_gateway what they need',
             quote_literal(ch.name), ch.source_table, current_user
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = format('have the table''s owner (role %s) run: GRANT SELECT (%s) ON %s TO pgsse_gateway; then publish again',
+                  HINT = format('have the table''s owner (role %s) run: %s then publish again',
                                 (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = ch.source_table),
-                                missing, ch.source_table);
+                                rtrim(grants));
     END IF;
 END
 $$;
@@ -701,9 +721,10 @@ $$;
 -- The current rows of table channel p_channel as its events carry them (published columns, under their
 -- published names), at most p_limit. Runs as the gateway, with its own SELECT on those columns (and the
 -- table's row security, if any), so that casts, domain checks and policies of the table's owner run with
--- no other rights.
+-- no other rights. Volatile, since those may write; the caller's REPEATABLE READ transaction keeps it
+-- one snapshot.
 CREATE OR REPLACE FUNCTION pgsse.snapshot(p_channel text, p_filters jsonb, p_order jsonb, p_limit bigint)
-RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+RETURNS SETOF jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch   pgsse.channels;
     body text;
@@ -723,7 +744,7 @@ $$;
 
 -- How many rows pgsse.snapshot would return, counting no further than p_cap; refuses what it would refuse.
 CREATE OR REPLACE FUNCTION pgsse.snapshot_count(p_channel text, p_filters jsonb, p_order jsonb, p_cap bigint)
-RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels;
     n  bigint;

@@ -1,0 +1,337 @@
+//! pgsse's SQL runs with no more rights than its job, with the roles production has: an admin that owns
+//! the database and migrates it but is no superuser, an application role that owns its tables (and their
+//! types, casts and domains), a writer, and the gateway's login.
+mod common;
+
+use bytes::Bytes;
+use common::{as_role, call, connect, db_error, get, Gateway, SseStream, GATEWAY_ROLE, WRITER_ROLE};
+use serde_json::json;
+use tokio_postgres::Client;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// A fresh database as a legacy deployment has it: `admin` owns the database and runs `pgsse migrate`
+/// (an operator made it a member of pgsse_owner), `app` owns schema `app` and everything in it.
+struct Legacy {
+    url: String,
+    admin: Client,
+    app: Client,
+    admin_role: String,
+    app_role: String,
+}
+
+async fn legacy() -> Legacy {
+    common::fresh_db().await; // pgsse's roles and the test logins exist on this cluster from here on
+    let url = common::empty_db().await;
+    let su = connect(&url).await;
+    let db: String = su.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let (admin_role, app_role) = (format!("{db}_admin"), format!("{db}_app"));
+    su.batch_execute(&format!(
+        "CREATE ROLE {admin_role} LOGIN; CREATE ROLE {app_role} LOGIN;
+         ALTER DATABASE {db} OWNER TO {admin_role};
+         GRANT pgsse_owner TO {admin_role};
+         CREATE SCHEMA app AUTHORIZATION {app_role};
+         GRANT USAGE ON SCHEMA app TO {admin_role}, {WRITER_ROLE}, pgsse_gateway;"
+    ))
+    .await
+    .unwrap();
+    pgsse::migrate(&as_role(&url, &admin_role)).await.expect("an admin that is no superuser migrates");
+    let admin = connect(&as_role(&url, &admin_role)).await;
+    let app = connect(&as_role(&url, &app_role)).await;
+    Legacy { url, admin, app, admin_role, app_role }
+}
+
+/// The roles that ran the table owner's code, as its functions recorded them.
+async fn ran_as(app: &Client) -> Vec<(String, String)> {
+    let rows = app.query("SELECT DISTINCT who, what FROM app.seen ORDER BY 1, 2", &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+#[tokio::test]
+async fn a_table_owners_casts_and_domain_checks_run_only_as_the_writer_or_the_gateway() {
+    let Legacy { url, admin, app, admin_role, app_role } = legacy().await;
+    // Code that the table's owner chose: a cast to json for its enum (to_jsonb calls it for every captured
+    // row) and a domain's CHECK (a snapshot filter's value is cast to the domain). Each records who ran it
+    // (where the transaction may write) and, if that role could, would make the owner a superuser; the
+    // CHECK fails for any role but the writer and the gateway.
+    app.batch_execute(&format!(
+        "CREATE TABLE app.seen (who text, what text);
+         GRANT INSERT ON app.seen TO PUBLIC;
+         CREATE FUNCTION app.escalate(what text) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_setting('transaction_read_only') = 'off' THEN
+                 INSERT INTO app.seen VALUES (current_user, what);
+             END IF;
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE 'ALTER ROLE {app_role} SUPERUSER';
+             END IF;
+         END $$;
+         CREATE TYPE app.mood AS ENUM ('ok', 'sad');
+         CREATE FUNCTION app.mood_json(m app.mood) RETURNS json LANGUAGE plpgsql AS $$
+         BEGIN PERFORM app.escalate('cast'); RETURN to_json(m::text || '!'); END $$;
+         CREATE CAST (app.mood AS json) WITH FUNCTION app.mood_json(app.mood);
+         CREATE FUNCTION app.chk(t text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM app.escalate('check');
+             RETURN current_user::text IN ('{WRITER_ROLE}', '{GATEWAY_ROLE}');
+         END $$;
+         CREATE DOMAIN app.tag AS text CHECK (app.chk(VALUE));
+         CREATE TABLE app.docs (id bigserial PRIMARY KEY, body text, mood app.mood, tag app.tag);
+         GRANT SELECT, INSERT, UPDATE, DELETE ON app.docs TO {WRITER_ROLE};
+         GRANT INSERT ON app.docs TO {GATEWAY_ROLE};
+         GRANT USAGE ON SEQUENCE app.docs_id_seq TO {WRITER_ROLE}, {GATEWAY_ROLE};"
+    ))
+    .await
+    .unwrap();
+
+    // The admin may not add triggers to the app's table, nor give the gateway its columns: each refusal
+    // names the statement the table's owner runs.
+    let publish = "SELECT pgsse.publish_table('app.docs', operations => array['insert', 'update'], writable => true)";
+    let refused = admin.batch_execute(publish).await.unwrap_err();
+    let hint = refused.as_db_error().unwrap().hint().unwrap().to_string();
+    assert_eq!(
+        hint,
+        format!("have the table's owner (role {app_role}) run: GRANT TRIGGER ON app.docs TO {admin_role};")
+    );
+    app.batch_execute(&format!("GRANT TRIGGER ON app.docs TO {admin_role}")).await.unwrap();
+    let refused = admin.batch_execute(publish).await.unwrap_err();
+    let hint = refused.as_db_error().unwrap().hint().unwrap_or_else(|| panic!("{refused:?}")).to_string();
+    let grant = "GRANT SELECT (id, body, mood, tag) ON app.docs TO pgsse_gateway;";
+    assert_eq!(hint, format!("have the table's owner (role {app_role}) run: {grant} then publish again"));
+    app.batch_execute(grant).await.unwrap();
+    admin.batch_execute(publish).await.unwrap();
+
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/docs/events", &[]).await;
+    common::writer(&url)
+        .await
+        .batch_execute("INSERT INTO app.docs (body, mood, tag) VALUES ('w', 'ok', 'x')")
+        .await
+        .unwrap();
+    assert_eq!(stream.expect().await.json(), json!({"id": 1, "body": "w", "mood": "ok!", "tag": "x"}));
+    let posted = call(gw.addr, "POST", "/docs", &[JSON], Bytes::from(r#"{"body": "p", "mood": "sad", "tag": "y"}"#))
+        .await
+        .unwrap();
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    assert_eq!(stream.expect().await.json()["mood"], "sad!");
+    let mut snapshot = SseStream::ok(gw.addr, "/docs/events?snapshot=true&tag=eq.x&limit=1", &[]).await;
+    assert_eq!(snapshot.expect().await.json()["mood"], "ok!");
+
+    let seen = ran_as(&app).await;
+    let who: std::collections::BTreeSet<&str> = seen.iter().map(|(who, _)| who.as_str()).collect();
+    assert_eq!(who, [GATEWAY_ROLE, WRITER_ROLE].into(), "only the writer and the gateway ran it: {seen:?}");
+    assert!(seen.contains(&(GATEWAY_ROLE.to_string(), "check".to_string())), "the POST's row: {seen:?}");
+    let superuser: bool =
+        admin.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&app_role]).await.unwrap().get(0);
+    assert!(!superuser);
+
+    // pgsse's definer functions run as pgsse_owner, which is nothing but the owner of pgsse's objects.
+    let owner = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace AND prosecdef
+                       AND proowner <> 'pgsse_owner'::regrole),
+                    (SELECT rolsuper OR rolcanlogin OR rolcreaterole OR rolbypassrls FROM pg_roles WHERE rolname = 'pgsse_owner'),
+                    (SELECT count(*) FROM pg_auth_members WHERE member = 'pgsse_owner'::regrole)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((owner.get::<_, i64>(0), owner.get::<_, bool>(1), owner.get::<_, i64>(2)), (0, false, 0));
+}
+
+#[tokio::test]
+async fn a_snapshot_the_gateway_may_not_read_is_a_403_that_names_the_grant() {
+    let Legacy { url, admin, app, admin_role, app_role } = legacy().await;
+    app.batch_execute(&format!(
+        "CREATE TABLE app.customers (id bigserial PRIMARY KEY, name text, country text, notes text);
+         GRANT TRIGGER ON app.customers TO {admin_role};
+         GRANT SELECT (id, name, country) ON app.customers TO pgsse_gateway;
+         INSERT INTO app.customers (name, country, notes) VALUES ('ann', 'NZ', 'private');"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute("SELECT pgsse.publish_table('app.customers', exclude_columns => array['notes'])")
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut rows = SseStream::ok(gw.addr, "/customers/events?snapshot=true", &[]).await;
+    assert_eq!(rows.expect().await.json(), json!({"id": 1, "name": "ann", "country": "NZ"}));
+
+    // A column added later is published (exclude_columns), but the gateway may not read it yet.
+    app.batch_execute("ALTER TABLE app.customers ADD COLUMN tier text").await.unwrap();
+    let refused = get(gw.addr, "/customers/events?snapshot=true", &[]).await.unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let want =
+        format!("have the table's owner (role {app_role}) run: GRANT SELECT (tier) ON app.customers TO pgsse_gateway;");
+    assert!(refused.json()["error"].as_str().unwrap().ends_with(&want), "{}", refused.body);
+    assert!(refused.json()["error"].as_str().unwrap().contains(GATEWAY_ROLE), "names the role: {}", refused.body);
+}
+
+#[tokio::test]
+async fn a_schema_8_install_made_by_a_superuser_moves_to_pgsse_owner_and_streams_resume_exactly() {
+    let url = common::empty_db().await;
+    let su = connect(&url).await;
+    common::fresh_db().await;
+    su.batch_execute(include_str!("fixtures/schema8.sql")).await.unwrap();
+    su.batch_execute(&format!(
+        "CREATE TABLE messages (id bigserial PRIMARY KEY, body text NOT NULL);
+         GRANT SELECT, INSERT ON messages TO {WRITER_ROLE}; GRANT USAGE ON SEQUENCE messages_id_seq TO {WRITER_ROLE};
+         SELECT pgsse.publish_table('messages');"
+    ))
+    .await
+    .unwrap();
+    let app = common::writer(&url).await;
+    app.batch_execute("INSERT INTO messages (body) VALUES ('one'), ('two')").await.unwrap();
+    su.batch_execute(
+        "BEGIN; LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE; SELECT pgsse.sequence_batch(1000); COMMIT;",
+    )
+    .await
+    .unwrap();
+    // Committed under schema 8 and still staged when the upgrade runs.
+    app.batch_execute("INSERT INTO messages (body) VALUES ('three')").await.unwrap();
+
+    pgsse::migrate(&url).await.unwrap();
+    let owners: i64 = su
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgsse'::regnamespace AND relowner <> 'pgsse_owner'::regrole)
+                  + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace AND proowner <> 'pgsse_owner'::regrole)
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgsse' AND nspowner <> 'pgsse_owner'::regrole)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owners, 0, "everything of pgsse's belongs to pgsse_owner");
+
+    let gw = Gateway::start(&url).await;
+    let mut resumed = SseStream::ok(gw.addr, "/messages/events?last_event_id=1", &[]).await;
+    app.batch_execute("INSERT INTO messages (body) VALUES ('four')").await.unwrap();
+    let got: Vec<(i64, String)> =
+        resumed.take(3).await.iter().map(|e| (e.id(), e.json()["body"].as_str().unwrap().to_string())).collect();
+    assert_eq!(got, [(2, "two".into()), (3, "three".into()), (4, "four".into())]);
+}
+
+#[tokio::test]
+async fn nothing_a_writer_sets_changes_what_is_logged_or_in_what_order() {
+    let Legacy { url, admin, app, admin_role, .. } = legacy().await;
+    app.batch_execute(&format!(
+        "CREATE TABLE app.counters (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO app.counters VALUES (1, 0);
+         GRANT SELECT, INSERT, UPDATE ON app.counters TO {WRITER_ROLE};
+         GRANT TRIGGER ON app.counters TO {admin_role};
+         GRANT SELECT ON app.counters TO pgsse_gateway;"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute("SELECT pgsse.publish_table('app.counters', operations => array['insert', 'update'])")
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/counters/events", &[]).await;
+    let mut first = common::writer(&url).await;
+    let second = common::writer(&url).await;
+
+    // Every setting pgsse reads or ever read, set by the writer to what would have stranded its event below
+    // the floor, hidden it, forged its payload or kept it from waking the gateways.
+    let t1 = first.transaction().await.unwrap();
+    t1.batch_execute(
+        "SELECT set_config('pgsse.staging', pg_current_xact_id() || ':-5', true),
+                set_config('pgsse.suppress_capture', 'on', true),
+                set_config('pgsse.rang', 'y', true);
+         SET CONSTRAINTS ALL IMMEDIATE;
+         UPDATE app.counters SET n = 1 WHERE id = 1;
+         SELECT set_config('pgsse.captured', '{\"id\": 1, \"n\": 99}', true);",
+    )
+    .await
+    .unwrap();
+    // While t1 is open, nothing it did holds a lock that a gateway or another writer needs...
+    let locked = admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relnamespace = 'pgsse'::regnamespace AND l.granted AND l.mode NOT IN ('RowExclusiveLock', 'AccessShareLock')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(locked, 0, "the writer holds no lock on pgsse's tables beyond writing its own staged rows");
+    // ...so another writer's event reaches the stream meanwhile.
+    second.batch_execute("INSERT INTO app.counters VALUES (2, 0)").await.unwrap();
+    assert_eq!(stream.expect().await.json(), json!({"id": 2, "n": 0}));
+    t1.commit().await.unwrap();
+    // The same row changed again after t1 committed: the log keeps the commits' order.
+    second.batch_execute("UPDATE app.counters SET n = 2 WHERE id = 1").await.unwrap();
+    let got: Vec<serde_json::Value> = stream.take(2).await.iter().map(|e| e.json()).collect();
+    assert_eq!(got, [json!({"id": 1, "n": 1}), json!({"id": 1, "n": 2})]);
+    common::wait_sequenced(&admin).await;
+    let left: i64 = admin.query_one("SELECT count(*) FROM pgsse.staged", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "nothing stranded");
+}
+
+#[tokio::test]
+async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
+    let Legacy { url, admin, app, admin_role, .. } = legacy().await;
+    app.batch_execute(&format!(
+        "CREATE TABLE app.big (id bigserial PRIMARY KEY, body text);
+         GRANT TRIGGER ON app.big TO {admin_role}; GRANT SELECT ON app.big TO pgsse_gateway;"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute(
+            "SELECT pgsse.publish_table('app.big');
+             SELECT pgsse.create_channel('feed');
+             SELECT pgsse.publish('feed', 'note', '{\"n\": 1}');",
+        )
+        .await
+        .unwrap();
+    common::sequence_staged(&admin).await;
+    let gateway = connect(&as_role(&url, GATEWAY_ROLE)).await;
+    for (sql, want) in [
+        ("SELECT pgsse.publish_json('big', 'insert', '{\"id\": 666}')", "channel 'big' publishes a table"),
+        ("SELECT pgsse.publish_json('feed', 'reset', '{}')", "event 'reset' is pgsse's own"),
+        ("SELECT pgsse.record_clear('feed')", "clearing is not enabled for channel feed"),
+        ("SELECT pgsse.record_clear('nosuch')", "unknown channel 'nosuch'"),
+        ("SELECT pgsse.begin_clear('feed')", "clearing is not enabled for channel feed"),
+        ("SELECT pgsse.clear_channel('feed')", "clearing is not enabled for channel feed"),
+    ] {
+        assert!(db_error(gateway.batch_execute(sql).await).contains(want), "{sql}: want {want}");
+    }
+    // Retention prunes no event younger than the database's floor, whatever the gateway's login asks.
+    let pruned: i64 = gateway.query_one("SELECT pgsse.prune('infinity', 100000000)", &[]).await.unwrap().get(0);
+    let kept: i64 = gateway.query_one("SELECT pgsse.prune_channels(0, 100000000)", &[]).await.unwrap().get(0);
+    assert_eq!((pruned, kept), (0, 0));
+    let channels: i64 = admin.query_one("SELECT count(*) FROM pgsse.channels", &[]).await.unwrap().get(0);
+    assert_eq!(channels, 2, "no channel made on the way");
+
+    // Asking for a write's event holds no lock once the statement is over, even in an open transaction.
+    let mut held = connect(&as_role(&url, GATEWAY_ROLE)).await;
+    let open = held.transaction().await.unwrap();
+    open.query_one("SELECT * FROM pgsse.sequenced(pg_current_xact_id(), 0, 'feed')", &[]).await.unwrap();
+    let locks: i64 = admin
+        .query_one("SELECT count(*) FROM pg_locks WHERE relation = 'pgsse.commit_order'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0);
+    open.rollback().await.unwrap();
+
+    // A publisher publishes its own events, not the ones pgsse gives meaning to.
+    let publisher = connect(&as_role(&url, common::PUBLISHER_ROLE)).await;
+    for (channel, event) in
+        [("feed", "reset"), ("feed", "snapshot-end"), ("feed", "clear"), ("feed", "truncate"), ("big", "insert")]
+    {
+        let sql = format!("SELECT pgsse.publish('{channel}', '{event}', '{{}}')");
+        let err = db_error(publisher.batch_execute(&sql).await);
+        assert!(err.starts_with(&format!("pgsse: event '{event}'")), "{sql}: {err}");
+    }
+    publisher.batch_execute("SELECT pgsse.publish('big', 'typing', '{}')").await.unwrap();
+
+    // Over HTTP too: a publish grant does not reach pgsse's own events.
+    let gw = Gateway::start(&url).await;
+    let reset = call(gw.addr, "POST", "/feed?event=reset", &[JSON], Bytes::from("{}")).await.unwrap();
+    assert_eq!(reset.status, 403, "{}", reset.body);
+    assert!(reset.json()["error"].as_str().unwrap().contains("event 'reset' is pgsse's own"), "{}", reset.body);
+}
