@@ -313,3 +313,19 @@ async fn a_grant_filter_narrows_snapshots_and_rows_move_between_users() {
     let came = theirs.expect().await;
     assert_eq!((came.event.as_str(), came.json()["owner"].as_i64()), ("insert", Some(8)));
 }
+
+/// A valid token learns nothing of channels outside its grant: not whether they exist, nor their columns.
+#[tokio::test]
+async fn a_channel_outside_the_grant_is_403_whatever_it_is() {
+    let TestDb { url, admin, .. } = orders_db().await;
+    admin.batch_execute("CREATE TABLE fat (id int, secret_col text); SELECT pgsse.publish_table('fat')").await.unwrap();
+    let gw = gateway(&url).await;
+    let bearer = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 60));
+    for path in ["/fat/events?zzz=eq.1", "/nosuch/events", "/fat/events", "/events?channel=orders&channel=nosuch"] {
+        let resp = get(gw.addr, path, &[("authorization", &bearer)]).await.unwrap();
+        assert_eq!(resp.status, 403, "{path}: {}", resp.body);
+        assert!(!resp.body.contains("secret_col"), "{path}: {}", resp.body);
+    }
+    let resp = get(gw.addr, "/orders/events?zzz=eq.1", &[("authorization", &bearer)]).await.unwrap();
+    assert_eq!(resp.status, 400, "within the grant, the filter's problem is told: {}", resp.body);
+}

@@ -332,13 +332,16 @@ async fn events<B>(
     let channels = events.check_names(channels)?;
     let token = query.access_token.as_deref();
     let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
+    // Authorized first: a token learns nothing of a channel outside its grant, not even whether it exists.
+    for channel in &channels {
+        access.may_subscribe(channel)?;
+    }
     events.check_known(&channels).await?;
     if let Some(filter) = &query.filter {
         events.check_filter(&channels, filter).await?;
     }
     let mut filters = ChannelFilters::new();
     for channel in &channels {
-        access.may_subscribe(channel)?;
         if let Some(filter) = access.filter_for(channel, query.filter.as_ref())? {
             filters.insert(channel.clone(), filter);
         }
