@@ -22,6 +22,7 @@ pub mod sse;
 pub mod tls;
 
 pub use pg::migrate::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
+pub use pg::preflight::{credentials, CredentialError};
 /// For tests that read the log the way the gateway does.
 pub use pg::store::{Store, PAGE_BYTES};
 pub use server::{run, BindError, Listeners, ServerError};

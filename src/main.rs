@@ -84,7 +84,21 @@ async fn serve(args: ServeArgs) -> Result<(), Exit> {
         pgsse::demo::install(&config.database_url).await.map_err(|err| Exit::Failure(err.into()))?;
     }
     let listeners = Listeners::bind(&config.server).map_err(|err| Exit::Usage(err.to_string()))?;
-    pgsse::run(listeners, config, shutdown_signal()).await.map_err(|err| Exit::Failure(err.into()))
+    // Serving starts at once (a database that does not answer yet is waited for); a login that can never
+    // work stops it, with the fix, so that an orchestrator shows why.
+    let credentials = pgsse::credentials(config.database_url.clone(), config.listener.listen_database_url.clone());
+    let refused = std::sync::OnceLock::new();
+    let stop = async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            Err(err) = credentials => { let _ = refused.set(err); }
+        }
+    };
+    pgsse::run(listeners, config, stop).await.map_err(|err| Exit::Failure(err.into()))?;
+    match refused.into_inner() {
+        Some(err) => Err(Exit::Usage(err.to_string())),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -206,3 +206,57 @@ impl Drop for StopCluster {
         let _ = std::fs::remove_dir_all(&self.0.data_dir);
     }
 }
+
+/// `serve` as a login that can never work ends at start with one line naming the cause and the fix (and
+/// exit 64, so an orchestrator shows it); a database that does not answer yet is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_credentials_that_cannot_work_exits_with_the_fix() {
+    let cluster = common::private_cluster();
+    let url = pgsse::testing::fresh_db_on(&cluster.url("postgres"), "").await;
+    let su = connect(&url).await;
+    let db: String = su.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    // Password logins for these two roles only (the test cluster trusts every other local login).
+    let hba = cluster.data_dir.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all {db}_pw,{db}_member 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+    su.batch_execute(&format!(
+        "CREATE ROLE {db}_pw LOGIN PASSWORD 'right' IN ROLE pgsse_gateway; CREATE ROLE {db}_outsider LOGIN;
+         SELECT pg_reload_conf();"
+    ))
+    .await
+    .unwrap();
+    let base = format!("postgres://{{}}@127.0.0.1:{}/{{}}", cluster.port);
+    let at = |user: &str, database: &str| base.replacen("{}", user, 1).replacen("{}", database, 1);
+    for (database_url, want) in [
+        (at(&format!("{db}_pw:wrong"), &db), format!("refused role {db}_pw's password")),
+        (at("nosuchrole", &db), "CREATE ROLE nosuchrole LOGIN".to_string()),
+        (at(&format!("{db}_pw:right"), "nosuchdb"), "database \"nosuchdb\" does not exist".to_string()),
+        (at(&format!("{db}_outsider"), &db), format!("GRANT pgsse_gateway TO {db}_outsider;")),
+    ] {
+        let out = tokio::time::timeout(
+            TIMEOUT,
+            tokio::process::Command::new(BIN)
+                .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &database_url])
+                .stdout(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("serve ends by itself")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{database_url}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{database_url}: one line, got {stderr:?}");
+        assert!(stderr.contains("--database-url") && stderr.contains(&want), "{database_url}: want {want}: {stderr}");
+    }
+
+    // Nothing listens here (yet): the gateway serves, says it waits, and does not exit.
+    let nowhere = format!("postgres://postgres@127.0.0.1:{}/{db}", pgsse::testing::pg_port());
+    let (mut serve, addr) = common::gateway_process_unhealthy(&["serve", "--database-url", &nowhere]).await;
+    common::wait_for("healthz to say the database is not reachable", || async {
+        common::get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(serve.try_wait().unwrap().is_none(), "still running");
+    drop(su);
+    cluster.stop("fast").unwrap();
+}

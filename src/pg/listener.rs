@@ -105,7 +105,12 @@ impl Listener {
             // A cause that persists (a database not migrated yet, say) is said once, not every few seconds;
             // a session that got going in between resets the backoff, and its failure is news again.
             let cause = err.to_string();
-            if backoff == BACKOFF_MIN || cause != last_cause {
+            let credentials =
+                matches!(&err, ListenerError::Connect { source, .. } if crate::pg::preflight::is_credentials(source));
+            if credentials {
+                // A password rotated while running: nothing gets better until someone fixes the URL.
+                error!(cause, retry_in = ?delay, "the database refuses the listener's login");
+            } else if backoff == BACKOFF_MIN || cause != last_cause {
                 warn!(cause, retry_in = ?delay, "listener connection lost");
             } else {
                 debug!(cause, retry_in = ?delay, "listener connection still failing");

@@ -6,6 +6,7 @@ pub mod listener;
 pub mod logrow;
 pub mod migrate;
 pub mod pacing;
+pub mod preflight;
 pub mod published;
 pub mod retention;
 pub mod sequencer;

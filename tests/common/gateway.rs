@@ -112,6 +112,17 @@ pub async fn serving_addr(log: &mut Log) -> (SocketAddr, Vec<String>) {
 
 /// A `pgsse` process given `args`, on `127.0.0.1:0`, once it is healthy.
 pub async fn gateway_process(args: &[&str]) -> (tokio::process::Child, SocketAddr) {
+    let (child, addr) = gateway_process_unhealthy(args).await;
+    wait_for(
+        "gateway process healthy",
+        || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) },
+    )
+    .await;
+    (child, addr)
+}
+
+/// Like [`gateway_process`], without waiting for the database.
+pub async fn gateway_process_unhealthy(args: &[&str]) -> (tokio::process::Child, SocketAddr) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
         .args(args)
@@ -125,11 +136,6 @@ pub async fn gateway_process(args: &[&str]) -> (tokio::process::Child, SocketAdd
     let (addr, _) = serving_addr(&mut log).await;
     // Reads on, so the process never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-    wait_for(
-        "gateway process healthy",
-        || async move { get(addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 200) },
-    )
-    .await;
     (child, addr)
 }
 
