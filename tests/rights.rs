@@ -335,3 +335,78 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
     assert_eq!(reset.status, 403, "{}", reset.body);
     assert!(reset.json()["error"].as_str().unwrap().contains("event 'reset' is pgsse's own"), "{}", reset.body);
 }
+
+/// `word` replaced by `with` wherever it stands as a whole SQL word.
+fn rename(sql: &str, word: &str, with: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        out.push_str(if before.is_some_and(is_word) || after.is_some_and(is_word) { word } else { with });
+        rest = &rest[at + word.len()..];
+    }
+    out + rest
+}
+
+#[tokio::test]
+async fn the_legacy_setup_in_the_operations_guide_runs_as_written() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let block = guide.split("<!-- legacy-setup -->\n```sql\n").nth(1).unwrap().split("```").next().unwrap();
+    common::fresh_db().await;
+    let url = common::empty_db().await;
+    let su = connect(&url).await;
+    let db: String = su.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let (admin_role, app_role, gw) = (format!("{db}_admin"), format!("{db}_app"), format!("{db}_gw"));
+    su.batch_execute(&format!(
+        "CREATE ROLE {admin_role} LOGIN; CREATE ROLE {app_role} LOGIN; ALTER DATABASE {db} OWNER TO {admin_role};
+         CREATE SCHEMA app AUTHORIZATION {app_role};"
+    ))
+    .await
+    .unwrap();
+    let app = connect(&as_role(&url, &app_role)).await;
+    app.batch_execute("CREATE TABLE app.customers (id bigserial PRIMARY KEY, name text, country text, notes text)")
+        .await
+        .unwrap();
+    // The block's three parts, each run as the role its heading names; this test's roles have names of
+    // their own, since roles are shared by every database of the test cluster.
+    let mut parts: Vec<(String, String)> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("-- as ") {
+            Some(who) => parts.push((who.to_string(), String::new())),
+            None if !line.starts_with("--") => parts.last_mut().unwrap().1.push_str(&format!("{line}\n")),
+            None => {}
+        }
+    }
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    for (who, sql) in parts {
+        let sql = rename(&rename(&rename(&sql, "admin", &admin_role), "gw", &gw), "app", &app_role);
+        let sql = sql.replace(&format!("{app_role}.customers"), "app.customers");
+        let sql = sql.replace(&format!("schema {app_role} "), "schema app ");
+        if who.starts_with("an operator") {
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                // pgsse's three roles exist already on the test cluster (they are cluster-wide).
+                if let Err(err) = su.batch_execute(statement).await {
+                    assert!(statement.starts_with("create role pgsse_"), "{statement}: {err:?}");
+                }
+            }
+        } else if who.starts_with("app") {
+            app.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        } else {
+            pgsse::migrate(&as_role(&url, &admin_role)).await.unwrap();
+            let admin = connect(&as_role(&url, &admin_role)).await;
+            admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+    }
+    let config = pgsse::config::Config::new(format!("{} password=change-me", as_role(&url, &gw))).unwrap();
+    let gateway = Gateway::start_with(config).await;
+    app.batch_execute("INSERT INTO app.customers (name, country, notes) VALUES ('ann', 'NZ', 'private')")
+        .await
+        .unwrap();
+    let mut snapshot = SseStream::ok(gateway.addr, "/customers/events?snapshot=true", &[]).await;
+    assert_eq!(snapshot.expect().await.json(), json!({"id": 1, "name": "ann", "country": "NZ"}));
+    let posted = call(gateway.addr, "POST", "/customers", &[JSON], Bytes::from(r#"{"name": "bo"}"#)).await.unwrap();
+    assert_eq!(posted.status, 201, "{}", posted.body);
+}
