@@ -919,7 +919,9 @@ BEGIN
             AND (captured OR has_table_privilege(ch.source_table, 'SELECT'))) THEN
         RAISE EXCEPTION 'the gateway''s role % may not insert into table % (grant %)', current_user,
             ch.source_table, CASE WHEN captured THEN 'INSERT' ELSE 'INSERT and SELECT' END
-            USING ERRCODE = '42501';
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have the table''s owner run: GRANT %s ON %s TO %I;',
+                                CASE WHEN captured THEN 'INSERT' ELSE 'INSERT, SELECT' END, ch.source_table, current_user);
     END IF;
     -- Each key names a column exactly, or (camel_case) the camelCase form of one; on such a channel a
     -- column given both ways is refused, since which would win is not obvious (and a grant's filter may
@@ -951,6 +953,16 @@ BEGIN
         RAISE EXCEPTION 'channel % takes no POST of column%: % (its writable_columns)', p_channel,
             CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END, array_to_string(unknown, ', ')
             USING ERRCODE = '42501';
+    END IF;
+    -- A serial column the row leaves to its default draws from its sequence, which takes a grant of its own.
+    SELECT string_agg(format('GRANT USAGE ON SEQUENCE %s TO %I;', q.seq, current_user), ' ') INTO statement
+      FROM (SELECT pg_get_serial_sequence(ch.source_table::text, a.attname) AS seq FROM pg_attribute a
+             WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = ''
+               AND NOT a.attname = ANY (coalesce(named, '{}'))) q
+     WHERE q.seq IS NOT NULL AND NOT has_sequence_privilege(q.seq, 'USAGE');
+    IF statement IS NOT NULL THEN
+        RAISE EXCEPTION 'the gateway''s role % may not draw the serial numbers of table %', current_user, ch.source_table
+            USING ERRCODE = 'insufficient_privilege', HINT = 'have the table''s owner run: ' || statement;
     END IF;
     statement := CASE WHEN cols IS NULL THEN format('INSERT INTO %s AS t DEFAULT VALUES', ch.source_table)
                  ELSE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',

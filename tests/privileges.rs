@@ -42,13 +42,23 @@ async fn the_gateways_post_and_delete_need_the_tables_own_grants() {
     let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
     assert_eq!(resp.status, 403, "{}", resp.body);
     let msg = resp.json()["error"].as_str().unwrap().to_string();
-    assert!(msg.contains(GATEWAY_ROLE) && msg.contains("grant INSERT"), "{msg}");
+    assert!(msg.ends_with(&format!("GRANT INSERT ON public.users TO {GATEWAY_ROLE};")), "{msg}");
     let resp = call(gw.addr, "DELETE", "/users", &[], Bytes::new()).await.unwrap();
     assert_eq!(resp.status, 403, "{}", resp.body);
     let want = format!("have the table's owner run: GRANT DELETE ON public.users TO {GATEWAY_ROLE};");
     assert!(resp.json()["error"].as_str().unwrap().contains(&want), "{}", resp.body);
 
-    db.batch_execute(&format!("GRANT INSERT, DELETE ON users TO {GATEWAY_ROLE}")).await.unwrap();
+    db.batch_execute(&format!(
+        "GRANT INSERT, DELETE ON users TO {GATEWAY_ROLE}; REVOKE USAGE ON SEQUENCE users_id_seq FROM {GATEWAY_ROLE}"
+    ))
+    .await
+    .unwrap();
+    let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    let want = format!("GRANT USAGE ON SEQUENCE public.users_id_seq TO {GATEWAY_ROLE};");
+    assert!(resp.json()["error"].as_str().unwrap().ends_with(&want), "{}", resp.body);
+
+    db.batch_execute(&format!("GRANT USAGE ON SEQUENCE users_id_seq TO {GATEWAY_ROLE}")).await.unwrap();
     let resp = call(gw.addr, "POST", "/users", &[JSON], Bytes::from(r#"{"name": "x"}"#)).await.unwrap();
     assert_eq!(resp.status, 201, "{}", resp.body);
     assert_eq!(resp.json(), json!({"id": 1, "name": "x", "password_hash": "x"}));
