@@ -1,8 +1,10 @@
 -- pgsse functions, roles and privileges: applied again by every `pgsse migrate`, after the numbered files.
--- Every function that a role can call pins search_path; functions that writers' triggers and the gateway
--- run on the log are SECURITY DEFINER, and nothing here is granted to PUBLIC. Three helpers run only
--- inside those, once per captured row (stage, project, published_channel): they qualify every name
--- instead, since a SET per call cost 19% of a 50,000-row insert.
+-- Everything here belongs to pgsse_owner. SECURITY DEFINER only where a role must touch pgsse's own tables
+-- (staging, sequencing, the gateway's writes to the log, retention), and such code never evaluates anything
+-- a table's owner or writer made; reading or writing their tables runs as the caller. Functions that a role
+-- calls pin search_path; those that run once per captured row (capture_row, capture_stage, stage, project,
+-- ring) qualify every name and operator instead, since a SET per call cost 19% of a 50,000-row insert.
+-- Nothing is granted to PUBLIC.
 
 BEGIN;
 SET LOCAL client_min_messages = warning;
