@@ -3,7 +3,8 @@
 -- (staging, sequencing, the gateway's writes to the log, retention), and such code never evaluates anything
 -- a table's owner or writer made; reading or writing their tables runs as the caller. Functions that a role
 -- calls pin search_path; those that run once per captured row (capture_row, capture_stage, stage, project,
--- ring) qualify every name and operator instead, since a SET per call cost 19% of a 50,000-row insert.
+-- ring) qualify every name, operator and type instead (a writer's own domain named jsonb would otherwise
+-- be found first), since a SET per call cost 19% of a 50,000-row insert.
 -- Nothing is granted to PUBLIC.
 
 BEGIN;
@@ -70,9 +71,10 @@ $$;
 
 -- Records one event in pgsse.staged; a sequencing step gives it its id later. Called at the end of the
 -- writer's statement (or by pgsse.publish), only from pgsse's own definer functions: like pgsse.project it
--- qualifies every name rather than pin search_path per row. The transaction's first staged event is
--- marked to ring the doorbell at its commit (pgsse.ring); a writer that sets pgsse.rang only keeps its
--- own transaction from waking the gateways.
+-- qualifies every name rather than pin search_path per row. While a gateway listens (the doorbell is
+-- armed), the transaction's first staged event is marked to ring at its commit (pgsse.ring); a busy
+-- gateway reads on the clock and needs no ring, so then no commit pays for one. A writer that sets
+-- pgsse.rang only keeps its own transaction from ringing.
 DO $$
 BEGIN
     -- Before schema 8 it took no old row (and before schema 6 returned void); before schema 9 it returned
@@ -89,19 +91,20 @@ CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload j
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    first boolean := NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false);
+    ring pg_catalog.bool := false;
 BEGIN
-    IF first THEN
+    IF NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false) THEN
         PERFORM pg_catalog.set_config('pgsse.rang', 'y', true);
+        ring := (SELECT d.armed FROM pgsse.doorbell d);
     END IF;
     INSERT INTO pgsse.staged (seq, txid, channel, event, payload, old, ring)
     VALUES (pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), p_channel, p_event, p_payload,
-            p_old, first);
+            p_old, ring);
 END
 $$;
 
--- Runs when a transaction that staged events commits (a deferred trigger on its first staged row): draws
--- the number that places the transaction in commit order, and wakes the gateways. The first such commit
+-- Runs when a transaction that staged events commits while a gateway listens (a deferred trigger on its
+-- first staged row): draws the number that places the transaction in commit order, and wakes the gateways. The first such commit
 -- after a sequencing step notifies, the others rely on it; a number drawn from pgsse.bell, not a lock,
 -- decides which, so nothing a writer holds makes another writer wait. A writer that makes this fire
 -- early (SET CONSTRAINTS ... IMMEDIATE) only places its own transaction by its last staged event and
@@ -111,7 +114,7 @@ LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     UPDATE pgsse.staged s SET committed = pg_catalog.nextval('pgsse.staged_seq')
      WHERE s.seq OPERATOR(pg_catalog.=) NEW.seq;
-    IF (SELECT d.armed FROM pgsse.doorbell d) AND pg_catalog.nextval('pgsse.bell') OPERATOR(pg_catalog.=) 1 THEN
+    IF pg_catalog.nextval('pgsse.bell') OPERATOR(pg_catalog.=) 1 THEN
         -- A constant payload lets PostgreSQL fold a transaction's notifications into one.
         PERFORM pg_catalog.pg_notify('pgsse_' OPERATOR(pg_catalog.||) m.bell_token, '') FROM pgsse.meta m;
     END IF;
@@ -130,9 +133,10 @@ END
 $$;
 
 -- Gives every staged event of the committed transactions the next ids. A transaction's events go together,
--- transactions in the order of the last number each drew: the one its commit drew (pgsse.ring), or a
--- later staged event's. Commits go in the order they happened; and whatever a writer does, one that
--- changed a row after another committed drew a number after all of the other's. One DELETE and one sort over the rows moved, whatever the planner's statistics.
+-- transactions in the order of the last number each drew: the one its commit drew (pgsse.ring, while a
+-- gateway listens), or its last staged event's. Whatever a writer does, one that changed a row after
+-- another committed drew a number after all of the other's; transactions that touched no common row may
+-- come in the order they last staged rather than committed, only when a busy gateway reads on the clock. One DELETE and one sort over the rows moved, whatever the planner's statistics.
 -- The caller holds pgsse.commit_order: batches become visible one after another, so ids increase along
 -- the log in the order events become visible.
 DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
@@ -197,6 +201,8 @@ BEGIN
         END IF;
     END IF;
     moved := pgsse.sequence_batch();
+    -- A clear whose transaction ended without pgsse.end_clear leaves its marker; it no longer matches anything.
+    DELETE FROM pgsse.clearing c WHERE pg_xact_status(c.txid) IS DISTINCT FROM 'in progress';
     IF drawn IS NOT NULL THEN
         UPDATE pgsse.staged_floor f SET floor = drawn + 1 WHERE f.floor < drawn + 1;
     END IF;
@@ -223,10 +229,10 @@ $$;
 CREATE OR REPLACE FUNCTION pgsse.project(ch pgsse.channels, r jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    projected jsonb := r;
+    projected pg_catalog.jsonb := r;
 BEGIN
     IF ch.columns IS NOT NULL THEN
-        SELECT coalesce(pg_catalog.jsonb_object_agg(k.key, k.value), '{}'::jsonb) INTO projected
+        SELECT coalesce(pg_catalog.jsonb_object_agg(k.key, k.value), '{}'::pg_catalog.jsonb) INTO projected
           FROM pg_catalog.jsonb_each(r) AS k
          WHERE k.key OPERATOR(pg_catalog.=) ANY (ch.columns);
     ELSIF ch.exclude_columns IS NOT NULL THEN
@@ -277,29 +283,33 @@ $$;
 CREATE OR REPLACE FUNCTION pgsse.capture_row() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- json rather than jsonb: its text is made directly, and the next trigger parses it once.
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.to_jsonb(NEW)::pg_catalog.text, true);
+        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.row_to_json(NEW)::pg_catalog.text, true);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.to_jsonb(OLD)::pg_catalog.text, true);
+        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.row_to_json(OLD)::pg_catalog.text, true);
     ELSE
         PERFORM pg_catalog.set_config('pgsse.captured',
-            pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(NEW), pg_catalog.to_jsonb(OLD))::pg_catalog.text, true);
+            pg_catalog.json_build_array(pg_catalog.row_to_json(NEW), pg_catalog.row_to_json(OLD))::pg_catalog.text, true);
     END IF;
     RETURN NULL;
 END
 $$;
 
--- The staging trigger, with pgsse.capture_args as its arguments. A transaction in which
--- pgsse.clear_channel empties this very table records no row events (checked against pgsse.clearing, since
--- any writer may set pgsse.suppress_capture).
+-- The staging trigger, with pgsse.capture_args as its arguments. The deletes with which
+-- pgsse.clear_channel empties this very table record no events (checked against pgsse.clearing, since any
+-- writer may set pgsse.suppress_capture; the clear event was recorded first).
 CREATE OR REPLACE FUNCTION pgsse.capture_stage() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    handed   text := pg_catalog.current_setting('pgsse.captured', true);
+    handed   pg_catalog.text := pg_catalog.current_setting('pgsse.captured', true);
     ch       pgsse.channels;
-    row_data jsonb;
-    new_data jsonb;
-    old_data jsonb;
+    row_data pg_catalog.jsonb;
+    new_data pg_catalog.jsonb;
+    old_data pg_catalog.jsonb;
+    event    pg_catalog.text;
+    payload  pg_catalog.jsonb;
+    ring     pg_catalog.bool := false;
 BEGIN
     PERFORM pg_catalog.set_config('pgsse.captured', '', true);
     IF TG_NARGS OPERATOR(pg_catalog.<>) 9 OR TG_ARGV[1] OPERATOR(pg_catalog.<>) TG_RELID::pg_catalog.oid::pg_catalog.text THEN
@@ -307,7 +317,8 @@ BEGIN
             TG_RELID::pg_catalog.regclass USING HINT = 'publish the table again, or run pgsse migrate (after a restore, say)';
         RETURN NULL;
     END IF;
-    IF pg_catalog.current_setting('pgsse.suppress_capture', true) OPERATOR(pg_catalog.=) 'on'
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE'
+       AND pg_catalog.current_setting('pgsse.suppress_capture', true) OPERATOR(pg_catalog.=) 'on'
        AND EXISTS (SELECT 1 FROM pgsse.clearing c WHERE c.txid OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()
                                                     AND c.source_table OPERATOR(pg_catalog.=) TG_RELID) THEN
         RETURN NULL;
@@ -317,7 +328,7 @@ BEGIN
             USING HINT = 'a trigger named pgsse_capture must fire just before pgsse_capture_stage: publish the table again';
         RETURN NULL;
     END IF;
-    row_data := handed::jsonb;
+    row_data := handed::pg_catalog.jsonb;
     IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
         new_data := row_data OPERATOR(pg_catalog.->) 0;
         old_data := row_data OPERATOR(pg_catalog.->) 1;
@@ -328,9 +339,9 @@ BEGIN
     END IF;
     IF TG_ARGV[6] OPERATOR(pg_catalog.=) 'true' OR TG_ARGV[7] OPERATOR(pg_catalog.<>) ''
        OR TG_ARGV[8] OPERATOR(pg_catalog.<>) '' THEN
-        ch.camel_case := TG_ARGV[6]::boolean;
-        ch.columns := CASE WHEN TG_ARGV[7] OPERATOR(pg_catalog.<>) '' THEN TG_ARGV[7]::text[] END;
-        ch.exclude_columns := CASE WHEN TG_ARGV[8] OPERATOR(pg_catalog.<>) '' THEN TG_ARGV[8]::text[] END;
+        ch.camel_case := TG_ARGV[6]::pg_catalog.bool;
+        ch.columns := CASE WHEN TG_ARGV[7] OPERATOR(pg_catalog.<>) '' THEN TG_ARGV[7]::pg_catalog.text[] END;
+        ch.exclude_columns := CASE WHEN TG_ARGV[8] OPERATOR(pg_catalog.<>) '' THEN TG_ARGV[8]::pg_catalog.text[] END;
         IF new_data IS NOT NULL THEN
             new_data := pgsse.project(ch, new_data);
         END IF;
@@ -339,15 +350,26 @@ BEGIN
         END IF;
     END IF;
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        PERFORM pgsse.stage(TG_ARGV[0], TG_ARGV[2], new_data);
+        event := TG_ARGV[2];
+        payload := new_data;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        PERFORM pgsse.stage(TG_ARGV[0], TG_ARGV[4], old_data);
+        event := TG_ARGV[4];
+        payload := old_data;
     ELSIF new_data OPERATOR(pg_catalog.<>) old_data THEN
-        PERFORM pgsse.stage(TG_ARGV[0], TG_ARGV[3],
-            CASE WHEN TG_ARGV[5] OPERATOR(pg_catalog.=) 'true'
-                 THEN pg_catalog.jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END,
-            old_data);
+        event := TG_ARGV[3];
+        payload := CASE WHEN TG_ARGV[5] OPERATOR(pg_catalog.=) 'true'
+                        THEN pg_catalog.jsonb_build_object('new', new_data, 'old', old_data) ELSE new_data END;
+    ELSE
+        RETURN NULL;
     END IF;
+    -- pgsse.stage, written out: a function call per row would cost more than its body.
+    IF NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false) THEN
+        PERFORM pg_catalog.set_config('pgsse.rang', 'y', true);
+        ring := (SELECT d.armed FROM pgsse.doorbell d);
+    END IF;
+    INSERT INTO pgsse.staged (seq, txid, channel, event, payload, old, ring)
+    VALUES (pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), TG_ARGV[0], event, payload,
+            CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN old_data END, ring);
     RETURN NULL;
 END
 $$;
@@ -358,10 +380,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp A
 DECLARE
     ch pgsse.channels;
 BEGIN
-    IF current_setting('pgsse.suppress_capture', true) = 'on'
-       AND EXISTS (SELECT 1 FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id() AND c.source_table = TG_RELID) THEN
-        RETURN NULL;
-    END IF;
     ch := pgsse.published_channel(TG_ARGV[0], TG_RELID);
     IF ch.name IS NOT NULL THEN
         PERFORM pgsse.stage(ch.name, ch.truncate_event, jsonb_build_object('truncatedAt', to_jsonb(clock_timestamp())));
@@ -595,6 +613,14 @@ BEGIN
         RAISE EXCEPTION 'pgsse: channel % already publishes another table', quote_literal(ch)
             USING ERRCODE = '22023';
     END IF;
+    -- Events that pgsse.publish put there would pass for the table's row events.
+    IF EXISTS (SELECT 1 FROM pgsse.channels c WHERE c.name = ch AND c.source_table IS NULL)
+       AND (EXISTS (SELECT 1 FROM pgsse.events e WHERE e.channel = ch)
+            OR EXISTS (SELECT 1 FROM pgsse.staged s WHERE s.channel = ch)) THEN
+        RAISE EXCEPTION 'pgsse: channel % already carries events published with pgsse.publish', quote_literal(ch)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('publish the table under another channel name (channel => ...), or drop those events first: DELETE FROM pgsse.events WHERE channel = %L;', ch);
+    END IF;
 
     DELETE FROM pgsse.channels WHERE source_table = p_table AND name <> ch;
     INSERT INTO pgsse.channels AS c (name, source_table, allow_clear, camel_case, operations, insert_event,
@@ -720,6 +746,46 @@ BEGIN
 END
 $$;
 
+-- Refuses a snapshot's shape before any row is read, by pgsse's code alone, so that its words may reach
+-- the client: unknown columns or operators, a channel without a table, columns the gateway may not read,
+-- and a filter value that is no value of its column's type (the type under any domain: a domain's CHECK
+-- is the table owner's code, which runs only in the query itself, and whose words stay in the log).
+CREATE OR REPLACE FUNCTION pgsse.snapshot_check(p_channel text, p_filters jsonb, p_order jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    ch   pgsse.channels;
+    f    record;
+    base oid;
+    v    text;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    PERFORM pgsse.snapshot_query(ch, p_filters, p_order);
+    FOR f IN SELECT e.value AS filter, s.key, a.atttypid AS typ
+               FROM jsonb_array_elements(p_filters) e
+               JOIN pgsse.snapshot_columns(ch) s ON s.key = e.value->>'key'
+               JOIN pg_attribute a ON a.attrelid = ch.source_table AND a.attname = s.col
+              WHERE e.value->>'op' <> 'is' LOOP
+        base := f.typ;
+        WHILE (SELECT t.typtype FROM pg_type t WHERE t.oid = base) = 'd' LOOP
+            base := (SELECT t.typbasetype FROM pg_type t WHERE t.oid = base);
+        END LOOP;
+        -- Only scalar types: an array's or a composite's input would read its elements through their domains.
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type t WHERE t.oid = base
+                                     AND (t.typtype = 'e' OR (t.typtype = 'b' AND t.typcategory <> 'A')));
+        FOREACH v IN ARRAY CASE WHEN f.filter->>'op' = 'in'
+                                THEN ARRAY(SELECT jsonb_array_elements_text(f.filter->'value'))
+                                ELSE ARRAY[f.filter->>'value'] END LOOP
+            BEGIN
+                EXECUTE format('SELECT %L::%s', v, base::regtype);
+            EXCEPTION WHEN data_exception THEN
+                RAISE EXCEPTION 'pgsse: filter on %: % is not a value of its type, %', f.key, quote_literal(v),
+                    format_type(f.typ, NULL) USING ERRCODE = 'invalid_parameter_value';
+            END;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
 -- The current rows of table channel p_channel as its events carry them (published columns, under their
 -- published names), at most p_limit. Runs as the gateway, with its own SELECT on those columns (and the
 -- table's row security, if any), so that casts, domain checks and policies of the table's owner run with
@@ -791,7 +857,7 @@ $$;
 -- of the log and "every id <= pruned_through may be gone" stays exact. Several gateways may call it at
 -- once: one prunes, the others return 0.
 CREATE OR REPLACE FUNCTION pgsse.prune(p_cutoff timestamptz, p_batch integer) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
     ev      record;
     through bigint;
@@ -820,7 +886,7 @@ $$;
 -- channel's oldest first, and raises that channel's watermark past them in the same transaction. Shares
 -- pgsse.prune's lock, so one gateway prunes at a time.
 CREATE OR REPLACE FUNCTION pgsse.prune_channels(p_keep bigint, p_batch integer) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
     ch      record;
     cutoff  bigint;
@@ -1042,50 +1108,49 @@ BEGIN
 END
 $$;
 
--- The first half of pgsse.clear_channel: the deletes of ch's table in this transaction record no events.
+-- Clears channel p_channel, which must allow it: drops its events and stages its `clear` event; until
+-- pgsse.end_clear (or the end of the transaction), deleting rows of its table records no row events. The
+-- clear event is recorded first, so no caller can use the quiet deletes without clients dropping every row.
 CREATE OR REPLACE FUNCTION pgsse.begin_clear(p_channel text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
     ch pgsse.channels := pgsse.clearable(p_channel);
 BEGIN
-    INSERT INTO pgsse.clearing (txid, source_table) VALUES (pg_current_xact_id(), ch.source_table);
-END
-$$;
-
--- The second half: drops the channel's events and records its `clear` event.
-CREATE OR REPLACE FUNCTION pgsse.record_clear(p_channel text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
-DECLARE
-    ch pgsse.channels := pgsse.clearable(p_channel);
-BEGIN
-    DELETE FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id();
     DELETE FROM pgsse.events e WHERE e.channel = ch.name;
     PERFORM pgsse.stage(ch.name, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())));
+    IF ch.source_table IS NOT NULL THEN
+        INSERT INTO pgsse.clearing (txid, source_table) VALUES (pg_current_xact_id(), ch.source_table);
+    END IF;
 END
 $$;
 
--- Empties a channel that allows it: deletes its table's rows (recording no row events) and its events,
--- then records a `clear` event, in pgsse.sequenced(txid, after, p_channel) once committed. Runs as the
--- gateway's role: deleting the rows takes the table's own DELETE grant.
+CREATE OR REPLACE FUNCTION pgsse.end_clear() RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    DELETE FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id()
+$$;
+
+-- Empties a channel that allows it: records its `clear` event and drops its events, then deletes its
+-- table's rows (recording no row events), in pgsse.sequenced(txid, after, p_channel) once committed. Runs
+-- as the gateway's role: deleting the rows takes the table's own DELETE grant.
 CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, OUT txid xid8, OUT after bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels := pgsse.clearable(p_channel);
 BEGIN
+    IF ch.source_table IS NOT NULL AND NOT has_table_privilege(ch.source_table, 'DELETE') THEN
+        RAISE EXCEPTION 'the gateway''s role % may not delete from table %', current_user, ch.source_table
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('have the table''s owner run: GRANT DELETE ON %s TO %I;', ch.source_table, current_user);
+    END IF;
+    txid := pg_current_xact_id();
+    after := pgsse.issued_head();
+    PERFORM pgsse.begin_clear(p_channel);
     IF ch.source_table IS NOT NULL THEN
-        IF NOT has_table_privilege(ch.source_table, 'DELETE') THEN
-            RAISE EXCEPTION 'the gateway''s role % may not delete from table %', current_user, ch.source_table
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = format('have the table''s owner run: GRANT DELETE ON %s TO %I;', ch.source_table, current_user);
-        END IF;
-        PERFORM pgsse.begin_clear(p_channel);
         PERFORM set_config('pgsse.suppress_capture', 'on', true);
         EXECUTE format('DELETE FROM %s', ch.source_table);
         PERFORM set_config('pgsse.suppress_capture', '', true);
+        PERFORM pgsse.end_clear();
     END IF;
-    PERFORM pgsse.record_clear(p_channel);
-    txid := pg_current_xact_id();
-    after := pgsse.issued_head();
 END
 $$;
 
@@ -1159,11 +1224,12 @@ GRANT EXECUTE ON FUNCTION
     pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
     pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
     pgsse.insert_json(text, jsonb), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb),
-    pgsse.clear_channel(text), pgsse.clearable(text), pgsse.begin_clear(text), pgsse.record_clear(text),
+    pgsse.clear_channel(text), pgsse.clearable(text), pgsse.begin_clear(text), pgsse.end_clear(),
     pgsse.camel_case(text), pgsse.sequence(integer, boolean), pgsse.sequenced(xid8, bigint, text),
     pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb), pgsse.camel_keys(jsonb),
     pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
     pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
+    pgsse.snapshot_check(text, jsonb, jsonb),
     pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels)
     TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;

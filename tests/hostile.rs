@@ -358,8 +358,10 @@ fn called_names(sql: &str) -> Vec<String> {
 }
 
 /// Every pg_catalog function that pgsse's SQL calls by name, and every variant of every operator it
-/// spells, gets a shadow in `public` with the same signature that fails when it runs. The app's role and
-/// the gateway's then work with `public` first in their paths: no shadow may run, and the events are right.
+/// spells, gets a shadow in `public` with the same signature that fails when it runs, and the types its
+/// per-row code names get a failing domain of the same name (in `pg_temp` too, which PostgreSQL searches
+/// first for types, whatever the path says). The app's role and the gateway's then work
+/// with `public` first in their paths: no shadow may run, and the events are right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_shadow_of_any_function_or_operator_pgsse_uses_ever_runs() {
     let TestDb { url, admin, app } = TestDb::new().await;
@@ -437,6 +439,15 @@ async fn no_shadow_of_any_function_or_operator_pgsse_uses_ever_runs() {
              AS $$ SELECT 1::bigint, 'trojan', 'x' $$;
          CREATE FUNCTION public.has_table_privilege(regclass, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
          CREATE FUNCTION pg_temp.to_jsonb(users) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{\"trojan\": true}'::jsonb $$;
+         CREATE FUNCTION public.shadow_type_ran() RETURNS boolean LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'a shadow of a type ran'; END $$;
+         CREATE DOMAIN public.jsonb AS pg_catalog.jsonb CHECK (public.shadow_type_ran());
+         CREATE DOMAIN public.text AS pg_catalog.text CHECK (public.shadow_type_ran());
+         CREATE DOMAIN public.oid AS pg_catalog.oid CHECK (public.shadow_type_ran());
+         CREATE DOMAIN public.regclass AS pg_catalog.regclass CHECK (public.shadow_type_ran());
+         CREATE DOMAIN public.xid8 AS pg_catalog.xid8 CHECK (public.shadow_type_ran());
+         CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (public.shadow_type_ran());
+         CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (public.shadow_type_ran());
          SET search_path = public, pg_catalog;
          INSERT INTO users (name) VALUES ('by the app');
          UPDATE users SET name = 'renamed';",

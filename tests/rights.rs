@@ -292,9 +292,8 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
     for (sql, want) in [
         ("SELECT pgsse.publish_json('big', 'insert', '{\"id\": 666}')", "channel 'big' publishes a table"),
         ("SELECT pgsse.publish_json('feed', 'reset', '{}')", "event 'reset' is pgsse's own"),
-        ("SELECT pgsse.record_clear('feed')", "clearing is not enabled for channel feed"),
-        ("SELECT pgsse.record_clear('nosuch')", "unknown channel 'nosuch'"),
         ("SELECT pgsse.begin_clear('feed')", "clearing is not enabled for channel feed"),
+        ("SELECT pgsse.begin_clear('nosuch')", "unknown channel 'nosuch'"),
         ("SELECT pgsse.clear_channel('feed')", "clearing is not enabled for channel feed"),
     ] {
         assert!(db_error(gateway.batch_execute(sql).await).contains(want), "{sql}: want {want}");
@@ -305,6 +304,39 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
     assert_eq!((pruned, kept), (0, 0));
     let channels: i64 = admin.query_one("SELECT count(*) FROM pgsse.channels", &[]).await.unwrap().get(0);
     assert_eq!(channels, 2, "no channel made on the way");
+
+    // Where clearing is allowed, its quiet deletes come after the clear event, and hide nothing else.
+    app.batch_execute(&format!(
+        "CREATE TABLE app.board (id bigserial PRIMARY KEY, body text);
+         GRANT TRIGGER ON app.board TO {admin_role}; GRANT SELECT ON app.board TO pgsse_gateway;
+         GRANT INSERT, DELETE ON app.board TO {GATEWAY_ROLE}; GRANT USAGE ON SEQUENCE app.board_id_seq TO {GATEWAY_ROLE};
+         INSERT INTO app.board (body) VALUES ('before')"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute(
+            "SELECT pgsse.publish_table('app.board', operations => array['insert', 'delete'], allow_clear => true)",
+        )
+        .await
+        .unwrap();
+    gateway
+        .batch_execute(
+            "BEGIN; SELECT pgsse.begin_clear('board'); SET LOCAL pgsse.suppress_capture = 'on';
+             INSERT INTO app.board (body) VALUES ('hidden?'); DELETE FROM app.board WHERE body = 'before'; COMMIT;",
+        )
+        .await
+        .unwrap();
+    common::sequence_staged(&admin).await;
+    let log: Vec<String> = admin
+        .query("SELECT event || ' ' || payload::text FROM pgsse.events WHERE channel = 'board' ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[0].starts_with("clear ") && log[1] == r#"insert {"id": 2, "body": "hidden?"}"#, "{log:?}");
 
     // Asking for a write's event holds no lock once the statement is over, even in an open transaction.
     let mut held = connect(&as_role(&url, GATEWAY_ROLE)).await;
@@ -328,6 +360,13 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
         assert!(err.starts_with(&format!("pgsse: event '{event}'")), "{sql}: {err}");
     }
     publisher.batch_execute("SELECT pgsse.publish('big', 'typing', '{}')").await.unwrap();
+    // Nor does it seed row events for a table published later under the channel's name.
+    publisher.batch_execute("SELECT pgsse.publish('later', 'insert', '{\"id\": 1}')").await.unwrap();
+    app.batch_execute(&format!("CREATE TABLE app.later (id int); GRANT TRIGGER ON app.later TO {admin_role}"))
+        .await
+        .unwrap();
+    let err = db_error(admin.batch_execute("SELECT pgsse.publish_table('app.later')").await);
+    assert!(err.contains("channel 'later' already carries events published with pgsse.publish"), "{err}");
 
     // Over HTTP too: a publish grant does not reach pgsse's own events.
     let gw = Gateway::start(&url).await;
@@ -409,4 +448,47 @@ async fn the_legacy_setup_in_the_operations_guide_runs_as_written() {
     assert_eq!(snapshot.expect().await.json(), json!({"id": 1, "name": "ann", "country": "NZ"}));
     let posted = call(gateway.addr, "POST", "/customers", &[JSON], Bytes::from(r#"{"name": "bo"}"#)).await.unwrap();
     assert_eq!(posted.status, 201, "{}", posted.body);
+}
+
+/// The table's own code (a policy, a domain's CHECK) may raise any message it likes while the gateway reads
+/// a snapshot: none of its words reach the client, only what kind of refusal it was.
+#[tokio::test]
+async fn a_table_owners_error_messages_never_reach_a_client() {
+    let Legacy { url, admin, app, admin_role, .. } = legacy().await;
+    app.batch_execute(&format!(
+        "CREATE FUNCTION app.spy() RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'pgsse: leaked %', (SELECT string_agg(payload::text, ' ') FROM pgsse.events)
+             USING ERRCODE = '42501', HINT = 'leaked too'; END $$;
+         CREATE FUNCTION app.spy_check(t text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             IF t = 'x' THEN RAISE EXCEPTION 'pgsse: leaked by a check' USING ERRCODE = '22023'; END IF;
+             RETURN true;
+         END $$;
+         CREATE DOMAIN app.code AS text CHECK (app.spy_check(VALUE));
+         CREATE TABLE app.orders (id bigserial PRIMARY KEY, code app.code);
+         CREATE TABLE app.spied (id bigserial PRIMARY KEY);
+         GRANT TRIGGER ON app.orders, app.spied TO {admin_role};
+         GRANT SELECT ON app.orders, app.spied TO pgsse_gateway;
+         ALTER TABLE app.spied ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY spy ON app.spied FOR SELECT USING (app.spy());
+         INSERT INTO app.spied DEFAULT VALUES;
+         INSERT INTO app.orders (code) VALUES ('y');"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute("SELECT pgsse.publish_table('app.orders'); SELECT pgsse.publish_table('app.spied')")
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    for (path, status) in [("/spied/events?snapshot=true", 403), ("/orders/events?snapshot=true&code=eq.x", 400)] {
+        let resp = get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!(resp.status, status, "{path}: {}", resp.body);
+        assert!(!resp.body.contains("leaked"), "{path}: {}", resp.body);
+        assert!(
+            resp.body.contains("table of channel") || resp.body.contains("its table's own checks"),
+            "{path}: {}",
+            resp.body
+        );
+    }
 }

@@ -89,6 +89,27 @@ impl SnapshotError {
         StoreError::Query(err).into()
     }
 
+    /// An error of the query that reads the table's rows. The table's owner may have written the code that
+    /// raised it (a domain's CHECK, a policy, a cast), so its words never reach the client, only its kind.
+    fn from_table(err: tokio_postgres::Error, bound: Duration, channel: &str) -> Self {
+        let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+        if code == "57014" {
+            SnapshotError::TimedOut(bound)
+        } else if code.starts_with("22") || code.starts_with("23") {
+            tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
+            SnapshotError::Refused(format!(
+                "a filter's value on channel {channel:?} was refused by its table's own checks (a domain or function)"
+            ))
+        } else if code == "42501" {
+            tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
+            SnapshotError::Forbidden(format!(
+                "the table of channel {channel:?} refused the gateway's read (its row security or a function of it)"
+            ))
+        } else {
+            StoreError::Query(err).into()
+        }
+    }
+
     /// Whether the client, rather than the database, has to change something.
     pub fn is_request(&self) -> bool {
         !matches!(self, SnapshotError::Store(_) | SnapshotError::TimedOut(_))
@@ -230,11 +251,16 @@ impl Snapshot {
             let filters = filters.get(channel).map_or(json!([]), |f| f.to_sql_json());
             let info = "SELECT insert_event FROM pgsse.channels WHERE name = $1";
             let insert_event: String = self.bounded(self.client().query_one(info, &[channel])).await?.get(0);
-            // Checks the shape against the table (a `limit` of 0 reads no row), and counts when unbounded.
+            // The shape against the table, by pgsse's code alone: its refusals name column and type.
+            let check = "SELECT pgsse.snapshot_check($1, $2, $3)";
+            self.bounded(self.client().execute(check, &[channel, &filters, &self.order])).await?;
+            // Counts when unbounded (a `limit` of 0 reads no row).
             let cap = if shape.limit.is_some() { 0 } else { max_rows as i64 + 1 };
             let count = "SELECT pgsse.snapshot_count($1, $2, $3, $4)";
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [channel, &filters, &self.order, &cap];
-            let rows: i64 = self.bounded(self.client().query_one(count, &params)).await?.get(0);
+            let counted = self.client().query_one(count, &params);
+            let rows: i64 =
+                self.bounded_as(counted, |e| SnapshotError::from_table(e, self.bound, channel)).await?.get(0);
             if rows > max_rows as i64 {
                 return Err(SnapshotError::TooLarge(channel.clone(), max_rows));
             }
@@ -266,9 +292,10 @@ impl Snapshot {
             let query = "SELECT s::text FROM pgsse.snapshot($1, $2, $3, $4) AS s";
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&part.channel, &part.filters, &self.order, &self.limit];
-            let rows = self.bounded(self.client().query_raw(query, params)).await?;
+            let from_table = |e| SnapshotError::from_table(e, self.bound, &part.channel);
+            let rows = self.bounded_as(self.client().query_raw(query, params), from_table).await?;
             pin_mut!(rows);
-            while let Some(row) = rows.try_next().await.map_err(|e| SnapshotError::from_db(e, self.bound))? {
+            while let Some(row) = rows.try_next().await.map_err(from_table)? {
                 let data: &str = row.get(0);
                 if sse::encode_into(&mut chunk, None, &part.insert_event, data).is_err() {
                     tracing::error!(channel = part.channel, "skipping snapshot row: its event name cannot be encoded");
@@ -296,8 +323,17 @@ impl Snapshot {
         &self,
         query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, SnapshotError> {
+        self.bounded_as(query, |e| SnapshotError::from_db(e, self.bound)).await
+    }
+
+    /// Like [`Self::bounded`], with the query's errors told by `refused`.
+    async fn bounded_as<T>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+        refused: impl FnOnce(tokio_postgres::Error) -> SnapshotError,
+    ) -> Result<T, SnapshotError> {
         match tokio::time::timeout(self.bound, query).await {
-            Ok(outcome) => outcome.map_err(|e| SnapshotError::from_db(e, self.bound)),
+            Ok(outcome) => outcome.map_err(refused),
             Err(_) => Err(SnapshotError::TimedOut(self.bound)),
         }
     }
