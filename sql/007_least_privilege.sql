@@ -1,28 +1,30 @@
 -- pgsse schema 9. A capture stages its event at the end of the writer's statement, from two plain row
 -- triggers: one makes the row's JSON with the writer's own rights, the next (pgsse's owner's) stages it.
 -- A transaction's events go to the log in the order of the last number it drew (at its commit, or later
--- than any event it staged), which no setting a writer may change steers. Retention has floors that only pgsse's owner may lower. Idempotent; records
--- itself in pgsse.migrations.
+-- than any event it staged), which no setting a writer may change steers. Retention has floors that only
+-- pgsse's owner may lower. Idempotent; records itself in pgsse.migrations.
 
 BEGIN;
 SET LOCAL client_min_messages = warning;
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
 
--- `tx` was read from a session setting that any writer could set; schema 9 orders by `seq` alone. The
--- column stays, unused and nullable, so that schema 8's functions work until functions.sql (applied next,
--- in a transaction of its own) replaces them. Rows a forged `tx` stranded below the floor are taken again:
--- the floor goes down to the lowest staged number.
+-- `tx` was read from a session setting that any writer could set; schema 9 orders by numbers drawn by
+-- pgsse's own code and reads pgsse.staged from a floor of transaction ids: every transaction older than
+-- the oldest one running when a batch began had ended, so that batch took its rows (a floor of numbers
+-- could not rise while any writer's transaction stayed open). `tx` and the old numeric floor stay, unused,
+-- so that schema 8's functions work until functions.sql (applied next, in a transaction of its own)
+-- replaces them; a floor of 0 takes again any rows that a forged `tx` stranded.
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indexrelid = 'pgsse.staged_pkey'::regclass AND i.indnatts = 2) THEN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = 'pgsse.staged_pkey'::regclass AND a.attname = 'tx') THEN
         ALTER TABLE pgsse.staged DROP CONSTRAINT staged_pkey;
         ALTER TABLE pgsse.staged ALTER COLUMN tx DROP NOT NULL;
-        ALTER TABLE pgsse.staged ADD PRIMARY KEY (seq);
+        ALTER TABLE pgsse.staged ADD PRIMARY KEY (txid, seq);
     END IF;
 END
 $$;
-UPDATE pgsse.staged_floor SET floor = (SELECT min(seq) FROM pgsse.staged)
- WHERE floor > (SELECT coalesce(min(seq), floor) FROM pgsse.staged);
+ALTER TABLE pgsse.staged_floor ADD COLUMN IF NOT EXISTS floor_xid xid8 NOT NULL DEFAULT '0';
 
 -- The first event a transaction stages rings the doorbell when the transaction commits, and takes then
 -- the number that places the transaction in commit order (`committed`).

@@ -113,7 +113,7 @@ CREATE OR REPLACE FUNCTION pgsse.ring() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     UPDATE pgsse.staged s SET committed = pg_catalog.nextval('pgsse.staged_seq')
-     WHERE s.seq OPERATOR(pg_catalog.=) NEW.seq;
+     WHERE s.txid OPERATOR(pg_catalog.=) NEW.txid AND s.seq OPERATOR(pg_catalog.=) NEW.seq;
     IF pg_catalog.nextval('pgsse.bell') OPERATOR(pg_catalog.=) 1 THEN
         -- A constant payload lets PostgreSQL fold a transaction's notifications into one.
         PERFORM pg_catalog.pg_notify('pgsse_' OPERATOR(pg_catalog.||) m.bell_token, '') FROM pgsse.meta m;
@@ -136,22 +136,27 @@ $$;
 -- transactions in the order of the last number each drew: the one its commit drew (pgsse.ring, while a
 -- gateway listens), or its last staged event's. Whatever a writer does, one that changed a row after
 -- another committed drew a number after all of the other's; transactions that touched no common row may
--- come in the order they last staged rather than committed, only when a busy gateway reads on the clock. One DELETE and one sort over the rows moved, whatever the planner's statistics.
--- The caller holds pgsse.commit_order: batches become visible one after another, so ids increase along
--- the log in the order events become visible.
+-- come in the order they last staged rather than committed, only when a busy gateway reads on the clock.
+-- Reads from the floor up: every transaction older than the oldest one running when the last batch began
+-- had ended, so the batch took its rows. One DELETE and one sort over the rows it moves, whatever the
+-- planner's statistics say. The caller holds pgsse.commit_order: batches become visible one after another,
+-- so ids increase along the log in the order events become visible.
 DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
 CREATE OR REPLACE FUNCTION pgsse.sequence_batch() RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET enable_nestloop = off SET jit = off AS $$
 DECLARE
-    moved bigint;
-    low   bigint := (SELECT f.floor FROM pgsse.staged_floor f);
+    moved  bigint;
+    low    xid8 := (SELECT f.floor_xid FROM pgsse.staged_floor f);
+    -- Taken before the DELETE's own snapshot, which therefore sees every transaction older than this.
+    oldest xid8 := pg_snapshot_xmin(pg_current_snapshot());
 BEGIN
-    WITH taken AS (DELETE FROM pgsse.staged s WHERE s.seq >= low RETURNING s.*)
+    WITH taken AS (DELETE FROM pgsse.staged s WHERE s.txid >= low RETURNING s.*)
     INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid, old)
     SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid, t.old
       FROM (SELECT t.*, greatest(max(t.seq) OVER w, max(t.committed) OVER w) AS last FROM taken t
              WINDOW w AS (PARTITION BY t.txid) ORDER BY last, t.seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
+    UPDATE pgsse.staged_floor f SET floor_xid = oldest WHERE f.floor_xid < oldest;
     IF moved > 0 THEN
         PERFORM pg_notify('pgsse_' || m.bell_token, '') FROM pgsse.meta m;
     END IF;
@@ -166,8 +171,6 @@ $$;
 -- schema 9 (a step takes everything committed); gateways of the release before pass it.
 CREATE OR REPLACE FUNCTION pgsse.sequence(p_limit integer, p_listening boolean, OUT moved bigint, OUT in_flight boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
-DECLARE
-    drawn bigint;
 BEGIN
     BEGIN
         LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE NOWAIT;
@@ -179,20 +182,19 @@ BEGIN
     -- The next writer to commit rings again. Before the check below: a writer that found the bell taken
     -- had staged before now, so it is either seen by the batch or still open (in flight).
     PERFORM setval('pgsse.bell', 1, false);
-    -- pgsse.stage holds a ROW EXCLUSIVE lock on pgsse.staged from staging to the end of its transaction,
-    -- which SHARE conflicts with. Held for no longer than this block (its subtransaction ends either way).
-    -- With no writer open, every number drawn so far belongs to a transaction that has ended, and every
-    -- number drawn later is higher: once the batch has taken all it sees, pgsse.staged_floor may rise.
+    -- A writer holds a ROW EXCLUSIVE lock on pgsse.staged from its first staged event to the end of its
+    -- transaction, which SHARE conflicts with; held for no longer than this block (its subtransaction
+    -- ends either way). Only a listening gateway needs to know.
     in_flight := false;
-    BEGIN
-        LOCK TABLE pgsse.staged IN SHARE MODE NOWAIT;
-        -- pgsse.staged_seq has CACHE 1: a session holds no numbers drawn but not yet used.
-        drawn := (SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END FROM pgsse.staged_seq q);
-        RAISE EXCEPTION USING ERRCODE = 'PGS01';
-    EXCEPTION
-        WHEN lock_not_available THEN in_flight := coalesce(p_listening, false);
-        WHEN SQLSTATE 'PGS01' THEN NULL;
-    END;
+    IF p_listening THEN
+        BEGIN
+            LOCK TABLE pgsse.staged IN SHARE MODE NOWAIT;
+            RAISE EXCEPTION USING ERRCODE = 'PGS01';
+        EXCEPTION
+            WHEN lock_not_available THEN in_flight := true;
+            WHEN SQLSTATE 'PGS01' THEN NULL;
+        END;
+    END IF;
     -- A writer that read the doorbell unarmed rang for nobody; once armed (at this commit), ask again.
     IF p_listening IS NOT NULL THEN
         UPDATE pgsse.doorbell b SET armed = p_listening WHERE b.armed <> p_listening;
@@ -203,9 +205,6 @@ BEGIN
     moved := pgsse.sequence_batch();
     -- A clear whose transaction ended without pgsse.end_clear leaves its marker; it no longer matches anything.
     DELETE FROM pgsse.clearing c WHERE pg_xact_status(c.txid) IS DISTINCT FROM 'in progress';
-    IF drawn IS NOT NULL THEN
-        UPDATE pgsse.staged_floor f SET floor = drawn + 1 WHERE f.floor < drawn + 1;
-    END IF;
 END
 $$;
 

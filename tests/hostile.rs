@@ -158,7 +158,7 @@ async fn nobody_forges_an_event() {
             "SELECT setval('pgsse.bell', 2)",
             "UPDATE pgsse.channels SET source_table = NULL",
             "UPDATE pgsse.doorbell SET armed = false",
-            "UPDATE pgsse.staged_floor SET floor = 9000000000000000000",
+            "UPDATE pgsse.staged_floor SET floor_xid = '9000000000000000000'",
             "SELECT pgsse.stage('messages', 'x', '{}')",
             "SELECT pgsse.sequence_batch()",
         ] {

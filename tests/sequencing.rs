@@ -306,28 +306,26 @@ async fn writes_go_on_without_a_gateway_and_the_first_to_start_sequences_the_bac
 async fn a_transaction_that_drew_its_number_early_is_not_passed_over_by_later_ones() {
     let Fixture { url, admin, app, gw } = Fixture::messages("").await;
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
-    // Immediate constraints: the capture stages its row, and draws its number, at the INSERT.
-    let drawn = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgsse.staged_seq";
-    let early_tx = admin.query_one(drawn, &[]).await.unwrap().get::<_, i64>(0) + 1;
+    // Its row is staged, and its number drawn, at the INSERT; it commits after twenty others.
     let mut early = common::writer(&url).await;
     let early = early.transaction().await.unwrap();
     early.batch_execute("SET CONSTRAINTS ALL IMMEDIATE; INSERT INTO messages (body) VALUES ('early')").await.unwrap();
+    let early_xid: i64 = early.query_one("SELECT pg_current_xact_id()::text::int8", &[]).await.unwrap().get(0);
     for i in 0..20 {
         app.batch_execute(&format!("INSERT INTO messages (body) VALUES ('later {i}')")).await.unwrap();
     }
     wait_for("the later rows in the log", || async { log_of(&admin).await.len() == 20 }).await;
-    let floor: i64 = admin.query_one("SELECT floor FROM pgsse.staged_floor", &[]).await.unwrap().get(0);
-    assert!(floor <= early_tx, "the floor ({floor}) rose past a writer in flight ({early_tx})");
+    let floor = "SELECT floor_xid::text::int8 FROM pgsse.staged_floor";
+    let below: i64 = admin.query_one(floor, &[]).await.unwrap().get(0);
+    assert!(below <= early_xid, "the floor ({below}) rose past a writer in flight ({early_xid})");
     early.commit().await.unwrap();
     common::wait_sequenced(&admin).await;
     let log = log_of(&admin).await;
     assert_eq!(log.last().map(|(_, body)| body.as_str()), Some("early"), "{log:?}");
     has_exactly(&follower, &log, "the stream").await;
-    // With no writer in flight, a later step raises the floor past every number drawn.
-    let floor = "SELECT floor FROM pgsse.staged_floor";
-    wait_for("the floor past the last number drawn", || async {
-        admin.query_one(floor, &[]).await.unwrap().get::<_, i64>(0)
-            > admin.query_one(drawn, &[]).await.unwrap().get::<_, i64>(0)
+    // Once it has ended, a later step raises the floor past it.
+    wait_for("the floor past the writer that was in flight", || async {
+        admin.query_one(floor, &[]).await.unwrap().get::<_, i64>(0) > early_xid
     })
     .await;
 }
