@@ -281,14 +281,17 @@ $$;
 -- that very row. Both qualify every name: the first runs with the writer's search_path.
 CREATE OR REPLACE FUNCTION pgsse.capture_row() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    done pg_catalog.text;
 BEGIN
-    -- json rather than jsonb: its text is made directly, and the next trigger parses it once.
+    -- json rather than jsonb: its text is made directly, and the next trigger parses it once. Assignments,
+    -- not PERFORM: an expression runs without a query around it.
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.row_to_json(NEW)::pg_catalog.text, true);
+        done := pg_catalog.set_config('pgsse.captured', pg_catalog.row_to_json(NEW)::pg_catalog.text, true);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        PERFORM pg_catalog.set_config('pgsse.captured', pg_catalog.row_to_json(OLD)::pg_catalog.text, true);
+        done := pg_catalog.set_config('pgsse.captured', pg_catalog.row_to_json(OLD)::pg_catalog.text, true);
     ELSE
-        PERFORM pg_catalog.set_config('pgsse.captured',
+        done := pg_catalog.set_config('pgsse.captured',
             pg_catalog.json_build_array(pg_catalog.row_to_json(NEW), pg_catalog.row_to_json(OLD))::pg_catalog.text, true);
     END IF;
     RETURN NULL;
@@ -308,9 +311,10 @@ DECLARE
     old_data pg_catalog.jsonb;
     event    pg_catalog.text;
     payload  pg_catalog.jsonb;
-    ring     pg_catalog.bool := false;
+    first    pg_catalog.bool;
+    done     pg_catalog.text;
 BEGIN
-    PERFORM pg_catalog.set_config('pgsse.captured', '', true);
+    done := pg_catalog.set_config('pgsse.captured', '', true);
     IF TG_NARGS OPERATOR(pg_catalog.<>) 9 OR TG_ARGV[1] OPERATOR(pg_catalog.<>) TG_RELID::pg_catalog.oid::pg_catalog.text THEN
         RAISE WARNING 'pgsse: this trigger on % is not the one pgsse.publish_table installed for it; its change is not recorded',
             TG_RELID::pg_catalog.regclass USING HINT = 'publish the table again, or run pgsse migrate (after a restore, say)';
@@ -362,13 +366,14 @@ BEGIN
         RETURN NULL;
     END IF;
     -- pgsse.stage, written out: a function call per row would cost more than its body.
-    IF NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false) THEN
-        PERFORM pg_catalog.set_config('pgsse.rang', 'y', true);
-        ring := (SELECT d.armed FROM pgsse.doorbell d);
+    first := NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false);
+    IF first THEN
+        done := pg_catalog.set_config('pgsse.rang', 'y', true);
     END IF;
     INSERT INTO pgsse.staged (seq, txid, channel, event, payload, old, ring)
-    VALUES (pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), TG_ARGV[0], event, payload,
-            CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN old_data END, ring);
+    SELECT pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), TG_ARGV[0], event, payload,
+           CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN old_data END, first AND d.armed
+      FROM pgsse.doorbell d;
     RETURN NULL;
 END
 $$;
