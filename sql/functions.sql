@@ -139,11 +139,13 @@ $$;
 -- come in the order they last staged rather than committed, only when a busy gateway reads on the clock.
 -- Reads from the floor up: every transaction older than the oldest one running when the last batch began
 -- had ended, so the batch took its rows. One DELETE and one sort over the rows it moves, whatever the
--- planner's statistics say. The caller holds pgsse.commit_order: batches become visible one after another,
+-- planner's statistics say: the DELETE walks the key from the floor (a sequential scan would read every
+-- row moved since the last VACUUM, at every step). The caller holds pgsse.commit_order: batches become visible one after another,
 -- so ids increase along the log in the order events become visible.
 DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
 CREATE OR REPLACE FUNCTION pgsse.sequence_batch() RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET enable_nestloop = off SET jit = off AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_nestloop = off SET jit = off AS $$
 DECLARE
     moved  bigint;
     low    xid8 := (SELECT f.floor_xid FROM pgsse.staged_floor f);

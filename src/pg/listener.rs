@@ -27,6 +27,10 @@ use crate::pg::status::ListenerStatus;
 const NOTIFY_CHANNEL: &str = "SELECT 'pgsse_' || bell_token FROM pgsse.meta";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
+/// Who holds the sequencing step's lock: the sessions an operator may have to end.
+const STEP_HOLDERS: &str = "SELECT string_agg(format('pid %s (role %s, %s)', l.pid, coalesce(a.usename::text, '?'), \
+     coalesce(a.state, '?')), ', ') FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.relation = 'pgsse.commit_order'::pg_catalog.regclass AND l.granted";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -263,7 +267,17 @@ impl Listener {
                 })
                 .await?;
             let (moved, in_flight): (i64, bool) = (step.try_get(0)?, step.try_get(1)?);
-            sequencing.record(Instant::now(), in_flight);
+            sequencing.record(Instant::now(), in_flight, moved >= 0);
+            if sequencing.stuck(Instant::now()) {
+                let holders: Option<String> =
+                    conn.bounded(log.client.query_one(STEP_HOLDERS, &[])).await?.try_get(0)?;
+                error!(
+                    holders = holders.as_deref().unwrap_or("none now"),
+                    "the sequencing step has been held by another session for over {:?}: events are staged, not \
+                     lost, until its transaction ends; end it (SELECT pg_terminate_backend(pid)) and rotate its login",
+                    sequencer::STUCK
+                );
+            }
             let (read, wake) = self.catch_up(log.client, log.fetch, conn, rows, limit).await?;
             (events, woken) = (events + read, woken + wake);
             if moved < i64::from(sequencer::BATCH) {

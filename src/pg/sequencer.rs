@@ -19,20 +19,26 @@ const RECHECK_MAX: Duration = Duration::from_millis(250);
 /// nothing (its transaction ends with its session), but the doorbell may be unarmed or its last writer
 /// may have rolled back.
 const TAKEOVER: Duration = Duration::from_millis(500);
+/// A step held by another session this long is news: a batch takes milliseconds, so some session holds
+/// `pgsse.commit_order` in a transaction it keeps open.
+pub const STUCK: Duration = Duration::from_secs(10);
 
 pub struct Sequencing {
     recheck: Option<Instant>,
     backoff: Duration,
     takeover: Instant,
+    /// Since when every step found another session holding the step's lock, and whether that was said.
+    held: Option<(Instant, bool)>,
 }
 
 impl Sequencing {
     pub fn new(now: Instant) -> Self {
-        Self { recheck: None, backoff: RECHECK_MIN, takeover: now + TAKEOVER }
+        Self { recheck: None, backoff: RECHECK_MIN, takeover: now + TAKEOVER, held: None }
     }
 
-    /// Records a step taken at `now`.
-    pub fn record(&mut self, now: Instant, in_flight: bool) {
+    /// Records a step tried at `now`: `taken` unless another session held its lock.
+    pub fn record(&mut self, now: Instant, in_flight: bool, taken: bool) {
+        self.held = if taken { None } else { Some(self.held.unwrap_or((now, false))) };
         self.takeover = now + TAKEOVER;
         if in_flight {
             self.recheck = Some(now + self.backoff);
@@ -40,6 +46,17 @@ impl Sequencing {
         } else {
             self.recheck = None;
             self.backoff = RECHECK_MIN;
+        }
+    }
+
+    /// True once, when other sessions have held the step for [`STUCK`] without a break.
+    pub fn stuck(&mut self, now: Instant) -> bool {
+        match &mut self.held {
+            Some((since, said)) if !*said && now - *since >= STUCK => {
+                *said = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -60,7 +77,7 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..10 {
             let now = Instant::now();
-            s.record(now, true);
+            s.record(now, true, true);
             waits.push(s.due() - now);
             tokio::time::advance(s.due() - now).await;
         }
@@ -68,9 +85,25 @@ mod tests {
         assert!(waits.iter().all(|w| *w <= RECHECK_MAX));
         assert_eq!(waits[9], RECHECK_MAX);
         let now = Instant::now();
-        s.record(now, false);
+        s.record(now, false, true);
         assert_eq!(s.due() - now, TAKEOVER);
-        s.record(now, true);
+        s.record(now, true, true);
         assert_eq!(s.due() - now, RECHECK_MIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_held_elsewhere_for_long_is_said_once_and_again_after_a_break() {
+        let mut s = Sequencing::new(Instant::now());
+        s.record(Instant::now(), false, false);
+        tokio::time::advance(STUCK - Duration::from_millis(1)).await;
+        s.record(Instant::now(), false, false);
+        assert!(!s.stuck(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(s.stuck(Instant::now()));
+        assert!(!s.stuck(Instant::now()), "said once");
+        s.record(Instant::now(), false, true);
+        s.record(Instant::now(), false, false);
+        tokio::time::advance(STUCK).await;
+        assert!(s.stuck(Instant::now()), "a new spell is news again");
     }
 }
