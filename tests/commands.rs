@@ -329,3 +329,14 @@ async fn cors_allows_exactly_the_configured_origins() {
     assert!(created.headers["access-control-expose-headers"].to_ascii_lowercase().contains("pgsse-event-id"));
     let _: Value = created.json();
 }
+
+/// History holds every event committed before it was asked for, sequenced or not yet.
+#[tokio::test]
+async fn history_holds_every_event_committed_before_the_request() {
+    let Fixture { app, gw, .. } = Fixture::messages("").await;
+    for i in 0..20 {
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("h{i}")]).await.unwrap();
+        let newest = get(gw.addr, "/messages?limit=1", &[]).await.unwrap().json();
+        assert_eq!(newest[0]["data"]["body"], format!("h{i}"), "{newest}");
+    }
+}
