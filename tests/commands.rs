@@ -340,3 +340,24 @@ async fn history_holds_every_event_committed_before_the_request() {
         assert_eq!(newest[0]["data"]["body"], format!("h{i}"), "{newest}");
     }
 }
+
+/// A POST whose row committed never answers "try again", even while sequencing is held up: it answers 202
+/// without the id, and the event follows once sequencing resumes.
+#[tokio::test]
+async fn a_committed_post_is_never_told_to_retry() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    let mut config = common::gateway_config(&url);
+    config.pool.db_timeout = std::time::Duration::from_secs(3);
+    let gw = Gateway::start_with(config).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    let mut holder = common::connect(&url).await;
+    let held = holder.transaction().await.unwrap();
+    held.batch_execute("LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE").await.unwrap();
+    let posted = call(gw.addr, "POST", "/messages", &[JSON], Bytes::from(r#"{"body": "while held"}"#)).await.unwrap();
+    assert_eq!(posted.status, 202, "{}", posted.body);
+    assert_eq!((posted.json()["committed"].clone(), posted.json()["id"].clone()), (json!(true), json!(null)));
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "written once");
+    held.rollback().await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "while held");
+}

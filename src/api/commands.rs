@@ -149,7 +149,10 @@ impl Commands {
                     "event= is for channels without a table; the table names its events".into(),
                 ));
             }
-            let written = self.store.insert_row(channel, &body).await?;
+            let written = match self.store.insert_row(channel, &body).await {
+                Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
+                written => written?,
+            };
             let mut resp = raw_json_response(StatusCode::CREATED, Bytes::from(written.payload));
             if let Some(id) = written.id {
                 resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
@@ -157,7 +160,10 @@ impl Commands {
             return Ok(resp);
         }
         let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
-        let id = self.store.publish(channel, &event, &body).await?;
+        let id = match self.store.publish(channel, &event, &body).await {
+            Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
+            id => id?,
+        };
         let mut resp = json_response(
             StatusCode::CREATED,
             &serde_json::json!({ "id": id, "channel": channel, "event": event, "data": body }),
@@ -234,6 +240,20 @@ impl Commands {
         }
         Ok(resp)
     }
+}
+
+/// A write that committed but whose event is not in the log yet (sequencing is held up, or its table's
+/// capture recorded none): 202, so that nobody retries it and writes it twice.
+fn committed_without_id(channel: &str) -> Response {
+    json_response(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({
+            "committed": true,
+            "id": null,
+            "channel": channel,
+            "note": "the write committed; its event is not in the log yet, so its id is not known: do not retry it",
+        }),
+    )
 }
 
 fn check_name(channel: &str) -> Result<(), CommandError> {

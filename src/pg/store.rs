@@ -21,10 +21,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `/healthz` and `/readyz` answer within a second whatever the database does.
 const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
-/// Above [`SEQUENCED_WAIT`], so a POST that waits for a busy sequencing step gets its id.
 const DEFAULT_DB_TIMEOUT: &str = "15s";
-/// How long a gateway's own write waits for another session's sequencing step to give its event an id.
-const SEQUENCED_WAIT: Duration = Duration::from_secs(10);
+/// The share of `--db-timeout` that a gateway's own write waits for another session's sequencing step to
+/// give its event an id: the rest is for the write and the answer, so a write that committed is never
+/// answered with a timeout.
+const SEQUENCED_SHARE: f64 = 2.0 / 3.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 
 /// The pool that replays, lookups and writes use (the LISTEN connection is separate).
@@ -47,14 +48,20 @@ pub struct PoolArgs {
 /// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
 /// try takes a sequencing step (in its own statement, so its lock ends with it) unless another session is
 /// taking one, so this waits only while one is.
-async fn sequenced(client: &Client, txid: i64, after: i64, channel: &str) -> Result<Written, StoreError> {
+async fn sequenced(
+    client: &Client,
+    txid: i64,
+    after: i64,
+    channel: &str,
+    wait: Duration,
+) -> Result<Written, StoreError> {
     let stmt = client
         .prepare_cached(
             "SELECT e.event_id, e.payload::text, s.moved < 0 FROM pgsse.sequence(0, NULL) s, \
              LATERAL pgsse.sequenced($1::int8::text::xid8, $2, $3) e",
         )
         .await?;
-    let deadline = Instant::now() + SEQUENCED_WAIT;
+    let deadline = Instant::now() + wait;
     let mut pause = Duration::from_micros(250);
     loop {
         let row = client.query_one(&stmt, &[&txid, &after, &channel]).await?;
@@ -70,10 +77,10 @@ async fn sequenced(client: &Client, txid: i64, after: i64, channel: &str) -> Res
 }
 
 /// Takes a sequencing step, or waits for the one another session is taking to end, so that every event
-/// committed before the call is in the log (within [`SEQUENCED_WAIT`]; past it, what is there is read).
-async fn sequenced_all(client: &Client) -> Result<(), StoreError> {
+/// committed before the call is in the log (within `wait`; past it, what is there is read).
+async fn sequenced_all(client: &Client, wait: Duration) -> Result<(), StoreError> {
     let stmt = client.prepare_cached("SELECT moved FROM pgsse.sequence(0, NULL)").await?;
-    let deadline = Instant::now() + SEQUENCED_WAIT;
+    let deadline = Instant::now() + wait;
     let mut pause = Duration::from_micros(250);
     while client.query_one(&stmt, &[]).await?.try_get::<_, i64>(0)? < 0 && Instant::now() + pause < deadline {
         tokio::time::sleep(pause).await;
@@ -329,7 +336,9 @@ impl Store {
                 Err(err) => return Err(StoreError::from_db(err)),
             };
             match (row.try_get(0)?, row.try_get(1)?) {
-                (Some(txid), Some(after)) => sequenced(client, txid, after, channel).await,
+                (Some(txid), Some(after)) => {
+                    sequenced(client, txid, after, channel, self.bound.mul_f64(SEQUENCED_SHARE)).await
+                }
                 _ => Ok(Written { id: None, payload: row.try_get(2)? }),
             }
         })
@@ -346,7 +355,9 @@ impl Store {
                 .query_one(&stmt, &[&channel, &event, &payload.to_string()])
                 .await
                 .map_err(StoreError::from_db)?;
-            let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel).await?;
+            let written =
+                sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.bound.mul_f64(SEQUENCED_SHARE))
+                    .await?;
             written.id.ok_or(StoreError::NotSequenced)
         })
         .await
@@ -357,7 +368,7 @@ impl Store {
         self.with(async |client| {
             let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
             let row = client.query_one(&stmt, &[&channel]).await.map_err(StoreError::from_db)?;
-            sequenced(client, row.try_get(0)?, row.try_get(1)?, channel).await
+            sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.bound.mul_f64(SEQUENCED_SHARE)).await
         })
         .await
     }
@@ -367,7 +378,7 @@ impl Store {
     /// Every event committed before the call is in the log first.
     pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         self.with(async |client| {
-            sequenced_all(client).await?;
+            sequenced_all(client, self.bound.mul_f64(SEQUENCED_SHARE)).await?;
             // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
             let stmt = client
                 .prepare_cached(&format!(
