@@ -260,3 +260,41 @@ async fn serve_with_credentials_that_cannot_work_exits_with_the_fix() {
     drop(su);
     cluster.stop("fast").unwrap();
 }
+
+/// A database that a newer pgsse migrated is refused by this binary's `migrate` (which would put back
+/// older bodies of every function) and `serve`, each with one line naming both versions.
+#[tokio::test]
+async fn migrate_and_serve_refuse_a_database_a_newer_pgsse_migrated() {
+    let url = fresh_db().await;
+    let admin = connect(&url).await;
+    admin
+        .batch_execute(
+            "INSERT INTO pgsse.migrations (name) VALUES ('099_future.sql'); UPDATE pgsse.meta SET schema_version = 99",
+        )
+        .await
+        .unwrap();
+    let last = pgsse::MIGRATIONS.last().unwrap().0;
+    let err = pgsse::migrate(&url).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "this database was migrated by a newer pgsse (it has 099_future.sql; this binary knows up to {last}): run \
+             the newer binary's migrate, or upgrade this one"
+        )
+    );
+    let gateway_url = common::as_role(&url, common::GATEWAY_ROLE);
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        tokio::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &gateway_url])
+            .stdout(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("serve ends by itself")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let want = format!("schema 99, newer than this binary's {}", pgsse::SCHEMA_VERSION);
+    assert!(stderr.trim_end().lines().count() == 1 && stderr.contains(&want), "{stderr}");
+}

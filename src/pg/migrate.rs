@@ -33,6 +33,11 @@ pub enum MigrateError {
     Apply { file: &'static str, cause: String },
     #[error("{0}")]
     Privilege(String),
+    #[error(
+        "this database was migrated by a newer pgsse (it has {applied}; this binary knows up to {known}): run the \
+         newer binary's migrate, or upgrade this one"
+    )]
+    Newer { applied: String, known: &'static str },
 }
 
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
@@ -43,6 +48,12 @@ pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
     check_privileges(&client).await?;
     warn_on_sql_ascii(&client).await?;
     let recorded = recorded(&client).await?;
+    // An older binary's functions.sql would put back older bodies of every function (and schema 9's
+    // security) in a database that a newer pgsse migrated.
+    let newer: Vec<&String> = recorded.iter().filter(|name| !MIGRATIONS.iter().any(|(file, _)| file == name)).collect();
+    if let Some(last) = newer.iter().max() {
+        return Err(MigrateError::Newer { applied: last.to_string(), known: MIGRATIONS[MIGRATIONS.len() - 1].0 });
+    }
     let mut applied = 0;
     for &(file, sql) in MIGRATIONS {
         if !recorded.iter().any(|name| name == file) {

@@ -1,9 +1,12 @@
-//! Whether the gateway's logins can ever work: a wrong password, an unknown role or database, or a login
-//! without `pgsse_gateway` ends `serve` at start with the fix; a database that does not answer is waited for.
+//! Whether the gateway's logins can ever work: a wrong password, an unknown role or database, a login
+//! without `pgsse_gateway`, or a schema newer than this binary ends `serve` at start with the fix; a
+//! database that does not answer is waited for.
 
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
+
+use crate::pg::migrate::SCHEMA_VERSION;
 use tokio_postgres::NoTls;
 
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -21,6 +24,11 @@ pub enum CredentialError {
     Database { flag: &'static str, message: String },
     #[error("{flag}: role {role} is not a member of pgsse_gateway: have an admin run GRANT pgsse_gateway TO {role};")]
     NotGateway { flag: &'static str, role: String },
+    #[error(
+        "{flag}: this database has pgsse schema {database}, newer than this binary's {binary}: upgrade the gateway \
+         to the release that migrated it"
+    )]
+    Newer { flag: &'static str, database: i32, binary: i32 },
     #[error("{flag}: {source}")]
     Url {
         flag: &'static str,
@@ -49,19 +57,15 @@ async fn check(flag: &'static str, url: &str) -> Result<(), CredentialError> {
             Ok((client, connection)) => {
                 let driver = tokio::spawn(connection);
                 // Before `pgsse migrate` made pgsse_gateway, serving waits for it (and says so at /healthz).
-                let member = client
-                    .query_one(
-                        "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgsse_gateway')
-                             OR pg_catalog.pg_has_role('pgsse_gateway', 'USAGE')",
-                        &[],
-                    )
-                    .await
-                    .map(|row| row.get::<_, bool>(0));
+                let answer = gateway_and_schema(&client).await;
                 drop(client);
                 let _ = driver.await;
-                match member {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => return Err(CredentialError::NotGateway { flag, role }),
+                match answer {
+                    Ok((false, _)) => return Err(CredentialError::NotGateway { flag, role }),
+                    Ok((true, Some(database))) if database > SCHEMA_VERSION => {
+                        return Err(CredentialError::Newer { flag, database, binary: SCHEMA_VERSION })
+                    }
+                    Ok(_) => return Ok(()),
                     Err(_) => {}
                 }
             }
@@ -82,6 +86,28 @@ async fn check(flag: &'static str, url: &str) -> Result<(), CredentialError> {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);
     }
+}
+
+/// Whether the login may act as a gateway (or pgsse is not installed yet), and the installed schema's
+/// version when it may read it.
+async fn gateway_and_schema(client: &tokio_postgres::Client) -> Result<(bool, Option<i32>), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgsse_gateway')
+                 OR pg_catalog.pg_has_role('pgsse_gateway', 'USAGE'),
+             EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = 'pgsse' AND c.relname = 'meta'
+                        AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                        AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))",
+            &[],
+        )
+        .await?;
+    let (member, readable): (bool, bool) = (row.get(0), row.get(1));
+    if !(member && readable) {
+        return Ok((member, None));
+    }
+    let version = client.query_one("SELECT max(schema_version) FROM pgsse.meta", &[]).await?;
+    Ok((true, version.get(0)))
 }
 
 /// Whether a connection failed on its credentials, which no retry fixes until someone changes them.
