@@ -1,10 +1,12 @@
-//! Test support, by concern: databases (`db`), gateways (`gateway`), an HTTP client (`http`), SSE clients
-//! (`sse`), waiting on conditions (`wait`), certificates (`tls`), and a fault-injecting TCP proxy (`proxy`).
+//! Test support, by concern: databases (`db`, and `legacy` with production's roles), gateways (`gateway`),
+//! an HTTP client (`http`), SSE clients (`sse`), waiting on conditions (`wait`), certificates (`tls`), and
+//! a fault-injecting TCP proxy (`proxy`).
 #![allow(dead_code, unused_imports)]
 
 pub mod db;
 pub mod gateway;
 pub mod http;
+pub mod legacy;
 pub mod proxy;
 pub mod sse;
 pub mod tls;
@@ -13,6 +15,7 @@ pub mod wait;
 pub use db::*;
 pub use gateway::*;
 pub use http::{call, get, Response};
+pub use legacy::{legacy, Legacy};
 pub use sse::*;
 pub use tls::*;
 pub use wait::*;
