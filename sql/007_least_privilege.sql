@@ -47,9 +47,12 @@ ALTER TABLE pgsse.meta
     ADD COLUMN IF NOT EXISTS min_events bigint   NOT NULL DEFAULT 100;
 
 -- The tables that pgsse.clear_channel is emptying in an open transaction: their deletes record no events.
+-- after_seq is the clear event's number: once the transaction stages anything more on the channel, its
+-- deletes are recorded again.
 CREATE UNLOGGED TABLE IF NOT EXISTS pgsse.clearing (
     txid         xid8     NOT NULL,
-    source_table regclass NOT NULL
+    source_table regclass NOT NULL,
+    after_seq    bigint   NOT NULL
 );
 
 UPDATE pgsse.meta SET schema_version = 9 WHERE schema_version < 9;

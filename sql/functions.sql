@@ -324,8 +324,13 @@ BEGIN
     END IF;
     IF TG_OP OPERATOR(pg_catalog.=) 'DELETE'
        AND pg_catalog.current_setting('pgsse.suppress_capture', true) OPERATOR(pg_catalog.=) 'on'
-       AND EXISTS (SELECT 1 FROM pgsse.clearing c WHERE c.txid OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()
-                                                    AND c.source_table OPERATOR(pg_catalog.=) TG_RELID) THEN
+       AND EXISTS (SELECT 1 FROM pgsse.clearing c
+                    WHERE c.txid OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()
+                      AND c.source_table OPERATOR(pg_catalog.=) TG_RELID
+                      AND NOT EXISTS (SELECT 1 FROM pgsse.staged s
+                                       WHERE s.txid OPERATOR(pg_catalog.=) c.txid
+                                         AND s.channel OPERATOR(pg_catalog.=) TG_ARGV[0]
+                                         AND s.seq OPERATOR(pg_catalog.>) c.after_seq)) THEN
         RETURN NULL;
     END IF;
     IF handed IS NULL OR handed OPERATOR(pg_catalog.=) '' THEN
@@ -440,13 +445,16 @@ BEGIN
         RAISE EXCEPTION 'pgsse: invalid event name %', quote_literal(coalesce(p_event, 'NULL'))
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pgsse.channels WHERE name = p_channel) THEN
+        INSERT INTO pgsse.channels (name) VALUES (p_channel) ON CONFLICT (name) DO NOTHING;
+    END IF;
+    -- Held to the end of this transaction: a publish_table of the channel waits for it, and then sees what
+    -- it staged; one that went first is seen here, by the check below.
+    PERFORM 1 FROM pgsse.channels c WHERE c.name = p_channel FOR KEY SHARE;
     why := pgsse.reserved_event(p_channel, p_event);
     IF why IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: %', why USING ERRCODE = 'insufficient_privilege',
             HINT = 'publish it under another event name';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pgsse.channels WHERE name = p_channel) THEN
-        INSERT INTO pgsse.channels (name) VALUES (p_channel) ON CONFLICT (name) DO NOTHING;
     END IF;
     PERFORM pgsse.stage(p_channel, p_event, coalesce(p_payload, 'null'));
 END
@@ -619,7 +627,9 @@ BEGIN
         RAISE EXCEPTION 'pgsse: channel % already publishes another table', quote_literal(ch)
             USING ERRCODE = '22023';
     END IF;
-    -- Events that pgsse.publish put there would pass for the table's row events.
+    -- Events that pgsse.publish put there would pass for the table's row events (a publish still open on
+    -- the channel is waited for: it holds the row).
+    PERFORM 1 FROM pgsse.channels c WHERE c.name = ch FOR UPDATE;
     IF EXISTS (SELECT 1 FROM pgsse.channels c WHERE c.name = ch AND c.source_table IS NULL)
        AND (EXISTS (SELECT 1 FROM pgsse.events e WHERE e.channel = ch)
             OR EXISTS (SELECT 1 FROM pgsse.staged s WHERE s.channel = ch)) THEN
@@ -957,6 +967,40 @@ BEGIN
 END
 $$;
 
+-- Raises again, in pgsse's own words, an error that a write to table p_table met: the table's triggers,
+-- rules, checks and policies are its owner's code, which runs as the gateway and may put anything in a
+-- message (another channel's events, say). The client learns the kind of refusal, and a column or
+-- constraint only by a name the table really has. Call only from an exception handler.
+CREATE OR REPLACE FUNCTION pgsse.refused(p_table regclass, p_code text, p_column text, p_constraint text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    col text := (SELECT a.attname FROM pg_attribute a
+                  WHERE a.attrelid = p_table AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped);
+    con text := (SELECT c.conname FROM pg_constraint c WHERE c.conrelid = p_table AND c.conname = p_constraint);
+BEGIN
+    CASE
+        WHEN p_code IN ('23505', '23P01') THEN
+            RAISE EXCEPTION 'a row with this key already exists' USING ERRCODE = p_code, CONSTRAINT = coalesce(con, '');
+        WHEN p_code = '23502' THEN
+            RAISE EXCEPTION 'a column that must not be null has no value' USING ERRCODE = p_code, COLUMN = coalesce(col, '');
+        WHEN p_code = '23514' THEN
+            RAISE EXCEPTION 'a value violates a check constraint' USING ERRCODE = p_code, CONSTRAINT = coalesce(con, '');
+        WHEN p_code = '23503' THEN
+            RAISE EXCEPTION 'a referenced row does not exist' USING ERRCODE = p_code, CONSTRAINT = coalesce(con, '');
+        WHEN p_code LIKE '22%' THEN
+            RAISE EXCEPTION 'a value does not fit its column' USING ERRCODE = p_code;
+        WHEN p_code = '42501' THEN
+            RAISE EXCEPTION 'table % refused the gateway''s write (its privileges or row security)', p_table
+                USING ERRCODE = p_code;
+        WHEN p_code LIKE '40%' OR p_code LIKE '53%' OR p_code LIKE '57%' OR p_code LIKE '08%' THEN
+            RAISE EXCEPTION 'the write did not go through (%), nothing was written', p_code USING ERRCODE = p_code;
+        ELSE
+            RAISE EXCEPTION 'table %''s own code (a trigger, rule or check) refused the write', p_table
+                USING ERRCODE = 'PGS02';
+    END CASE;
+END
+$$;
+
 -- The gateway's POST to a table channel: inserts the row that the object's keys describe (column names,
 -- or their camelCase form on a camel_case channel). Runs as the gateway's role, so the table's own grants
 -- decide whether the gateway may write it. Its event is in pgsse.sequenced(txid, after, p_channel) once
@@ -975,6 +1019,9 @@ DECLARE
     mapped   jsonb;
     statement text;
     new_row  jsonb;
+    code     text;
+    failed_column text;
+    failed_constraint text;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
     IF ch.source_table IS NULL THEN
@@ -1041,19 +1088,30 @@ BEGIN
     statement := CASE WHEN cols IS NULL THEN format('INSERT INTO %s AS t DEFAULT VALUES', ch.source_table)
                  ELSE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
                              ch.source_table, cols, cols, ch.source_table) END;
+    -- The table's deferred checks too run inside the handler below.
+    SET CONSTRAINTS ALL IMMEDIATE;
+    BEGIN
+        IF captured THEN
+            EXECUTE statement USING mapped;
+        ELSE
+            EXECUTE statement || ' RETURNING to_jsonb(t.*)' USING mapped INTO new_row;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, failed_column = COLUMN_NAME, failed_constraint = CONSTRAINT_NAME;
+        PERFORM pgsse.refused(ch.source_table, code, failed_column, failed_constraint);
+    END;
     IF captured THEN
-        EXECUTE statement USING mapped;
         txid := pg_current_xact_id();
         after := pgsse.issued_head();
     ELSE
-        EXECUTE statement || ' RETURNING to_jsonb(t.*)' USING mapped INTO new_row;
         payload := pgsse.project((SELECT c FROM pgsse.channels c WHERE c.name = p_channel), new_row);
     END IF;
 END
 $$;
 
--- The key of p_row whose value the channel's table cannot take (the first, by key), for the message of a
--- failed pgsse.insert_json: run only after such a failure, each key tried on its own.
+-- "key: not a value of its type, T" for the key of p_row whose value the channel's table cannot take (the
+-- first, by key), for the message of a failed pgsse.insert_json: run only after such a failure, each key
+-- tried on its own. Its words are pgsse's: a domain's CHECK that raises says nothing to the client.
 CREATE OR REPLACE FUNCTION pgsse.bad_column(p_channel text, p_row jsonb) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
@@ -1061,7 +1119,7 @@ DECLARE
     k  record;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
-    FOR k IN SELECT e.key, e.value, a.attname FROM jsonb_each(p_row) e
+    FOR k IN SELECT e.key, e.value, a.attname, format_type(a.atttypid, a.atttypmod) AS typ FROM jsonb_each(p_row) e
                JOIN pg_attribute a ON a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
                 AND (a.attname = e.key OR (ch.camel_case AND pgsse.camel_case(a.attname) = e.key))
               ORDER BY e.key LOOP
@@ -1069,7 +1127,7 @@ BEGIN
             EXECUTE format('SELECT jsonb_populate_record(NULL::%s, $1)', ch.source_table)
                 USING jsonb_build_object(k.attname, k.value);
         EXCEPTION WHEN data_exception THEN
-            RETURN k.key;
+            RETURN format('%s: not a value of its type, %s', to_json(k.key), k.typ);
         END;
     END LOOP;
     RETURN NULL;
@@ -1115,8 +1173,9 @@ END
 $$;
 
 -- Clears channel p_channel, which must allow it: drops its events and stages its `clear` event; until
--- pgsse.end_clear (or the end of the transaction), deleting rows of its table records no row events. The
--- clear event is recorded first, so no caller can use the quiet deletes without clients dropping every row.
+-- pgsse.end_clear, the end of the transaction, or anything more staged on the channel, deleting rows of its
+-- table records no row events. The clear event is recorded first, so no caller can use the quiet deletes
+-- without clients dropping every row, nor hide the delete of a row that clients saw after it.
 CREATE OR REPLACE FUNCTION pgsse.begin_clear(p_channel text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
@@ -1125,7 +1184,8 @@ BEGIN
     DELETE FROM pgsse.events e WHERE e.channel = ch.name;
     PERFORM pgsse.stage(ch.name, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())));
     IF ch.source_table IS NOT NULL THEN
-        INSERT INTO pgsse.clearing (txid, source_table) VALUES (pg_current_xact_id(), ch.source_table);
+        INSERT INTO pgsse.clearing (txid, source_table, after_seq)
+        VALUES (pg_current_xact_id(), ch.source_table, currval('pgsse.staged_seq'));
     END IF;
 END
 $$;
@@ -1142,6 +1202,9 @@ CREATE OR REPLACE FUNCTION pgsse.clear_channel(p_channel text, OUT txid xid8, OU
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch pgsse.channels := pgsse.clearable(p_channel);
+    code              text;
+    failed_column     text;
+    failed_constraint text;
 BEGIN
     IF ch.source_table IS NOT NULL AND NOT has_table_privilege(ch.source_table, 'DELETE') THEN
         RAISE EXCEPTION 'the gateway''s role % may not delete from table %', current_user, ch.source_table
@@ -1153,7 +1216,14 @@ BEGIN
     PERFORM pgsse.begin_clear(p_channel);
     IF ch.source_table IS NOT NULL THEN
         PERFORM set_config('pgsse.suppress_capture', 'on', true);
-        EXECUTE format('DELETE FROM %s', ch.source_table);
+        SET CONSTRAINTS ALL IMMEDIATE;
+        BEGIN
+            EXECUTE format('DELETE FROM %s', ch.source_table);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, failed_column = COLUMN_NAME,
+                                    failed_constraint = CONSTRAINT_NAME;
+            PERFORM pgsse.refused(ch.source_table, code, failed_column, failed_constraint);
+        END;
         PERFORM set_config('pgsse.suppress_capture', '', true);
         PERFORM pgsse.end_clear();
     END IF;
@@ -1230,6 +1300,7 @@ GRANT EXECUTE ON FUNCTION
     pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
     pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
     pgsse.insert_json(text, jsonb), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb),
+    pgsse.refused(regclass, text, text, text),
     pgsse.clear_channel(text), pgsse.clearable(text), pgsse.begin_clear(text), pgsse.end_clear(),
     pgsse.camel_case(text), pgsse.sequence(integer, boolean), pgsse.sequenced(xid8, bigint, text),
     pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb), pgsse.camel_keys(jsonb),

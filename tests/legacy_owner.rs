@@ -154,3 +154,41 @@ async fn a_table_owners_error_messages_never_reach_a_client() {
         );
     }
 }
+
+/// Nor do its words reach a client through a write: its triggers run as the gateway's login on POST and
+/// DELETE, and whatever they raise comes back as pgsse's own kind of refusal.
+#[tokio::test]
+async fn a_table_owners_triggers_never_speak_to_a_client_through_a_write() {
+    let Legacy { url, admin, app, admin_role, .. } = legacy().await;
+    app.batch_execute(&format!(
+        "CREATE TABLE app.notes (id bigserial PRIMARY KEY, code text);
+         CREATE FUNCTION app.leak() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE EXCEPTION 'LEAK %', (SELECT string_agg(payload::text, ',') FROM pgsse.events)
+                 USING ERRCODE = coalesce(NEW.code, OLD.code), HINT = 'LEAK', COLUMN = 'LEAK', CONSTRAINT = 'LEAK';
+         END $$;
+         CREATE TRIGGER leak BEFORE INSERT OR DELETE ON app.notes FOR EACH ROW EXECUTE FUNCTION app.leak();
+         GRANT TRIGGER ON app.notes TO {admin_role}; GRANT SELECT ON app.notes TO pgsse_gateway;
+         GRANT INSERT, DELETE ON app.notes TO {GATEWAY_ROLE}; GRANT USAGE ON SEQUENCE app.notes_id_seq TO {GATEWAY_ROLE};
+         ALTER TABLE app.notes DISABLE TRIGGER leak; INSERT INTO app.notes (code) VALUES ('P0001');
+         ALTER TABLE app.notes ENABLE TRIGGER leak;"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute("SELECT pgsse.publish_table('app.notes', writable => true, allow_clear => true)")
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    for (code, status) in
+        [("42501", 403), ("22023", 400), ("23505", 409), ("23502", 422), ("P0001", 422), ("P0002", 422)]
+    {
+        let body = Bytes::from(format!(r#"{{"code": "{code}"}}"#));
+        let resp = call(gw.addr, "POST", "/notes", &[JSON], body).await.unwrap();
+        assert_eq!(resp.status, status, "{code}: {}", resp.body);
+        assert!(!resp.body.contains("LEAK"), "{code}: {}", resp.body);
+    }
+    let resp = call(gw.addr, "DELETE", "/notes", &[], Bytes::new()).await.unwrap();
+    assert_eq!(resp.status, 422, "{}", resp.body);
+    assert!(!resp.body.contains("LEAK") && resp.body.contains("own code"), "{}", resp.body);
+}

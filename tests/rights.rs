@@ -263,7 +263,8 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
     gateway
         .batch_execute(
             "BEGIN; SELECT pgsse.begin_clear('board'); SET LOCAL pgsse.suppress_capture = 'on';
-             INSERT INTO app.board (body) VALUES ('hidden?'); DELETE FROM app.board WHERE body = 'before'; COMMIT;",
+             DELETE FROM app.board WHERE body = 'before';
+             INSERT INTO app.board (body) VALUES ('hidden?'); DELETE FROM app.board WHERE body = 'hidden?'; COMMIT;",
         )
         .await
         .unwrap();
@@ -275,8 +276,9 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log.len(), 3, "{log:?}");
     assert!(log[0].starts_with("clear ") && log[1] == r#"insert {"id": 2, "body": "hidden?"}"#, "{log:?}");
+    assert_eq!(log[2], r#"delete {"id": 2, "body": "hidden?"}"#, "a row clients saw is not deleted quietly");
 
     // Asking for a write's event holds no lock once the statement is over, even in an open transaction.
     let mut held = connect(&as_role(&url, GATEWAY_ROLE)).await;
@@ -307,6 +309,21 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
         .unwrap();
     let err = db_error(admin.batch_execute("SELECT pgsse.publish_table('app.later')").await);
     assert!(err.contains("channel 'later' already carries events published with pgsse.publish"), "{err}");
+    // Not even from a transaction still open when the table is published.
+    let mut racing = connect(&as_role(&url, common::PUBLISHER_ROLE)).await;
+    let open = racing.transaction().await.unwrap();
+    open.batch_execute("SELECT pgsse.publish('race', 'insert', '{\"id\": 666}')").await.unwrap();
+    app.batch_execute(&format!("CREATE TABLE app.race (id int); GRANT TRIGGER ON app.race TO {admin_role}"))
+        .await
+        .unwrap();
+    let admin_url = as_role(&url, &admin_role);
+    let publishing = tokio::spawn(async move {
+        let admin = connect(&admin_url).await;
+        db_error(admin.batch_execute("SELECT pgsse.publish_table('app.race')").await)
+    });
+    open.commit().await.unwrap();
+    let err = publishing.await.unwrap();
+    assert!(err.contains("channel 'race' already carries events published with pgsse.publish"), "{err}");
 
     // Over HTTP too: a publish grant does not reach pgsse's own events.
     let gw = Gateway::start(&url).await;

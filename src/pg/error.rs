@@ -95,10 +95,13 @@ impl StoreError {
     pub(crate) fn from_db(err: tokio_postgres::Error) -> Self {
         let Some(db) = err.as_db_error() else { return StoreError::Query(err) };
         let code = db.code().code();
-        let constraint = db.constraint().unwrap_or("unnamed");
+        let constraint = db.constraint().filter(|c| !c.is_empty()).unwrap_or("unnamed");
         let (kind, message) = match code {
             "23505" | "23P01" => (Rejection::Conflict, format!("a row with this key already exists ({constraint})")),
-            "23502" => (Rejection::Unprocessable, format!("column {:?} must not be null", db.column().unwrap_or("?"))),
+            "23502" => match db.column().filter(|c| !c.is_empty()) {
+                Some(column) => (Rejection::Unprocessable, format!("column {column:?} must not be null")),
+                None => (Rejection::Unprocessable, strip_prefix(db.message())),
+            },
             "23514" => (Rejection::Unprocessable, format!("value violates check constraint {constraint:?}")),
             "23503" => (Rejection::Unprocessable, format!("a referenced row does not exist ({constraint})")),
             "P0002" => (Rejection::NotFound, strip_prefix(db.message())),
@@ -110,6 +113,8 @@ impl StoreError {
                 },
             ),
             "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
+            // pgsse.refused: the table's own code refused the write (its words are not passed on).
+            "PGS02" => (Rejection::Unprocessable, strip_prefix(db.message())),
             c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
             _ => return StoreError::Query(err),
         };

@@ -22,10 +22,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
 const DEFAULT_DB_TIMEOUT: &str = "15s";
+/// The share of `--db-timeout` that one statement of the pool may take, server-side.
+const STATEMENT_SHARE: f64 = 1.0 / 3.0;
 /// The share of `--db-timeout` that a gateway's own write waits for another session's sequencing step to
-/// give its event an id: the rest is for the write and the answer, so a write that committed is never
-/// answered with a timeout.
-const SEQUENCED_SHARE: f64 = 2.0 / 3.0;
+/// give its event an id: with the write's own statement, short of the bound, so that a write that
+/// committed is never answered with a timeout.
+const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 
 /// The pool that replays, lookups and writes use (the LISTEN connection is separate).
@@ -129,8 +131,13 @@ pub struct Store {
 
 impl Store {
     pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
-        let pg = super::session_config(database_url, "pgsse", CONNECT_TIMEOUT.min(bound), bound)
+        let mut pg = super::session_config(database_url, "pgsse", CONNECT_TIMEOUT.min(bound), bound)
             .map_err(|e| StoreError::Config(e.to_string()))?;
+        // The server gives up a statement well before the gateway gives up its connection: a write that the
+        // gateway answers with a timeout has then not committed (a dropped connection alone would not stop
+        // a statement waiting on a lock, which then commits after the client was told to retry).
+        let statement_ms = bound.mul_f64(STATEMENT_SHARE).as_millis().max(1);
+        pg.options(format!("{} -c statement_timeout={statement_ms}", pg.get_options().unwrap_or_default()));
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
@@ -321,14 +328,14 @@ impl Store {
             let object = row.to_string();
             let row = match client.query_one(&stmt, &[&channel, &object]).await {
                 Ok(row) => row,
-                // A value its column cannot take: PostgreSQL's message names the value, not the column.
+                // A value its column cannot take: pgsse.bad_column names the column and its type.
                 Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
                     let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
                     let column: Option<String> =
                         client.query_one(named, &[&channel, &object]).await.ok().and_then(|r| r.get(0));
                     return Err(match (StoreError::from_db(err), column) {
-                        (StoreError::Rejected { kind, message }, Some(column)) => {
-                            StoreError::Rejected { kind, message: format!("column {column:?}: {message}") }
+                        (StoreError::Rejected { kind, .. }, Some(column)) => {
+                            StoreError::Rejected { kind, message: format!("column {column}") }
                         }
                         (err, _) => err,
                     });
