@@ -313,7 +313,6 @@ DECLARE
     old_data pg_catalog.jsonb;
     event    pg_catalog.text;
     payload  pg_catalog.jsonb;
-    first    pg_catalog.bool;
     done     pg_catalog.text;
 BEGIN
     done := pg_catalog.set_config('pgsse.captured', '', true);
@@ -372,14 +371,13 @@ BEGIN
     ELSE
         RETURN NULL;
     END IF;
-    -- pgsse.stage, written out: a function call per row would cost more than its body.
-    first := NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false);
-    IF first THEN
-        done := pg_catalog.set_config('pgsse.rang', 'y', true);
-    END IF;
+    -- pgsse.stage, written out: a function call per row would cost more than its body. While no gateway
+    -- listens nothing rings, and the transaction's first event need not be told from the others.
     INSERT INTO pgsse.staged (seq, txid, channel, event, payload, old, ring)
     SELECT pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), TG_ARGV[0], event, payload,
-           CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN old_data END, first AND d.armed
+           CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN old_data END,
+           CASE WHEN d.armed AND coalesce(pg_catalog.current_setting('pgsse.rang', true), '') OPERATOR(pg_catalog.<>) 'y'
+                THEN pg_catalog.set_config('pgsse.rang', 'y', true) OPERATOR(pg_catalog.=) 'y' ELSE false END
       FROM pgsse.doorbell d;
     RETURN NULL;
 END
