@@ -69,46 +69,37 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$'
 $$;
 
--- Records one event in pgsse.staged; a sequencing step gives it its id later. Called at the end of the
--- writer's statement (or by pgsse.publish), only from pgsse's own definer functions: like pgsse.project it
--- qualifies every name rather than pin search_path per row. While a gateway listens (the doorbell is
--- armed), the transaction's first staged event is marked to ring at its commit (pgsse.ring); a busy
--- gateway reads on the clock and needs no ring, so then no commit pays for one. A writer that sets
--- pgsse.rang only keeps its own transaction from ringing.
+-- Records one event in pgsse.staged; a sequencing step gives it its id later. Called by pgsse.publish,
+-- clears and the TRUNCATE capture, only from pgsse's own definer functions (pgsse.capture_stage writes it
+-- out for rows); like pgsse.project it qualifies every name rather than pin search_path. While a gateway
+-- listens (the doorbell is armed), the transaction's first staged event is marked to ring at its commit
+-- (pgsse.ring); a busy gateway reads on the clock and needs no ring, so then no commit pays for one. A
+-- writer that sets pgsse.rang only keeps its own transaction from ringing.
 DO $$
 BEGIN
-    -- Before schema 8 it took no old row (and before schema 6 returned void); before schema 9 it returned
-    -- whether it rang.
-    DROP FUNCTION IF EXISTS pgsse.stage(text, text, jsonb);
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
-                WHERE oid = to_regprocedure('pgsse.stage(text, text, jsonb, jsonb)') AND prorettype = 'boolean'::regtype) THEN
-        DROP FUNCTION pgsse.stage(text, text, jsonb, jsonb);
-    END IF;
+    -- Schema 8's took an old row and returned whether it rang (before schema 6 it returned void).
+    DROP FUNCTION IF EXISTS pgsse.stage(text, text, jsonb, jsonb);
 END
 $$;
 
-CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb, p_old jsonb DEFAULT NULL)
-RETURNS void
+CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    ring pg_catalog.bool := false;
 BEGIN
-    IF NOT coalesce(pg_catalog.current_setting('pgsse.rang', true) OPERATOR(pg_catalog.=) 'y', false) THEN
-        PERFORM pg_catalog.set_config('pgsse.rang', 'y', true);
-        ring := (SELECT d.armed FROM pgsse.doorbell d);
-    END IF;
-    INSERT INTO pgsse.staged (seq, txid, channel, event, payload, old, ring)
-    VALUES (pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), p_channel, p_event, p_payload,
-            p_old, ring);
+    INSERT INTO pgsse.staged (seq, txid, channel, event, payload, ring)
+    SELECT pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), p_channel, p_event, p_payload,
+           CASE WHEN d.armed AND coalesce(pg_catalog.current_setting('pgsse.rang', true), '') OPERATOR(pg_catalog.<>) 'y'
+                THEN pg_catalog.set_config('pgsse.rang', 'y', true) OPERATOR(pg_catalog.=) 'y' ELSE false END
+      FROM pgsse.doorbell d;
 END
 $$;
 
 -- Runs when a transaction that staged events commits while a gateway listens (a deferred trigger on its
--- first staged row): draws the number that places the transaction in commit order, and wakes the gateways. The first such commit
--- after a sequencing step notifies, the others rely on it; a number drawn from pgsse.bell, not a lock,
--- decides which, so nothing a writer holds makes another writer wait. A writer that makes this fire
--- early (SET CONSTRAINTS ... IMMEDIATE) only places its own transaction by its last staged event and
--- silences the others until the next step, which its open transaction makes come soon (in_flight).
+-- first staged row): draws the number that places the transaction in commit order, and wakes the
+-- gateways. The first such commit after a sequencing step notifies, the others rely on it; a number
+-- drawn from pgsse.bell, not a lock, decides which, so nothing a writer holds makes another writer wait.
+-- A writer that makes this fire early (SET CONSTRAINTS ... IMMEDIATE) only places its own transaction by
+-- its last staged event and silences the others until the next step, which its open transaction makes
+-- come soon (in_flight).
 CREATE OR REPLACE FUNCTION pgsse.ring() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
@@ -140,8 +131,8 @@ $$;
 -- Reads from the floor up: every transaction older than the oldest one running when the last batch began
 -- had ended, so the batch took its rows. One DELETE and one sort over the rows it moves, whatever the
 -- planner's statistics say: the DELETE walks the key from the floor (a sequential scan would read every
--- row moved since the last VACUUM, at every step). The caller holds pgsse.commit_order: batches become visible one after another,
--- so ids increase along the log in the order events become visible.
+-- row moved since the last VACUUM, at every step). The caller holds pgsse.commit_order: batches become
+-- visible one after another, so ids increase along the log in the order events become visible.
 DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
 CREATE OR REPLACE FUNCTION pgsse.sequence_batch() RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp SET enable_seqscan = off SET enable_bitmapscan = off
