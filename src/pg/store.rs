@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
@@ -66,11 +67,16 @@ async fn sequenced(
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_micros(250);
     loop {
-        let row = client.query_one(&stmt, &[&txid, &after, &channel]).await?;
-        if let (Some(id), Some(payload)) = (row.try_get(0)?, row.try_get(1)?) {
-            return Ok(Written { id: Some(id), payload });
-        }
-        if !row.try_get::<_, bool>(2)? || Instant::now() + pause > deadline {
+        // A step that outgrew the statement bound (a large backlog) is another's to finish: wait, as when busy.
+        let busy = match client.query_one(&stmt, &[&txid, &after, &channel]).await {
+            Ok(row) => match (row.try_get(0)?, row.try_get(1)?) {
+                (Some(id), Some(payload)) => return Ok(Written { id: Some(id), payload }),
+                _ => row.try_get::<_, bool>(2)?,
+            },
+            Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => true,
+            Err(err) => return Err(err.into()),
+        };
+        if !busy || Instant::now() + pause > deadline {
             return Err(StoreError::NotSequenced);
         }
         tokio::time::sleep(pause).await;
@@ -84,7 +90,12 @@ async fn sequenced_all(client: &Client, wait: Duration) -> Result<(), StoreError
     let stmt = client.prepare_cached("SELECT moved FROM pgsse.sequence(0, NULL)").await?;
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_micros(250);
-    while client.query_one(&stmt, &[]).await?.try_get::<_, i64>(0)? < 0 && Instant::now() + pause < deadline {
+    let busy = async || match client.query_one(&stmt, &[]).await {
+        Ok(row) => Ok(row.try_get::<_, i64>(0)? < 0),
+        Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => Ok(true),
+        Err(err) => Err(StoreError::from(err)),
+    };
+    while busy().await? && Instant::now() + pause < deadline {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }
