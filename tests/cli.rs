@@ -207,6 +207,21 @@ impl Drop for StopCluster {
     }
 }
 
+/// `pgsse serve` on `database_url`, run until it exits by itself: its exit code and its stderr.
+async fn serve_until_it_exits(database_url: &str) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        tokio::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", database_url])
+            .stdout(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("serve ends by itself")
+    .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// `serve` as a login that can never work ends at start with one line naming the cause and the fix (and
 /// exit 64, so an orchestrator shows it); a database that does not answer yet is waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,18 +248,8 @@ async fn serve_with_credentials_that_cannot_work_exits_with_the_fix() {
         (at(&format!("{db}_pw:right"), "nosuchdb"), "database \"nosuchdb\" does not exist".to_string()),
         (at(&format!("{db}_outsider"), &db), format!("GRANT pgsse_gateway TO {db}_outsider;")),
     ] {
-        let out = tokio::time::timeout(
-            TIMEOUT,
-            tokio::process::Command::new(BIN)
-                .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &database_url])
-                .stdout(Stdio::null())
-                .output(),
-        )
-        .await
-        .expect("serve ends by itself")
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{database_url}: {stderr}");
+        let (code, stderr) = serve_until_it_exits(&database_url).await;
+        assert_eq!(code, Some(64), "{database_url}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{database_url}: one line, got {stderr:?}");
         assert!(stderr.contains("--database-url") && stderr.contains(&want), "{database_url}: want {want}: {stderr}");
     }
@@ -283,18 +288,8 @@ async fn migrate_and_serve_refuse_a_database_a_newer_pgsse_migrated() {
         )
     );
     let gateway_url = common::as_role(&url, common::GATEWAY_ROLE);
-    let out = tokio::time::timeout(
-        TIMEOUT,
-        tokio::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &gateway_url])
-            .stdout(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("serve ends by itself")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let (code, stderr) = serve_until_it_exits(&gateway_url).await;
+    assert_eq!(code, Some(64), "{stderr}");
     let want = format!("schema 99, newer than this binary's {}", pgsse::SCHEMA_VERSION);
     assert!(stderr.trim_end().lines().count() == 1 && stderr.contains(&want), "{stderr}");
 }

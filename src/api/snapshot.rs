@@ -93,21 +93,21 @@ impl SnapshotError {
     /// raised it (a domain's CHECK, a policy, a cast), so its words never reach the client, only its kind.
     fn from_table(err: tokio_postgres::Error, bound: Duration, channel: &str) -> Self {
         let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
-        if code == "57014" {
-            SnapshotError::TimedOut(bound)
+        let refused = if code == "57014" {
+            return SnapshotError::TimedOut(bound);
         } else if code.starts_with("22") || code.starts_with("23") {
-            tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
             SnapshotError::Refused(format!(
                 "a filter's value on channel {channel:?} was refused by its table's own checks (a domain or function)"
             ))
         } else if code == "42501" {
-            tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
             SnapshotError::Forbidden(format!(
                 "the table of channel {channel:?} refused the gateway's read (its row security or a function of it)"
             ))
         } else {
-            StoreError::Query(err).into()
-        }
+            return StoreError::Query(err).into();
+        };
+        tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
+        refused
     }
 
     /// Whether the client, rather than the database, has to change something.

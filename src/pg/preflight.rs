@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
 
 use crate::pg::migrate::SCHEMA_VERSION;
-use tokio_postgres::NoTls;
 
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);

@@ -47,6 +47,39 @@ pub struct PoolArgs {
     pub db_timeout: Duration,
 }
 
+/// Waits between tries of a sequencing step that another session holds: short at first (a step takes
+/// milliseconds), never past `wait`.
+struct Backoff {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Backoff {
+    fn new(wait: Duration) -> Self {
+        Self { deadline: Instant::now() + wait, pause: Duration::from_micros(250) }
+    }
+
+    /// Sleeps before the next try; `false`, without sleeping, once that would pass the deadline.
+    async fn pause(&mut self) -> bool {
+        if Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(20));
+        true
+    }
+}
+
+/// Whether a sequencing step was another's to take: the lock was held (`moved` < 0), or the step outgrew
+/// the statement bound on a large backlog and was cancelled.
+fn step_busy(step: Result<bool, tokio_postgres::Error>) -> Result<bool, StoreError> {
+    match step {
+        Ok(busy) => Ok(busy),
+        Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => Ok(true),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
 /// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
 /// try takes a sequencing step (in its own statement, so its lock ends with it) unless another session is
@@ -64,41 +97,27 @@ async fn sequenced(
              LATERAL pgsse.sequenced($1::int8::text::xid8, $2, $3) e",
         )
         .await?;
-    let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_micros(250);
+    let mut backoff = Backoff::new(wait);
     loop {
-        // A step that outgrew the statement bound (a large backlog) is another's to finish: wait, as when busy.
-        let busy = match client.query_one(&stmt, &[&txid, &after, &channel]).await {
-            Ok(row) => match (row.try_get(0)?, row.try_get(1)?) {
-                (Some(id), Some(payload)) => return Ok(Written { id: Some(id), payload }),
-                _ => row.try_get::<_, bool>(2)?,
-            },
-            Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => true,
-            Err(err) => return Err(err.into()),
-        };
-        if !busy || Instant::now() + pause > deadline {
+        let row = client.query_one(&stmt, &[&txid, &after, &channel]).await;
+        if let Ok(row) = &row {
+            if let (Some(id), Some(payload)) = (row.try_get(0)?, row.try_get(1)?) {
+                return Ok(Written { id: Some(id), payload });
+            }
+        }
+        let busy = step_busy(row.and_then(|row| row.try_get(2)))?;
+        if !busy || !backoff.pause().await {
             return Err(StoreError::NotSequenced);
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
 /// Takes a sequencing step, or waits for the one another session is taking to end, so that every event
 /// committed before the call is in the log (within `wait`; past it, what is there is read).
 async fn sequenced_all(client: &Client, wait: Duration) -> Result<(), StoreError> {
-    let stmt = client.prepare_cached("SELECT moved FROM pgsse.sequence(0, NULL)").await?;
-    let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_micros(250);
-    let busy = async || match client.query_one(&stmt, &[]).await {
-        Ok(row) => Ok(row.try_get::<_, i64>(0)? < 0),
-        Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => Ok(true),
-        Err(err) => Err(StoreError::from(err)),
-    };
-    while busy().await? && Instant::now() + pause < deadline {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
+    let stmt = client.prepare_cached("SELECT moved < 0 FROM pgsse.sequence(0, NULL)").await?;
+    let mut backoff = Backoff::new(wait);
+    while step_busy(client.query_one(&stmt, &[]).await.and_then(|row| row.try_get(0)))? && backoff.pause().await {}
     Ok(())
 }
 
@@ -184,6 +203,11 @@ impl Store {
         let client =
             tokio::time::timeout(self.bound, self.pool.get()).await.map_err(|_| StoreError::Timeout(self.bound))??;
         Ok((client, self.bound))
+    }
+
+    /// How long a write waits for its event's id, or history for a step another session is taking.
+    fn sequenced_wait(&self) -> Duration {
+        self.bound.mul_f64(SEQUENCED_SHARE)
     }
 
     /// [`Self::bounded`] by `--db-timeout`.
@@ -354,9 +378,7 @@ impl Store {
                 Err(err) => return Err(StoreError::from_db(err)),
             };
             match (row.try_get(0)?, row.try_get(1)?) {
-                (Some(txid), Some(after)) => {
-                    sequenced(client, txid, after, channel, self.bound.mul_f64(SEQUENCED_SHARE)).await
-                }
+                (Some(txid), Some(after)) => sequenced(client, txid, after, channel, self.sequenced_wait()).await,
                 _ => Ok(Written { id: None, payload: row.try_get(2)? }),
             }
         })
@@ -373,9 +395,7 @@ impl Store {
                 .query_one(&stmt, &[&channel, &event, &payload.to_string()])
                 .await
                 .map_err(StoreError::from_db)?;
-            let written =
-                sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.bound.mul_f64(SEQUENCED_SHARE))
-                    .await?;
+            let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await?;
             written.id.ok_or(StoreError::NotSequenced)
         })
         .await
@@ -386,7 +406,7 @@ impl Store {
         self.with(async |client| {
             let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
             let row = client.query_one(&stmt, &[&channel]).await.map_err(StoreError::from_db)?;
-            sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.bound.mul_f64(SEQUENCED_SHARE)).await
+            sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await
         })
         .await
     }
@@ -396,7 +416,7 @@ impl Store {
     /// Every event committed before the call is in the log first.
     pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         self.with(async |client| {
-            sequenced_all(client, self.bound.mul_f64(SEQUENCED_SHARE)).await?;
+            sequenced_all(client, self.sequenced_wait()).await?;
             // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
             let stmt = client
                 .prepare_cached(&format!(
