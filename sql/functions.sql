@@ -449,6 +449,12 @@ BEGIN
 END
 $$;
 
+-- The role that owns table p_table, for refusals that say who must run the fix.
+CREATE OR REPLACE FUNCTION pgsse.owner_of(p_table regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = p_table
+$$;
+
 -- Removes a table's capture triggers, if any (checked first: DROP TRIGGER IF EXISTS would print a NOTICE).
 -- Only the table's owner may drop its triggers: anyone else is told who must.
 CREATE OR REPLACE FUNCTION pgsse.drop_capture(p_table regclass) RETURNS void
@@ -458,7 +464,7 @@ DECLARE
                            WHERE t.tgrelid = p_table
                              AND t.tgname IN ('pgsse_capture', 'pgsse_capture_stage', 'pgsse_truncate')
                            ORDER BY t.tgname);
-    owner text := (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = p_table);
+    owner text := pgsse.owner_of(p_table);
     n     text;
 BEGIN
     IF cardinality(names) > 0 AND NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = p_table), 'USAGE') THEN
@@ -513,16 +519,14 @@ BEGIN
             grants := format('GRANT USAGE ON SCHEMA %s TO pgsse_gateway; ', nsp::regnamespace);
         END IF;
     END IF;
-    SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
-     WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT');
+    missing := pgsse.unreadable_columns(ch, 'pgsse_gateway');
     IF missing IS NOT NULL THEN
         BEGIN
             EXECUTE format('GRANT SELECT (%s) ON %s TO pgsse_gateway', missing, ch.source_table);
         EXCEPTION WHEN insufficient_privilege THEN
             NULL;
         END;
-        SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
-         WHERE NOT has_column_privilege('pgsse_gateway', ch.source_table, s.col, 'SELECT');
+        missing := pgsse.unreadable_columns(ch, 'pgsse_gateway');
         IF missing IS NOT NULL THEN
             grants := grants || format('GRANT SELECT (%s) ON %s TO pgsse_gateway;', missing, ch.source_table);
         END IF;
@@ -532,7 +536,7 @@ BEGIN
             quote_literal(ch.name), ch.source_table, current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = format('have the table''s owner (role %s) run: %s then publish again',
-                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = ch.source_table),
+                                pgsse.owner_of(ch.source_table),
                                 rtrim(grants));
     END IF;
 END
@@ -580,7 +584,10 @@ BEGIN
         RAISE EXCEPTION 'pgsse: role % lacks the TRIGGER privilege on table %', current_user, p_table
             USING ERRCODE = 'insufficient_privilege',
                   HINT = format('have the table''s owner (role %s) run: GRANT TRIGGER ON %s TO %I;',
-                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = p_table), p_table, current_user);
+                                -- inline, not pgsse.owner_of: this refusal is for callers granted only
+                                -- publish_table
+                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = p_table),
+                                p_table, current_user);
     END IF;
     IF NOT pgsse.valid_channel(ch) THEN
         RAISE EXCEPTION 'pgsse: invalid channel name %', quote_literal(ch) USING ERRCODE = '22023';
@@ -682,6 +689,13 @@ RETURNS SETOF record LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg
      ORDER BY a.attnum
 $$;
 
+-- The published columns of ch's table that role p_role may not SELECT, quoted and comma-separated, or NULL.
+CREATE OR REPLACE FUNCTION pgsse.unreadable_columns(ch pgsse.channels, p_role name) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT string_agg(quote_ident(s.col), ', ') FROM pgsse.snapshot_columns(ch) s
+     WHERE NOT has_column_privilege(p_role, ch.source_table, s.col, 'SELECT')
+$$;
+
 -- The FROM, WHERE and ORDER BY of a snapshot of table channel ch. p_filters: [{"key", "op", "value"}]
 -- ("value" a list for "in"), p_order: [{"key", "desc"}]; keys name published columns. The request's
 -- values stay in p_filters, which the query reads as its parameter $1, each cast to its column's type so
@@ -738,14 +752,13 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     missing text;
 BEGIN
-    SELECT string_agg(quote_ident(s.col), ', ') INTO missing FROM pgsse.snapshot_columns(ch) s
-     WHERE NOT has_column_privilege(ch.source_table, s.col, 'SELECT');
+    missing := pgsse.unreadable_columns(ch, current_user);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: role % may not read columns % of table %, which snapshots of channel % read',
             current_user, missing, ch.source_table, quote_literal(ch.name)
             USING ERRCODE = 'insufficient_privilege',
                   HINT = format('have the table''s owner (role %s) run: GRANT SELECT (%s) ON %s TO pgsse_gateway;',
-                                (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = ch.source_table),
+                                pgsse.owner_of(ch.source_table),
                                 missing, ch.source_table);
     END IF;
 END
@@ -1295,7 +1308,8 @@ GRANT EXECUTE ON FUNCTION
     pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb), pgsse.camel_keys(jsonb),
     pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
     pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
-    pgsse.snapshot_check(text, jsonb, jsonb),
+    pgsse.snapshot_check(text, jsonb, jsonb), pgsse.unreadable_columns(pgsse.channels, name),
+    pgsse.owner_of(regclass),
     pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels)
     TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
