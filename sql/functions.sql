@@ -157,14 +157,34 @@ BEGIN
 END
 $$;
 
+-- The locks that every gateway's delivery and retention wait on are taken only in the body of pgsse's own
+-- procedure p_proc, which commits just before taking them and just after: PostgreSQL lets whoever runs a
+-- statement keep its transaction open, so such a lock taken by any other statement (a leaked gateway
+-- login's BEGIN; SELECT pgsse.sequence(...); SELECT pg_sleep(600)) would be held as long as that session
+-- liked. Here the client's statement is a CALL of that procedure and this transaction began after the
+-- statement did, inside it (a procedure's COMMIT): no transaction block, pipeline, DO block or argument
+-- of the CALL gets here.
+CREATE OR REPLACE FUNCTION pgsse.within(p_proc text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(starts_with(current_query(), format('CALL pgsse.%s(', p_proc))
+                    AND transaction_timestamp() > statement_timestamp(), false) THEN
+        RAISE EXCEPTION 'pgsse: this step runs only as a statement of its own: CALL pgsse.%(...)', p_proc
+            USING ERRCODE = 'PGS03',
+                  HINT = 'outside any transaction block; a gateway of an earlier release calls it otherwise, so replace it';
+    END IF;
+END
+$$;
+
 -- The gateway's sequencing step: every committed staged event, or moved = -1 at once when another session
 -- is sequencing. in_flight: a writer that staged was still open when the batch was read, and may not
 -- ring when it commits; ask again soon. p_listening is whether the caller is woken by NOTIFY or reads on
 -- the clock (writers ring only while it is), or NULL to leave that as it is. p_limit is unused since
--- schema 9 (a step takes everything committed); gateways of the release before pass it.
+-- schema 9 (a step takes everything committed). Runs only inside CALL pgsse.sequence_step.
 CREATE OR REPLACE FUNCTION pgsse.sequence(p_limit integer, p_listening boolean, OUT moved bigint, OUT in_flight boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
 BEGIN
+    PERFORM pgsse.within('sequence_step');
     BEGIN
         LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE NOWAIT;
     EXCEPTION WHEN lock_not_available THEN
@@ -198,6 +218,24 @@ BEGIN
     moved := pgsse.sequence_batch();
     -- A clear whose transaction ended without pgsse.end_clear leaves its marker; it no longer matches anything.
     DELETE FROM pgsse.clearing c WHERE pg_xact_status(c.txid) IS DISTINCT FROM 'in progress';
+END
+$$;
+
+-- One sequencing step in a transaction of its own, and then, for p_txid's write on p_channel, its event
+-- if it is in the log now (see pgsse.sequenced). Invoker and unpinned, as a procedure must be to commit:
+-- it names everything it calls by schema, and whoever calls it runs it with their own rights.
+CREATE OR REPLACE PROCEDURE pgsse.sequence_step(p_listening boolean, p_txid xid8 DEFAULT NULL,
+    p_after bigint DEFAULT NULL, p_channel text DEFAULT NULL, INOUT moved bigint DEFAULT NULL,
+    INOUT in_flight boolean DEFAULT NULL, INOUT event_id bigint DEFAULT NULL, INOUT payload text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+BEGIN
+    COMMIT;
+    SELECT s.moved, s.in_flight INTO moved, in_flight FROM pgsse.sequence(0, p_listening) s;
+    COMMIT;
+    IF p_txid IS NOT NULL THEN
+        SELECT e.event_id, e.payload::pg_catalog.text INTO event_id, payload
+          FROM pgsse.sequenced(p_txid, p_after, p_channel) e;
+    END IF;
 END
 $$;
 
@@ -881,6 +919,7 @@ DECLARE
     through bigint;
     deleted bigint;
 BEGIN
+    PERFORM pgsse.within('retain');
     -- One gateway prunes at a time; the lock is the meta row's, which no role but the owner may take.
     SELECT least(p_cutoff, now() - m.min_age) INTO p_cutoff FROM pgsse.meta m FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
@@ -912,6 +951,7 @@ DECLARE
     n       bigint;
     deleted bigint := 0;
 BEGIN
+    PERFORM pgsse.within('retain');
     -- One gateway prunes at a time; the lock is the meta row's, which no role but the owner may take.
     SELECT greatest(p_keep, m.min_events) INTO p_keep FROM pgsse.meta m FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
@@ -930,6 +970,22 @@ BEGIN
         UPDATE pgsse.channels SET pruned_through = greatest(pruned_through, through) WHERE name = ch.name;
     END LOOP;
     RETURN deleted;
+END
+$$;
+
+-- Retention in a transaction of its own: by age (events older than p_cutoff) unless p_cutoff is NULL, then
+-- by count (each channel's newest p_keep stay); at most p_batch events. Invoker, like pgsse.sequence_step.
+CREATE OR REPLACE PROCEDURE pgsse.retain(p_cutoff timestamptz, p_keep bigint, p_batch integer,
+                                         INOUT pruned bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+BEGIN
+    COMMIT;
+    IF p_cutoff IS NOT NULL THEN
+        pruned := pgsse.prune(p_cutoff, p_batch);
+    ELSE
+        pruned := pgsse.prune_channels(p_keep, p_batch);
+    END IF;
+    COMMIT;
 END
 $$;
 
@@ -1283,7 +1339,7 @@ BEGIN
     END LOOP;
     FOR o IN SELECT p.oid::regprocedure AS name FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'pgsse'::regnamespace AND p.proowner <> 'pgsse_owner'::regrole LOOP
-        EXECUTE format('ALTER FUNCTION %s OWNER TO pgsse_owner', o.name);
+        EXECUTE format('ALTER ROUTINE %s OWNER TO pgsse_owner', o.name);
     END LOOP;
 END
 $$;
@@ -1295,6 +1351,7 @@ REVOKE ALL ON SCHEMA pgsse FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA pgsse FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgsse FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgsse FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA pgsse FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgsse TO pgsse_gateway, pgsse_publisher;
 GRANT SELECT ON pgsse.events, pgsse.channels, pgsse.meta, pgsse.migrations TO pgsse_gateway;
 GRANT SELECT ON SEQUENCE pgsse.event_id_seq TO pgsse_gateway;
@@ -1310,8 +1367,10 @@ GRANT EXECUTE ON FUNCTION
     pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
     pgsse.snapshot_check(text, jsonb, jsonb), pgsse.unreadable_columns(pgsse.channels, name),
     pgsse.owner_of(regclass),
-    pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels)
+    pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels), pgsse.within(text)
     TO pgsse_gateway;
+GRANT EXECUTE ON PROCEDURE pgsse.sequence_step(boolean, xid8, bigint, text, bigint, boolean, bigint, text),
+    pgsse.retain(timestamptz, bigint, integer, bigint) TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
 
 COMMIT;

@@ -166,7 +166,12 @@ async fn nobody_forges_an_event() {
             assert!(err.contains("permission denied"), "{who}: {sql}: {err}");
         }
     }
-    for sql in ["SELECT pgsse.publish('messages', 'x', '{}')", "SELECT pgsse.sequence(10, true)"] {
+    for sql in [
+        "SELECT pgsse.publish('messages', 'x', '{}')",
+        "SELECT pgsse.sequence(10, true)",
+        "CALL pgsse.sequence_step(true)",
+        "CALL pgsse.retain('infinity', NULL, 1)",
+    ] {
         let err = db_error(app.batch_execute(sql).await);
         assert!(err.contains("permission denied"), "writer: {sql}: {err}");
     }
@@ -240,7 +245,7 @@ async fn a_role_that_may_only_connect_cannot_hold_pgsses_locks() {
     tokio::time::timeout(Duration::from_secs(5), insert).await.expect("the insert is not held back").unwrap();
     assert_eq!(stream.expect().await.json()["body"], "not held back");
     admin.batch_execute("UPDATE pgsse.meta SET min_age = '0'").await.unwrap();
-    let pruned = admin.query_one("SELECT pgsse.prune(now() + interval '1 hour', 10)", &[]).await.unwrap();
+    let pruned = admin.query_one("CALL pgsse.retain(now() + interval '1 hour', NULL, 10)", &[]).await.unwrap();
     assert_eq!(pruned.get::<_, i64>(0), 1, "retention is not held back either");
     holding.rollback().await.unwrap();
 }

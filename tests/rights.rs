@@ -239,8 +239,8 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
         assert!(db_error(gateway.batch_execute(sql).await).contains(want), "{sql}: want {want}");
     }
     // Retention prunes no event younger than the database's floor, whatever the gateway's login asks.
-    let pruned: i64 = gateway.query_one("SELECT pgsse.prune('infinity', 100000000)", &[]).await.unwrap().get(0);
-    let kept: i64 = gateway.query_one("SELECT pgsse.prune_channels(0, 100000000)", &[]).await.unwrap().get(0);
+    let pruned: i64 = gateway.query_one("CALL pgsse.retain('infinity', NULL, 100000000)", &[]).await.unwrap().get(0);
+    let kept: i64 = gateway.query_one("CALL pgsse.retain(NULL, 0, 100000000)", &[]).await.unwrap().get(0);
     assert_eq!((pruned, kept), (0, 0));
     let channels: i64 = admin.query_one("SELECT count(*) FROM pgsse.channels", &[]).await.unwrap().get(0);
     assert_eq!(channels, 2, "no channel made on the way");
@@ -280,18 +280,6 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
     assert!(log[0].starts_with("clear ") && log[1] == r#"insert {"id": 2, "body": "hidden?"}"#, "{log:?}");
     assert_eq!(log[2], r#"delete {"id": 2, "body": "hidden?"}"#, "a row clients saw is not deleted quietly");
 
-    // Asking for a write's event holds no lock once the statement is over, even in an open transaction.
-    let mut held = connect(&as_role(&url, GATEWAY_ROLE)).await;
-    let open = held.transaction().await.unwrap();
-    open.query_one("SELECT * FROM pgsse.sequenced(pg_current_xact_id(), 0, 'feed')", &[]).await.unwrap();
-    let locks: i64 = admin
-        .query_one("SELECT count(*) FROM pg_locks WHERE relation = 'pgsse.commit_order'::regclass", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(locks, 0);
-    open.rollback().await.unwrap();
-
     // A publisher publishes its own events, not the ones pgsse gives meaning to.
     let publisher = connect(&as_role(&url, common::PUBLISHER_ROLE)).await;
     for (channel, event) in
@@ -330,4 +318,59 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
     let reset = call(gw.addr, "POST", "/feed?event=reset", &[JSON], Bytes::from("{}")).await.unwrap();
     assert_eq!(reset.status, 403, "{}", reset.body);
     assert!(reset.json()["error"].as_str().unwrap().contains("event 'reset' is pgsse's own"), "{}", reset.body);
+}
+
+/// The locks that every gateway's delivery and retention wait on are taken only inside pgsse's own
+/// procedures, which commit before and after: a leaked gateway login cannot keep one in a transaction.
+#[tokio::test]
+async fn a_gateway_login_cannot_hold_the_sequencing_step_or_retention_in_an_open_transaction() {
+    let Legacy { url, admin, app, admin_role, .. } = legacy().await;
+    app.batch_execute(&format!(
+        "CREATE TABLE app.feed (id bigserial PRIMARY KEY, body text);
+         GRANT TRIGGER ON app.feed TO {admin_role}; GRANT SELECT ON app.feed TO pgsse_gateway;
+         GRANT INSERT ON app.feed TO {WRITER_ROLE}; GRANT USAGE ON SEQUENCE app.feed_id_seq TO {WRITER_ROLE};"
+    ))
+    .await
+    .unwrap();
+    admin.batch_execute("SELECT pgsse.publish_table('app.feed')").await.unwrap();
+    let leaked = connect(&as_role(&url, GATEWAY_ROLE)).await;
+    let pid: i32 = leaked.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let step = leaked.query_one("CALL pgsse.sequence_step(true)", &[]).await.unwrap();
+    assert!(step.get::<_, i64>("moved") >= 0, "a CALL of its own takes the step");
+    let writer = connect(&as_role(&url, WRITER_ROLE)).await;
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/feed/events", &[]).await;
+    for (n, (sql, want)) in [
+        ("BEGIN; SELECT pgsse.sequence(0, true)", "runs only as a statement of its own: CALL pgsse.sequence_step"),
+        ("BEGIN; CALL pgsse.sequence_step(true)", "invalid transaction termination"),
+        ("CALL pgsse.sequence_step(true); SELECT 1", "invalid transaction termination"),
+        ("DO $$ BEGIN COMMIT; PERFORM pgsse.sequence(0, true); END $$", "CALL pgsse.sequence_step"),
+        ("CALL pgsse.sequence_step((pgsse.sequence(0, true)).in_flight)", "CALL pgsse.sequence_step"),
+        ("BEGIN; SELECT pgsse.prune('infinity', 1)", "runs only as a statement of its own: CALL pgsse.retain"),
+        ("BEGIN; SELECT pgsse.prune_channels(0, 1)", "CALL pgsse.retain"),
+        ("BEGIN; CALL pgsse.retain('infinity', NULL, 1)", "invalid transaction termination"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let err = db_error(leaked.batch_execute(sql).await);
+        assert!(err.contains(want), "{sql}: {err}");
+        // The refused session stays in its transaction; whatever it took, delivery and retention go on.
+        let locks: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND mode <> 'AccessShareLock' \
+                 AND locktype IN ('relation', 'tuple', 'transactionid')",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(locks, 0, "{sql}: the refused session holds no lock");
+        writer.execute("INSERT INTO app.feed (body) VALUES ($1)", &[&format!("row {n}")]).await.unwrap();
+        assert_eq!(stream.expect().await.json()["body"], format!("row {n}"), "{sql}");
+        leaked.batch_execute("ROLLBACK").await.unwrap();
+    }
+    admin.batch_execute("UPDATE pgsse.meta SET min_age = '0', min_events = 0").await.unwrap();
+    let pruned: i64 = leaked.query_one("CALL pgsse.retain('infinity', NULL, 1)", &[]).await.unwrap().get(0);
+    assert_eq!(pruned, 1, "retention was not held back");
 }

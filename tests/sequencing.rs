@@ -189,7 +189,7 @@ async fn the_sequencing_backend_terminated_mid_batch_loses_and_repeats_nothing()
     let cut = tokio::time::timeout(TIMEOUT, async {
         while terminated < 3 {
             let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                       WHERE usename = $1 AND state = 'active' AND query LIKE '%pgsse.sequence(%'";
+                       WHERE usename = $1 AND state = 'active' AND query LIKE '%pgsse.sequence_step(%'";
             terminated += admin.query_one(sql, &[&role]).await.unwrap().get::<_, i64>(0);
         }
     });

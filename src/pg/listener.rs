@@ -255,8 +255,8 @@ impl Listener {
             // The step and the first read go out together (tokio::join! polls in order, and a query is sent
             // on its first poll): PostgreSQL runs them in turn on this session, so the read sees what the
             // step moved, a round trip sooner.
-            let (step_params, fetch_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 2]) =
-                ([&sequencer::BATCH, &listening], [&last, &limit]);
+            let (step_params, fetch_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 2]) =
+                ([&listening], [&last, &limit]);
             let (step, rows) = conn
                 .bounded(async {
                     let (step, rows) = tokio::join!(
@@ -274,13 +274,13 @@ impl Listener {
                 error!(
                     holders = holders.as_deref().unwrap_or("none now"),
                     "the sequencing step has been held by another session for over {:?}: events are staged, not \
-                     lost, until its transaction ends; end it (SELECT pg_terminate_backend(pid)) and rotate its login",
+                     lost, until it lets go; end it (SELECT pg_terminate_backend(pid)) and rotate its login",
                     sequencer::STUCK
                 );
             }
             let (read, wake) = self.catch_up(log.client, log.fetch, conn, rows, limit).await?;
             (events, woken) = (events + read, woken + wake);
-            if moved < i64::from(sequencer::BATCH) {
+            if moved < sequencer::BATCH {
                 return Ok((events, woken));
             }
         }

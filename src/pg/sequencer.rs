@@ -1,4 +1,4 @@
-//! When the listener runs the sequencing step (`pgsse.sequence`), which gives staged events their ids:
+//! When the listener runs the sequencing step (`pgsse.sequence_step`), which gives staged events their ids:
 //! on every wakeup, soon again while a writer that may have skipped the doorbell is still committing,
 //! and on a slow tick so that a gateway takes over from one that died.
 
@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// One step of sequencing: `moved` is -1 when another session holds the step's lock.
-pub const SEQUENCE_SQL: &str = "SELECT moved, in_flight FROM pgsse.sequence($1, $2)";
-/// Events per batch, about (transactions are taken whole).
-pub const BATCH: i32 = 5000;
+/// One step of sequencing, in a transaction of its own (a procedure that commits, so that no caller can
+/// hold its lock): `moved` is -1 when another session holds the step's lock.
+pub const SEQUENCE_SQL: &str = "CALL pgsse.sequence_step($1)";
+/// A step that moved this many events is followed by another at once: more may have committed meanwhile.
+pub const BATCH: i64 = 5000;
 
 /// The first recheck after a step found a writer still committing: about one commit's flush.
 const RECHECK_MIN: Duration = Duration::from_millis(1);
@@ -19,8 +20,8 @@ const RECHECK_MAX: Duration = Duration::from_millis(250);
 /// nothing (its transaction ends with its session), but the doorbell may be unarmed or its last writer
 /// may have rolled back.
 const TAKEOVER: Duration = Duration::from_millis(500);
-/// A step held by another session this long is news: a batch takes milliseconds, so some session holds
-/// `pgsse.commit_order` in a transaction it keeps open.
+/// A step held by another session this long is news: a batch takes milliseconds, and only one statement
+/// (pgsse.sequence_step's) can hold it, so that statement is stuck or something else holds the lock.
 pub const STUCK: Duration = Duration::from_secs(10);
 
 pub struct Sequencing {

@@ -82,7 +82,7 @@ fn step_busy(step: Result<bool, tokio_postgres::Error>) -> Result<bool, StoreErr
 
 /// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
 /// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
-/// try takes a sequencing step (in its own statement, so its lock ends with it) unless another session is
+/// try takes a sequencing step (in a transaction of its own, so its lock ends with it) unless another session is
 /// taking one, so this waits only while one is.
 async fn sequenced(
     client: &Client,
@@ -91,21 +91,16 @@ async fn sequenced(
     channel: &str,
     wait: Duration,
 ) -> Result<Written, StoreError> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT e.event_id, e.payload::text, s.moved < 0 FROM pgsse.sequence(0, NULL) s, \
-             LATERAL pgsse.sequenced($1::int8::text::xid8, $2, $3) e",
-        )
-        .await?;
+    let stmt = client.prepare_cached("CALL pgsse.sequence_step(NULL, $1::int8::text::xid8, $2, $3)").await?;
     let mut backoff = Backoff::new(wait);
     loop {
         let row = client.query_one(&stmt, &[&txid, &after, &channel]).await;
         if let Ok(row) = &row {
-            if let (Some(id), Some(payload)) = (row.try_get(0)?, row.try_get(1)?) {
+            if let (Some(id), Some(payload)) = (row.try_get("event_id")?, row.try_get("payload")?) {
                 return Ok(Written { id: Some(id), payload });
             }
         }
-        let busy = step_busy(row.and_then(|row| row.try_get(2)))?;
+        let busy = step_busy(row.and_then(|row| row.try_get::<_, i64>("moved")).map(|moved| moved < 0))?;
         if !busy || !backoff.pause().await {
             return Err(StoreError::NotSequenced);
         }
@@ -115,9 +110,10 @@ async fn sequenced(
 /// Takes a sequencing step, or waits for the one another session is taking to end, so that every event
 /// committed before the call is in the log (within `wait`; past it, what is there is read).
 async fn sequenced_all(client: &Client, wait: Duration) -> Result<(), StoreError> {
-    let stmt = client.prepare_cached("SELECT moved < 0 FROM pgsse.sequence(0, NULL)").await?;
+    let stmt = client.prepare_cached("CALL pgsse.sequence_step(NULL)").await?;
     let mut backoff = Backoff::new(wait);
-    while step_busy(client.query_one(&stmt, &[]).await.and_then(|row| row.try_get(0)))? && backoff.pause().await {}
+    let step = async || client.query_one(&stmt, &[]).await.and_then(|row| row.try_get::<_, i64>("moved"));
+    while step_busy(step().await.map(|moved| moved < 0))? && backoff.pause().await {}
     Ok(())
 }
 
@@ -246,7 +242,7 @@ impl Store {
     /// Deletes up to `batch` events older than `age` (a prefix of the log); returns how many.
     pub async fn prune_older_than(&self, age: Duration, batch: i32) -> Result<i64, StoreError> {
         self.with(async |client| {
-            let stmt = client.prepare_cached("SELECT pgsse.prune(now() - make_interval(secs => $1), $2)").await?;
+            let stmt = client.prepare_cached("CALL pgsse.retain(now() - make_interval(secs => $1), NULL, $2)").await?;
             Ok(client.query_one(&stmt, &[&age.as_secs_f64(), &batch]).await?.try_get(0)?)
         })
         .await
@@ -255,7 +251,7 @@ impl Store {
     /// Deletes up to `batch` events beyond the newest `keep` of each channel; returns how many.
     pub async fn prune_beyond(&self, keep: i64, batch: i32) -> Result<i64, StoreError> {
         self.with(async |client| {
-            let stmt = client.prepare_cached("SELECT pgsse.prune_channels($1, $2)").await?;
+            let stmt = client.prepare_cached("CALL pgsse.retain(NULL, $1, $2)").await?;
             Ok(client.query_one(&stmt, &[&keep, &batch]).await?.try_get(0)?)
         })
         .await
