@@ -182,3 +182,38 @@ async fn over_https_one_page_holds_more_than_six_streams_on_http2() {
     browser.wait("tls", "window.got.every(g => g.length === 1 && g[0] === 'to every stream')").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `live()` keys rows by their key's JSON text: ids past 2^53 and keys that are objects each keep their row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_collection_keeps_ids_past_2_53_and_object_keys_apart() {
+    let Some(mut browser) = Browser::start() else { return };
+    let TestDb { url, admin, .. } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, ref jsonb NOT NULL, body text NOT NULL);
+             SELECT pgsse.publish_table('big', operations => array['insert', 'update', 'delete']);
+             INSERT INTO big VALUES (9007199254740992, '{\"k\": 1}', 'even'), (9007199254740993, '{\"k\": 2}', 'odd');",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    browser.goto("page", &format!("http://{}/healthz", gw.addr)).await;
+    browser
+        .eval(
+            "page",
+            r#"import("/pgsse.js").then(({ live }) => {
+                 window.byId = live("/big/events?snapshot=true", { key: "id" });
+                 window.byRef = live("/big/events?snapshot=true", { key: "ref" });
+               })"#,
+        )
+        .await;
+    browser.wait("page", "window.byId?.ready && window.byRef?.ready && window.byId.size === 2").await;
+    assert_eq!(browser.eval("page", "[...window.byRef.keys()].sort()").await, json!([r#"{"k":1}"#, r#"{"k":2}"#]));
+    admin.batch_execute("UPDATE big SET body = 'odd, changed' WHERE id = 9007199254740993").await.unwrap();
+    browser.wait("page", r#"window.byId.get("9007199254740993")?.body === "odd, changed""#).await;
+    admin.batch_execute("DELETE FROM big WHERE id = 9007199254740992").await.unwrap();
+    browser.wait("page", "window.byId.size === 1 && window.byRef.size === 1").await;
+    let left =
+        browser.eval("page", "[...window.byId.values()].map(r => r.body).concat([...window.byRef.keys()])").await;
+    assert_eq!(left, json!(["odd, changed", r#"{"k":2}"#]), "the other row of each pair is still there");
+}

@@ -8,6 +8,9 @@
 // inserts and updates upsert, deletes remove, `truncate` and `clear` empty it, and `reset` starts over
 // with a fresh snapshot. The browser's EventSource reconnects by itself: before `snapshot-end` it has no
 // id yet and gets a new snapshot, after it resumes with Last-Event-ID.
+//
+// The collection is a Map by each key's JSON text as the gateway sent it ("42", "\"a-uuid\""): keys
+// compare exactly, so 64-bit ids beyond 2^53 and keys that are objects each keep their own row.
 
 const DEFAULT_EVENTS = { insert: "insert", update: "update", delete: "delete", truncate: "truncate", clear: "clear" };
 
@@ -17,7 +20,13 @@ export class LiveRows extends Map {
     this.url = url;
     this.options = options;
     this.events = { ...DEFAULT_EVENTS, ...(options.events || {}) };
-    this.keyOf = typeof options.key === "function" ? options.key : (row) => row[options.key || "id"];
+    const column = options.key || "id";
+    // A function sees the parsed row, whose numbers beyond 2^53 are already rounded: it should return
+    // those as strings. A column's key is read from the event's text, every digit kept.
+    this.keyOf =
+      typeof column === "function"
+        ? (row) => canonical(JSON.stringify(column(row)))
+        : (row, data, path) => canonical(memberText(path.reduce(memberText, data), column));
     this.ready = false;
     this.status = "connecting";
     this.source = null;
@@ -42,16 +51,19 @@ export class LiveRows extends Map {
     on(this.events.insert, (event) => {
       const row = parse(event.data);
       if (!row) return;
-      if (this.ready) this.apply("insert", row);
-      else this.pending.set(this.keyOf(row), row);
+      const key = this.keyOf(row, event.data, []);
+      if (this.ready) this.apply("insert", key, row);
+      else if (key !== undefined) this.pending.set(key, row);
     });
     on(this.events.update, (event) => {
       const row = parse(event.data);
-      if (row && this.ready) this.apply("update", row.new && this.options.oldValues ? row.new : row);
+      if (!row || !this.ready) return;
+      const nested = row.new && this.options.oldValues;
+      this.apply("update", this.keyOf(nested ? row.new : row, event.data, nested ? ["new"] : []), nested ? row.new : row);
     });
     on(this.events.delete, (event) => {
       const row = parse(event.data);
-      if (row && this.ready) this.apply("delete", row);
+      if (row && this.ready) this.apply("delete", this.keyOf(row, event.data, []), row);
     });
     for (const name of [this.events.truncate, this.events.clear]) {
       on(name, () => {
@@ -75,8 +87,8 @@ export class LiveRows extends Map {
     });
   }
 
-  apply(type, row) {
-    const key = this.keyOf(row);
+  apply(type, key, row) {
+    if (key === undefined) return;
     if (type === "delete") super.delete(key);
     else super.set(key, row);
     this.changed({ type, key, row });
@@ -104,6 +116,52 @@ function parse(data) {
   } catch {
     return null;
   }
+}
+
+// The text of member `name` of the JSON object `text` (already known to be valid JSON), as written.
+function memberText(text, name) {
+  if (text === undefined) return undefined;
+  let i = space(text, 0);
+  if (text[i] !== "{") return undefined;
+  i = space(text, i + 1);
+  while (text[i] === '"') {
+    const nameEnd = valueEnd(text, i);
+    const start = space(text, space(text, nameEnd) + 1);
+    const end = valueEnd(text, start);
+    if (JSON.parse(text.slice(i, nameEnd)) === name) return text.slice(start, end);
+    i = space(text, end);
+    if (text[i] !== ",") return undefined;
+    i = space(text, i + 1);
+  }
+  return undefined;
+}
+
+function space(text, i) {
+  while (i < text.length && " \t\n\r".includes(text[i])) i++;
+  return i;
+}
+
+function valueEnd(text, i) {
+  if (text[i] === '"') {
+    for (i++; i < text.length && text[i] !== '"'; i++) if (text[i] === "\\") i++;
+    return i + 1;
+  }
+  if (text[i] === "{" || text[i] === "[") {
+    for (let depth = 0; i < text.length; i++) {
+      if (text[i] === '"') i = valueEnd(text, i) - 1;
+      else if (text[i] === "{" || text[i] === "[") depth++;
+      else if ((text[i] === "}" || text[i] === "]") && --depth === 0) return i + 1;
+    }
+    return i;
+  }
+  while (i < text.length && !",}] \t\n\r".includes(text[i])) i++;
+  return i;
+}
+
+// One text per key: numbers exactly as sent, anything else re-serialized (so spacing never matters).
+function canonical(text) {
+  if (text === undefined || text === "null") return undefined;
+  return /^-?[0-9]/.test(text) ? text : JSON.stringify(JSON.parse(text));
 }
 
 export function live(url, options) {
