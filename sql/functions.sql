@@ -616,6 +616,7 @@ DECLARE
     ops     text[];
     op      text;
     unknown text[];
+    clash   text;
     rec     pgsse.channels;
 BEGIN
     IF NOT pg_catalog.has_table_privilege(p_table, 'TRIGGER') THEN
@@ -655,6 +656,20 @@ BEGIN
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: table % has no column %', p_table, array_to_string(unknown, ', ')
             USING ERRCODE = '42703';
+    END IF;
+    -- Two columns published under one camelCase name: events would carry one, while snapshots, filters
+    -- and POST could pick the other.
+    IF camel_case THEN
+        SELECT string_agg(format('%I and %I', d.a, d.b), '; ') INTO clash FROM (
+            SELECT min(a.attname) AS a, max(a.attname) AS b FROM pg_attribute a
+             WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+               AND (columns IS NULL OR a.attname = ANY (columns))
+               AND (exclude_columns IS NULL OR a.attname <> ALL (exclude_columns))
+             GROUP BY pgsse.camel_case(a.attname) HAVING count(*) > 1) d;
+        IF clash IS NOT NULL THEN
+            RAISE EXCEPTION 'pgsse: with camel_case, columns % of table % would publish under one name', clash, p_table
+                USING ERRCODE = '22023', HINT = 'rename one of them, or leave one out with exclude_columns';
+        END IF;
     END IF;
     IF EXISTS (SELECT 1 FROM pgsse.channels c
                WHERE c.name = ch AND c.source_table IS NOT NULL AND c.source_table <> p_table) THEN

@@ -95,6 +95,19 @@ async fn a_table_channel_takes_post_only_when_writable() {
     assert!(error_of(&twice).contains("user_name given twice"), "{}", twice.body);
     let rows: i64 = admin.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
     assert_eq!(rows, 1);
+
+    // Two columns that camelCase to one name: events would carry one, snapshots and POST could use the other.
+    admin.batch_execute(r#"CREATE TABLE docs (id int, owner_id int, "ownerId" int, note text)"#).await.unwrap();
+    let err = admin.batch_execute("SELECT pgsse.publish_table('docs', camel_case => true)").await.unwrap_err();
+    let err = err.as_db_error().unwrap().message().to_string();
+    assert!(
+        err.contains(r#"columns "ownerId" and owner_id of table public.docs would publish under one name"#),
+        "{err}"
+    );
+    admin
+        .batch_execute("SELECT pgsse.publish_table('docs', camel_case => true, exclude_columns => array['ownerId'])")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -62,7 +62,8 @@ async fn filters_select_rows_live_and_on_replay() {
 }
 
 /// An update that takes a row out of a stream's filter arrives as the channel's delete event with the old
-/// row; one that brings a row in, as its insert event; live and on replay alike.
+/// row; one that brings a row in, as its insert event; live, on replay and in history alike. What empties
+/// the channel (a TRUNCATE, a clear) reaches every filtered stream.
 #[tokio::test]
 async fn rows_moving_across_a_filter_arrive_as_inserts_and_deletes() {
     let TestDb { url, admin, app } = TestDb::new().await;
@@ -70,7 +71,8 @@ async fn rows_moving_across_a_filter_arrive_as_inserts_and_deletes() {
         .batch_execute(
             "CREATE TABLE orders (id int PRIMARY KEY, status text, note text, secret text);
              SELECT pgsse.publish_table('orders', operations => ARRAY['insert', 'update', 'delete'],
-                                        exclude_columns => ARRAY['secret'], delete_event => 'gone');",
+                                        exclude_columns => ARRAY['secret'], delete_event => 'gone',
+                                        truncate_event => 'emptied', allow_clear => true);",
         )
         .await
         .unwrap();
@@ -84,6 +86,7 @@ async fn rows_moving_across_a_filter_arrive_as_inserts_and_deletes() {
         "UPDATE orders SET note = 'b' WHERE id = 2",
         "UPDATE orders SET status = 'void' WHERE id = 1",
         "DELETE FROM orders WHERE id = 2",
+        "TRUNCATE orders",
     ] {
         app.batch_execute(sql).await.unwrap();
     }
@@ -93,14 +96,112 @@ async fn rows_moving_across_a_filter_arrive_as_inserts_and_deletes() {
         ("gone", r#"{"id": 1, "status": "open", "note": "a"}"#),
         ("update", r#"{"id": 2, "status": "open", "note": "b"}"#),
         ("gone", r#"{"id": 2, "status": "open", "note": "b"}"#),
+        ("emptied", r#"{}"#),
     ];
     let got = |events: Vec<common::Event>| -> Vec<(String, serde_json::Value)> {
         events.into_iter().map(|e| (e.event.clone(), e.json())).collect()
     };
     let want: Vec<(String, serde_json::Value)> =
         want.iter().map(|(e, d)| (e.to_string(), serde_json::from_str(d).unwrap())).collect();
-    assert_eq!(got(live.take(5).await), want, "live");
+    // A truncate's data says when; only its name matters here.
+    let got = |events: Vec<common::Event>| -> Vec<(String, serde_json::Value)> {
+        let mut got = got(events);
+        got.iter_mut().filter(|(e, _)| e == "emptied").for_each(|(_, d)| *d = serde_json::json!({}));
+        got
+    };
+    assert_eq!(got(live.take(6).await), want, "live");
     let mut replayed =
         SseStream::ok(gw.addr, &format!("/orders/events?status=eq.open&last_event_id={first}"), &[]).await;
-    assert_eq!(got(replayed.take(5).await), want, "replayed");
+    assert_eq!(got(replayed.take(6).await), want, "replayed");
+    let history = common::get(gw.addr, "/orders?status=eq.open", &[]).await.unwrap();
+    let mut listed: Vec<(String, serde_json::Value)> = history
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| (e["event"].as_str().unwrap().to_string(), e["data"].clone()))
+        .collect();
+    listed.iter_mut().filter(|(e, _)| e == "emptied").for_each(|(_, d)| *d = serde_json::json!({}));
+    assert_eq!(listed, want, "history shows what the stream shows");
+    common::call(gw.addr, "DELETE", "/orders", &[], bytes::Bytes::new()).await.unwrap();
+    assert_eq!(live.expect().await.event, "clear", "a clear reaches a filtered stream");
+}
+
+/// With `old_values`, filters test the rows, not the `{"new", "old"}` envelope: an owner's own edit is an
+/// update, a row handed to them an insert without its old image, a row taken away a delete.
+#[tokio::test]
+async fn filters_test_the_rows_of_old_values_updates_and_the_old_image_goes_only_where_it_matched() {
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, owner int, body text);
+             SELECT pgsse.publish_table('docs', operations => ARRAY['insert', 'update', 'delete'], old_values => true);",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut mine = SseStream::ok(gw.addr, "/docs/events?owner=eq.1", &[]).await;
+    for sql in [
+        "INSERT INTO docs VALUES (1, 1, 'mine'), (2, 2, 'tenant 2 private text')",
+        "UPDATE docs SET body = 'mine, edited' WHERE id = 1",
+        "UPDATE docs SET owner = 1, body = 'handed over' WHERE id = 2",
+        "UPDATE docs SET owner = 2 WHERE id = 1",
+    ] {
+        app.batch_execute(sql).await.unwrap();
+    }
+    let events: Vec<(String, serde_json::Value)> =
+        mine.take(4).await.into_iter().map(|e| (e.event.clone(), e.json())).collect();
+    let want = [
+        ("insert", serde_json::json!({"id": 1, "owner": 1, "body": "mine"})),
+        (
+            "update",
+            serde_json::json!({"new": {"id": 1, "owner": 1, "body": "mine, edited"},
+                                       "old": {"id": 1, "owner": 1, "body": "mine"}}),
+        ),
+        ("insert", serde_json::json!({"id": 2, "owner": 1, "body": "handed over"})),
+        ("delete", serde_json::json!({"id": 1, "owner": 1, "body": "mine, edited"})),
+    ];
+    let want: Vec<(String, serde_json::Value)> = want.into_iter().map(|(e, d)| (e.to_string(), d)).collect();
+    assert_eq!(events, want);
+    let history = common::get(gw.addr, "/docs?owner=eq.1", &[]).await.unwrap();
+    assert!(!history.body.contains("tenant 2 private text"), "{}", history.body);
+    assert_eq!(history.json().as_array().unwrap().len(), 4, "{}", history.body);
+}
+
+/// A filtered history page holds up to `limit` matching events, and its `Link` pages through them all,
+/// however few of the log's events match.
+#[tokio::test]
+async fn filtered_history_fills_its_pages_and_links_to_the_next() {
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, country text);
+             SELECT pgsse.publish_table('customers');",
+        )
+        .await
+        .unwrap();
+    app.batch_execute(
+        "INSERT INTO customers SELECT g, CASE WHEN g % 5000 = 0 THEN 'NZ' ELSE 'AU' END FROM generate_series(1, 25000) g",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut path = "/customers?limit=2&country=eq.NZ".to_string();
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = common::get(gw.addr, &path, &[]).await.unwrap();
+        assert_eq!(page.status, 200, "{}", page.body);
+        ids.extend(page.json().as_array().unwrap().iter().map(|e| e["data"]["id"].as_i64().unwrap()));
+        pages += 1;
+        let Some(link) = page.headers.get("link") else { break };
+        let next = link.strip_prefix('<').and_then(|l| l.split_once(">; rel=\"next\"")).unwrap().0;
+        assert!(next.contains("country=eq.NZ") && next.contains("limit=2"), "{next}");
+        path = next.to_string();
+        assert!(pages < 10, "paging ends");
+    }
+    assert_eq!(ids, [25000, 20000, 15000, 10000, 5000]);
+    let first = common::get(gw.addr, "/customers?limit=1&country=eq.NZ", &[]).await.unwrap();
+    assert_eq!(first.json()[0]["data"]["id"], 25000, "limit applies to matching events");
 }

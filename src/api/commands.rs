@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -14,16 +14,13 @@ use serde_json::Value;
 
 use crate::api::reply::{json_response, raw_json_response, Body};
 use crate::auth::{Access, AuthError, ACCESS_TOKEN};
-use crate::cursor;
-use crate::filter::{Filter, FilterError};
+use crate::filter::FilterError;
 use crate::pg::error::StoreError;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{Store, Written};
 
 pub type Response = http::Response<Body>;
 
-pub const DEFAULT_HISTORY: i64 = 50;
-pub const MAX_HISTORY: i64 = 1000;
 pub const EVENT_ID_HEADER: &str = "pgsse-event-id";
 const DEFAULT_EVENT: &str = "message";
 
@@ -172,59 +169,6 @@ impl Commands {
         Ok(resp)
     }
 
-    /// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards.
-    pub async fn history(&self, access: &Access, channel: &str, query: Option<&str>) -> Result<Response, CommandError> {
-        check_name(channel)?;
-        access.may_subscribe(channel)?;
-        let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
-        let (mut filters, mut seen) = (Vec::new(), Vec::new());
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let n =
-                || cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")));
-            if matches!(key.as_ref(), "limit" | "before") {
-                if seen.contains(&key) {
-                    return Err(CommandError::BadQuery(format!("{key} given more than once")));
-                }
-                seen.push(key.clone());
-            }
-            match key.as_ref() {
-                ACCESS_TOKEN => {}
-                "limit" => match n()? {
-                    0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
-                    n => limit = n.min(MAX_HISTORY),
-                },
-                "before" => before = n()?,
-                // Every other parameter is a row filter, as on streams: "history, then stream" filters both halves alike.
-                _ => filters.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        if self.store.channel(channel).await?.is_none() {
-            return Err(CommandError::UnknownChannel(channel.to_string()));
-        }
-        self.published.check(&self.store, channel, &asked).await?;
-        let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
-        let mut rows = self.store.history(channel, before, limit).await?;
-        // Filters (the client's and its grant's) hide rows here as on streams (a page may then hold fewer than `limit`).
-        if let Some(filter) = granted {
-            rows.retain(|row| filter.matches_text(row.payload.as_bytes()));
-        }
-        let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.payload.len() + 48).sum::<usize>() + 2);
-        out.put_u8(b'[');
-        for (i, row) in rows.iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            let event = serde_json::to_string(&row.event).unwrap_or_else(|_| "\"\"".into());
-            out.put_slice(format!("{{\"id\":{},\"event\":{event},\"data\":", row.id).as_bytes());
-            // The payload is jsonb's own text output: valid JSON, used as is rather than parsed again.
-            out.put_slice(row.payload.as_bytes());
-            out.put_u8(b'}');
-        }
-        out.put_u8(b']');
-        Ok(raw_json_response(StatusCode::OK, out.freeze()))
-    }
-
     /// `DELETE /{channel}`: removes the channel's rows and events and broadcasts a `clear` event.
     pub async fn clear(&self, access: &Access, channel: &str) -> Result<Response, CommandError> {
         check_name(channel)?;
@@ -284,5 +228,6 @@ fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
     Ok(pairs)
 }
 
+mod history;
 #[cfg(test)]
 mod tests;

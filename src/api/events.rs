@@ -397,7 +397,7 @@ impl Replay {
                     let new = filter.matches_text(row.payload.as_bytes());
                     match &row.moved {
                         Some(moved) => Moves::new(row.id, data, moved.clone()).choose(&frame, new, filter).cloned(),
-                        None => new.then_some(frame),
+                        None => (new || row.wide).then_some(frame),
                     }
                 }
             };

@@ -236,7 +236,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(10)).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
-        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None }]);
+        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None, wide: false }]);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         let after_event = Instant::now();
         assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
@@ -246,7 +246,7 @@ mod tests {
         for (id, wait) in [(2, 3), (3, 11)] {
             tokio::time::advance(Duration::from_secs(wait)).await;
             let frame = Frame { id, bytes: Bytes::from_static(b"E") };
-            hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None }]);
+            hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None, wide: false }]);
             assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         }
         let after_last = Instant::now();
@@ -267,6 +267,7 @@ mod tests {
             frame: Frame { id, bytes: Bytes::from(format!("L{id}")) },
             data: Bytes::new(),
             moves: None,
+            wide: false,
         });
         hub.broadcast(frames.collect());
         assert_eq!(next_chunk(&mut body).await.unwrap(), "R1");
@@ -294,7 +295,7 @@ mod tests {
         let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15));
         next_chunk(&mut body).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
-        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None }]);
+        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None, wide: false }]);
         hub.close();
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E", "what was queued still goes out");
         assert!(next_chunk(&mut body).await.is_none());

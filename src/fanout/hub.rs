@@ -3,15 +3,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use crate::fanout::moves::{Moved, Moves};
 use crate::fanout::queue::Frame;
 use crate::fanout::queue::{PushError, Queue};
 use crate::filter::{ChannelFilters, Filter};
-use crate::sse;
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
 /// too (a slice of the same buffer) would double the contended reference counting per delivery.
@@ -22,55 +22,9 @@ pub struct Event {
     pub data: Bytes,
     /// For an update: its old row, and what a filtered stream gets when the row entered or left its filter.
     pub moves: Option<Box<Moves>>,
-}
-
-/// An update's old row (projected, JSON text) and its channel's insert and delete event names.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Moved {
-    pub old: String,
-    pub insert_event: String,
-    pub delete_event: String,
-}
-
-/// An update as a filtered stream may need it: its old row, parsed once, and the update re-encoded as
-/// its channel's insert (new row) or delete (old row) event, each encoded only once a stream needs it.
-pub struct Moves {
-    id: i64,
-    /// The new row (JSON text): the update's data.
-    new: Bytes,
-    moved: Moved,
-    old_value: OnceLock<Option<serde_json::Value>>,
-    insert: OnceLock<Option<Frame>>,
-    delete: OnceLock<Option<Frame>>,
-}
-
-impl Moves {
-    pub fn new(id: i64, new: Bytes, moved: Moved) -> Self {
-        Self { id, new, moved, old_value: OnceLock::new(), insert: OnceLock::new(), delete: OnceLock::new() }
-    }
-
-    /// The frame a stream with `filter` gets for this update, whose new row matches it or not: the update
-    /// if the row matches before and after, the insert if it entered the filter, the delete if it left it,
-    /// nothing if neither matches. An event name that cannot be encoded keeps the update as it was.
-    pub fn choose<'a>(&'a self, update: &'a Frame, new: bool, filter: &Filter) -> Option<&'a Frame> {
-        let old_value = self.old_value.get_or_init(|| serde_json::from_str(&self.moved.old).ok());
-        let old = filter.is_empty() || old_value.as_ref().is_some_and(|v| filter.matches(v));
-        match (old, new) {
-            (true, true) => Some(update),
-            (false, true) => {
-                let new_row = std::str::from_utf8(&self.new).unwrap_or_default();
-                self.frame(&self.insert, &self.moved.insert_event, new_row).or(Some(update))
-            }
-            (true, false) => self.frame(&self.delete, &self.moved.delete_event, &self.moved.old),
-            (false, false) => None,
-        }
-    }
-
-    fn frame<'a>(&self, cell: &'a OnceLock<Option<Frame>>, event: &str, data: &str) -> Option<&'a Frame> {
-        let frame =
-            cell.get_or_init(|| sse::encode(self.id, event, data).ok().map(|bytes| Frame { id: self.id, bytes }));
-        frame.as_ref()
-    }
+    /// A `clear`, or its table's truncate event: it empties the channel, so every stream gets it whatever
+    /// its filter.
+    pub wide: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -229,7 +183,7 @@ impl Hub {
                             let new = value.as_ref().is_some_and(|v| filter.matches(v));
                             match &event.moves {
                                 Some(moves) => moves.choose(&event.frame, new, filter),
-                                None => new.then_some(&event.frame),
+                                None => (new || event.wide).then_some(&event.frame),
                             }
                         });
                         sub.queue.push_all(matching)
@@ -304,7 +258,8 @@ mod tests {
     }
 
     fn event(channel: &str, id: i64) -> Event {
-        Event { channel: channel.into(), frame: frame(id), data: Bytes::from(format!("{{\"n\": {id}}}")), moves: None }
+        let data = Bytes::from(format!("{{\"n\": {id}}}"));
+        Event { channel: channel.into(), frame: frame(id), data, moves: None, wide: false }
     }
 
     /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
@@ -394,12 +349,13 @@ mod tests {
         let (all, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
         let row = |status: &str| format!("{{\"status\":\"{status}\"}}");
         let update = |id: i64, old: &str, new: &str| {
-            let moved = Moved { old: row(old), insert_event: "ins".into(), delete_event: "del".into() };
+            let moved = Moved { old: row(old), new: None, insert_event: "ins".into(), delete_event: "del".into() };
             Event {
                 channel: "a".into(),
                 frame: Frame { id, bytes: Bytes::from(format!("u{id};")) },
                 data: Bytes::from(row(new)),
                 moves: Some(Box::new(Moves::new(id, Bytes::from(row(new)), moved))),
+                wide: false,
             }
         };
         hub.broadcast(vec![

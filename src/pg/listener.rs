@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::fanout::hub::{Event, Hub, Moves};
-use crate::pg::logrow::{moved_columns, EventRow, ISSUED_HEAD};
+use crate::pg::logrow::{filter_columns, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
 use crate::pg::sequencer::{self, Sequencing};
 use crate::pg::status::ListenerStatus;
@@ -148,7 +148,7 @@ impl Listener {
             "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {} FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
             EventRow::columns(),
-            moved_columns("pgsse.events")
+            filter_columns("pgsse.events")
         );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
@@ -309,7 +309,7 @@ impl Listener {
             for row in &rows {
                 self.status.lag.observe(row.try_get::<_, f64>(4)?.max(0.0));
                 let event = match EventRow::from_row(row)? {
-                    Ok(event) => event.with_moved(row, 5)?,
+                    Ok(event) => event.with_filter_columns(row, 5)?,
                     Err(poison) => {
                         error!(id = poison.id, "skipping an event whose payload is not UTF-8 (a SQL_ASCII database?)");
                         self.status.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -320,7 +320,7 @@ impl Listener {
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
                     let moves = event.moved.map(|moved| Box::new(Moves::new(event.id, data.clone(), moved)));
-                    events.push(Event { channel: event.channel, frame, data, moves });
+                    events.push(Event { channel: event.channel, frame, data, moves, wide: event.wide });
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);

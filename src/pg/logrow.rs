@@ -19,15 +19,26 @@ pub struct EventRow {
     /// For an update, where the read asked for it: what a filtered stream needs to send it as an
     /// insert or a delete when the row entered or left its filter.
     pub moved: Option<Moved>,
+    /// The event empties the channel: every stream gets it, whatever its filter (where the read asked).
+    pub wide: bool,
 }
 
-/// An update's old row and event names as [`EventRow::with_moved`] reads them, for a read whose rows
-/// come from `table` (a name or alias of `pgsse.events` rows).
-pub fn moved_columns(table: &str) -> String {
+/// What filtered streams need of a row, as [`EventRow::with_filter_columns`] reads them, for a read whose
+/// rows come from `table` (a name or alias of `pgsse.events` rows): an update's old row, its new row where
+/// the data nests it (`{"new", "old"}`, whatever the channel says now), its channel's insert and delete
+/// event names; and whether the event empties the channel (`clear`, or its table's truncate event).
+pub fn filter_columns(table: &str) -> String {
+    let t = table;
     format!(
-        "{} AS old, CASE WHEN {table}.old IS NOT NULL THEN \
-           (SELECT ARRAY[c.insert_event, c.delete_event] FROM pgsse.channels c WHERE c.name = {table}.channel) END AS moves",
-        payload_bytes(&format!("{table}.old"))
+        "{old} AS old, CASE WHEN {t}.old IS NOT NULL THEN \
+           (SELECT ARRAY[c.insert_event, c.delete_event] FROM pgsse.channels c WHERE c.name = {t}.channel) END AS moves, \
+         CASE WHEN {t}.old IS NOT NULL AND {t}.payload ? 'new' AND {t}.payload - 'new' = jsonb_build_object('old', {t}.old) \
+           THEN {new} END AS nested_new, \
+         CASE WHEN {t}.event = 'clear' THEN true WHEN {t}.old IS NOT NULL OR {t}.event IN ('insert', 'update', 'delete') THEN false \
+           ELSE EXISTS (SELECT 1 FROM pgsse.channels c WHERE c.name = {t}.channel AND c.source_table IS NOT NULL \
+                          AND c.truncate_event = {t}.event) END AS wide",
+        old = payload_bytes(&format!("{t}.old")),
+        new = payload_bytes(&format!("({t}.payload -> 'new')")),
     )
 }
 
@@ -63,18 +74,32 @@ impl EventRow {
         let Ok(payload) = String::from_utf8(row.try_get::<_, Vec<u8>>(3)?) else {
             return Ok(Err(Undecodable { id }));
         };
-        Ok(Ok(Self { id, channel: row.try_get(1)?, event: row.try_get(2)?, payload, txid: None, moved: None }))
+        Ok(Ok(Self {
+            id,
+            channel: row.try_get(1)?,
+            event: row.try_get(2)?,
+            payload,
+            txid: None,
+            moved: None,
+            wide: false,
+        }))
     }
 
-    /// Adds the old row and event names read by [`moved_columns`] at `at` and `at + 1`; an old row that
-    /// is not UTF-8 is left out (the update then reaches filtered streams as an update).
-    pub fn with_moved(mut self, row: &Row, at: usize) -> Result<Self, tokio_postgres::Error> {
-        let old = row.try_get::<_, Option<Vec<u8>>>(at)?.and_then(|b| String::from_utf8(b).ok());
+    /// Adds what [`filter_columns`] read at `at` and on; an old or new row that is not UTF-8 is left out
+    /// (the update then reaches filtered streams as an update, judged by its data).
+    pub fn with_filter_columns(mut self, row: &Row, at: usize) -> Result<Self, tokio_postgres::Error> {
+        let text = |at| {
+            Ok::<_, tokio_postgres::Error>(
+                row.try_get::<_, Option<Vec<u8>>>(at)?.and_then(|b| String::from_utf8(b).ok()),
+            )
+        };
+        let (old, new) = (text(at)?, text(at + 2)?);
         let names = row.try_get::<_, Option<Vec<String>>>(at + 1)?;
         if let (Some(old), Some([insert_event, delete_event])) = (old, names.as_deref()) {
             let (insert_event, delete_event) = (insert_event.clone(), delete_event.clone());
-            self.moved = Some(Moved { old, insert_event, delete_event });
+            self.moved = Some(Moved { old, new, insert_event, delete_event });
         }
+        self.wide = row.try_get::<_, Option<bool>>(at + 3)?.unwrap_or(false);
         Ok(self)
     }
 

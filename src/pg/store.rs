@@ -9,7 +9,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
-use crate::pg::logrow::{moved_columns, payload_bytes, EventRow, ISSUED_HEAD};
+use crate::pg::logrow::{filter_columns, payload_bytes, EventRow, Undecodable, ISSUED_HEAD};
 
 /// Rows per replay query at most: large enough for throughput with small events.
 pub const REPLAY_BATCH: i64 = 1000;
@@ -407,29 +407,39 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` events of `channel` with `id < before`, newest first.
-    /// The page stops early once its events' data would pass [`PAGE_BYTES`].
-    /// Every event committed before the call is in the log first.
-    pub async fn history(&self, channel: &str, before: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+    /// Makes sure every event committed before the call is in the log (a sequencing step, or the wait for
+    /// another session's), within [`Store::sequenced_wait`]: past it, what is there is read.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        self.with(async |client| sequenced_all(client, self.sequenced_wait()).await).await
+    }
+
+    /// Up to `limit` events of `channel` with `id < before`, newest first, with what filters need
+    /// ([`filter_columns`]). The page stops early once its events' data would pass [`PAGE_BYTES`].
+    pub async fn history(
+        &self,
+        channel: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<Result<EventRow, Undecodable>>, StoreError> {
         self.with(async |client| {
-            sequenced_all(client, self.sequenced_wait()).await?;
             // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
             let stmt = client
                 .prepare_cached(&format!(
-                    "SELECT id, channel, event, payload FROM ( \
-                           SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto FROM ( \
-                             SELECT {} FROM pgsse.history($1, $2, $3)) h \
-                         ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
-                    EventRow::columns()
+                    "SELECT id, channel, event, payload, old, moves, nested_new, wide FROM ( \
+                       SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto \
+                       FROM (SELECT e.id, e.channel, e.event, {} AS payload, {} FROM pgsse.history($1, $2, $3) e) h \
+                     ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
+                    payload_bytes("e.payload"),
+                    filter_columns("e")
                 ))
                 .await?;
             let rows = client.query(&stmt, &[&channel, &before, &limit, &PAGE_BYTES]).await?;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
-                // The listener reports such a row once; a page just leaves it out.
-                if let Ok(event) = EventRow::from_row(row)? {
-                    events.push(event);
-                }
+                events.push(match EventRow::from_row(row)? {
+                    Ok(event) => Ok(event.with_filter_columns(row, 4)?),
+                    Err(poison) => Err(poison),
+                });
             }
             Ok(events)
         })
@@ -450,7 +460,7 @@ impl Store {
             // sum one addition a row.
             let stmt = client
                 .prepare_cached(&format!(
-                    "SELECT id, channel, event, payload, mark, txid, old, moves FROM ( \
+                    "SELECT id, channel, event, payload, mark, txid, old, moves, nested_new, wide FROM ( \
                        SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
                        FROM ( \
                          SELECT e.id, e.channel, e.event, {} AS payload, w.mark, e.txid::text::int8 AS txid, {} FROM pgsse.watermark($3) AS w(mark) \
@@ -458,7 +468,7 @@ impl Store {
                        ) r \
                      ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
                     payload_bytes("e.payload"),
-                    moved_columns("e")
+                    filter_columns("e")
                 ))
                 .await?;
             let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
@@ -475,7 +485,7 @@ impl Store {
                     match EventRow::from_row(row)? {
                         Ok(event) => {
                             bytes += event.payload.len() as i64;
-                            events.push(EventRow { txid: row.try_get(5)?, ..event }.with_moved(row, 6)?);
+                            events.push(EventRow { txid: row.try_get(5)?, ..event }.with_filter_columns(row, 6)?);
                         }
                         Err(_) => bytes += PAGE_BYTES,
                     }

@@ -1,0 +1,153 @@
+//! `GET /{channel}`: history pages, filtered as the channel's streams are: a page holds up to `limit`
+//! events the stream would show, read from a bounded stretch of the log, and says where the next starts.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderValue, LINK};
+use http::StatusCode;
+
+use super::{check_name, CommandError, Commands, Response};
+use crate::api::reply::raw_json_response;
+use crate::auth::{Access, ACCESS_TOKEN};
+use crate::cursor;
+use crate::fanout::moves::Moves;
+use crate::filter::Filter;
+use crate::pg::logrow::EventRow;
+use crate::pg::store::PAGE_BYTES;
+
+pub const DEFAULT_HISTORY: i64 = 50;
+pub const MAX_HISTORY: i64 = 1000;
+/// Log events one request reads at most, through filters that may match few of them: past this the page
+/// ends with what it found and its `Link` continues from where the reading stopped.
+pub const MAX_SCAN: usize = 10_000;
+/// Events per read of the log behind a filtered page.
+const SCAN_BATCH: i64 = 1000;
+
+impl Commands {
+    /// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards, and the
+    /// `Link` header's `rel="next"` gives the next page while the log may hold more.
+    pub async fn history(&self, access: &Access, channel: &str, query: Option<&str>) -> Result<Response, CommandError> {
+        check_name(channel)?;
+        access.may_subscribe(channel)?;
+        let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
+        let (mut filters, mut seen) = (Vec::new(), Vec::new());
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let n =
+                || cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")));
+            if matches!(key.as_ref(), "limit" | "before") {
+                if seen.contains(&key) {
+                    return Err(CommandError::BadQuery(format!("{key} given more than once")));
+                }
+                seen.push(key.clone());
+            }
+            match key.as_ref() {
+                ACCESS_TOKEN => {}
+                "limit" => match n()? {
+                    0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
+                    n => limit = n.min(MAX_HISTORY),
+                },
+                "before" => before = n()?,
+                // Every other parameter is a row filter, as on streams: "history, then stream" filters both halves alike.
+                _ => filters.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        if self.store.channel(channel).await?.is_none() {
+            return Err(CommandError::UnknownChannel(channel.to_string()));
+        }
+        self.published.check(&self.store, channel, &asked).await?;
+        let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
+        self.store.settle().await?;
+        let page = self.page(channel, before, limit, granted.as_deref()).await?;
+        let mut resp = raw_json_response(StatusCode::OK, page.body);
+        if let Some(next) = page.next {
+            let link = format!("</{channel}?{}>; rel=\"next\"", next_query(query, next));
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                resp.headers_mut().insert(LINK, value);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Reads the log back from `before` until `limit` events are shown, their data passes [`PAGE_BYTES`],
+    /// [`MAX_SCAN`] events were read or the log ends; `next` is where reading stopped, unless it ended.
+    async fn page(
+        &self,
+        channel: &str,
+        before: i64,
+        limit: i64,
+        filter: Option<&Filter>,
+    ) -> Result<Page, CommandError> {
+        let mut out = BytesMut::from(&b"["[..]);
+        let (mut shown, mut scanned, mut cursor, mut bytes) = (0, 0, before, 0);
+        let batch = if filter.is_some() { SCAN_BATCH } else { limit };
+        loop {
+            let rows = self.store.history(channel, cursor, batch).await?;
+            if rows.is_empty() {
+                out.put_u8(b']');
+                return Ok(Page { body: out.freeze(), next: None });
+            }
+            for row in rows {
+                scanned += 1;
+                let row = match row {
+                    Ok(row) => row,
+                    Err(poison) => {
+                        cursor = poison.id;
+                        continue;
+                    }
+                };
+                cursor = row.id;
+                if let Some((event, data)) = shows(&row, filter) {
+                    if shown > 0 {
+                        out.put_u8(b',');
+                    }
+                    let event = serde_json::to_string(&event).unwrap_or_else(|_| "\"\"".into());
+                    out.put_slice(format!("{{\"id\":{},\"event\":{event},\"data\":", row.id).as_bytes());
+                    // The payload is jsonb's own text output: valid JSON, used as is rather than parsed again.
+                    out.put_slice(data.as_bytes());
+                    out.put_u8(b'}');
+                    (shown, bytes) = (shown + 1, bytes + data.len() as i64);
+                }
+                if shown == limit || bytes >= PAGE_BYTES || scanned >= MAX_SCAN {
+                    out.put_u8(b']');
+                    return Ok(Page { body: out.freeze(), next: Some(cursor) });
+                }
+            }
+            if filter.is_none() {
+                // One read is the page (cut short only by its bytes).
+                out.put_u8(b']');
+                return Ok(Page { body: out.freeze(), next: Some(cursor) });
+            }
+        }
+    }
+}
+
+struct Page {
+    body: Bytes,
+    next: Option<i64>,
+}
+
+/// The event name and data a stream with `filter` shows for `row`, as the listener chooses them: an
+/// update that moved the row into or out of the filter is its insert or delete, and what empties the
+/// channel is shown whatever the filter.
+fn shows(row: &EventRow, filter: Option<&Filter>) -> Option<(String, String)> {
+    let Some(filter) = filter else { return Some((row.event.clone(), row.payload.clone())) };
+    let matches = filter.matches_text(row.payload.as_bytes());
+    match &row.moved {
+        Some(moved) => {
+            let moves = Moves::new(row.id, Bytes::from(row.payload.clone()), moved.clone());
+            let shown = moves.shown(matches, filter);
+            moves.event(shown, &row.event).map(|(event, data)| (event.to_string(), data.to_string()))
+        }
+        None => (matches || row.wide).then(|| (row.event.clone(), row.payload.clone())),
+    }
+}
+
+/// The request's query for the next page: its own parameters as sent, but `before` and the token.
+fn next_query(query: Option<&str>, before: i64) -> String {
+    let kept = query.unwrap_or("").split('&').filter(|pair| {
+        let key = pair.split('=').next().unwrap_or("");
+        !key.is_empty() && key != "before" && key != ACCESS_TOKEN
+    });
+    let before = format!("before={before}");
+    kept.chain([before.as_str()]).collect::<Vec<_>>().join("&")
+}
