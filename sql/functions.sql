@@ -230,6 +230,12 @@ CREATE OR REPLACE PROCEDURE pgsse.sequence_step(p_listening boolean, p_txid xid8
 LANGUAGE plpgsql AS $$
 BEGIN
     COMMIT;
+    -- The transaction that takes the lock runs read committed and may write, whatever the session's
+    -- defaults (a serializable default fails steps and writers alike), and sends the client nothing but
+    -- an error until it commits: a client that stops reading its socket would otherwise hold the lock
+    -- while the server waits to send it the debug output or notices its own settings asked for.
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE;
+    PERFORM pg_catalog.set_config('client_min_messages', 'error', true);
     SELECT s.moved, s.in_flight INTO moved, in_flight FROM pgsse.sequence(0, p_listening) s;
     COMMIT;
     IF p_txid IS NOT NULL THEN
@@ -995,6 +1001,9 @@ CREATE OR REPLACE PROCEDURE pgsse.retain(p_cutoff timestamptz, p_keep bigint, p_
 LANGUAGE plpgsql AS $$
 BEGIN
     COMMIT;
+    -- As in pgsse.sequence_step.
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE;
+    PERFORM pg_catalog.set_config('client_min_messages', 'error', true);
     IF p_cutoff IS NOT NULL THEN
         pruned := pgsse.prune(p_cutoff, p_batch);
     ELSE

@@ -374,3 +374,32 @@ async fn a_gateway_login_cannot_hold_the_sequencing_step_or_retention_in_an_open
     let pruned: i64 = leaked.query_one("CALL pgsse.retain('infinity', NULL, 1)", &[]).await.unwrap().get(0);
     assert_eq!(pruned, 1, "retention was not held back");
 }
+
+/// The transaction that holds the step's lock sends its session nothing but an error, whatever that
+/// session asked for: a login that stops reading its socket cannot keep the server (and the lock) waiting
+/// on a send. At debug5 PostgreSQL reports every transaction's start and commit: only the one that took the
+/// lock (the only one with a transaction id, as it writes) goes unreported.
+#[tokio::test]
+async fn the_step_sends_nothing_while_it_holds_its_lock() {
+    let Legacy { url, .. } = legacy().await;
+    let (client, mut connection) =
+        tokio_postgres::connect(&as_role(&url, GATEWAY_ROLE), tokio_postgres::NoTls).await.unwrap();
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heard = notices.clone();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notice(notice)) = message {
+                heard.lock().unwrap().push(notice.message().to_string());
+            }
+        }
+    });
+    client.batch_execute("SET client_min_messages = debug5; SET debug_print_plan = on").await.unwrap();
+    client.query_one("CALL pgsse.sequence_step(true)", &[]).await.unwrap();
+    client.query_one("CALL pgsse.retain('infinity', NULL, 1)", &[]).await.unwrap();
+    let notices = notices.lock().unwrap().clone();
+    let commits = notices.iter().filter(|n| n.starts_with("CommitTransaction")).count();
+    assert!(commits >= 4 && notices.iter().any(|n| n.starts_with("plan:")), "the session hears its debug output");
+    let writing: Vec<&String> =
+        notices.iter().filter(|n| n.contains("xid/subid/cid: ") && !n.contains("cid: 0/")).collect();
+    assert!(writing.is_empty(), "the locking transactions sent {writing:?}");
+}

@@ -394,3 +394,35 @@ async fn a_schema_3_install_migrated_under_a_writer_keeps_every_id_and_event() {
     assert_eq!(bodies, want, "every row once, in the order written");
     has_exactly(&follower, &log, "the stream").await;
 }
+
+/// A database whose default transactions are serializable and read-only (a reporting replica's settings,
+/// say) does not stop the gateway: its sessions and its sequencing step run read committed and may write.
+#[tokio::test]
+async fn the_databases_default_isolation_and_read_only_do_not_reach_the_gateway() {
+    let TestDb { url, admin, app } = TestDb::messages(", writable => true").await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = serializable', current_database());
+                        EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    app.execute("INSERT INTO messages (body) VALUES ('from the app')", &[]).await.unwrap();
+    assert_eq!(stream.expect().await.json()["body"], "from the app");
+    let posted = common::call(
+        gw.addr,
+        "POST",
+        "/messages",
+        &[("content-type", "application/json")],
+        r#"{"body": "posted"}"#.into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    assert_eq!(stream.expect().await.json()["body"], "posted");
+    let leaked = connect(&url).await;
+    let step = leaked.query_one("CALL pgsse.sequence_step(true)", &[]).await.unwrap();
+    assert!(step.get::<_, i64>("moved") >= 0, "a step of a session with those defaults runs too");
+}

@@ -30,7 +30,7 @@ pub fn session_config(
 ) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
     let mut pg: tokio_postgres::Config = url.parse()?;
     pg.application_name(application_name);
-    pin_search_path(&mut pg);
+    pin_session(&mut pg);
     pg.connect_timeout(connect_timeout);
     pg.keepalives(true);
     pg.keepalives_idle(KEEPALIVE_IDLE);
@@ -50,11 +50,15 @@ pub struct DatabaseArgs {
 
 /// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing
 /// else, so no function or operator that another role planted in a schema of the default path (`public`)
-/// can shadow one of them, whatever the role's or database's settings say.
-fn pin_search_path(pg: &mut tokio_postgres::Config) {
+/// can shadow one of them, whatever the role's or database's settings say. Its transactions are read
+/// committed and may write, whatever the database's defaults (a serializable default would fail its
+/// sequencing steps against writers, a read-only one every write).
+fn pin_session(pg: &mut tokio_postgres::Config) {
+    const PINNED: &str = "-c search_path=pg_catalog -c default_transaction_isolation=read\\ committed \
+                          -c default_transaction_read_only=off";
     let options = match pg.get_options() {
-        Some(given) => format!("{given} -c search_path=pg_catalog"),
-        None => "-c search_path=pg_catalog".to_string(),
+        Some(given) => format!("{given} {PINNED}"),
+        None => PINNED.to_string(),
     };
     pg.options(options);
 }
