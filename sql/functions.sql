@@ -1277,6 +1277,67 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
     DELETE FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id()
 $$;
 
+-- A POST's Idempotency-Key p_key in scope p_scope, for request p_request (channel, event and body): fresh
+-- the first time, and then remembered in the caller's transaction, so exactly when its write commits (a
+-- repeat sent meanwhile waits for that). Otherwise same says whether the request is the one the key was
+-- first sent with, and if so txid and after find its write's event (pgsse.sequenced). Keys last a day; a
+-- few expired ones go with each new one.
+CREATE OR REPLACE FUNCTION pgsse.remember(p_scope text, p_key text, p_request text,
+                                          OUT fresh boolean, OUT same boolean, OUT txid xid8, OUT after bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    digest text := encode(sha256(convert_to(p_request, 'UTF8')), 'hex');
+    kept   pgsse.idempotency;
+BEGIN
+    DELETE FROM pgsse.idempotency i
+     WHERE i.scope = p_scope AND i.key = p_key AND i.created_at < now() - interval '1 day';
+    DELETE FROM pgsse.idempotency i
+     WHERE (i.scope, i.key) IN (SELECT o.scope, o.key FROM pgsse.idempotency o
+                                 WHERE o.created_at < now() - interval '1 day'
+                                 ORDER BY o.created_at LIMIT 10 FOR UPDATE SKIP LOCKED);
+    INSERT INTO pgsse.idempotency (scope, key, request, txid, after)
+    VALUES (p_scope, p_key, digest, pg_current_xact_id(), pgsse.issued_head())
+    ON CONFLICT (scope, key) DO NOTHING;
+    IF FOUND THEN
+        fresh := true;
+        same := true;
+        RETURN;
+    END IF;
+    SELECT * INTO kept FROM pgsse.idempotency i WHERE i.scope = p_scope AND i.key = p_key;
+    fresh := false;
+    same := kept.request = digest;
+    IF same THEN
+        txid := kept.txid;
+        after := kept.after;
+    END IF;
+END
+$$;
+
+-- pgsse.insert_json and pgsse.publish_json under an Idempotency-Key: they write only when the key is
+-- fresh, in the same transaction as the key; otherwise txid and after are the first write's (see
+-- pgsse.remember). Invoker, as the writes they call are.
+CREATE OR REPLACE FUNCTION pgsse.insert_json_once(p_channel text, p_row jsonb, p_scope text, p_key text,
+    p_request text, OUT txid xid8, OUT after bigint, OUT payload jsonb, OUT fresh boolean, OUT same boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    SELECT r.fresh, r.same, r.txid, r.after INTO fresh, same, txid, after FROM pgsse.remember(p_scope, p_key, p_request) r;
+    IF fresh THEN
+        SELECT w.txid, w.after, w.payload INTO txid, after, payload FROM pgsse.insert_json(p_channel, p_row) w;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgsse.publish_json_once(p_channel text, p_event text, p_payload jsonb, p_scope text,
+    p_key text, p_request text, OUT txid xid8, OUT after bigint, OUT fresh boolean, OUT same boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+BEGIN
+    SELECT r.fresh, r.same, r.txid, r.after INTO fresh, same, txid, after FROM pgsse.remember(p_scope, p_key, p_request) r;
+    IF fresh THEN
+        SELECT w.txid, w.after INTO txid, after FROM pgsse.publish_json(p_channel, p_event, p_payload) w;
+    END IF;
+END
+$$;
+
 -- Empties a channel that allows it: records its `clear` event and drops its events, then deletes its
 -- table's rows (recording no row events), in pgsse.sequenced(txid, after, p_channel) once committed. Runs
 -- as the gateway's role: deleting the rows takes the table's own DELETE grant.
@@ -1391,7 +1452,9 @@ GRANT EXECUTE ON FUNCTION
     pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
     pgsse.snapshot_check(text, jsonb, jsonb), pgsse.unreadable_columns(pgsse.channels, name),
     pgsse.owner_of(regclass),
-    pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels), pgsse.within(text)
+    pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels), pgsse.within(text),
+    pgsse.remember(text, text, text), pgsse.insert_json_once(text, jsonb, text, text, text),
+    pgsse.publish_json_once(text, text, jsonb, text, text, text)
     TO pgsse_gateway;
 GRANT EXECUTE ON PROCEDURE pgsse.sequence_step(boolean, xid8, bigint, text, bigint, boolean, bigint, text),
     pgsse.retain(timestamptz, bigint, integer, bigint) TO pgsse_gateway;

@@ -394,3 +394,50 @@ async fn a_post_answered_503_has_written_nothing() {
     let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
     assert_eq!(rows, 0, "the POST that was told to retry wrote nothing");
 }
+
+/// A POST sent again with its `Idempotency-Key` answers as the first did (status, event id, body) and
+/// writes nothing, on another gateway, concurrently, or after a restart; the key with another request is 422.
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retried_post_write_once() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    admin.batch_execute("SELECT pgsse.create_channel('alerts')").await.unwrap();
+    let (gw, other) = (Gateway::start(&url).await, Gateway::start(&url).await);
+    let keyed = [JSON, ("idempotency-key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")];
+    let send = |addr, path: &'static str, body: &'static str| async move {
+        call(addr, "POST", path, &keyed, Bytes::from(body)).await.unwrap()
+    };
+    let answer = |r: &Response| (r.status, r.headers.get("pgsse-event-id").cloned(), r.body.clone());
+    let first = send(gw.addr, "/messages", r#"{"body": "once"}"#).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = send(other.addr, "/messages", r#"{"body": "once"}"#).await;
+    assert_eq!(answer(&again), answer(&first), "another gateway answers as the first did");
+    let together = futures_util::future::join_all((0..4).map(|_| send(gw.addr, "/messages", r#"{"body": "once"}"#)));
+    for repeat in together.await {
+        assert_eq!(answer(&repeat), answer(&first));
+    }
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "written once");
+    let other_body = send(gw.addr, "/messages", r#"{"body": "twice"}"#).await;
+    assert_eq!(other_body.status, 422, "{}", other_body.body);
+    assert!(other_body.body.contains("Idempotency-Key was first sent with another request"), "{}", other_body.body);
+
+    // Ad-hoc events too, and across a restart; the key is the same, the request another (its channel).
+    let published = [JSON, ("idempotency-key", "alert-1")];
+    let publish = || call(gw.addr, "POST", "/alerts?event=note", &published, Bytes::from(r#"{"n": 1}"#));
+    let first = publish().await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+    other.shutdown().await;
+    let restarted = Gateway::start(&url).await;
+    let again =
+        call(restarted.addr, "POST", "/alerts?event=note", &published, Bytes::from(r#"{"n": 1}"#)).await.unwrap();
+    assert_eq!(answer(&again), answer(&first));
+    let events: i64 =
+        admin.query_one("SELECT count(*) FROM pgsse.events WHERE channel = 'alerts'", &[]).await.unwrap().get(0);
+    assert_eq!(events, 1);
+    let long = "x".repeat(256);
+    for bad in ["", "\"\"", "with space", long.as_str()] {
+        let refused =
+            call(gw.addr, "POST", "/alerts", &[JSON, ("idempotency-key", bad)], Bytes::from("{}")).await.unwrap();
+        assert_eq!(refused.status, 400, "{bad:?}: {}", refused.body);
+    }
+}

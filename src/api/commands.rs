@@ -16,12 +16,14 @@ use crate::api::reply::{json_response, raw_json_response, Body};
 use crate::auth::{Access, AuthError, ACCESS_TOKEN};
 use crate::filter::FilterError;
 use crate::pg::error::StoreError;
+use crate::pg::keyed::Keyed;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{Store, Written};
 
 pub type Response = http::Response<Body>;
 
 pub const EVENT_ID_HEADER: &str = "pgsse-event-id";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const DEFAULT_EVENT: &str = "message";
 
 const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -117,11 +119,13 @@ impl Commands {
     }
 
     /// `POST /{channel}`: a table channel gets a row built from the object's keys, any other channel an event.
+    /// A repeat of an `Idempotency-Key` with the same request answers as the first did, writing nothing.
     pub async fn post(
         &self,
         access: &Access,
         channel: &str,
         query: Option<&str>,
+        headers: &HeaderMap,
         body: Value,
     ) -> Result<Response, CommandError> {
         check_name(channel)?;
@@ -140,13 +144,18 @@ impl Commands {
             return Err(CommandError::UnknownChannel(channel.to_string()));
         }
         let has_table = info.is_some_and(|c| c.has_table);
+        let key = idempotency_key(headers)?.map(|key| Keyed {
+            scope: access.key_scope().to_string(),
+            key,
+            request: format!("{channel}\n{}\n{body}", event.as_deref().unwrap_or("")),
+        });
         if has_table {
             if event.is_some() {
                 return Err(CommandError::BadQuery(
                     "event= is for channels without a table; the table names its events".into(),
                 ));
             }
-            let written = match self.store.insert_row(channel, &body).await {
+            let written = match self.store.insert_row(channel, &body, key.as_ref()).await {
                 Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
                 written => written?,
             };
@@ -157,7 +166,7 @@ impl Commands {
             return Ok(resp);
         }
         let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
-        let id = match self.store.publish(channel, &event, &body).await {
+        let id = match self.store.publish(channel, &event, &body, key.as_ref()).await {
             Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
             id => id?,
         };
@@ -184,6 +193,26 @@ impl Commands {
         }
         Ok(resp)
     }
+}
+
+/// The request's `Idempotency-Key` (the IETF httpapi draft's header: a structured-field string, quoted, or
+/// a bare token as many clients send it): 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CommandError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let bad = || {
+        CommandError::BadQuery("Idempotency-Key must be one quoted string of 1 to 255 visible ASCII characters".into())
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let raw = value.to_str().map_err(|_| bad())?.trim();
+    let key = raw.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap_or(raw);
+    let visible = key.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+    if key.is_empty() || key.len() > 255 || !visible {
+        return Err(bad());
+    }
+    Ok(Some(key.to_string()))
 }
 
 /// A write that committed but whose event is not in the log yet (sequencing is held up, or its table's

@@ -57,7 +57,12 @@ impl Grant {
 #[derive(Clone)]
 pub enum Access {
     Open,
-    Granted { grant: Grant, expires: Option<SystemTime> },
+    /// `subject` is the token's `sub`, where it has one: the scope of its `Idempotency-Key`s.
+    Granted {
+        grant: Grant,
+        expires: Option<SystemTime>,
+        subject: Option<String>,
+    },
 }
 
 impl Access {
@@ -89,6 +94,14 @@ impl Access {
             }
         }
         Ok((!combined.is_empty()).then(|| Arc::new(combined)))
+    }
+
+    /// Whose `Idempotency-Key`s a request's are: the token's subject, or everyone's ("") without one.
+    pub fn key_scope(&self) -> &str {
+        match self {
+            Access::Granted { subject: Some(subject), .. } => subject,
+            _ => "",
+        }
     }
 
     pub fn expires(&self) -> Option<SystemTime> {

@@ -63,6 +63,8 @@ struct Claims {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
+    /// Any JSON value: some issuers send numbers, and the subject only scopes `Idempotency-Key`s.
+    sub: Option<serde_json::Value>,
     #[serde(default)]
     pgsse: Grant,
 }
@@ -115,7 +117,14 @@ impl Jwt {
         let expires = UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
             .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
-        Ok(Access::Granted { grant: claims.pgsse, expires: Some(expires) })
+        Ok(Access::Granted {
+            grant: claims.pgsse,
+            expires: Some(expires),
+            subject: claims.sub.map(|sub| match sub {
+                serde_json::Value::String(sub) => sub,
+                other => other.to_string(),
+            }),
+        })
     }
 }
 

@@ -136,7 +136,7 @@ fn grant_from(body: &[u8], channels: &[String], method: &Method) -> Result<Acces
             Err(e) => return Err(AuthError::Unavailable(format!("the auth backend's answer is not a grant: {e}"))),
         }
     };
-    Ok(Access::Granted { grant, expires: None })
+    Ok(Access::Granted { grant, expires: None, subject: None })
 }
 
 fn decided(decision: Decision, channels: &[String]) -> Result<Access, AuthError> {

@@ -251,7 +251,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
                             state.limits.rejections.body_too_large.fetch_add(1, Ordering::Relaxed);
                         }
                     })?;
-                    Ok(state.commands.post(&access, &channel, query.as_deref(), object).await?)
+                    Ok(state.commands.post(&access, &channel, query.as_deref(), &parts.headers, object).await?)
                 }
             }
         }

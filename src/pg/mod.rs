@@ -2,6 +2,7 @@
 //! writes of the log, sequencing, retention, migrations, and database errors in one line.
 
 pub mod error;
+pub mod keyed;
 pub mod listener;
 pub mod logrow;
 pub mod migrate;

@@ -9,6 +9,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
+use crate::pg::keyed::{self, Keyed};
 use crate::pg::logrow::{filter_columns, payload_bytes, EventRow, Undecodable, ISSUED_HEAD};
 
 /// Rows per replay query at most: large enough for throughput with small events.
@@ -348,16 +349,27 @@ impl Store {
     }
 
     /// Inserts a row into a table channel's table and answers once its event is in the log; the id is
-    /// `None` when the table does not capture inserts.
-    pub async fn insert_row(&self, channel: &str, row: &serde_json::Value) -> Result<Written, StoreError> {
+    /// `None` when the table does not capture inserts. Under a `key` made before, writes nothing and
+    /// answers with that write's event.
+    pub async fn insert_row(
+        &self,
+        channel: &str,
+        row: &serde_json::Value,
+        key: Option<&Keyed>,
+    ) -> Result<Written, StoreError> {
         self.with(async |client| {
             let stmt = client
-                .prepare_cached(
-                    "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
-                )
+                .prepare_cached(match key {
+                    None => "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
+                    Some(_) => {
+                        "SELECT txid::text::int8, after, payload::text, fresh, same \
+                         FROM pgsse.insert_json_once($1, $2::text::jsonb, $3, $4, $5)"
+                    }
+                })
                 .await?;
             let object = row.to_string();
-            let row = match client.query_one(&stmt, &[&channel, &object]).await {
+            let params = keyed::params(&[&channel, &object], key);
+            let row = match client.query_one(&stmt, &params).await {
                 Ok(row) => row,
                 // A value its column cannot take: pgsse.bad_column names the column and its type.
                 Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
@@ -373,6 +385,9 @@ impl Store {
                 }
                 Err(err) => return Err(StoreError::from_db(err)),
             };
+            if keyed::repeat(&row, key, 3)? {
+                return sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await;
+            }
             match (row.try_get(0)?, row.try_get(1)?) {
                 (Some(txid), Some(after)) => sequenced(client, txid, after, channel, self.sequenced_wait()).await,
                 _ => Ok(Written { id: None, payload: row.try_get(2)? }),
@@ -381,16 +396,29 @@ impl Store {
         .await
     }
 
-    /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log.
-    pub async fn publish(&self, channel: &str, event: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
+    /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log. Under a
+    /// `key` made before, writes nothing and answers with that write's event.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: &str,
+        payload: &serde_json::Value,
+        key: Option<&Keyed>,
+    ) -> Result<i64, StoreError> {
         self.with(async |client| {
             let stmt = client
-                .prepare_cached("SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)")
+                .prepare_cached(match key {
+                    None => "SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)",
+                    Some(_) => {
+                        "SELECT txid::text::int8, after, fresh, same \
+                         FROM pgsse.publish_json_once($1, $2, $3::text::jsonb, $4, $5, $6)"
+                    }
+                })
                 .await?;
-            let row = client
-                .query_one(&stmt, &[&channel, &event, &payload.to_string()])
-                .await
-                .map_err(StoreError::from_db)?;
+            let payload = payload.to_string();
+            let params = keyed::params(&[&channel, &event, &payload], key);
+            let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
+            keyed::repeat(&row, key, 2)?;
             let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await?;
             written.id.ok_or(StoreError::NotSequenced)
         })

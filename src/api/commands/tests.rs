@@ -33,14 +33,17 @@ fn refusal(result: Result<Response, CommandError>) -> CommandError {
 }
 
 fn granted(grant: Value) -> Access {
-    Access::Granted { grant: serde_json::from_value(grant).unwrap(), expires: None }
+    Access::Granted { grant: serde_json::from_value(grant).unwrap(), expires: None, subject: None }
 }
 
 #[tokio::test]
 async fn a_post_to_a_channel_without_a_table_is_an_event_that_history_reads_back() {
     let (commands, admin) = commands(false).await;
     admin.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
-    let posted = commands.post(&Access::Open, "board", Some("event=note"), json!({"text": "hi"})).await.unwrap();
+    let posted = commands
+        .post(&Access::Open, "board", Some("event=note"), &HeaderMap::new(), json!({"text": "hi"}))
+        .await
+        .unwrap();
     let (status, id, body) = json_of(posted).await;
     let id = id.expect("the event's id in its header");
     assert_eq!((status, body), (201, json!({"id": id, "channel": "board", "event": "note", "data": {"text": "hi"}})));
@@ -51,10 +54,11 @@ async fn a_post_to_a_channel_without_a_table_is_an_event_that_history_reads_back
 #[tokio::test]
 async fn a_post_to_an_unknown_channel_creates_it_only_when_allowed() {
     let (commands, _admin) = commands(false).await;
-    let refused = refusal(commands.post(&Access::Open, "fresh", None, json!({})).await);
+    let refused = refusal(commands.post(&Access::Open, "fresh", None, &HeaderMap::new(), json!({})).await);
     assert!(matches!(refused, CommandError::UnknownChannel(ref c) if c == "fresh"), "{refused}");
     let (commands, _admin) = self::commands(true).await;
-    let (status, id, body) = json_of(commands.post(&Access::Open, "fresh", None, json!({})).await.unwrap()).await;
+    let (status, id, body) =
+        json_of(commands.post(&Access::Open, "fresh", None, &HeaderMap::new(), json!({})).await.unwrap()).await;
     assert_eq!((status, body["event"].as_str()), (201, Some(DEFAULT_EVENT)));
     assert!(id.is_some());
 }
@@ -70,13 +74,15 @@ async fn a_post_to_a_table_channel_inserts_its_row_and_answers_with_the_event() 
         .await
         .unwrap();
     let (status, id, row) =
-        json_of(commands.post(&Access::Open, "notes", None, json!({"body": "x"})).await.unwrap()).await;
+        json_of(commands.post(&Access::Open, "notes", None, &HeaderMap::new(), json!({"body": "x"})).await.unwrap())
+            .await;
     assert_eq!((status, row), (201, json!({"id": 1, "body": "x"})));
     let logged: i64 = admin.query_one("SELECT id FROM pgsse.events", &[]).await.unwrap().get(0);
     assert_eq!(id, Some(logged));
-    let refused = refusal(commands.post(&Access::Open, "notes", Some("event=x"), json!({"body": "y"})).await);
+    let refused =
+        refusal(commands.post(&Access::Open, "notes", Some("event=x"), &HeaderMap::new(), json!({"body": "y"})).await);
     assert!(matches!(refused, CommandError::BadQuery(_)), "{refused}");
-    let refused = refusal(commands.post(&Access::Open, "notes", None, json!({})).await);
+    let refused = refusal(commands.post(&Access::Open, "notes", None, &HeaderMap::new(), json!({})).await);
     assert_eq!(refused.to_string(), r#"column "body" must not be null"#);
 }
 
@@ -85,13 +91,16 @@ async fn a_grant_limited_by_a_filter_writes_only_its_rows_and_cannot_clear() {
     let (commands, admin) = commands(false).await;
     admin.batch_execute("SELECT pgsse.create_channel('board')").await.unwrap();
     let access = granted(json!({"publish": ["board"], "subscribe": ["board"], "filter": {"board": "user=eq.7"}}));
-    let outside = refusal(commands.post(&access, "board", None, json!({"user": 8})).await);
+    let outside = refusal(commands.post(&access, "board", None, &HeaderMap::new(), json!({"user": 8})).await);
     assert!(matches!(outside, CommandError::Auth(AuthError::OutsideGrant(_))), "{outside}");
-    assert_eq!(json_of(commands.post(&access, "board", None, json!({"user": 7})).await.unwrap()).await.0, 201);
+    assert_eq!(
+        json_of(commands.post(&access, "board", None, &HeaderMap::new(), json!({"user": 7})).await.unwrap()).await.0,
+        201
+    );
     let clear = refusal(commands.clear(&access, "board").await);
     assert!(matches!(clear, CommandError::Auth(AuthError::FilteredClear(_))), "{clear}");
     let reader = granted(json!({"subscribe": ["board"]}));
-    let refused = refusal(commands.post(&reader, "board", None, json!({"user": 7})).await);
+    let refused = refusal(commands.post(&reader, "board", None, &HeaderMap::new(), json!({"user": 7})).await);
     assert!(matches!(refused, CommandError::Auth(AuthError::Forbidden { .. })), "{refused}");
 }
 
