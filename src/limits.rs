@@ -12,6 +12,11 @@ use http::HeaderMap;
 const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 const DEFAULT_MAX_STREAMS: usize = 10_000;
 const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 100;
+/// A quarter of the default pool: each snapshot being read holds a connection.
+const DEFAULT_MAX_SNAPSHOTS: usize = 4;
+const DEFAULT_MAX_SNAPSHOTS_PER_CLIENT: usize = 2;
+/// How long a snapshot waits for a place before it is refused.
+pub const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Streams and connections per gateway and per client.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,6 +36,14 @@ pub struct LimitArgs {
           value_parser = crate::parse::positive)]
     pub max_connections_per_client: usize,
 
+    /// Snapshots being read at once on this gateway, each holding a database connection until its client
+    /// has taken it; at most half of --pool-size. More get 429 with Retry-After.
+    #[arg(long, env = "PGSSE_MAX_SNAPSHOTS", default_value_t = DEFAULT_MAX_SNAPSHOTS, value_parser = crate::parse::positive)]
+    pub max_snapshots: usize,
+    /// Snapshots being read at once per client address; more get 429 with Retry-After.
+    #[arg(long, env = "PGSSE_MAX_SNAPSHOTS_PER_CLIENT", default_value_t = DEFAULT_MAX_SNAPSHOTS_PER_CLIENT,
+          value_parser = crate::parse::positive)]
+    pub max_snapshots_per_client: usize,
     /// Proxy address whose X-Forwarded-For names the client (repeatable); from anyone else it is ignored.
     #[arg(long = "trusted-proxy", env = "PGSSE_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -42,6 +55,10 @@ pub enum LimitError {
     TooManyStreams(usize),
     #[error("too many open streams and history requests from this client (at most {0}); close some first")]
     TooManyFromClient(usize),
+    #[error("too many snapshots being read on this gateway (at most {0}); try again shortly")]
+    TooManySnapshots(usize),
+    #[error("too many snapshots being read for this client (at most {0}); read those first")]
+    TooManySnapshotsFromClient(usize),
 }
 
 /// How often each limit refused a request.
@@ -52,6 +69,7 @@ pub struct Rejections {
     pub connections_per_client: AtomicU64,
     pub url_too_long: AtomicU64,
     pub body_too_large: AtomicU64,
+    pub snapshots: AtomicU64,
 }
 
 pub struct Limits {
@@ -59,7 +77,11 @@ pub struct Limits {
     max_per_client: usize,
     max_connections_per_client: usize,
     trusted_proxies: Vec<IpAddr>,
+    max_snapshots: usize,
+    max_snapshots_per_client: usize,
     open: Mutex<Open>,
+    snapshots: Mutex<Open>,
+    snapshot_freed: tokio::sync::Notify,
     connections: Mutex<HashMap<IpAddr, usize>>,
     pub rejections: Rejections,
 }
@@ -90,6 +112,63 @@ struct Open {
     per_client: HashMap<IpAddr, usize>,
 }
 
+impl Open {
+    fn release(&mut self, client: IpAddr) {
+        if let Some(n) = self.per_client.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
+}
+
+/// A client's way to the snapshot places, used only by a request that reads a snapshot itself (one that
+/// shares another's read holds no connection).
+pub struct SnapshotGate {
+    limits: Arc<Limits>,
+    client: IpAddr,
+}
+
+impl SnapshotGate {
+    /// A place for a snapshot to be read, held until its client has taken it: snapshots cannot take every
+    /// database connection, nor one client every snapshot place. A burst (a page many browsers behind one
+    /// address open at once) waits up to [`SNAPSHOT_WAIT`] for places that snapshots read meanwhile give
+    /// back; only then is it refused.
+    pub async fn enter(&self) -> Result<SnapshotSlot, LimitError> {
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+        loop {
+            let freed = self.limits.snapshot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.limits.admit_snapshot(self.client) {
+                Ok(slot) => return Ok(slot),
+                Err(refused) if tokio::time::timeout_at(deadline, freed).await.is_err() => {
+                    self.limits.rejections.snapshots.fetch_add(1, Ordering::Relaxed);
+                    return Err(refused);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A snapshot being read for a client (it holds a database connection); dropping it gives the place back.
+pub struct SnapshotSlot {
+    limits: Arc<Limits>,
+    client: IpAddr,
+}
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        open.release(self.client);
+        drop(open);
+        self.limits.snapshot_freed.notify_waiters();
+    }
+}
+
 /// One admitted stream or history request; dropping it gives the place back.
 pub struct StreamSlot {
     limits: Arc<Limits>,
@@ -104,12 +183,7 @@ impl Drop for StreamSlot {
         if self.stream {
             open.total = open.total.saturating_sub(1);
         }
-        if let Some(n) = open.per_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                open.per_client.remove(&self.client);
-            }
-        }
+        open.release(self.client);
     }
 }
 
@@ -120,7 +194,11 @@ impl Limits {
             max_per_client: args.max_streams_per_client,
             max_connections_per_client: args.max_connections_per_client,
             trusted_proxies: args.trusted_proxies.clone(),
+            max_snapshots: args.max_snapshots,
+            max_snapshots_per_client: args.max_snapshots_per_client,
             open: Mutex::default(),
+            snapshots: Mutex::default(),
+            snapshot_freed: tokio::sync::Notify::new(),
             connections: Mutex::default(),
             rejections: Rejections::default(),
         }
@@ -168,6 +246,24 @@ impl Limits {
         self.take(client, false)
     }
 
+    /// Where `client`'s snapshot reads take their places: see [`SnapshotGate::enter`].
+    pub fn snapshot_gate(self: &Arc<Self>, client: IpAddr) -> SnapshotGate {
+        SnapshotGate { limits: self.clone(), client }
+    }
+
+    fn admit_snapshot(self: &Arc<Self>, client: IpAddr) -> Result<SnapshotSlot, LimitError> {
+        let mut open = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= self.max_snapshots {
+            return Err(LimitError::TooManySnapshots(self.max_snapshots));
+        }
+        if open.per_client.get(&client).is_some_and(|n| *n >= self.max_snapshots_per_client) {
+            return Err(LimitError::TooManySnapshotsFromClient(self.max_snapshots_per_client));
+        }
+        open.total += 1;
+        *open.per_client.entry(client).or_default() += 1;
+        Ok(SnapshotSlot { limits: self.clone(), client })
+    }
+
     fn take(self: &Arc<Self>, client: IpAddr, stream: bool) -> Result<StreamSlot, LimitError> {
         let mut open = self.lock();
         if stream && open.total >= self.max_streams {
@@ -196,6 +292,8 @@ mod tests {
             max_streams,
             max_streams_per_client: per_client,
             max_connections_per_client: connections,
+            max_snapshots: 2,
+            max_snapshots_per_client: 1,
             trusted_proxies: proxies,
         }
     }
@@ -221,6 +319,28 @@ mod tests {
         assert!(limits.admit_request(c).is_ok());
         assert_eq!(limits.rejections.streams_total.load(Ordering::Relaxed), 1);
         assert_eq!(limits.rejections.streams_per_client.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_are_limited_in_all_and_per_client_after_a_short_wait() {
+        let limits = Arc::new(Limits::new(&args(10, 10, 10, vec![])));
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let a1 = limits.snapshot_gate(a).enter().await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(limits.snapshot_gate(a).enter().await.err(), Some(LimitError::TooManySnapshotsFromClient(1)));
+        assert_eq!(started.elapsed(), SNAPSHOT_WAIT, "refused only after waiting for a place");
+        let _b1 = limits.snapshot_gate(b).enter().await.unwrap();
+        assert_eq!(limits.snapshot_gate(c).enter().await.err(), Some(LimitError::TooManySnapshots(2)));
+        // A place given back while one waits is taken at once.
+        let waiting = tokio::spawn({
+            let limits = limits.clone();
+            async move { limits.snapshot_gate(c).enter().await.is_ok() }
+        });
+        tokio::time::sleep(SNAPSHOT_WAIT / 2).await;
+        drop(a1);
+        assert!(waiting.await.unwrap());
+        assert_eq!(limits.rejections.snapshots.load(Ordering::Relaxed), 2);
     }
 
     #[test]

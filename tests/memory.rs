@@ -139,3 +139,57 @@ async fn a_replaying_stream_whose_client_never_reads_holds_a_few_batches_not_the
     let replayed = common::metric(gw.addr, "pgsse_events_replayed_total").await;
     assert!(replayed < 650, "read {replayed} of the 1,000 backlogged events for a client that took none");
 }
+
+/// The status line of the answer to a raw `request`, read without reading its body.
+async fn status_of(addr: SocketAddr, request: &str) -> (u16, TcpStream) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        let n = tokio::time::timeout(common::TIMEOUT, conn.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(n, 1, "closed before a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    if head.contains(" 429 ") {
+        assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
+    }
+    (head[9..12].parse().unwrap(), conn)
+}
+
+/// A snapshot holds a pooled connection only while its client takes its rows: snapshots being read are
+/// capped in all (half the pool at most) and per client address, with 429 and Retry-After beyond; one
+/// whose client takes nothing loses its stream within seconds; meanwhile other clients' POST and history
+/// answer at once.
+#[tokio::test]
+async fn snapshots_whose_clients_never_read_cannot_hold_the_pool() {
+    let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
+    // 20 MB: more than the kernel buffers for a client that does not read.
+    backlog(&app, 2000).await;
+    let mut config = common::gateway_config(&url);
+    config.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.limits.max_snapshots_per_client = 1;
+    config.pool.pool_size = 4;
+    let gw = Gateway::start_with(config).await;
+    let snapshot = |from: &str| {
+        format!("GET /messages/events?snapshot=true HTTP/1.1\r\nhost: x\r\nx-forwarded-for: {from}\r\n\r\n")
+    };
+    let _first = never_reading(gw.addr, snapshot("10.0.0.1").as_bytes()).await;
+    assert_eq!(status_of(gw.addr, &snapshot("10.0.0.1")).await.0, 429, "one per client address");
+    let _second = never_reading(gw.addr, snapshot("10.0.0.2").as_bytes()).await;
+    assert_eq!(status_of(gw.addr, &snapshot("10.0.0.3")).await.0, 429, "two (half of the pool of 4) in all");
+
+    let started = std::time::Instant::now();
+    let json = [("content-type", "application/json")];
+    let posted = common::call(gw.addr, "POST", "/messages", &json, r#"{"body": "meanwhile"}"#.into()).await.unwrap();
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    assert_eq!(get(gw.addr, "/messages?limit=1", &[]).await.unwrap().status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "POST and history took {:?}", started.elapsed());
+
+    // The unread snapshots lose their streams, and their places go back.
+    wait_for("an unread snapshot gives its place back", || async {
+        status_of(gw.addr, &snapshot("10.0.0.3")).await.0 == 200
+    })
+    .await;
+}

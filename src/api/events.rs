@@ -16,6 +16,7 @@ use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, SnapshotError, Taken}
 use crate::api::stream::{Feed, Sent, SseBody};
 use crate::fanout::hub::{Hub, HubError, Moves};
 use crate::filter::{ChannelFilters, Filter};
+use crate::limits::{SnapshotGate, SnapshotSlot};
 use crate::pg::error::StoreError;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{Store, REPLAY_BATCH};
@@ -184,6 +185,7 @@ impl Events {
         snapshot: Option<Shape>,
         filters: ChannelFilters,
         expires: Option<SystemTime>,
+        gate: &SnapshotGate,
     ) -> Result<SseBody, StreamError> {
         let prelude = sse::prelude(self.args.retry);
         let heartbeat = self.args.heartbeat;
@@ -203,11 +205,11 @@ impl Events {
                 self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                 match self
                     .snapshots
-                    .begin(&self.store, &channels, &filters, &shape, max, &self.counters.snapshot_queries)
+                    .begin(&self.store, &channels, &filters, &shape, max, &self.counters.snapshot_queries, gate)
                     .await?
                 {
                     Begun::Shared(taken) => Start::Shared(taken),
-                    Begun::Streaming(snapshot) => Start::Snapshot(snapshot),
+                    Begun::Streaming(snapshot, reading) => Start::Snapshot(snapshot, reading),
                 }
             }
             (None, None) => {
@@ -243,9 +245,11 @@ impl Events {
             let run = async {
                 let after = match start {
                     Start::Resume(after) => after,
-                    Start::Snapshot(snapshot) => {
+                    Start::Snapshot(snapshot, reading) => {
                         let (head, pending) = (snapshot.head, snapshot.pending.clone());
-                        if !snapshot.send(&replay.tx).await.map_err(StreamError::from)? {
+                        let sent = snapshot.send(&replay.tx).await.map_err(StreamError::from)?;
+                        drop(reading);
+                        if !sent {
                             return Err(ReplayError::Gone);
                         }
                         replay.skip_from(pending);
@@ -277,7 +281,8 @@ impl Events {
 /// Where a stream that does not start live begins.
 enum Start {
     Resume(i64),
-    Snapshot(Box<Snapshot>),
+    /// With its place among the snapshots being read, given back once the rows are sent.
+    Snapshot(Box<Snapshot>, SnapshotSlot),
     Shared(Arc<Taken>),
 }
 

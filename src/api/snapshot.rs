@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::api::stream::Feed;
 use crate::filter::ChannelFilters;
+use crate::limits::{LimitError, SnapshotGate, SnapshotSlot};
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
 use crate::sse;
@@ -24,8 +25,14 @@ use crate::sse;
 /// pins little, large enough that a big snapshot is not a write per row.
 const CHUNK_BYTES: usize = 32 * 1024;
 
-/// Snapshots of at most this many rows are read whole and shared by identical requests arriving together.
+/// Snapshots of at most this many rows, and this many bytes once encoded, are read whole and shared by
+/// identical requests arriving together; a larger one is streamed to each as it is read.
 const SHARED_ROWS: i64 = 1000;
+const SHARED_BYTES: usize = 256 * 1024;
+
+/// A streamed snapshot's client must take each chunk within this long, or lose the stream: the snapshot
+/// holds a pooled connection (and an open transaction) until it is read.
+const TAKE_BOUND: Duration = Duration::from_secs(5);
 
 /// The query parameters that shape a snapshot; reserved, so never row filters.
 pub const RESERVED: [&str; 3] = ["snapshot", "order", "limit"];
@@ -56,6 +63,9 @@ pub enum SnapshotError {
     Forbidden(String),
     #[error("the snapshot query took longer than {0:?} (--db-timeout): narrow it with filters or a limit")]
     TimedOut(Duration),
+    /// Too many snapshots are being read (in all, or for this client).
+    #[error(transparent)]
+    Busy(#[from] LimitError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -271,21 +281,29 @@ impl Snapshot {
     }
 
     /// Sends every row as its channel's insert event without an id, then `snapshot-end` carrying the
-    /// head as its id, and ends the transaction. `Ok(false)`: the client went away.
-    pub async fn send(self, tx: &mpsc::Sender<Feed>) -> Result<bool, SnapshotError> {
-        self.read(Sink::Channel(tx)).await
+    /// head as its id, and ends the transaction. `Ok(false)`: the client went away, or did not take a
+    /// chunk within [`TAKE_BOUND`].
+    pub async fn send(mut self, tx: &mpsc::Sender<Feed>) -> Result<bool, SnapshotError> {
+        self.read(&mut Sink::Channel(tx)).await
     }
 
-    /// Reads the whole snapshot into memory, for identical requests to share.
-    async fn take(self) -> Result<Taken, SnapshotError> {
+    /// Reads the whole snapshot into memory, for identical requests to share; `None` (and the transaction
+    /// ended) once it passes [`SHARED_BYTES`].
+    async fn take(mut self) -> Result<Option<Taken>, SnapshotError> {
         let (head, pending) = (self.head, self.pending.clone());
-        let mut chunks = Vec::new();
-        self.read(Sink::Buffer(&mut chunks)).await?;
-        Ok(Taken { chunks, head, pending })
+        let mut sink = Sink::Buffer { chunks: Vec::new(), bytes: 0 };
+        if !self.read(&mut sink).await? {
+            if self.bounded(self.client().batch_execute("ROLLBACK")).await.is_ok() {
+                self.open = false;
+            }
+            return Ok(None);
+        }
+        let Sink::Buffer { chunks, .. } = sink else { unreachable!("a buffer stays one") };
+        Ok(Some(Taken { chunks, head, pending }))
     }
 
     /// Hands the encoded snapshot to `sink` chunk by chunk, as rows are read; stops when it says no.
-    async fn read(mut self, mut sink: Sink<'_>) -> Result<bool, SnapshotError> {
+    async fn read(&mut self, sink: &mut Sink<'_>) -> Result<bool, SnapshotError> {
         let mut chunk = BytesMut::new();
         let mut sent: u64 = 0;
         for part in &self.parts {
@@ -342,17 +360,21 @@ impl Snapshot {
 /// Where [`Snapshot::read`] puts the encoded snapshot.
 enum Sink<'a> {
     Channel(&'a mpsc::Sender<Feed>),
-    Buffer(&'a mut Vec<Bytes>),
+    Buffer { chunks: Vec<Bytes>, bytes: usize },
 }
 
 impl Sink<'_> {
-    /// `false` once the stream's client has gone.
+    /// `false` once the stream's client has gone or not taken the last chunk within [`TAKE_BOUND`], or
+    /// the buffer passed [`SHARED_BYTES`].
     async fn put(&mut self, chunk: Bytes) -> bool {
         match self {
-            Sink::Channel(tx) => tx.send(Feed::Chunk(chunk)).await.is_ok(),
-            Sink::Buffer(chunks) => {
+            Sink::Channel(tx) => {
+                matches!(tokio::time::timeout(TAKE_BOUND, tx.send(Feed::Chunk(chunk))).await, Ok(Ok(())))
+            }
+            Sink::Buffer { chunks, bytes } => {
+                *bytes += chunk.len();
                 chunks.push(chunk);
-                true
+                *bytes <= SHARED_BYTES
             }
         }
     }
@@ -365,13 +387,16 @@ pub struct Taken {
     pub pending: Vec<i64>,
 }
 
-/// A snapshot ready to send: read whole and shared, or to be streamed as it is read.
+/// A snapshot ready to send: read whole and shared, or to be streamed as it is read (holding its place
+/// among the snapshots being read until it is).
 pub enum Begun {
     Shared(Arc<Taken>),
-    Streaming(Box<Snapshot>),
+    Streaming(Box<Snapshot>, SnapshotSlot),
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Taken>)>>>;
+/// When the last read of a slot began, and what it gave: the snapshot, or `None` when it was too large
+/// in bytes to share (those who waited for it then read their own).
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Option<Arc<Taken>>)>>>;
 
 /// Identical snapshot requests (same channels, filters with the grant's, order and limit) arriving
 /// together share one query, as fresh streams share their head read: a request that finds the slot busy
@@ -391,6 +416,7 @@ impl Shared {
         shape: &Shape,
         max_rows: usize,
         queries: &AtomicU64,
+        gate: &SnapshotGate,
     ) -> Result<Begun, SnapshotError> {
         let asked = Instant::now();
         let key = json!([
@@ -407,20 +433,36 @@ impl Shared {
             slots.entry(key).or_default().clone()
         };
         let mut last = slot.lock().await;
+        let mut shareable = true;
         if let Some((began, taken)) = &*last {
             if *began >= asked {
-                return Ok(Begun::Shared(taken.clone()));
+                match taken {
+                    Some(taken) => return Ok(Begun::Shared(taken.clone())),
+                    None => shareable = false,
+                }
             }
         }
         let began = Instant::now();
+        let reading = gate.enter().await?;
         queries.fetch_add(1, Ordering::Relaxed);
         let snapshot = Snapshot::begin(store, channels, filters, shape, max_rows).await?;
-        if snapshot.rows > SHARED_ROWS {
-            return Ok(Begun::Streaming(Box::new(snapshot)));
+        if !shareable || snapshot.rows > SHARED_ROWS {
+            return Ok(Begun::Streaming(Box::new(snapshot), reading));
         }
-        let taken = Arc::new(snapshot.take().await?);
-        *last = Some((began, taken.clone()));
-        Ok(Begun::Shared(taken))
+        match snapshot.take().await? {
+            Some(taken) => {
+                let taken = Arc::new(taken);
+                *last = Some((began, Some(taken.clone())));
+                Ok(Begun::Shared(taken))
+            }
+            None => {
+                *last = Some((began, None));
+                drop(last);
+                queries.fetch_add(1, Ordering::Relaxed);
+                let snapshot = Snapshot::begin(store, channels, filters, shape, max_rows).await?;
+                Ok(Begun::Streaming(Box::new(snapshot), reading))
+            }
+        }
     }
 }
 

@@ -211,6 +211,7 @@ impl Collector for Metrics {
             ("connections_per_client", &rejections.connections_per_client),
             ("url_too_long", &rejections.url_too_long),
             ("body_too_large", &rejections.body_too_large),
+            ("snapshots", &rejections.snapshots),
         ] {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("kind", kind)])?)?;
         }

@@ -63,7 +63,10 @@ impl App {
             config.pool.db_timeout,
             shutdown.clone(),
         );
-        let limits = Arc::new(Limits::new(&config.limits));
+        // Snapshots being read hold connections: half the pool at most stays for everything else.
+        let mut limit_args = config.limits.clone();
+        limit_args.max_snapshots = limit_args.max_snapshots.min((config.pool.pool_size / 2).max(1));
+        let limits = Arc::new(Limits::new(&limit_args));
         let denials = Arc::new(Denials::default());
         let metrics = Metrics::new(
             hub.clone(),

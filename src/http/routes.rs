@@ -65,7 +65,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Cursor(_) | ApiError::BadQuery(_) | ApiError::Filter(_) => StatusCode::BAD_REQUEST,
             ApiError::Auth(err) | ApiError::Command(CommandError::Auth(err)) => auth_status(err),
-            ApiError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Limit(_) | ApiError::Stream(StreamError::Snapshot(SnapshotError::Busy(_))) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::UrlTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Stream(err) => match err {
@@ -347,8 +349,10 @@ async fn events<B>(
         }
     }
     tracing::debug!(?channels, ?resume, "stream opened");
-    let slot = state.limits.admit(state.limits.client(peer, req.headers()))?;
-    let body = events.open(channels, resume, shape, filters, access.expires()).await?.holding(slot);
+    let client = state.limits.client(peer, req.headers());
+    let slot = state.limits.admit(client)?;
+    let gate = state.limits.snapshot_gate(client);
+    let body = events.open(channels, resume, shape, filters, access.expires(), &gate).await?.holding(slot);
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -66,7 +66,9 @@ impl Log {
     }
 
     async fn open(&self, resume: Option<i64>, filters: ChannelFilters) -> SseBody {
-        self.events.open(vec!["c".into()], resume, None, filters, None).await.unwrap()
+        let limits = Arc::new(crate::limits::Limits::new(&crate::config::Config::new("postgres://x").unwrap().limits));
+        let gate = limits.snapshot_gate(std::net::Ipv4Addr::LOCALHOST.into());
+        self.events.open(vec!["c".into()], resume, None, filters, None, &gate).await.unwrap()
     }
 
     async fn subscribed(&self) {
