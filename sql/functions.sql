@@ -77,16 +77,20 @@ $$;
 -- writer that sets pgsse.rang only keeps its own transaction from ringing.
 DO $$
 BEGIN
-    -- Schema 8's took an old row and returned whether it rang (before schema 6 it returned void).
+    -- Schema 8's took an old row and returned whether it rang (before schema 6 it returned void); schema
+    -- 9's had no p_wide.
     DROP FUNCTION IF EXISTS pgsse.stage(text, text, jsonb, jsonb);
+    DROP FUNCTION IF EXISTS pgsse.stage(text, text, jsonb);
 END
 $$;
 
-CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb) RETURNS void
-LANGUAGE plpgsql AS $$
+-- p_wide marks an event that empties its channel (a clear, a truncate): every stream of the channel gets
+-- it, whatever its filter. Only pgsse's own clear and truncate capture set it; an event's name never does.
+CREATE OR REPLACE FUNCTION pgsse.stage(p_channel text, p_event text, p_payload jsonb, p_wide boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO pgsse.staged (seq, txid, channel, event, payload, ring)
-    SELECT pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), p_channel, p_event, p_payload,
+    INSERT INTO pgsse.staged (seq, txid, channel, event, payload, wide, ring)
+    SELECT pg_catalog.nextval('pgsse.staged_seq'), pg_catalog.pg_current_xact_id(), p_channel, p_event, p_payload, p_wide,
            CASE WHEN d.armed AND coalesce(pg_catalog.current_setting('pgsse.rang', true), '') OPERATOR(pg_catalog.<>) 'y'
                 THEN pg_catalog.set_config('pgsse.rang', 'y', true) OPERATOR(pg_catalog.=) 'y' ELSE false END
       FROM pgsse.doorbell d;
@@ -144,8 +148,8 @@ DECLARE
     oldest xid8 := pg_snapshot_xmin(pg_current_snapshot());
 BEGIN
     WITH taken AS (DELETE FROM pgsse.staged s WHERE s.txid >= low RETURNING s.*)
-    INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid, old)
-    SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid, t.old
+    INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid, old, wide)
+    SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid, t.old, t.wide
       FROM (SELECT t.*, greatest(max(t.seq) OVER w, max(t.committed) OVER w) AS last FROM taken t
              WINDOW w AS (PARTITION BY t.txid) ORDER BY last, t.seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
@@ -426,7 +430,8 @@ DECLARE
 BEGIN
     ch := pgsse.published_channel(TG_ARGV[0], TG_RELID);
     IF ch.name IS NOT NULL THEN
-        PERFORM pgsse.stage(ch.name, ch.truncate_event, jsonb_build_object('truncatedAt', to_jsonb(clock_timestamp())));
+        PERFORM pgsse.stage(ch.name, ch.truncate_event, jsonb_build_object('truncatedAt', to_jsonb(clock_timestamp())),
+                            true);
     END IF;
     RETURN NULL;
 END
@@ -654,6 +659,17 @@ BEGIN
             AND pgsse.valid_event(delete_event) AND pgsse.valid_event(truncate_event)) THEN
         RAISE EXCEPTION 'pgsse: invalid event name (letters, digits, _ . : - up to 64 characters)'
             USING ERRCODE = '22023';
+    END IF;
+    -- Clients act on these names (reload, end of snapshot, empty the collection) and on each row event's
+    -- own meaning: a row event may not pass for one of them, nor for another kind of row event.
+    IF insert_event IN ('reset', 'snapshot-end', 'clear') OR update_event IN ('reset', 'snapshot-end', 'clear')
+       OR delete_event IN ('reset', 'snapshot-end', 'clear') OR truncate_event IN ('reset', 'snapshot-end')
+       OR cardinality(ARRAY(SELECT DISTINCT n FROM unnest(ARRAY[insert_event, update_event, delete_event,
+                                                                truncate_event]) n)) < 4 THEN
+        RAISE EXCEPTION 'pgsse: event names % are not four distinct names of this table''s own',
+            ARRAY[insert_event, update_event, delete_event, truncate_event]
+            USING ERRCODE = '22023',
+                  HINT = 'reset, snapshot-end and clear are pgsse''s own (a truncate may be sent as clear)';
     END IF;
     IF columns IS NOT NULL AND exclude_columns IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: give columns or exclude_columns, not both' USING ERRCODE = '22023';
@@ -1264,7 +1280,7 @@ DECLARE
     ch pgsse.channels := pgsse.clearable(p_channel);
 BEGIN
     DELETE FROM pgsse.events e WHERE e.channel = ch.name;
-    PERFORM pgsse.stage(ch.name, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())));
+    PERFORM pgsse.stage(ch.name, 'clear', jsonb_build_object('clearedAt', to_jsonb(clock_timestamp())), true);
     IF ch.source_table IS NOT NULL THEN
         INSERT INTO pgsse.clearing (txid, source_table, after_seq)
         VALUES (pg_current_xact_id(), ch.source_table, currval('pgsse.staged_seq'));
@@ -1277,33 +1293,49 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
     DELETE FROM pgsse.clearing c WHERE c.txid = pg_current_xact_id()
 $$;
 
--- A POST's Idempotency-Key p_key in scope p_scope, for request p_request (channel, event and body): fresh
--- the first time, and then remembered in the caller's transaction, so exactly when its write commits (a
--- repeat sent meanwhile waits for that). Otherwise same says whether the request is the one the key was
--- first sent with, and if so txid and after find its write's event (pgsse.sequenced). Keys last a day; a
--- few expired ones go with each new one.
+-- A POST's Idempotency-Key p_key of caller p_scope (stored as its digest: a token's subject may be long),
+-- for request p_request (channel, event and body): fresh the first time, and then remembered in the
+-- caller's transaction, so exactly when its write commits. Otherwise same says whether the request is the
+-- one the key was first sent with, and if so txid and after find its write's event (pgsse.sequenced).
+-- Keys last a day; a few expired ones go with each new one. Only pgsse.insert_json_once and
+-- pgsse.publish_json_once, as the gateway calls them, remember a key: a key remembered without its write
+-- would make a later request with it answer that it committed. A repeat that finds the key's first
+-- request still being written waits a second for it, then is refused (409), holding no connection longer.
+DROP FUNCTION IF EXISTS pgsse.insert_json_once(text, jsonb, text, text, text);
+DROP FUNCTION IF EXISTS pgsse.publish_json_once(text, text, jsonb, text, text, text);
 CREATE OR REPLACE FUNCTION pgsse.remember(p_scope text, p_key text, p_request text,
                                           OUT fresh boolean, OUT same boolean, OUT txid xid8, OUT after bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgsse, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
+    who    text := encode(sha256(convert_to(p_scope, 'UTF8')), 'hex');
     digest text := encode(sha256(convert_to(p_request, 'UTF8')), 'hex');
     kept   pgsse.idempotency;
 BEGIN
+    IF current_query() IS DISTINCT FROM 'SELECT * FROM pgsse.insert_json_once($1, $2, $3, $4, $5)'
+       AND current_query() IS DISTINCT FROM 'SELECT * FROM pgsse.publish_json_once($1, $2, $3, $4, $5, $6)' THEN
+        RAISE EXCEPTION 'pgsse: Idempotency-Keys are remembered only by the gateway''s own writes'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     DELETE FROM pgsse.idempotency i
-     WHERE i.scope = p_scope AND i.key = p_key AND i.created_at < now() - interval '1 day';
+     WHERE i.scope = who AND i.key = p_key AND i.created_at < now() - interval '1 day';
     DELETE FROM pgsse.idempotency i
      WHERE (i.scope, i.key) IN (SELECT o.scope, o.key FROM pgsse.idempotency o
                                  WHERE o.created_at < now() - interval '1 day'
                                  ORDER BY o.created_at LIMIT 10 FOR UPDATE SKIP LOCKED);
-    INSERT INTO pgsse.idempotency (scope, key, request, txid, after)
-    VALUES (p_scope, p_key, digest, pg_current_xact_id(), pgsse.issued_head())
-    ON CONFLICT (scope, key) DO NOTHING;
+    BEGIN
+        INSERT INTO pgsse.idempotency (scope, key, request, txid, after)
+        VALUES (who, p_key, digest, pg_current_xact_id(), pgsse.issued_head())
+        ON CONFLICT (scope, key) DO NOTHING;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'pgsse: a request with this Idempotency-Key is still being written: send it again shortly'
+            USING ERRCODE = 'PGS04';
+    END;
     IF FOUND THEN
         fresh := true;
         same := true;
         RETURN;
     END IF;
-    SELECT * INTO kept FROM pgsse.idempotency i WHERE i.scope = p_scope AND i.key = p_key;
+    SELECT * INTO kept FROM pgsse.idempotency i WHERE i.scope = who AND i.key = p_key;
     fresh := false;
     same := kept.request = digest;
     IF same THEN
@@ -1317,24 +1349,30 @@ $$;
 -- fresh, in the same transaction as the key; otherwise txid and after are the first write's (see
 -- pgsse.remember). Invoker, as the writes they call are.
 CREATE OR REPLACE FUNCTION pgsse.insert_json_once(p_channel text, p_row jsonb, p_scope text, p_key text,
-    p_request text, OUT txid xid8, OUT after bigint, OUT payload jsonb, OUT fresh boolean, OUT same boolean)
+    p_request text, OUT txid bigint, OUT after bigint, OUT payload text, OUT fresh boolean, OUT same boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    first xid8;
 BEGIN
-    SELECT r.fresh, r.same, r.txid, r.after INTO fresh, same, txid, after FROM pgsse.remember(p_scope, p_key, p_request) r;
+    SELECT r.fresh, r.same, r.txid, r.after INTO fresh, same, first, after FROM pgsse.remember(p_scope, p_key, p_request) r;
     IF fresh THEN
-        SELECT w.txid, w.after, w.payload INTO txid, after, payload FROM pgsse.insert_json(p_channel, p_row) w;
+        SELECT w.txid, w.after, w.payload::text INTO first, after, payload FROM pgsse.insert_json(p_channel, p_row) w;
     END IF;
+    txid := first::text::bigint;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION pgsse.publish_json_once(p_channel text, p_event text, p_payload jsonb, p_scope text,
-    p_key text, p_request text, OUT txid xid8, OUT after bigint, OUT fresh boolean, OUT same boolean)
+    p_key text, p_request text, OUT txid bigint, OUT after bigint, OUT fresh boolean, OUT same boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    first xid8;
 BEGIN
-    SELECT r.fresh, r.same, r.txid, r.after INTO fresh, same, txid, after FROM pgsse.remember(p_scope, p_key, p_request) r;
+    SELECT r.fresh, r.same, r.txid, r.after INTO fresh, same, first, after FROM pgsse.remember(p_scope, p_key, p_request) r;
     IF fresh THEN
-        SELECT w.txid, w.after INTO txid, after FROM pgsse.publish_json(p_channel, p_event, p_payload) w;
+        SELECT w.txid, w.after INTO first, after FROM pgsse.publish_json(p_channel, p_event, p_payload) w;
     END IF;
+    txid := first::text::bigint;
 END
 $$;
 

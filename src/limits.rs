@@ -52,13 +52,13 @@ pub struct LimitArgs {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitError {
     #[error("too many open streams on this gateway (at most {0}); try again later")]
-    TooManyStreams(usize),
+    Streams(usize),
     #[error("too many open streams and history requests from this client (at most {0}); close some first")]
-    TooManyFromClient(usize),
+    StreamsFromClient(usize),
     #[error("too many snapshots being read on this gateway (at most {0}); try again shortly")]
-    TooManySnapshots(usize),
+    Snapshots(usize),
     #[error("too many snapshots being read for this client (at most {0}); read those first")]
-    TooManySnapshotsFromClient(usize),
+    SnapshotsFromClient(usize),
 }
 
 /// How often each limit refused a request.
@@ -254,10 +254,10 @@ impl Limits {
     fn admit_snapshot(self: &Arc<Self>, client: IpAddr) -> Result<SnapshotSlot, LimitError> {
         let mut open = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.max_snapshots {
-            return Err(LimitError::TooManySnapshots(self.max_snapshots));
+            return Err(LimitError::Snapshots(self.max_snapshots));
         }
         if open.per_client.get(&client).is_some_and(|n| *n >= self.max_snapshots_per_client) {
-            return Err(LimitError::TooManySnapshotsFromClient(self.max_snapshots_per_client));
+            return Err(LimitError::SnapshotsFromClient(self.max_snapshots_per_client));
         }
         open.total += 1;
         *open.per_client.entry(client).or_default() += 1;
@@ -268,12 +268,12 @@ impl Limits {
         let mut open = self.lock();
         if stream && open.total >= self.max_streams {
             self.rejections.streams_total.fetch_add(1, Ordering::Relaxed);
-            return Err(LimitError::TooManyStreams(self.max_streams));
+            return Err(LimitError::Streams(self.max_streams));
         }
         let mine = open.per_client.entry(client).or_default();
         if *mine >= self.max_per_client {
             self.rejections.streams_per_client.fetch_add(1, Ordering::Relaxed);
-            return Err(LimitError::TooManyFromClient(self.max_per_client));
+            return Err(LimitError::StreamsFromClient(self.max_per_client));
         }
         *mine += 1;
         if stream {
@@ -305,15 +305,15 @@ mod tests {
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let a1 = limits.admit(a).unwrap();
         let _a2 = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(a).err(), Some(LimitError::TooManyFromClient(2)));
+        assert_eq!(limits.admit(a).err(), Some(LimitError::StreamsFromClient(2)));
         let _b1 = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).err(), Some(LimitError::TooManyStreams(3)));
+        assert_eq!(limits.admit(b).err(), Some(LimitError::Streams(3)));
         drop(a1);
         assert!(limits.admit(b).is_ok());
         // A history request takes a place of its client's, not of the gateway's total.
         let c: IpAddr = "10.0.0.3".parse().unwrap();
         let (_c1, c2) = (limits.admit_request(c).unwrap(), limits.admit_request(c).unwrap());
-        assert_eq!(limits.admit_request(c).err(), Some(LimitError::TooManyFromClient(2)));
+        assert_eq!(limits.admit_request(c).err(), Some(LimitError::StreamsFromClient(2)));
         assert!(limits.admit("10.0.0.4".parse().unwrap()).is_ok(), "the total counts streams only");
         drop(c2);
         assert!(limits.admit_request(c).is_ok());
@@ -328,10 +328,10 @@ mod tests {
             ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
         let a1 = limits.snapshot_gate(a).enter().await.unwrap();
         let started = tokio::time::Instant::now();
-        assert_eq!(limits.snapshot_gate(a).enter().await.err(), Some(LimitError::TooManySnapshotsFromClient(1)));
+        assert_eq!(limits.snapshot_gate(a).enter().await.err(), Some(LimitError::SnapshotsFromClient(1)));
         assert_eq!(started.elapsed(), SNAPSHOT_WAIT, "refused only after waiting for a place");
         let _b1 = limits.snapshot_gate(b).enter().await.unwrap();
-        assert_eq!(limits.snapshot_gate(c).enter().await.err(), Some(LimitError::TooManySnapshots(2)));
+        assert_eq!(limits.snapshot_gate(c).enter().await.err(), Some(LimitError::Snapshots(2)));
         // A place given back while one waits is taken at once.
         let waiting = tokio::spawn({
             let limits = limits.clone();

@@ -434,6 +434,16 @@ async fn an_idempotency_key_makes_a_retried_post_write_once() {
     let events: i64 =
         admin.query_one("SELECT count(*) FROM pgsse.events WHERE channel = 'alerts'", &[]).await.unwrap().get(0);
     assert_eq!(events, 1);
+    // A first request still being written (a session holding its key) is waited for a second, then 409.
+    let mut holder = common::connect(&url).await;
+    let holding = holder.transaction().await.unwrap();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&"alerts", &"note", &json!({"n": 2}), &"", &"held", &"alerts\nnote\n{\"n\":2}"];
+    holding.query("SELECT * FROM pgsse.publish_json_once($1, $2, $3, $4, $5, $6)", &params).await.unwrap();
+    let in_flight = [JSON, ("idempotency-key", "held")];
+    let conflict = call(gw.addr, "POST", "/alerts?event=note", &in_flight, Bytes::from(r#"{"n": 2}"#)).await.unwrap();
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    holding.rollback().await.unwrap();
     let long = "x".repeat(256);
     for bad in ["", "\"\"", "with space", long.as_str()] {
         let refused =

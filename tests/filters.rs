@@ -126,6 +126,13 @@ async fn rows_moving_across_a_filter_arrive_as_inserts_and_deletes() {
     assert_eq!(listed, want, "history shows what the stream shows");
     common::call(gw.addr, "DELETE", "/orders", &[], bytes::Bytes::new()).await.unwrap();
     assert_eq!(live.expect().await.event, "clear", "a clear reaches a filtered stream");
+
+    // What reaches every stream is what pgsse's clear and truncate staged, never a name: a table's row
+    // events may not pass for them.
+    for args in ["insert_event => 'clear'", "insert_event => 'created', truncate_event => 'created'"] {
+        let err = admin.batch_execute(&format!("SELECT pgsse.publish_table('orders', {args})")).await.unwrap_err();
+        assert!(err.as_db_error().unwrap().message().contains("are not four distinct names"), "{args}: {err:?}");
+    }
 }
 
 /// With `old_values`, filters test the rows, not the `{"new", "old"}` envelope: an owner's own edit is an
@@ -204,4 +211,30 @@ async fn filtered_history_fills_its_pages_and_links_to_the_next() {
     assert_eq!(ids, [25000, 20000, 15000, 10000, 5000]);
     let first = common::get(gw.addr, "/customers?limit=1&country=eq.NZ", &[]).await.unwrap();
     assert_eq!(first.json()[0]["data"]["id"], 25000, "limit applies to matching events");
+}
+
+/// A history page is bounded by what its rows weigh, old rows included: an update that shrank a large row
+/// carries the large row beside its small payload.
+#[tokio::test]
+async fn history_pages_count_the_old_rows_of_updates() {
+    let TestDb { url, admin, app } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text);
+             SELECT pgsse.publish_table('notes', operations => ARRAY['insert', 'update']);",
+        )
+        .await
+        .unwrap();
+    app.batch_execute(
+        "INSERT INTO notes SELECT g, repeat(md5(g::text), 6400) FROM generate_series(1, 3) g;
+         UPDATE notes SET body = 'x';",
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::start(&url).await;
+    let page = common::get(gw.addr, "/notes?limit=10", &[]).await.unwrap();
+    let events: Vec<String> =
+        page.json().as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(events, ["update", "update"], "200 KB old rows each: two fill the 256 KB page");
+    assert!(page.headers.contains_key("link"), "and the next page is linked");
 }

@@ -235,6 +235,7 @@ async fn the_gateways_login_and_a_publisher_do_their_job_and_no_more() {
         ("SELECT pgsse.begin_clear('feed')", "clearing is not enabled for channel feed"),
         ("SELECT pgsse.begin_clear('nosuch')", "unknown channel 'nosuch'"),
         ("SELECT pgsse.clear_channel('feed')", "clearing is not enabled for channel feed"),
+        ("SELECT * FROM pgsse.remember('dave', 'order-42', 'x')", "remembered only by the gateway's own writes"),
     ] {
         assert!(db_error(gateway.batch_execute(sql).await).contains(want), "{sql}: want {want}");
     }

@@ -144,11 +144,21 @@ impl Commands {
             return Err(CommandError::UnknownChannel(channel.to_string()));
         }
         let has_table = info.is_some_and(|c| c.has_table);
-        let key = idempotency_key(headers)?.map(|key| Keyed {
-            scope: access.key_scope().to_string(),
-            key,
-            request: format!("{channel}\n{}\n{body}", event.as_deref().unwrap_or("")),
-        });
+        let key = match idempotency_key(headers)? {
+            None => None,
+            Some(key) => Some(Keyed {
+                scope: access
+                    .key_scope()
+                    .ok_or_else(|| {
+                        CommandError::BadQuery(
+                            "Idempotency-Key needs a token with a `sub` claim: keys are kept per subject".into(),
+                        )
+                    })?
+                    .to_string(),
+                key,
+                request: format!("{channel}\n{}\n{body}", event.as_deref().unwrap_or("")),
+            }),
+        };
         if has_table {
             if event.is_some() {
                 return Err(CommandError::BadQuery(

@@ -201,11 +201,10 @@ impl Events {
                 Start::Resume(after)
             }
             (None, Some(shape)) => {
-                let max = self.args.snapshot_max_rows;
                 self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                 match self
                     .snapshots
-                    .begin(&self.store, &channels, &filters, &shape, max, &self.counters.snapshot_queries, gate)
+                    .begin(&self.store, &channels, &filters, &shape, &self.counters.snapshot_queries, gate)
                     .await?
                 {
                     Begun::Shared(taken) => Start::Shared(taken),

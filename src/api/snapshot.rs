@@ -132,6 +132,8 @@ pub struct Shape {
     /// Published column names (as events carry them), descending when `true`.
     order: Vec<(String, bool)>,
     limit: Option<i64>,
+    /// `--snapshot-max-rows`: a snapshot without a limit may not have more.
+    max_rows: usize,
 }
 
 impl Shape {
@@ -168,7 +170,7 @@ impl Shape {
                 _ => return Err(SnapshotError::InvalidLimit(text.chars().take(32).collect(), max_rows)),
             },
         };
-        Ok(Some(Self { order, limit }))
+        Ok(Some(Self { order, limit, max_rows }))
     }
 }
 
@@ -214,7 +216,6 @@ impl Snapshot {
         channels: &[String],
         filters: &ChannelFilters,
         shape: &Shape,
-        max_rows: usize,
     ) -> Result<Self, SnapshotError> {
         let (client, bound) = store.session().await?;
         let order: Value = shape.order.iter().map(|(key, desc)| json!({ "key": key, "desc": desc })).collect();
@@ -229,7 +230,7 @@ impl Snapshot {
             pending: Vec::new(),
             rows: 0,
         };
-        match snapshot.prepare(channels, filters, shape, max_rows).await {
+        match snapshot.prepare(channels, filters, shape).await {
             Ok(()) => Ok(snapshot),
             Err(err) => {
                 // A refused shape is the client's mistake, not a reason to drop a connection.
@@ -246,8 +247,8 @@ impl Snapshot {
         channels: &[String],
         filters: &ChannelFilters,
         shape: &Shape,
-        max_rows: usize,
     ) -> Result<(), SnapshotError> {
+        let max_rows = shape.max_rows;
         let setup = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {}",
             self.bound.as_millis().max(1)
@@ -414,7 +415,6 @@ impl Shared {
         channels: &[String],
         filters: &ChannelFilters,
         shape: &Shape,
-        max_rows: usize,
         queries: &AtomicU64,
         gate: &SnapshotGate,
     ) -> Result<Begun, SnapshotError> {
@@ -445,7 +445,7 @@ impl Shared {
         let began = Instant::now();
         let reading = gate.enter().await?;
         queries.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Snapshot::begin(store, channels, filters, shape, max_rows).await?;
+        let snapshot = Snapshot::begin(store, channels, filters, shape).await?;
         if !shareable || snapshot.rows > SHARED_ROWS {
             return Ok(Begun::Streaming(Box::new(snapshot), reading));
         }
@@ -459,7 +459,7 @@ impl Shared {
                 *last = Some((began, None));
                 drop(last);
                 queries.fetch_add(1, Ordering::Relaxed);
-                let snapshot = Snapshot::begin(store, channels, filters, shape, max_rows).await?;
+                let snapshot = Snapshot::begin(store, channels, filters, shape).await?;
                 Ok(Begun::Streaming(Box::new(snapshot), reading))
             }
         }
@@ -488,7 +488,7 @@ mod tests {
     fn parses_order_and_limit() {
         let s = shape(Some("true"), Some("created_at.desc,id.asc,name"), Some("50")).unwrap().unwrap();
         let order = [("created_at", true), ("id", false), ("name", false)].map(|(c, d)| (c.to_string(), d));
-        assert_eq!(s, Shape { order: order.to_vec(), limit: Some(50) });
+        assert_eq!(s, Shape { order: order.to_vec(), limit: Some(50), max_rows: 100 });
         assert_eq!(shape(None, None, None), Ok(None));
         assert_eq!(shape(Some("false"), None, None), Ok(None));
     }

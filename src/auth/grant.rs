@@ -57,7 +57,7 @@ impl Grant {
 #[derive(Clone)]
 pub enum Access {
     Open,
-    /// `subject` is the token's `sub`, where it has one: the scope of its `Idempotency-Key`s.
+    /// `subject` is the token's `sub` as JSON text, where it has one: the scope of its `Idempotency-Key`s.
     Granted {
         grant: Grant,
         expires: Option<SystemTime>,
@@ -96,11 +96,12 @@ impl Access {
         Ok((!combined.is_empty()).then(|| Arc::new(combined)))
     }
 
-    /// Whose `Idempotency-Key`s a request's are: the token's subject, or everyone's ("") without one.
-    pub fn key_scope(&self) -> &str {
+    /// Whose `Idempotency-Key`s a request's are: the token's subject; everyone's ("") without
+    /// authentication; `None` for a token without a subject, whose keys could be anyone's.
+    pub fn key_scope(&self) -> Option<&str> {
         match self {
-            Access::Granted { subject: Some(subject), .. } => subject,
-            _ => "",
+            Access::Open => Some(""),
+            Access::Granted { subject, .. } => subject.as_deref(),
         }
     }
 

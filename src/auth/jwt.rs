@@ -63,7 +63,7 @@ struct Claims {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
-    /// Any JSON value: some issuers send numbers, and the subject only scopes `Idempotency-Key`s.
+    /// Any JSON value (some issuers send numbers), kept as its JSON text: `7` and `"7"` are two subjects.
     sub: Option<serde_json::Value>,
     #[serde(default)]
     pgsse: Grant,
@@ -120,10 +120,7 @@ impl Jwt {
         Ok(Access::Granted {
             grant: claims.pgsse,
             expires: Some(expires),
-            subject: claims.sub.map(|sub| match sub {
-                serde_json::Value::String(sub) => sub,
-                other => other.to_string(),
-            }),
+            subject: claims.sub.map(|sub| sub.to_string()),
         })
     }
 }

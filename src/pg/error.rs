@@ -115,6 +115,8 @@ impl StoreError {
             "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
             // pgsse.refused: the table's own code refused the write (its words are not passed on).
             "PGS02" => (Rejection::Unprocessable, strip_prefix(db.message())),
+            // pgsse.remember: a request with the same Idempotency-Key is still being written.
+            "PGS04" => (Rejection::Conflict, strip_prefix(db.message())),
             c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
             _ => return StoreError::Query(err),
         };

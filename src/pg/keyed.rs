@@ -14,6 +14,11 @@ pub struct Keyed {
     pub request: String,
 }
 
+/// The keyed forms of the gateway's writes, exactly: `pgsse.remember` serves no other statement, so no
+/// login can remember a key without making its write.
+pub const INSERT: &str = "SELECT * FROM pgsse.insert_json_once($1, $2, $3, $4, $5)";
+pub const PUBLISH: &str = "SELECT * FROM pgsse.publish_json_once($1, $2, $3, $4, $5, $6)";
+
 /// The write's parameters, then the key's (for the `_once` form of pgsse's write functions).
 pub fn params<'a>(write: &[&'a (dyn ToSql + Sync)], key: Option<&'a Keyed>) -> Vec<&'a (dyn ToSql + Sync)> {
     let mut params = write.to_vec();

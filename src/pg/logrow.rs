@@ -26,7 +26,7 @@ pub struct EventRow {
 /// What filtered streams need of a row, as [`EventRow::with_filter_columns`] reads them, for a read whose
 /// rows come from `table` (a name or alias of `pgsse.events` rows): an update's old row, its new row where
 /// the data nests it (`{"new", "old"}`, whatever the channel says now), its channel's insert and delete
-/// event names; and whether the event empties the channel (`clear`, or its table's truncate event).
+/// event names; and whether the event empties the channel (a clear or a truncate, as pgsse staged it).
 pub fn filter_columns(table: &str) -> String {
     let t = table;
     format!(
@@ -34,12 +34,18 @@ pub fn filter_columns(table: &str) -> String {
            (SELECT ARRAY[c.insert_event, c.delete_event] FROM pgsse.channels c WHERE c.name = {t}.channel) END AS moves, \
          CASE WHEN {t}.old IS NOT NULL AND {t}.payload ? 'new' AND {t}.payload - 'new' = jsonb_build_object('old', {t}.old) \
            THEN {new} END AS nested_new, \
-         CASE WHEN {t}.event = 'clear' THEN true WHEN {t}.old IS NOT NULL OR {t}.event IN ('insert', 'update', 'delete') THEN false \
-           ELSE EXISTS (SELECT 1 FROM pgsse.channels c WHERE c.name = {t}.channel AND c.source_table IS NOT NULL \
-                          AND c.truncate_event = {t}.event) END AS wide",
+         {t}.wide AS wide",
         old = payload_bytes(&format!("{t}.old")),
         new = payload_bytes(&format!("({t}.payload -> 'new')")),
     )
+}
+
+/// What a row read with [`filter_columns`] weighs, in bytes, as columns of `table` (a row alias, or `""`
+/// for the enclosing query's own columns): its payload and the old and new rows beside it, which an update
+/// that shrank a large row makes heavier than the payload.
+pub fn row_bytes(table: &str) -> String {
+    let t = if table.is_empty() { String::new() } else { format!("{table}.") };
+    format!("(octet_length({t}payload) + coalesce(octet_length({t}old), 0) + coalesce(octet_length({t}nested_new), 0))")
 }
 
 /// The highest id the sequence has handed out, committed or not, as a scalar subquery. Every read of the
@@ -101,6 +107,11 @@ impl EventRow {
         }
         self.wide = row.try_get::<_, Option<bool>>(at + 3)?.unwrap_or(false);
         Ok(self)
+    }
+
+    /// Bytes the row holds: its payload and, for an update, the rows beside it (see [`row_bytes`]).
+    pub fn weight(&self) -> usize {
+        self.payload.len() + self.moved.as_ref().map_or(0, |m| m.old.len() + m.new.as_ref().map_or(0, String::len))
     }
 
     /// Encodes the row once. The schema's CHECKs keep event names valid, but rows are untrusted input:

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
 use crate::pg::keyed::{self, Keyed};
-use crate::pg::logrow::{filter_columns, payload_bytes, EventRow, Undecodable, ISSUED_HEAD};
+use crate::pg::logrow::{filter_columns, payload_bytes, row_bytes, EventRow, Undecodable, ISSUED_HEAD};
 
 /// Rows per replay query at most: large enough for throughput with small events.
 pub const REPLAY_BATCH: i64 = 1000;
@@ -361,14 +362,14 @@ impl Store {
             let stmt = client
                 .prepare_cached(match key {
                     None => "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
-                    Some(_) => {
-                        "SELECT txid::text::int8, after, payload::text, fresh, same \
-                         FROM pgsse.insert_json_once($1, $2::text::jsonb, $3, $4, $5)"
-                    }
+                    Some(_) => keyed::INSERT,
                 })
                 .await?;
             let object = row.to_string();
-            let params = keyed::params(&[&channel, &object], key);
+            let params = match key {
+                None => vec![&channel as &(dyn ToSql + Sync), &object],
+                Some(_) => keyed::params(&[&channel, row], key),
+            };
             let row = match client.query_one(&stmt, &params).await {
                 Ok(row) => row,
                 // A value its column cannot take: pgsse.bad_column names the column and its type.
@@ -409,14 +410,14 @@ impl Store {
             let stmt = client
                 .prepare_cached(match key {
                     None => "SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)",
-                    Some(_) => {
-                        "SELECT txid::text::int8, after, fresh, same \
-                         FROM pgsse.publish_json_once($1, $2, $3::text::jsonb, $4, $5, $6)"
-                    }
+                    Some(_) => keyed::PUBLISH,
                 })
                 .await?;
-            let payload = payload.to_string();
-            let params = keyed::params(&[&channel, &event, &payload], key);
+            let text = payload.to_string();
+            let params = match key {
+                None => vec![&channel as &(dyn ToSql + Sync), &event, &text],
+                Some(_) => keyed::params(&[&channel, &event, payload], key),
+            };
             let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
             keyed::repeat(&row, key, 2)?;
             let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await?;
@@ -454,11 +455,13 @@ impl Store {
             let stmt = client
                 .prepare_cached(&format!(
                     "SELECT id, channel, event, payload, old, moves, nested_new, wide FROM ( \
-                       SELECT h.*, sum(octet_length(h.payload)) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto \
+                       SELECT h.*, sum({}) OVER (ORDER BY h.id DESC ROWS UNBOUNDED PRECEDING) AS upto \
                        FROM (SELECT e.id, e.channel, e.event, {} AS payload, {} FROM pgsse.history($1, $2, $3) e) h \
-                     ) t WHERE upto - octet_length(payload) < $4 ORDER BY id DESC",
+                     ) t WHERE upto - {} < $4 ORDER BY id DESC",
+                    row_bytes("h"),
                     payload_bytes("e.payload"),
-                    filter_columns("e")
+                    filter_columns("e"),
+                    row_bytes("")
                 ))
                 .await?;
             let rows = client.query(&stmt, &[&channel, &before, &limit, &PAGE_BYTES]).await?;
@@ -489,14 +492,16 @@ impl Store {
             let stmt = client
                 .prepare_cached(&format!(
                     "SELECT id, channel, event, payload, mark, txid, old, moves, nested_new, wide FROM ( \
-                       SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
+                       SELECT r.*, sum({}) OVER (ORDER BY r.id ROWS UNBOUNDED PRECEDING) AS upto \
                        FROM ( \
                          SELECT e.id, e.channel, e.event, {} AS payload, w.mark, e.txid::text::int8 AS txid, {} FROM pgsse.watermark($3) AS w(mark) \
                          LEFT JOIN LATERAL pgsse.replay($1, $2, $3, $4) AS e ON true \
                        ) r \
-                     ) t WHERE upto IS NULL OR upto - octet_length(payload) < $5 ORDER BY id",
+                     ) t WHERE upto IS NULL OR upto - {} < $5 ORDER BY id",
+                    row_bytes("r"),
                     payload_bytes("e.payload"),
-                    filter_columns("e")
+                    filter_columns("e"),
+                    row_bytes("")
                 ))
                 .await?;
             let rows = client.query(&stmt, &[&after, &through, &channels, &limit, &PAGE_BYTES]).await?;
@@ -512,8 +517,9 @@ impl Store {
                     (last, read) = (Some(id), read + 1);
                     match EventRow::from_row(row)? {
                         Ok(event) => {
-                            bytes += event.payload.len() as i64;
-                            events.push(EventRow { txid: row.try_get(5)?, ..event }.with_filter_columns(row, 6)?);
+                            let event = EventRow { txid: row.try_get(5)?, ..event }.with_filter_columns(row, 6)?;
+                            bytes += event.weight() as i64;
+                            events.push(event);
                         }
                         Err(_) => bytes += PAGE_BYTES,
                     }

@@ -105,8 +105,9 @@ impl Commands {
                     // The payload is jsonb's own text output: valid JSON, used as is rather than parsed again.
                     out.put_slice(data.as_bytes());
                     out.put_u8(b'}');
-                    (shown, bytes) = (shown + 1, bytes + data.len() as i64);
+                    shown += 1;
                 }
+                bytes += row.weight() as i64;
                 if shown == limit || bytes >= PAGE_BYTES || scanned >= MAX_SCAN {
                     out.put_u8(b']');
                     return Ok(Page { body: out.freeze(), next: Some(cursor) });
@@ -142,12 +143,25 @@ fn shows(row: &EventRow, filter: Option<&Filter>) -> Option<(String, String)> {
     }
 }
 
-/// The request's query for the next page: its own parameters as sent, but `before` and the token.
+/// The request's query for the next page: its own parameters (decoded and encoded again, so nothing but
+/// URL-safe ASCII reaches the header), but `before` and the token, however they were spelled.
 fn next_query(query: Option<&str>, before: i64) -> String {
-    let kept = query.unwrap_or("").split('&').filter(|pair| {
-        let key = pair.split('=').next().unwrap_or("");
-        !key.is_empty() && key != "before" && key != ACCESS_TOKEN
-    });
-    let before = format!("before={before}");
-    kept.chain([before.as_str()]).collect::<Vec<_>>().join("&")
+    let mut next = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key != "before" && key != ACCESS_TOKEN {
+            next.append_pair(&key, &value);
+        }
+    }
+    next.append_pair("before", &before.to_string()).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_page_keeps_the_filters_and_drops_the_token_however_spelled() {
+        let next = next_query(Some("limit=2&access%5Ftoken=secret&%62efore=9&name=eq.J%C3%BCrgen&x=in.(a,b)"), 5);
+        assert_eq!(next, "limit=2&name=eq.J%C3%BCrgen&x=in.%28a%2Cb%29&before=5");
+    }
 }

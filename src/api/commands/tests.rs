@@ -102,6 +102,11 @@ async fn a_grant_limited_by_a_filter_writes_only_its_rows_and_cannot_clear() {
     let reader = granted(json!({"subscribe": ["board"]}));
     let refused = refusal(commands.post(&reader, "board", None, &HeaderMap::new(), json!({"user": 7})).await);
     assert!(matches!(refused, CommandError::Auth(AuthError::Forbidden { .. })), "{refused}");
+    // A token without a subject has no keys of its own: they could be anyone's.
+    let mut keyed = HeaderMap::new();
+    keyed.insert("idempotency-key", http::HeaderValue::from_static("k1"));
+    let unscoped = refusal(commands.post(&access, "board", None, &keyed, json!({"user": 7})).await);
+    assert!(unscoped.to_string().contains("needs a token with a `sub` claim"), "{unscoped}");
 }
 
 #[tokio::test]
