@@ -804,6 +804,20 @@ BEGIN
         END IF;
         op := CASE f.v->>'op' WHEN 'eq' THEN '=' WHEN 'neq' THEN '<>' WHEN 'lt' THEN '<' WHEN 'lte' THEN '<='
                               WHEN 'gt' THEN '>' WHEN 'gte' THEN '>=' END;
+        -- One meaning for a filter: the gateway tests every snapshot row as streams and history test
+        -- events (JSON values: numbers as numbers, strings by bytes), so SQL here may only narrow the read
+        -- to a superset of those rows, on the table's indexes where it can. Equality and IS are such
+        -- everywhere (a uuid's or a char(n)'s SQL equality is looser than its JSON text's, never
+        -- stricter); other comparisons only for numbers, and for text and varchar compared by bytes.
+        -- Any other comparison is the gateway's alone.
+        IF op IS NOT NULL AND op <> '=' THEN
+            IF c.typ::regtype IN ('text'::regtype, 'character varying'::regtype) THEN
+                conds := conds || format('t.%I COLLATE "C" %s ($1->%s->>''value'')::%s', c.col, op, f.n, c.typ);
+                CONTINUE;
+            ELSIF (SELECT t.typcategory FROM pg_type t WHERE t.oid = c.typ::regtype) <> 'N' THEN
+                CONTINUE;
+            END IF;
+        END IF;
         conds := conds || CASE
             WHEN f.v->>'op' = 'is' THEN
                 format('t.%I IS %s', c.col, CASE f.v->>'value' WHEN 'true' THEN 'TRUE' WHEN 'false' THEN 'FALSE' ELSE 'NULL' END)

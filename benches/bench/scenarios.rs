@@ -26,6 +26,7 @@ const INGEST_ROUNDS: usize = 5;
 /// Within hyper's default limit on concurrent streams per HTTP/2 connection (200).
 const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
+mod bulk;
 mod hoard;
 mod post;
 mod snapshot;
@@ -157,6 +158,9 @@ impl Bench {
         }
         if wanted("hoard") {
             reports.push(self.hoard().await);
+        }
+        if wanted("bulk") {
+            reports.push(self.bulk().await);
         }
         if wanted("writepath") {
             reports.extend(writepath::writepath(&self.gateway, &self.payload, args.flush_delay_us).await);

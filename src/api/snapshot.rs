@@ -189,6 +189,8 @@ struct Part {
     channel: String,
     insert_event: String,
     filters: Value,
+    /// The stream's filter, tested on every row as on every event: the SQL reads a superset.
+    check: Option<Arc<crate::filter::Filter>>,
 }
 
 /// A snapshot whose transaction is open: its shape has been checked and its size bounded, so the
@@ -245,7 +247,7 @@ impl Snapshot {
     async fn prepare(
         &mut self,
         channels: &[String],
-        filters: &ChannelFilters,
+        filters_of: &ChannelFilters,
         shape: &Shape,
     ) -> Result<(), SnapshotError> {
         let max_rows = shape.max_rows;
@@ -259,7 +261,7 @@ impl Snapshot {
         let seam = self.bounded(self.client().query_one(seam, &[&channels])).await?;
         (self.head, self.pending) = (seam.get(0), seam.get(1));
         for channel in channels {
-            let filters = filters.get(channel).map_or(json!([]), |f| f.to_sql_json());
+            let filters = filters_of.get(channel).map_or(json!([]), |f| f.to_sql_json());
             let info = "SELECT insert_event FROM pgsse.channels WHERE name = $1";
             let insert_event: String = self.bounded(self.client().query_one(info, &[channel])).await?.get(0);
             // The shape against the table, by pgsse's code alone: its refusals name column and type.
@@ -276,7 +278,8 @@ impl Snapshot {
                 return Err(SnapshotError::TooLarge(channel.clone(), max_rows));
             }
             self.rows += shape.limit.unwrap_or(rows);
-            self.parts.push(Part { channel: channel.clone(), insert_event, filters });
+            let check = filters_of.get(channel).cloned();
+            self.parts.push(Part { channel: channel.clone(), insert_event, filters, check });
         }
         Ok(())
     }
@@ -316,6 +319,9 @@ impl Snapshot {
             pin_mut!(rows);
             while let Some(row) = rows.try_next().await.map_err(from_table)? {
                 let data: &str = row.get(0);
+                if part.check.as_ref().is_some_and(|f| !f.matches_text(data.as_bytes())) {
+                    continue;
+                }
                 if sse::encode_into(&mut chunk, None, &part.insert_event, data).is_err() {
                     tracing::error!(channel = part.channel, "skipping snapshot row: its event name cannot be encoded");
                     continue;

@@ -1,5 +1,6 @@
-//! `hoard`: clients that ask for a lot and read nothing (issue 12's attack): streams resuming from before
-//! a backlog of large events, and connections pipelining history pages. The gateway's RSS must stay bounded.
+//! `hoard`: clients that ask for a lot and read nothing (issues 12 and 26): streams resuming from before
+//! a backlog of large events, connections pipelining history pages, and streams asking for distinct
+//! 1,000-row snapshots of those events' rows. The gateway's RSS must stay bounded.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ const EVENT_BYTES: i32 = 10_000;
 const STREAMS: usize = 20;
 const PIPELINES: usize = 20;
 const PAGES_PER_PIPELINE: usize = 20;
+const SNAPSHOTS: usize = 20;
+const SNAPSHOT_ROWS: usize = 1000;
 const HOLD: Duration = Duration::from_secs(10);
 const TARGET_MB: f64 = 100.0;
 
@@ -44,6 +47,12 @@ impl Bench {
         for _ in 0..PIPELINES {
             held.push(never_reading(&gw, pages.as_bytes()).await);
         }
+        // Distinct filters, so that no two share one read.
+        for i in 0..SNAPSHOTS {
+            let snapshot =
+                format!("GET /bench/events?snapshot=true&limit={SNAPSHOT_ROWS}&id=gt.{i} HTTP/1.1\r\nHost: h\r\n\r\n");
+            held.push(never_reading(&gw, snapshot.as_bytes()).await);
+        }
         tokio::time::sleep(HOLD).await;
         sampling.store(false, Ordering::Relaxed);
         let _ = sampler.await;
@@ -51,13 +60,14 @@ impl Bench {
         drop(held);
         Report {
             scenario: "hoard".into(),
-            clients: STREAMS + PIPELINES,
+            clients: STREAMS + PIPELINES + SNAPSHOTS,
             gateway_rss_idle_mb: mb(rss_idle),
             gateway_rss_peak_mb: peak_mb,
             note: format!(
-                "{STREAMS} streams from before {BACKLOG} x {} KB events and {PIPELINES} connections pipelining \
-                 {PAGES_PER_PIPELINE} history pages, none reading, for {} s: peak RSS {peak_mb:.1} MB (target < \
-                 {TARGET_MB} MB: {})",
+                "{STREAMS} streams from before {BACKLOG} x {} KB events, {PIPELINES} connections pipelining \
+                 {PAGES_PER_PIPELINE} history pages and {SNAPSHOTS} streams asking for distinct {SNAPSHOT_ROWS}-row \
+                 snapshots of those rows, none reading, for {} s: peak RSS {peak_mb:.1} MB (target < {TARGET_MB} \
+                 MB: {})",
                 EVENT_BYTES / 1000,
                 HOLD.as_secs(),
                 if peak_mb < TARGET_MB { "met" } else { "MISSED" }
