@@ -860,22 +860,42 @@ $$;
 CREATE OR REPLACE FUNCTION pgsse.snapshot_check(p_channel text, p_filters jsonb, p_order jsonb) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
+    ch pgsse.channels;
+BEGIN
+    SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
+    PERFORM pgsse.snapshot_query(ch, p_filters, p_order);
+    PERFORM pgsse.filter_check(p_channel, p_filters);
+END
+$$;
+
+-- Refuses a filter value that is not a value of its column's type (its base type's input, by pgsse's code
+-- alone: a domain's CHECK is the table owner's), so that a filter means one thing on a table channel's
+-- snapshots, streams and history alike: 400 everywhere, rather than rows in one and none in another.
+CREATE OR REPLACE FUNCTION pgsse.filter_check(p_channel text, p_filters jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
     ch   pgsse.channels;
     f    record;
     base oid;
     v    text;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
-    PERFORM pgsse.snapshot_query(ch, p_filters, p_order);
     FOR f IN SELECT e.value AS filter, s.key, a.atttypid AS typ
                FROM jsonb_array_elements(p_filters) e
                JOIN pgsse.snapshot_columns(ch) s ON s.key = e.value->>'key'
                JOIN pg_attribute a ON a.attrelid = ch.source_table AND a.attname = s.col
-              WHERE e.value->>'op' <> 'is' LOOP
+              WHERE e.value->>'value' <> 'null' OR e.value->>'op' <> 'is' LOOP
         base := f.typ;
         WHILE (SELECT t.typtype FROM pg_type t WHERE t.oid = base) = 'd' LOOP
             base := (SELECT t.typbasetype FROM pg_type t WHERE t.oid = base);
         END LOOP;
+        IF f.filter->>'op' = 'is' THEN
+            IF base <> 'boolean'::regtype THEN
+                RAISE EXCEPTION 'pgsse: filter on %: is.% needs a boolean column, and its type is %', f.key,
+                    f.filter->>'value', format_type(f.typ, NULL) USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            CONTINUE;
+        END IF;
         -- Only scalar types: an array's or a composite's input would read its elements through their domains.
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type t WHERE t.oid = base
                                      AND (t.typtype = 'e' OR (t.typtype = 'b' AND t.typcategory <> 'A')));
@@ -1502,7 +1522,7 @@ GRANT EXECUTE ON FUNCTION
     pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb), pgsse.camel_keys(jsonb),
     pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
     pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
-    pgsse.snapshot_check(text, jsonb, jsonb), pgsse.unreadable_columns(pgsse.channels, name),
+    pgsse.snapshot_check(text, jsonb, jsonb), pgsse.filter_check(text, jsonb), pgsse.unreadable_columns(pgsse.channels, name),
     pgsse.owner_of(regclass),
     pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels), pgsse.within(text),
     pgsse.remember(text, text, text), pgsse.insert_json_once(text, jsonb, text, text, text),

@@ -330,6 +330,22 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
         assert_eq!(rows, listed, "{filter}: snapshot against history");
         snapshots.push(rows);
     }
+    // A value its column cannot take is a 400 naming column and type, on each of them.
+    for (filter, want) in [
+        ("i=eq.2.5", "filter on i: '2.5' is not a value of its type, integer"),
+        ("t=is.true", "filter on t: is.true needs a boolean column, and its type is text"),
+        ("u=in.(x)", "filter on u: 'x' is not a value of its type, uuid"),
+    ] {
+        for path in [
+            format!("/props/events?snapshot=true&{filter}"),
+            format!("/props/events?{filter}"),
+            format!("/props?{filter}"),
+        ] {
+            let refused = common::get(gw.addr, &path, &[]).await.unwrap();
+            assert_eq!(refused.status, 400, "{path}: {}", refused.body);
+            assert!(refused.body.contains(want), "{path}: {}", refused.body);
+        }
+    }
     // Replay from the start, up to a truncate (which every filtered stream gets).
     admin.batch_execute("TRUNCATE props").await.unwrap();
     for (filter, snapshot) in filters.iter().zip(snapshots) {

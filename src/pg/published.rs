@@ -18,6 +18,9 @@ const FRESH: Duration = Duration::from_secs(5);
 pub enum ColumnsError {
     #[error("filter {key:?} names no published column of channel {channel:?} (its columns: {})", columns.join(", "))]
     Unknown { key: String, channel: String, columns: Arc<[String]> },
+    /// A filter value its column's type cannot take (pgsse.filter_check's words).
+    #[error("{0}")]
+    Type(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -37,10 +40,15 @@ impl Published {
             return Ok(());
         }
         let Some(columns) = self.columns(store, channel).await? else { return Ok(()) };
-        match filter.keys().find(|key| !columns.iter().any(|c| c == key)) {
-            Some(key) => Err(ColumnsError::Unknown { key: key.to_string(), channel: channel.to_string(), columns }),
-            None => Ok(()),
+        if let Some(key) = filter.keys().find(|key| !columns.iter().any(|c| c == key)) {
+            return Err(ColumnsError::Unknown { key: key.to_string(), channel: channel.to_string(), columns });
         }
+        // Only a filter on a nested key is left to the events: a column's own value is checked as the
+        // snapshot checks it, so the filter means one thing everywhere.
+        store.filter_check(channel, &filter.to_sql_json()).await.map_err(|err| match err {
+            StoreError::Rejected { message, .. } => ColumnsError::Type(message),
+            err => ColumnsError::Store(err),
+        })
     }
 
     async fn columns(&self, store: &Store, channel: &str) -> Result<Option<Arc<[String]>>, StoreError> {

@@ -349,6 +349,17 @@ impl Store {
         .await
     }
 
+    /// Refuses (as `Rejected`) a filter whose value its column's type cannot take: see
+    /// `pgsse.filter_check`.
+    pub async fn filter_check(&self, channel: &str, filters: &serde_json::Value) -> Result<(), StoreError> {
+        self.with(async |client| {
+            let stmt = client.prepare_cached("SELECT pgsse.filter_check($1, $2::text::jsonb)").await?;
+            client.execute(&stmt, &[&channel, &filters.to_string()]).await.map_err(StoreError::from_db)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Inserts a row into a table channel's table and answers once its event is in the log; the id is
     /// `None` when the table does not capture inserts. Under a `key` made before, writes nothing and
     /// answers with that write's event.
