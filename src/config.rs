@@ -133,9 +133,16 @@ pub struct ServerArgs {
     pub metrics_channel_labels: bool,
 }
 
-/// The demo always serves its pages: `--demo` is not one of its flags.
+/// The demo always serves its pages: `--demo` is not one of its flags. It uses a database only when its
+/// own command line names one: the `DATABASE_URL` of a shell set up for the app must not get the demo's
+/// table and admin password.
 #[derive(Debug, Clone, Args)]
-#[command(mut_arg("demo", |arg| arg.hide(true)))]
+#[command(
+    mut_arg("demo", |arg| arg.hide(true)),
+    mut_arg("database_url", |arg| arg.env(None::<&str>).help(
+        "An existing database to install the demo into, instead of a throwaway cluster (DATABASE_URL is ignored)"
+    ))
+)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub serve: ServeArgs,

@@ -112,7 +112,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream() {
+async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream_ignoring_database_url() {
     let dir = std::env::temp_dir().join(format!("pgsse-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pg_port = pgsse::testing::pg_port().to_string();
@@ -121,7 +121,8 @@ async fn demo_serves_and_its_printed_psql_line_reaches_the_printed_curl_stream()
         tokio::process::Command::new(BIN)
             .args(["demo", "--listen", "127.0.0.1:0", "--pg-port", &pg_port, "--data-dir"])
             .arg(&dir)
-            .env_remove("DATABASE_URL")
+            // A shell set up for the app: the demo must leave that database alone and start its own.
+            .env("DATABASE_URL", "postgres://app@127.0.0.1:1/production")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
