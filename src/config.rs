@@ -82,7 +82,7 @@ pub struct ServeArgs {
 #[command(next_help_heading = "Serving")]
 pub struct ServerArgs {
     /// Address to serve HTTP on.
-    #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
+    #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN, value_parser = crate::parse::listen_addr)]
     pub listen: SocketAddr,
 
     /// Maximum open client connections; further connections wait in the kernel's accept backlog.

@@ -1,6 +1,19 @@
 //! Value parsers that every component's flags share, so `--x 0` or `--x soon` fail the same way.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+/// An address to listen on: `IP:port`, or `localhost:port` (the IPv4 loopback, as most tools read it).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    match s.strip_prefix("localhost:").map(str::parse::<u16>) {
+        Some(Ok(port)) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        _ => Err("use an IP address and a port: 127.0.0.1:4000 for this machine only, 0.0.0.0:4000 for all".into()),
+    }
+}
 
 pub fn positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -25,6 +38,13 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(listen_addr("localhost:4000"), Ok("127.0.0.1:4000".parse().unwrap()));
+        assert_eq!(listen_addr("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+        assert!(listen_addr("example.com:4000").unwrap_err().contains("0.0.0.0:4000"));
+    }
 
     #[test]
     fn durations_and_counts() {

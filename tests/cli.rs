@@ -19,6 +19,7 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
     for args in [
         &["--heartbeat", "soon"][..],
         &["serve", "--listen", "nowhere"],
+        &["--database-url", "postgres://x@h/db", "--auth", "jwt", "--jwt-secret", "short"],
         &["serve"],
         &["migrate"],
         &["--database-url", "postgres://x@h/db", "--queue-capacity", "0"],
@@ -33,6 +34,12 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
         assert!(stderr.starts_with("pgsse: "), "{args:?}: {stderr}");
+        if args.contains(&"short") {
+            assert!(stderr.contains("--jwt-secret is 5 bytes; HS256 needs at least 32"), "{stderr}");
+        }
+        if args.contains(&"nowhere") {
+            assert!(stderr.contains("127.0.0.1:4000 for this machine only"), "{stderr}");
+        }
         if args.contains(&"--heartbat") {
             assert!(stderr.contains("tip: a similar argument exists: '--heartbeat'"), "the fix for a typo: {stderr}");
         }

@@ -71,10 +71,17 @@ pub enum AuthMode {
     AuthUrl,
 }
 
+/// An HS256 secret shorter than the hash's 256 bits is guessable offline from any token it signed.
+const MIN_SECRET: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
     #[error("--auth jwt needs exactly one of --jwt-secret and --jwt-public-key")]
     JwtKey,
+    #[error(
+        "--jwt-secret is {0} bytes; HS256 needs at least {MIN_SECRET} (256 bits): make one with `openssl rand -hex 32`"
+    )]
+    ShortSecret(usize),
     #[error("--auth auth-url needs --auth-url")]
     AuthUrl,
     #[error("cannot read {0}: {1}")]
@@ -90,9 +97,10 @@ impl AuthArgs {
             |jwt: Jwt| Auth::Jwt(Box::new(jwt.expecting(self.jwt_audience.as_deref(), self.jwt_issuer.as_deref())));
         Ok(match (self.auth, &self.jwt_secret, &self.jwt_public_key) {
             (AuthMode::None, _, _) => Auth::None,
-            (AuthMode::Jwt, Some(secret), None) if !secret.is_empty() => {
-                jwt(Jwt::hs256(secret.as_bytes(), &self.jwt_cookie))
+            (AuthMode::Jwt, Some(secret), None) if secret.len() < MIN_SECRET => {
+                return Err(AuthConfigError::ShortSecret(secret.len()));
             }
+            (AuthMode::Jwt, Some(secret), None) => jwt(Jwt::hs256(secret.as_bytes(), &self.jwt_cookie)),
             (AuthMode::Jwt, None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| AuthConfigError::KeyFile(path.clone(), e))?;
                 jwt(Jwt::public_key(&pem, &self.jwt_cookie)?)
