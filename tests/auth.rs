@@ -89,12 +89,25 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     )
     .unwrap();
     let bearer = |t: &str| format!("Bearer {t}");
+    // The grant's keys at the top level, not under the claim pgsse reads.
+    let misplaced = encode(
+        &Header::default(),
+        &json!({"exp": now() + 600, "subscribe": ["orders"]}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
     type Case<'a> = (Vec<(&'a str, String)>, &'a str, u16, &'a str);
     let cases: Vec<Case> = vec![
         (vec![], "/orders/events", 401, "authentication required"),
         (vec![("authorization", "Bearer".into())], "/orders/events", 401, "authentication required"),
         (vec![("authorization", bearer("not-a-jwt"))], "/orders/events", 401, "invalid token"),
         (vec![("authorization", bearer(&forged))], "/orders/events", 401, "invalid token"),
+        (
+            vec![("authorization", bearer(&misplaced))],
+            "/orders/events",
+            401,
+            "it has no pgsse claim, where its grant goes",
+        ),
         (
             vec![("authorization", bearer(&token(json!({"subscribe": ["*"]}), now() - 10)))],
             "/orders/events",
@@ -116,7 +129,7 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     }
     let metrics = get(metrics_addr, "/metrics", &[]).await.unwrap().body;
     for line in
-        ["pgsse_auth_denials_total{reason=\"unauthenticated\"} 5", "pgsse_auth_denials_total{reason=\"forbidden\"} 2"]
+        ["pgsse_auth_denials_total{reason=\"unauthenticated\"} 6", "pgsse_auth_denials_total{reason=\"forbidden\"} 2"]
     {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }

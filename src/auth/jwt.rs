@@ -65,8 +65,8 @@ struct Claims {
     iat: Option<u64>,
     /// Any JSON value (some issuers send numbers), kept as its JSON text: `7` and `"7"` are two subjects.
     sub: Option<serde_json::Value>,
-    #[serde(default)]
-    pgsse: Grant,
+    /// The grant; a token without one was most likely made with the grant's keys at the top level.
+    pgsse: Option<Grant>,
 }
 
 /// The token's fault in words, without the library's internals.
@@ -117,11 +117,13 @@ impl Jwt {
         let expires = UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
             .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
-        Ok(Access::Granted {
-            grant: claims.pgsse,
-            expires: Some(expires),
-            subject: claims.sub.map(|sub| sub.to_string()),
-        })
+        let grant = claims.pgsse.ok_or_else(|| {
+            AuthError::Invalid(
+                r#"it has no pgsse claim, where its grant goes: {"pgsse": {"subscribe": ["orders"], "publish": []}}"#
+                    .into(),
+            )
+        })?;
+        Ok(Access::Granted { grant, expires: Some(expires), subject: claims.sub.map(|sub| sub.to_string()) })
     }
 }
 
