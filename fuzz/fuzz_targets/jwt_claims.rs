@@ -15,7 +15,7 @@ fuzz_target!(|input: &[u8]| {
     }
     let _ = jwt.check(&headers, std::str::from_utf8(input).ok());
     if let Ok(grant) = serde_json::from_slice::<Grant>(input) {
-        let access = Access::Granted { grant, expires: None };
+        let access = Access::Granted { grant, expires: None, subject: None };
         for channel in ["orders", "orders.eu", "a", ""] {
             let _ = access.may_subscribe(channel);
             let _ = access.may_publish(channel);
