@@ -1,7 +1,6 @@
 -- pgsse schema 10. POST's Idempotency-Key: the write a key made is remembered for a day, in the
 -- writing transaction itself, so that every gateway (and one restarted) answers a repeat with the first
--- write's event instead of writing again; and events that empty a channel are marked as such.
--- Idempotent; records itself in pgsse.migrations.
+-- write's event instead of writing again. Idempotent; records itself in pgsse.migrations.
 
 BEGIN;
 SET LOCAL client_min_messages = warning;
@@ -19,12 +18,6 @@ CREATE TABLE IF NOT EXISTS pgsse.idempotency (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created_at ON pgsse.idempotency (created_at);
-
--- An event that empties its channel (a clear, a table's truncate) reaches every stream of the channel,
--- filtered or not: marked when pgsse's own code stages it, never read from its name (which a table's
--- row events may share, or an earlier schema's publisher may have used). Events logged before are not.
-ALTER TABLE pgsse.staged ADD COLUMN IF NOT EXISTS wide boolean NOT NULL DEFAULT false;
-ALTER TABLE pgsse.events ADD COLUMN IF NOT EXISTS wide boolean NOT NULL DEFAULT false;
 
 UPDATE pgsse.meta SET schema_version = 10 WHERE schema_version < 10;
 INSERT INTO pgsse.migrations (name) VALUES ('008_idempotency.sql') ON CONFLICT (name) DO NOTHING;

@@ -775,6 +775,16 @@ $$;
 -- ("value" a list for "in"), p_order: [{"key", "desc"}]; keys name published columns. The request's
 -- values stay in p_filters, which the query reads as its parameter $1, each cast to its column's type so
 -- that the table's own indexes serve the filter; only catalog names are written into the text.
+-- A type with its domains taken off: what its values are made of.
+CREATE OR REPLACE FUNCTION pgsse.base_type(p_type oid) RETURNS regtype
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    WITH RECURSIVE d(oid, typtype, base) AS (
+        SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t WHERE t.oid = p_type
+        UNION ALL
+        SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t JOIN d ON t.oid = d.base WHERE d.typtype = 'd')
+    SELECT d.oid::regtype FROM d WHERE d.typtype <> 'd'
+$$;
+
 CREATE OR REPLACE FUNCTION pgsse.snapshot_query(ch pgsse.channels, p_filters jsonb, p_order jsonb) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
@@ -783,6 +793,7 @@ DECLARE
     f     record;
     c     record;
     op    text;
+    bt    regtype;
 BEGIN
     IF ch.source_table IS NULL THEN
         RAISE EXCEPTION 'pgsse: channel % has no table, so there are no rows to snapshot', quote_literal(ch.name)
@@ -806,24 +817,33 @@ BEGIN
                               WHEN 'gt' THEN '>' WHEN 'gte' THEN '>=' END;
         -- One meaning for a filter: the gateway tests every snapshot row as streams and history test
         -- events (JSON values: numbers as numbers, strings by bytes), so SQL here may only narrow the read
-        -- to a superset of those rows, on the table's indexes where it can. Equality and IS are such
-        -- everywhere (a uuid's or a char(n)'s SQL equality is looser than its JSON text's, never
-        -- stricter); other comparisons only for numbers, and for text and varchar compared by bytes.
-        -- Any other comparison is the gateway's alone.
-        IF op IS NOT NULL AND op <> '=' THEN
-            IF c.typ::regtype IN ('text'::regtype, 'character varying'::regtype) THEN
-                conds := conds || format('t.%I COLLATE "C" %s ($1->%s->>''value'')::%s', c.col, op, f.n, c.typ);
-                CONTINUE;
-            ELSIF (SELECT t.typcategory FROM pg_type t WHERE t.oid = c.typ::regtype) <> 'N' THEN
-                CONTINUE;
-            END IF;
-        END IF;
+        -- to a superset of those rows, on the table's indexes where it can. The value is cast to the
+        -- column's base type without its typmod (numeric(10,2) would round it, varchar(10) cut it).
+        -- Equality where equal JSON text implies equal SQL values (a uuid's or a char(n)'s SQL equality
+        -- is looser, never stricter); IS NULL but on json (a JSON null is not an SQL NULL); other
+        -- comparisons on integers and numeric, and on text and varchar compared by bytes. Any other
+        -- condition is the gateway's alone.
+        bt := pgsse.base_type((SELECT a.atttypid FROM pg_attribute a
+                                WHERE a.attrelid = ch.source_table AND a.attname = c.col));
         conds := conds || CASE
-            WHEN f.v->>'op' = 'is' THEN
-                format('t.%I IS %s', c.col, CASE f.v->>'value' WHEN 'true' THEN 'TRUE' WHEN 'false' THEN 'FALSE' ELSE 'NULL' END)
+            WHEN f.v->>'op' = 'is' AND f.v->>'value' IN ('true', 'false') THEN
+                format('t.%I IS %s', c.col, upper(f.v->>'value'))
+            WHEN f.v->>'op' = 'is' AND bt NOT IN ('json'::regtype, 'jsonb'::regtype) THEN
+                format('t.%I IS NULL', c.col)
+            WHEN f.v->>'op' = 'is' THEN 'true'
+            WHEN f.v->>'op' IN ('eq', 'in') AND NOT (bt IN ('boolean'::regtype, 'smallint'::regtype, 'integer'::regtype,
+                     'bigint'::regtype, 'numeric'::regtype, 'real'::regtype, 'double precision'::regtype,
+                     'text'::regtype, 'character varying'::regtype, 'character'::regtype, 'uuid'::regtype,
+                     'date'::regtype, 'timestamp without time zone'::regtype, 'timestamp with time zone'::regtype)
+                     OR (SELECT t.typtype FROM pg_type t WHERE t.oid = bt) = 'e') THEN 'true'
             WHEN f.v->>'op' = 'in' THEN
-                format('t.%I = ANY (ARRAY(SELECT jsonb_array_elements_text($1->%s->''value''))::%s[])', c.col, f.n, c.typ)
-            WHEN op IS NOT NULL THEN format('t.%I %s ($1->%s->>''value'')::%s', c.col, op, f.n, c.typ)
+                format('t.%I = ANY (ARRAY(SELECT jsonb_array_elements_text($1->%s->''value''))::%s[])', c.col, f.n, bt)
+            WHEN f.v->>'op' = 'eq' THEN format('t.%I = ($1->%s->>''value'')::%s', c.col, f.n, bt)
+            WHEN op IS NOT NULL AND bt IN ('text'::regtype, 'character varying'::regtype) THEN
+                format('t.%I COLLATE "C" %s ($1->%s->>''value'')::text', c.col, op, f.n)
+            WHEN op IS NOT NULL AND bt IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'numeric'::regtype) THEN
+                format('t.%I %s ($1->%s->>''value'')::numeric', c.col, op, f.n)
+            WHEN op IS NOT NULL THEN 'true'
         END;
         IF conds[cardinality(conds)] IS NULL THEN
             RAISE EXCEPTION 'pgsse: unknown filter operator %', quote_literal(f.v->>'op') USING ERRCODE = '22023';
@@ -902,9 +922,10 @@ BEGIN
         FOREACH v IN ARRAY CASE WHEN f.filter->>'op' = 'in'
                                 THEN ARRAY(SELECT jsonb_array_elements_text(f.filter->'value'))
                                 ELSE ARRAY[f.filter->>'value'] END LOOP
+            -- Any refusal of the type's input (a regclass names no table, say) is the filter's fault.
             BEGIN
                 EXECUTE format('SELECT %L::%s', v, base::regtype);
-            EXCEPTION WHEN data_exception THEN
+            EXCEPTION WHEN OTHERS THEN
                 RAISE EXCEPTION 'pgsse: filter on %: % is not a value of its type, %', f.key, quote_literal(v),
                     format_type(f.typ, NULL) USING ERRCODE = 'invalid_parameter_value';
             END;
@@ -1522,7 +1543,8 @@ GRANT EXECUTE ON FUNCTION
     pgsse.issued_head(), pgsse.backlog(), pgsse.project(pgsse.channels, jsonb), pgsse.camel_keys(jsonb),
     pgsse.snapshot(text, jsonb, jsonb, bigint), pgsse.snapshot_count(text, jsonb, jsonb, bigint),
     pgsse.snapshot_query(pgsse.channels, jsonb, jsonb), pgsse.check_snapshot_reads(pgsse.channels),
-    pgsse.snapshot_check(text, jsonb, jsonb), pgsse.filter_check(text, jsonb), pgsse.unreadable_columns(pgsse.channels, name),
+    pgsse.snapshot_check(text, jsonb, jsonb), pgsse.filter_check(text, jsonb), pgsse.base_type(oid),
+    pgsse.unreadable_columns(pgsse.channels, name),
     pgsse.owner_of(regclass),
     pgsse.snapshot_seam(text[]), pgsse.snapshot_columns(pgsse.channels), pgsse.within(text),
     pgsse.remember(text, text, text), pgsse.insert_json_once(text, jsonb, text, text, text),

@@ -281,10 +281,26 @@ mod tests {
         assert!(matches!(parse(&["--listen", "0.0.0.0:4000"]), Err(ConfigError::PublicWithoutAuth(_))));
         assert!(parse(&["--listen", "0.0.0.0:4000", "--allow-unauthenticated-public"]).is_ok());
         assert!(parse(&["--listen", "[::1]:4000"]).is_ok());
-        assert!(parse(&["--listen", "0.0.0.0:4000", "--auth", "jwt", "--jwt-secret", "s"]).is_ok());
+        assert!(parse(&[
+            "--listen",
+            "0.0.0.0:4000",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "a secret that is 32 bytes or more!"
+        ])
+        .is_ok());
         // Behind a proxy the peer is always loopback: that check alone would guard nothing.
         assert!(matches!(parse(&["--trusted-proxy", "127.0.0.1"]), Err(ConfigError::ProxiedWithoutAuth)));
-        assert!(parse(&["--trusted-proxy", "127.0.0.1", "--auth", "jwt", "--jwt-secret", "s"]).is_ok());
+        assert!(parse(&[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "a secret that is 32 bytes or more!"
+        ])
+        .is_ok());
         assert!(parse(&["--trusted-proxy", "127.0.0.1", "--allow-unauthenticated-public"]).is_ok());
         assert!(matches!(parse(&["--auth", "jwt"]), Err(ConfigError::Auth(AuthConfigError::JwtKey))));
         assert!(matches!(

@@ -131,6 +131,11 @@ pub struct SnapshotGate {
 }
 
 impl SnapshotGate {
+    /// A place now, if there is one.
+    pub fn try_enter(&self) -> Option<SnapshotSlot> {
+        self.limits.admit_snapshot(self.client).ok()
+    }
+
     /// A place for a snapshot to be read, held until its client has taken it: snapshots cannot take every
     /// database connection, nor one client every snapshot place. A burst (a page many browsers behind one
     /// address open at once) waits up to [`SNAPSHOT_WAIT`] for places that snapshots read meanwhile give

@@ -248,7 +248,7 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
     admin
         .batch_execute(
             "CREATE TABLE props (id int PRIMARY KEY, t text, v varchar(10), c char(4), n numeric, i int,
-                                 f float8, b boolean, u uuid, ts timestamptz);
+                                 f float8, b boolean, u uuid, ts timestamptz, n2 numeric(10,2), j jsonb, d date);
              SELECT pgsse.publish_table('props');
              SET TimeZone = 'UTC';",
         )
@@ -256,7 +256,9 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
         .unwrap();
     let texts = ["a", "B", "b", "ab", "Ab", "é", "", "10", "9"];
     let numbers = ["-1.5", "0", "1", "1.0", "2.50", "10"];
-    let floats = ["-0.5", "0", "1", "1e10", "NaN"];
+    let floats = ["-0.5", "0", "1", "1e10", "NaN", "-Infinity", "0.1"];
+    let (cents, jsons, dates) =
+        (["0.13", "0.14", "1.00"], ["null", "5", "\"5\"", "{\"a\": 1}"], ["2023-12-31", "2024-06-01"]);
     let uuids = ["0a6c2e4e-8f7a-4c1e-9d2b-3f5a6b7c8d9e", "f0e1d2c3-b4a5-4697-8899-aabbccddeeff"];
     let times = ["1970-01-01 00:00:00+00", "2026-12-05 10:00:00+00", "2026-12-05 10:00:00.5+00"];
     for id in 0..63usize {
@@ -266,10 +268,12 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
             (pick(&texts, 1), pick(&texts, 2), pick(&["ab", "AB", "b"], 3), pick(&numbers, 5), pick(&floats, 7));
         let (i, b) = ((id % 7 != 6).then(|| (id % 5) as i32 - 1), (id % 7 != 6).then_some(id % 2 == 0));
         let (u, ts) = (pick(&uuids, 11), pick(&times, 13));
+        let (n2, j, d) = (pick(&cents, 17), pick(&jsons, 19), pick(&dates, 23));
         admin
             .execute(
-                "INSERT INTO props VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7::text::float8, $8, $9::text::uuid, $10::text::timestamptz)",
-                &[&(id as i32), &t, &v, &c, &n, &i, &f, &b, &u, &ts],
+                "INSERT INTO props VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7::text::float8, $8, $9::text::uuid,
+                                          $10::text::timestamptz, $11::text::numeric, $12::text::jsonb, $13::text::date)",
+                &[&(id as i32), &t, &v, &c, &n, &i, &f, &b, &u, &ts, &n2, &j, &d],
             )
             .await
             .unwrap();
@@ -289,9 +293,15 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
         for value in ["1", "-1", "3"] {
             filters.push(format!("i={op}.{value}"));
         }
-        for value in ["1", "NaN"] {
+        for value in ["1", "NaN", "0.1000000000000000000001", "-10"] {
             filters.push(format!("f={op}.{value}"));
         }
+        for value in ["0.125", "0.134", "0.13"] {
+            filters.push(format!("n2={op}.{value}"));
+        }
+        filters.push(format!("v={op}.aaaaaaaaaaZ"));
+        filters.push(format!("j={op}.5"));
+        filters.push(format!("d={op}.2024-01-01"));
         filters.push(format!("u={op}.{}", uuids[0].to_uppercase()));
         filters.push(format!("u={op}.{}", uuids[1]));
         for value in ["epoch", "2026-12-05T10:00:00+00:00", "infinity"] {
@@ -299,7 +309,7 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
         }
     }
     filters.extend(
-        ["t=in.(a,B)", "c=in.(ab,b)", "n=in.(1,10)", "b=is.true", "b=is.false", "t=is.null", "ts=is.null"]
+        ["t=in.(a,B)", "c=in.(ab,b)", "n=in.(1,10)", "b=is.true", "b=is.false", "t=is.null", "ts=is.null", "j=is.null"]
             .map(String::from),
     );
     let gw = Gateway::start(&url).await;
@@ -330,6 +340,11 @@ async fn a_filter_selects_the_same_rows_in_a_snapshot_on_replay_and_in_history()
         assert_eq!(rows, listed, "{filter}: snapshot against history");
         snapshots.push(rows);
     }
+    // A limit counts the rows the filter selects, whatever SQL could narrow.
+    let mut limited = SseStream::ok(gw.addr, "/props/events?snapshot=true&limit=2&d=gt.2024-01-01&f=gt.-10", &[]).await;
+    let (first, second) = (limited.expect().await, limited.expect().await);
+    assert_eq!((first.event.as_str(), second.event.as_str()), ("insert", "insert"));
+    assert_eq!(limited.expect().await.event, "snapshot-end");
     // A value its column cannot take is a 400 naming column and type, on each of them.
     for (filter, want) in [
         ("i=eq.2.5", "filter on i: '2.5' is not a value of its type, integer"),

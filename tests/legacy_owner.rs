@@ -143,16 +143,14 @@ async fn a_table_owners_error_messages_never_reach_a_client() {
         .await
         .unwrap();
     let gw = Gateway::start(&url).await;
-    for (path, status) in [("/spied/events?snapshot=true", 403), ("/orders/events?snapshot=true&code=eq.x", 400)] {
-        let resp = get(gw.addr, path, &[]).await.unwrap();
-        assert_eq!(resp.status, status, "{path}: {}", resp.body);
-        assert!(!resp.body.contains("leaked"), "{path}: {}", resp.body);
-        assert!(
-            resp.body.contains("table of channel") || resp.body.contains("its table's own checks"),
-            "{path}: {}",
-            resp.body
-        );
-    }
+    let resp = get(gw.addr, "/spied/events?snapshot=true", &[]).await.unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert!(!resp.body.contains("leaked"), "{}", resp.body);
+    assert!(resp.body.contains("table of channel"), "{}", resp.body);
+    // A filter's value is cast to the domain's base type, so the domain's CHECK does not even run.
+    let mut filtered = common::SseStream::ok(gw.addr, "/orders/events?snapshot=true&code=eq.x", &[]).await;
+    let end = filtered.expect().await;
+    assert_eq!((end.event.as_str(), end.json()["rows"].clone()), ("snapshot-end", json!(0)));
 }
 
 /// Nor do its words reach a client through a write: its triggers run as the gateway's login on POST and

@@ -105,7 +105,7 @@ impl SnapshotError {
         let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
         let refused = if code == "57014" {
             return SnapshotError::TimedOut(bound);
-        } else if code.starts_with("22") || code.starts_with("23") {
+        } else if code.starts_with("22") || code.starts_with("23") || code == "42883" {
             SnapshotError::Refused(format!(
                 "a filter's value on channel {channel:?} was refused by its table's own checks (a domain or function)"
             ))
@@ -204,6 +204,8 @@ pub struct Snapshot {
     parts: Vec<Part>,
     order: Value,
     limit: Option<i64>,
+    /// `--snapshot-max-rows`: what SQL reads at most for a limited snapshot that the gateway filters.
+    max_rows: i64,
     /// The newest event in the log as the snapshot sees it: the stream goes on after it.
     pub head: i64,
     /// Transactions whose changes the snapshot holds but whose events come after `head`: skipped.
@@ -228,6 +230,7 @@ impl Snapshot {
             parts: Vec::new(),
             order,
             limit: shape.limit,
+            max_rows: shape.max_rows as i64,
             head: 0,
             pending: Vec::new(),
             rows: 0,
@@ -312,8 +315,12 @@ impl Snapshot {
         let mut sent: u64 = 0;
         for part in &self.parts {
             let query = "SELECT s::text FROM pgsse.snapshot($1, $2, $3, $4) AS s";
+            // The limit counts rows that pass the stream's filter: SQL reads a superset, up to the most a
+            // snapshot may read.
+            let read_limit = self.limit.map(|limit| if part.check.is_some() { self.max_rows } else { limit });
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&part.channel, &part.filters, &self.order, &self.limit];
+                [&part.channel, &part.filters, &self.order, &read_limit];
+            let mut taken = 0;
             let from_table = |e| SnapshotError::from_table(e, self.bound, &part.channel);
             let rows = self.bounded_as(self.client().query_raw(query, params), from_table).await?;
             pin_mut!(rows);
@@ -327,8 +334,12 @@ impl Snapshot {
                     continue;
                 }
                 sent += 1;
+                taken += 1;
                 if chunk.len() >= CHUNK_BYTES && !sink.put(chunk.split().freeze()).await {
                     return Ok(false);
+                }
+                if self.limit == Some(taken) {
+                    break;
                 }
             }
         }
@@ -438,18 +449,27 @@ impl Shared {
             slots.retain(|_, slot| Arc::strong_count(slot) > 1);
             slots.entry(key).or_default().clone()
         };
-        let mut last = slot.lock().await;
-        let mut shareable = true;
-        if let Some((began, taken)) = &*last {
-            if *began >= asked {
-                match taken {
-                    Some(taken) => return Ok(Begun::Shared(taken.clone())),
-                    None => shareable = false,
+        // A place among the snapshots being read is waited for with the slot free: identical requests
+        // queued behind one that waits would otherwise wait too, though they may share a read.
+        let mut place = None;
+        let (mut last, shareable, reading) = loop {
+            let last = slot.lock().await;
+            let mut shareable = true;
+            if let Some((began, taken)) = &*last {
+                if *began >= asked {
+                    match taken {
+                        Some(taken) => return Ok(Begun::Shared(taken.clone())),
+                        None => shareable = false,
+                    }
                 }
             }
-        }
+            if let Some(reading) = place.take().or_else(|| gate.try_enter()) {
+                break (last, shareable, reading);
+            }
+            drop(last);
+            place = Some(gate.enter().await?);
+        };
         let began = Instant::now();
-        let reading = gate.enter().await?;
         queries.fetch_add(1, Ordering::Relaxed);
         let snapshot = Snapshot::begin(store, channels, filters, shape).await?;
         if !shareable || snapshot.rows > SHARED_ROWS {

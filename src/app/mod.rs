@@ -66,6 +66,9 @@ impl App {
         // Snapshots being read hold connections: half the pool at most stays for everything else.
         let mut limit_args = config.limits.clone();
         limit_args.max_snapshots = limit_args.max_snapshots.min((config.pool.pool_size / 2).max(1));
+        // One address may not take every place.
+        limit_args.max_snapshots_per_client =
+            limit_args.max_snapshots_per_client.min((limit_args.max_snapshots / 2).max(1));
         let limits = Arc::new(Limits::new(&limit_args));
         let denials = Arc::new(Denials::default());
         let metrics = Metrics::new(

@@ -197,13 +197,13 @@ mod tests {
         );
         assert!(refusal(&auth(), json!({"exp": future(), "iat": later})).contains("issued in the future (iat)"));
         assert!(auth()
-            .check(&HeaderMap::new(), Some(&token(json!({"exp": future(), "nbf": now, "iat": now}))))
+            .check(&HeaderMap::new(), Some(&token(json!({"exp": future(), "nbf": now, "iat": now, "pgsse": {}}))))
             .is_ok());
         // Past what a SystemTime can hold: refused, not a panic in the connection's task.
         assert!(refusal(&auth(), json!({"exp": u64::MAX})).contains("exp is out of range"));
 
         let strict = auth().expecting(Some("pgsse.example"), Some("https://login.example"));
-        let good = json!({"exp": future(), "aud": "pgsse.example", "iss": "https://login.example"});
+        let good = json!({"exp": future(), "aud": "pgsse.example", "iss": "https://login.example", "pgsse": {}});
         assert!(strict.check(&HeaderMap::new(), Some(&token(good))).is_ok());
         let wrong_aud = json!({"exp": future(), "aud": "other", "iss": "https://login.example"});
         assert!(refusal(&strict, wrong_aud).contains("aud claim"));

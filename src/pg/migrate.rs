@@ -5,7 +5,7 @@
 use tokio_postgres::{Client, NoTls};
 
 /// The schema version the SQL below installs (`pgsse.meta.schema_version`); `/readyz` waits for it.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// The numbered files of `sql/`, embedded at build time, in the order they apply.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("006_old_rows.sql", include_str!("../../sql/006_old_rows.sql")),
     ("007_least_privilege.sql", include_str!("../../sql/007_least_privilege.sql")),
     ("008_idempotency.sql", include_str!("../../sql/008_idempotency.sql")),
+    ("009_wide_events.sql", include_str!("../../sql/009_wide_events.sql")),
 ];
 
 /// Functions, roles and grants: applied again by every migrate, after the numbered files.
