@@ -28,6 +28,13 @@ async fn never_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut conn = socket.connect(addr).await.unwrap();
+    let head = head_of(&mut conn, request).await;
+    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{head}");
+    conn
+}
+
+/// Sends `request` on `conn` and reads the head of its answer, byte by byte (nothing of the body).
+async fn head_of(conn: &mut TcpStream, request: &[u8]) -> String {
     conn.write_all(request).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -36,12 +43,7 @@ async fn never_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
         assert_eq!(n, 1, "closed before a response head");
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    conn
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// Waits until the client's one place (`--max-streams-per-client 1`) is taken by a hoarder, then until
@@ -143,15 +145,7 @@ async fn a_replaying_stream_whose_client_never_reads_holds_a_few_batches_not_the
 /// The status line of the answer to a raw `request`, read without reading its body.
 async fn status_of(addr: SocketAddr, request: &str) -> (u16, TcpStream) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0];
-        let n = tokio::time::timeout(common::TIMEOUT, conn.read(&mut byte)).await.unwrap().unwrap();
-        assert_eq!(n, 1, "closed before a response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
+    let head = head_of(&mut conn, request.as_bytes()).await;
     if head.contains(" 429 ") {
         assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
     }

@@ -1,22 +1,18 @@
 //! Streams that start with a table's current rows (`?snapshot=true`): the rows and the point of the log
 //! they stand at are read in one repeatable-read transaction, so the stream goes on from there exactly.
 
+use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use deadpool_postgres::Object;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::api::stream::Feed;
 use crate::filter::ChannelFilters;
-use crate::limits::{LimitError, SnapshotGate, SnapshotSlot};
+use crate::limits::LimitError;
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
 use crate::sse;
@@ -33,6 +29,9 @@ const SHARED_BYTES: usize = 256 * 1024;
 /// A streamed snapshot's client must take each chunk within this long, or lose the stream: the snapshot
 /// holds a pooled connection (and an open transaction) until it is read.
 const TAKE_BOUND: Duration = Duration::from_secs(5);
+
+mod shared;
+pub use shared::{Begun, Shared, Taken};
 
 /// The query parameters that shape a snapshot; reserved, so never row filters.
 pub const RESERVED: [&str; 3] = ["snapshot", "order", "limit"];
@@ -393,100 +392,6 @@ impl Sink<'_> {
                 *bytes += chunk.len();
                 chunks.push(chunk);
                 *bytes <= SHARED_BYTES
-            }
-        }
-    }
-}
-
-/// A snapshot read whole: its encoded rows and `snapshot-end`, and where its stream goes on.
-pub struct Taken {
-    pub chunks: Vec<Bytes>,
-    pub head: i64,
-    pub pending: Vec<i64>,
-}
-
-/// A snapshot ready to send: read whole and shared, or to be streamed as it is read (holding its place
-/// among the snapshots being read until it is).
-pub enum Begun {
-    Shared(Arc<Taken>),
-    Streaming(Box<Snapshot>, SnapshotSlot),
-}
-
-/// When the last read of a slot began, and what it gave: the snapshot, or `None` when it was too large
-/// in bytes to share (those who waited for it then read their own).
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Option<Arc<Taken>>)>>>;
-
-/// Identical snapshot requests (same channels, filters with the grant's, order and limit) arriving
-/// together share one query, as fresh streams share their head read: a request that finds the slot busy
-/// waits, and takes the result of a read that began after it arrived. Each snapshot stands at its own
-/// head, so any such read is exact; a page reloaded by many browsers at once costs a few queries.
-#[derive(Default)]
-pub struct Shared {
-    slots: Mutex<HashMap<String, Slot>>,
-}
-
-impl Shared {
-    pub async fn begin(
-        &self,
-        store: &Store,
-        channels: &[String],
-        filters: &ChannelFilters,
-        shape: &Shape,
-        queries: &AtomicU64,
-        gate: &SnapshotGate,
-    ) -> Result<Begun, SnapshotError> {
-        let asked = Instant::now();
-        let key = json!([
-            channels,
-            channels.iter().map(|c| filters.get(c).map(|f| f.to_sql_json())).collect::<Vec<_>>(),
-            shape.order,
-            shape.limit
-        ])
-        .to_string();
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            // A slot nobody holds has nothing left to share.
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
-            slots.entry(key).or_default().clone()
-        };
-        // A place among the snapshots being read is waited for with the slot free: identical requests
-        // queued behind one that waits would otherwise wait too, though they may share a read.
-        let mut place = None;
-        let (mut last, shareable, reading) = loop {
-            let last = slot.lock().await;
-            let mut shareable = true;
-            if let Some((began, taken)) = &*last {
-                if *began >= asked {
-                    match taken {
-                        Some(taken) => return Ok(Begun::Shared(taken.clone())),
-                        None => shareable = false,
-                    }
-                }
-            }
-            if let Some(reading) = place.take().or_else(|| gate.try_enter()) {
-                break (last, shareable, reading);
-            }
-            drop(last);
-            place = Some(gate.enter().await?);
-        };
-        let began = Instant::now();
-        queries.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Snapshot::begin(store, channels, filters, shape).await?;
-        if !shareable || snapshot.rows > SHARED_ROWS {
-            return Ok(Begun::Streaming(Box::new(snapshot), reading));
-        }
-        match snapshot.take().await? {
-            Some(taken) => {
-                let taken = Arc::new(taken);
-                *last = Some((began, Some(taken.clone())));
-                Ok(Begun::Shared(taken))
-            }
-            None => {
-                *last = Some((began, None));
-                drop(last);
-                queries.fetch_add(1, Ordering::Relaxed);
-                let snapshot = Snapshot::begin(store, channels, filters, shape).await?;
-                Ok(Begun::Streaming(Box::new(snapshot), reading))
             }
         }
     }

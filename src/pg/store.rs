@@ -5,12 +5,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
-use crate::pg::keyed::{self, Keyed};
 use crate::pg::logrow::{filter_columns, payload_bytes, row_bytes, EventRow, Undecodable, ISSUED_HEAD};
 
 /// Rows per replay query at most: large enough for throughput with small events.
@@ -33,6 +30,9 @@ const STATEMENT_SHARE: f64 = 1.0 / 3.0;
 const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 
+mod writes;
+pub use writes::Written;
+
 /// The pool that replays, lookups and writes use (the LISTEN connection is separate).
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Database pool")]
@@ -49,85 +49,9 @@ pub struct PoolArgs {
     pub db_timeout: Duration,
 }
 
-/// Waits between tries of a sequencing step that another session holds: short at first (a step takes
-/// milliseconds), never past `wait`.
-struct Backoff {
-    deadline: Instant,
-    pause: Duration,
-}
-
-impl Backoff {
-    fn new(wait: Duration) -> Self {
-        Self { deadline: Instant::now() + wait, pause: Duration::from_micros(250) }
-    }
-
-    /// Sleeps before the next try; `false`, without sleeping, once that would pass the deadline.
-    async fn pause(&mut self) -> bool {
-        if Instant::now() + self.pause > self.deadline {
-            return false;
-        }
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(20));
-        true
-    }
-}
-
-/// Whether a sequencing step was another's to take: the lock was held (`moved` < 0), or the step outgrew
-/// the statement bound on a large backlog and was cancelled.
-fn step_busy(step: Result<bool, tokio_postgres::Error>) -> Result<bool, StoreError> {
-    match step {
-        Ok(busy) => Ok(busy),
-        Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => Ok(true),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// The event that the gateway's own write (transaction `txid`, committed) recorded on `channel`, once it is
-/// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
-/// try takes a sequencing step (in a transaction of its own, so its lock ends with it) unless another session is
-/// taking one, so this waits only while one is.
-async fn sequenced(
-    client: &Client,
-    txid: i64,
-    after: i64,
-    channel: &str,
-    wait: Duration,
-) -> Result<Written, StoreError> {
-    let stmt = client.prepare_cached("CALL pgsse.sequence_step(NULL, $1::int8::text::xid8, $2, $3)").await?;
-    let mut backoff = Backoff::new(wait);
-    loop {
-        let row = client.query_one(&stmt, &[&txid, &after, &channel]).await;
-        if let Ok(row) = &row {
-            if let (Some(id), Some(payload)) = (row.try_get("event_id")?, row.try_get("payload")?) {
-                return Ok(Written { id: Some(id), payload });
-            }
-        }
-        let busy = step_busy(row.and_then(|row| row.try_get::<_, i64>("moved")).map(|moved| moved < 0))?;
-        if !busy || !backoff.pause().await {
-            return Err(StoreError::NotSequenced);
-        }
-    }
-}
-
-/// Takes a sequencing step, or waits for the one another session is taking to end, so that every event
-/// committed before the call is in the log (within `wait`; past it, what is there is read).
-async fn sequenced_all(client: &Client, wait: Duration) -> Result<(), StoreError> {
-    let stmt = client.prepare_cached("CALL pgsse.sequence_step(NULL)").await?;
-    let mut backoff = Backoff::new(wait);
-    let step = async || client.query_one(&stmt, &[]).await.and_then(|row| row.try_get::<_, i64>("moved"));
-    while step_busy(step().await.map(|moved| moved < 0))? && backoff.pause().await {}
-    Ok(())
-}
-
 /// A channel as the command endpoints see it.
 pub struct ChannelInfo {
     pub has_table: bool,
-}
-
-/// An event the gateway just wrote; `payload` is JSON text.
-pub struct Written {
-    pub id: Option<i64>,
-    pub payload: String,
 }
 
 /// What `/readyz` reads: see [`Store::readiness`].
@@ -358,99 +282,6 @@ impl Store {
             Ok(())
         })
         .await
-    }
-
-    /// Inserts a row into a table channel's table and answers once its event is in the log; the id is
-    /// `None` when the table does not capture inserts. Under a `key` made before, writes nothing and
-    /// answers with that write's event.
-    pub async fn insert_row(
-        &self,
-        channel: &str,
-        row: &serde_json::Value,
-        key: Option<&Keyed>,
-    ) -> Result<Written, StoreError> {
-        self.with(async |client| {
-            let stmt = client
-                .prepare_cached(match key {
-                    None => "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
-                    Some(_) => keyed::INSERT,
-                })
-                .await?;
-            let object = row.to_string();
-            let params = match key {
-                None => vec![&channel as &(dyn ToSql + Sync), &object],
-                Some(_) => keyed::params(&[&channel, row], key),
-            };
-            let row = match client.query_one(&stmt, &params).await {
-                Ok(row) => row,
-                // A value its column cannot take: pgsse.bad_column names the column and its type.
-                Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
-                    let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
-                    let column: Option<String> =
-                        client.query_one(named, &[&channel, &object]).await.ok().and_then(|r| r.get(0));
-                    return Err(match (StoreError::from_db(err), column) {
-                        (StoreError::Rejected { kind, .. }, Some(column)) => {
-                            StoreError::Rejected { kind, message: format!("column {column}") }
-                        }
-                        (err, _) => err,
-                    });
-                }
-                Err(err) => return Err(StoreError::from_db(err)),
-            };
-            if keyed::repeat(&row, key, 3)? {
-                return sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await;
-            }
-            match (row.try_get(0)?, row.try_get(1)?) {
-                (Some(txid), Some(after)) => sequenced(client, txid, after, channel, self.sequenced_wait()).await,
-                _ => Ok(Written { id: None, payload: row.try_get(2)? }),
-            }
-        })
-        .await
-    }
-
-    /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log. Under a
-    /// `key` made before, writes nothing and answers with that write's event.
-    pub async fn publish(
-        &self,
-        channel: &str,
-        event: &str,
-        payload: &serde_json::Value,
-        key: Option<&Keyed>,
-    ) -> Result<i64, StoreError> {
-        self.with(async |client| {
-            let stmt = client
-                .prepare_cached(match key {
-                    None => "SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)",
-                    Some(_) => keyed::PUBLISH,
-                })
-                .await?;
-            let text = payload.to_string();
-            let params = match key {
-                None => vec![&channel as &(dyn ToSql + Sync), &event, &text],
-                Some(_) => keyed::params(&[&channel, &event, payload], key),
-            };
-            let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
-            keyed::repeat(&row, key, 2)?;
-            let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await?;
-            written.id.ok_or(StoreError::NotSequenced)
-        })
-        .await
-    }
-
-    /// Empties a channel whose `pgsse.channels` row allows it and records its `clear` event.
-    pub async fn clear(&self, channel: &str) -> Result<Written, StoreError> {
-        self.with(async |client| {
-            let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
-            let row = client.query_one(&stmt, &[&channel]).await.map_err(StoreError::from_db)?;
-            sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await
-        })
-        .await
-    }
-
-    /// Makes sure every event committed before the call is in the log (a sequencing step, or the wait for
-    /// another session's), within [`Store::sequenced_wait`]: past it, what is there is read.
-    pub async fn settle(&self) -> Result<(), StoreError> {
-        self.with(async |client| sequenced_all(client, self.sequenced_wait()).await).await
     }
 
     /// Up to `limit` events of `channel` with `id < before`, newest first, with what filters need
