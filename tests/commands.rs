@@ -122,6 +122,14 @@ async fn history_is_newest_first_and_pages_backwards() {
     let all = get(gw.addr, "/messages", &[]).await.unwrap();
     assert_eq!(all.status, 200);
     assert_eq!(bodies(&all), ["m5", "m4", "m3", "m2", "m1"]);
+    // A parameter one letter off is said to be one, on history and streams alike.
+    for (path, want) in
+        [("/messages?limt=5", "did you mean limit?"), ("/messages/events?snapshto=true", "did you mean snapshot?")]
+    {
+        let typo = get(gw.addr, path, &[]).await.unwrap();
+        assert_eq!(typo.status, 400, "{path}: {}", typo.body);
+        assert!(typo.body.contains(want), "{path}: {}", typo.body);
+    }
     assert_eq!(all.json()[0]["event"], "insert");
 
     let page = get(gw.addr, "/messages?limit=2", &[]).await.unwrap();

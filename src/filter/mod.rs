@@ -9,6 +9,9 @@ use serde_json::Value;
 use decimal::Decimal;
 
 mod decimal;
+mod typo;
+
+pub use typo::meant;
 
 /// The filter of each channel of a stream (channels without one pass everything).
 pub(crate) type ChannelFilters = HashMap<String, Arc<Filter>>;

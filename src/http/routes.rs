@@ -313,6 +313,11 @@ impl Query {
                 _ => filters.push((key.into_owned(), value.into_owned())),
             }
         }
+        let names = ["channel", "last_event_id", ACCESS_TOKEN, RESERVED[0], RESERVED[1], RESERVED[2]];
+        if let Some((key, meant)) = filters.iter().find_map(|(k, v)| crate::filter::meant(k, v, &names).map(|m| (k, m)))
+        {
+            return Err(ApiError::BadQuery(format!("unknown parameter {key:?}: did you mean {meant}?")));
+        }
         let filter = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         q.filter = (!filter.is_empty()).then_some(filter);
         Ok(q)

@@ -50,6 +50,11 @@ impl Commands {
                 _ => filters.push((key.into_owned(), value.into_owned())),
             }
         }
+        let names = ["limit", "before", ACCESS_TOKEN];
+        if let Some((key, meant)) = filters.iter().find_map(|(k, v)| crate::filter::meant(k, v, &names).map(|m| (k, m)))
+        {
+            return Err(CommandError::BadQuery(format!("unknown parameter {key:?}: did you mean {meant}?")));
+        }
         let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         if self.store.channel(channel).await?.is_none() {
             return Err(CommandError::UnknownChannel(channel.to_string()));
