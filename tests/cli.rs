@@ -35,7 +35,7 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
         assert!(stderr.starts_with("pgsse: "), "{args:?}: {stderr}");
         if args.contains(&"short") {
-            assert!(stderr.contains("--jwt-secret is 5 bytes; HS256 needs at least 32"), "{stderr}");
+            assert!(stderr.contains("--jwt-secret (PGSSE_JWT_SECRET) is 5 bytes; HS256 needs at least 32"), "{stderr}");
         }
         if args.contains(&"nowhere") {
             assert!(stderr.contains("127.0.0.1:4000 for this machine only"), "{stderr}");

@@ -76,10 +76,12 @@ const MIN_SECRET: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("--auth jwt needs exactly one of --jwt-secret and --jwt-public-key")]
+    #[error(
+        "--auth jwt needs exactly one of --jwt-secret (PGSSE_JWT_SECRET) and --jwt-public-key (PGSSE_JWT_PUBLIC_KEY)"
+    )]
     JwtKey,
     #[error(
-        "--jwt-secret is {0} bytes; HS256 needs at least {MIN_SECRET} (256 bits): make one with `openssl rand -hex 32`"
+        "--jwt-secret (PGSSE_JWT_SECRET) is {0} bytes; HS256 needs at least {MIN_SECRET} (256 bits): make one with `openssl rand -hex 32`"
     )]
     ShortSecret(usize),
     #[error("--auth auth-url needs --auth-url")]
