@@ -82,9 +82,10 @@ async fn serve_before_migrate_says_so_once() {
     let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
     let (addr, mut log) = common::serving_addr(&mut lines).await;
     common::wait_for("five failed attempts", || async {
-        common::metric(addr, "pgsse_listener_reconnects_total").await >= 5
+        common::metric(addr, "pgsse_listener_failed_attempts_total").await >= 5
     })
     .await;
+    assert_eq!(common::metric(addr, "pgsse_listener_reconnects_total").await, 0, "never up, so no outage");
     serve.start_kill().unwrap();
     while let Ok(Some(line)) = lines.next_line().await {
         log.push(line);

@@ -85,7 +85,10 @@ impl Collector for Metrics {
             streams.metric_type(),
         )?;
         let counts = self.hub.subscriber_counts();
-        if self.channel_labels {
+        // Present at 0 too: a dashboard or alert on it then sees "no streams", not "no data".
+        if counts.is_empty() {
+            ConstGauge::new(0i64).encode(family)?;
+        } else if self.channel_labels {
             for (channel, n) in counts {
                 let labels = [("channel", channel)];
                 ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
@@ -123,8 +126,14 @@ impl Collector for Metrics {
         counter(
             &mut encoder,
             "pgsse_listener_reconnects",
-            "Times the LISTEN connection was lost.",
+            "Times the LISTEN connection was lost while serving (outages, not retries).",
             listener.reconnects(),
+        )?;
+        counter(
+            &mut encoder,
+            "pgsse_listener_failed_attempts",
+            "Tries to connect the LISTEN connection (or catch it up) that failed.",
+            listener.failed_attempts(),
         )?;
         gauge(
             &mut encoder,

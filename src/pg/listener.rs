@@ -103,8 +103,14 @@ impl Listener {
                 break;
             }
             let err = result.err().unwrap_or(ListenerError::Closed);
+            // An outage is counted once, when a connection that was serving is lost; each try after it
+            // that fails too is an attempt.
+            if self.status.up.load(Ordering::Acquire) {
+                self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.status.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
             self.status.set_down(err.to_string());
-            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
             let delay = jitter(backoff);
             // A cause that persists (a database not migrated yet, say) is said once, not every few seconds;
             // a session that got going in between resets the backoff, and its failure is news again.

@@ -16,7 +16,9 @@ pub struct ListenerStatus {
     pub(super) up: AtomicBool,
     /// Reading the log on the clock (unlistened) while commits arrive faster than notifications are worth.
     pub(super) polling: AtomicBool,
+    /// Times a connection that had caught up was lost (outages), and failed tries to connect or catch up.
     pub(super) reconnects: AtomicU64,
+    pub(super) failed_attempts: AtomicU64,
     pub(super) events: AtomicU64,
     /// Rows of the log with ids the sequence never issued: as the probe last counted them, and how many
     /// have appeared in all (each skipped).
@@ -41,6 +43,7 @@ impl Default for ListenerStatus {
             up: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
             events: AtomicU64::new(0),
             beyond_sequence: AtomicU64::new(0),
             skipped_beyond_sequence: AtomicU64::new(0),
@@ -73,6 +76,10 @@ impl ListenerStatus {
 
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_attempts(&self) -> u64 {
+        self.failed_attempts.load(Ordering::Relaxed)
     }
 
     pub fn events_received(&self) -> u64 {
