@@ -102,6 +102,10 @@ async fn the_demo_feed_follows_posts_psql_clear_and_a_gateway_restart() {
     let addr = gw.addr;
     app.execute("INSERT INTO messages (body) VALUES ('already there')", &[]).await.unwrap();
 
+    // The page says what it is, asks for no favicon, and shows "No messages yet" only after the snapshot.
+    let page = common::get(addr, "/", &[]).await.unwrap().body;
+    assert!(page.contains("appear here live") && page.contains(r#"rel="icon" href="data:,""#), "{page}");
+    assert!(page.contains(r#"id="empty" class="empty" hidden"#), "{page}");
     browser.goto("feed", &format!("http://{addr}/")).await;
     browser.wait("feed", "document.getElementById('status').dataset.state === 'open'").await;
     browser.wait("feed", &feed_has("already there")).await;
