@@ -143,7 +143,7 @@ async fn accept(
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving");
+        info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving");
     }
     let permits = Arc::new(Semaphore::new(site.app.config.server.max_connections));
     tokio::pin!(shutdown);

@@ -79,6 +79,8 @@ async fn the_listen_connection_can_use_its_own_url() {
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format() {
     let Fixture { app, gw, .. } = Fixture::messages("").await;
+    let health = common::get(gw.addr, "/healthz", &[]).await.unwrap();
+    assert_eq!(health.json()["version"], env!("CARGO_PKG_VERSION"), "{}", health.body);
     let idle = common::get(gw.addr, "/metrics", &[]).await.unwrap().body;
     assert!(idle.lines().any(|l| l == "pgsse_streams_open 0"), "present before any stream:\n{idle}");
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;

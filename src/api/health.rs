@@ -61,7 +61,10 @@ impl Health {
         let db = self.store.ping().await;
         let last_event_id = self.hub.last_id();
         if listener_up && db.is_ok() {
-            return json_response(StatusCode::OK, &json!({ "status": "ok", "last_event_id": last_event_id }));
+            return json_response(
+                StatusCode::OK,
+                &json!({ "status": "ok", "last_event_id": last_event_id, "version": env!("CARGO_PKG_VERSION") }),
+            );
         }
         let mut reasons = Vec::new();
         if !listener_up {

@@ -99,8 +99,8 @@ pub async fn serving_addr(log: &mut Log) -> (SocketAddr, Vec<String>) {
     let mut before = Vec::new();
     let read = async {
         while let Some(line) = log.next_line().await.unwrap() {
-            if let Some(addr) = line.split(" serving addr=").nth(1) {
-                return addr.trim().parse::<SocketAddr>().unwrap();
+            if let Some(fields) = line.split(" serving addr=").nth(1) {
+                return fields.split_whitespace().next().unwrap_or_default().parse::<SocketAddr>().unwrap();
             }
             before.push(line);
         }
