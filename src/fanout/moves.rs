@@ -19,6 +19,24 @@ pub struct Moved {
     pub delete_event: String,
 }
 
+impl Moved {
+    /// The event name and data shown for `shown` of the update `update_event` with `data`, as history
+    /// lists it.
+    pub fn shown_as<'a>(&'a self, shown: Shown, update_event: &'a str, data: &'a str) -> Option<(&'a str, &'a str)> {
+        match shown {
+            Shown::Update => Some((update_event, data)),
+            Shown::Insert => Some((&self.insert_event, self.new_row(data))),
+            Shown::Delete => Some((&self.delete_event, &self.old)),
+            Shown::Hidden => None,
+        }
+    }
+
+    /// The new row: nested in the update's `data`, or that data itself.
+    fn new_row<'a>(&'a self, data: &'a str) -> &'a str {
+        self.new.as_deref().unwrap_or(data)
+    }
+}
+
 /// How a stream with a given filter sees an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shown {
@@ -85,18 +103,8 @@ impl Moves {
         }
     }
 
-    /// The event name and data shown for `shown`, as history lists it.
-    pub fn event<'a>(&'a self, shown: Shown, update_event: &'a str) -> Option<(&'a str, &'a str)> {
-        match shown {
-            Shown::Update => Some((update_event, std::str::from_utf8(&self.data).unwrap_or_default())),
-            Shown::Insert => Some((&self.moved.insert_event, self.new_row())),
-            Shown::Delete => Some((&self.moved.delete_event, &self.moved.old)),
-            Shown::Hidden => None,
-        }
-    }
-
     fn new_row(&self) -> &str {
-        self.moved.new.as_deref().unwrap_or_else(|| std::str::from_utf8(&self.data).unwrap_or_default())
+        self.moved.new_row(std::str::from_utf8(&self.data).unwrap_or_default())
     }
 
     fn frame<'a>(&self, cell: &'a OnceLock<Option<Frame>>, event: &str, data: &str) -> Option<&'a Frame> {

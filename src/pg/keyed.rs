@@ -20,28 +20,23 @@ pub const INSERT: &str = "SELECT * FROM pgsse.insert_json_once($1, $2, $3, $4, $
 pub const PUBLISH: &str = "SELECT * FROM pgsse.publish_json_once($1, $2, $3, $4, $5, $6)";
 
 /// The write's parameters, then the key's (for the `_once` form of pgsse's write functions).
-pub fn params<'a>(write: &[&'a (dyn ToSql + Sync)], key: Option<&'a Keyed>) -> Vec<&'a (dyn ToSql + Sync)> {
+pub fn params<'a>(write: &[&'a (dyn ToSql + Sync)], key: &'a Keyed) -> Vec<&'a (dyn ToSql + Sync)> {
     let mut params = write.to_vec();
-    if let Some(key) = key {
-        params.extend([&key.scope as &(dyn ToSql + Sync), &key.key, &key.request]);
-    }
+    params.extend([&key.scope as &(dyn ToSql + Sync), &key.key, &key.request]);
     params
 }
 
-/// Whether the row (whose columns `at` and `at + 1` are the `_once` function's `fresh` and `same`) is a
-/// repeat of a key's first write, whose transaction and log head its first two columns then are; a
-/// refusal when the key came with another request.
-pub fn repeat(row: &Row, key: Option<&Keyed>, at: usize) -> Result<bool, StoreError> {
-    if key.is_none() || row.try_get::<_, bool>(at)? {
-        return Ok(false);
+/// Refuses a key sent again with another request. The row's columns `at` and `at + 1` are the `_once`
+/// function's `fresh` and `same`; for a repeat of the first request, its first two columns are the first
+/// write's transaction and log head, so the caller finds that write's event as it finds a new one's.
+pub fn same_request(row: &Row, key: Option<&Keyed>, at: usize) -> Result<(), StoreError> {
+    if key.is_none() || row.try_get::<_, bool>(at)? || row.try_get::<_, bool>(at + 1)? {
+        return Ok(());
     }
-    if !row.try_get::<_, bool>(at + 1)? {
-        return Err(StoreError::Rejected {
-            kind: Rejection::Unprocessable,
-            message: "this Idempotency-Key was first sent with another request (channel, event or body): \
-                      use a new key for a new request"
-                .into(),
-        });
-    }
-    Ok(true)
+    Err(StoreError::Rejected {
+        kind: Rejection::Unprocessable,
+        message: "this Idempotency-Key was first sent with another request (channel, event or body): \
+                  use a new key for a new request"
+            .into(),
+    })
 }

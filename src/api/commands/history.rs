@@ -135,16 +135,16 @@ struct Page {
 /// The event name and data a stream with `filter` shows for `row`, as the listener chooses them: an
 /// update that moved the row into or out of the filter is its insert or delete, and what empties the
 /// channel is shown whatever the filter.
-fn shows(row: &EventRow, filter: Option<&Filter>) -> Option<(String, String)> {
-    let Some(filter) = filter else { return Some((row.event.clone(), row.payload.clone())) };
+fn shows<'a>(row: &'a EventRow, filter: Option<&Filter>) -> Option<(&'a str, &'a str)> {
+    let Some(filter) = filter else { return Some((&row.event, &row.payload)) };
     let matches = filter.matches_text(row.payload.as_bytes());
     match &row.moved {
         Some(moved) => {
-            let moves = Moves::new(row.id, Bytes::from(row.payload.clone()), moved.clone());
-            let shown = moves.shown(matches, filter);
-            moves.event(shown, &row.event).map(|(event, data)| (event.to_string(), data.to_string()))
+            // The data is not needed to decide: only the old and new rows beside it.
+            let shown = Moves::new(row.id, Bytes::new(), moved.clone()).shown(matches, filter);
+            moved.shown_as(shown, &row.event, &row.payload)
         }
-        None => (matches || row.wide).then(|| (row.event.clone(), row.payload.clone())),
+        None => (matches || row.wide).then_some((&row.event, &row.payload)),
     }
 }
 

@@ -107,7 +107,7 @@ impl Store {
             let object = row.to_string();
             let params = match key {
                 None => vec![&channel as &(dyn ToSql + Sync), &object],
-                Some(_) => keyed::params(&[&channel, row], key),
+                Some(key) => keyed::params(&[&channel, row], key),
             };
             let row = match client.query_one(&stmt, &params).await {
                 Ok(row) => row,
@@ -125,9 +125,7 @@ impl Store {
                 }
                 Err(err) => return Err(StoreError::from_db(err)),
             };
-            if keyed::repeat(&row, key, 3)? {
-                return sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await;
-            }
+            keyed::same_request(&row, key, 3)?;
             match (row.try_get(0)?, row.try_get(1)?) {
                 (Some(txid), Some(after)) => sequenced(client, txid, after, channel, self.sequenced_wait()).await,
                 _ => Ok(Written { id: None, payload: row.try_get(2)? }),
@@ -155,10 +153,10 @@ impl Store {
             let text = payload.to_string();
             let params = match key {
                 None => vec![&channel as &(dyn ToSql + Sync), &event, &text],
-                Some(_) => keyed::params(&[&channel, &event, payload], key),
+                Some(key) => keyed::params(&[&channel, &event, payload], key),
             };
             let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
-            keyed::repeat(&row, key, 2)?;
+            keyed::same_request(&row, key, 2)?;
             let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await?;
             written.id.ok_or(StoreError::NotSequenced)
         })
