@@ -41,6 +41,32 @@ pub(crate) fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data
     Ok(())
 }
 
+/// The event name a stream of several channels shows: `orders/insert`. Neither a channel nor an event name
+/// may hold `/`, so the name splits back at it unambiguously.
+pub fn channel_event(channel: &str, event: &str) -> String {
+    format!("{channel}/{event}")
+}
+
+/// `frame` (one event as [`encode`] made it) with its channel put in front of its event name.
+pub(crate) fn with_channel(frame: &[u8], channel: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(frame.len() + channel.len() + 1);
+    put_with_channel(&mut buf, frame, channel);
+    buf.freeze()
+}
+
+/// Appends [`with_channel`] of `frame` to `buf`.
+pub(crate) fn put_with_channel(buf: &mut BytesMut, frame: &[u8], channel: &str) {
+    let at = if frame.starts_with(b"event: ") {
+        7
+    } else {
+        frame.windows(8).position(|w| w == b"\nevent: ").map_or(frame.len(), |i| i + 8)
+    };
+    buf.put_slice(&frame[..at]);
+    buf.put_slice(channel.as_bytes());
+    buf.put_u8(b'/');
+    buf.put_slice(&frame[at..]);
+}
+
 /// Splits on CRLF, CR and LF alike, as an SSE parser does; an empty input is one empty line.
 fn split_lines(data: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(data);
@@ -110,6 +136,19 @@ mod tests {
     fn rejects_line_breaks_in_event_name() {
         assert_eq!(encode(1, "a\nb", "x"), Err(EncodeError::EventNameLineBreak));
         assert_eq!(encode(1, "a\rb", "x"), Err(EncodeError::EventNameLineBreak));
+    }
+
+    #[test]
+    fn names_the_channel_in_the_event_name() {
+        let framed = |frame: Bytes| String::from_utf8(with_channel(&frame, "orders.eu").to_vec()).unwrap();
+        assert_eq!(
+            framed(encode(7, "insert", "event: x").unwrap()),
+            "id: 7\nevent: orders.eu/insert\ndata: event: x\n\n"
+        );
+        let mut buf = BytesMut::new();
+        encode_into(&mut buf, None, "clear", "{}").unwrap();
+        assert_eq!(framed(buf.freeze()), "event: orders.eu/clear\ndata: {}\n\n");
+        assert_eq!(channel_event("a:1", "insert"), "a:1/insert");
     }
 
     #[test]

@@ -309,8 +309,11 @@ async fn several_channels_and_a_reconnect_mid_snapshot() {
     let path = "/events?channel=orders&channel=notes&snapshot=true&order=id";
     let names = |events: Vec<common::Event>| events.iter().map(|e| e.event.clone()).collect::<Vec<_>>();
     let mut first = SseStream::ok(gw.addr, path, &[]).await;
-    assert_eq!(names(first.take(2).await), ["note", "note"], "channels in name order");
+    assert_eq!(names(first.take(2).await), ["notes/note", "notes/note"], "channels in name order, each named");
     drop(first);
     let mut again = SseStream::ok(gw.addr, path, &[]).await;
-    assert_eq!(names(again.take(6).await), ["note", "note", "insert", "insert", "insert", "snapshot-end"]);
+    let all = ["notes/note", "notes/note", "orders/insert", "orders/insert", "orders/insert", "snapshot-end"];
+    assert_eq!(names(again.take(6).await), all);
+    db.app.execute("INSERT INTO notes VALUES (3, 'z')", &[]).await.unwrap();
+    assert_eq!(names(again.take(1).await), ["notes/note"]);
 }

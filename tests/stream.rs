@@ -128,7 +128,7 @@ async fn an_http1_stream_over_tls_is_written_through_it() {
 #[tokio::test]
 async fn one_stream_carries_several_channels_in_id_order() {
     let TestDb { url, admin, .. } = TestDb::messages("").await;
-    admin.batch_execute("SELECT pgsse.create_channel('alerts'); SELECT pgsse.create_channel('other');").await.unwrap();
+    admin.batch_execute("SELECT pgsse.create_channel('alerts', true); SELECT pgsse.create_channel('other');").await.unwrap();
     let gw = Gateway::start(&url).await;
 
     let mut both = SseStream::ok(gw.addr, "/events?channel=messages&channel=alerts", &[]).await;
@@ -144,12 +144,22 @@ async fn one_stream_carries_several_channels_in_id_order() {
         .await
         .unwrap();
     let got = both.take(3).await;
-    let names: Vec<String> = got.iter().map(|e| e.event.clone()).collect();
-    assert_eq!(names, ["insert", "message", "insert"]);
+    let names = |events: &[common::Event]| events.iter().map(|e| e.event.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&got), ["messages/insert", "alerts/message", "messages/insert"], "each names its channel");
     assert_eq!(got[1].json(), json!({"level": "high"}));
     assert!(got.windows(2).all(|w| w[0].id() < w[1].id()), "ids strictly increase");
     let a = alerts.expect().await;
-    assert_eq!((a.id(), a.json()), (got[1].id(), json!({"level": "high"})));
+    assert_eq!((a.event.as_str(), a.id(), a.json()), ("message", got[1].id(), json!({"level": "high"})));
+
+    // Replay names channels as live does; one channel through /events is a single-channel stream.
+    let from = got[0].id().to_string();
+    let mut resumed =
+        SseStream::ok(gw.addr, "/events?channel=alerts&channel=messages", &[("last-event-id", &from)]).await;
+    assert_eq!(names(&resumed.take(2).await), ["alerts/message", "messages/insert"]);
+    let mut one = SseStream::ok(gw.addr, "/events?channel=alerts&channel=alerts", &[("last-event-id", &from)]).await;
+    assert_eq!(names(&one.take(1).await), ["message"]);
+    admin.batch_execute("SELECT pgsse.clear_channel('alerts')").await.unwrap();
+    assert_eq!(names(&resumed.take(1).await), ["alerts/clear"]);
 }
 
 #[tokio::test]
@@ -246,9 +256,9 @@ async fn payload_text_cannot_forge_sse_fields() {
     // them, and the encoder splits any that reach it. Both paths must yield one intact event.
     admin.execute("SELECT pgsse.publish('raw', 'message', to_jsonb($1::text))", &[&evil]).await.unwrap();
     let a = stream.expect().await;
-    assert_eq!((a.event.as_str(), a.json()["body"].as_str().unwrap()), ("insert", evil));
+    assert_eq!((a.event.as_str(), a.json()["body"].as_str().unwrap()), ("messages/insert", evil));
     let b = stream.expect().await;
-    assert_eq!((b.event.as_str(), b.json().as_str().unwrap()), ("message", evil));
+    assert_eq!((b.event.as_str(), b.json().as_str().unwrap()), ("raw/message", evil));
     assert!(b.id() < 999999);
 
     let bad_event = admin.execute("SELECT pgsse.publish('raw', E'message\\nevent: evil', '{}')", &[]).await;

@@ -400,13 +400,19 @@ impl Replay {
                 Some(filter) => {
                     let new = filter.matches_text(row.payload.as_bytes());
                     match &row.moved {
-                        Some(moved) => Moves::new(row.id, data, moved.clone()).choose(&frame, new, filter).cloned(),
+                        Some(moved) => {
+                            Moves::new(row.id, data, moved.clone()).choose(&frame, new, filter).map(|(_, f)| f.clone())
+                        }
                         None => (new || row.wide).then_some(frame),
                     }
                 }
             };
             if let Some(frame) = chosen {
-                chunk.extend_from_slice(&frame.bytes);
+                if self.channels.len() > 1 {
+                    sse::put_with_channel(&mut chunk, &frame.bytes, &row.channel);
+                } else {
+                    chunk.extend_from_slice(&frame.bytes);
+                }
                 sent += 1;
             }
         }

@@ -281,6 +281,8 @@ impl Snapshot {
             }
             self.rows += shape.limit.unwrap_or(rows);
             let check = filters_of.get(channel).cloned();
+            let insert_event =
+                if channels.len() > 1 { sse::channel_event(channel, &insert_event) } else { insert_event };
             self.parts.push(Part { channel: channel.clone(), insert_event, filters, check });
         }
         Ok(())

@@ -236,7 +236,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(10)).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
-        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None, wide: false }]);
+        hub.broadcast(vec![Event::new("c".into(), frame, Bytes::new(), None, false)]);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         let after_event = Instant::now();
         assert_eq!(&next_chunk(&mut body).await.unwrap()[..], HEARTBEAT);
@@ -246,7 +246,7 @@ mod tests {
         for (id, wait) in [(2, 3), (3, 11)] {
             tokio::time::advance(Duration::from_secs(wait)).await;
             let frame = Frame { id, bytes: Bytes::from_static(b"E") };
-            hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None, wide: false }]);
+            hub.broadcast(vec![Event::new("c".into(), frame, Bytes::new(), None, false)]);
             assert_eq!(next_chunk(&mut body).await.unwrap(), "E");
         }
         let after_last = Instant::now();
@@ -262,12 +262,8 @@ mod tests {
         next_chunk(&mut body).await;
         tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
         tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
-        let frames = (1..=4).map(|id| Event {
-            channel: "c".into(),
-            frame: Frame { id, bytes: Bytes::from(format!("L{id}")) },
-            data: Bytes::new(),
-            moves: None,
-            wide: false,
+        let frames = (1..=4).map(|id| {
+            Event::new("c".into(), Frame { id, bytes: Bytes::from(format!("L{id}")) }, Bytes::new(), None, false)
         });
         hub.broadcast(frames.collect());
         assert_eq!(next_chunk(&mut body).await.unwrap(), "R1");
@@ -295,7 +291,7 @@ mod tests {
         let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15));
         next_chunk(&mut body).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
-        hub.broadcast(vec![Event { channel: "c".into(), frame, data: Bytes::new(), moves: None, wide: false }]);
+        hub.broadcast(vec![Event::new("c".into(), frame, Bytes::new(), None, false)]);
         hub.close();
         assert_eq!(next_chunk(&mut body).await.unwrap(), "E", "what was queued still goes out");
         assert!(next_chunk(&mut body).await.is_none());

@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-pub use crate::fanout::moves::{Moved, Moves};
+pub use crate::fanout::moves::{Moved, Moves, Shown};
 use crate::fanout::queue::Frame;
 use crate::fanout::queue::{PushError, Queue};
 use crate::filter::{ChannelFilters, Filter};
+use crate::sse;
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
 /// too (a slice of the same buffer) would double the contended reference counting per delivery.
@@ -25,6 +26,28 @@ pub struct Event {
     /// A `clear`, or its table's truncate event: it empties the channel, so every stream gets it whatever
     /// its filter.
     pub wide: bool,
+    /// The frames streams of several channels get (the channel in the event name): of the event as it is,
+    /// and of the insert and delete an update becomes. Made once some stream needs them.
+    named: [OnceLock<Frame>; 3],
+}
+
+impl Event {
+    pub fn new(channel: String, frame: Frame, data: Bytes, moves: Option<Box<Moves>>, wide: bool) -> Self {
+        Self { channel, frame, data, moves, wide, named: Default::default() }
+    }
+
+    /// What a stream gets of this event: `chosen` (`shown` of it), named by channel on a stream of several.
+    fn as_sent<'a>(&'a self, chosen: &'a Frame, shown: Shown, named: bool) -> &'a Frame {
+        if !named {
+            return chosen;
+        }
+        let cell = match shown {
+            Shown::Insert => &self.named[1],
+            Shown::Delete => &self.named[2],
+            Shown::Update | Shown::Hidden => &self.named[0],
+        };
+        cell.get_or_init(|| Frame { id: chosen.id, bytes: sse::with_channel(&chosen.bytes, &self.channel) })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +61,8 @@ pub enum HubError {
 struct Subscriber {
     queue: Arc<Queue>,
     filter: Option<Arc<Filter>>,
+    /// A stream of several channels: its events name their channel.
+    named: bool,
 }
 
 type Senders = HashMap<u64, Subscriber>;
@@ -150,7 +175,8 @@ impl Hub {
                 Some((key, _)) => key.clone(),
                 None => Arc::from(channel.as_str()),
             };
-            let subscriber = Subscriber { queue: queue.clone(), filter: filters.get(channel).cloned() };
+            let filter = filters.get(channel).cloned();
+            let subscriber = Subscriber { queue: queue.clone(), filter, named: channels.len() > 1 };
             inner.channels.entry(key.clone()).or_default().insert(id, subscriber);
             names.push(key);
         }
@@ -175,16 +201,17 @@ impl Hub {
             let mut parsed: Vec<Option<Option<serde_json::Value>>> = Vec::new();
             for (id, sub) in senders {
                 let pushed = match &sub.filter {
-                    None => sub.queue.push_all(run.iter().map(|e| &e.frame)),
+                    None => sub.queue.push_all(run.iter().map(|e| e.as_sent(&e.frame, Shown::Update, sub.named))),
                     Some(filter) => {
                         parsed.resize(run.len(), None);
                         let matching = run.iter().zip(parsed.iter_mut()).filter_map(|(event, value)| {
                             let value = value.get_or_insert_with(|| serde_json::from_slice(&event.data).ok());
                             let new = value.as_ref().is_some_and(|v| filter.matches(v));
-                            match &event.moves {
-                                Some(moves) => moves.choose(&event.frame, new, filter),
-                                None => (new || event.wide).then_some(&event.frame),
-                            }
+                            let (shown, chosen) = match &event.moves {
+                                Some(moves) => moves.choose(&event.frame, new, filter)?,
+                                None => (Shown::Update, (new || event.wide).then_some(&event.frame)?),
+                            };
+                            Some(event.as_sent(chosen, shown, sub.named))
                         });
                         sub.queue.push_all(matching)
                     }
@@ -253,19 +280,21 @@ mod tests {
     use super::*;
     use std::task::{Context, Poll, Waker};
 
+    /// A frame shown by [`take`] as `1;`, and as `a/1;` on a stream of several channels.
     fn frame(id: i64) -> Frame {
-        Frame { id, bytes: Bytes::from(format!("{id};")) }
+        Frame { id, bytes: Bytes::from(format!("event: {id};")) }
     }
 
     fn event(channel: &str, id: i64) -> Event {
         let data = Bytes::from(format!("{{\"n\": {id}}}"));
-        Event { channel: channel.into(), frame: frame(id), data, moves: None, wide: false }
+        Event::new(channel.into(), frame(id), data, None, false)
     }
 
     /// What the stream body would take now: `Some(text)` of the ready frames, `None` when ended.
     fn take(sub: &Subscription) -> Poll<Option<String>> {
         let mut cx = Context::from_waker(Waker::noop());
-        sub.queue.poll_chunk(&mut cx, 0, usize::MAX).map(|c| c.map(|(b, _)| String::from_utf8(b.to_vec()).unwrap()))
+        let text = |bytes: Bytes| String::from_utf8(bytes.to_vec()).unwrap().replace("event: ", "");
+        sub.queue.poll_chunk(&mut cx, 0, usize::MAX).map(|c| c.map(|(b, _)| text(b)))
     }
 
     fn ready(text: &str) -> Poll<Option<String>> {
@@ -293,7 +322,7 @@ mod tests {
         hub.broadcast(vec![event("a", 1), event("b", 2), event("c", 3)]);
         assert_eq!(take(&a), ready("1;"));
         assert_eq!(take(&a), Poll::Pending);
-        assert_eq!(take(&ab), ready("1;2;"));
+        assert_eq!(take(&ab), ready("a/1;b/2;"), "a stream of several channels gets each event's channel");
         assert_eq!(hub.last_id(), Some(3));
         let (_, last) = hub.subscribe(&["c".into()], &ChannelFilters::new()).unwrap();
         assert_eq!(last, 3);
@@ -309,7 +338,7 @@ mod tests {
         let woken = hub.broadcast(vec![event("a", 1), event("a", 2), event("b", 3), event("a", 4)]);
         assert_eq!(woken, 2, "one wakeup per waiting stream, not per event");
         assert_eq!(take(&a), ready("1;2;4;"));
-        assert_eq!(take(&ab), ready("1;2;3;4;"));
+        assert_eq!(take(&ab), ready("a/1;a/2;b/3;a/4;"));
         assert_eq!(hub.broadcast(vec![event("c", 5)]), 0, "no subscriber, no wakeup");
     }
 
@@ -324,7 +353,7 @@ mod tests {
             assert_eq!(take(&fast), ready(&format!("{id};")));
         }
         assert_eq!(hub.cut_slow_total(), 1);
-        assert_eq!(take(&slow), ready("1;2;"));
+        assert_eq!(take(&slow), ready("a/1;a/2;"));
         assert_eq!(take(&slow), Poll::Ready(None));
         assert_eq!(hub.subscriber_counts(), vec![("a".to_string(), 1)]);
     }
@@ -345,18 +374,17 @@ mod tests {
         let hub = Arc::new(Hub::new(16));
         hub.start_at(0);
         let open = Arc::new(Filter::parse([("status", "eq.open")]).unwrap());
-        let (filtered, _) = hub.subscribe(&["a".into()], &ChannelFilters::from([("a".to_string(), open)])).unwrap();
+        let (filtered, _) =
+            hub.subscribe(&["a".into()], &ChannelFilters::from([("a".to_string(), open.clone())])).unwrap();
         let (all, _) = hub.subscribe(&["a".into()], &ChannelFilters::new()).unwrap();
+        let both = ChannelFilters::from([("a".to_string(), open)]);
+        let (named, _) = hub.subscribe(&["a".into(), "b".into()], &both).unwrap();
         let row = |status: &str| format!("{{\"status\":\"{status}\"}}");
         let update = |id: i64, old: &str, new: &str| {
             let moved = Moved { old: row(old), new: None, insert_event: "ins".into(), delete_event: "del".into() };
-            Event {
-                channel: "a".into(),
-                frame: Frame { id, bytes: Bytes::from(format!("u{id};")) },
-                data: Bytes::from(row(new)),
-                moves: Some(Box::new(Moves::new(id, Bytes::from(row(new)), moved))),
-                wide: false,
-            }
+            let frame = Frame { id, bytes: sse::encode(id, "upd", &row(new)).unwrap() };
+            let moves = Some(Box::new(Moves::new(id, Bytes::from(row(new)), moved)));
+            Event::new("a".into(), frame, Bytes::from(row(new)), moves, false)
         };
         hub.broadcast(vec![
             update(1, "open", "open"),
@@ -364,10 +392,14 @@ mod tests {
             update(3, "closed", "closed"),
             update(4, "closed", "open"),
         ]);
-        let want =
-            format!("u1;id: 2\nevent: del\ndata: {}\n\nid: 4\nevent: ins\ndata: {}\n\n", row("open"), row("open"));
+        let frame = |id: i64, event: &str, status: &str| format!("id: {id}\n{event}\ndata: {}\n\n", row(status));
+        let want = [frame(1, "upd", "open"), frame(2, "del", "open"), frame(4, "ins", "open")].concat();
         assert_eq!(take(&filtered), ready(&want), "left the filter: delete with the old row; entered it: insert");
-        assert_eq!(take(&all), ready("u1;u2;u3;u4;"), "without a filter, updates stay updates");
+        let want =
+            [frame(1, "upd", "open"), frame(2, "upd", "closed"), frame(3, "upd", "closed"), frame(4, "upd", "open")];
+        assert_eq!(take(&all), ready(&want.concat()), "without a filter, updates stay updates");
+        let want = [frame(1, "a/upd", "open"), frame(2, "a/del", "open"), frame(4, "a/ins", "open")].concat();
+        assert_eq!(take(&named), ready(&want), "a stream of several channels gets them named");
     }
 
     #[test]

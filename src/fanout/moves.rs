@@ -90,8 +90,9 @@ impl Moves {
     /// The frame a stream with `filter` gets for this update (see [`Moves::shown`]). An event name that
     /// cannot be encoded keeps the update as it was, except that the old row never reaches a stream
     /// whose filter it did not match.
-    pub fn choose<'a>(&'a self, update: &'a Frame, data_matches: bool, filter: &Filter) -> Option<&'a Frame> {
-        match self.shown(data_matches, filter) {
+    pub fn choose<'a>(&'a self, update: &'a Frame, data_matches: bool, filter: &Filter) -> Option<(Shown, &'a Frame)> {
+        let shown = self.shown(data_matches, filter);
+        let frame = match shown {
             Shown::Update => Some(update),
             Shown::Insert => self.frame(&self.insert, &self.moved.insert_event, self.new_row()).or(self
                 .moved
@@ -100,7 +101,8 @@ impl Moves {
                 .then_some(update)),
             Shown::Delete => self.frame(&self.delete, &self.moved.delete_event, &self.moved.old),
             Shown::Hidden => None,
-        }
+        };
+        Some((shown, frame?))
     }
 
     fn new_row(&self) -> &str {

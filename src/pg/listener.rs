@@ -326,7 +326,7 @@ impl Listener {
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
                     let moves = event.moved.map(|moved| Box::new(Moves::new(event.id, data.clone(), moved)));
-                    events.push(Event { channel: event.channel, frame, data, moves, wide: event.wide });
+                    events.push(Event::new(event.channel, frame, data, moves, event.wide));
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);

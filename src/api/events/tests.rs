@@ -56,13 +56,7 @@ impl Log {
         let row = self.admin.query_one("SELECT payload::text FROM pgsse.events WHERE id = $1", &[&id]).await.unwrap();
         let data: String = row.get(0);
         let frame = Frame { id, bytes: sse::encode(id, "m", &data).unwrap() };
-        self.hub.broadcast(vec![Event {
-            channel: "c".into(),
-            frame,
-            data: Bytes::from(data),
-            moves: None,
-            wide: false,
-        }]);
+        self.hub.broadcast(vec![Event::new("c".into(), frame, Bytes::from(data), None, false)]);
     }
 
     async fn open(&self, resume: Option<i64>, filters: ChannelFilters) -> SseBody {
