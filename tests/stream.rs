@@ -128,7 +128,10 @@ async fn an_http1_stream_over_tls_is_written_through_it() {
 #[tokio::test]
 async fn one_stream_carries_several_channels_in_id_order() {
     let TestDb { url, admin, .. } = TestDb::messages("").await;
-    admin.batch_execute("SELECT pgsse.create_channel('alerts', true); SELECT pgsse.create_channel('other');").await.unwrap();
+    admin
+        .batch_execute("SELECT pgsse.create_channel('alerts', true); SELECT pgsse.create_channel('other');")
+        .await
+        .unwrap();
     let gw = Gateway::start(&url).await;
 
     let mut both = SseStream::ok(gw.addr, "/events?channel=messages&channel=alerts", &[]).await;

@@ -22,9 +22,16 @@ const context = await browser.newContext({
   ignoreHTTPSErrors: true,
 });
 const pages = new Map();
+// Each page's console lines, for snippets that report only there.
+const logs = new Map();
 
 async function page(name = "main") {
-  if (!pages.has(name)) pages.set(name, await context.newPage());
+  if (!pages.has(name)) {
+    const created = await context.newPage();
+    logs.set(name, []);
+    created.on("console", (message) => logs.get(name).push(message.text()));
+    pages.set(name, created);
+  }
   return pages.get(name);
 }
 
@@ -46,6 +53,12 @@ async function run(cmd) {
     case "wait":
       await p.waitForFunction(cmd.js, null, { timeout, polling: 50 });
       return null;
+    case "route":
+      // Answers requests to `url` (any origin, served or not) with a fixed body.
+      await p.route(cmd.url, (route) => route.fulfill({ status: 200, contentType: cmd.contentType, body: cmd.body }));
+      return null;
+    case "logs":
+      return logs.get(cmd.page ?? "main");
     case "screenshot":
       await p.screenshot({ path: cmd.path, fullPage: true });
       return null;
