@@ -122,6 +122,11 @@ pub struct ServerArgs {
     #[arg(long, env = "PGSSE_DEMO")]
     pub demo: bool,
 
+    /// Log one line per request, and per stream when it ends: method, path (credentials left out), status,
+    /// duration, bytes, events, client address and request id, in the --log-format chosen.
+    #[arg(long, env = "PGSSE_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Serve `GET /metrics` on this address instead of the main one (e.g. a port only Prometheus reaches).
     /// Under `--auth jwt` or `auth-url` it is served only here: its channel labels tell who is online.
     #[arg(long, env = "PGSSE_METRICS_LISTEN")]

@@ -21,6 +21,7 @@ mod server;
 pub mod sse;
 pub mod tls;
 
+pub use http::access::TARGET as ACCESS_LOG_TARGET;
 pub use pg::migrate::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
 pub use pg::preflight::{credentials, CredentialError};
 /// For tests that read the log the way the gateway does.

@@ -30,7 +30,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSSE_LOG").unwrap_or_else(|_| "pgsse=info,warn".into());
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_env("PGSSE_LOG").unwrap_or_else(|_| "pgsse=info,warn".into());
+    let serving = match &cli.command {
+        Some(Command::Serve(args)) => Some(args),
+        None => Some(&cli.serve),
+        _ => None,
+    };
+    if serving.is_some_and(|args| args.server.access_log) {
+        let directive = format!("{}=info", pgsse::ACCESS_LOG_TARGET);
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     match cli.log_format {
         // Colour only for a person at a terminal: in a file or a journal its codes are noise.
         LogFormat::Text => tracing_subscriber::fmt()

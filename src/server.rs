@@ -97,6 +97,7 @@ pub async fn run(
         cors: Cors::new(&server.cors_origins),
         builders: builders(server),
         metrics_apart,
+        access_log: server.access_log,
         app: app.clone(),
     });
     let connections = TaskTracker::new();

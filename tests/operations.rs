@@ -132,3 +132,54 @@ async fn metrics_can_move_to_their_own_address() {
     assert!(resp.body.contains("pgsse_listener_up 1"), "{}", resp.body);
     assert_eq!(common::get(metrics_addr, "/messages/events", &[]).await.unwrap().status, 404, "and nothing else");
 }
+
+/// `--access-log`: one structured line per request and one per stream when it ends, in the chosen log
+/// format, with the query's credentials left out, even where `PGSSE_LOG` silences everything else.
+#[tokio::test]
+async fn the_access_log_has_a_line_per_request_and_per_ended_stream() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let common::TestDb { url, app, .. } = common::TestDb::messages("").await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
+        .args(["--database-url", &common::as_role(&url, common::GATEWAY_ROLE), "--listen", "127.0.0.1:0"])
+        .args(["--access-log", "--log-format", "json"])
+        .env("PGSSE_LOG", "pgsse::server=info,error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_json = async move || -> serde_json::Value {
+        let line = tokio::time::timeout(common::TIMEOUT, lines.next_line()).await.unwrap().unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let addr: std::net::SocketAddr = loop {
+        let line = next_json().await;
+        if line["fields"]["message"] == "serving" {
+            break line["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let missing = common::get(addr, "/nope", &[("x-request-id", "req-1")]).await.unwrap();
+    assert_eq!((missing.status, missing.headers.get("x-request-id").map(String::as_str)), (404, Some("req-1")));
+    let line = next_json().await;
+    assert_eq!(line["target"], "pgsse::access");
+    let fields = &line["fields"];
+    assert_eq!(
+        (fields["method"].as_str(), fields["path"].as_str(), fields["status"].as_u64()),
+        (Some("GET"), Some("/nope"), Some(404))
+    );
+    assert_eq!((fields["request_id"].as_str(), fields["client"].as_str()), (Some("req-1"), Some("127.0.0.1")));
+    assert!(fields["bytes"].as_u64().unwrap() > 10 && fields["duration_ms"].as_f64().is_some(), "{line}");
+
+    let mut stream = SseStream::ok(addr, "/messages/events?access_token=s3cret&body=neq.x", &[]).await;
+    app.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
+    stream.take(2).await;
+    drop(stream);
+    let fields = next_json().await["fields"].clone();
+    assert_eq!(fields["path"], "/messages/events?body=neq.x", "no token in the log");
+    assert_eq!(
+        (fields["status"].as_u64(), fields["stream"].as_bool(), fields["events"].as_u64()),
+        (Some(200), Some(true), Some(2))
+    );
+    assert!(fields["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    child.start_kill().unwrap();
+}

@@ -26,6 +26,7 @@ use tracing::debug;
 
 use crate::api::reply::Body as Routed;
 use crate::api::stream::SseBody;
+use crate::http::access::{self, Logged};
 use crate::http::{routes, Site};
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
@@ -248,9 +249,11 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let service = service_fn(move |req| {
         let (site, guard) = (site.clone(), requests.enter());
         Box::pin(async move {
-            let response = routes::handle(site, peer.ip(), req).await?;
+            let entry = log_entry(&site, peer, &req);
+            let response = access::logged(routes::handle(site, peer.ip(), req).await?, entry);
             Ok::<_, Infallible>(response.map(|body| super::idle::Tracked { body, _guard: guard }))
-        }) as Pin<Box<dyn Future<Output = Result<Response<super::idle::Tracked<Routed>>, Infallible>> + Send>>
+        })
+            as Pin<Box<dyn Future<Output = Result<Response<super::idle::Tracked<Logged<Routed>>>, Infallible>> + Send>>
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     Box::pin(async move {
@@ -290,8 +293,13 @@ async fn until_done<C, T>(
     .await
 }
 
+/// The request's access log entry, under `--access-log`.
+fn log_entry<B>(site: &Site, peer: SocketAddr, req: &http::Request<B>) -> Option<Box<access::Entry>> {
+    site.access_log.then(|| access::Entry::begin(req, site.app.limits.client(peer.ip(), req.headers())))
+}
+
 /// What hyper writes on an HTTP/1 connection: a routed response, or only the head of a stream.
-type Http1Body = Either<Routed, Detached>;
+type Http1Body = Either<Logged<Routed>, Detached>;
 
 /// The body of a stream's response as hyper sees it: no length, and over at once. With the response
 /// marked HTTP/1.0 that means a body delimited by the connection's close, so hyper writes the head with
@@ -317,12 +325,13 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) -> Result<(), hyper::Error> {
     let shutdown = site.app.shutdown.clone();
     let builder = site.builders.http1.clone();
-    let opened: Arc<Mutex<Option<SseBody>>> = Arc::default();
+    let opened: Arc<Mutex<Option<Logged<SseBody>>>> = Arc::default();
     let slot = opened.clone();
     let service = service_fn(move |req| {
         let (site, slot) = (site.clone(), slot.clone());
         Box::pin(async move {
-            let response = routes::handle(site, peer.ip(), req).await?;
+            let entry = log_entry(&site, peer, &req);
+            let response = access::logged(routes::handle(site, peer.ip(), req).await?, entry);
             Ok::<_, Infallible>(detach(response, &slot))
         }) as Pin<Box<dyn Future<Output = Result<Response<Http1Body>, Infallible>> + Send>>
     });
@@ -340,15 +349,15 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 /// Takes a stream's body out of its response for `serve_http1` to write, leaving hyper only the head.
-fn detach(response: Response<Routed>, slot: &Mutex<Option<SseBody>>) -> Response<Http1Body> {
+fn detach(response: Response<Logged<Routed>>, slot: &Mutex<Option<Logged<SseBody>>>) -> Response<Http1Body> {
     let (mut parts, body) = response.into_parts();
-    match body {
-        Either::Right(stream) => {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+    match body.into_parts() {
+        (Either::Right(stream), entry) => {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Logged::new(stream, entry));
             parts.version = Version::HTTP_10;
             Response::from_parts(parts, Either::Right(Detached))
         }
-        body => Response::from_parts(parts, Either::Left(body)),
+        (body, entry) => Response::from_parts(parts, Either::Left(Logged::new(body, entry))),
     }
 }
 
@@ -357,7 +366,7 @@ fn detach(response: Response<Routed>, slot: &Mutex<Option<SseBody>>) -> Response
 /// does not read).
 async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
-    mut body: SseBody,
+    mut body: Logged<SseBody>,
     shutdown: &CancellationToken,
 ) {
     let mut probe = [0; 1];

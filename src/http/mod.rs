@@ -1,5 +1,6 @@
 //! One HTTP connection: TLS, HTTP/1 or HTTP/2, routing to the API, CORS, and the demo pages.
 
+pub mod access;
 pub mod conn;
 pub mod cors;
 mod idle;
@@ -21,6 +22,8 @@ pub struct Site {
     pub builders: Builders,
     /// Whether `/metrics` has a listener of its own, and so is not served here.
     pub metrics_apart: bool,
+    /// `--access-log`.
+    pub access_log: bool,
 }
 
 /// hyper's builders for the two protocols, configured once by the server.
