@@ -7,10 +7,6 @@
 -- be found first), since a SET per call cost 19% of a 50,000-row insert.
 -- Nothing is granted to PUBLIC.
 
-BEGIN;
-SET LOCAL client_min_messages = warning;
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
-
 -- Roles are cluster-wide: one set serves every database of the cluster that has pgsse installed, and a
 -- login granted pgsse_gateway may act as a gateway on each of them. pgsse_owner owns schema pgsse and runs
 -- its SECURITY DEFINER functions: it cannot log in, is no superuser, and holds nothing but pgsse's own
@@ -1553,5 +1549,3 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON PROCEDURE pgsse.sequence_step(boolean, xid8, bigint, text, bigint, boolean, bigint, text),
     pgsse.retain(timestamptz, bigint, integer, bigint) TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
-
-COMMIT;

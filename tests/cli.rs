@@ -1,5 +1,5 @@
 //! The `pgsse` binary as an operator runs it: configuration errors, `migrate` (also concurrently and as
-//! plain `psql -f`), and `pgsse demo` end to end with the very lines it prints.
+//! the documented `psql` lines), and `pgsse demo` end to end with the very lines it prints.
 
 mod common;
 
@@ -89,20 +89,23 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
         let out = run.await.unwrap().unwrap();
         assert!(out.status.success(), "concurrent migrate: {}", String::from_utf8_lossy(&out.stderr));
     }
-    // The files in name order, by psql, on the migrated database twice and on an empty one.
-    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
+    // The documented equivalent (docs/operations.md, Upgrading), run as written: on the migrated database
+    // twice, and on an empty one.
+    let operations = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let by_hand = operations.split("Without the binary").nth(1).unwrap();
+    let snippet = by_hand.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
     let by_psql = common::empty_db().await;
     for target in [&url, &url, &by_psql] {
-        for file in &files {
-            let mut psql = Command::new("psql");
-            let out = psql.args([target.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"]).arg(file).output().unwrap();
-            assert!(out.status.success(), "psql -f {file:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let out = Command::new("sh")
+            .args(["-ec", snippet])
+            .env("DATABASE_URL", target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the psql lines: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let version = "SELECT schema_version FROM pgsse.meta";
+    assert_eq!(connect(&by_psql).await.query_one(version, &[]).await.unwrap().get::<_, i32>(0), pgsse::SCHEMA_VERSION);
     let recorded = "SELECT string_agg(name, ',' ORDER BY name) FROM pgsse.migrations";
     let by_psql = connect(&by_psql).await;
     let names: String = by_psql.query_one(recorded, &[]).await.unwrap().get(0);

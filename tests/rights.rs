@@ -132,6 +132,12 @@ async fn a_schema_8_install_made_by_a_superuser_moves_to_pgsse_owner_and_streams
     app.batch_execute("INSERT INTO messages (body) VALUES ('three')").await.unwrap();
 
     pgsse::migrate(&url).await.unwrap();
+    // The files schema 8 recorded by their old names (001-006) are known by their schema numbers now.
+    let names =
+        "SELECT string_agg(name, ',' ORDER BY name), (SELECT schema_version FROM pgsse.meta) FROM pgsse.migrations";
+    let row = su.query_one(names, &[]).await.unwrap();
+    let listed: Vec<&str> = pgsse::MIGRATIONS.iter().map(|(name, _)| *name).collect();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), (listed.join(","), pgsse::SCHEMA_VERSION));
     let owners: i64 = su
         .query_one(
             "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgsse'::regnamespace AND relowner <> 'pgsse_owner'::regrole)

@@ -1,27 +1,55 @@
 //! `pgsse migrate`: applies each numbered file of `sql/` that `pgsse.migrations` does not list yet, then
-//! the repeatable `functions.sql`. Every file takes the migration lock and records itself, so this is safe
-//! on every deploy, from several instances at once, and equal to `psql -f` of the files in name order.
+//! the repeatable `functions.sql`. The runner owns each file's transaction, lock and record (the files hold
+//! DDL only), so this is safe on every deploy, from several instances at once, and equal to `psql -1` of
+//! each file with `record.sql` (docs/operations.md, Upgrading).
 
 use tokio_postgres::{Client, NoTls};
 
-/// The schema version the SQL below installs (`pgsse.meta.schema_version`); `/readyz` waits for it.
-pub const SCHEMA_VERSION: i32 = 11;
-
-/// The numbered files of `sql/`, embedded at build time, in the order they apply.
+/// The numbered files of `sql/`, embedded at build time, in the order they apply. A file's number is the
+/// schema version it installs.
 pub const MIGRATIONS: &[(&str, &str)] = &[
-    ("001_schema.sql", include_str!("../../sql/001_schema.sql")),
-    ("002_capture_options.sql", include_str!("../../sql/002_capture_options.sql")),
-    ("003_locks_and_writes.sql", include_str!("../../sql/003_locks_and_writes.sql")),
-    ("004_staging.sql", include_str!("../../sql/004_staging.sql")),
-    ("005_staged_floor.sql", include_str!("../../sql/005_staged_floor.sql")),
-    ("006_old_rows.sql", include_str!("../../sql/006_old_rows.sql")),
-    ("007_least_privilege.sql", include_str!("../../sql/007_least_privilege.sql")),
-    ("008_idempotency.sql", include_str!("../../sql/008_idempotency.sql")),
-    ("009_wide_events.sql", include_str!("../../sql/009_wide_events.sql")),
+    ("003_schema.sql", include_str!("../../sql/003_schema.sql")),
+    ("004_capture_options.sql", include_str!("../../sql/004_capture_options.sql")),
+    ("005_locks_and_writes.sql", include_str!("../../sql/005_locks_and_writes.sql")),
+    ("006_staging.sql", include_str!("../../sql/006_staging.sql")),
+    ("007_staged_floor.sql", include_str!("../../sql/007_staged_floor.sql")),
+    ("008_old_rows.sql", include_str!("../../sql/008_old_rows.sql")),
+    ("009_least_privilege.sql", include_str!("../../sql/009_least_privilege.sql")),
+    ("010_idempotency.sql", include_str!("../../sql/010_idempotency.sql")),
+    ("011_wide_events.sql", include_str!("../../sql/011_wide_events.sql")),
 ];
+
+/// The schema version the files install (`pgsse.meta.schema_version`): the last file's number. `/readyz`
+/// waits for it.
+pub const SCHEMA_VERSION: i32 = number(MIGRATIONS[MIGRATIONS.len() - 1].0);
 
 /// Functions, roles and grants: applied again by every migrate, after the numbered files.
 pub const FUNCTIONS: (&str, &str) = ("functions.sql", include_str!("../../sql/functions.sql"));
+
+/// Records a file as applied and raises the schema version to its number; psql runs it with `-v file=`.
+const RECORD: &str = include_str!("../../sql/record.sql");
+
+/// The names the files had before their numbers were their schema versions, as older installs recorded them.
+const RENAMED: [(&str, &str); 9] = [
+    ("001_schema.sql", "003_schema.sql"),
+    ("002_capture_options.sql", "004_capture_options.sql"),
+    ("003_locks_and_writes.sql", "005_locks_and_writes.sql"),
+    ("004_staging.sql", "006_staging.sql"),
+    ("005_staged_floor.sql", "007_staged_floor.sql"),
+    ("006_old_rows.sql", "008_old_rows.sql"),
+    ("007_least_privilege.sql", "009_least_privilege.sql"),
+    ("008_idempotency.sql", "010_idempotency.sql"),
+    ("009_wide_events.sql", "011_wide_events.sql"),
+];
+
+/// Serializes migrations, whoever runs them: `CREATE ... IF NOT EXISTS` alone races on the catalog.
+const LOCK: &str = "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7083711516)";
+
+/// The number a migration file's name starts with.
+const fn number(name: &str) -> i32 {
+    let b = name.as_bytes();
+    (b[0] - b'0') as i32 * 100 + (b[1] - b'0') as i32 * 10 + (b[2] - b'0') as i32
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -43,28 +71,28 @@ pub enum MigrateError {
 }
 
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
-    let (client, connection) = tokio_postgres::connect(database_url, NoTls)
+    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .map_err(|source| MigrateError::Connect { target: crate::pg::error::target(database_url), source })?;
     let driver = tokio::spawn(connection);
     check_privileges(&client).await?;
     warn_on_sql_ascii(&client).await?;
-    let recorded = recorded(&client).await?;
+    rename_recorded(&mut client).await?;
     // An older binary's functions.sql would put back older bodies of every function (and schema 9's
     // security) in a database that a newer pgsse migrated.
+    let recorded = recorded(&client).await?;
     let newer: Vec<&String> = recorded.iter().filter(|name| !MIGRATIONS.iter().any(|(file, _)| file == name)).collect();
     if let Some(last) = newer.iter().max() {
         return Err(MigrateError::Newer { applied: last.to_string(), known: MIGRATIONS[MIGRATIONS.len() - 1].0 });
     }
     let mut applied = 0;
     for &(file, sql) in MIGRATIONS {
-        if !recorded.iter().any(|name| name == file) {
-            apply(&client, file, sql).await?;
-            tracing::info!(file, "applied");
+        if !recorded.iter().any(|name| name == file) && apply(&mut client, file, sql, true).await? {
+            tracing::info!(file, version = number(file), "applied");
             applied += 1;
         }
     }
-    apply(&client, FUNCTIONS.0, FUNCTIONS.1).await?;
+    apply(&mut client, FUNCTIONS.0, FUNCTIONS.1, false).await?;
     if applied == 0 {
         tracing::info!(version = SCHEMA_VERSION, "schema up to date");
     }
@@ -112,8 +140,8 @@ async fn warn_on_sql_ascii(client: &Client) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// The numbered files this database has applied; none before `001_schema.sql` made the table.
-async fn recorded(client: &Client) -> Result<Vec<String>, MigrateError> {
+/// The numbered files this database has applied; none before `003_schema.sql` made the table.
+async fn recorded(client: &impl tokio_postgres::GenericClient) -> Result<Vec<String>, MigrateError> {
     let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
     let table = client.query_one("SELECT to_regclass('pgsse.migrations') IS NOT NULL", &[]).await.map_err(fail)?;
     if !table.try_get::<_, bool>(0).map_err(fail)? {
@@ -123,8 +151,35 @@ async fn recorded(client: &Client) -> Result<Vec<String>, MigrateError> {
     rows.iter().map(|row| row.try_get(0).map_err(fail)).collect()
 }
 
-async fn apply(client: &Client, file: &'static str, sql: &str) -> Result<(), MigrateError> {
-    client.batch_execute(sql).await.map_err(|err| apply_error(file, &err))
+/// Applies one file in a transaction of its own, under the migration lock; a numbered file is recorded in
+/// the same transaction, unless another migrate applied it while this one waited for the lock (`false`).
+async fn apply(client: &mut Client, file: &'static str, sql: &str, numbered: bool) -> Result<bool, MigrateError> {
+    let fail = |err: tokio_postgres::Error| apply_error(file, &err);
+    let tx = client.transaction().await.map_err(fail)?;
+    tx.batch_execute(LOCK).await.map_err(fail)?;
+    if numbered && recorded(&tx).await?.iter().any(|name| name == file) {
+        return Ok(false);
+    }
+    tx.batch_execute(sql).await.map_err(fail)?;
+    if numbered {
+        tx.execute(&RECORD.replace(":'file'", "$1"), &[&file]).await.map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(true)
+}
+
+/// Moves an older install's records to the files' present names.
+async fn rename_recorded(client: &mut Client) -> Result<(), MigrateError> {
+    let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
+    if recorded(client).await?.iter().all(|name| !RENAMED.iter().any(|(old, _)| old == name)) {
+        return Ok(());
+    }
+    let tx = client.transaction().await.map_err(fail)?;
+    tx.batch_execute(LOCK).await.map_err(fail)?;
+    for (old, new) in RENAMED {
+        tx.execute("UPDATE pgsse.migrations SET name = $2 WHERE name = $1", &[&old, &new]).await.map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)
 }
 
 /// The server's message and its hint (which carries the SQL an operator runs when a privilege is missing).
@@ -137,4 +192,26 @@ fn apply_error(file: &'static str, err: &tokio_postgres::Error) -> MigrateError 
         None => err.to_string(),
     };
     MigrateError::Apply { file, cause }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_sql_is_listed_and_numbered_by_the_schema_it_installs() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        on_disk.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, listed);
+        let numbers: Vec<i32> = listed.iter().map(|name| number(name)).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+        assert_eq!(SCHEMA_VERSION, 11);
+        assert!(RENAMED.iter().all(|(_, new)| listed.contains(new)));
+    }
 }

@@ -1,10 +1,6 @@
 -- pgsse schema 10. POST's Idempotency-Key: the write a key made is remembered for a day, in the
 -- writing transaction itself, so that every gateway (and one restarted) answers a repeat with the first
--- write's event instead of writing again. Idempotent; records itself in pgsse.migrations.
-
-BEGIN;
-SET LOCAL client_min_messages = warning;
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+-- write's event instead of writing again. Idempotent.
 
 -- scope: the token's subject ('' without one); request: a digest of the channel, event and body, so that
 -- a key sent again with another request is told apart; txid and after find the write's event in the log.
@@ -18,8 +14,3 @@ CREATE TABLE IF NOT EXISTS pgsse.idempotency (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created_at ON pgsse.idempotency (created_at);
-
-UPDATE pgsse.meta SET schema_version = 10 WHERE schema_version < 10;
-INSERT INTO pgsse.migrations (name) VALUES ('008_idempotency.sql') ON CONFLICT (name) DO NOTHING;
-
-COMMIT;

@@ -2,11 +2,7 @@
 -- triggers: one makes the row's JSON with the writer's own rights, the next (pgsse's owner's) stages it.
 -- A transaction's events go to the log in the order of the last number it drew (at its commit, or later
 -- than any event it staged), which no setting a writer may change steers. Retention has floors that only
--- pgsse's owner may lower. Idempotent; records itself in pgsse.migrations.
-
-BEGIN;
-SET LOCAL client_min_messages = warning;
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+-- pgsse's owner may lower. Idempotent.
 
 -- `tx` was read from a session setting that any writer could set; schema 9 orders by numbers drawn by
 -- pgsse's own code and reads pgsse.staged from a floor of transaction ids: every transaction older than
@@ -54,8 +50,3 @@ CREATE UNLOGGED TABLE IF NOT EXISTS pgsse.clearing (
     source_table regclass NOT NULL,
     after_seq    bigint   NOT NULL
 );
-
-UPDATE pgsse.meta SET schema_version = 9 WHERE schema_version < 9;
-INSERT INTO pgsse.migrations (name) VALUES ('007_least_privilege.sql') ON CONFLICT (name) DO NOTHING;
-
-COMMIT;

@@ -1,10 +1,6 @@
 -- pgsse schema 4: a table channel's capture options live in its pgsse.channels row, where the capture
 -- function reads them as their owner, instead of in trigger arguments that anyone could copy.
--- Idempotent; records itself in pgsse.migrations.
-
-BEGIN;
-SET LOCAL client_min_messages = warning;
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+-- Idempotent.
 
 ALTER TABLE pgsse.channels
     ADD COLUMN IF NOT EXISTS operations      text[]  NOT NULL DEFAULT ARRAY['INSERT'],
@@ -29,9 +25,3 @@ UPDATE pgsse.channels c
           FROM pg_catalog.pg_trigger tg
          WHERE tg.tgname = 'pgsse_capture' AND tg.tgnargs >= 4) AS t
  WHERE t.tgrelid = c.source_table AND t.args[1] = c.name;
-
-UPDATE pgsse.meta SET schema_version = 4 WHERE schema_version < 4;
-
-INSERT INTO pgsse.migrations (name) VALUES ('002_capture_options.sql') ON CONFLICT (name) DO NOTHING;
-
-COMMIT;

@@ -2,11 +2,7 @@
 -- role that may connect can take an advisory lock, and one that held the ordering key froze every
 -- capturing commit; locking this table takes a privilege on it, which nobody but its owner has.
 -- Table channels take POST only when published with writable => true (optionally limited to some columns).
--- Idempotent; records itself in pgsse.migrations.
-
-BEGIN;
-SET LOCAL client_min_messages = warning;
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+-- Idempotent.
 
 -- No rows: only ever locked (EXCLUSIVE, by pgsse.append and pgsse.flush_pending, as its owner).
 CREATE TABLE IF NOT EXISTS pgsse.commit_order ();
@@ -22,8 +18,3 @@ DO $$ BEGIN
         UPDATE pgsse.channels SET writable = true WHERE source_table IS NOT NULL;
     END IF;
 END $$;
-
-UPDATE pgsse.meta SET schema_version = 5 WHERE schema_version < 5;
-INSERT INTO pgsse.migrations (name) VALUES ('003_locks_and_writes.sql') ON CONFLICT (name) DO NOTHING;
-
-COMMIT;

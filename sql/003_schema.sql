@@ -1,12 +1,5 @@
 -- pgsse schema 3: the commit-ordered event log, the channel registry and the outbox for pgsse.publish.
--- Idempotent, since schema-3 installs made before migrations were recorded apply it again once; it records
--- itself in pgsse.migrations, so `psql -f` of the files in name order equals `pgsse migrate`.
-
-BEGIN;
-SET LOCAL client_min_messages = warning;
-
--- Serializes concurrent migrations; CREATE ... IF NOT EXISTS alone races on the catalog.
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+-- Idempotent, since schema-3 installs made before migrations were recorded apply it again once.
 
 CREATE SCHEMA IF NOT EXISTS pgsse;
 
@@ -22,8 +15,6 @@ CREATE TABLE IF NOT EXISTS pgsse.meta (
     schema_version integer NOT NULL,
     pruned_through bigint  NOT NULL DEFAULT 0
 );
-INSERT INTO pgsse.meta (schema_version) VALUES (3) ON CONFLICT (singleton) DO NOTHING;
-UPDATE pgsse.meta SET schema_version = 3 WHERE schema_version < 3;
 
 CREATE SEQUENCE IF NOT EXISTS pgsse.event_id_seq AS bigint;
 
@@ -58,7 +49,3 @@ CREATE UNLOGGED TABLE IF NOT EXISTS pgsse.outbox (
     event   text  NOT NULL,
     payload jsonb NOT NULL
 );
-
-INSERT INTO pgsse.migrations (name) VALUES ('001_schema.sql') ON CONFLICT (name) DO NOTHING;
-
-COMMIT;

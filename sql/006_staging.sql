@@ -1,10 +1,6 @@
 -- pgsse schema 6. Writers no longer order their commits: a capture stages its event, and a gateway's
 -- sequencing step (pgsse.sequence) gives committed staged events their ids in batches, under the one lock.
--- Events already in the log keep their ids. Idempotent; records itself in pgsse.migrations.
-
-BEGIN;
-SET LOCAL client_min_messages = warning;
-DO $$ BEGIN PERFORM pg_advisory_xact_lock(7083711516); END $$;
+-- Events already in the log keep their ids. Idempotent.
 
 -- Drawn by captures at commit time, so a transaction that commits after another has finished gets higher
 -- numbers: within a batch, transactions go in the order of their first number.
@@ -34,8 +30,3 @@ CREATE TABLE IF NOT EXISTS pgsse.doorbell (
     armed     boolean NOT NULL DEFAULT true
 );
 INSERT INTO pgsse.doorbell DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
-
-UPDATE pgsse.meta SET schema_version = 6 WHERE schema_version < 6;
-INSERT INTO pgsse.migrations (name) VALUES ('004_staging.sql') ON CONFLICT (name) DO NOTHING;
-
-COMMIT;
