@@ -1,6 +1,6 @@
 //! Test support, by concern: databases (`db`, and `legacy` with production's roles), gateways (`gateway`),
 //! an HTTP client (`http`), SSE clients (`sse`), waiting on conditions (`wait`), certificates (`tls`), and
-//! a fault-injecting TCP proxy (`proxy`).
+//! a fault-injecting TCP proxy (`proxy`), and failing shadows of built-in functions (`shadows`).
 #![allow(dead_code, unused_imports)]
 
 pub mod db;
@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod http;
 pub mod legacy;
 pub mod proxy;
+pub mod shadows;
 pub mod sse;
 pub mod tls;
 pub mod wait;
@@ -16,6 +17,7 @@ pub use db::*;
 pub use gateway::*;
 pub use http::{call, get, Response};
 pub use legacy::{legacy, Legacy};
+pub use shadows::plant_shadows;
 pub use sse::*;
 pub use tls::*;
 pub use wait::*;
