@@ -312,10 +312,16 @@ async fn a_live_collection_of_several_channels_keys_by_channel() {
             "page",
             r#"import("/pgsse.js").then(({ live }) => {
                  window.rows = live("/events?channel=orders&channel=customers&snapshot=true", { key: "id" });
+                 // A name spelled with an escape, and a stale resume id that would skip the snapshot.
+                 window.stale = live("/events?channel=orders&chan%6Eel=customers&snapshot=true&last_event_id=999999",
+                                     { key: "id" });
                })"#,
         )
         .await;
     browser.wait("page", "window.rows.ready && window.rows.size === 4").await;
+    browser
+        .wait("page", r#"window.stale.ready && window.stale.has('["customers",2]') && window.stale.size === 4"#)
+        .await;
     admin
         .batch_execute("UPDATE customers SET name = 'bob' WHERE id = 2; INSERT INTO orders VALUES (3, 'pie')")
         .await

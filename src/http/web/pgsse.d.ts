@@ -20,7 +20,7 @@ export interface LiveError {
   status?: number;
   /** The gateway's `error` text, or what failed. */
   message?: string;
-  /** Failures since the last successful connection, before this one. */
+  /** Failures since the last event received, before this one. */
   attempt: number;
   /** Milliseconds until the next try; null when live() gave up (a 400: the request itself is wrong). */
   retryIn: number | null;

@@ -56,11 +56,11 @@ export class LiveRows extends Map {
     }
     if (this.closed) return;
     this.url = url;
-    const target = this.ready && this.lastId !== null ? withResume(url, this.lastId) : url;
+    // Without a snapshot yet, any last_event_id (the caller's, or the one a reset named) would skip it.
+    const target = withResume(url, this.ready ? this.lastId : null);
     const source = new (this.options.EventSource || EventSource)(target, this.options.init);
     this.source = source;
     source.addEventListener("open", () => {
-      this.attempt = 0;
       // A reconnect before `snapshot-end` gets the whole snapshot again.
       if (!this.ready) this.pending = new Map();
       this.setStatus("open");
@@ -79,12 +79,15 @@ export class LiveRows extends Map {
       this.changed({ type: "snapshot" });
     });
     on("reset", () => {
-      // The log no longer holds what this collection missed: start over from the table itself.
+      // The log no longer holds what this collection missed: start over from the table itself. A reset
+      // before any snapshot has arrived would come again at once: that waits, with backoff.
       source.close();
+      const early = !this.ready;
       this.ready = false;
       this.lastId = null;
       this.changed({ type: "reset" });
-      this.connect();
+      if (early) this.retry();
+      else this.connect();
     });
   }
 
@@ -129,7 +132,9 @@ export class LiveRows extends Map {
     this.changed(channel === null ? { type, key, row } : { type, key, row, channel });
   }
 
+  // Backoff counts failures since the last event: a connection that opens and fails again is no success.
   seen(event) {
+    this.attempt = 0;
     if (event.lastEventId) this.lastId = event.lastEventId;
   }
 
@@ -213,15 +218,10 @@ function parse(data) {
 
 // The distinct `channel` parameters of a URL: a stream of several channels names each event's channel.
 function channelsOf(url) {
-  const query = url.split("#")[0].split("?")[1] || "";
-  const names = query
-    .split("&")
-    .filter((param) => param.startsWith("channel="))
-    .map((param) => decodeURIComponent(param.slice("channel=".length)));
-  return [...new Set(names)];
+  return [...new Set(new URLSearchParams(url.split("#")[0].split("?")[1] || "").getAll("channel"))];
 }
 
-// The URL with `last_event_id` set, leaving every other parameter as written.
+// The URL with `last_event_id` set (or left out, for null), every other parameter as written.
 function withResume(url, id) {
   const hashAt = url.indexOf("#");
   const hash = hashAt < 0 ? "" : url.slice(hashAt);
@@ -229,8 +229,10 @@ function withResume(url, id) {
   const queryAt = rest.indexOf("?");
   const path = queryAt < 0 ? rest : rest.slice(0, queryAt);
   const params = queryAt < 0 ? [] : rest.slice(queryAt + 1).split("&");
-  const kept = params.filter((param) => param && !param.startsWith("last_event_id="));
-  return `${path}?${[...kept, `last_event_id=${encodeURIComponent(id)}`].join("&")}${hash}`;
+  const named = (param) => new URLSearchParams(param).keys().next().value;
+  const kept = params.filter((param) => param && named(param) !== "last_event_id");
+  if (id !== null) kept.push(`last_event_id=${encodeURIComponent(id)}`);
+  return `${kept.length ? `${path}?${kept.join("&")}` : path}${hash}`;
 }
 
 // The text of member `name` of the JSON object `text` (already known to be valid JSON), as written.
