@@ -3,7 +3,7 @@
 
 CREATE SCHEMA IF NOT EXISTS pgsse;
 
--- The numbered files applied so far; functions.sql is not recorded (every migrate applies it again).
+-- The numbered files applied so far; sql/functions/ is not recorded (every migrate applies it again).
 CREATE TABLE IF NOT EXISTS pgsse.migrations (
     name       text PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()

@@ -14,7 +14,7 @@ ALTER TABLE pgsse.channels
     ADD COLUMN IF NOT EXISTS old_values      boolean NOT NULL DEFAULT false;
 
 -- Schema 3 kept a table's options in its trigger's arguments (channel, insert, update and delete event,
--- 'camel' or 'plain') and its operations in the trigger's type bits. Moved here once; functions.sql then
+-- 'camel' or 'plain') and its operations in the trigger's type bits. Moved here once; sql/functions/ then
 -- replaces each such trigger with one that passes only the channel.
 UPDATE pgsse.channels c
    SET operations = array_remove(ARRAY[CASE WHEN t.tgtype::int & 4 <> 0 THEN 'INSERT' END,

@@ -8,7 +8,7 @@
 -- pgsse's own code and reads pgsse.staged from a floor of transaction ids: every transaction older than
 -- the oldest one running when a batch began had ended, so that batch took its rows (a floor of numbers
 -- could not rise while any writer's transaction stayed open). `tx` and the old numeric floor stay, unused,
--- so that schema 8's functions work until functions.sql (applied next, in a transaction of its own)
+-- so that schema 8's functions work until sql/functions/ (applied next, in a transaction of its own)
 -- replaces them; a floor of 0 takes again any rows that a forged `tx` stranded.
 DO $$
 BEGIN

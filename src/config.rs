@@ -44,9 +44,20 @@ pub enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
     /// Install or upgrade the pgsse schema; idempotent and safe to run concurrently.
-    Migrate(DatabaseArgs),
+    Migrate(MigrateArgs),
     /// Start a throwaway PostgreSQL, a published `messages` table, and the gateway.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    /// How long to wait for another migration (or whichever session holds its lock, named in the log)
+    /// before giving up.
+    #[arg(long, env = "PGSSE_MIGRATE_LOCK_TIMEOUT", default_value = "10m", value_parser = crate::parse::duration)]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,7 +285,10 @@ mod tests {
         assert_eq!(cfg.streams.heartbeat, Duration::from_secs(15));
         assert_eq!(cfg.retention.retention.0, Some(Duration::from_secs(24 * 3600)));
         let cli = Cli::try_parse_from(["pgsse", "migrate", "--database-url", "postgres://x@h/db"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Migrate(_))));
+        match cli.command {
+            Some(Command::Migrate(args)) => assert_eq!(args.lock_timeout, crate::pg::migrate::LOCK_TIMEOUT),
+            other => panic!("{other:?}"),
+        }
         assert!(Cli::try_parse_from(["pgsse", "--queue-capacity", "0"]).is_err());
         assert!(Config::new("not a url").is_err());
         assert_eq!(parse(&["--retention", "off"]).unwrap().retention.retention.0, None);

@@ -15,6 +15,7 @@ mod fanout;
 pub mod filter;
 mod http;
 mod limits;
+pub mod logging;
 mod parse;
 mod pg;
 mod server;
@@ -22,7 +23,7 @@ pub mod sse;
 pub mod tls;
 
 pub use http::access::TARGET as ACCESS_LOG_TARGET;
-pub use pg::migrate::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
+pub use pg::migrate::{migrate, migrate_within, MigrateError, FUNCTIONS, LOCK_TIMEOUT, MIGRATIONS, SCHEMA_VERSION};
 pub use pg::preflight::{credentials, CredentialError};
 /// For tests that read the log the way the gateway does.
 pub use pg::store::{Store, PAGE_BYTES};

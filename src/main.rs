@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgsse::config::{Cli, Command, Config, DatabaseArgs, LogFormat, ServeArgs};
+use pgsse::config::{Cli, Command, Config, LogFormat, MigrateArgs, ServeArgs};
 use pgsse::Listeners;
 
 /// BSD `EX_USAGE`: the configuration is wrong, retrying will not help.
@@ -41,17 +41,19 @@ async fn main() -> ExitCode {
         let directive = format!("{}=info", pgsse::ACCESS_LOG_TARGET);
         filter = filter.add_directive(directive.parse().expect("a valid directive"));
     }
+    let log = pgsse::logging::Lossy::stdout();
     match cli.log_format {
         // Colour only for a person at a terminal: in a file or a journal its codes are noise.
         LogFormat::Text => tracing_subscriber::fmt()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_writer(log.clone())
             .with_env_filter(filter)
             .init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_writer(log.clone()).with_env_filter(filter).init(),
     }
 
     let result = match cli.command {
-        Some(Command::Migrate(db)) => migrate(db).await,
+        Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Demo(args)) => pgsse::demo::run(args, shutdown_signal()).await.map_err(|err| {
             if err.is_usage() {
                 Exit::Usage(err.to_string())
@@ -62,7 +64,7 @@ async fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Exit::Usage(msg)) => {
             eprintln!("pgsse: {msg}");
@@ -72,7 +74,10 @@ async fn main() -> ExitCode {
             tracing::error!(cause = %err, "exiting");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The log's last lines (the one just above, say) are written by its own thread.
+    log.flush(std::time::Duration::from_secs(2));
+    code
 }
 
 /// Why the binary stops early: how it was started is wrong (exit 64, printed), or running failed (logged).
@@ -81,11 +86,12 @@ enum Exit {
     Failure(Box<dyn std::error::Error>),
 }
 
-async fn migrate(db: DatabaseArgs) -> Result<(), Exit> {
-    let url = db
+async fn migrate(args: MigrateArgs) -> Result<(), Exit> {
+    let url = args
+        .db
         .database_url
         .ok_or_else(|| Exit::Usage("no database given: set DATABASE_URL or pass --database-url".into()))?;
-    pgsse::migrate(&url).await.map_err(|err| Exit::Failure(err.into()))
+    pgsse::migrate_within(&url, args.lock_timeout).await.map_err(|err| Exit::Failure(err.into()))
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Exit> {

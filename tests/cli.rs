@@ -92,7 +92,7 @@ async fn migrate_is_idempotent_concurrent_and_equal_to_psql() {
     // The documented equivalent (docs/operations.md, Upgrading), run as written: on the migrated database
     // twice, and on an empty one.
     let operations = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
-    let by_hand = operations.split("Without the binary").nth(1).unwrap();
+    let by_hand = operations.split("`psql` does the same").nth(1).unwrap();
     let snippet = by_hand.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
     let by_psql = common::empty_db().await;
     for target in [&url, &url, &by_psql] {

@@ -97,6 +97,12 @@ impl Collector for Metrics {
             let total: usize = counts.iter().map(|(_, n)| n).sum();
             ConstGauge::new(total as i64).encode(family)?;
         }
+        counter(
+            &mut encoder,
+            "pgsse_log_lines_dropped",
+            "Log lines dropped because the log's output (stdout) did not keep up.",
+            crate::logging::dropped(),
+        )?;
         let listener = &self.listener;
         counter(
             &mut encoder,

@@ -19,6 +19,8 @@ use crate::api::reply::Body as Routed;
 pub const TARGET: &str = "pgsse::access";
 /// The header a request's id is taken from (when a proxy set one) and answered in.
 const REQUEST_ID: &str = "x-request-id";
+/// The most of a request's path and query a line holds.
+const PATH_BYTES: usize = 512;
 /// Query parameters that carry credentials: never logged.
 const SECRET_PARAMS: [&str; 2] = ["access_token", "authorization"];
 
@@ -145,16 +147,32 @@ pub fn logged(mut response: Response<Routed>, mut entry: Option<Box<Entry>>) -> 
     response.map(|body| Logged::new(body, entry))
 }
 
-/// The path and query with every credential parameter left out.
+/// The path and query with every credential parameter left out (by its decoded name, as the router reads
+/// it), cut to [`PATH_BYTES`]: a client chooses how long it is.
 fn without_secrets(target: &str) -> String {
-    let Some((path, query)) = target.split_once('?') else { return target.to_string() };
-    let secret = |param: &&str| SECRET_PARAMS.iter().any(|name| param.split('=').next() == Some(*name));
-    let kept: Vec<&str> = query.split('&').filter(|param| !secret(param)).collect();
-    if kept.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", kept.join("&"))
+    let kept = match target.split_once('?') {
+        None => target.to_string(),
+        Some((path, query)) => {
+            let secret = |param: &&str| {
+                let name = form_urlencoded::parse(param.as_bytes()).next().map(|(name, _)| name);
+                name.is_some_and(|name| SECRET_PARAMS.contains(&name.as_ref()))
+            };
+            let kept: Vec<&str> = query.split('&').filter(|param| !secret(param)).collect();
+            if kept.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+    };
+    if kept.len() <= PATH_BYTES {
+        return kept;
     }
+    let mut end = PATH_BYTES;
+    while !kept.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &kept[..end])
 }
 
 /// Unique within this process and, by its start time, across restarts.
@@ -178,6 +196,9 @@ mod tests {
             "/events?channel=a&status=eq.open"
         );
         assert_eq!(without_secrets("/o?access_token_x=1"), "/o?access_token_x=1");
+        assert_eq!(without_secrets("/o?access%5Ftoken=abc&%61ccess_token=abc&a=1"), "/o?a=1", "names are decoded");
+        let long = without_secrets(&format!("/{}", "a".repeat(5000)));
+        assert_eq!((long.len(), long.ends_with("...")), (PATH_BYTES + 3, true));
     }
 
     #[test]

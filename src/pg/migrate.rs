@@ -1,7 +1,11 @@
 //! `pgsse migrate`: applies each numbered file of `sql/` that `pgsse.migrations` does not list yet, then
-//! the repeatable `functions.sql`. The runner owns each file's transaction, lock and record (the files hold
+//! the repeatable `sql/functions/`. The runner owns each file's transaction, lock and record (the files hold
 //! DDL only), so this is safe on every deploy, from several instances at once, and equal to `psql -1` of
 //! each file with `record.sql` (docs/operations.md, Upgrading).
+
+mod lock;
+
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
@@ -23,8 +27,22 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
 /// waits for it.
 pub const SCHEMA_VERSION: i32 = number(MIGRATIONS[MIGRATIONS.len() - 1].0);
 
-/// Functions, roles and grants: applied again by every migrate, after the numbered files.
-pub const FUNCTIONS: (&str, &str) = ("functions.sql", include_str!("../../sql/functions.sql"));
+/// Functions, roles and grants: applied again by every migrate, after the numbered files, in one transaction
+/// in this order.
+pub const FUNCTIONS: &[(&str, &str)] = &[
+    ("01_retired.sql", include_str!("../../sql/functions/01_retired.sql")),
+    ("02_roles.sql", include_str!("../../sql/functions/02_roles.sql")),
+    ("03_names.sql", include_str!("../../sql/functions/03_names.sql")),
+    ("04_capture.sql", include_str!("../../sql/functions/04_capture.sql")),
+    ("05_sequencing.sql", include_str!("../../sql/functions/05_sequencing.sql")),
+    ("06_channels.sql", include_str!("../../sql/functions/06_channels.sql")),
+    ("07_reads.sql", include_str!("../../sql/functions/07_reads.sql")),
+    ("08_snapshots.sql", include_str!("../../sql/functions/08_snapshots.sql")),
+    ("09_writes.sql", include_str!("../../sql/functions/09_writes.sql")),
+    ("10_retention.sql", include_str!("../../sql/functions/10_retention.sql")),
+    ("11_upgrades.sql", include_str!("../../sql/functions/11_upgrades.sql")),
+    ("12_privileges.sql", include_str!("../../sql/functions/12_privileges.sql")),
+];
 
 /// Records a file as applied and raises the schema version to its number; psql runs it with `-v file=`.
 const RECORD: &str = include_str!("../../sql/record.sql");
@@ -42,8 +60,8 @@ const RENAMED: [(&str, &str); 9] = [
     ("009_wide_events.sql", "011_wide_events.sql"),
 ];
 
-/// Serializes migrations, whoever runs them: `CREATE ... IF NOT EXISTS` alone races on the catalog.
-const LOCK: &str = "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7083711516)";
+/// How long `pgsse migrate` waits for another migration (or whoever holds its lock) by default.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The number a migration file's name starts with.
 const fn number(name: &str) -> i32 {
@@ -68,37 +86,58 @@ pub enum MigrateError {
          newer binary's migrate, or upgrade this one"
     )]
     Newer { applied: String, known: &'static str },
+    #[error(
+        "waited {timeout:?} for the migration lock, which {holders} holds: another pgsse migrate may still be \
+         running; if not, end that session (SELECT pg_terminate_backend(pid)) and run migrate again"
+    )]
+    Locked { timeout: Duration, holders: String },
 }
 
+/// [`migrate_within`] the default [`LOCK_TIMEOUT`].
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
+    migrate_within(database_url, LOCK_TIMEOUT).await
+}
+
+/// Migrates, waiting at most `lock_timeout` for the migration lock each time it takes it.
+pub async fn migrate_within(database_url: &str, lock_timeout: Duration) -> Result<(), MigrateError> {
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .map_err(|source| MigrateError::Connect { target: crate::pg::error::target(database_url), source })?;
     let driver = tokio::spawn(connection);
+    // Whoever may create in a schema on the caller's path (public, on older PostgreSQL) could otherwise
+    // have a function of theirs called, with the migrating admin's rights, in place of a built-in.
+    let pin = "SET search_path = pg_catalog, pg_temp; SET application_name = 'pgsse migrate'";
+    client.batch_execute(pin).await.map_err(|err| apply_error(MIGRATIONS[0].0, &err))?;
     check_privileges(&client).await?;
     warn_on_sql_ascii(&client).await?;
-    rename_recorded(&mut client).await?;
-    // An older binary's functions.sql would put back older bodies of every function (and schema 9's
-    // security) in a database that a newer pgsse migrated.
+    let runner = Runner { lock_timeout };
+    runner.rename_recorded(&mut client).await?;
     let recorded = recorded(&client).await?;
-    let newer: Vec<&String> = recorded.iter().filter(|name| !MIGRATIONS.iter().any(|(file, _)| file == name)).collect();
-    if let Some(last) = newer.iter().max() {
-        return Err(MigrateError::Newer { applied: last.to_string(), known: MIGRATIONS[MIGRATIONS.len() - 1].0 });
-    }
+    refuse_newer(&recorded)?;
     let mut applied = 0;
     for &(file, sql) in MIGRATIONS {
-        if !recorded.iter().any(|name| name == file) && apply(&mut client, file, sql, true).await? {
+        if !recorded.iter().any(|name| name == file) && runner.apply(&mut client, file, sql).await? {
             tracing::info!(file, version = number(file), "applied");
             applied += 1;
         }
     }
-    apply(&mut client, FUNCTIONS.0, FUNCTIONS.1, false).await?;
+    runner.apply_functions(&mut client).await?;
     if applied == 0 {
         tracing::info!(version = SCHEMA_VERSION, "schema up to date");
     }
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+/// An older binary's functions would put back older bodies of every function (and schema 9's security) in
+/// a database that a newer pgsse migrated: checked first, and again under the lock before each write.
+fn refuse_newer(recorded: &[String]) -> Result<(), MigrateError> {
+    let newer = recorded.iter().filter(|name| !MIGRATIONS.iter().any(|(file, _)| file == name)).max();
+    match newer {
+        Some(last) => Err(MigrateError::Newer { applied: last.clone(), known: MIGRATIONS[MIGRATIONS.len() - 1].0 }),
+        None => Ok(()),
+    }
 }
 
 /// Says which privilege is missing before any file runs, rather than a server error from the middle of one.
@@ -151,35 +190,58 @@ async fn recorded(client: &impl tokio_postgres::GenericClient) -> Result<Vec<Str
     rows.iter().map(|row| row.try_get(0).map_err(fail)).collect()
 }
 
-/// Applies one file in a transaction of its own, under the migration lock; a numbered file is recorded in
-/// the same transaction, unless another migrate applied it while this one waited for the lock (`false`).
-async fn apply(client: &mut Client, file: &'static str, sql: &str, numbered: bool) -> Result<bool, MigrateError> {
-    let fail = |err: tokio_postgres::Error| apply_error(file, &err);
-    let tx = client.transaction().await.map_err(fail)?;
-    tx.batch_execute(LOCK).await.map_err(fail)?;
-    if numbered && recorded(&tx).await?.iter().any(|name| name == file) {
-        return Ok(false);
-    }
-    tx.batch_execute(sql).await.map_err(fail)?;
-    if numbered {
-        tx.execute(&RECORD.replace(":'file'", "$1"), &[&file]).await.map_err(fail)?;
-    }
-    tx.commit().await.map_err(fail)?;
-    Ok(true)
+struct Runner {
+    lock_timeout: Duration,
 }
 
-/// Moves an older install's records to the files' present names.
-async fn rename_recorded(client: &mut Client) -> Result<(), MigrateError> {
-    let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
-    if recorded(client).await?.iter().all(|name| !RENAMED.iter().any(|(old, _)| old == name)) {
-        return Ok(());
+impl Runner {
+    /// Applies a numbered file and records it, in a transaction of its own under the migration lock, unless
+    /// another migrate applied it while this one waited for the lock (`false`).
+    async fn apply(&self, client: &mut Client, file: &'static str, sql: &str) -> Result<bool, MigrateError> {
+        let fail = |err: tokio_postgres::Error| apply_error(file, &err);
+        let mut tx = client.transaction().await.map_err(fail)?;
+        lock::take(&mut tx, file, self.lock_timeout).await?;
+        let recorded = recorded(&tx).await?;
+        refuse_newer(&recorded)?;
+        if recorded.iter().any(|name| name == file) {
+            return Ok(false);
+        }
+        tx.batch_execute(sql).await.map_err(fail)?;
+        tx.execute(&RECORD.replace(":'file'", "$1"), &[&file]).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(true)
     }
-    let tx = client.transaction().await.map_err(fail)?;
-    tx.batch_execute(LOCK).await.map_err(fail)?;
-    for (old, new) in RENAMED {
-        tx.execute("UPDATE pgsse.migrations SET name = $2 WHERE name = $1", &[&old, &new]).await.map_err(fail)?;
+
+    /// The functions' files, one after another in one transaction: a half-replaced set never runs.
+    async fn apply_functions(&self, client: &mut Client) -> Result<(), MigrateError> {
+        let first = FUNCTIONS[0].0;
+        let mut tx = client.transaction().await.map_err(|err| apply_error(first, &err))?;
+        lock::take(&mut tx, first, self.lock_timeout).await?;
+        refuse_newer(&recorded(&tx).await?)?;
+        for &(file, sql) in FUNCTIONS {
+            tx.batch_execute(sql).await.map_err(|err| apply_error(file, &err))?;
+        }
+        tx.commit().await.map_err(|err| apply_error(FUNCTIONS[FUNCTIONS.len() - 1].0, &err))
     }
-    tx.commit().await.map_err(fail)
+
+    /// Moves an older install's records to the files' present names; a name recorded both ways (the psql
+    /// lines run on such an install) keeps the present one.
+    async fn rename_recorded(&self, client: &mut Client) -> Result<(), MigrateError> {
+        const WHAT: &str = "renaming pgsse.migrations";
+        let fail = |err: tokio_postgres::Error| apply_error(WHAT, &err);
+        if recorded(client).await?.iter().all(|name| !RENAMED.iter().any(|(old, _)| old == name)) {
+            return Ok(());
+        }
+        let mut tx = client.transaction().await.map_err(fail)?;
+        lock::take(&mut tx, WHAT, self.lock_timeout).await?;
+        for (old, new) in RENAMED {
+            let drop_old = "DELETE FROM pgsse.migrations WHERE name = $1
+                               AND EXISTS (SELECT 1 FROM pgsse.migrations WHERE name = $2)";
+            tx.execute(drop_old, &[&old, &new]).await.map_err(fail)?;
+            tx.execute("UPDATE pgsse.migrations SET name = $2 WHERE name = $1", &[&old, &new]).await.map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)
+    }
 }
 
 /// The server's message and its hint (which carries the SQL an operator runs when a privilege is missing).
@@ -213,5 +275,11 @@ mod tests {
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
         assert_eq!(SCHEMA_VERSION, 11);
         assert!(RENAMED.iter().all(|(_, new)| listed.contains(new)));
+        let mut functions: Vec<String> = std::fs::read_dir(format!("{dir}/functions"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        functions.sort();
+        assert_eq!(functions, FUNCTIONS.iter().map(|(name, _)| *name).collect::<Vec<_>>());
     }
 }
