@@ -223,7 +223,7 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
-        let url = args.db.database_url.clone().ok_or(ConfigError::MissingDatabaseUrl)?;
+        let url = args.db.url().ok_or(ConfigError::MissingDatabaseUrl)?;
         Self::with_database_url(args, url)
     }
 

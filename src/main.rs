@@ -89,7 +89,7 @@ enum Exit {
 async fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     let url = args
         .db
-        .database_url
+        .url()
         .ok_or_else(|| Exit::Usage("no database given: set DATABASE_URL or pass --database-url".into()))?;
     pgsse::migrate_within(&url, args.lock_timeout).await.map_err(|err| Exit::Failure(err.into()))
 }

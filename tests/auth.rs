@@ -114,6 +114,8 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
             401,
             "expired",
         ),
+        // Within its exp's own second: expired, though a comparison of whole seconds would let it in.
+        (vec![("authorization", bearer(&token(json!({"subscribe": ["*"]}), now())))], "/orders/events", 401, "expired"),
         (vec![("authorization", bearer(&good))], "/public.news/events", 403, "not allowed to subscribe"),
         (vec![("authorization", bearer(&good))], "/events?channel=orders&channel=public.news", 403, "public.news"),
     ];
@@ -129,7 +131,7 @@ async fn missing_bad_expired_and_foreign_tokens_are_refused() {
     }
     let metrics = get(metrics_addr, "/metrics", &[]).await.unwrap().body;
     for line in
-        ["pgsse_auth_denials_total{reason=\"unauthenticated\"} 6", "pgsse_auth_denials_total{reason=\"forbidden\"} 2"]
+        ["pgsse_auth_denials_total{reason=\"unauthenticated\"} 7", "pgsse_auth_denials_total{reason=\"forbidden\"} 2"]
     {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
@@ -341,4 +343,26 @@ async fn a_channel_outside_the_grant_is_403_whatever_it_is() {
     }
     let resp = get(gw.addr, "/orders/events?zzz=eq.1", &[("authorization", &bearer)]).await.unwrap();
     assert_eq!(resp.status, 400, "within the grant, the filter's problem is told: {}", resp.body);
+}
+
+/// A grant that filters on a column its channel does not publish would make every stream silent and every
+/// history page empty: its holder is told the grant must change (403), on streams and history alike.
+#[tokio::test]
+async fn a_grant_filter_no_row_can_match_is_403_naming_the_grant() {
+    let TestDb { url, .. } = orders_db().await;
+    let gw = gateway(&url).await;
+    let grant = json!({"subscribe": ["orders"], "filter": {"orders": "customer_id=eq.42"}});
+    let bearer = format!("Bearer {}", token(grant, now() + 60));
+    for path in ["/orders/events", "/orders/events?snapshot=true", "/orders?limit=5", "/events?channel=orders"] {
+        let resp = get(gw.addr, path, &[("authorization", &bearer)]).await.unwrap();
+        assert_eq!(resp.status, 403, "{path}: {}", resp.body);
+        let error = resp.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            error.contains("the token's grant filters channel \"orders\"") && error.contains("customer_id"),
+            "{error}"
+        );
+    }
+    let fine = json!({"subscribe": ["orders"], "filter": {"orders": "user_id=eq.42"}});
+    let bearer = format!("Bearer {}", token(fine, now() + 60));
+    assert_eq!(get(gw.addr, "/orders?limit=5", &[("authorization", &bearer)]).await.unwrap().status, 200);
 }

@@ -28,6 +28,9 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         &["serve", "--heartbat", "5"],
         &["--database-url", "postgres://x@h/db", "--tls-cert", "/nonexistent/cert.pem"],
         &["--database-url", "postgres://x@h/db", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"],
+        &["--database-url", "postgres://x@h/db", "--jwt-secret", "0123456789abcdef0123456789abcdef"],
+        &["serve", "--database-url", ""],
+        &["migrate", "--database-url", " "],
     ] {
         let out = pgsse(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -36,6 +39,12 @@ fn invalid_configuration_prints_one_line_and_exits_64() {
         assert!(stderr.starts_with("pgsse: "), "{args:?}: {stderr}");
         if args.contains(&"short") {
             assert!(stderr.contains("--jwt-secret (PGSSE_JWT_SECRET) is 5 bytes; HS256 needs at least 32"), "{stderr}");
+        }
+        if args.contains(&"--jwt-secret") && !args.contains(&"short") {
+            assert!(stderr.contains("--auth is none, so it would be ignored"), "{stderr}");
+        }
+        if args.contains(&"") || args.contains(&" ") {
+            assert!(stderr.contains("no database given"), "{stderr}");
         }
         if args.contains(&"nowhere") {
             assert!(stderr.contains("127.0.0.1:4000 for this machine only"), "{stderr}");

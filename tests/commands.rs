@@ -328,7 +328,7 @@ async fn cors_allows_exactly_the_configured_origins() {
     assert_eq!(resp.headers["access-control-allow-origin"], "http://localhost:3000");
     assert_eq!(resp.headers["access-control-allow-credentials"], "true");
     let allowed = resp.headers["access-control-allow-headers"].to_ascii_lowercase();
-    assert!(allowed.contains("content-type") && allowed.contains("last-event-id"), "{allowed}");
+    assert!(["content-type", "last-event-id", "idempotency-key"].iter().all(|h| allowed.contains(h)), "{allowed}");
     assert!(resp.headers["access-control-allow-methods"].contains("POST"));
 
     let evil = call(gw.addr, "OPTIONS", "/messages", &[("origin", "http://evil.test")], Bytes::new()).await.unwrap();

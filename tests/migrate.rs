@@ -138,3 +138,17 @@ async fn older_names_of_the_files_move_to_the_present_ones() {
     drop((su, anyone, db));
     cluster.stop("fast").unwrap();
 }
+
+/// The Quick start: the admin that migrated serves too (with a warning to use a gateway login in
+/// production), though it is no member of pgsse_gateway.
+#[tokio::test]
+async fn the_admin_that_migrated_may_serve_to_try_things_out() {
+    let Site { cluster, su, admin, anyone } = site().await;
+    pgsse::migrate(&admin).await.unwrap();
+    let (mut serve, addr) = common::gateway_process(&["serve", "--database-url", &admin]).await;
+    assert_eq!(common::get(addr, "/readyz", &[]).await.unwrap().status, 200);
+    serve.start_kill().unwrap();
+    let _ = serve.wait().await;
+    drop((su, anyone));
+    cluster.stop("fast").unwrap();
+}

@@ -59,6 +59,8 @@ async fn readyz_waits_for_the_schema_and_the_listener() {
         common::get(addr, "/readyz", &[]).await.is_ok_and(|r| r.status == 200)
     })
     .await;
+    let ready = common::get(addr, "/readyz", &[]).await.unwrap().json();
+    assert_eq!(ready["schema_version"], pgsse::SCHEMA_VERSION, "{ready}");
     gateway.shutdown().await;
 }
 

@@ -253,9 +253,12 @@ async fn migrate_without_createrole_prints_the_sql_to_run() {
         "CREATE ROLE pgsse_gateway NOLOGIN; CREATE ROLE pgsse_owner NOLOGIN; CREATE ROLE pgsse_publisher NOLOGIN; \
                GRANT pgsse_owner TO app_owner;";
     assert!(err.contains(sql), "{err}");
+    let owned = connect(&cluster.url("owned")).await;
+    let installed = "SELECT to_regnamespace('pgsse') IS NOT NULL";
+    assert!(!owned.query_one(installed, &[]).await.unwrap().get::<_, bool>(0), "refused before any file applied");
     su.batch_execute(sql).await.unwrap();
     pgsse::migrate(&owner_url).await.expect("migrate once the operator made the roles");
-    drop(su);
+    drop((su, owned));
     cluster.stop("fast").unwrap();
 }
 

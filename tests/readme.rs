@@ -1,6 +1,6 @@
 //! The README's walk-through, run as written: its shell block against a fresh database (only the
 //! database's address, the gateway role's name and the listen address are this test's own), then its
-//! token-minting snippet and curl line: a row inserted with psql reaches that curl.
+//! token-minting snippet and curl line, and its psql insert: the row reaches that curl.
 
 mod common;
 
@@ -15,6 +15,7 @@ async fn the_walk_through_runs_as_written() {
     let section = readme.split("## Walk-through with your own database").nth(1).expect("the walk-through");
     let block = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
     let minting = section.split("```sh\n").nth(2).unwrap().split("```").next().unwrap();
+    let inserting = section.split("```sh\n").nth(3).unwrap().split("```").next().unwrap();
     let url = empty_db().await;
     let (server, database) = url.strip_prefix("postgres://postgres@").unwrap().split_once('/').unwrap();
     let role = format!("gw_{database}");
@@ -64,7 +65,9 @@ async fn the_walk_through_runs_as_written() {
     let mut received = BufReader::new(curl.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(common::TIMEOUT, received.next_line()).await.unwrap().unwrap();
     assert!(first.is_some_and(|line| line.starts_with("retry:")), "curl's stream opened");
-    common::connect(&url).await.execute("INSERT INTO orders (item) VALUES ('from psql')", &[]).await.unwrap();
+    // The insert, as written, with the walk-through's DATABASE_URL (the admin's, here this test's).
+    let insert = std::process::Command::new("sh").args(["-ec", inserting]).env("DATABASE_URL", &url).output().unwrap();
+    assert!(insert.status.success(), "{}", String::from_utf8_lossy(&insert.stderr));
     let data = tokio::time::timeout(common::TIMEOUT, async {
         while let Ok(Some(line)) = received.next_line().await {
             if let Some(data) = line.strip_prefix("data: ") {
@@ -76,7 +79,7 @@ async fn the_walk_through_runs_as_written() {
     .await
     .unwrap()
     .expect("an event on curl's stream");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&data).unwrap()["item"], "from psql");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&data).unwrap(), serde_json::json!({"id": 1, "item": "book"}));
     curl.start_kill().unwrap();
     let _ = std::fs::remove_file(secret_file);
     gateway.start_kill().unwrap();

@@ -44,12 +44,13 @@ impl Health {
         if !self.listener.is_up() {
             reasons.push(format!("listener: {}", self.listener.last_error().unwrap_or_else(|| "connecting".into())));
         }
-        if let (true, Ok(Readiness { backlog: Some((pending, oldest)), .. })) = (reasons.is_empty(), readiness) {
+        if let (true, Ok(Readiness { backlog: Some((pending, oldest)), version, .. })) = (reasons.is_empty(), readiness)
+        {
             // Streams are served while a backlog (events committed when no gateway ran) is worked off.
             let status = if pending > 0 && oldest >= BACKLOG_AGE { "catching up" } else { "ready" };
             return json_response(
                 StatusCode::OK,
-                &json!({ "status": status, "last_event_id": self.hub.last_id(),
+                &json!({ "status": status, "last_event_id": self.hub.last_id(), "schema_version": version,
                      "pending_events": pending, "oldest_pending_seconds": oldest }),
             );
         }

@@ -69,6 +69,15 @@ impl App {
         // One address may not take every place.
         limit_args.max_snapshots_per_client =
             limit_args.max_snapshots_per_client.min((limit_args.max_snapshots / 2).max(1));
+        if (limit_args.max_snapshots, limit_args.max_snapshots_per_client)
+            != (config.limits.max_snapshots, config.limits.max_snapshots_per_client)
+        {
+            tracing::warn!(
+                max_snapshots = limit_args.max_snapshots,
+                max_snapshots_per_client = limit_args.max_snapshots_per_client,
+                "snapshot limits lowered: at most half of --pool-size, and per client at most half of that"
+            );
+        }
         let limits = Arc::new(Limits::new(&limit_args));
         let denials = Arc::new(Denials::default());
         let metrics = Metrics::new(

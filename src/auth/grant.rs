@@ -25,6 +25,12 @@ pub enum AuthError {
     FilteredClear(String),
     #[error("invalid filter in the token's grant for {channel:?}: {cause}")]
     BadGrant { channel: String, cause: FilterError },
+    /// A grant's filter that no row of the channel can match (a column it does not publish, say): every
+    /// stream would stay silent, so the token's issuer is told instead.
+    #[error(
+        "the token's grant filters channel {channel:?} in a way its rows cannot match ({cause}): the grant must change"
+    )]
+    GrantFilter { channel: String, cause: String },
     #[error("invalid auth configuration: {0}")]
     Key(String),
     #[error("authorization is unavailable, try again: {0}")]

@@ -117,6 +117,10 @@ impl Jwt {
         let expires = UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
             .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
+        // The library compares whole seconds: within exp's second, a stream would open only to end at once.
+        if expires <= SystemTime::now() {
+            return Err(AuthError::Expired);
+        }
         let grant = claims.pgsse.ok_or_else(|| {
             AuthError::Invalid(
                 r#"it has no pgsse claim, where its grant goes: {"pgsse": {"subscribe": ["orders"], "publish": []}}"#

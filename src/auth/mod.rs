@@ -86,6 +86,11 @@ pub enum AuthConfigError {
     ShortSecret(usize),
     #[error("--auth auth-url needs --auth-url")]
     AuthUrl,
+    #[error(
+        "{0} is set but --auth is none, so it would be ignored and anyone could read and write: add --auth jwt or \
+         --auth auth-url (PGSSE_AUTH), or unset it"
+    )]
+    Ignored(&'static str),
     #[error("cannot read {0}: {1}")]
     KeyFile(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
@@ -97,6 +102,14 @@ impl AuthArgs {
     pub fn build(&self) -> Result<Auth, AuthConfigError> {
         let jwt =
             |jwt: Jwt| Auth::Jwt(Box::new(jwt.expecting(self.jwt_audience.as_deref(), self.jwt_issuer.as_deref())));
+        let given = [
+            (self.jwt_secret.is_some(), "--jwt-secret (PGSSE_JWT_SECRET)"),
+            (self.jwt_public_key.is_some(), "--jwt-public-key (PGSSE_JWT_PUBLIC_KEY)"),
+            (self.auth_url.is_some(), "--auth-url (PGSSE_AUTH_URL)"),
+        ];
+        if let (AuthMode::None, Some((_, flag))) = (self.auth, given.iter().find(|(set, _)| *set)) {
+            return Err(AuthConfigError::Ignored(flag));
+        }
         Ok(match (self.auth, &self.jwt_secret, &self.jwt_public_key) {
             (AuthMode::None, _, _) => Auth::None,
             (AuthMode::Jwt, Some(secret), None) if secret.len() < MIN_SECRET => {

@@ -87,7 +87,7 @@ impl Drop for Entry {
             method = %self.method,
             path = %self.path,
             status = self.status,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
             bytes = self.bytes,
             events = self.events,
             stream = self.stream,

@@ -142,7 +142,10 @@ impl ApiError {
 
 fn auth_status(err: &AuthError) -> StatusCode {
     match err {
-        AuthError::Forbidden { .. } | AuthError::OutsideGrant(_) | AuthError::FilteredClear(_) => StatusCode::FORBIDDEN,
+        AuthError::Forbidden { .. }
+        | AuthError::OutsideGrant(_)
+        | AuthError::FilteredClear(_)
+        | AuthError::GrantFilter { .. } => StatusCode::FORBIDDEN,
         AuthError::Unavailable(_) | AuthError::Key(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     }
@@ -349,6 +352,14 @@ async fn events<B>(
     }
     let mut filters = ChannelFilters::new();
     for channel in &channels {
+        if let Some(granted) = access.filter_for(channel, None)? {
+            events.check_filter(std::slice::from_ref(channel), &granted).await.map_err(|err| match err {
+                StreamError::Columns(ColumnsError::Unknown { .. } | ColumnsError::Type(_)) => {
+                    ApiError::Auth(AuthError::GrantFilter { channel: channel.clone(), cause: err.to_string() })
+                }
+                err => ApiError::Stream(err),
+            })?;
+        }
         if let Some(filter) = access.filter_for(channel, query.filter.as_ref())? {
             filters.insert(channel.clone(), filter);
         }

@@ -44,6 +44,9 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("12_privileges.sql", include_str!("../../sql/functions/12_privileges.sql")),
 ];
 
+/// The roles pgsse owns its objects with and grants to, made (or checked) first.
+const ROLES: &[(&str, &str)] = &[("02_roles.sql", include_str!("../../sql/functions/02_roles.sql"))];
+
 /// Records a file as applied and raises the schema version to its number; psql runs it with `-v file=`.
 const RECORD: &str = include_str!("../../sql/record.sql");
 
@@ -112,6 +115,9 @@ pub async fn migrate_within(database_url: &str, lock_timeout: Duration) -> Resul
     warn_on_sql_ascii(&client).await?;
     let runner = Runner { lock_timeout };
     runner.rename_recorded(&mut client).await?;
+    // The roles first: a role that cannot make them (or join pgsse_owner) is told so before any file
+    // applies, rather than after the numbered files, with none of the functions in place.
+    runner.apply_functions(&mut client, ROLES).await?;
     let recorded = recorded(&client).await?;
     refuse_newer(&recorded)?;
     let mut applied = 0;
@@ -121,7 +127,7 @@ pub async fn migrate_within(database_url: &str, lock_timeout: Duration) -> Resul
             applied += 1;
         }
     }
-    runner.apply_functions(&mut client).await?;
+    runner.apply_functions(&mut client, FUNCTIONS).await?;
     if applied == 0 {
         tracing::info!(version = SCHEMA_VERSION, "schema up to date");
     }
@@ -212,16 +218,16 @@ impl Runner {
         Ok(true)
     }
 
-    /// The functions' files, one after another in one transaction: a half-replaced set never runs.
-    async fn apply_functions(&self, client: &mut Client) -> Result<(), MigrateError> {
-        let first = FUNCTIONS[0].0;
+    /// Functions' files, one after another in one transaction: a half-replaced set never runs.
+    async fn apply_functions(&self, client: &mut Client, files: &[(&'static str, &str)]) -> Result<(), MigrateError> {
+        let first = files[0].0;
         let mut tx = client.transaction().await.map_err(|err| apply_error(first, &err))?;
         lock::take(&mut tx, first, self.lock_timeout).await?;
         refuse_newer(&recorded(&tx).await?)?;
-        for &(file, sql) in FUNCTIONS {
+        for &(file, sql) in files {
             tx.batch_execute(sql).await.map_err(|err| apply_error(file, &err))?;
         }
-        tx.commit().await.map_err(|err| apply_error(FUNCTIONS[FUNCTIONS.len() - 1].0, &err))
+        tx.commit().await.map_err(|err| apply_error(files[files.len() - 1].0, &err))
     }
 
     /// Moves an older install's records to the files' present names; a name recorded both ways (the psql

@@ -49,6 +49,13 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 }
 
+impl DatabaseArgs {
+    /// The URL given, where it is not empty (`DATABASE_URL=` is as good as unset).
+    pub fn url(&self) -> Option<String> {
+        self.database_url.clone().filter(|url| !url.trim().is_empty())
+    }
+}
+
 /// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing
 /// else, so no function or operator that another role planted in a schema of the default path (`public`)
 /// can shadow one of them, whatever the role's or database's settings say. Its transactions are read

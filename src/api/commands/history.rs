@@ -7,11 +7,12 @@ use http::StatusCode;
 
 use super::{check_name, CommandError, Commands, Response};
 use crate::api::reply::raw_json_response;
-use crate::auth::{Access, ACCESS_TOKEN};
+use crate::auth::{Access, AuthError, ACCESS_TOKEN};
 use crate::cursor;
 use crate::fanout::moves::Moves;
 use crate::filter::Filter;
 use crate::pg::logrow::EventRow;
+use crate::pg::published::ColumnsError;
 use crate::pg::store::PAGE_BYTES;
 
 pub const DEFAULT_HISTORY: i64 = 50;
@@ -60,6 +61,14 @@ impl Commands {
             return Err(CommandError::UnknownChannel(channel.to_string()));
         }
         self.published.check(&self.store, channel, &asked).await?;
+        if let Some(grant) = access.filter_for(channel, None)? {
+            self.published.check(&self.store, channel, &grant).await.map_err(|err| match err {
+                ColumnsError::Unknown { .. } | ColumnsError::Type(_) => {
+                    CommandError::Auth(AuthError::GrantFilter { channel: channel.to_string(), cause: err.to_string() })
+                }
+                err => CommandError::Columns(err),
+            })?;
+        }
         let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
         self.store.settle().await?;
         let page = self.page(channel, before, limit, granted.as_deref()).await?;
