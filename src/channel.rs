@@ -1,5 +1,35 @@
 //! Channel names: the one rule every entry point checks before a name reaches SQL or a log line.
 
+use crate::refusal::{Refusal, Refuse};
+
+/// A channel a request names that cannot be served: the same words and status for streams and writes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChannelError {
+    #[error("invalid channel name {0:?}: use letters, digits, _ . : - (at most 128, not starting with . : -)")]
+    Invalid(String),
+    #[error(
+        "unknown channel {0:?}: create it with pgsse.create_channel or pgsse.publish_table (or, for POST, start the \
+         gateway with --post-creates-channels)"
+    )]
+    Unknown(String),
+}
+
+impl ChannelError {
+    /// A name as a request gave it, cut short enough for a message.
+    pub fn invalid(name: &str) -> Self {
+        ChannelError::Invalid(crate::parse::clip(name))
+    }
+}
+
+impl Refuse for ChannelError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            ChannelError::Invalid(_) => Refusal::Invalid,
+            ChannelError::Unknown(_) => Refusal::NotFound,
+        }
+    }
+}
+
 /// Same rule as `pgsse.valid_channel` in SQL.
 pub fn valid(name: &str) -> bool {
     let b = name.as_bytes();

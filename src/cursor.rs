@@ -1,6 +1,8 @@
 //! Resume points: the `Last-Event-ID` header (what a browser sends on reconnect) or `?last_event_id=`
 //! (a page's first connect). The header wins, because it is newer than the URL the page was opened with.
 
+use crate::refusal::{Refusal, Refuse};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CursorError {
     #[error("invalid resume id {0:?}: expected a non-negative integer event id")]
@@ -11,7 +13,7 @@ pub enum CursorError {
 const MAX_DIGITS: usize = 19;
 
 pub(crate) fn parse(text: &str) -> Result<i64, CursorError> {
-    let invalid = || CursorError::Invalid(text.chars().take(40).collect());
+    let invalid = || CursorError::Invalid(crate::parse::clip(text));
     let t = text.trim_matches([' ', '\t']);
     if t.is_empty() || t.len() > MAX_DIGITS || !t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
@@ -29,6 +31,14 @@ pub fn resolve(header: Option<&[u8]>, query: Option<&str>) -> Result<Option<i64>
             parse(text).map(Some)
         }
         _ => query.map(parse).transpose(),
+    }
+}
+
+impl Refuse for CursorError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            CursorError::Invalid(_) => Refusal::Invalid,
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The folders are the layers (docs/design.md draws them): `server` binds, accepts and drains; `http`
 //! serves a connection; `app` builds the state and gives each `api` handler its narrow handle; below them
-//! `pg`, `fanout`, [`sse`], [`auth`] and `limits`; at the bottom small leaves ([`filter`], [`cursor`]).
+//! `pg`, `fanout`, [`sse`], [`auth`] and `limits`; at the bottom small leaves ([`filter`], [`cursor`], and
+//! `refusal`, the kinds of refusal each error chooses and HTTP looks up).
 
 mod api;
 mod app;
@@ -18,6 +19,7 @@ mod limits;
 pub mod logging;
 mod parse;
 mod pg;
+mod refusal;
 mod server;
 pub mod sse;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! Stream limits, in total and per client address (`X-Forwarded-For` believed only from configured
 //! proxies), open connections per peer address, and counters of every limit that refused a request.
 
+use crate::refusal::{Refusal, Refuse};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -285,6 +286,17 @@ impl Limits {
             open.total += 1;
         }
         Ok(StreamSlot { limits: self.clone(), client, stream })
+    }
+}
+
+impl Refuse for LimitError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            LimitError::Streams(_)
+            | LimitError::StreamsFromClient(_)
+            | LimitError::Snapshots(_)
+            | LimitError::SnapshotsFromClient(_) => Refusal::Busy,
+        }
     }
 }
 

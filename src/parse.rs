@@ -15,6 +15,12 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// A client's text as a refusal quotes it: cut to 128 characters, enough to recognize it, bounded whatever
+/// was sent.
+pub fn clip(text: &str) -> String {
+    text.chars().take(128).collect()
+}
+
 pub fn positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),

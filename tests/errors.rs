@@ -121,7 +121,7 @@ async fn each_http_error_names_its_cause_and_fix() {
             "/nope/events",
             &[],
             "",
-            400,
+            404,
             "unknown channel \"nope\": create it with pgsse.create_channel or pgsse.publish_table",
         ),
         (

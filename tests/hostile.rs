@@ -84,7 +84,7 @@ async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
         ("raw non-ASCII bytes in the path", b"GET /\xff\xfe/events HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false, &[400]),
         ("NUL in the path", req("GET", "/mess%00ages/events", "", ""), false, &[400]),
         ("channel name too long", req("GET", &format!("/{}/events", "c".repeat(300)), "", ""), false, &[400]),
-        ("unknown channel", req("GET", "/nope/events", "", ""), false, &[400]),
+        ("unknown channel", req("GET", "/nope/events", "", ""), false, &[404]),
         ("malformed filter", req("GET", "/messages/events?id=between.1.5", "", ""), false, &[400]),
         ("too many channels", req("GET", &format!("/events?{many_channels}"), "", ""), false, &[400]),
         ("URL over 8 KiB", req("GET", &format!("/messages?x={}", "x".repeat(9000)), "", ""), false, &[414]),

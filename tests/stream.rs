@@ -297,7 +297,7 @@ async fn update_and_delete_capture_with_custom_names_and_channel() {
         .await
         .unwrap();
     let unknown = common::get(gw.addr, "/unknown.channel/events", &[]).await.unwrap();
-    assert_eq!(unknown.status, 400);
+    assert_eq!(unknown.status, 404);
     let count: i64 = admin
         .query_one("SELECT (SELECT count(*) FROM pgsse.events) + (SELECT count(*) FROM pgsse.staged)", &[])
         .await
@@ -341,7 +341,7 @@ async fn bad_requests_get_json_errors() {
         ("GET", "/", &[], 404, "not found"),
         ("GET", "/nope", &[], 404, "unknown channel"),
         ("GET", "/a/b/c", &[], 404, "not found"),
-        ("GET", "/missing/events", &[], 400, "unknown channel"),
+        ("GET", "/missing/events", &[], 404, "unknown channel"),
         ("GET", "/bad%20name/events", &[], 400, "invalid channel"),
         ("GET", "/events", &[], 400, "no channel"),
         ("GET", "/events?channel=messages&channel=..", &[], 400, "invalid channel"),

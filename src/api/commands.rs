@@ -14,11 +14,13 @@ use serde_json::Value;
 
 use crate::api::reply::{json_response, raw_json_response, Body};
 use crate::auth::{Access, AuthError, ACCESS_TOKEN};
+use crate::channel::ChannelError;
 use crate::filter::FilterError;
 use crate::pg::error::StoreError;
 use crate::pg::keyed::Keyed;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{Store, Written};
+use crate::refusal::{Refusal, Refuse};
 
 pub type Response = http::Response<Body>;
 
@@ -68,10 +70,8 @@ pub enum CommandError {
     Body,
     #[error("request body not received within {0:?}")]
     BodyTimeout(std::time::Duration),
-    #[error("invalid channel name {0:?}")]
-    InvalidChannel(String),
-    #[error("unknown channel {0:?}: create it with pgsse.create_channel or pgsse.publish_table (or start the gateway with --post-creates-channels)")]
-    UnknownChannel(String),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
     #[error("invalid event name {0:?}: use letters, digits, _ . : - (at most 64, not starting with . : -)")]
     InvalidEvent(String),
     #[error("{0}")]
@@ -84,6 +84,37 @@ pub enum CommandError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Columns(#[from] ColumnsError),
+}
+
+impl Refuse for CommandError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            CommandError::TooLarge(_) => Refusal::BodyTooLarge,
+            CommandError::NotJsonContentType => Refusal::UnsupportedMediaType,
+            CommandError::BodyTimeout(_) => Refusal::BodyTimeout,
+            CommandError::InvalidJson(_)
+            | CommandError::NotAnObject
+            | CommandError::Body
+            | CommandError::InvalidEvent(_)
+            | CommandError::BadQuery(_) => Refusal::Invalid,
+            CommandError::Channel(err) => err.refusal(),
+            CommandError::Store(err) => err.refusal(),
+            CommandError::Auth(err) => err.refusal(),
+            CommandError::Filter(err) => err.refusal(),
+            CommandError::Columns(err) => err.refusal(),
+        }
+    }
+
+    fn told(&self) -> String {
+        match self {
+            CommandError::Channel(err) => err.told(),
+            CommandError::Store(err) => err.told(),
+            CommandError::Auth(err) => err.told(),
+            CommandError::Filter(err) => err.told(),
+            CommandError::Columns(err) => err.told(),
+            err => err.to_string(),
+        }
+    }
 }
 
 impl Commands {
@@ -137,11 +168,11 @@ impl Commands {
         let event =
             query_pairs(query, &["event", ACCESS_TOKEN])?.into_iter().find(|(k, _)| k == "event").map(|(_, v)| v);
         if let Some(bad) = event.as_deref().filter(|e| !valid_event(e)) {
-            return Err(CommandError::InvalidEvent(bad.chars().take(70).collect()));
+            return Err(CommandError::InvalidEvent(crate::parse::clip(bad)));
         }
         let info = self.store.channel(channel).await?;
         if info.is_none() && !self.args.post_creates_channels {
-            return Err(CommandError::UnknownChannel(channel.to_string()));
+            return Err(ChannelError::Unknown(channel.to_string()).into());
         }
         let has_table = info.is_some_and(|c| c.has_table);
         let key = match idempotency_key(headers)? {
@@ -243,7 +274,7 @@ fn check_name(channel: &str) -> Result<(), CommandError> {
     if crate::channel::valid(channel) {
         Ok(())
     } else {
-        Err(CommandError::InvalidChannel(channel.chars().take(140).collect()))
+        Err(ChannelError::invalid(channel).into())
     }
 }
 
@@ -256,7 +287,7 @@ fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
     let mut pairs = Vec::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         if !allowed.contains(&key.as_ref()) {
-            let key: String = key.chars().take(64).collect();
+            let key: String = crate::parse::clip(&key);
             return Err(CommandError::BadQuery(format!("unknown query parameter {key:?}")));
         }
         if pairs.iter().any(|(k, _)| *k == key) {

@@ -14,12 +14,14 @@ use tracing::{debug, warn};
 
 use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, SnapshotError, Taken};
 use crate::api::stream::{Feed, Sent, SseBody};
+use crate::channel::ChannelError;
 use crate::fanout::hub::{Hub, HubError, Moves};
 use crate::filter::{ChannelFilters, Filter};
 use crate::limits::{SnapshotGate, SnapshotSlot};
 use crate::pg::error::StoreError;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{Store, REPLAY_BATCH};
+use crate::refusal::{Refusal, Refuse};
 use crate::sse;
 
 const DEFAULT_HEARTBEAT: &str = "15s";
@@ -90,10 +92,8 @@ const AWAIT_POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("invalid channel name {0:?}: use letters, digits, _ . : - (at most 128, not starting with . : -)")]
-    InvalidChannel(String),
-    #[error("unknown channel {0:?}: create it with pgsse.create_channel or pgsse.publish_table")]
-    UnknownChannel(String),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
     #[error("no channel given: use /{{channel}}/events or /events?channel=a&channel=b")]
     NoChannel,
     #[error("too many channels: {0} given, at most {1} allowed")]
@@ -106,6 +106,30 @@ pub enum StreamError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Columns(#[from] ColumnsError),
+}
+
+impl Refuse for StreamError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            StreamError::NoChannel | StreamError::TooManyChannels(..) => Refusal::Invalid,
+            StreamError::Channel(err) => err.refusal(),
+            StreamError::Store(err) => err.refusal(),
+            StreamError::Hub(err) => err.refusal(),
+            StreamError::Snapshot(err) => err.refusal(),
+            StreamError::Columns(err) => err.refusal(),
+        }
+    }
+
+    fn told(&self) -> String {
+        match self {
+            StreamError::NoChannel | StreamError::TooManyChannels(..) => self.to_string(),
+            StreamError::Channel(err) => err.told(),
+            StreamError::Store(err) => err.told(),
+            StreamError::Hub(err) => err.told(),
+            StreamError::Snapshot(err) => err.told(),
+            StreamError::Columns(err) => err.told(),
+        }
+    }
 }
 
 impl Events {
@@ -146,7 +170,7 @@ impl Events {
     /// the client is authenticated (which channels exist is not for strangers to learn, nor to cost a query).
     pub fn check_names(&self, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {
         if let Some(bad) = channels.iter().find(|c| !crate::channel::valid(c)) {
-            return Err(StreamError::InvalidChannel(bad.chars().take(140).collect()));
+            return Err(ChannelError::invalid(bad).into());
         }
         channels.sort();
         channels.dedup();
@@ -162,7 +186,7 @@ impl Events {
     /// Refuses channels the database does not know.
     pub async fn check_known(&self, channels: &[String]) -> Result<(), StreamError> {
         if let Some(unknown) = self.store.unknown_channels(channels).await?.into_iter().next() {
-            return Err(StreamError::UnknownChannel(unknown));
+            return Err(ChannelError::Unknown(unknown).into());
         }
         Ok(())
     }

@@ -15,7 +15,9 @@ use crate::filter::ChannelFilters;
 use crate::limits::LimitError;
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
+use crate::refusal::{Refusal, Refuse};
 use crate::sse;
+use tokio_postgres::error::SqlState;
 
 /// Snapshot rows are sent in chunks of about this size: small enough that a client that does not read
 /// pins little, large enough that a big snapshot is not a write per row.
@@ -74,18 +76,18 @@ impl SnapshotError {
     /// server's hint where it gave one.
     fn from_db(err: tokio_postgres::Error, bound: Duration) -> Self {
         let Some(db) = err.as_db_error() else { return StoreError::Query(err).into() };
-        let code = db.code().code();
-        if code == "57014" {
+        let code = db.code();
+        if *code == SqlState::QUERY_CANCELED {
             return SnapshotError::TimedOut(bound);
         }
-        if code == "42501" {
+        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
             let message = db.message().strip_prefix("pgsse: ").unwrap_or(db.message());
             return SnapshotError::Forbidden(match db.hint() {
                 Some(hint) => format!("{message}: {hint}"),
                 None => message.to_string(),
             });
         }
-        if code == "42703" || code.starts_with("22") {
+        if *code == SqlState::UNDEFINED_COLUMN || code.code().starts_with("22") {
             let message = match db.message().strip_prefix("pgsse: ") {
                 Some(ours) => ours.to_string(),
                 None => format!("invalid value in a filter: {}", db.message()),
@@ -101,14 +103,16 @@ impl SnapshotError {
     /// An error of the query that reads the table's rows. The table's owner may have written the code that
     /// raised it (a domain's CHECK, a policy, a cast), so its words never reach the client, only its kind.
     fn from_table(err: tokio_postgres::Error, bound: Duration, channel: &str) -> Self {
-        let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
-        let refused = if code == "57014" {
+        let code = err.code().cloned().unwrap_or(SqlState::INTERNAL_ERROR);
+        // Classes 22 and 23: data exceptions and integrity violations.
+        let class = &code.code()[..2];
+        let refused = if code == SqlState::QUERY_CANCELED {
             return SnapshotError::TimedOut(bound);
-        } else if code.starts_with("22") || code.starts_with("23") || code == "42883" {
+        } else if class == "22" || class == "23" || code == SqlState::UNDEFINED_FUNCTION {
             SnapshotError::Refused(format!(
                 "a filter's value on channel {channel:?} was refused by its table's own checks (a domain or function)"
             ))
-        } else if code == "42501" {
+        } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
             SnapshotError::Forbidden(format!(
                 "the table of channel {channel:?} refused the gateway's read (its row security or a function of it)"
             ))
@@ -118,10 +122,30 @@ impl SnapshotError {
         tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
         refused
     }
+}
 
-    /// Whether the client, rather than the database, has to change something.
-    pub fn is_request(&self) -> bool {
-        !matches!(self, SnapshotError::Store(_) | SnapshotError::TimedOut(_))
+impl Refuse for SnapshotError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            SnapshotError::InvalidFlag(_)
+            | SnapshotError::InvalidOrder(_)
+            | SnapshotError::InvalidLimit(..)
+            | SnapshotError::Repeated(_)
+            | SnapshotError::WithoutSnapshot
+            | SnapshotError::TooLarge(..)
+            | SnapshotError::Refused(_) => Refusal::Invalid,
+            SnapshotError::Forbidden(_) => Refusal::Forbidden,
+            SnapshotError::TimedOut(_) => Refusal::Unavailable,
+            SnapshotError::Busy(err) => err.refusal(),
+            SnapshotError::Store(err) => err.refusal(),
+        }
+    }
+
+    fn told(&self) -> String {
+        match self {
+            SnapshotError::Store(err) => err.told(),
+            err => err.to_string(),
+        }
     }
 }
 
@@ -146,7 +170,7 @@ impl Shape {
         let wanted = match snapshot {
             None | Some("false") => false,
             Some("true") => true,
-            Some(other) => return Err(SnapshotError::InvalidFlag(other.chars().take(64).collect())),
+            Some(other) => return Err(SnapshotError::InvalidFlag(crate::parse::clip(other))),
         };
         if !wanted {
             return match order.or(limit) {
@@ -160,13 +184,13 @@ impl Shape {
                 .split(',')
                 .map(order_term)
                 .collect::<Option<_>>()
-                .ok_or_else(|| SnapshotError::InvalidOrder(text.chars().take(128).collect()))?,
+                .ok_or_else(|| SnapshotError::InvalidOrder(crate::parse::clip(text)))?,
         };
         let limit = match limit {
             None => None,
             Some(text) => match text.parse::<i64>() {
                 Ok(n) if n >= 1 && n as u64 <= max_rows as u64 => Some(n),
-                _ => return Err(SnapshotError::InvalidLimit(text.chars().take(32).collect(), max_rows)),
+                _ => return Err(SnapshotError::InvalidLimit(crate::parse::clip(text), max_rows)),
             },
         };
         Ok(Some(Self { order, limit, max_rows }))

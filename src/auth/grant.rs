@@ -1,6 +1,7 @@
 //! What a request may do: a grant lists channel patterns to subscribe and publish, and row filters per
 //! channel that the client can narrow but never widen; and every reason a request is refused.
 
+use crate::refusal::{Refusal, Refuse};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -124,6 +125,26 @@ fn pattern_matches(pattern: &str, channel: &str) -> bool {
         Some("") => true,
         Some(prefix) if prefix.ends_with('.') => channel.starts_with(prefix),
         _ => pattern == channel,
+    }
+}
+
+impl Refuse for AuthError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            AuthError::Missing(_) | AuthError::Invalid(_) | AuthError::Expired | AuthError::BadGrant { .. } => {
+                Refusal::Unauthenticated
+            }
+            AuthError::Forbidden { .. }
+            | AuthError::OutsideGrant(_)
+            | AuthError::FilteredClear(_)
+            | AuthError::GrantFilter { .. } => Refusal::Forbidden,
+            AuthError::Key(_) | AuthError::Unavailable(_) => Refusal::Unavailable,
+        }
+    }
+
+    /// Its own words, an outage included: they name the auth backend, not the database.
+    fn told(&self) -> String {
+        self.to_string()
     }
 }
 

@@ -12,6 +12,7 @@ pub use crate::fanout::moves::{Moved, Moves, Shown};
 use crate::fanout::queue::Frame;
 use crate::fanout::queue::{PushError, Queue};
 use crate::filter::{ChannelFilters, Filter};
+use crate::refusal::{Refusal, Refuse};
 use crate::sse;
 
 /// An event as the listener hands it to the hub. Only `frame` is queued to subscribers: cloning `data`
@@ -271,6 +272,21 @@ fn close_all(inner: &mut Inner) {
     for (_, senders) in inner.channels.drain() {
         for sub in senders.values() {
             sub.queue.close();
+        }
+    }
+}
+
+impl Refuse for HubError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            HubError::NotStarted | HubError::Closed => Refusal::Unavailable,
+        }
+    }
+
+    fn told(&self) -> String {
+        match self {
+            HubError::NotStarted => "gateway is not yet connected to the database, try again".to_string(),
+            HubError::Closed => self.to_string(),
         }
     }
 }

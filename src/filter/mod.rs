@@ -1,6 +1,7 @@
 //! Row filters in PostgREST style (`?user_id=eq.42&status=in.(new,paid)`), AND-ed and evaluated in the
 //! gateway on each event's JSON data. Nested keys use dots: `?customer.country=eq.NZ`.
 
+use crate::refusal::{Refusal, Refuse};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -165,7 +166,7 @@ impl Filter {
 }
 
 fn parse_condition(key: &str, value: &str) -> Result<Condition, FilterError> {
-    let invalid = |why: &str| FilterError::Invalid { key: key.chars().take(64).collect(), why: why.to_string() };
+    let invalid = |why: &str| FilterError::Invalid { key: crate::parse::clip(key), why: why.to_string() };
     let path: Vec<String> = key.split('.').map(str::to_string).collect();
     if path.iter().any(String::is_empty) || path.len() > MAX_PATH_DEPTH {
         return Err(invalid("keys are names separated by single dots, at most 8 deep"));
@@ -215,6 +216,14 @@ fn parse_list(text: &str) -> Option<Vec<Literal>> {
     }
     items.push(Literal::new(&current));
     Some(items)
+}
+
+impl Refuse for FilterError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            FilterError::Invalid { .. } | FilterError::TooMany => Refusal::Invalid,
+        }
+    }
 }
 
 #[cfg(test)]

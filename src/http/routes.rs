@@ -18,13 +18,13 @@ use crate::api::reply::{json_response, Body, Reply};
 use crate::api::snapshot::{Shape, SnapshotError, RESERVED};
 use crate::app::App;
 use crate::auth::{Auth, AuthError, ACCESS_TOKEN};
+use crate::channel::ChannelError;
 use crate::cursor::{self, CursorError};
-use crate::fanout::hub::HubError;
 use crate::filter::{ChannelFilters, Filter, FilterError};
 use crate::http::{web, Site};
 use crate::limits::LimitError;
-use crate::pg::error::{Rejection, StoreError};
 use crate::pg::published::ColumnsError;
+use crate::refusal::{Refusal, Refuse};
 
 /// Largest request head (request line and headers); a larger one is answered 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -58,96 +58,56 @@ pub enum ApiError {
     HeadTooLarge,
 }
 
-impl ApiError {
-    fn status(&self) -> StatusCode {
+impl Refuse for ApiError {
+    fn refusal(&self) -> Refusal {
         match self {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Cursor(_) | ApiError::BadQuery(_) | ApiError::Filter(_) => StatusCode::BAD_REQUEST,
-            ApiError::Auth(err) | ApiError::Command(CommandError::Auth(err)) => auth_status(err),
-            ApiError::Limit(_) | ApiError::Stream(StreamError::Snapshot(SnapshotError::Busy(_))) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ApiError::UrlTooLong(_) => StatusCode::URI_TOO_LONG,
-            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Stream(err) => match err {
-                StreamError::Store(_) | StreamError::Hub(_) => StatusCode::SERVICE_UNAVAILABLE,
-                StreamError::Snapshot(err) if !err.is_request() => StatusCode::SERVICE_UNAVAILABLE,
-                StreamError::Snapshot(SnapshotError::Forbidden(_)) => StatusCode::FORBIDDEN,
-                StreamError::Columns(ColumnsError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
-            },
-            ApiError::Command(err) => match err {
-                CommandError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                CommandError::NotJsonContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                CommandError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-                CommandError::UnknownChannel(_) => StatusCode::NOT_FOUND,
-                CommandError::Store(StoreError::Rejected { kind, .. }) => match kind {
-                    Rejection::Invalid => StatusCode::BAD_REQUEST,
-                    Rejection::Conflict => StatusCode::CONFLICT,
-                    Rejection::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
-                    Rejection::NotFound => StatusCode::NOT_FOUND,
-                    Rejection::Forbidden => StatusCode::FORBIDDEN,
-                },
-                CommandError::Store(_) | CommandError::Columns(ColumnsError::Store(_)) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                _ => StatusCode::BAD_REQUEST,
-            },
+            ApiError::NotFound(_) => Refusal::NotFound,
+            ApiError::MethodNotAllowed(..) => Refusal::MethodNotAllowed,
+            ApiError::BadQuery(_) => Refusal::Invalid,
+            ApiError::UrlTooLong(_) => Refusal::UrlTooLong,
+            ApiError::HeadTooLarge => Refusal::HeadTooLarge,
+            ApiError::Cursor(err) => err.refusal(),
+            ApiError::Stream(err) => err.refusal(),
+            ApiError::Command(err) => err.refusal(),
+            ApiError::Filter(err) => err.refusal(),
+            ApiError::Auth(err) => err.refusal(),
+            ApiError::Limit(err) => err.refusal(),
         }
     }
 
+    fn told(&self) -> String {
+        match self {
+            ApiError::Cursor(err) => err.told(),
+            ApiError::Stream(err) => err.told(),
+            ApiError::Command(err) => err.told(),
+            ApiError::Filter(err) => err.told(),
+            ApiError::Auth(err) => err.told(),
+            ApiError::Limit(err) => err.told(),
+            err => err.to_string(),
+        }
+    }
+}
+
+impl ApiError {
     fn into_response(self) -> Response<Body> {
-        let status = self.status();
-        if status.is_server_error() {
+        let refusal = self.refusal();
+        if refusal == Refusal::Unavailable {
             tracing::warn!(cause = %self, "request failed");
         }
-        // Database errors carry SQL details; clients only learn that the database is unavailable.
-        let message = match &self {
-            ApiError::Stream(StreamError::Store(err)) | ApiError::Command(CommandError::Store(err))
-                if err.schema_missing() =>
-            {
-                "pgsse is not installed in this database, or is older than this gateway: run `pgsse migrate`"
-                    .to_string()
+        let mut resp = json_response(refusal.status(), &json!({ "error": self.told() }));
+        match refusal {
+            Refusal::Unauthenticated => {
+                resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Stream(
-                StreamError::Store(_)
-                | StreamError::Snapshot(SnapshotError::Store(_))
-                | StreamError::Columns(ColumnsError::Store(_)),
-            )
-            | ApiError::Command(CommandError::Columns(ColumnsError::Store(_))) => {
-                "database unavailable, try again".to_string()
+            Refusal::Busy => {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
-            ApiError::Command(CommandError::Store(err)) if !matches!(err, StoreError::Rejected { .. }) => {
-                "database unavailable, try again".to_string()
-            }
-            ApiError::Stream(StreamError::Hub(HubError::NotStarted)) => {
-                "gateway is not yet connected to the database, try again".to_string()
-            }
-            other => other.to_string(),
-        };
-        let mut resp = json_response(status, &json!({ "error": message }));
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            _ => {}
         }
         if let ApiError::MethodNotAllowed(_, allow) = self {
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         resp
-    }
-}
-
-fn auth_status(err: &AuthError) -> StatusCode {
-    match err {
-        AuthError::Forbidden { .. }
-        | AuthError::OutsideGrant(_)
-        | AuthError::FilteredClear(_)
-        | AuthError::GrantFilter { .. } => StatusCode::FORBIDDEN,
-        AuthError::Unavailable(_) | AuthError::Key(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::UNAUTHORIZED,
     }
 }
 
@@ -231,7 +191,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             }
             // A name that is not one is refused before anyone, a legacy auth backend included, is asked.
             if !crate::channel::valid(&channel) {
-                return Err(CommandError::InvalidChannel(channel.chars().take(140).collect()).into());
+                return Err(CommandError::from(ChannelError::invalid(&channel)).into());
             }
             let token = query_token(query.as_deref());
             let channels = [channel.clone()];
@@ -260,7 +220,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
                 }
             }
         }
-        _ => Err(ApiError::NotFound(path.chars().take(200).collect())),
+        _ => Err(ApiError::NotFound(crate::parse::clip(&path))),
     }
 }
 
@@ -268,7 +228,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
 pub async fn handle_metrics(state: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => only_get(&req, "GET").map(|()| metrics(&state)),
-        other => Err(ApiError::NotFound(other.chars().take(200).collect())),
+        other => Err(ApiError::NotFound(crate::parse::clip(other))),
     };
     Ok(resp.unwrap_or_else(ApiError::into_response))
 }

@@ -5,6 +5,15 @@
 use std::error::Error;
 use std::time::Duration;
 
+use tokio_postgres::error::SqlState;
+
+use crate::refusal::{Refusal, Refuse, UNAVAILABLE};
+
+/// pgsse.refused: the table's own code (a trigger, rule or check) refused the gateway's write.
+const TABLE_REFUSED: &str = "PGS02";
+/// pgsse.remember: a request with the same Idempotency-Key is still being written.
+const KEY_IN_FLIGHT: &str = "PGS04";
+
 /// The server's message (and detail and hint), or the error and its causes; where pgsse's schema is
 /// missing, the fix.
 pub fn describe(err: &tokio_postgres::Error) -> String {
@@ -33,8 +42,10 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
 /// Whether pgsse's schema (or the part this binary needs) is not installed: an undefined schema, table
 /// or function of pgsse's own.
 pub fn schema_missing(err: &tokio_postgres::Error) -> bool {
-    err.as_db_error()
-        .is_some_and(|db| matches!(db.code().code(), "3F000" | "42P01" | "42883") && db.message().contains("pgsse"))
+    err.as_db_error().is_some_and(|db| {
+        [SqlState::INVALID_SCHEMA_NAME, SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_FUNCTION].contains(db.code())
+            && db.message().contains("pgsse")
+    })
 }
 
 /// `host:port` of a database URL (the first, when it names several), for connection errors.
@@ -68,7 +79,7 @@ pub enum StoreError {
     Shared(String),
     /// The database refused the request's data; the message is safe to show to the client.
     #[error("{message}")]
-    Rejected { kind: Rejection, message: String },
+    Rejected { kind: Refusal, message: String },
     /// No connection, or no answer on one, within the bound (`--db-timeout`); the connection is dropped.
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
@@ -77,47 +88,67 @@ pub enum StoreError {
     NotSequenced,
 }
 
-/// Why the database refused a write, as far as the client needs to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Malformed values, unknown columns, invalid names.
-    Invalid,
-    /// A unique or exclusion constraint: the row already exists.
-    Conflict,
-    /// A NOT NULL, CHECK or foreign key constraint.
-    Unprocessable,
-    NotFound,
-    Forbidden,
+/// What a client is told of a database without pgsse's schema (or an older one).
+pub const SCHEMA_MISSING: &str =
+    "pgsse is not installed in this database, or is older than this gateway: run `pgsse migrate`";
+
+impl Refuse for StoreError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            StoreError::Rejected { kind, .. } => *kind,
+            StoreError::Pool(_)
+            | StoreError::Query(_)
+            | StoreError::Config(_)
+            | StoreError::Shared(_)
+            | StoreError::Timeout(_)
+            | StoreError::NotSequenced => Refusal::Unavailable,
+        }
+    }
+
+    /// Database errors carry SQL details; clients only learn that the database is unavailable.
+    fn told(&self) -> String {
+        match self {
+            StoreError::Rejected { message, .. } => message.clone(),
+            err if err.schema_missing() => SCHEMA_MISSING.to_string(),
+            _ => UNAVAILABLE.to_string(),
+        }
+    }
 }
 
 impl StoreError {
     /// Sorts database errors caused by the request's data from the rest, phrasing the former without SQL.
     pub(crate) fn from_db(err: tokio_postgres::Error) -> Self {
         let Some(db) = err.as_db_error() else { return StoreError::Query(err) };
-        let code = db.code().code();
         let constraint = db.constraint().filter(|c| !c.is_empty()).unwrap_or("unnamed");
-        let (kind, message) = match code {
-            "23505" | "23P01" => (Rejection::Conflict, format!("a row with this key already exists ({constraint})")),
-            "23502" => match db.column().filter(|c| !c.is_empty()) {
-                Some(column) => (Rejection::Unprocessable, format!("column {column:?} must not be null")),
-                None => (Rejection::Unprocessable, strip_prefix(db.message())),
+        let (kind, message) = match db.code() {
+            c if [SqlState::UNIQUE_VIOLATION, SqlState::EXCLUSION_VIOLATION].contains(c) => {
+                (Refusal::Conflict, format!("a row with this key already exists ({constraint})"))
+            }
+            c if *c == SqlState::NOT_NULL_VIOLATION => match db.column().filter(|c| !c.is_empty()) {
+                Some(column) => (Refusal::Unprocessable, format!("column {column:?} must not be null")),
+                None => (Refusal::Unprocessable, strip_prefix(db.message())),
             },
-            "23514" => (Rejection::Unprocessable, format!("value violates check constraint {constraint:?}")),
-            "23503" => (Rejection::Unprocessable, format!("a referenced row does not exist ({constraint})")),
-            "P0002" => (Rejection::NotFound, strip_prefix(db.message())),
-            "42501" => (
-                Rejection::Forbidden,
+            c if *c == SqlState::CHECK_VIOLATION => {
+                (Refusal::Unprocessable, format!("value violates check constraint {constraint:?}"))
+            }
+            c if *c == SqlState::FOREIGN_KEY_VIOLATION => {
+                (Refusal::Unprocessable, format!("a referenced row does not exist ({constraint})"))
+            }
+            c if *c == SqlState::NO_DATA_FOUND => (Refusal::NotFound, strip_prefix(db.message())),
+            c if *c == SqlState::INSUFFICIENT_PRIVILEGE => (
+                Refusal::Forbidden,
                 match db.hint() {
                     Some(hint) => format!("{}: {hint}", strip_prefix(db.message())),
                     None => strip_prefix(db.message()),
                 },
             ),
-            "42703" | "428C9" => (Rejection::Invalid, strip_prefix(db.message())),
-            // pgsse.refused: the table's own code refused the write (its words are not passed on).
-            "PGS02" => (Rejection::Unprocessable, strip_prefix(db.message())),
-            // pgsse.remember: a request with the same Idempotency-Key is still being written.
-            "PGS04" => (Rejection::Conflict, strip_prefix(db.message())),
-            c if c.starts_with("22") => (Rejection::Invalid, strip_prefix(db.message())),
+            c if [SqlState::UNDEFINED_COLUMN, SqlState::GENERATED_ALWAYS].contains(c) => {
+                (Refusal::Invalid, strip_prefix(db.message()))
+            }
+            c if c.code() == TABLE_REFUSED => (Refusal::Unprocessable, strip_prefix(db.message())),
+            c if c.code() == KEY_IN_FLIGHT => (Refusal::Conflict, strip_prefix(db.message())),
+            // Class 22, data exceptions: a value the request gave.
+            c if c.code().starts_with("22") => (Refusal::Invalid, strip_prefix(db.message())),
             _ => return StoreError::Query(err),
         };
         StoreError::Rejected { kind, message }

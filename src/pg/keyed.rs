@@ -4,7 +4,8 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::pg::error::{Rejection, StoreError};
+use crate::pg::error::StoreError;
+use crate::refusal::Refusal;
 
 /// A request's key: whose it is (the token's subject, or ""), the key, and the request it was sent with
 /// (channel, event and body), which a repeat must match.
@@ -34,7 +35,7 @@ pub fn same_request(row: &Row, key: Option<&Keyed>, at: usize) -> Result<(), Sto
         return Ok(());
     }
     Err(StoreError::Rejected {
-        kind: Rejection::Unprocessable,
+        kind: Refusal::Unprocessable,
         message: "this Idempotency-Key was first sent with another request (channel, event or body): \
                   use a new key for a new request"
             .into(),

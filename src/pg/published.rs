@@ -1,6 +1,7 @@
 //! The columns a table channel publishes (under the names its events carry), cached briefly: a filter key
 //! that names none of them is a typo, refused rather than left to match nothing forever.
 
+use crate::refusal::{Refusal, Refuse};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,5 +67,21 @@ impl Published {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Refuse for ColumnsError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            ColumnsError::Unknown { .. } | ColumnsError::Type(_) => Refusal::Invalid,
+            ColumnsError::Store(err) => err.refusal(),
+        }
+    }
+
+    fn told(&self) -> String {
+        match self {
+            ColumnsError::Store(err) => err.told(),
+            err => err.to_string(),
+        }
     }
 }

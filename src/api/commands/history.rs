@@ -8,6 +8,7 @@ use http::StatusCode;
 use super::{check_name, CommandError, Commands, Response};
 use crate::api::reply::raw_json_response;
 use crate::auth::{Access, AuthError, ACCESS_TOKEN};
+use crate::channel::ChannelError;
 use crate::cursor;
 use crate::fanout::moves::Moves;
 use crate::filter::Filter;
@@ -58,7 +59,7 @@ impl Commands {
         }
         let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         if self.store.channel(channel).await?.is_none() {
-            return Err(CommandError::UnknownChannel(channel.to_string()));
+            return Err(ChannelError::Unknown(channel.to_string()).into());
         }
         self.published.check(&self.store, channel, &asked).await?;
         if let Some(grant) = access.filter_for(channel, None)? {

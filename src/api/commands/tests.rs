@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+
+use crate::channel::ChannelError;
 use serde_json::json;
 
 use super::*;
@@ -55,7 +57,7 @@ async fn a_post_to_a_channel_without_a_table_is_an_event_that_history_reads_back
 async fn a_post_to_an_unknown_channel_creates_it_only_when_allowed() {
     let (commands, _admin) = commands(false).await;
     let refused = refusal(commands.post(&Access::Open, "fresh", None, &HeaderMap::new(), json!({})).await);
-    assert!(matches!(refused, CommandError::UnknownChannel(ref c) if c == "fresh"), "{refused}");
+    assert!(matches!(refused, CommandError::Channel(ChannelError::Unknown(ref c)) if c == "fresh"), "{refused}");
     let (commands, _admin) = self::commands(true).await;
     let (status, id, body) =
         json_of(commands.post(&Access::Open, "fresh", None, &HeaderMap::new(), json!({})).await.unwrap()).await;
@@ -122,5 +124,5 @@ async fn history_refuses_what_it_cannot_page_by() {
         assert_eq!(refused.to_string(), message, "{query}");
     }
     let unknown = refusal(commands.history(&Access::Open, "nowhere", None).await);
-    assert!(matches!(unknown, CommandError::UnknownChannel(_)), "{unknown}");
+    assert!(matches!(unknown, CommandError::Channel(ChannelError::Unknown(_))), "{unknown}");
 }
