@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgsse::demo::Cluster;
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};
 
 use crate::client::{self, Seen};
 use crate::gateway::Gateway;
 use crate::Args;
+use report::{account, mb, print, rate, Percentiles, Report};
 
 /// Clients connect from these loopback sources in turn, so large N does not exhaust one address's ports.
 const SOURCES: u8 = 8;
@@ -29,6 +29,8 @@ const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 mod bulk;
 mod hoard;
 mod post;
+mod quiet;
+mod report;
 mod snapshot;
 mod writepath;
 
@@ -49,48 +51,6 @@ struct Load {
     writers: usize,
     duration: Duration,
     stalled: usize,
-}
-
-#[derive(Default, serde::Serialize)]
-struct Report {
-    scenario: String,
-    clients: usize,
-    writers: usize,
-    target_rate: Option<f64>,
-    inserts: u64,
-    inserts_per_s: f64,
-    deliveries: u64,
-    deliveries_per_s: f64,
-    lost: u64,
-    /// Streams cut for falling behind that resumed from their last id (each counted once per cut).
-    resumed: u64,
-    duplicated: u64,
-    out_of_order: u64,
-    latency_ms: Option<Percentiles>,
-    gateway_cpu_pct: f64,
-    gateway_rss_idle_mb: f64,
-    gateway_rss_peak_mb: f64,
-    note: String,
-}
-
-#[derive(serde::Serialize, Clone, Copy)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(mut samples: Vec<u32>) -> Option<Self> {
-        if samples.is_empty() {
-            return None;
-        }
-        samples.sort_unstable();
-        let at = |q: f64| f64::from(samples[((samples.len() - 1) as f64 * q).round() as usize]) / 1000.0;
-        Some(Self { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: at(1.0) })
-    }
 }
 
 impl Bench {
@@ -334,143 +294,6 @@ impl Bench {
         }
         reports
     }
-
-    /// Memory of many open, quiet streams.
-    async fn idle(&self, n: usize) -> Report {
-        let gw = Gateway::start(&self.gateway, &self.url, &[]);
-        let base = gw.rss_bytes();
-        let clients = Clients::connect(gw.addr, n, Instant::now()).await;
-        // Let allocations settle (per-connection buffers are touched on the first heartbeat-free poll).
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = gw.rss_bytes();
-        let seen = clients.drain(0).await;
-        let connected = seen.iter().filter(|s| s.connected).count();
-        Report {
-            scenario: "idle".into(),
-            clients: connected,
-            gateway_rss_idle_mb: mb(rss),
-            gateway_rss_peak_mb: mb(rss),
-            note: format!(
-                "{:.2} KB per stream ({} streams over a base of {:.1} MB)",
-                (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
-                connected,
-                mb(base)
-            ),
-            ..Report::default()
-        }
-    }
-
-    /// Memory of many open, quiet streams multiplexed over HTTP/2 (prior knowledge), as a browser's tabs
-    /// and an HTTP/2 proxy hold them.
-    async fn idle_http2(&self, n: usize) -> Report {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        let gw = Gateway::start(&self.gateway, &self.url, &[]);
-        let base = gw.rss_bytes();
-        let mut held = Vec::with_capacity(n);
-        for _ in 0..n.div_ceil(HTTP2_STREAMS_PER_CONNECTION) {
-            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-            let (sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
-            tokio::spawn(conn);
-            let mut opening = tokio::task::JoinSet::new();
-            for _ in 0..HTTP2_STREAMS_PER_CONNECTION.min(n - held.len()) {
-                let mut sender = sender.clone();
-                let uri = format!("http://{}/bench/events", gw.addr);
-                let req = hyper::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-                opening.spawn(async move { sender.send_request(req).await });
-            }
-            while let Some(opened) = opening.join_next().await {
-                held.extend(opened.ok().and_then(Result::ok).filter(|r| r.status() == 200));
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = gw.rss_bytes();
-        Report {
-            scenario: "idle over HTTP/2".into(),
-            clients: held.len(),
-            gateway_rss_idle_mb: mb(rss),
-            gateway_rss_peak_mb: mb(rss),
-            note: format!(
-                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB)",
-                (rss.saturating_sub(base)) as f64 / held.len().max(1) as f64 / 1024.0,
-                held.len(),
-                n.div_ceil(HTTP2_STREAMS_PER_CONNECTION),
-                mb(base)
-            ),
-            ..Report::default()
-        }
-    }
-
-    /// One client 100,000 events behind catches up.
-    async fn replay(&self) -> Report {
-        let from = self.head().await;
-        self.db
-            .execute(
-                "INSERT INTO bench (sent, pad) SELECT 0, $1 FROM generate_series(1, $2::bigint)",
-                &[&self.payload, &REPLAY_EVENTS],
-            )
-            .await
-            .unwrap();
-        // No gateway runs now to give them ids: sequence them here, so the client is behind a log that
-        // holds them all, which is what this scenario measures (not the first gateway's catching up).
-        pgsse::testing::sequence_staged(&self.db).await;
-        let until = self.head().await;
-        let gw = Gateway::start(&self.gateway, &self.url, &[]);
-        let cpu0 = gw.cpu_seconds();
-        let (stop_tx, stop) = watch::channel(false);
-        let (ready, _keep) = mpsc::channel(1);
-        let started = Instant::now();
-        let path = format!("/bench/events?last_event_id={from}");
-        let stream = client::connect(gw.addr, IpAddr::V4(Ipv4Addr::LOCALHOST), &path).await.unwrap();
-        let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let seen =
-            tokio::time::timeout(DRAIN_LIMIT * 4, client::follow(stream, started, Some(until), stop, ready, last))
-                .await
-                .unwrap_or_default();
-        let took = started.elapsed();
-        drop(stop_tx);
-        let n = seen.ids.len() as u64;
-        Report {
-            scenario: "replay".into(),
-            clients: 1,
-            deliveries: n,
-            deliveries_per_s: n as f64 / took.as_secs_f64(),
-            lost: (REPLAY_EVENTS as u64).saturating_sub(n),
-            gateway_cpu_pct: (gw.cpu_seconds() - cpu0) / took.as_secs_f64() * 100.0,
-            gateway_rss_peak_mb: mb(gw.rss_bytes()),
-            note: format!("{n} events in {:.0} ms", took.as_secs_f64() * 1000.0),
-            ..Report::default()
-        }
-    }
-}
-
-/// Inserts per second of a `write`.
-fn rate((count, took, _): (u64, Duration, Vec<u32>)) -> f64 {
-    count as f64 / took.as_secs_f64()
-}
-
-/// Sorts each client's ids against the log: what is missing, repeated, or out of order.
-fn account(report: &mut Report, expected: &[i64], seen: Vec<Seen>, start_id: i64, wrote_for: Duration) {
-    let mut latencies = Vec::new();
-    for s in seen {
-        let ids: Vec<i64> = s.ids.iter().copied().filter(|id| *id > start_id).collect();
-        let mut last = i64::MIN;
-        let mut distinct = std::collections::HashSet::with_capacity(ids.len());
-        for id in &ids {
-            if !distinct.insert(*id) {
-                report.duplicated += 1;
-            } else if *id < last {
-                report.out_of_order += 1;
-            }
-            last = last.max(*id);
-        }
-        report.lost += expected.iter().filter(|id| !distinct.contains(id)).count() as u64;
-        report.resumed += u64::from(s.resumed);
-        report.deliveries += ids.len() as u64;
-        latencies.extend(s.latencies_us);
-    }
-    report.deliveries_per_s = report.deliveries as f64 / wrote_for.as_secs_f64();
-    report.latency_ms = Percentiles::of(latencies);
 }
 
 /// Open SSE clients and their results.
@@ -595,62 +418,4 @@ async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to PostgreSQL");
     tokio::spawn(conn);
     client
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn print(reports: &[Report], as_json: bool) {
-    if as_json {
-        for r in reports {
-            println!("{}", json!(r));
-        }
-        return;
-    }
-    println!(
-        "{:<20} {:>7} {:>5} {:>9} {:>11} {:>5} {:>4} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>8}",
-        "scenario",
-        "clients",
-        "wrtr",
-        "insert/s",
-        "deliver/s",
-        "lost",
-        "dup",
-        "ooo",
-        "p50ms",
-        "p90ms",
-        "p99ms",
-        "p999ms",
-        "maxms",
-        "cpu%",
-        "rssIdleM",
-        "rssPeakM"
-    );
-    for r in reports {
-        let l = r.latency_ms;
-        let ms = |f: fn(&Percentiles) -> f64| l.as_ref().map_or("-".to_string(), |p| format!("{:.2}", f(p)));
-        println!(
-            "{:<20} {:>7} {:>5} {:>9.0} {:>11.0} {:>5} {:>4} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6.1} {:>8.1} {:>8.1}",
-            r.scenario,
-            r.clients,
-            r.writers,
-            r.inserts_per_s,
-            r.deliveries_per_s,
-            r.lost,
-            r.duplicated,
-            r.out_of_order,
-            ms(|p| p.p50),
-            ms(|p| p.p90),
-            ms(|p| p.p99),
-            ms(|p| p.p999),
-            ms(|p| p.max),
-            r.gateway_cpu_pct,
-            r.gateway_rss_idle_mb,
-            r.gateway_rss_peak_mb,
-        );
-        if !r.note.is_empty() {
-            println!("{:<20} {}", "", r.note);
-        }
-    }
 }

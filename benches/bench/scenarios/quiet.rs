@@ -1,0 +1,116 @@
+//! `idle`, `idle_http2` and `replay`: the memory of many quiet streams (HTTP/1.1 and HTTP/2), and how fast
+//! one stream catches up on a long log.
+
+use std::time::Instant;
+
+use super::*;
+
+impl Bench {
+    /// Memory of many open, quiet streams.
+    pub(super) async fn idle(&self, n: usize) -> Report {
+        let gw = Gateway::start(&self.gateway, &self.url, &[]);
+        let base = gw.rss_bytes();
+        let clients = Clients::connect(gw.addr, n, Instant::now()).await;
+        // Let allocations settle (per-connection buffers are touched on the first heartbeat-free poll).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = gw.rss_bytes();
+        let seen = clients.drain(0).await;
+        let connected = seen.iter().filter(|s| s.connected).count();
+        Report {
+            scenario: "idle".into(),
+            clients: connected,
+            gateway_rss_idle_mb: mb(rss),
+            gateway_rss_peak_mb: mb(rss),
+            note: format!(
+                "{:.2} KB per stream ({} streams over a base of {:.1} MB)",
+                (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
+                connected,
+                mb(base)
+            ),
+            ..Report::default()
+        }
+    }
+
+    /// Memory of many open, quiet streams multiplexed over HTTP/2 (prior knowledge), as a browser's tabs
+    /// and an HTTP/2 proxy hold them.
+    pub(super) async fn idle_http2(&self, n: usize) -> Report {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let gw = Gateway::start(&self.gateway, &self.url, &[]);
+        let base = gw.rss_bytes();
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n.div_ceil(HTTP2_STREAMS_PER_CONNECTION) {
+            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            let mut opening = tokio::task::JoinSet::new();
+            for _ in 0..HTTP2_STREAMS_PER_CONNECTION.min(n - held.len()) {
+                let mut sender = sender.clone();
+                let uri = format!("http://{}/bench/events", gw.addr);
+                let req = hyper::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+                opening.spawn(async move { sender.send_request(req).await });
+            }
+            while let Some(opened) = opening.join_next().await {
+                held.extend(opened.ok().and_then(Result::ok).filter(|r| r.status() == 200));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = gw.rss_bytes();
+        Report {
+            scenario: "idle over HTTP/2".into(),
+            clients: held.len(),
+            gateway_rss_idle_mb: mb(rss),
+            gateway_rss_peak_mb: mb(rss),
+            note: format!(
+                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB)",
+                (rss.saturating_sub(base)) as f64 / held.len().max(1) as f64 / 1024.0,
+                held.len(),
+                n.div_ceil(HTTP2_STREAMS_PER_CONNECTION),
+                mb(base)
+            ),
+            ..Report::default()
+        }
+    }
+
+    /// One client 100,000 events behind catches up.
+    pub(super) async fn replay(&self) -> Report {
+        let from = self.head().await;
+        self.db
+            .execute(
+                "INSERT INTO bench (sent, pad) SELECT 0, $1 FROM generate_series(1, $2::bigint)",
+                &[&self.payload, &REPLAY_EVENTS],
+            )
+            .await
+            .unwrap();
+        // No gateway runs now to give them ids: sequence them here, so the client is behind a log that
+        // holds them all, which is what this scenario measures (not the first gateway's catching up).
+        pgsse::testing::sequence_staged(&self.db).await;
+        let until = self.head().await;
+        let gw = Gateway::start(&self.gateway, &self.url, &[]);
+        let cpu0 = gw.cpu_seconds();
+        let (stop_tx, stop) = watch::channel(false);
+        let (ready, _keep) = mpsc::channel(1);
+        let started = Instant::now();
+        let path = format!("/bench/events?last_event_id={from}");
+        let stream = client::connect(gw.addr, IpAddr::V4(Ipv4Addr::LOCALHOST), &path).await.unwrap();
+        let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let seen =
+            tokio::time::timeout(DRAIN_LIMIT * 4, client::follow(stream, started, Some(until), stop, ready, last))
+                .await
+                .unwrap_or_default();
+        let took = started.elapsed();
+        drop(stop_tx);
+        let n = seen.ids.len() as u64;
+        Report {
+            scenario: "replay".into(),
+            clients: 1,
+            deliveries: n,
+            deliveries_per_s: n as f64 / took.as_secs_f64(),
+            lost: (REPLAY_EVENTS as u64).saturating_sub(n),
+            gateway_cpu_pct: (gw.cpu_seconds() - cpu0) / took.as_secs_f64() * 100.0,
+            gateway_rss_peak_mb: mb(gw.rss_bytes()),
+            note: format!("{n} events in {:.0} ms", took.as_secs_f64() * 1000.0),
+            ..Report::default()
+        }
+    }
+}

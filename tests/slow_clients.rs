@@ -1,0 +1,104 @@
+//! Slow clients: one that never reads, and one that stops, are cut off (and give their places back)
+//! without holding up the gateway or any other stream.
+
+mod common;
+
+use common::{Gateway, SseStream, TestDb};
+
+/// Asks for a stream on a connection whose client will read nothing, with a small receive buffer so the
+/// gateway's writes back up soon.
+async fn stalled_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    stalled
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
+    use tokio::io::AsyncReadExt;
+    let TestDb { url, app, .. } = TestDb::messages("").await;
+    let mut config = common::gateway_config(&url);
+    // Small, so the stalled client is cut within the 300 events; roomy enough that this reader (a debug
+    // build of hyper's client, which takes a body delimited by the connection's close in 8 KiB frames)
+    // keeps within it while commits come flat out and the other tests share the cores.
+    config.streams.queue_capacity = 128;
+    let gw = Gateway::start_with(config).await;
+
+    let mut stalled = stalled_stream(gw.addr).await;
+    let mut reader = SseStream::ok(gw.addr, "/messages/events", &[]).await;
+    // Registration of the raw client is confirmed by it receiving the first event below.
+    app.execute("INSERT INTO messages (body) VALUES ('warmup')", &[]).await.unwrap();
+    assert_eq!(reader.expect().await.json()["body"], "warmup");
+
+    let chunk = "x".repeat(64 * 1024);
+    let total = 300;
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let app = common::writer(&url).await;
+            for i in 0..total {
+                app.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("{i}:{chunk}")]).await.unwrap();
+            }
+        })
+    };
+    for i in 0..total {
+        let ev = reader.expect().await;
+        assert!(ev.json()["body"].as_str().unwrap().starts_with(&format!("{i}:")), "reader got every event in order");
+    }
+    writer.await.unwrap();
+
+    // Now drain the stalled client: the server ended its stream (the close that delimits an HTTP/1.0
+    // stream's body) after an unbroken prefix of the events, short of the last.
+    let mut raw = Vec::new();
+    tokio::time::timeout(common::TIMEOUT, stalled.read_to_end(&mut raw))
+        .await
+        .expect("stalled stream was ended")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let bodies: Vec<String> = raw
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap()["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bodies.first().map(String::as_str), Some("warmup"));
+    for (i, body) in bodies[1..].iter().enumerate() {
+        assert!(body.starts_with(&format!("{i}:")), "event {i} of the prefix is {:.8}", body);
+    }
+    assert!(bodies.len() < 1 + total, "cut off before the last event, yet it got all {} events", bodies.len());
+    assert_eq!(common::metric(gw.addr, "pgsse_subscribers_cut_total").await, 1, "exactly the stalled stream was cut");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats() {
+    let TestDb { url, app, .. } = TestDb::messages("").await;
+    let mut config = common::gateway_config(&url);
+    config.streams.heartbeat = std::time::Duration::from_millis(250);
+    config.streams.queue_capacity = 4;
+    config.limits.max_streams_per_client = 1;
+    let gw = Gateway::start_with(config).await;
+    let metric = |sample| common::metric(gw.addr, sample);
+
+    let stalled = stalled_stream(gw.addr).await;
+    common::wait_for("the stream is open", || async { metric("pgsse_streams_open{channel=\"messages\"}").await == 1 })
+        .await;
+    assert_eq!(SseStream::open(gw.addr, "/messages/events", &[]).await.status, 429, "one stream per client");
+
+    // Rows until the client, which reads nothing, has fallen a queue behind and is cut from the hub.
+    let row = "x".repeat(64 * 1024);
+    for _ in 0..1000 {
+        if metric("pgsse_subscribers_cut_total").await > 0 {
+            break;
+        }
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
+    }
+    assert!(metric("pgsse_subscribers_cut_total").await > 0, "the stalled client was cut");
+    // Its write is still blocked; only giving up on it frees the connection and the client's place.
+    common::wait_for("the stalled client's place is given back", || async {
+        SseStream::open(gw.addr, "/messages/events", &[]).await.status == 200
+    })
+    .await;
+    drop(stalled);
+}
