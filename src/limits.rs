@@ -73,6 +73,18 @@ pub struct Rejections {
     pub snapshots: AtomicU64,
 }
 
+impl Rejections {
+    /// A request refused with 414 (`--max-url-length`).
+    pub fn url_too_long(&self) {
+        self.url_too_long.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A body refused with 413 (`--body-limit`).
+    pub fn body_too_large(&self) {
+        self.body_too_large.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Limits {
     max_streams: usize,
     max_per_client: usize,

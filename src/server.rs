@@ -16,7 +16,6 @@ use tracing::{debug, error, info, info_span, Instrument};
 
 use crate::app::{App, AppError};
 use crate::config::{Config, ServerArgs};
-use crate::http::cors::Cors;
 use crate::http::{conn, routes, Builders, Site};
 
 /// Pause after a failed accept (usually EMFILE), so the loop does not spin while descriptors are short.
@@ -93,13 +92,7 @@ pub async fn run(
         tasks.spawn(serve_metrics(metrics, app.clone()));
     }
     let server = &app.config.server;
-    let site = Arc::new(Site {
-        cors: Cors::new(&server.cors_origins),
-        builders: builders(server),
-        metrics_apart,
-        access_log: server.access_log,
-        app: app.clone(),
-    });
+    let site = Arc::new(Site::new(&app, builders(server), metrics_apart));
     let connections = TaskTracker::new();
     accept(api, &site, &connections, shutdown).await;
 
@@ -146,7 +139,7 @@ async fn accept(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving");
     }
-    let permits = Arc::new(Semaphore::new(site.app.config.server.max_connections));
+    let permits = Arc::new(Semaphore::new(site.settings.max_connections));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -168,7 +161,7 @@ async fn accept(
             },
             _ = &mut shutdown => return,
         };
-        let Some(slot) = site.app.limits.admit_connection(peer.ip()) else {
+        let Some(slot) = site.limits.admit_connection(peer.ip()) else {
             debug!(%peer, "closing a connection over the per-address limit");
             continue;
         };
@@ -205,8 +198,8 @@ async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
         };
         let app = app.clone();
         tokio::spawn(async move {
-            let header_read_timeout = app.config.server.header_read_timeout;
-            let service = service_fn(move |req| routes::handle_metrics(app.clone(), req));
+            let (header_read_timeout, metrics) = (app.config.server.header_read_timeout, app.metrics.clone());
+            let service = service_fn(move |req| routes::handle_metrics(metrics.clone(), req));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)

@@ -27,8 +27,8 @@ pub struct App {
     /// Read by the HTTP layer: its own settings, and the access control.
     pub config: Config,
     pub events: Arc<Events>,
-    pub commands: Commands,
-    pub health: Health,
+    pub commands: Arc<Commands>,
+    pub health: Arc<Health>,
     pub limits: Arc<Limits>,
     pub denials: Arc<Denials>,
     pub metrics: Arc<Metrics>,
@@ -94,8 +94,8 @@ impl App {
         tasks.spawn(async move { retention::run(&pruned, &args, token).await });
         Ok(Arc::new(App {
             events,
-            commands: Commands::new(store.clone(), published, config.commands.clone()),
-            health: Health::new(store, hub.clone(), status),
+            commands: Arc::new(Commands::new(store.clone(), published, config.commands.clone())),
+            health: Arc::new(Health::new(store, hub.clone(), status)),
             limits,
             denials,
             metrics,

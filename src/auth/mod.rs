@@ -10,7 +10,7 @@ pub use jwt::Jwt;
 pub use url::AuthUrl;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
@@ -134,6 +134,18 @@ impl AuthArgs {
 pub(crate) struct Denials {
     pub unauthenticated: AtomicU64,
     pub forbidden: AtomicU64,
+}
+
+impl Denials {
+    /// Counts a request that ended refused for its credentials (401) or its rights (403).
+    pub fn note(&self, status: http::StatusCode) {
+        let counter = match status {
+            http::StatusCode::UNAUTHORIZED => &self.unauthenticated,
+            http::StatusCode::FORBIDDEN => &self.forbidden,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub enum Auth {

@@ -193,12 +193,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Stalling<IO> {
 
 /// Serves one client connection until it closes or graceful shutdown ends it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) {
-    let config = &site.app.config;
-    let stream = Stalling::new(stream, config.streams.heartbeat * STALLED_HEARTBEATS);
+    let settings = &site.settings;
+    let stream = Stalling::new(stream, settings.heartbeat * STALLED_HEARTBEATS);
     // hyper's header timeout starts only once the protocol is known, so the first bytes (and the TLS
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
-    let limit = config.server.header_read_timeout;
-    let serving = match config.tls.clone() {
+    let limit = settings.header_read_timeout;
+    let serving = match settings.tls.clone() {
         // Each phase boxed: inline, every connection's task would stay as large as the largest phase (the
         // TLS handshake, the deadline's timer) for as long as its stream idles.
         None => match Box::pin(timeout(limit, Sniffed::read(stream))).await {
@@ -239,8 +239,8 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
     // Closed (GOAWAY) at shutdown, or once no request has been open for the header timeout: what an idle
     // HTTP/1 connection gets, since it must send its next request's head within that time.
-    let closing = site.app.shutdown.child_token();
-    let idle_limit = site.app.config.server.header_read_timeout;
+    let closing = site.shutdown.child_token();
+    let idle_limit = site.settings.header_read_timeout;
     let active = Arc::new(super::idle::Active::default());
     let requests = active.clone();
     // Boxed so the connection keeps only a pointer once the response is produced: hyper holds the service
@@ -295,7 +295,7 @@ async fn until_done<C, T>(
 
 /// The request's access log entry, under `--access-log`.
 fn log_entry<B>(site: &Site, peer: SocketAddr, req: &http::Request<B>) -> Option<Box<access::Entry>> {
-    site.access_log.then(|| access::Entry::begin(req, site.app.limits.client(peer.ip(), req.headers())))
+    site.settings.access_log.then(|| access::Entry::begin(req, site.limits.client(peer.ip(), req.headers())))
 }
 
 /// What hyper writes on an HTTP/1 connection: a routed response, or only the head of a stream.
@@ -323,7 +323,7 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     peer: SocketAddr,
     site: Arc<Site>,
 ) -> Result<(), hyper::Error> {
-    let shutdown = site.app.shutdown.clone();
+    let shutdown = site.shutdown.clone();
     let builder = site.builders.http1.clone();
     let opened: Arc<Mutex<Option<Logged<SseBody>>>> = Arc::default();
     let slot = opened.clone();

@@ -8,20 +8,49 @@ pub mod routes;
 pub mod web;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
 
+use crate::api::commands::Commands;
+use crate::api::events::Events;
+use crate::api::health::Health;
+use crate::app::metrics::Metrics;
 use crate::app::App;
+use crate::auth::{Auth, Denials};
+use crate::limits::Limits;
 use cors::Cors;
 
-/// What every connection shares: the application, and HTTP's own parts.
+/// What every connection shares: the handles its requests reach, and HTTP's own parts and settings.
 pub struct Site {
-    pub app: Arc<App>,
+    pub events: Arc<Events>,
+    pub commands: Arc<Commands>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
+    pub limits: Arc<Limits>,
+    pub denials: Arc<Denials>,
+    /// Cancelled on shutdown: every connection starts closing.
+    pub shutdown: CancellationToken,
+    pub settings: Settings,
     pub cors: Cors,
     pub builders: Builders,
     /// Whether `/metrics` has a listener of its own, and so is not served here.
     pub metrics_apart: bool,
+}
+
+/// The configuration HTTP reads, taken once.
+pub struct Settings {
+    pub max_connections: usize,
+    pub max_url_length: usize,
+    pub header_read_timeout: Duration,
+    /// Streams' heartbeat: a client that takes no byte for a few of them loses its connection.
+    pub heartbeat: Duration,
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// `--demo`: the demo's pages are served.
+    pub demo: bool,
     /// `--access-log`.
     pub access_log: bool,
 }
@@ -30,4 +59,32 @@ pub struct Site {
 pub struct Builders {
     pub http1: http1::Builder,
     pub http2: http2::Builder<TokioExecutor>,
+}
+
+impl Site {
+    pub fn new(app: &App, builders: Builders, metrics_apart: bool) -> Self {
+        let config = &app.config;
+        Self {
+            events: app.events.clone(),
+            commands: app.commands.clone(),
+            health: app.health.clone(),
+            metrics: app.metrics.clone(),
+            auth: config.auth.clone(),
+            limits: app.limits.clone(),
+            denials: app.denials.clone(),
+            shutdown: app.shutdown.clone(),
+            settings: Settings {
+                max_connections: config.server.max_connections,
+                max_url_length: config.server.max_url_length,
+                header_read_timeout: config.server.header_read_timeout,
+                heartbeat: config.streams.heartbeat,
+                tls: config.tls.clone(),
+                demo: config.server.demo,
+                access_log: config.server.access_log,
+            },
+            cors: Cors::new(&config.server.cors_origins),
+            builders,
+            metrics_apart,
+        }
+    }
 }

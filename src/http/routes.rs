@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use crate::api::commands::CommandError;
 use crate::api::events::StreamError;
 use crate::api::reply::{json_response, Body, Reply};
 use crate::api::snapshot::{Shape, SnapshotError, RESERVED};
-use crate::app::App;
+use crate::app::metrics::Metrics;
 use crate::auth::{Auth, AuthError, ACCESS_TOKEN};
 use crate::channel::ChannelError;
 use crate::cursor::{self, CursorError};
@@ -112,7 +111,6 @@ impl ApiError {
 }
 
 pub async fn handle(site: Arc<Site>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let state = &site.app;
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
     let mut resp = if head_size(&req) > MAX_REQUEST_HEAD {
@@ -124,11 +122,7 @@ pub async fn handle(site: Arc<Site>, peer: IpAddr, req: Request<Incoming>) -> Re
     } else {
         route(&site, peer, req).await.unwrap_or_else(ApiError::into_response)
     };
-    match resp.status() {
-        StatusCode::UNAUTHORIZED => state.denials.unauthenticated.fetch_add(1, Ordering::Relaxed),
-        StatusCode::FORBIDDEN => state.denials.forbidden.fetch_add(1, Ordering::Relaxed),
-        _ => 0,
-    };
+    site.denials.note(resp.status());
     site.cors.apply(&request_headers, resp.headers_mut(), preflight);
     Ok(resp)
 }
@@ -141,39 +135,37 @@ fn head_size<B>(req: &Request<B>) -> usize {
 }
 
 async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let state = &site.app;
     let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if url_length > state.config.server.max_url_length {
-        state.limits.rejections.url_too_long.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::UrlTooLong(state.config.server.max_url_length));
+    if url_length > site.settings.max_url_length {
+        site.limits.rejections.url_too_long();
+        return Err(ApiError::UrlTooLong(site.settings.max_url_length));
     }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     if req.method() == Method::GET {
-        if let Some(file) = web::module(&path).or_else(|| state.config.server.demo.then(|| web::page(&path)).flatten())
-        {
+        if let Some(file) = web::module(&path).or_else(|| site.settings.demo.then(|| web::page(&path)).flatten()) {
             return Ok(file);
         }
     }
     match segments.as_slice() {
         ["healthz"] => {
             only_get(&req, "GET")?;
-            Ok(state.health.health().await)
+            Ok(site.health.health().await)
         }
-        ["metrics"] if !site.metrics_apart && matches!(*state.config.auth, Auth::None) => {
+        ["metrics"] if !site.metrics_apart && matches!(*site.auth, Auth::None) => {
             only_get(&req, "GET")?;
-            Ok(metrics(state))
+            Ok(metrics(&site.metrics))
         }
         // Its labels tell who is online: under auth, only --metrics-listen serves it.
         ["metrics"] => Err(ApiError::NotFound("/metrics is served only on --metrics-listen".into())),
         ["readyz"] => {
             only_get(&req, "GET")?;
-            Ok(state.health.ready().await)
+            Ok(site.health.ready().await)
         }
         ["events"] => {
             only_get(&req, "GET")?;
             let query = Query::parse(req.uri().query())?;
-            events(state, peer, &req, query.channels.clone(), &query).await
+            events(site, peer, &req, query.channels.clone(), &query).await
         }
         [channel, "events"] => {
             only_get(&req, "GET")?;
@@ -181,7 +173,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             if !query.channels.is_empty() {
                 return Err(ApiError::BadQuery("channel= is only for /events; this path names its channel".into()));
             }
-            events(state, peer, &req, vec![channel.to_string()], &query).await
+            events(site, peer, &req, vec![channel.to_string()], &query).await
         }
         [channel] if !channel.is_empty() => {
             let channel = channel.to_string();
@@ -195,28 +187,27 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             }
             let token = query_token(query.as_deref());
             let channels = [channel.clone()];
-            let access =
-                state.config.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method()).await?;
+            let access = site.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method()).await?;
             match *req.method() {
                 Method::GET => {
-                    let slot = state.limits.admit_request(state.limits.client(peer, req.headers()))?;
-                    let page = state.commands.history(&access, &channel, query.as_deref()).await?;
+                    let slot = site.limits.admit_request(site.limits.client(peer, req.headers()))?;
+                    let page = site.commands.history(&access, &channel, query.as_deref()).await?;
                     Ok(page.map(|body| match body {
                         Either::Left(reply) => Either::Left(reply.holding(slot)),
                         stream => stream,
                     }))
                 }
-                Method::DELETE => Ok(state.commands.clear(&access, &channel).await?),
+                Method::DELETE => Ok(site.commands.clear(&access, &channel).await?),
                 _ => {
                     let (parts, body) = req.into_parts();
                     // Refused before the body is read when the token cannot publish here.
                     access.may_publish(&channel)?;
-                    let object = state.commands.read_object(&parts.headers, body).await.inspect_err(|err| {
+                    let object = site.commands.read_object(&parts.headers, body).await.inspect_err(|err| {
                         if matches!(err, CommandError::TooLarge(_)) {
-                            state.limits.rejections.body_too_large.fetch_add(1, Ordering::Relaxed);
+                            site.limits.rejections.body_too_large();
                         }
                     })?;
-                    Ok(state.commands.post(&access, &channel, query.as_deref(), &parts.headers, object).await?)
+                    Ok(site.commands.post(&access, &channel, query.as_deref(), &parts.headers, object).await?)
                 }
             }
         }
@@ -225,9 +216,9 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
 }
 
 /// The `--metrics-listen` address serves only `/metrics`.
-pub async fn handle_metrics(state: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle_metrics(metrics: Arc<Metrics>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
-        "/metrics" => only_get(&req, "GET").map(|()| metrics(&state)),
+        "/metrics" => only_get(&req, "GET").map(|()| self::metrics(&metrics)),
         other => Err(ApiError::NotFound(crate::parse::clip(other))),
     };
     Ok(resp.unwrap_or_else(ApiError::into_response))
@@ -288,7 +279,7 @@ impl Query {
 }
 
 async fn events<B>(
-    state: &App,
+    site: &Site,
     peer: IpAddr,
     req: &Request<B>,
     channels: Vec<String>,
@@ -297,11 +288,11 @@ async fn events<B>(
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;
     let [snapshot, order, limit] = query.shape.each_ref().map(Option::as_deref);
-    let events = &state.events;
+    let events = &site.events;
     let shape = Shape::parse(snapshot, order, limit, events.args().snapshot_max_rows).map_err(StreamError::Snapshot)?;
     let channels = events.check_names(channels)?;
     let token = query.access_token.as_deref();
-    let access = state.config.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
+    let access = site.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
     // Authorized first: a token learns nothing of a channel outside its grant, not even whether it exists.
     for channel in &channels {
         access.may_subscribe(channel)?;
@@ -325,9 +316,9 @@ async fn events<B>(
         }
     }
     tracing::debug!(?channels, ?resume, "stream opened");
-    let client = state.limits.client(peer, req.headers());
-    let slot = state.limits.admit(client)?;
-    let gate = state.limits.snapshot_gate(client);
+    let client = site.limits.client(peer, req.headers());
+    let slot = site.limits.admit(client)?;
+    let gate = site.limits.snapshot_gate(client);
     let body = events.open(channels, resume, shape, filters, access.expires(), &gate).await?.holding(slot);
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
@@ -337,8 +328,8 @@ async fn events<B>(
     Ok(resp)
 }
 
-fn metrics(state: &App) -> Response<Body> {
-    match state.metrics.render() {
+fn metrics(metrics: &Arc<Metrics>) -> Response<Body> {
+    match metrics.render() {
         Ok(text) => {
             let mut resp = Response::new(Either::Left(Reply::new(Bytes::from(text))));
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::app::metrics::CONTENT_TYPE));
