@@ -12,8 +12,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::api::query::PostQuery;
 use crate::api::reply::{json_response, raw_json_response, Body};
-use crate::auth::{Access, AuthError, ACCESS_TOKEN};
+use crate::auth::{Access, AuthError};
 use crate::channel::ChannelError;
 use crate::filter::FilterError;
 use crate::pg::error::StoreError;
@@ -155,7 +156,7 @@ impl Commands {
         &self,
         access: &Access,
         channel: &str,
-        query: Option<&str>,
+        query: &PostQuery,
         headers: &HeaderMap,
         body: Value,
     ) -> Result<Response, CommandError> {
@@ -165,8 +166,7 @@ impl Commands {
         if access.filter_for(channel, None)?.is_some_and(|filter| !filter.matches(&body)) {
             return Err(AuthError::OutsideGrant(channel.to_string()).into());
         }
-        let event =
-            query_pairs(query, &["event", ACCESS_TOKEN])?.into_iter().find(|(k, _)| k == "event").map(|(_, v)| v);
+        let event = query.event.clone();
         if let Some(bad) = event.as_deref().filter(|e| !valid_event(e)) {
             return Err(CommandError::InvalidEvent(crate::parse::clip(bad)));
         }
@@ -281,21 +281,6 @@ fn check_name(channel: &str) -> Result<(), CommandError> {
 /// Same rule as `pgsse.valid_event` in SQL.
 fn valid_event(name: &str) -> bool {
     name.len() <= 64 && crate::channel::valid(name)
-}
-
-fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, CommandError> {
-    let mut pairs = Vec::new();
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        if !allowed.contains(&key.as_ref()) {
-            let key: String = crate::parse::clip(&key);
-            return Err(CommandError::BadQuery(format!("unknown query parameter {key:?}")));
-        }
-        if pairs.iter().any(|(k, _)| *k == key) {
-            return Err(CommandError::BadQuery(format!("{key} given more than once")));
-        }
-        pairs.push((key.into_owned(), value.into_owned()));
-    }
-    Ok(pairs)
 }
 
 mod history;

@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod events;
 pub mod health;
+pub mod query;
 pub mod reply;
 pub mod snapshot;
 pub mod stream;

@@ -13,13 +13,14 @@ use serde_json::json;
 
 use crate::api::commands::CommandError;
 use crate::api::events::StreamError;
+use crate::api::query::{HistoryQuery, PostQuery, QueryError, StreamQuery};
 use crate::api::reply::{json_response, Body, Reply};
-use crate::api::snapshot::{Shape, SnapshotError, RESERVED};
+use crate::api::snapshot::Shape;
 use crate::app::metrics::Metrics;
 use crate::auth::{Auth, AuthError, ACCESS_TOKEN};
 use crate::channel::ChannelError;
 use crate::cursor::{self, CursorError};
-use crate::filter::{ChannelFilters, Filter, FilterError};
+use crate::filter::{ChannelFilters, FilterError};
 use crate::http::{web, Site};
 use crate::limits::LimitError;
 use crate::pg::published::ColumnsError;
@@ -39,6 +40,8 @@ pub enum ApiError {
     MethodNotAllowed(Method, &'static str),
     #[error(transparent)]
     Cursor(#[from] CursorError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
     #[error("{0}")]
     BadQuery(String),
     #[error(transparent)]
@@ -66,6 +69,7 @@ impl Refuse for ApiError {
             ApiError::UrlTooLong(_) => Refusal::UrlTooLong,
             ApiError::HeadTooLarge => Refusal::HeadTooLarge,
             ApiError::Cursor(err) => err.refusal(),
+            ApiError::Query(err) => err.refusal(),
             ApiError::Stream(err) => err.refusal(),
             ApiError::Command(err) => err.refusal(),
             ApiError::Filter(err) => err.refusal(),
@@ -77,6 +81,7 @@ impl Refuse for ApiError {
     fn told(&self) -> String {
         match self {
             ApiError::Cursor(err) => err.told(),
+            ApiError::Query(err) => err.told(),
             ApiError::Stream(err) => err.told(),
             ApiError::Command(err) => err.told(),
             ApiError::Filter(err) => err.told(),
@@ -164,12 +169,12 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
         }
         ["events"] => {
             only_get(&req, "GET")?;
-            let query = Query::parse(req.uri().query())?;
+            let query = StreamQuery::parse(req.uri().query())?;
             events(site, peer, &req, query.channels.clone(), &query).await
         }
         [channel, "events"] => {
             only_get(&req, "GET")?;
-            let query = Query::parse(req.uri().query())?;
+            let query = StreamQuery::parse(req.uri().query())?;
             if !query.channels.is_empty() {
                 return Err(ApiError::BadQuery("channel= is only for /events; this path names its channel".into()));
             }
@@ -191,7 +196,8 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             match *req.method() {
                 Method::GET => {
                     let slot = site.limits.admit_request(site.limits.client(peer, req.headers()))?;
-                    let page = site.commands.history(&access, &channel, query.as_deref()).await?;
+                    let page =
+                        site.commands.history(&access, &channel, &HistoryQuery::parse(query.as_deref())?).await?;
                     Ok(page.map(|body| match body {
                         Either::Left(reply) => Either::Left(reply.holding(slot)),
                         stream => stream,
@@ -200,14 +206,15 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
                 Method::DELETE => Ok(site.commands.clear(&access, &channel).await?),
                 _ => {
                     let (parts, body) = req.into_parts();
-                    // Refused before the body is read when the token cannot publish here.
+                    // Refused before the body is read when the token cannot publish here, or asks wrongly.
                     access.may_publish(&channel)?;
+                    let asked = PostQuery::parse(query.as_deref())?;
                     let object = site.commands.read_object(&parts.headers, body).await.inspect_err(|err| {
                         if matches!(err, CommandError::TooLarge(_)) {
                             site.limits.rejections.body_too_large();
                         }
                     })?;
-                    Ok(site.commands.post(&access, &channel, query.as_deref(), &parts.headers, object).await?)
+                    Ok(site.commands.post(&access, &channel, &asked, &parts.headers, object).await?)
                 }
             }
         }
@@ -235,55 +242,12 @@ fn query_token(raw: Option<&str>) -> Option<String> {
     form_urlencoded::parse(raw.unwrap_or("").as_bytes()).find(|(k, _)| k == ACCESS_TOKEN).map(|(_, v)| v.into_owned())
 }
 
-/// A stream's query: `channel`, `last_event_id`, `access_token` and the snapshot's shape (`snapshot`,
-/// `order`, `limit`); every other parameter is a row filter, parsed strictly so that a typo is refused
-/// rather than silently matching everything.
-#[derive(Default)]
-struct Query {
-    channels: Vec<String>,
-    last_event_id: Option<String>,
-    access_token: Option<String>,
-    filter: Option<Filter>,
-    /// `snapshot`, `order` and `limit`, as given.
-    shape: [Option<String>; 3],
-}
-
-impl Query {
-    fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let mut q = Query::default();
-        let mut filters = Vec::new();
-        for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-            match key.as_ref() {
-                "channel" => q.channels.push(value.into_owned()),
-                "last_event_id" if q.last_event_id.is_none() => q.last_event_id = Some(value.into_owned()),
-                "last_event_id" => return Err(ApiError::BadQuery("last_event_id given more than once".into())),
-                ACCESS_TOKEN => q.access_token = Some(value.into_owned()),
-                name if RESERVED.contains(&name) => {
-                    let i = RESERVED.iter().position(|r| *r == name).unwrap_or_default();
-                    if q.shape[i].replace(value.into_owned()).is_some() {
-                        return Err(StreamError::from(SnapshotError::Repeated(RESERVED[i])).into());
-                    }
-                }
-                _ => filters.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        let names = ["channel", "last_event_id", ACCESS_TOKEN, RESERVED[0], RESERVED[1], RESERVED[2]];
-        if let Some((key, meant)) = filters.iter().find_map(|(k, v)| crate::filter::meant(k, v, &names).map(|m| (k, m)))
-        {
-            return Err(ApiError::BadQuery(format!("unknown parameter {key:?}: did you mean {meant}?")));
-        }
-        let filter = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        q.filter = (!filter.is_empty()).then_some(filter);
-        Ok(q)
-    }
-}
-
 async fn events<B>(
     site: &Site,
     peer: IpAddr,
     req: &Request<B>,
     channels: Vec<String>,
-    query: &Query,
+    query: &StreamQuery,
 ) -> Result<Response<Body>, ApiError> {
     let header = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
     let resume = cursor::resolve(header, query.last_event_id.as_deref())?;

@@ -6,18 +6,16 @@ use http::header::{HeaderValue, LINK};
 use http::StatusCode;
 
 use super::{check_name, CommandError, Commands, Response};
+use crate::api::query::HistoryQuery;
 use crate::api::reply::raw_json_response;
-use crate::auth::{Access, AuthError, ACCESS_TOKEN};
+use crate::auth::{Access, AuthError};
 use crate::channel::ChannelError;
-use crate::cursor;
 use crate::fanout::moves::Moves;
 use crate::filter::Filter;
 use crate::pg::logrow::EventRow;
 use crate::pg::published::ColumnsError;
 use crate::pg::store::PAGE_BYTES;
 
-pub const DEFAULT_HISTORY: i64 = 50;
-pub const MAX_HISTORY: i64 = 1000;
 /// Log events one request reads at most, through filters that may match few of them: past this the page
 /// ends with what it found and its `Link` continues from where the reading stopped.
 pub const MAX_SCAN: usize = 10_000;
@@ -27,41 +25,19 @@ const SCAN_BATCH: i64 = 1000;
 impl Commands {
     /// `GET /{channel}`: recent events, newest first; `?limit=` and `?before=<id>` page backwards, and the
     /// `Link` header's `rel="next"` gives the next page while the log may hold more.
-    pub async fn history(&self, access: &Access, channel: &str, query: Option<&str>) -> Result<Response, CommandError> {
+    pub async fn history(
+        &self,
+        access: &Access,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<Response, CommandError> {
         check_name(channel)?;
         access.may_subscribe(channel)?;
-        let (mut limit, mut before) = (DEFAULT_HISTORY, i64::MAX);
-        let (mut filters, mut seen) = (Vec::new(), Vec::new());
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let n =
-                || cursor::parse(&value).map_err(|_| CommandError::BadQuery(format!("{key} must be a whole number")));
-            if matches!(key.as_ref(), "limit" | "before") {
-                if seen.contains(&key) {
-                    return Err(CommandError::BadQuery(format!("{key} given more than once")));
-                }
-                seen.push(key.clone());
-            }
-            match key.as_ref() {
-                ACCESS_TOKEN => {}
-                "limit" => match n()? {
-                    0 => return Err(CommandError::BadQuery("limit must be at least 1".into())),
-                    n => limit = n.min(MAX_HISTORY),
-                },
-                "before" => before = n()?,
-                // Every other parameter is a row filter, as on streams: "history, then stream" filters both halves alike.
-                _ => filters.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        let names = ["limit", "before", ACCESS_TOKEN];
-        if let Some((key, meant)) = filters.iter().find_map(|(k, v)| crate::filter::meant(k, v, &names).map(|m| (k, m)))
-        {
-            return Err(CommandError::BadQuery(format!("unknown parameter {key:?}: did you mean {meant}?")));
-        }
-        let asked = Filter::parse(filters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let (limit, before, asked) = (query.limit, query.before, &query.filter);
         if self.store.channel(channel).await?.is_none() {
             return Err(ChannelError::Unknown(channel.to_string()).into());
         }
-        self.published.check(&self.store, channel, &asked).await?;
+        self.published.check(&self.store, channel, asked).await?;
         if let Some(grant) = access.filter_for(channel, None)? {
             self.published.check(&self.store, channel, &grant).await.map_err(|err| match err {
                 ColumnsError::Unknown { .. } | ColumnsError::Type(_) => {
@@ -70,12 +46,12 @@ impl Commands {
                 err => CommandError::Columns(err),
             })?;
         }
-        let granted = access.filter_for(channel, (!asked.is_empty()).then_some(&asked))?;
+        let granted = access.filter_for(channel, (!asked.is_empty()).then_some(asked))?;
         self.store.settle().await?;
         let page = self.page(channel, before, limit, granted.as_deref()).await?;
         let mut resp = raw_json_response(StatusCode::OK, page.body);
         if let Some(next) = page.next {
-            let link = format!("</{channel}?{}>; rel=\"next\"", next_query(query, next));
+            let link = format!("</{channel}?{}>; rel=\"next\"", query.next(next));
             if let Ok(value) = HeaderValue::from_str(&link) {
                 resp.headers_mut().insert(LINK, value);
             }
@@ -155,28 +131,5 @@ fn shows<'a>(row: &'a EventRow, filter: Option<&Filter>) -> Option<(&'a str, &'a
             moved.shown_as(shown, &row.event, &row.payload)
         }
         None => (matches || row.wide).then_some((&row.event, &row.payload)),
-    }
-}
-
-/// The request's query for the next page: its own parameters (decoded and encoded again, so nothing but
-/// URL-safe ASCII reaches the header), but `before` and the token, however they were spelled.
-fn next_query(query: Option<&str>, before: i64) -> String {
-    let mut next = form_urlencoded::Serializer::new(String::new());
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if key != "before" && key != ACCESS_TOKEN {
-            next.append_pair(&key, &value);
-        }
-    }
-    next.append_pair("before", &before.to_string()).finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_next_page_keeps_the_filters_and_drops_the_token_however_spelled() {
-        let next = next_query(Some("limit=2&access%5Ftoken=secret&%62efore=9&name=eq.J%C3%BCrgen&x=in.(a,b)"), 5);
-        assert_eq!(next, "limit=2&name=eq.J%C3%BCrgen&x=in.%28a%2Cb%29&before=5");
     }
 }
