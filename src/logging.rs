@@ -1,6 +1,6 @@
-//! Log output that never makes the gateway wait: each line goes to a bounded queue that one thread writes
-//! to stdout. When stdout stalls (a full pipe, a stuck collector) and the queue is full, lines are dropped
-//! and counted (`pgsse_log_lines_dropped_total`) rather than freezing whatever thread logged them.
+//! Log output that never makes the gateway wait: each line (at most 8 KiB) goes to a bounded queue that one
+//! thread writes to stdout. When stdout stalls (a full pipe, a stuck collector) and the queue is full, lines
+//! are dropped and counted (`pgsse_log_lines_dropped_total`, and a line once stdout takes them again).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Lines waiting for stdout at most; a line is one event, a few hundred bytes, an access line at most ~1 KB.
+/// Lines waiting for stdout at most: with [`LINE_BYTES`], 8 MiB.
 const QUEUE_LINES: usize = 1024;
+/// The most of one line that is kept: a message may quote a table owner's error, of any length.
+const LINE_BYTES: usize = 8 * 1024;
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -43,20 +45,37 @@ impl Lossy {
         Self::new(std::io::stdout())
     }
 
-    /// Waits up to `limit` for the lines logged so far to be written: before the process exits.
+    /// Waits up to `limit` for the lines logged so far to be written: before the process exits. A stdout
+    /// that takes nothing cannot hold the exit longer.
     pub fn flush(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
         let (done, written) = mpsc::sync_channel(1);
-        if self.queue.send(Message::Flush(done)).is_ok() {
-            let _ = written.recv_timeout(limit);
+        let mut marker = Message::Flush(done);
+        loop {
+            match self.queue.try_send(marker) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    marker = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
         }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }
 
 fn write_all(mut out: impl Write, lines: Receiver<Message>) {
+    let mut told = 0;
     for message in lines {
         match message {
             Message::Line(line) => {
                 let _ = out.write_all(&line);
+                let dropped = dropped();
+                if dropped > told {
+                    let _ = writeln!(out, "pgsse: {} log lines dropped: stdout did not keep up", dropped - told);
+                    told = dropped;
+                }
                 let _ = out.flush();
             }
             Message::Flush(done) => {
@@ -87,6 +106,14 @@ impl Drop for Line {
     fn drop(&mut self) {
         if self.buf.is_empty() {
             return;
+        }
+        if self.buf.len() > LINE_BYTES {
+            let mut end = LINE_BYTES;
+            while end > 0 && std::str::from_utf8(&self.buf[..end]).is_err() {
+                end -= 1;
+            }
+            self.buf.truncate(end);
+            self.buf.extend_from_slice(b"... (cut)\n");
         }
         match self.queue.try_send(Message::Line(std::mem::take(&mut self.buf))) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
@@ -145,6 +172,27 @@ mod tests {
         drop(last);
         log.flush(Duration::from_secs(10));
         let written = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        assert!(written.starts_with("line 0\n") && written.ends_with("after\n"), "{written}");
+        assert!(written.starts_with("line 0\n") && written.contains("log lines dropped"), "{written}");
+        assert!(written.ends_with("after\n"), "{written}");
+        let mut long = log.make_writer();
+        writeln!(long, "{}", "é".repeat(LINE_BYTES)).unwrap();
+        drop(long);
+        log.flush(Duration::from_secs(10));
+        let written = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let last = written.lines().last().unwrap();
+        assert!(last.len() < LINE_BYTES + 16 && last.ends_with("... (cut)"), "{}", last.len());
+    }
+
+    #[test]
+    fn a_stalled_output_cannot_hold_the_exit() {
+        let gate = Arc::new(Mutex::new(()));
+        let _held = gate.lock().unwrap();
+        let log = Lossy::new(Stuck(Arc::default(), gate.clone()));
+        for _ in 0..QUEUE_LINES + 2 {
+            writeln!(log.make_writer(), "x").unwrap();
+        }
+        let started = std::time::Instant::now();
+        log.flush(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
 }

@@ -3,10 +3,12 @@
 //! DDL only), so this is safe on every deploy, from several instances at once, and equal to `psql -1` of
 //! each file with `record.sql` (docs/operations.md, Upgrading).
 
+mod checks;
 mod lock;
 
 use std::time::Duration;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 /// The numbered files of `sql/`, embedded at build time, in the order they apply. A file's number is the
@@ -90,10 +92,10 @@ pub enum MigrateError {
     )]
     Newer { applied: String, known: &'static str },
     #[error(
-        "waited {timeout:?} for the migration lock, which {holders} holds: another pgsse migrate may still be \
-         running; if not, end that session (SELECT pg_terminate_backend(pid)) and run migrate again"
+        "waited {timeout:?} for {what}, which {holders} held: another pgsse migrate, or a transaction still open on \
+         the table; end that session (SELECT pg_terminate_backend(pid)) or let it finish, and run migrate again"
     )]
-    Locked { timeout: Duration, holders: String },
+    Locked { timeout: Duration, what: &'static str, holders: String },
 }
 
 /// [`migrate_within`] the default [`LOCK_TIMEOUT`].
@@ -109,11 +111,15 @@ pub async fn migrate_within(database_url: &str, lock_timeout: Duration) -> Resul
     let driver = tokio::spawn(connection);
     // Whoever may create in a schema on the caller's path (public, on older PostgreSQL) could otherwise
     // have a function of theirs called, with the migrating admin's rights, in place of a built-in.
-    let pin = "SET search_path = pg_catalog, pg_temp; SET application_name = 'pgsse migrate'";
+    // And settings a database's owner may have set that would change what the files mean.
+    let pin = "SET search_path = pg_catalog, pg_temp; SET standard_conforming_strings = on;
+               SET default_transaction_read_only = off; SET application_name = 'pgsse migrate'";
     client.batch_execute(pin).await.map_err(|err| apply_error(MIGRATIONS[0].0, &err))?;
-    check_privileges(&client).await?;
-    warn_on_sql_ascii(&client).await?;
-    let runner = Runner { lock_timeout };
+    checks::privileges(&client).await?;
+    checks::encoding(&client).await?;
+    let pid: i32 =
+        client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(|e| apply_error(MIGRATIONS[0].0, &e))?.get(0);
+    let runner = Runner { lock_timeout, watch: lock::Watch::start(database_url, pid).await };
     runner.rename_recorded(&mut client).await?;
     // The roles first: a role that cannot make them (or join pgsse_owner) is told so before any file
     // applies, rather than after the numbered files, with none of the functions in place.
@@ -146,45 +152,6 @@ fn refuse_newer(recorded: &[String]) -> Result<(), MigrateError> {
     }
 }
 
-/// Says which privilege is missing before any file runs, rather than a server error from the middle of one.
-async fn check_privileges(client: &Client) -> Result<(), MigrateError> {
-    let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
-    let row = client
-        .query_one(
-            "SELECT current_user::text, current_database()::text, has_database_privilege(current_database(), 'CREATE'),
-                    (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'pgsse'),
-                    (SELECT pg_has_role(nspowner, 'USAGE') FROM pg_namespace WHERE nspname = 'pgsse')",
-            &[],
-        )
-        .await
-        .map_err(fail)?;
-    let (user, db): (String, String) = (row.get(0), row.get(1));
-    match (row.get::<_, bool>(2), row.get::<_, Option<String>>(3), row.get::<_, Option<bool>>(4)) {
-        (false, None, _) => Err(MigrateError::Privilege(format!(
-            "role {user} lacks the CREATE privilege on database {db}, which installing schema pgsse needs: run \
-             migrate as the database's owner, or have it run: GRANT CREATE ON DATABASE {db} TO {user};"
-        ))),
-        (_, Some(owner), Some(false)) => Err(MigrateError::Privilege(format!(
-            "schema pgsse belongs to role {owner}, and role {user} is not a member of it: run migrate as {owner}, \
-             the role that installed it"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// A `SQL_ASCII` database stores text without checking it: a row that is not UTF-8 cannot become an event.
-async fn warn_on_sql_ascii(client: &Client) -> Result<(), MigrateError> {
-    let row =
-        client.query_one("SELECT getdatabaseencoding()", &[]).await.map_err(|e| apply_error(MIGRATIONS[0].0, &e))?;
-    if row.get::<_, String>(0) == "SQL_ASCII" {
-        tracing::warn!(
-            "this database's encoding is SQL_ASCII, which stores any bytes as text: a captured row that is not \
-             valid UTF-8 is skipped (logged, pgsse_events_skipped_total{{reason=\"undecodable\"}}), never sent"
-        );
-    }
-    Ok(())
-}
-
 /// The numbered files this database has applied; none before `003_schema.sql` made the table.
 async fn recorded(client: &impl tokio_postgres::GenericClient) -> Result<Vec<String>, MigrateError> {
     let fail = |err: tokio_postgres::Error| apply_error(MIGRATIONS[0].0, &err);
@@ -198,6 +165,7 @@ async fn recorded(client: &impl tokio_postgres::GenericClient) -> Result<Vec<Str
 
 struct Runner {
     lock_timeout: Duration,
+    watch: Option<lock::Watch>,
 }
 
 impl Runner {
@@ -212,7 +180,7 @@ impl Runner {
         if recorded.iter().any(|name| name == file) {
             return Ok(false);
         }
-        tx.batch_execute(sql).await.map_err(fail)?;
+        tx.batch_execute(sql).await.map_err(|err| self.failed(file, &err))?;
         tx.execute(&RECORD.replace(":'file'", "$1"), &[&file]).await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(true)
@@ -225,9 +193,19 @@ impl Runner {
         lock::take(&mut tx, first, self.lock_timeout).await?;
         refuse_newer(&recorded(&tx).await?)?;
         for &(file, sql) in files {
-            tx.batch_execute(sql).await.map_err(|err| apply_error(file, &err))?;
+            tx.batch_execute(sql).await.map_err(|err| self.failed(file, &err))?;
         }
         tx.commit().await.map_err(|err| apply_error(files[files.len() - 1].0, &err))
+    }
+
+    /// A file's failure; a lock it waited for past the timeout names who held it.
+    fn failed(&self, file: &'static str, err: &tokio_postgres::Error) -> MigrateError {
+        match (err.code(), &self.watch) {
+            (Some(code), Some(watch)) if *code == SqlState::LOCK_NOT_AVAILABLE => {
+                MigrateError::Locked { timeout: self.lock_timeout, what: file, holders: watch.blockers() }
+            }
+            _ => apply_error(file, err),
+        }
     }
 
     /// Moves an older install's records to the files' present names; a name recorded both ways (the psql

@@ -88,9 +88,7 @@ async fn check(flag: &'static str, url: &str) -> Result<(), CredentialError> {
     }
 }
 
-/// Whether the login may change pgsse itself (pgsse_owner's member, or a superuser).
-const PRIVILEGED: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgsse_owner')
-                              AND pg_catalog.pg_has_role('pgsse_owner', 'USAGE')";
+const SUPERUSER: &str = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
 
 /// Whether the login may act as a gateway (or pgsse is not installed yet), and the installed schema's
 /// version when it may read it.
@@ -98,7 +96,7 @@ async fn gateway_and_schema(client: &tokio_postgres::Client) -> Result<(bool, Op
     let row = client
         .query_one(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgsse_gateway')
-                 OR pg_catalog.pg_has_role('pgsse_gateway', 'USAGE') OR pg_catalog.pg_has_role('pgsse_owner', 'USAGE'),
+                 OR pg_catalog.pg_has_role('pgsse_gateway', 'USAGE'),
              EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                       WHERE n.nspname = 'pgsse' AND c.relname = 'meta'
                         AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
@@ -107,11 +105,11 @@ async fn gateway_and_schema(client: &tokio_postgres::Client) -> Result<(bool, Op
         )
         .await?;
     let (member, readable): (bool, bool) = (row.get(0), row.get(1));
-    if member && client.query_one(PRIVILEGED, &[]).await?.get::<_, bool>(0) {
-        // Trying things out as the admin that migrated works; it is not what production should run as.
+    if member && client.query_one(SUPERUSER, &[]).await?.get::<_, bool>(0) {
+        // A table's owner's code (its triggers, policies) runs as the gateway's login on POST and snapshots.
         tracing::warn!(
-            "this login may change pgsse itself (it is a member of pgsse_owner): in production, serve as a login \
-             with only pgsse_gateway (docs/operations.md, Least privilege)"
+            "this login is a superuser, so a published table's owner's code would run with every right: serve as \
+             a login with only pgsse_gateway (docs/operations.md, Least privilege)"
         );
     }
     if !(member && readable) {
