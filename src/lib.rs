@@ -29,6 +29,6 @@ pub use pg::migrate::{migrate, migrate_within, MigrateError, FUNCTIONS, LOCK_TIM
 pub use pg::preflight::{credentials, CredentialError};
 /// For tests that read the log the way the gateway does.
 pub use pg::store::{Store, PAGE_BYTES};
-pub use server::{run, BindError, Listeners, ServerError};
+pub use server::{run, BindError, ServerError, Sockets};
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

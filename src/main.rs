@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgsse::config::{Cli, Command, Config, LogFormat, MigrateArgs, ServeArgs};
-use pgsse::Listeners;
+use pgsse::Sockets;
 
 /// BSD `EX_USAGE`: the configuration is wrong, retrying will not help.
 const EXIT_USAGE: u8 = 64;
@@ -99,7 +99,7 @@ async fn serve(args: ServeArgs) -> Result<(), Exit> {
     if config.server.demo {
         pgsse::demo::install(&config.database_url).await.map_err(|err| Exit::Failure(err.into()))?;
     }
-    let listeners = Listeners::bind(&config.server).map_err(|err| Exit::Usage(err.to_string()))?;
+    let listeners = Sockets::bind(&config.server).map_err(|err| Exit::Usage(err.to_string()))?;
     // Serving starts at once (a database that does not answer yet is waited for); a login that can never
     // work stops it, with the fix, so that an orchestrator shows why.
     let credentials = pgsse::credentials(config.database_url.clone(), config.listener.listen_database_url.clone());

@@ -44,12 +44,12 @@ impl BindError {
 
 /// The sockets a gateway serves on, bound before it starts: the API's, and the metrics' own when
 /// `/metrics` is served apart from it (`--metrics-listen`).
-pub struct Listeners {
+pub struct Sockets {
     pub api: TcpListener,
     pub metrics: Option<TcpListener>,
 }
 
-impl Listeners {
+impl Sockets {
     /// Binds `--listen` and, when given, `--metrics-listen`.
     pub fn bind(server: &ServerArgs) -> Result<Self, BindError> {
         let metrics = match server.metrics_listen {
@@ -60,7 +60,7 @@ impl Listeners {
     }
 }
 
-impl From<TcpListener> for Listeners {
+impl From<TcpListener> for Sockets {
     fn from(api: TcpListener) -> Self {
         Self { api, metrics: None }
     }
@@ -80,11 +80,11 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 /// Serves until `shutdown` completes, then ends every stream and waits (up to `--shutdown-timeout`) for
 /// connections to close.
 pub async fn run(
-    listeners: impl Into<Listeners>,
+    listeners: impl Into<Sockets>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let Listeners { api, metrics } = listeners.into();
+    let Sockets { api, metrics } = listeners.into();
     let tasks = TaskTracker::new();
     let app = App::start(config, &tasks)?;
     let metrics_apart = metrics.is_some();

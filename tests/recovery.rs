@@ -103,9 +103,14 @@ async fn a_restarted_gateway_serves_what_was_written_while_it_was_down() {
 
 #[tokio::test]
 async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
-    let Fixture { admin, app, gw, .. } = Fixture::messages("").await;
+    let TestDb { url, admin, app } = TestDb::messages("").await;
+    let (config, role) = common::own_listener_role(&admin, &url).await;
+    let gw = Gateway::start_with(config).await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
+    // Killed, and kept from logging in again until the write below has committed: only the catch-up after
+    // reconnecting can deliver it.
+    admin.batch_execute(&format!("ALTER ROLE {role} NOLOGIN")).await.unwrap();
     let killed: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgsse-listener' \
@@ -116,8 +121,12 @@ async fn a_killed_listen_connection_reconnects_relistens_and_catches_up() {
         .unwrap()
         .get(0);
     assert_eq!(killed, 1, "exactly one LISTEN connection");
-    // Written while the listener is (probably) down: only the catch-up after reconnecting can deliver it.
+    common::wait_for("the listener to be down", || async {
+        common::get(gw.addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 503)
+    })
+    .await;
     app.execute("INSERT INTO messages (body) VALUES ('during reconnect')", &[]).await.unwrap();
+    admin.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
     assert_eq!(stream.expect().await.json()["body"], "during reconnect");
     gw.wait_healthy().await;
     app.execute("INSERT INTO messages (body) VALUES ('after reconnect')", &[]).await.unwrap();

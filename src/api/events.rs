@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, SnapshotError, Taken};
 use crate::api::stream::{Feed, Sent, SseBody};
 use crate::channel::ChannelError;
-use crate::fanout::hub::{Hub, HubError, Moves};
+use crate::fanout::hub::{Hub, HubError, UpdateFrames};
 use crate::filter::{ChannelFilters, Filter};
 use crate::limits::{SnapshotGate, SnapshotSlot};
 use crate::pg::error::StoreError;
@@ -424,9 +424,9 @@ impl Replay {
                 Some(filter) => {
                     let new = filter.matches_text(row.payload.as_bytes());
                     match &row.moved {
-                        Some(moved) => {
-                            Moves::new(row.id, data, moved.clone()).choose(&frame, new, filter).map(|(_, f)| f.clone())
-                        }
+                        Some(moved) => UpdateFrames::new(row.id, data, moved.clone())
+                            .choose(&frame, new, filter)
+                            .map(|(_, f)| f.clone()),
                         None => (new || row.wide).then_some(frame),
                     }
                 }

@@ -11,7 +11,7 @@ pub use cluster::{Cluster, ClusterError};
 
 use crate::config::{Config, ConfigError, DemoArgs, ServeArgs};
 use crate::pg::migrate::{self, MigrateError};
-use crate::server::{self, BindError, Listeners, ServerError};
+use crate::server::{self, BindError, ServerError, Sockets};
 
 /// The demo table, published in the article's wire shape: `message` events with `{"id", "body",
 /// "createdAt"}`, `clear` allowed, a TRUNCATE sent as `clear` too (what the article's client expects), and
@@ -64,7 +64,7 @@ pub async fn install(database_url: &str) -> Result<(), DemoError> {
 
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     // The HTTP port first: a demo that cannot serve starts no PostgreSQL.
-    let listeners = Listeners::bind(&args.serve.server)?;
+    let listeners = Sockets::bind(&args.serve.server)?;
     let addr = listeners.api.local_addr().map_err(|e| BindError::new(args.serve.server.listen, e))?;
     let (database_url, cluster) = match args.serve.db.database_url.clone() {
         Some(url) => (url, None),
@@ -91,7 +91,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 async fn serve(
-    listeners: Listeners,
+    listeners: Sockets,
     addr: std::net::SocketAddr,
     args: ServeArgs,
     database_url: &str,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-pub use crate::fanout::moves::{Moved, Moves, Shown};
+pub use crate::fanout::moves::{Shown, UpdateFrames, UpdateRows};
 use crate::fanout::queue::Frame;
 use crate::fanout::queue::{PushError, Queue};
 use crate::filter::{ChannelFilters, Filter};
@@ -23,7 +23,7 @@ pub struct Event {
     /// The event's JSON data, for row filters.
     pub data: Bytes,
     /// For an update: its old row, and what a filtered stream gets when the row entered or left its filter.
-    pub moves: Option<Box<Moves>>,
+    pub moves: Option<Box<UpdateFrames>>,
     /// A `clear`, or its table's truncate event: it empties the channel, so every stream gets it whatever
     /// its filter.
     pub wide: bool,
@@ -33,7 +33,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(channel: String, frame: Frame, data: Bytes, moves: Option<Box<Moves>>, wide: bool) -> Self {
+    pub fn new(channel: String, frame: Frame, data: Bytes, moves: Option<Box<UpdateFrames>>, wide: bool) -> Self {
         Self { channel, frame, data, moves, wide, named: Default::default() }
     }
 
@@ -241,7 +241,7 @@ impl Hub {
         woken
     }
 
-    /// Moves the position back to `head` (the log lost events already broadcast) and ends every stream,
+    /// UpdateFrames the position back to `head` (the log lost events already broadcast) and ends every stream,
     /// so each client resumes and is told where its history now continues.
     pub fn rewind(&self, head: i64) {
         let mut inner = self.lock();
@@ -397,9 +397,9 @@ mod tests {
         let (named, _) = hub.subscribe(&["a".into(), "b".into()], &both).unwrap();
         let row = |status: &str| format!("{{\"status\":\"{status}\"}}");
         let update = |id: i64, old: &str, new: &str| {
-            let moved = Moved { old: row(old), new: None, insert_event: "ins".into(), delete_event: "del".into() };
+            let moved = UpdateRows { old: row(old), new: None, insert_event: "ins".into(), delete_event: "del".into() };
             let frame = Frame { id, bytes: sse::encode(id, "upd", &row(new)).unwrap() };
-            let moves = Some(Box::new(Moves::new(id, Bytes::from(row(new)), moved)));
+            let moves = Some(Box::new(UpdateFrames::new(id, Bytes::from(row(new)), moved)));
             Event::new("a".into(), frame, Bytes::from(row(new)), moves, false)
         };
         hub.broadcast(vec![

@@ -12,14 +12,14 @@ use crate::sse;
 /// An update's old row (projected, JSON text), its new row where the data nests it (`old_values`:
 /// `{"new", "old"}`), and its channel's insert and delete event names.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Moved {
+pub struct UpdateRows {
     pub old: String,
     pub new: Option<String>,
     pub insert_event: String,
     pub delete_event: String,
 }
 
-impl Moved {
+impl UpdateRows {
     /// The event name and data shown for `shown` of the update `update_event` with `data`, as history
     /// lists it.
     pub fn shown_as<'a>(&'a self, shown: Shown, update_event: &'a str, data: &'a str) -> Option<(&'a str, &'a str)> {
@@ -51,19 +51,19 @@ pub enum Shown {
 
 /// An update as filtered streams may need it: its rows parsed once, and the update re-encoded as its
 /// channel's insert (new row) or delete (old row) event, each encoded only once a stream needs it.
-pub struct Moves {
+pub struct UpdateFrames {
     id: i64,
     /// The update's data (JSON text): the new row, or `{"new", "old"}`.
     data: Bytes,
-    moved: Moved,
+    moved: UpdateRows,
     old_value: OnceLock<Option<serde_json::Value>>,
     new_value: OnceLock<Option<serde_json::Value>>,
     insert: OnceLock<Option<Frame>>,
     delete: OnceLock<Option<Frame>>,
 }
 
-impl Moves {
-    pub fn new(id: i64, data: Bytes, moved: Moved) -> Self {
+impl UpdateFrames {
+    pub fn new(id: i64, data: Bytes, moved: UpdateRows) -> Self {
         let (old_value, new_value) = (OnceLock::new(), OnceLock::new());
         Self { id, data, moved, old_value, new_value, insert: OnceLock::new(), delete: OnceLock::new() }
     }
@@ -87,7 +87,7 @@ impl Moves {
         }
     }
 
-    /// The frame a stream with `filter` gets for this update (see [`Moves::shown`]). An event name that
+    /// The frame a stream with `filter` gets for this update (see [`UpdateFrames::shown`]). An event name that
     /// cannot be encoded keeps the update as it was, except that the old row never reaches a stream
     /// whose filter it did not match.
     pub fn choose<'a>(&'a self, update: &'a Frame, data_matches: bool, filter: &Filter) -> Option<(Shown, &'a Frame)> {

@@ -16,7 +16,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, State
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::fanout::hub::{Event, Hub, Moves};
+use crate::fanout::hub::{Event, Hub, UpdateFrames};
 use crate::pg::logrow::{filter_columns, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
 use crate::pg::sequencer::{self, Sequencing};
@@ -140,7 +140,7 @@ impl Listener {
             conn = self.pg.connect(NoTls) => conn.map_err(|source| ListenerError::Connect { target: crate::pg::error::target_of(&self.pg), source })?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let mut conn = Driven { connection, notified: false, own_pid: None, bound: self.probe_interval };
+        let mut conn = ListenConnection { connection, notified: false, own_pid: None, bound: self.probe_interval };
 
         // Prepared first: before migrate, its error is the one that names the missing schema.
         let sequence = conn.bounded(client.prepare(sequencer::SEQUENCE_SQL)).await?;
@@ -186,7 +186,7 @@ impl Listener {
             Some(_) => {}
         }
         let mut sequencing = Sequencing::new(Instant::now());
-        let mut log = Log { client: &client, fetch: &fetch, sequence: &sequence };
+        let mut log = Statements { client: &client, fetch: &fetch, sequence: &sequence };
         self.advance(&mut log, &mut conn, &mut sequencing, true).await?;
         self.status.set_up();
         *backoff = BACKOFF_MIN;
@@ -250,8 +250,8 @@ impl Listener {
     /// what each batch made visible; returns how many events it read and how many streams that woke.
     async fn advance(
         &mut self,
-        log: &mut Log<'_>,
-        conn: &mut Driven,
+        log: &mut Statements<'_>,
+        conn: &mut ListenConnection,
         sequencing: &mut Sequencing,
         listening: bool,
     ) -> Result<(u64, u64), ListenerError> {
@@ -303,7 +303,7 @@ impl Listener {
         &mut self,
         client: &Client,
         fetch: &Statement,
-        conn: &mut Driven,
+        conn: &mut ListenConnection,
         mut rows: Vec<Row>,
         mut limit: i64,
     ) -> Result<(u64, u64), ListenerError> {
@@ -325,7 +325,7 @@ impl Listener {
                 };
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
-                    let moves = event.moved.map(|moved| Box::new(Moves::new(event.id, data.clone(), moved)));
+                    let moves = event.moved.map(|moved| Box::new(UpdateFrames::new(event.id, data.clone(), moved)));
                     events.push(Event::new(event.channel, frame, data, moves, event.wide));
                 }
             }
@@ -343,7 +343,7 @@ impl Listener {
 }
 
 /// The listener session's prepared statements.
-struct Log<'a> {
+struct Statements<'a> {
     client: &'a Client,
     fetch: &'a Statement,
     sequence: &'a Statement,
@@ -352,7 +352,7 @@ struct Log<'a> {
 /// The LISTEN connection, polled by the listener's own task rather than a spawned one: a notification is
 /// seen the moment it arrives, and a query's answer wakes no other task on its way back. Never awaited as
 /// a future, which would drop notifications.
-struct Driven {
+struct ListenConnection {
     connection: Connection<Socket, NoTlsStream>,
     /// A notification arrived since the listener last looked.
     notified: bool,
@@ -363,7 +363,7 @@ struct Driven {
     bound: Duration,
 }
 
-impl Driven {
+impl ListenConnection {
     /// Handles everything the connection has ready; `Ready` only when it failed or closed.
     fn drive(&mut self, cx: &mut Context<'_>) -> Poll<ListenerError> {
         loop {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tokio_postgres::Row;
 
-use crate::fanout::hub::Moved;
+use crate::fanout::hub::UpdateRows;
 use crate::fanout::queue::Frame;
 use crate::sse;
 
@@ -18,7 +18,7 @@ pub struct EventRow {
     pub txid: Option<i64>,
     /// For an update, where the read asked for it: what a filtered stream needs to send it as an
     /// insert or a delete when the row entered or left its filter.
-    pub moved: Option<Moved>,
+    pub moved: Option<UpdateRows>,
     /// The event empties the channel: every stream gets it, whatever its filter (where the read asked).
     pub wide: bool,
 }
@@ -103,7 +103,7 @@ impl EventRow {
         let names = row.try_get::<_, Option<Vec<String>>>(at + 1)?;
         if let (Some(old), Some([insert_event, delete_event])) = (old, names.as_deref()) {
             let (insert_event, delete_event) = (insert_event.clone(), delete_event.clone());
-            self.moved = Some(Moved { old, new, insert_event, delete_event });
+            self.moved = Some(UpdateRows { old, new, insert_event, delete_event });
         }
         self.wide = row.try_get::<_, Option<bool>>(at + 3)?.unwrap_or(false);
         Ok(self)

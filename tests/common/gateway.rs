@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgsse::config::Config;
-use pgsse::Listeners;
+use pgsse::Sockets;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -45,7 +45,7 @@ impl Gateway {
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gw = Self::serve(Listeners { api, metrics: Some(metrics) }, config);
+        let gw = Self::serve(Sockets { api, metrics: Some(metrics) }, config);
         gw.wait_healthy().await;
         (gw, metrics_addr)
     }
@@ -54,7 +54,7 @@ impl Gateway {
         Self::serve(TcpListener::bind(addr).await.unwrap().into(), config)
     }
 
-    fn serve(listeners: Listeners, config: Config) -> Self {
+    fn serve(listeners: Sockets, config: Config) -> Self {
         let addr = listeners.api.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

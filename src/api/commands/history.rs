@@ -10,7 +10,7 @@ use crate::api::query::HistoryQuery;
 use crate::api::reply::raw_json_response;
 use crate::auth::{Access, AuthError};
 use crate::channel::ChannelError;
-use crate::fanout::moves::Moves;
+use crate::fanout::moves::UpdateFrames;
 use crate::filter::Filter;
 use crate::pg::logrow::EventRow;
 use crate::pg::published::ColumnsError;
@@ -127,7 +127,7 @@ fn shows<'a>(row: &'a EventRow, filter: Option<&Filter>) -> Option<(&'a str, &'a
     match &row.moved {
         Some(moved) => {
             // The data is not needed to decide: only the old and new rows beside it.
-            let shown = Moves::new(row.id, Bytes::new(), moved.clone()).shown(matches, filter);
+            let shown = UpdateFrames::new(row.id, Bytes::new(), moved.clone()).shown(matches, filter);
             moved.shown_as(shown, &row.event, &row.payload)
         }
         None => (matches || row.wide).then_some((&row.event, &row.payload)),
