@@ -111,8 +111,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Sniffed<IO> {
 /// being written (a stream's frames, a history page, HTTP/2 frames of any stream), a client that stopped
 /// reading loses its connection, and with it everything the gateway held for it. The timer runs only while
 /// the socket is full, and it is one timer per connection, moved only when it fires (to the start of the
-/// current wait plus `stall`): arming one for every write that must wait cost replay nearly half its
-/// speed. A client that keeps taking bytes, however slowly, is never cut here.
+/// current wait plus `stall`): arming one for every write that must wait slowed replay badly
+/// (docs/performance.md). A client that keeps taking bytes, however slowly, is never cut here.
 struct Stalling<IO> {
     inner: IO,
     stall: Duration,

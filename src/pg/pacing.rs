@@ -6,25 +6,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Stream wakeups per second that reads are paced to. A wakeup costs a poll and a write syscall, about
-/// 10 µs on loopback when it carries a fan-out's several events (measured with `perf record` in the
-/// fan-out benchmark): this is half a core.
+/// Stream wakeups per second that reads are paced to: about half a core of polls and writes
+/// (docs/performance.md, "Why the constants are what they are").
 const WAKEUP_BUDGET: f64 = 50_000.0;
 /// Pacing starts once reading at once would take this many budgets, and stops below one. A load near the
 /// budget gains nothing from spacing (each read would still find one event) and would pay for it in
-/// latency: a token bucket held there delayed every read a little (one client over 100 × 500 events/s
-/// took p99 from 1.3 to 3 ms).
+/// latency.
 const PACE_ABOVE: f64 = 1.5;
 /// Above this many events per second (small write transactions, each notifying), reads start at most
 /// every [`BUSY_INTERVAL`], so the listener batches instead of taking a PostgreSQL core from the writers;
 /// it also stops being notified of each commit and reads on the clock (see [`Pacing::busy`]).
 /// Judged on the rate, not on one read: a rule like "this read found several events" feeds itself (the
-/// wait gathers several for the next) and flipped light loads between 0.7 and 2 ms latency run to run.
+/// wait gathers several for the next) and made light loads' latency flip run to run.
 const BUSY_EVENT_RATE: f64 = 2_000.0;
-/// 3 ms rather than 1 cut the gateway's CPU at 17,000 inserts/s from 17% to 14% for 1 ms more latency. 10 ms
-/// rather than 3 (bench `--scenario ingest`, two builds alternated): gateway CPU 7.5% → 4.4%, and the
-/// writers' throughput steadier (89-100% of the rate without the gateway over ten rounds, against 74-104%),
-/// since fewer wakeups preempt writers that hold the ordering lock; p99 6 → 13 ms, within the 20 ms asked.
+/// Wider spacing costs latency and saves the gateway's CPU and the writers' throughput; 10 ms kept p99
+/// within the 20 ms asked (docs/performance.md, "Why the constants are what they are").
 const BUSY_INTERVAL: Duration = Duration::from_millis(10);
 /// The widest spacing, whatever the number of streams: the latency it adds at most.
 const MAX_INTERVAL: Duration = Duration::from_millis(25);
