@@ -235,9 +235,10 @@ async fn a_live_collection_stays_live_across_three_token_expiries() {
     let Some(mut browser) = Browser::start() else { return };
     let TestDb { url, app, .. } = TestDb::messages("").await;
     app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
-    let mut config = common::gateway_config(&url);
-    config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET.as_bytes(), DEFAULT_COOKIE))));
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET.as_bytes(), DEFAULT_COOKIE))));
+    })
+    .await;
     browser.goto("page", &format!("http://{}/healthz", gw.addr)).await;
     let page = r#"(async () => {
         const { live } = await import("/pgsse.js");

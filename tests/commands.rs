@@ -44,9 +44,10 @@ async fn post_to_any_other_channel_publishes_an_event() {
     assert_eq!(unknown.status, 404, "POST creates no channel unless the gateway is told to: {}", unknown.body);
     assert!(error_of(&unknown).contains("--post-creates-channels"));
     drop(gw);
-    let mut config = common::gateway_config(&url);
-    config.commands.post_creates_channels = true;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.commands.post_creates_channels = true;
+    })
+    .await;
     let first = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
     assert_eq!(first.status, 201, "{}", first.body);
     assert_eq!(first.json()["event"], "message", "default event name");
@@ -160,9 +161,10 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
         )
         .await
         .unwrap();
-    let mut config = common::gateway_config(&url);
-    config.commands.body_limit = 1024;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.commands.body_limit = 1024;
+    })
+    .await;
     let mut stream = SseStream::ok(gw.addr, "/items/events", &[]).await;
     assert_eq!(post(&gw, "/items", r#"{"id": 1, "name": "first"}"#).await.status, 201);
 
@@ -225,9 +227,10 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
 async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
     let TestDb { url, app, .. } = TestDb::new().await;
     pgsse::demo::install(&url).await.unwrap();
-    let mut config = common::gateway_config(&url);
-    config.server.demo = true;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.server.demo = true;
+    })
+    .await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     let resp = post(&gw, "/messages", r#"{"body": "Hello from SSE"}"#).await;
@@ -265,9 +268,10 @@ async fn the_demo_speaks_the_articles_wire_shape_and_serves_its_pages() {
 #[tokio::test]
 async fn cors_allows_exactly_the_configured_origins() {
     let TestDb { url, .. } = TestDb::messages(", writable => true").await;
-    let mut config = common::gateway_config(&url);
-    config.server.cors_origins = vec!["http://localhost:3000".into()];
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.server.cors_origins = vec!["http://localhost:3000".into()];
+    })
+    .await;
 
     let preflight = [
         ("origin", "http://localhost:3000"),
@@ -307,9 +311,10 @@ async fn cors_allows_exactly_the_configured_origins() {
 #[tokio::test]
 async fn a_committed_post_is_never_told_to_retry() {
     let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
-    let mut config = common::gateway_config(&url);
-    config.pool.db_timeout = std::time::Duration::from_secs(3);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.pool.db_timeout = std::time::Duration::from_secs(3);
+    })
+    .await;
     let mut stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let mut holder = common::connect(&url).await;
     let held = holder.transaction().await.unwrap();
@@ -329,9 +334,10 @@ async fn a_committed_post_is_never_told_to_retry() {
 #[tokio::test]
 async fn a_post_answered_503_has_written_nothing() {
     let TestDb { url, admin, app } = TestDb::messages(", writable => true").await;
-    let mut config = common::gateway_config(&url);
-    config.pool.db_timeout = std::time::Duration::from_secs(3);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.pool.db_timeout = std::time::Duration::from_secs(3);
+    })
+    .await;
     let mut app = app;
     let holding = app.transaction().await.unwrap();
     holding.batch_execute("INSERT INTO messages (id, body) VALUES (1000, 'held')").await.unwrap();

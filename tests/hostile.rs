@@ -56,10 +56,11 @@ fn req(method: &str, target: &str, headers: &str, body: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_gets_an_answer_and_nothing_breaks() {
     let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
-    let mut config = common::gateway_config(&url);
-    config.server.header_read_timeout = Duration::from_secs(1);
-    config.commands.body_limit = 4096;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.server.header_read_timeout = Duration::from_secs(1);
+        c.commands.body_limit = 4096;
+    })
+    .await;
     let mut witness = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     let huge_header = format!("X-Big: {}\r\n", "a".repeat(200 * 1024));
@@ -289,11 +290,12 @@ async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_slow_bodies_and_one_address_hoarding_connections_are_bounded() {
     let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
-    let mut config = common::gateway_config(&url);
-    config.server.header_read_timeout = Duration::from_secs(1);
-    config.commands.body_read_timeout = Duration::from_secs(1);
-    config.limits.max_connections_per_client = 3;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.server.header_read_timeout = Duration::from_secs(1);
+        c.commands.body_read_timeout = Duration::from_secs(1);
+        c.limits.max_connections_per_client = 3;
+    })
+    .await;
     let mut witness = SseStream::ok(gw.addr, "/messages/events", &[]).await;
 
     // HTTP/2 by prior knowledge: the preface and an empty SETTINGS frame, then no request at all.

@@ -9,11 +9,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn streams_are_limited_per_client_and_in_total() {
     let TestDb { url, .. } = TestDb::messages("").await;
-    let mut config = common::gateway_config(&url);
-    config.limits.max_streams = 3;
-    config.limits.max_streams_per_client = 2;
-    config.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.limits.max_streams = 3;
+        c.limits.max_streams_per_client = 2;
+        c.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
     let from = |ip: &'static str| [("x-forwarded-for", ip)];
 
     let a1 = SseStream::ok(gw.addr, "/messages/events", &from("203.0.113.1")).await;
@@ -39,9 +40,10 @@ async fn streams_are_limited_per_client_and_in_total() {
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let TestDb { url, .. } = TestDb::messages("").await;
-    let mut config = common::gateway_config(&url);
-    config.limits.max_streams_per_client = 1;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.limits.max_streams_per_client = 1;
+    })
+    .await;
     let _one = SseStream::ok(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.1")]).await;
     let claimed = get(gw.addr, "/messages/events", &[("x-forwarded-for", "203.0.113.2")]).await.unwrap();
     assert_eq!(claimed.status, 429, "both count as 127.0.0.1");
@@ -50,10 +52,11 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 #[tokio::test]
 async fn long_urls_and_slow_headers_are_refused() {
     let TestDb { url, .. } = TestDb::new().await;
-    let mut config = common::gateway_config(&url);
-    config.server.max_url_length = 256;
-    config.server.header_read_timeout = std::time::Duration::from_millis(500);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.server.max_url_length = 256;
+        c.server.header_read_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
     let long = format!("/events?channel={}", "a".repeat(300));
     let resp = get(gw.addr, &long, &[]).await.unwrap();
     assert_eq!(resp.status, 414);

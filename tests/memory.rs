@@ -91,9 +91,10 @@ async fn replay_batches_and_history_pages_are_bounded_in_bytes_and_lose_nothing(
 #[tokio::test]
 async fn a_history_request_takes_a_place_under_the_per_client_limit() {
     let TestDb { url, .. } = TestDb::messages("").await;
-    let mut config = common::gateway_config(&url);
-    config.limits.max_streams_per_client = 1;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.limits.max_streams_per_client = 1;
+    })
+    .await;
     let stream = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     let refused = get(gw.addr, "/messages", &[]).await.unwrap();
     assert_eq!(refused.status, 429, "{}", refused.body);
@@ -127,10 +128,11 @@ async fn a_replaying_stream_whose_client_never_reads_holds_a_few_batches_not_the
     let TestDb { url, app, .. } = TestDb::messages("").await;
     // 10 MB: more than the kernel takes for a client that does not read (its send buffer grows to 4 MB).
     backlog(&app, 1000).await;
-    let mut config = common::gateway_config(&url);
-    config.limits.max_streams_per_client = 1;
-    config.streams.heartbeat = Duration::from_secs(1);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.limits.max_streams_per_client = 1;
+        c.streams.heartbeat = Duration::from_secs(1);
+    })
+    .await;
 
     let request = b"GET /messages/events HTTP/1.1\r\nhost: x\r\nlast-event-id: 0\r\n\r\n";
     let mut _hoarder = never_reading(gw.addr, request).await;
@@ -161,11 +163,12 @@ async fn snapshots_whose_clients_never_read_cannot_hold_the_pool() {
     let TestDb { url, app, .. } = TestDb::messages(", writable => true").await;
     // 20 MB: more than the kernel buffers for a client that does not read.
     backlog(&app, 2000).await;
-    let mut config = common::gateway_config(&url);
-    config.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-    config.limits.max_snapshots_per_client = 1;
-    config.pool.pool_size = 4;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.limits.max_snapshots_per_client = 1;
+        c.pool.pool_size = 4;
+    })
+    .await;
     let snapshot = |from: &str| {
         format!("GET /messages/events?snapshot=true HTTP/1.1\r\nhost: x\r\nx-forwarded-for: {from}\r\n\r\n")
     };

@@ -16,9 +16,10 @@ async fn postgres_crash_and_restart_under_writes_delivers_every_committed_event_
     let cluster = private_cluster();
     let TestDb { url, admin, .. } = TestDb::on(&cluster.url("postgres")).await;
     messages_table(&admin, "").await;
-    let mut config = common::gateway_config(&url);
-    config.listener.probe_interval = std::time::Duration::from_millis(500);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.listener.probe_interval = std::time::Duration::from_millis(500);
+    })
+    .await;
     let follower = Follower::start(gw.addr, "/messages/events?last_event_id=0");
 
     // A writer that inserts without pause and reconnects whenever the database goes away.
@@ -301,9 +302,10 @@ async fn a_client_resuming_while_the_database_is_down_is_answered_and_caught_up_
 #[tokio::test]
 async fn a_log_row_with_an_id_the_sequence_never_issued_is_skipped_and_stalls_nothing() {
     let TestDb { url, admin, app } = TestDb::messages("").await;
-    let mut config = common::gateway_config(&url);
-    config.listener.probe_interval = std::time::Duration::from_millis(200);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.listener.probe_interval = std::time::Duration::from_millis(200);
+    })
+    .await;
     let mut live = SseStream::ok(gw.addr, "/messages/events", &[]).await;
     app.execute("INSERT INTO messages (body) VALUES ('before')", &[]).await.unwrap();
     let before = live.expect().await;

@@ -64,10 +64,11 @@ async fn retention_by_count_keeps_each_channels_newest_and_resets_only_where_it_
     }
     // Below the database's floor, which the gateway's login cannot lower; pgsse's admin can.
     admin.batch_execute("UPDATE pgsse.meta SET min_events = 3").await.unwrap();
-    let mut config = common::gateway_config(&url);
-    config.retention.retention_events = Some(3);
-    config.retention.prune_interval = std::time::Duration::from_millis(100);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.retention.retention_events = Some(3);
+        c.retention.prune_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
 
     wait_for("messages cut to their newest three", || async {
         let row = admin.query_one("SELECT pruned_through FROM pgsse.channels WHERE name = 'messages'", &[]).await;

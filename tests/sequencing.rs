@@ -278,9 +278,10 @@ async fn writes_go_on_without_a_gateway_and_the_first_to_start_sequences_the_bac
     let holding = holder.transaction().await.unwrap();
     holding.batch_execute("LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE").await.unwrap();
     admin.batch_execute("UPDATE pgsse.staged SET created_at = created_at - interval '1 minute'").await.unwrap();
-    let mut config = common::gateway_config(&url);
-    config.listener.probe_interval = std::time::Duration::from_millis(100);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.listener.probe_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
     let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "catching up", "{}", ready.body);

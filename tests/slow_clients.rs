@@ -74,11 +74,12 @@ async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
 #[tokio::test]
 async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats() {
     let TestDb { url, app, .. } = TestDb::messages("").await;
-    let mut config = common::gateway_config(&url);
-    config.streams.heartbeat = std::time::Duration::from_millis(250);
-    config.streams.queue_capacity = 4;
-    config.limits.max_streams_per_client = 1;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.streams.heartbeat = std::time::Duration::from_millis(250);
+        c.streams.queue_capacity = 4;
+        c.limits.max_streams_per_client = 1;
+    })
+    .await;
     let metric = |sample| common::metric(gw.addr, sample);
 
     let stalled = stalled_stream(gw.addr).await;

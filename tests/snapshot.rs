@@ -64,9 +64,10 @@ async fn refused_snapshots_name_their_cause() {
         .execute("INSERT INTO orders (user_id, status) SELECT g, 'open' FROM generate_series(1, 5) g", &[])
         .await
         .unwrap();
-    let mut config = common::gateway_config(&db.url);
-    config.streams.snapshot_max_rows = 4;
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&db.url, |c| {
+        c.streams.snapshot_max_rows = 4;
+    })
+    .await;
     for (query, status, text) in [
         ("/chat/events?snapshot=true", 400, "has no table"),
         ("/orders/events?snapshot=true&secret=eq.x", 400, "filter \"secret\" names no published column"),
@@ -133,9 +134,10 @@ async fn snapshot_skips_transactions_it_already_holds() {
 #[tokio::test]
 async fn a_slow_snapshot_hits_its_timeout() {
     let db = orders().await;
-    let mut config = common::gateway_config(&db.url);
-    config.pool.db_timeout = Duration::from_millis(500);
-    let gw = Gateway::start_with(config).await;
+    let gw = Gateway::start_configured(&db.url, |c| {
+        c.pool.db_timeout = Duration::from_millis(500);
+    })
+    .await;
     let holder = common::connect(&db.url).await;
     holder.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let resp = common::get(gw.addr, "/orders/events?snapshot=true", &[]).await.unwrap();

@@ -23,6 +23,13 @@ impl Gateway {
         Self::start_with(gateway_config(database_url)).await
     }
 
+    /// Starts as [`Gateway::start`] does, with `set` changing the configuration first.
+    pub async fn start_configured(database_url: &str, set: impl FnOnce(&mut Config)) -> Self {
+        let mut config = gateway_config(database_url);
+        set(&mut config);
+        Self::start_with(config).await
+    }
+
     /// Starts and waits until `/healthz` says the listener is connected.
     pub async fn start_with(config: Config) -> Self {
         Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
