@@ -2,13 +2,14 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
 use crate::pg::logrow::{filter_columns, payload_bytes, row_bytes, EventRow, Undecodable, ISSUED_HEAD};
+use crate::shared_read::SharedRead;
 
 /// Rows per replay query at most: large enough for throughput with small events.
 pub const REPLAY_BATCH: i64 = 1000;
@@ -77,8 +78,8 @@ pub struct Store {
     /// Longest wait for a pooled connection, and then for its answer (`--db-timeout`).
     bound: Duration,
     known_channels: Mutex<HashSet<String>>,
-    /// The last read of the committed head: when it began, and its outcome. See [`Store::committed_head`].
-    head: tokio::sync::Mutex<Option<(Instant, Result<i64, String>)>>,
+    /// The last read of the committed head, shared. See [`Store::committed_head`].
+    head: SharedRead<Result<i64, String>>,
 }
 
 impl Store {
@@ -99,7 +100,7 @@ impl Store {
             .recycle_timeout(Some(bound))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Self { pool, bound, known_channels: Mutex::new(HashSet::new()), head: tokio::sync::Mutex::new(None) })
+        Ok(Self { pool, bound, known_channels: Mutex::new(HashSet::new()), head: SharedRead::default() })
     }
 
     /// Runs `work` on a pooled connection, waiting at most `bound` for the connection and as long again
@@ -225,16 +226,13 @@ impl Store {
     /// per stream (and the streams wait for one another's query instead of piling up, each holding its
     /// connection's buffers).
     pub async fn committed_head(&self) -> Result<i64, StoreError> {
-        let asked = Instant::now();
-        let mut last = self.head.lock().await;
-        if let Some((began, outcome)) = &*last {
-            if *began >= asked {
-                return outcome.clone().map_err(StoreError::Shared);
-            }
+        let mut turn = self.head.turn(tokio::time::Instant::now()).await;
+        if let Some(outcome) = turn.shared() {
+            return outcome.clone().map_err(StoreError::Shared);
         }
-        let began = Instant::now();
+        let began = tokio::time::Instant::now();
         let outcome = self.read_committed_head().await;
-        *last = Some((began, outcome.as_ref().copied().map_err(ToString::to_string)));
+        turn.set(began, outcome.as_ref().copied().map_err(ToString::to_string));
         outcome
     }
 

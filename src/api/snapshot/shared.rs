@@ -12,6 +12,7 @@ use super::{Shape, Snapshot, SnapshotError, SHARED_ROWS};
 use crate::filter::ChannelFilters;
 use crate::limits::{SnapshotGate, SnapshotSlot};
 use crate::pg::store::Store;
+use crate::shared_read::SharedRead;
 
 /// A snapshot read whole: its encoded rows and `snapshot-end`, and where its stream goes on.
 pub struct Taken {
@@ -27,9 +28,9 @@ pub enum Begun {
     Streaming(Box<Snapshot>, SnapshotSlot),
 }
 
-/// When the last read of a slot began, and what it gave: the snapshot, or `None` when it was too large
-/// in bytes to share (those who waited for it then read their own).
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Option<Arc<Taken>>)>>>;
+/// A slot's last read: the snapshot, or `None` when it was too large in bytes to share (those who waited
+/// for it then read their own).
+type Slot = Arc<SharedRead<Option<Arc<Taken>>>>;
 
 /// Identical snapshot requests (same channels, filters with the grant's, order and limit) arriving
 /// together share one query, as fresh streams share their head read: a request that finds the slot busy
@@ -67,21 +68,17 @@ impl Shared {
         // A place among the snapshots being read is waited for with the slot free: identical requests
         // queued behind one that waits would otherwise wait too, though they may share a read.
         let mut place = None;
-        let (mut last, shareable, reading) = loop {
-            let last = slot.lock().await;
-            let mut shareable = true;
-            if let Some((began, taken)) = &*last {
-                if *began >= asked {
-                    match taken {
-                        Some(taken) => return Ok(Begun::Shared(taken.clone())),
-                        None => shareable = false,
-                    }
-                }
-            }
+        let (mut turn, shareable, reading) = loop {
+            let turn = slot.turn(asked).await;
+            let shareable = match turn.shared() {
+                Some(Some(taken)) => return Ok(Begun::Shared(taken.clone())),
+                Some(None) => false,
+                None => true,
+            };
             if let Some(reading) = place.take().or_else(|| gate.try_enter()) {
-                break (last, shareable, reading);
+                break (turn, shareable, reading);
             }
-            drop(last);
+            drop(turn);
             place = Some(gate.enter().await?);
         };
         let began = Instant::now();
@@ -93,12 +90,12 @@ impl Shared {
         match snapshot.take().await? {
             Some(taken) => {
                 let taken = Arc::new(taken);
-                *last = Some((began, Some(taken.clone())));
+                turn.set(began, Some(taken.clone()));
                 Ok(Begun::Shared(taken))
             }
             None => {
-                *last = Some((began, None));
-                drop(last);
+                turn.set(began, None);
+                drop(turn);
                 queries.fetch_add(1, Ordering::Relaxed);
                 let snapshot = Snapshot::begin(store, channels, filters, shape).await?;
                 Ok(Begun::Streaming(Box::new(snapshot), reading))
