@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use deadpool_postgres::Object;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -13,11 +12,10 @@ use tokio::sync::mpsc;
 use crate::api::stream::Feed;
 use crate::filter::ChannelFilters;
 use crate::limits::LimitError;
-use crate::pg::error::StoreError;
+use crate::pg::snapshot::{ReadError, SnapshotRead};
 use crate::pg::store::Store;
 use crate::refusal::{Refusal, Refuse};
 use crate::sse;
-use tokio_postgres::error::SqlState;
 
 /// Snapshot rows are sent in chunks of about this size: small enough that a client that does not read
 /// pins little, large enough that a big snapshot is not a write per row.
@@ -55,73 +53,11 @@ pub enum SnapshotError {
          or raise --snapshot-max-rows"
     )]
     TooLarge(String, usize),
-    /// The database refused the request's shape (an unknown column, a value of the wrong type, a channel
-    /// without a table); the message names it.
-    #[error("{0}")]
-    Refused(String),
-    /// The gateway's role may not read the table's published columns; the message names the GRANT.
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("the snapshot query took longer than {0:?} (--db-timeout): narrow it with filters or a limit")]
-    TimedOut(Duration),
     /// Too many snapshots are being read (in all, or for this client).
     #[error(transparent)]
     Busy(#[from] LimitError),
     #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl SnapshotError {
-    /// Errors of the database's own making stay `Store` (and 503); those of the request's, with the
-    /// server's hint where it gave one.
-    fn from_db(err: tokio_postgres::Error, bound: Duration) -> Self {
-        let Some(db) = err.as_db_error() else { return StoreError::Query(err).into() };
-        let code = db.code();
-        if *code == SqlState::QUERY_CANCELED {
-            return SnapshotError::TimedOut(bound);
-        }
-        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-            let message = db.message().strip_prefix("pgsse: ").unwrap_or(db.message());
-            return SnapshotError::Forbidden(match db.hint() {
-                Some(hint) => format!("{message}: {hint}"),
-                None => message.to_string(),
-            });
-        }
-        if *code == SqlState::UNDEFINED_COLUMN || code.code().starts_with("22") {
-            let message = match db.message().strip_prefix("pgsse: ") {
-                Some(ours) => ours.to_string(),
-                None => format!("invalid value in a filter: {}", db.message()),
-            };
-            return SnapshotError::Refused(match db.hint() {
-                Some(hint) => format!("{message} ({hint})"),
-                None => message.to_string(),
-            });
-        }
-        StoreError::Query(err).into()
-    }
-
-    /// An error of the query that reads the table's rows. The table's owner may have written the code that
-    /// raised it (a domain's CHECK, a policy, a cast), so its words never reach the client, only its kind.
-    fn from_table(err: tokio_postgres::Error, bound: Duration, channel: &str) -> Self {
-        let code = err.code().cloned().unwrap_or(SqlState::INTERNAL_ERROR);
-        // Classes 22 and 23: data exceptions and integrity violations.
-        let class = &code.code()[..2];
-        let refused = if code == SqlState::QUERY_CANCELED {
-            return SnapshotError::TimedOut(bound);
-        } else if class == "22" || class == "23" || code == SqlState::UNDEFINED_FUNCTION {
-            SnapshotError::Refused(format!(
-                "a filter's value on channel {channel:?} was refused by its table's own checks (a domain or function)"
-            ))
-        } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
-            SnapshotError::Forbidden(format!(
-                "the table of channel {channel:?} refused the gateway's read (its row security or a function of it)"
-            ))
-        } else {
-            return StoreError::Query(err).into();
-        };
-        tracing::warn!(channel, cause = %crate::pg::error::describe(&err), "snapshot refused by the table's own code");
-        refused
-    }
+    Read(#[from] ReadError),
 }
 
 impl Refuse for SnapshotError {
@@ -132,18 +68,18 @@ impl Refuse for SnapshotError {
             | SnapshotError::InvalidLimit(..)
             | SnapshotError::Repeated(_)
             | SnapshotError::WithoutSnapshot
-            | SnapshotError::TooLarge(..)
-            | SnapshotError::Refused(_) => Refusal::Invalid,
-            SnapshotError::Forbidden(_) => Refusal::Forbidden,
-            SnapshotError::TimedOut(_) => Refusal::Unavailable,
+            | SnapshotError::TooLarge(..) => Refusal::Invalid,
             SnapshotError::Busy(err) => err.refusal(),
-            SnapshotError::Store(err) => err.refusal(),
+            SnapshotError::Read(ReadError::Refused { .. }) => Refusal::Invalid,
+            SnapshotError::Read(ReadError::Forbidden { .. }) => Refusal::Forbidden,
+            SnapshotError::Read(ReadError::TimedOut(_)) => Refusal::Unavailable,
+            SnapshotError::Read(ReadError::Store(err)) => err.refusal(),
         }
     }
 
     fn told(&self) -> String {
         match self {
-            SnapshotError::Store(err) => err.told(),
+            SnapshotError::Read(ReadError::Store(err)) => err.told(),
             err => err.to_string(),
         }
     }
@@ -219,11 +155,7 @@ struct Part {
 /// A snapshot whose transaction is open: its shape has been checked and its size bounded, so the
 /// stream may begin; [`Snapshot::send`] then streams the rows.
 pub struct Snapshot {
-    /// Always `Some` until dropped: see the `Drop` impl.
-    client: Option<Object>,
-    /// Whether the transaction is still open.
-    open: bool,
-    bound: Duration,
+    read: SnapshotRead,
     parts: Vec<Part>,
     order: Value,
     limit: Option<i64>,
@@ -244,12 +176,9 @@ impl Snapshot {
         filters: &ChannelFilters,
         shape: &Shape,
     ) -> Result<Self, SnapshotError> {
-        let (client, bound) = store.session().await?;
         let order: Value = shape.order.iter().map(|(key, desc)| json!({ "key": key, "desc": desc })).collect();
         let mut snapshot = Snapshot {
-            client: Some(client),
-            open: false,
-            bound,
+            read: SnapshotRead::begin(store).await?,
             parts: Vec::new(),
             order,
             limit: shape.limit,
@@ -262,9 +191,7 @@ impl Snapshot {
             Ok(()) => Ok(snapshot),
             Err(err) => {
                 // A refused shape is the client's mistake, not a reason to drop a connection.
-                if snapshot.bounded(snapshot.client().batch_execute("ROLLBACK")).await.is_ok() {
-                    snapshot.open = false;
-                }
+                snapshot.read.rollback().await;
                 Err(err)
             }
         }
@@ -277,29 +204,14 @@ impl Snapshot {
         shape: &Shape,
     ) -> Result<(), SnapshotError> {
         let max_rows = shape.max_rows;
-        let setup = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {}",
-            self.bound.as_millis().max(1)
-        );
-        self.open = true;
-        self.bounded(self.client().batch_execute(&setup)).await?;
-        let seam = "SELECT head, pending FROM pgsse.snapshot_seam($1)";
-        let seam = self.bounded(self.client().query_one(seam, &[&channels])).await?;
-        (self.head, self.pending) = (seam.get(0), seam.get(1));
+        (self.head, self.pending) = self.read.seam(channels).await?;
         for channel in channels {
             let filters = filters_of.get(channel).map_or(json!([]), |f| f.to_sql_json());
-            let info = "SELECT insert_event FROM pgsse.channels WHERE name = $1";
-            let insert_event: String = self.bounded(self.client().query_one(info, &[channel])).await?.get(0);
-            // The shape against the table, by pgsse's code alone: its refusals name column and type.
-            let check = "SELECT pgsse.snapshot_check($1, $2, $3)";
-            self.bounded(self.client().execute(check, &[channel, &filters, &self.order])).await?;
+            let insert_event = self.read.insert_event(channel).await?;
+            self.read.check(channel, &filters, &self.order).await?;
             // Counts when unbounded (a `limit` of 0 reads no row).
             let cap = if shape.limit.is_some() { 0 } else { max_rows as i64 + 1 };
-            let count = "SELECT pgsse.snapshot_count($1, $2, $3, $4)";
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [channel, &filters, &self.order, &cap];
-            let counted = self.client().query_one(count, &params);
-            let rows: i64 =
-                self.bounded_as(counted, |e| SnapshotError::from_table(e, self.bound, channel)).await?.get(0);
+            let rows = self.read.count(channel, &filters, &self.order, cap).await?;
             if rows > max_rows as i64 {
                 return Err(SnapshotError::TooLarge(channel.clone(), max_rows));
             }
@@ -325,9 +237,7 @@ impl Snapshot {
         let (head, pending) = (self.head, self.pending.clone());
         let mut sink = Sink::Buffer { chunks: Vec::new(), bytes: 0 };
         if !self.read(&mut sink).await? {
-            if self.bounded(self.client().batch_execute("ROLLBACK")).await.is_ok() {
-                self.open = false;
-            }
+            self.read.rollback().await;
             return Ok(None);
         }
         let Sink::Buffer { chunks, .. } = sink else { unreachable!("a buffer stays one") };
@@ -339,18 +249,14 @@ impl Snapshot {
         let mut chunk = BytesMut::new();
         let mut sent: u64 = 0;
         for part in &self.parts {
-            let query = "SELECT s::text FROM pgsse.snapshot($1, $2, $3, $4) AS s";
             // The limit counts rows that pass the stream's filter: SQL reads a superset, up to the most a
             // snapshot may read.
             let read_limit = self.limit.map(|limit| if part.check.is_some() { self.max_rows } else { limit });
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&part.channel, &part.filters, &self.order, &read_limit];
             let mut taken = 0;
-            let from_table = |e| SnapshotError::from_table(e, self.bound, &part.channel);
-            let rows = self.bounded_as(self.client().query_raw(query, params), from_table).await?;
+            let rows = self.read.rows(&part.channel, &part.filters, &self.order, read_limit).await?;
             pin_mut!(rows);
-            while let Some(row) = rows.try_next().await.map_err(from_table)? {
-                let data: &str = row.get(0);
+            while let Some(row) = rows.try_next().await? {
+                let data: &str = &row;
                 if part.check.as_ref().is_some_and(|f| !f.matches_text(data.as_bytes())) {
                     continue;
                 }
@@ -368,35 +274,10 @@ impl Snapshot {
                 }
             }
         }
-        self.bounded(self.client().batch_execute("COMMIT")).await?;
-        self.open = false;
+        self.read.commit().await?;
         let end = json!({ "rows": sent, "through": self.head }).to_string();
         sse::encode_into(&mut chunk, Some(self.head), "snapshot-end", &end).expect("a constant event name");
         Ok(sink.put(chunk.freeze()).await)
-    }
-
-    fn client(&self) -> &Object {
-        self.client.as_ref().expect("the connection is taken only on drop")
-    }
-
-    /// A query on the snapshot's connection, bounded as every query is (`--db-timeout`).
-    async fn bounded<T>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, SnapshotError> {
-        self.bounded_as(query, |e| SnapshotError::from_db(e, self.bound)).await
-    }
-
-    /// Like [`Self::bounded`], with the query's errors told by `refused`.
-    async fn bounded_as<T>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-        refused: impl FnOnce(tokio_postgres::Error) -> SnapshotError,
-    ) -> Result<T, SnapshotError> {
-        match tokio::time::timeout(self.bound, query).await {
-            Ok(outcome) => outcome.map_err(refused),
-            Err(_) => Err(SnapshotError::TimedOut(self.bound)),
-        }
     }
 }
 
@@ -419,16 +300,6 @@ impl Sink<'_> {
                 chunks.push(chunk);
                 *bytes <= SHARED_BYTES
             }
-        }
-    }
-}
-
-/// A snapshot dropped with its transaction open (its client went away, a query failed) takes its
-/// connection out of the pool: closing it ends the transaction, and no request gets it half-used.
-impl Drop for Snapshot {
-    fn drop(&mut self) {
-        if let (true, Some(client)) = (self.open, self.client.take()) {
-            drop(Object::take(client));
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod preflight;
 pub mod published;
 pub mod retention;
 pub mod sequencer;
+pub mod snapshot;
 pub mod status;
 pub mod store;
 
