@@ -75,8 +75,12 @@ pub enum CommandError {
     Channel(#[from] ChannelError),
     #[error("invalid event name {0:?}: use letters, digits, _ . : - (at most 64, not starting with . : -)")]
     InvalidEvent(String),
-    #[error("{0}")]
-    BadQuery(String),
+    #[error("Idempotency-Key needs a token with a `sub` claim: keys are kept per subject")]
+    KeyWithoutSubject,
+    #[error("Idempotency-Key must be one quoted string of 1 to 255 visible ASCII characters")]
+    BadIdempotencyKey,
+    #[error("event= is for channels without a table; the table names its events")]
+    EventOnTable,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -97,7 +101,9 @@ impl Refuse for CommandError {
             | CommandError::NotAnObject
             | CommandError::Body
             | CommandError::InvalidEvent(_)
-            | CommandError::BadQuery(_) => Refusal::Invalid,
+            | CommandError::KeyWithoutSubject
+            | CommandError::BadIdempotencyKey
+            | CommandError::EventOnTable => Refusal::Invalid,
             CommandError::Channel(err) => err.refusal(),
             CommandError::Store(err) => err.refusal(),
             CommandError::Auth(err) => err.refusal(),
@@ -178,23 +184,14 @@ impl Commands {
         let key = match idempotency_key(headers)? {
             None => None,
             Some(key) => Some(Keyed {
-                scope: access
-                    .key_scope()
-                    .ok_or_else(|| {
-                        CommandError::BadQuery(
-                            "Idempotency-Key needs a token with a `sub` claim: keys are kept per subject".into(),
-                        )
-                    })?
-                    .to_string(),
+                scope: access.key_scope().ok_or(CommandError::KeyWithoutSubject)?.to_string(),
                 key,
                 request: format!("{channel}\n{}\n{body}", event.as_deref().unwrap_or("")),
             }),
         };
         if has_table {
             if event.is_some() {
-                return Err(CommandError::BadQuery(
-                    "event= is for channels without a table; the table names its events".into(),
-                ));
+                return Err(CommandError::EventOnTable);
             }
             let written = match self.store.insert_row(channel, &body, key.as_ref()).await {
                 Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
@@ -241,9 +238,7 @@ impl Commands {
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CommandError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else { return Ok(None) };
-    let bad = || {
-        CommandError::BadQuery("Idempotency-Key must be one quoted string of 1 to 255 visible ASCII characters".into())
-    };
+    let bad = || CommandError::BadIdempotencyKey;
     if values.next().is_some() {
         return Err(bad());
     }

@@ -12,16 +12,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, SnapshotError, Taken};
+use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, Taken};
 use crate::api::stream::{Feed, Sent, SseBody};
 use crate::channel::ChannelError;
-use crate::fanout::hub::{Hub, HubError, UpdateFrames};
+use crate::fanout::hub::{Hub, UpdateFrames};
 use crate::filter::{ChannelFilters, Filter};
 use crate::limits::{SnapshotGate, SnapshotSlot};
-use crate::pg::error::StoreError;
-use crate::pg::published::{ColumnsError, Published};
+use crate::pg::published::Published;
 use crate::pg::store::{Store, REPLAY_BATCH};
-use crate::refusal::{Refusal, Refuse};
 use crate::sse;
 
 const DEFAULT_HEARTBEAT: &str = "15s";
@@ -89,48 +87,6 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How often a stream after a snapshot looks for the snapshot's transactions in the log.
 const AWAIT_POLL: Duration = Duration::from_millis(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error(transparent)]
-    Channel(#[from] ChannelError),
-    #[error("no channel given: use /{{channel}}/events or /events?channel=a&channel=b")]
-    NoChannel,
-    #[error("too many channels: {0} given, at most {1} allowed")]
-    TooManyChannels(usize, usize),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hub(#[from] HubError),
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    #[error(transparent)]
-    Columns(#[from] ColumnsError),
-}
-
-impl Refuse for StreamError {
-    fn refusal(&self) -> Refusal {
-        match self {
-            StreamError::NoChannel | StreamError::TooManyChannels(..) => Refusal::Invalid,
-            StreamError::Channel(err) => err.refusal(),
-            StreamError::Store(err) => err.refusal(),
-            StreamError::Hub(err) => err.refusal(),
-            StreamError::Snapshot(err) => err.refusal(),
-            StreamError::Columns(err) => err.refusal(),
-        }
-    }
-
-    fn told(&self) -> String {
-        match self {
-            StreamError::NoChannel | StreamError::TooManyChannels(..) => self.to_string(),
-            StreamError::Channel(err) => err.told(),
-            StreamError::Store(err) => err.told(),
-            StreamError::Hub(err) => err.told(),
-            StreamError::Snapshot(err) => err.told(),
-            StreamError::Columns(err) => err.told(),
-        }
-    }
-}
 
 impl Events {
     pub fn new(
@@ -455,5 +411,8 @@ impl Replay {
     }
 }
 
+mod error;
 #[cfg(test)]
 mod tests;
+
+pub use error::StreamError;

@@ -42,8 +42,8 @@ pub enum ApiError {
     Cursor(#[from] CursorError),
     #[error(transparent)]
     Query(#[from] QueryError),
-    #[error("{0}")]
-    BadQuery(String),
+    #[error("channel= is only for /events; this path names its channel")]
+    ChannelInPath,
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error(transparent)]
@@ -65,7 +65,7 @@ impl Refuse for ApiError {
         match self {
             ApiError::NotFound(_) => Refusal::NotFound,
             ApiError::MethodNotAllowed(..) => Refusal::MethodNotAllowed,
-            ApiError::BadQuery(_) => Refusal::Invalid,
+            ApiError::ChannelInPath => Refusal::Invalid,
             ApiError::UrlTooLong(_) => Refusal::UrlTooLong,
             ApiError::HeadTooLarge => Refusal::HeadTooLarge,
             ApiError::Cursor(err) => err.refusal(),
@@ -176,7 +176,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             only_get(&req, "GET")?;
             let query = StreamQuery::parse(req.uri().query())?;
             if !query.channels.is_empty() {
-                return Err(ApiError::BadQuery("channel= is only for /events; this path names its channel".into()));
+                return Err(ApiError::ChannelInPath);
             }
             events(site, peer, &req, vec![channel.to_string()], &query).await
         }

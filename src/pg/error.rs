@@ -73,7 +73,9 @@ pub enum StoreError {
     #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database url: {0}")]
-    Config(String),
+    Config(#[source] tokio_postgres::Error),
+    #[error("the database pool cannot be made: {0}")]
+    PoolBuild(#[from] deadpool_postgres::BuildError),
     /// A read that concurrent requests shared failed (the first of them got its cause).
     #[error("database unavailable: {0}")]
     Shared(String),
@@ -99,6 +101,7 @@ impl Refuse for StoreError {
             StoreError::Pool(_)
             | StoreError::Query(_)
             | StoreError::Config(_)
+            | StoreError::PoolBuild(_)
             | StoreError::Shared(_)
             | StoreError::Timeout(_)
             | StoreError::NotSequenced => Refusal::Unavailable,

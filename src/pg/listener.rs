@@ -68,7 +68,7 @@ pub enum ListenerError {
     #[error("query got no answer within {0:?}")]
     QueryTimeout(Duration),
     #[error("invalid database url: {0}")]
-    Config(String),
+    Config(#[source] tokio_postgres::Error),
 }
 
 pub struct Listener {
@@ -89,7 +89,7 @@ impl Listener {
     ) -> Result<Self, ListenerError> {
         // Two probe intervals without an acknowledgement drop the connection in the kernel, even between queries.
         let pg = super::session_config(database_url, "pgsse-listener", CONNECT_TIMEOUT, probe_interval * 2)
-            .map_err(|e| ListenerError::Config(e.to_string()))?;
+            .map_err(ListenerError::Config)?;
         Ok(Self { pg, hub, status, probe_interval, last_id: None })
     }
 

@@ -84,8 +84,22 @@ pub enum MigrateError {
     },
     #[error("{file}: {cause}")]
     Apply { file: &'static str, cause: String },
-    #[error("{0}")]
-    Privilege(String),
+    #[error(
+        "role {user} lacks the CREATE privilege on database {db}, which installing schema pgsse needs: run migrate \
+         as the database's owner, or have it run: GRANT CREATE ON DATABASE {db} TO {user};"
+    )]
+    NoCreate { user: String, db: String },
+    #[error(
+        "schema pgsse belongs to role pgsse_owner, and role {user} is not a member of it: have an admin run GRANT \
+         pgsse_owner TO {user}; (or run migrate as a member of it)"
+    )]
+    NotOwnerMember { user: String },
+    #[error(
+        "schema pgsse belongs to role {owner}, not to pgsse_owner or to role {user}: if {owner} installed pgsse \
+         (before schema 9), run migrate as {owner}; if not, the schema is not pgsse's, and its objects would run \
+         with your rights: drop it first"
+    )]
+    ForeignSchema { owner: String, user: String },
     #[error(
         "this database was migrated by a newer pgsse (it has {applied}; this binary knows up to {known}): run the \
          newer binary's migrate, or upgrade this one"

@@ -85,7 +85,7 @@ pub struct Store {
 impl Store {
     pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
         let mut pg = super::session_config(database_url, "pgsse", CONNECT_TIMEOUT.min(bound), bound)
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+            .map_err(StoreError::Config)?;
         // The server gives up a statement well before the gateway gives up its connection: a write that the
         // gateway answers with a timeout has then not committed (a dropped connection alone would not stop
         // a statement waiting on a lock, which then commits after the client was told to retry).
@@ -98,8 +98,7 @@ impl Store {
             .wait_timeout(Some(bound))
             .create_timeout(Some(bound))
             .recycle_timeout(Some(bound))
-            .build()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+            .build()?;
         Ok(Self { pool, bound, known_channels: Mutex::new(HashSet::new()), head: SharedRead::default() })
     }
 

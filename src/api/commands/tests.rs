@@ -106,7 +106,7 @@ async fn a_post_to_a_table_channel_inserts_its_row_and_answers_with_the_event() 
             )
             .await,
     );
-    assert!(matches!(refused, CommandError::BadQuery(_)), "{refused}");
+    assert!(matches!(refused, CommandError::EventOnTable), "{refused}");
     let refused =
         refusal(commands.post(&Access::Open, "notes", &PostQuery::default(), &HeaderMap::new(), json!({})).await);
     assert_eq!(refused.to_string(), r#"column "body" must not be null"#);

@@ -23,23 +23,13 @@ pub(super) async fn privileges(client: &Client) -> Result<(), MigrateError> {
     let (create, owner, member, can_grant): (bool, Option<String>, Option<bool>, bool) =
         (row.get(2), row.get(3), row.get(4), row.get(5));
     match owner {
-        None if !create => Err(MigrateError::Privilege(format!(
-            "role {user} lacks the CREATE privilege on database {db}, which installing schema pgsse needs: run \
-             migrate as the database's owner, or have it run: GRANT CREATE ON DATABASE {db} TO {user};"
-        ))),
+        None if !create => Err(MigrateError::NoCreate { user, db }),
         None => Ok(()),
         Some(owner) if owner == "pgsse_owner" && (member == Some(true) || can_grant) => Ok(()),
-        Some(owner) if owner == "pgsse_owner" => Err(MigrateError::Privilege(format!(
-            "schema pgsse belongs to role pgsse_owner, and role {user} is not a member of it: have an admin run \
-             GRANT pgsse_owner TO {user}; (or run migrate as a member of it)"
-        ))),
+        Some(owner) if owner == "pgsse_owner" => Err(MigrateError::NotOwnerMember { user }),
         // An install made before schema 9 belongs to whoever migrated it.
         Some(owner) if owner == user => Ok(()),
-        Some(owner) => Err(MigrateError::Privilege(format!(
-            "schema pgsse belongs to role {owner}, not to pgsse_owner or to role {user}: if {owner} installed \
-             pgsse (before schema 9), run migrate as {owner}; if not, the schema is not pgsse's, and its objects \
-             would run with your rights: drop it first"
-        ))),
+        Some(owner) => Err(MigrateError::ForeignSchema { owner, user }),
     }
 }
 
