@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS pgsse.meta (
 
 CREATE SEQUENCE IF NOT EXISTS pgsse.event_id_seq AS bigint;
 
--- The log. Ids are taken from event_id_seq only while holding the ordering lock (see pgsse.append),
+-- The log. Ids are taken from event_id_seq only while holding the ordering lock (see pgsse.sequence_batch),
 -- so they increase in commit order and "everything after id N" is exact.
 CREATE TABLE IF NOT EXISTS pgsse.events (
     id         bigint      PRIMARY KEY,

@@ -4,7 +4,7 @@
 -- Table channels take POST only when published with writable => true (optionally limited to some columns).
 -- Idempotent.
 
--- No rows: only ever locked (EXCLUSIVE, by pgsse.append and pgsse.flush_pending, as its owner).
+-- No rows: only ever locked (EXCLUSIVE, by the sequencing step, pgsse.sequence, as its owner).
 CREATE TABLE IF NOT EXISTS pgsse.commit_order ();
 REVOKE ALL ON pgsse.commit_order FROM PUBLIC;
 
