@@ -323,6 +323,19 @@ async fn a_live_collection_of_several_channels_keys_by_channel() {
     browser
         .wait("page", r#"window.stale.ready && window.stale.has('["customers",2]') && window.stale.size === 4"#)
         .await;
+    // A channel that does not exist is final: no retry could make it.
+    browser
+        .eval(
+            "page",
+            r#"import("/pgsse.js").then(({ live }) => {
+                 window.errors = [];
+                 window.missing = live("/nosuch/events?snapshot=true", { onError: (e) => window.errors.push(e) });
+               })"#,
+        )
+        .await;
+    browser.wait("page", "window.missing.status === 'closed' && window.errors.length === 1").await;
+    let first = browser.eval("page", "[window.errors[0].status, window.errors[0].retryIn]").await;
+    assert_eq!(first, json!([404, null]));
     admin
         .batch_execute("UPDATE customers SET name = 'bob' WHERE id = 2; INSERT INTO orders VALUES (3, 'pie')")
         .await

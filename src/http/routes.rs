@@ -195,6 +195,9 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             let access = site.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method()).await?;
             match *req.method() {
                 Method::GET => {
+                    // The right first, as for every read: the query's own mistakes are told only to those
+                    // who may read the channel.
+                    access.may_subscribe(&channel)?;
                     let slot = site.limits.admit_request(site.limits.client(peer, req.headers()))?;
                     let page =
                         site.commands.history(&access, &channel, &HistoryQuery::parse(query.as_deref())?).await?;

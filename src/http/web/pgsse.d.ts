@@ -22,7 +22,7 @@ export interface LiveError {
   message?: string;
   /** Failures since the last event received, before this one. */
   attempt: number;
-  /** Milliseconds until the next try; null when live() gave up (a 400: the request itself is wrong). */
+  /** Milliseconds until the next try; null when live() gave up (a 400 or 404: the request itself is wrong). */
   retryIn: number | null;
 }
 

@@ -148,8 +148,9 @@ export class LiveRows extends Map {
     if (!refused) return this.retry();
     const { status, message } = await this.probe(target);
     if (this.closed || source !== this.source) return;
-    // A 400 names a request no retry can fix (a bad filter, say): it stays closed.
-    this.failed({ status, message }, status === 400);
+    // A 400 or 404 names a request no retry can fix (a bad filter, a channel that does not exist): it
+    // stays closed.
+    this.failed({ status, message }, status === 400 || status === 404);
   }
 
   failed(error, final = false) {
