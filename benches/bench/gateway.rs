@@ -1,5 +1,6 @@
 //! The gateway under test as its own process, so its CPU time and RSS are its alone (read from /proc).
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,18 +14,34 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Starts the gateway on a port it binds itself (`--listen 127.0.0.1:0`) and reads the address from
+    /// its `serving` log line: a port picked here and released first could be taken in between.
     pub fn start(binary: &Path, database_url: &str, extra: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(binary)
-            .args(["serve", "--database-url", database_url, "--listen", &addr.to_string()])
+        let mut child = Command::new(binary)
+            .args(["serve", "--database-url", database_url, "--listen", "127.0.0.1:0"])
             // The load comes from eight addresses: lift the per-client and total stream limits above it.
             .args(["--max-connections", "20000", "--max-streams", "20000", "--max-streams-per-client", "20000"])
             .args(extra)
-            .env("PGSSE_LOG", "warn")
+            .env("PGSSE_LOG", "pgsse::server=info,warn")
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("start the pgsse binary");
+        let stdout = child.stdout.take().expect("piped");
+        let (found, addr) = std::sync::mpsc::channel();
+        // Reads the log to its end, so the gateway never blocks on a full pipe; its warnings go to stderr.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match line.split(" serving addr=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+                    Some(addr) => {
+                        let _ = found.send(addr.parse::<SocketAddr>().expect("an address"));
+                    }
+                    None if line.contains(" WARN ") || line.contains(" ERROR ") => eprintln!("{line}"),
+                    None => {}
+                }
+            }
+        });
+        let addr = addr.recv_timeout(Duration::from_secs(30)).expect("the gateway logged the address it serves");
         let gw = Self { addr, child };
         gw.wait_healthy();
         gw
