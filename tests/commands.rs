@@ -12,10 +12,6 @@ async fn post(gw: &Gateway, path: &str, body: &str) -> Response {
     call(gw.addr, "POST", path, &[JSON], Bytes::from(body.to_string())).await.unwrap()
 }
 
-fn error_of(resp: &Response) -> String {
-    assert_eq!(resp.headers["content-type"], "application/json", "{}", resp.body);
-    resp.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", resp.body)).to_string()
-}
 
 #[tokio::test]
 async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it() {
@@ -42,7 +38,7 @@ async fn post_to_any_other_channel_publishes_an_event() {
     let gw = Gateway::start(&url).await;
     let unknown = post(&gw, "/alerts", r#"{"level": "low"}"#).await;
     assert_eq!(unknown.status, 404, "POST creates no channel unless the gateway is told to: {}", unknown.body);
-    assert!(error_of(&unknown).contains("--post-creates-channels"));
+    assert!(unknown.error().contains("--post-creates-channels"));
     drop(gw);
     let gw = Gateway::start_configured(&url, |c| {
         c.commands.post_creates_channels = true;
@@ -78,7 +74,7 @@ async fn a_table_channel_takes_post_only_when_writable() {
     let gw = Gateway::start(&url).await;
     let refused = post(&gw, "/notes", r#"{"body": "invisible"}"#).await;
     assert_eq!(refused.status, 403, "{}", refused.body);
-    assert!(error_of(&refused).contains("writable => true"), "{}", refused.body);
+    assert!(refused.error().contains("writable => true"), "{}", refused.body);
 
     admin
         .batch_execute(
@@ -90,10 +86,10 @@ async fn a_table_channel_takes_post_only_when_writable() {
     assert_eq!(post(&gw, "/notes", r#"{"userName": "ann", "body": "hi"}"#).await.status, 201);
     let escalate = post(&gw, "/notes", r#"{"body": "x", "isAdmin": true}"#).await;
     assert_eq!(escalate.status, 403, "{}", escalate.body);
-    assert!(error_of(&escalate).contains("is_admin"), "{}", escalate.body);
+    assert!(escalate.error().contains("is_admin"), "{}", escalate.body);
     let twice = post(&gw, "/notes", r#"{"userName": "a", "user_name": "b"}"#).await;
     assert_eq!(twice.status, 400, "{}", twice.body);
-    assert!(error_of(&twice).contains("user_name given twice"), "{}", twice.body);
+    assert!(twice.error().contains("user_name given twice"), "{}", twice.body);
     let rows: i64 = admin.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
     assert_eq!(rows, 1);
 
@@ -120,11 +116,11 @@ async fn clear_is_off_unless_enabled_and_then_empties_the_channel() {
 
     let refused = call(gw.addr, "DELETE", "/messages", &[], Bytes::new()).await.unwrap();
     assert_eq!(refused.status, 403, "{}", refused.body);
-    assert!(error_of(&refused).contains("not enabled"));
-    assert!(error_of(&refused).contains("publish table public.messages again with allow_clear => true"));
+    assert!(refused.error().contains("not enabled"));
+    assert!(refused.error().contains("publish table public.messages again with allow_clear => true"));
     let refused = call(gw.addr, "DELETE", "/board", &[], Bytes::new()).await.unwrap();
     assert_eq!(refused.status, 403, "{}", refused.body);
-    assert!(error_of(&refused).contains("SELECT pgsse.create_channel('board', true);"), "{}", refused.body);
+    assert!(refused.error().contains("SELECT pgsse.create_channel('board', true);"), "{}", refused.body);
     let unknown = call(gw.addr, "DELETE", "/nosuch", &[], Bytes::new()).await.unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 
@@ -205,7 +201,7 @@ async fn bad_writes_get_clear_errors_write_nothing_and_the_gateway_keeps_serving
     for (path, headers, body, status, text) in &cases {
         let resp = call(gw.addr, "POST", path, headers, Bytes::from(body.clone())).await.unwrap();
         assert_eq!(resp.status, *status, "POST {path} {:.60}: {}", body, resp.body);
-        let msg = error_of(&resp);
+        let msg = resp.error();
         assert!(msg.contains(text), "POST {path} {:.60}: {msg:?} should mention {text:?}", body);
         // Constraint names are part of the answer (they say which rule failed); SQL and call sites are not.
         for internal in ["INSERT", "SELECT", "jsonb", "pgsse.", "PL/pgSQL", "relation"] {

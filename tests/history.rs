@@ -5,10 +5,6 @@ mod common;
 
 use common::{get, Fixture, Response};
 
-fn error_of(resp: &Response) -> String {
-    assert_eq!(resp.headers["content-type"], "application/json", "{}", resp.body);
-    resp.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", resp.body)).to_string()
-}
 
 #[tokio::test]
 async fn history_is_newest_first_and_pages_backwards() {
@@ -55,7 +51,7 @@ async fn history_is_newest_first_and_pages_backwards() {
     ] {
         let resp = get(gw.addr, path, &[]).await.unwrap();
         assert_eq!(resp.status, status, "{path}: {}", resp.body);
-        assert!(error_of(&resp).contains(text), "{path}: {}", resp.body);
+        assert!(resp.error().contains(text), "{path}: {}", resp.body);
     }
 }
 

@@ -19,8 +19,9 @@ impl Gateway {
     pub fn start(binary: &Path, database_url: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(binary)
             .args(["serve", "--database-url", database_url, "--listen", "127.0.0.1:0"])
-            // The load comes from eight addresses: lift the per-client and total stream limits above it.
+            // The load comes from eight addresses: lift the per-client and total limits above it.
             .args(["--max-connections", "20000", "--max-streams", "20000", "--max-streams-per-client", "20000"])
+            .args(["--max-connections-per-client", "20000"])
             .args(extra)
             .env("PGSSE_LOG", "pgsse::server=info,warn")
             .stdin(Stdio::null())

@@ -21,6 +21,12 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
+
+    /// A refusal's `error` text, checking that it is JSON.
+    pub fn error(&self) -> String {
+        assert_eq!(self.headers["content-type"], "application/json", "{}", self.body);
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", self.body)).to_string()
+    }
 }
 
 pub(super) async fn send(
