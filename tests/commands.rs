@@ -12,7 +12,6 @@ async fn post(gw: &Gateway, path: &str, body: &str) -> Response {
     call(gw.addr, "POST", path, &[JSON], Bytes::from(body.to_string())).await.unwrap()
 }
 
-
 #[tokio::test]
 async fn post_to_a_table_channel_inserts_the_row_and_the_trigger_broadcasts_it() {
     let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;

@@ -5,7 +5,6 @@ mod common;
 
 use common::{get, Fixture, Response};
 
-
 #[tokio::test]
 async fn history_is_newest_first_and_pages_backwards() {
     let Fixture { app, gw, .. } = Fixture::messages("").await;
