@@ -80,6 +80,11 @@ impl Browser {
     async fn eval(&mut self, page: &str, js: &str) -> Value {
         self.run(json!({"op": "eval", "page": page, "js": js})).await
     }
+
+    /// Waits until a line of `page`'s console contains `text`.
+    async fn logged(&mut self, page: &str, text: &str) {
+        self.run(json!({"op": "logged", "page": page, "text": text})).await;
+    }
 }
 
 fn feed_has(text: &str) -> String {
@@ -397,24 +402,11 @@ async fn the_readmes_live_collection_runs_on_its_own_origin_and_across_origins()
     browser.goto("same", &format!("{gateway}/app.html")).await;
     browser.goto("across", &format!("{app_origin}/app.html")).await;
     for page in ["same", "across"] {
-        wait_logged(&mut browser, page, r#"snapshot [{"id":1,"item":"tea"}]"#).await;
+        browser.logged(page, r#"snapshot [{"id":1,"item":"tea"}]"#).await;
     }
     admin.batch_execute("insert into orders (item) values ('from psql')").await.unwrap();
     for page in ["same", "across"] {
-        wait_logged(&mut browser, page, r#"insert [{"id":1,"item":"tea"},{"id":2,"item":"from psql"}]"#).await;
-    }
-}
-
-/// Waits until a line of `page`'s console contains `text`.
-async fn wait_logged(browser: &mut Browser, page: &str, text: &str) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let logs = browser.run(json!({"op": "logs", "page": page})).await;
-        if logs.as_array().unwrap().iter().any(|line| line.as_str().unwrap().contains(text)) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{page} never logged {text:?}: {logs}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        browser.logged(page, r#"insert [{"id":1,"item":"tea"},{"id":2,"item":"from psql"}]"#).await;
     }
 }
 

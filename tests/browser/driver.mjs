@@ -57,8 +57,13 @@ async function run(cmd) {
       // Answers requests to `url` (any origin, served or not) with a fixed body.
       await p.route(cmd.url, (route) => route.fulfill({ status: 200, contentType: cmd.contentType, body: cmd.body }));
       return null;
-    case "logs":
-      return logs.get(cmd.page ?? "main");
+    case "logged": {
+      // A console line containing `text`, logged already or awaited (the check and the listener are set in
+      // one turn of the event loop, so no line falls between them).
+      if (logs.get(cmd.page ?? "main").some((line) => line.includes(cmd.text))) return null;
+      await p.waitForEvent("console", { predicate: (m) => m.text().includes(cmd.text), timeout });
+      return null;
+    }
     case "screenshot":
       await p.screenshot({ path: cmd.path, fullPage: true });
       return null;
