@@ -13,6 +13,7 @@ pub use crate::api::events::StreamArgs;
 use crate::auth::{Auth, AuthConfigError};
 pub use crate::auth::{AuthArgs, AuthMode};
 pub use crate::limits::LimitArgs;
+pub use crate::mercure::MercureArgs;
 pub use crate::pg::listener::ListenerArgs;
 pub use crate::pg::retention::{Retention, RetentionArgs};
 pub use crate::pg::store::PoolArgs;
@@ -86,6 +87,8 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub mercure: MercureArgs,
 }
 
 /// The HTTP front end: where it listens, how it treats connections, and what it serves besides the API.
@@ -197,6 +200,7 @@ pub struct Config {
     pub commands: CommandArgs,
     pub limits: LimitArgs,
     pub retention: RetentionArgs,
+    pub mercure: MercureArgs,
     pub auth: Arc<Auth>,
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
@@ -217,6 +221,8 @@ pub enum ConfigError {
     ProxiedWithoutAuth,
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
+    #[error("{0}")]
+    Mercure(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
@@ -241,6 +247,7 @@ impl Config {
                 return Err(ConfigError::ProxiedWithoutAuth);
             }
         }
+        args.mercure.check(args.auth.auth == AuthMode::Jwt).map_err(ConfigError::Mercure)?;
         let tls = match (&args.server.tls_cert, &args.server.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
             _ => None,
@@ -256,6 +263,7 @@ impl Config {
             commands: args.commands,
             limits: args.limits,
             retention: args.retention,
+            mercure: args.mercure,
         })
     }
 

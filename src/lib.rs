@@ -17,6 +17,7 @@ pub mod filter;
 mod http;
 mod limits;
 pub mod logging;
+pub(crate) mod mercure;
 mod parse;
 mod pg;
 mod refusal;
@@ -24,6 +25,7 @@ mod server;
 mod shared_read;
 pub mod sse;
 pub mod tls;
+mod topic;
 
 pub use http::access::TARGET as ACCESS_LOG_TARGET;
 pub use pg::migrate::{migrate, migrate_within, MigrateError, FUNCTIONS, LOCK_TIMEOUT, MIGRATIONS, SCHEMA_VERSION};

@@ -9,6 +9,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub enum EncodeError {
     #[error("event name must not contain CR or LF")]
     EventNameLineBreak,
+    #[error("event id must not contain CR, LF or NUL")]
+    IdLineBreak,
 }
 
 /// Encodes one event. `data` may hold line breaks of any style: each line becomes its own `data:` field,
@@ -39,6 +41,36 @@ pub(crate) fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data
     }
     buf.put_u8(b'\n');
     Ok(())
+}
+
+/// Encodes a Mercure update as its hub sends it: `event:` only for a type, `retry:` only when not 0, the
+/// id as given (a publisher's or the hub's own), then the data split into lines like every event's.
+pub fn encode_update(id: &str, event: Option<&str>, retry: Option<u64>, data: &str) -> Result<Bytes, EncodeError> {
+    if id.contains(['\r', '\n', '\0']) {
+        return Err(EncodeError::IdLineBreak);
+    }
+    let mut buf = BytesMut::with_capacity(data.len() + id.len() + 64);
+    if let Some(event) = event.filter(|e| !e.is_empty()) {
+        if event.contains(['\r', '\n']) {
+            return Err(EncodeError::EventNameLineBreak);
+        }
+        buf.put_slice(b"event: ");
+        buf.put_slice(event.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    if let Some(retry) = retry.filter(|r| *r > 0) {
+        buf.put_slice(format!("retry: {retry}\n").as_bytes());
+    }
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_u8(b'\n');
+    for line in split_lines(data) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    Ok(buf.freeze())
 }
 
 /// The event name a stream of several channels shows: `orders/insert`. Neither a channel nor an event name
@@ -130,6 +162,18 @@ mod tests {
         encode_into(&mut buf, None, "insert", "a\nb").unwrap();
         assert_eq!(&buf[..], b"xevent: insert\ndata: a\ndata: b\n\n");
         assert_eq!(encode_into(&mut buf, None, "a\nb", "x"), Err(EncodeError::EventNameLineBreak));
+    }
+
+    #[test]
+    fn encodes_mercure_updates() {
+        let text = |b: Bytes| String::from_utf8(b.to_vec()).unwrap();
+        let plain = encode_update("urn:x", None, None, "a\n\nb").unwrap();
+        assert_eq!(text(plain), "id: urn:x\ndata: a\ndata: \ndata: b\n\n", "no event line: browsers see a message");
+        let full = encode_update("#7", Some("book"), Some(500), "").unwrap();
+        assert_eq!(text(full), "event: book\nretry: 500\nid: #7\ndata: \n\n");
+        assert_eq!(text(encode_update("i", Some(""), Some(0), "x").unwrap()), "id: i\ndata: x\n\n");
+        assert_eq!(encode_update("a\nid: b", None, None, "x"), Err(EncodeError::IdLineBreak));
+        assert_eq!(encode_update("a", Some("t\r"), None, "x"), Err(EncodeError::EventNameLineBreak));
     }
 
     #[test]

@@ -36,6 +36,9 @@ DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, 
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean);
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean, text[],
                                             text[], boolean, text);
+-- Schema 11's had no Mercure topic.
+DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean, text[],
+                                            text[], boolean, text, boolean, text[]);
 
 -- An earlier form of the keyed writes (Idempotency-Key).
 DROP FUNCTION IF EXISTS pgsse.insert_json_once(text, jsonb, text, text, text);

@@ -123,7 +123,9 @@ CREATE OR REPLACE FUNCTION pgsse.publish_table(
     old_values      boolean DEFAULT false,
     truncate_event  text    DEFAULT 'truncate',
     writable        boolean DEFAULT false,
-    writable_columns text[] DEFAULT NULL
+    writable_columns text[] DEFAULT NULL,
+    mercure_topic   text    DEFAULT NULL,
+    mercure_public  boolean DEFAULT false
 ) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch      text := coalesce(channel, (SELECT c.relname FROM pg_class c WHERE c.oid = p_table));
@@ -132,6 +134,7 @@ DECLARE
     unknown text[];
     clash   text;
     rec     pgsse.channels;
+    why     text;
 BEGIN
     IF NOT pg_catalog.has_table_privilege(p_table, 'TRIGGER') THEN
         RAISE EXCEPTION 'pgsse: role % lacks the TRIGGER privilege on table %', current_user, p_table
@@ -213,9 +216,10 @@ BEGIN
     DELETE FROM pgsse.channels WHERE source_table = p_table AND name <> ch;
     INSERT INTO pgsse.channels AS c (name, source_table, allow_clear, camel_case, operations, insert_event,
                                      update_event, delete_event, truncate_event, columns, exclude_columns,
-                                     old_values, writable, writable_columns)
+                                     old_values, writable, writable_columns, mercure_topic, mercure_public)
     VALUES (ch, p_table, allow_clear, camel_case, ops, insert_event, update_event, delete_event, truncate_event,
-            columns, exclude_columns, old_values, writable, writable_columns)
+            columns, exclude_columns, old_values, writable, writable_columns, mercure_topic,
+            coalesce(mercure_public, false))
     ON CONFLICT (name) DO UPDATE
        SET source_table = EXCLUDED.source_table, allow_clear = EXCLUDED.allow_clear,
            camel_case = EXCLUDED.camel_case, operations = EXCLUDED.operations,
@@ -223,8 +227,13 @@ BEGIN
            delete_event = EXCLUDED.delete_event, truncate_event = EXCLUDED.truncate_event,
            columns = EXCLUDED.columns, exclude_columns = EXCLUDED.exclude_columns,
            old_values = EXCLUDED.old_values, writable = EXCLUDED.writable,
-           writable_columns = EXCLUDED.writable_columns
+           writable_columns = EXCLUDED.writable_columns, mercure_topic = EXCLUDED.mercure_topic,
+           mercure_public = EXCLUDED.mercure_public
     RETURNING * INTO rec;
+    why := pgsse.mercure_topic_refusal(rec, rec.mercure_topic);
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: %', why USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM pgsse.grant_snapshot_reads(rec);
     PERFORM pgsse.install_capture(rec);
     RETURN ch;

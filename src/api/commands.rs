@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -132,11 +132,20 @@ impl Commands {
     /// Reads a JSON object body of at most `--body-limit` bytes within `--body-read-timeout`, refusing other
     /// content types before reading: a body that trickles in must not hold its connection and buffer forever.
     pub async fn read_object(&self, headers: &HeaderMap, body: Incoming) -> Result<Value, CommandError> {
-        let (limit, deadline) = (self.args.body_limit, self.args.body_read_timeout);
-        let essence = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
-        if !essence.is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json")) {
+        if !crate::api::reply::content_type_is(headers, "application/json") {
             return Err(CommandError::NotJsonContentType);
         }
+        let bytes = self.read_body(headers, body).await?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| CommandError::InvalidJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(CommandError::NotAnObject);
+        }
+        Ok(value)
+    }
+
+    /// Reads a body of at most `--body-limit` bytes within `--body-read-timeout`.
+    pub async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, CommandError> {
+        let (limit, deadline) = (self.args.body_limit, self.args.body_read_timeout);
         let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Err(CommandError::TooLarge(limit));
@@ -144,16 +153,11 @@ impl Commands {
         let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
             .await
             .map_err(|_| CommandError::BodyTimeout(deadline))?;
-        let bytes = match collected {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(CommandError::TooLarge(limit)),
-            Err(_) => return Err(CommandError::Body),
-        };
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| CommandError::InvalidJson(e.to_string()))?;
-        if !value.is_object() {
-            return Err(CommandError::NotAnObject);
+        match collected {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(CommandError::TooLarge(limit)),
+            Err(_) => Err(CommandError::Body),
         }
-        Ok(value)
     }
 
     /// `POST /{channel}`: a table channel gets a row built from the object's keys, any other channel an event.

@@ -122,6 +122,11 @@ impl Events {
         &self.sent
     }
 
+    /// The counter stream bodies add to, for other front ends' streams (Mercure's).
+    pub fn sent_counter(&self) -> Arc<Sent> {
+        self.sent.clone()
+    }
+
     /// Checks names and removes duplicates, without asking the database: this is all that may happen before
     /// the client is authenticated (which channels exist is not for strangers to learn, nor to cost a query).
     pub fn check_names(&self, mut channels: Vec<String>) -> Result<Vec<String>, StreamError> {

@@ -63,3 +63,9 @@ pub fn raw_json_response(status: StatusCode, json: Bytes) -> Response<Body> {
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
+
+/// Whether the request's `Content-Type` is `essence` (any parameters, such as a charset, aside).
+pub fn content_type_is(headers: &http::HeaderMap, essence: &str) -> bool {
+    let given = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+    given.is_some_and(|e| e.trim().eq_ignore_ascii_case(essence))
+}

@@ -15,6 +15,7 @@ use crate::auth::Denials;
 use crate::config::Config;
 use crate::fanout::hub::Hub;
 use crate::limits::Limits;
+use crate::mercure::Mercure;
 use crate::pg::error::StoreError;
 use crate::pg::listener::{Listener, ListenerError};
 use crate::pg::published::Published;
@@ -32,6 +33,8 @@ pub struct App {
     pub limits: Arc<Limits>,
     pub denials: Arc<Denials>,
     pub metrics: Arc<Metrics>,
+    /// The Mercure hub, under `--mercure`.
+    pub mercure: Option<Arc<Mercure>>,
     hub: Arc<Hub>,
     /// Cancelled on shutdown: ends every stream body, the listener and the retention job.
     pub shutdown: CancellationToken,
@@ -88,6 +91,11 @@ impl App {
             denials.clone(),
             config.server.metrics_channel_labels,
         );
+        let mercure = config.mercure.mercure.then(|| {
+            let streams = (config.streams.retry, config.streams.heartbeat);
+            let parts = (store.clone(), hub.clone(), config.auth.clone());
+            Mercure::new(parts, config.mercure.clone(), streams, events.sent_counter(), shutdown.clone())
+        });
         tasks.spawn(listener.run(shutdown.clone()));
         let (args, token) = (config.retention.clone(), shutdown.clone());
         let pruned = store.clone();
@@ -99,6 +107,7 @@ impl App {
             limits,
             denials,
             metrics,
+            mercure,
             hub,
             shutdown,
             config,

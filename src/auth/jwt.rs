@@ -98,7 +98,40 @@ fn plain_json_error(err: &serde_json::Error) -> String {
     }
 }
 
+/// A token verified by [`Jwt::verify`]: its header's `typ`, its claims, and when it ends.
+pub struct Verified<T> {
+    pub typ: Option<String>,
+    pub claims: T,
+    pub expires: Option<SystemTime>,
+}
+
+#[derive(Deserialize)]
+struct Timed<T> {
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    #[serde(flatten)]
+    rest: T,
+}
+
 impl Jwt {
+    /// Verifies `token` as [`Jwt::check`] does (key, algorithm, audience, issuer, times) for claims of
+    /// another shape (a Mercure token's); `exp` may then be missing only where `exp_optional` says.
+    pub fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        exp_optional: bool,
+    ) -> Result<Verified<T>, AuthError> {
+        let mut validation = self.validation.clone();
+        if exp_optional {
+            validation.required_spec_claims.remove("exp");
+        }
+        let data = decode::<Timed<T>>(token, &self.key, &validation).map_err(|e| token_error(&e))?;
+        let claims = data.claims;
+        let expires = times(claims.exp, claims.nbf, claims.iat)?;
+        Ok(Verified { typ: data.header.typ, claims: claims.rest, expires })
+    }
+
     pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
         let jwt = self;
         let token = bearer(headers)
@@ -106,29 +139,52 @@ impl Jwt {
             .or(query_token)
             .ok_or_else(|| AuthError::Missing(jwt.cookie.clone()))?;
         let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| token_error(&e))?.claims;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let ahead = |at: Option<u64>| at.is_some_and(|t| Duration::from_secs(t) > now + CLOCK_SKEW);
-        if ahead(claims.nbf) {
-            return Err(AuthError::Invalid("it is not valid yet (nbf)".into()));
-        }
-        if ahead(claims.iat) {
-            return Err(AuthError::Invalid("it claims to be issued in the future (iat)".into()));
-        }
-        let expires = UNIX_EPOCH
-            .checked_add(Duration::from_secs(claims.exp.unwrap_or_default()))
-            .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
-        // The library compares whole seconds: within exp's second, a stream would open only to end at once.
-        if expires <= SystemTime::now() {
-            return Err(AuthError::Expired);
-        }
+        let expires = times(Some(claims.exp.unwrap_or_default()), claims.nbf, claims.iat)?;
         let grant = claims.pgsse.ok_or_else(|| {
             AuthError::Invalid(
                 r#"it has no pgsse claim, where its grant goes: {"pgsse": {"subscribe": ["orders"], "publish": []}}"#
                     .into(),
             )
         })?;
-        Ok(Access::Granted { grant, expires: Some(expires), subject: claims.sub.map(|sub| sub.to_string()) })
+        Ok(Access::Granted { grant, expires, subject: claims.sub.map(|sub| sub.to_string()) })
     }
+}
+
+/// Checks a token's times beyond what the library does: `nbf` and `iat` not ahead of this clock (but for
+/// [`CLOCK_SKEW`]), and `exp`, where there is one, not within its own second. Returns when it ends.
+fn times(exp: Option<u64>, nbf: Option<u64>, iat: Option<u64>) -> Result<Option<SystemTime>, AuthError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ahead = |at: Option<u64>| at.is_some_and(|t| Duration::from_secs(t) > now + CLOCK_SKEW);
+    if ahead(nbf) {
+        return Err(AuthError::Invalid("it is not valid yet (nbf)".into()));
+    }
+    if ahead(iat) {
+        return Err(AuthError::Invalid("it claims to be issued in the future (iat)".into()));
+    }
+    let Some(exp) = exp else { return Ok(None) };
+    let expires = UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))
+        .ok_or_else(|| AuthError::Invalid("its exp is out of range".into()))?;
+    // The library compares whole seconds: within exp's second, a stream would open only to end at once.
+    if expires <= SystemTime::now() {
+        return Err(AuthError::Expired);
+    }
+    Ok(Some(expires))
+}
+
+/// The `Authorization: Bearer` token, refusing (`Err`) a header that is not exactly one such.
+pub(crate) fn bearer_header(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = all.next() else { return Ok(None) };
+    if all.next().is_some() {
+        return Err(());
+    }
+    let (scheme, token) = value.to_str().map_err(drop)?.split_once(' ').ok_or(())?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(());
+    }
+    Ok(Some(token))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -137,7 +193,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()

@@ -2,7 +2,7 @@
 //! answer (`auth-url`). The grant itself, and what it allows, is in `grant`.
 
 mod grant;
-mod jwt;
+pub(crate) mod jwt;
 mod url;
 
 pub use grant::{Access, AuthError, Grant};

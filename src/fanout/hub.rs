@@ -11,6 +11,7 @@ use tokio::sync::watch;
 pub use crate::fanout::moves::{Shown, UpdateFrames, UpdateRows};
 use crate::fanout::queue::Frame;
 use crate::fanout::queue::{PushError, Queue};
+use crate::fanout::update::{Interest, Update};
 use crate::filter::{ChannelFilters, Filter};
 use crate::refusal::{Refusal, Refuse};
 use crate::sse;
@@ -30,11 +31,18 @@ pub struct Event {
     /// The frames streams of several channels get (the channel in the event name): of the event as it is,
     /// and of the insert and delete an update becomes. Made once some stream needs them.
     named: [OnceLock<Frame>; 3],
+    /// The event as a Mercure update, where it is one.
+    update: Option<Box<Update>>,
 }
 
 impl Event {
     pub fn new(channel: String, frame: Frame, data: Bytes, moves: Option<Box<UpdateFrames>>, wide: bool) -> Self {
-        Self { channel, frame, data, moves, wide, named: Default::default() }
+        Self { channel, frame, data, moves, wide, named: Default::default(), update: None }
+    }
+
+    pub fn with_update(mut self, update: Option<Box<Update>>) -> Self {
+        self.update = update;
+        self
     }
 
     /// What a stream gets of this event: `chosen` (`shown` of it), named by channel on a stream of several.
@@ -72,6 +80,8 @@ struct Inner {
     /// Highest id broadcast (or the log head found at start); `None` until the listener first connects.
     last_id: Option<i64>,
     channels: HashMap<Arc<str>, Senders>,
+    /// Mercure subscribers: each gets the updates its interest selects, of every channel.
+    updates: HashMap<u64, (Arc<Queue>, Arc<Interest>)>,
     closed: bool,
 }
 
@@ -96,6 +106,7 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut inner = self.hub.lock();
+        inner.updates.remove(&self.id);
         for channel in &self.channels {
             if let Some(senders) = inner.channels.get_mut(channel) {
                 senders.remove(&self.id);
@@ -110,7 +121,12 @@ impl Drop for Subscription {
 impl Hub {
     pub fn new(queue_capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner { last_id: None, channels: HashMap::new(), closed: false }),
+            inner: Mutex::new(Inner {
+                last_id: None,
+                channels: HashMap::new(),
+                updates: HashMap::new(),
+                closed: false,
+            }),
             queue_capacity: queue_capacity.max(1),
             next_id: AtomicU64::new(1),
             cut_slow: AtomicU64::new(0),
@@ -185,12 +201,30 @@ impl Hub {
         Ok((Subscription { queue, id, channels: names, hub: self.clone() }, last_id))
     }
 
+    /// Registers a Mercure subscriber for live updates; returns, as [`Hub::subscribe`] does, the last id
+    /// broadcast before it.
+    pub fn subscribe_updates(self: &Arc<Self>, interest: Arc<Interest>) -> Result<(Subscription, i64), HubError> {
+        let queue = Arc::new(Queue::new(self.queue_capacity));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(HubError::Closed);
+        }
+        let last_id = inner.last_id.ok_or(HubError::NotStarted)?;
+        inner.updates.insert(id, (queue.clone(), interest));
+        drop(inner);
+        Ok((Subscription { queue, id, channels: Vec::new(), hub: self.clone() }, last_id))
+    }
+
     /// Delivers frames (in id order) to every subscriber of their channel without ever waiting. Returns
     /// how many streams it woke: each wakeup costs a poll and a write, whatever the frames in it.
     pub fn broadcast(&self, events: Vec<Event>) -> u64 {
         let mut woken = 0;
         let mut inner = self.lock();
         let mut cut: Vec<u64> = Vec::new();
+        if !inner.updates.is_empty() && events.iter().any(|e| e.update.is_some()) {
+            woken += deliver_updates(&mut inner, &events, &self.cut_slow);
+        }
         // Consecutive events of one channel go to each of its subscribers in one push (one lock, one
         // wakeup); runs stay in id order, so a stream on several channels still sees ids increase.
         for run in events.chunk_by(|a, b| a.channel == b.channel) {
@@ -267,8 +301,40 @@ impl Hub {
     }
 }
 
+/// Hands Mercure subscribers the updates among `events` that each wants, in one push each; one whose
+/// queue is full is cut off like any stream.
+fn deliver_updates(inner: &mut Inner, events: &[Event], cut_slow: &AtomicU64) -> u64 {
+    let mut woken = 0;
+    let mut cut = Vec::new();
+    for (id, (queue, interest)) in &inner.updates {
+        let wanted = events.iter().filter_map(|e| {
+            let update = e.update.as_deref()?;
+            interest.wants(update).then_some(&update.frame)
+        });
+        match queue.push_all(wanted) {
+            Ok(woke) => woken += u64::from(woke),
+            Err(PushError::Full) => {
+                queue.close();
+                cut.push(*id);
+            }
+            Err(PushError::Closed) => {}
+        }
+    }
+    if !cut.is_empty() {
+        cut_slow.fetch_add(cut.len() as u64, Ordering::Relaxed);
+        tracing::info!(subscribers = cut.len(), "cut off slow Mercure subscribers; they resume from the log");
+        for id in cut {
+            inner.updates.remove(&id);
+        }
+    }
+    woken
+}
+
 /// Closes and forgets every subscriber; each stream ends after the frames already queued.
 fn close_all(inner: &mut Inner) {
+    for (_, (queue, _)) in inner.updates.drain() {
+        queue.close();
+    }
     for (_, senders) in inner.channels.drain() {
         for sub in senders.values() {
             sub.queue.close();

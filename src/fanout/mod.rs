@@ -3,3 +3,4 @@
 pub mod hub;
 pub mod moves;
 pub mod queue;
+pub mod update;

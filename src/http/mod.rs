@@ -4,6 +4,7 @@ pub mod access;
 pub mod conn;
 pub mod cors;
 mod idle;
+mod mercure;
 pub mod routes;
 pub mod web;
 
@@ -29,6 +30,8 @@ pub struct Site {
     pub commands: Arc<Commands>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+    /// The Mercure hub, under `--mercure`.
+    pub mercure: Option<Arc<crate::mercure::Mercure>>,
     pub auth: Arc<Auth>,
     pub limits: Arc<Limits>,
     pub denials: Arc<Denials>,
@@ -69,6 +72,7 @@ impl Site {
             commands: app.commands.clone(),
             health: app.health.clone(),
             metrics: app.metrics.clone(),
+            mercure: app.mercure.clone(),
             auth: config.auth.clone(),
             limits: app.limits.clone(),
             denials: app.denials.clone(),

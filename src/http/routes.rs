@@ -23,6 +23,7 @@ use crate::cursor::{self, CursorError};
 use crate::filter::{ChannelFilters, FilterError};
 use crate::http::{web, Site};
 use crate::limits::LimitError;
+use crate::mercure::MercureError;
 use crate::pg::published::ColumnsError;
 use crate::refusal::{Refusal, Refuse};
 
@@ -58,6 +59,8 @@ pub enum ApiError {
     UrlTooLong(usize),
     #[error("request head (request line and headers) larger than {MAX_REQUEST_HEAD} bytes")]
     HeadTooLarge,
+    #[error(transparent)]
+    Mercure(#[from] MercureError),
 }
 
 impl Refuse for ApiError {
@@ -75,6 +78,7 @@ impl Refuse for ApiError {
             ApiError::Filter(err) => err.refusal(),
             ApiError::Auth(err) => err.refusal(),
             ApiError::Limit(err) => err.refusal(),
+            ApiError::Mercure(err) => err.refusal(),
         }
     }
 
@@ -87,6 +91,7 @@ impl Refuse for ApiError {
             ApiError::Filter(err) => err.told(),
             ApiError::Auth(err) => err.told(),
             ApiError::Limit(err) => err.told(),
+            ApiError::Mercure(err) => err.told(),
             err => err.to_string(),
         }
     }
@@ -107,6 +112,12 @@ impl ApiError {
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
             _ => {}
+        }
+        if let Some(challenge) = match &self {
+            ApiError::Mercure(err) => err.challenge(),
+            _ => None,
+        } {
+            resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         if let ApiError::MethodNotAllowed(_, allow) = self {
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
@@ -153,6 +164,10 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
         }
     }
     match segments.as_slice() {
+        [".well-known", "mercure"] => match &site.mercure {
+            Some(mercure) => super::mercure::handle(site, mercure, peer, req).await,
+            None => Err(ApiError::NotFound("/.well-known/mercure: start the gateway with --mercure".into())),
+        },
         ["healthz"] => {
             only_get(&req, "GET")?;
             Ok(site.health.health().await)

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::fanout::hub::{Event, Hub, UpdateFrames};
-use crate::pg::logrow::{filter_columns, EventRow, ISSUED_HEAD};
+use crate::pg::logrow::{filter_columns, topic_column, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
 use crate::pg::sequencer::{self, Sequencing};
 use crate::pg::status::ListenerStatus;
@@ -151,10 +151,11 @@ impl Listener {
         // This session's own batches notify it too; it reads the log after each anyway.
         conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
         let fetch_sql = format!(
-            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {} FROM pgsse.events \
+            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {}, {} FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
             EventRow::columns(),
-            filter_columns("pgsse.events")
+            filter_columns("pgsse.events"),
+            topic_column("pgsse.events")
         );
         let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
@@ -315,7 +316,7 @@ impl Listener {
             for row in &rows {
                 self.status.lag.observe(row.try_get::<_, f64>(4)?.max(0.0));
                 let event = match EventRow::from_row(row)? {
-                    Ok(event) => event.with_filter_columns(row, 5)?,
+                    Ok(event) => event.with_filter_columns(row, 5)?.with_topic(row, 9)?,
                     Err(poison) => {
                         error!(id = poison.id, "skipping an event whose payload is not UTF-8 (a SQL_ASCII database?)");
                         self.status.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -325,8 +326,9 @@ impl Listener {
                 };
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
+                    let update = event.update();
                     let moves = event.moved.map(|moved| Box::new(UpdateFrames::new(event.id, data.clone(), moved)));
-                    events.push(Event::new(event.channel, frame, data, moves, event.wide));
+                    events.push(Event::new(event.channel, frame, data, moves, event.wide).with_update(update));
                 }
             }
             self.status.events.fetch_add(n as u64, Ordering::Relaxed);

@@ -6,6 +6,7 @@ use tokio_postgres::Row;
 
 use crate::fanout::hub::UpdateRows;
 use crate::fanout::queue::Frame;
+use crate::fanout::update::{TableTopic, Update, CHANNEL as MERCURE};
 use crate::sse;
 
 /// One row of `pgsse.events` as the gateway reads it (payload as JSON text, never re-serialized).
@@ -21,6 +22,8 @@ pub struct EventRow {
     pub moved: Option<UpdateRows>,
     /// The event empties the channel: every stream gets it, whatever its filter (where the read asked).
     pub wide: bool,
+    /// The Mercure topic of its channel's rows, where the read asked and the channel has one.
+    pub topic: Option<TableTopic>,
 }
 
 /// What filtered streams need of a row, as [`EventRow::with_filter_columns`] reads them, for a read whose
@@ -37,6 +40,15 @@ pub fn filter_columns(table: &str) -> String {
          {t}.wide AS wide",
         old = payload_bytes(&format!("{t}.old")),
         new = payload_bytes(&format!("({t}.payload -> 'new')")),
+    )
+}
+
+/// The Mercure topic of the channel of `table`'s row (a name or alias of `pgsse.events` rows), as
+/// [`EventRow::with_topic`] reads it: NULL unless the channel is a table's with `mercure_topic`.
+pub fn topic_column(table: &str) -> String {
+    format!(
+        "(SELECT ARRAY[c.mercure_topic, c.mercure_public::text] FROM pgsse.channels c \
+          WHERE c.name = {table}.channel AND c.mercure_topic IS NOT NULL) AS topic"
     )
 }
 
@@ -88,6 +100,7 @@ impl EventRow {
             txid: None,
             moved: None,
             wide: false,
+            topic: None,
         }))
     }
 
@@ -107,6 +120,31 @@ impl EventRow {
         }
         self.wide = row.try_get::<_, Option<bool>>(at + 3)?.unwrap_or(false);
         Ok(self)
+    }
+
+    /// Adds what [`topic_column`] read at `at`.
+    pub fn with_topic(mut self, row: &Row, at: usize) -> Result<Self, tokio_postgres::Error> {
+        if let Some([template, public]) = row.try_get::<_, Option<Vec<String>>>(at)?.as_deref() {
+            self.topic = Some(TableTopic { template: template.clone(), public: public == "true" });
+        }
+        Ok(self)
+    }
+
+    /// The event as a Mercure update, where it is one: published to the hub, or a row event of a table
+    /// channel with a topic (a clear or truncate is not: it names no row). One that cannot be made (the
+    /// log is untrusted input) is logged and left out of Mercure streams.
+    pub fn update(&self) -> Option<Box<Update>> {
+        if self.channel != MERCURE && (self.topic.is_none() || self.wide) {
+            return None;
+        }
+        let row = self.moved.as_ref().and_then(|m| m.new.as_deref());
+        match Update::from_log(self.id, &self.channel, &self.event, &self.payload, row, self.topic.as_ref()) {
+            Ok(update) => update.map(Box::new),
+            Err(err) => {
+                tracing::error!(id = self.id, cause = %err, "event is not a Mercure update it should be; Mercure streams skip it");
+                None
+            }
+        }
     }
 
     /// Bytes the row holds: its payload and, for an update, the rows beside it (see [`row_bytes`]).

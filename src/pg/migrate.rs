@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("009_least_privilege.sql", include_str!("../../sql/009_least_privilege.sql")),
     ("010_idempotency.sql", include_str!("../../sql/010_idempotency.sql")),
     ("011_wide_events.sql", include_str!("../../sql/011_wide_events.sql")),
+    ("012_mercure.sql", include_str!("../../sql/012_mercure.sql")),
 ];
 
 /// The schema version the files install (`pgsse.meta.schema_version`): the last file's number. `/readyz`
@@ -43,7 +44,8 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("09_writes.sql", include_str!("../../sql/functions/09_writes.sql")),
     ("10_retention.sql", include_str!("../../sql/functions/10_retention.sql")),
     ("11_upgrades.sql", include_str!("../../sql/functions/11_upgrades.sql")),
-    ("12_privileges.sql", include_str!("../../sql/functions/12_privileges.sql")),
+    ("12_mercure.sql", include_str!("../../sql/functions/12_mercure.sql")),
+    ("13_privileges.sql", include_str!("../../sql/functions/13_privileges.sql")),
 ];
 
 /// The roles pgsse owns its objects with and grants to, made (or checked) first.

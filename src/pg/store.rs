@@ -31,7 +31,9 @@ const STATEMENT_SHARE: f64 = 1.0 / 3.0;
 const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 
+mod mercure;
 mod writes;
+pub use mercure::NewUpdate;
 pub use writes::Written;
 
 /// The pool that replays, lookups and writes use (the LISTEN connection is separate).

@@ -48,7 +48,7 @@ fn step_busy(step: Result<bool, tokio_postgres::Error>) -> Result<bool, StoreErr
 /// in the log: the answer to a POST carries its id, and a stream resumed just below that id gets it. Each
 /// try takes a sequencing step (in a transaction of its own, so its lock ends with it) unless another session is
 /// taking one, so this waits only while one is.
-async fn sequenced(
+pub(super) async fn sequenced(
     client: &Client,
     txid: i64,
     after: i64,

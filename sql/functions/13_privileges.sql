@@ -31,3 +31,5 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON PROCEDURE pgsse.sequence_step(boolean, xid8, bigint, text, bigint, boolean, bigint, text),
     pgsse.retain(timestamptz, bigint, integer, bigint) TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION pgsse.publish(text, text, jsonb) TO pgsse_publisher;
+GRANT EXECUTE ON FUNCTION pgsse.mercure_publish(text[], text, boolean, text, text, bigint)
+    TO pgsse_gateway, pgsse_publisher;

@@ -1,0 +1,169 @@
+//! Mercure updates as the hub routes them: an event of the log seen as an update (its topics, whether it
+//! is private, its frame), and what one Mercure subscriber wants of them.
+
+use serde::Deserialize;
+
+use crate::fanout::queue::Frame;
+use crate::sse;
+use crate::topic::Selector;
+
+/// The channel that holds the updates published to the Mercure hub. No native name may start with `.`,
+/// so no stream, `pgsse.publish` or table can reach it but through the hub.
+pub const CHANNEL: &str = ".mercure";
+
+/// The id the hub gives an update its publisher named none (and every table row's): `#` and the log id.
+/// Mercure keeps ids of this form for hubs, so it is never a publisher's.
+pub fn hub_id(id: i64) -> String {
+    format!("#{id}")
+}
+
+/// The log id in a hub id, if `id` is one.
+pub fn parse_hub_id(id: &str) -> Option<i64> {
+    let digits = id.strip_prefix('#')?;
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub struct Update {
+    pub topics: Vec<String>,
+    pub private: bool,
+    /// The update as its subscribers get it, whatever their selectors; its id is the log's.
+    pub frame: Frame,
+}
+
+/// An update published to the hub, as `pgsse.mercure_publish` stored it in the log.
+#[derive(Deserialize)]
+struct Published {
+    topics: Vec<String>,
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    private: bool,
+    id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    retry: Option<u64>,
+}
+
+/// How a table channel's row events are Mercure updates: its topic template and whether they are public.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableTopic {
+    pub template: String,
+    pub public: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("not an update as pgsse.mercure_publish stores one: {0}")]
+    Malformed(String),
+    #[error("the row's topic cannot be made: {0}")]
+    Topic(#[from] crate::topic::TemplateError),
+    #[error(transparent)]
+    Encode(#[from] sse::EncodeError),
+}
+
+impl Update {
+    /// Event `id` of the log as an update: one the hub published (`payload` as stored), or a row event of
+    /// a table whose channel has a topic (`row` the row's JSON, which the topic's variables name).
+    pub fn from_log(
+        id: i64,
+        channel: &str,
+        event: &str,
+        payload: &str,
+        row: Option<&str>,
+        table: Option<&TableTopic>,
+    ) -> Result<Option<Self>, UpdateError> {
+        if channel == CHANNEL {
+            let p: Published = serde_json::from_str(payload).map_err(|e| UpdateError::Malformed(e.to_string()))?;
+            let shown = p.id.unwrap_or_else(|| hub_id(id));
+            let bytes = sse::encode_update(&shown, p.kind.as_deref(), p.retry, &p.data)?;
+            return Ok(Some(Self { topics: p.topics, private: p.private, frame: Frame { id, bytes } }));
+        }
+        let Some(table) = table else { return Ok(None) };
+        let values: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(row.unwrap_or(payload)).map_err(|e| UpdateError::Malformed(e.to_string()))?;
+        let topic = crate::topic::expand(&table.template, |name| match values.get(name)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        })?;
+        let bytes = sse::encode_update(&hub_id(id), Some(event), None, payload)?;
+        Ok(Some(Self { topics: vec![topic], private: !table.public, frame: Frame { id, bytes } }))
+    }
+}
+
+/// What one Mercure subscriber gets: updates with a topic its selectors match, and of the private ones
+/// only those with a topic its token grants.
+pub struct Interest {
+    pub selectors: Vec<Selector>,
+    pub grants: Vec<Selector>,
+}
+
+impl Interest {
+    pub fn wants(&self, update: &Update) -> bool {
+        Selector::any(&self.selectors, &update.topics)
+            && (!update.private || Selector::any(&self.grants, &update.topics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(update: &Update) -> String {
+        String::from_utf8(update.frame.bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn hub_ids_round_trip_and_reject_lookalikes() {
+        assert_eq!(parse_hub_id(&hub_id(42)), Some(42));
+        for not in ["42", "#", "#-1", "#4x", "# 4", "#99999999999999999999", "urn:uuid:1"] {
+            assert_eq!(parse_hub_id(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn a_published_update_keeps_its_publisher_id_or_gets_the_hubs() {
+        let stored = r#"{"topics":["https://a/1","https://b"],"data":"x\ny","private":true,"id":"urn:p:1"}"#;
+        let u = Update::from_log(7, CHANNEL, "mercure", stored, None, None).unwrap().unwrap();
+        assert_eq!((u.topics.len(), u.private), (2, true));
+        assert_eq!(text(&u), "id: urn:p:1\ndata: x\ndata: y\n\n");
+        let stored = r#"{"topics":["t"],"type":"book","retry":100}"#;
+        let u = Update::from_log(7, CHANNEL, "mercure", stored, None, None).unwrap().unwrap();
+        assert_eq!(text(&u), "event: book\nretry: 100\nid: #7\ndata: \n\n");
+        assert!(Update::from_log(7, CHANNEL, "mercure", r#"{"data":"no topics"}"#, None, None).is_err());
+        assert!(Update::from_log(7, CHANNEL, "mercure", r#"{"topics":["t"],"id":"a\nb"}"#, None, None).is_err());
+    }
+
+    #[test]
+    fn a_row_event_is_an_update_on_its_tables_topic() {
+        let table = TableTopic { template: "https://shop.example/orders/{id}".into(), public: false };
+        let row = r#"{"id":42,"status":"new"}"#;
+        let u = Update::from_log(9, "orders", "insert", row, None, Some(&table)).unwrap().unwrap();
+        assert_eq!(u.topics, ["https://shop.example/orders/42"]);
+        assert!(u.private);
+        assert_eq!(text(&u), format!("event: insert\nid: #9\ndata: {row}\n\n"));
+        let nested = r#"{"new":{"id":43},"old":{"id":42}}"#;
+        let u = Update::from_log(10, "orders", "update", nested, Some(r#"{"id":43}"#), Some(&table)).unwrap().unwrap();
+        assert_eq!(u.topics, ["https://shop.example/orders/43"], "an update's topic is its new row's");
+        assert!(Update::from_log(9, "orders", "insert", row, None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn private_updates_need_a_grant_on_one_of_their_topics() {
+        let update = |private| Update {
+            topics: vec!["a".into(), "b".into()],
+            private,
+            frame: Frame { id: 1, bytes: Default::default() },
+        };
+        let exact = |t: &str| Selector::exact(t, true).unwrap();
+        let anonymous = Interest { selectors: vec![exact("b")], grants: vec![] };
+        assert!(anonymous.wants(&update(false)) && !anonymous.wants(&update(true)));
+        let granted = Interest { selectors: vec![exact("a")], grants: vec![exact("b")] };
+        assert!(granted.wants(&update(true)), "selected by one topic, granted by the other");
+        let elsewhere = Interest { selectors: vec![exact("c")], grants: vec![exact("*")] };
+        assert!(!elsewhere.wants(&update(false)) && !elsewhere.wants(&update(true)));
+    }
+}

@@ -1,0 +1,169 @@
+//! The Mercure front end: a Mercure hub (protocol 1.0, and 0.x with `--mercure-legacy`) on pgsse's log,
+//! hub and JWT keys, so that every update reaches subscribers on every gateway and resumes exactly.
+
+mod claims;
+mod error;
+mod request;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::stream::{Sent, SseBody};
+use crate::auth::jwt::{bearer_header, cookie};
+use crate::auth::{Auth, Jwt};
+use crate::fanout::hub::Hub;
+use crate::fanout::update::hub_id;
+use crate::pg::store::{NewUpdate, Store};
+pub use claims::Rights;
+pub use error::MercureError;
+pub use request::{Publish, Subscribe};
+
+/// The cookie a 1.0 subscriber's token comes in, and the one 0.x clients use.
+pub const COOKIE: &str = "__Secure-mercure_access_token";
+pub const LEGACY_COOKIE: &str = "mercureAuthorization";
+
+/// The Mercure hub at `/.well-known/mercure`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Mercure")]
+pub struct MercureArgs {
+    /// Serve a Mercure hub at /.well-known/mercure (needs --auth jwt, whose key verifies Mercure tokens).
+    #[arg(long, env = "PGSSE_MERCURE")]
+    pub mercure: bool,
+
+    /// Mercure subscribers without a token receive public updates (private ones never).
+    #[arg(long, env = "PGSSE_MERCURE_ANONYMOUS")]
+    pub mercure_anonymous: bool,
+
+    /// Also speak Mercure 0.x: topic= selectors (URI templates), the mercure claim, ?authorization=, the
+    /// mercureAuthorization cookie, lastEventID= and the Last-Event-ID response header.
+    #[arg(long, env = "PGSSE_MERCURE_LEGACY")]
+    pub mercure_legacy: bool,
+
+    /// With --mercure-legacy: accept 0.x tokens without exp. Such a token never ends: anyone who holds
+    /// one keeps its rights until the key changes.
+    #[arg(long, env = "PGSSE_JWT_EXP_OPTIONAL")]
+    pub jwt_exp_optional: bool,
+}
+
+impl MercureArgs {
+    /// Why the flags cannot be served, if they cannot: one line for the command line's refusal.
+    pub fn check(&self, jwt: bool) -> Result<(), String> {
+        let needs = |flag: &str, set: bool, on: bool, needed: &str| {
+            if set && !on {
+                Err(format!("{flag} needs {needed}"))
+            } else {
+                Ok(())
+            }
+        };
+        needs("--mercure", self.mercure, jwt, "--auth jwt: the same key verifies Mercure tokens")?;
+        needs("--mercure-anonymous", self.mercure_anonymous, self.mercure, "--mercure")?;
+        needs("--mercure-legacy", self.mercure_legacy, self.mercure, "--mercure")?;
+        needs("--jwt-exp-optional", self.jwt_exp_optional, self.mercure_legacy, "--mercure-legacy (0.x tokens only)")
+    }
+}
+
+/// Who a request is: a token's rights and end, or an anonymous subscriber.
+pub struct Caller {
+    pub rights: Rights,
+    pub expires: Option<SystemTime>,
+}
+
+/// What the hub's requests need: the log, the hub, the key, and the streams' settings.
+pub struct Mercure {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    auth: Arc<Auth>,
+    args: MercureArgs,
+    retry: Duration,
+    heartbeat: Duration,
+    sent: Arc<Sent>,
+    /// Cancelled on shutdown: ends every replay.
+    shutdown: CancellationToken,
+}
+
+impl Mercure {
+    pub fn new(
+        (store, hub, auth): (Arc<Store>, Arc<Hub>, Arc<Auth>),
+        args: MercureArgs,
+        (retry, heartbeat): (Duration, Duration),
+        sent: Arc<Sent>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self { store, hub, auth, args, retry, heartbeat, sent, shutdown })
+    }
+
+    pub fn legacy(&self) -> bool {
+        self.args.mercure_legacy
+    }
+
+    fn jwt(&self) -> Result<&Jwt, MercureError> {
+        match &*self.auth {
+            Auth::Jwt(jwt) => Ok(jwt),
+            _ => Err(MercureError::Missing(COOKIE)),
+        }
+    }
+
+    /// The caller of a request: its token from the `Authorization` header, else (0.x) the `authorization`
+    /// parameter, else a cookie. `None` without a token.
+    pub fn caller(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Caller>, MercureError> {
+        let legacy = self.args.mercure_legacy;
+        let token = match bearer_header(headers).map_err(|()| MercureError::Presentation)? {
+            Some(token) => Some(token),
+            None => query_token
+                .filter(|_| legacy)
+                .or_else(|| cookie(headers, COOKIE))
+                .or_else(|| cookie(headers, LEGACY_COOKIE).filter(|_| legacy)),
+        };
+        let Some(token) = token else { return Ok(None) };
+        let verified = self.jwt()?.verify::<claims::Claims>(token, legacy && self.args.jwt_exp_optional)?;
+        let rights = verified.claims.rights(verified.typ.as_deref(), verified.expires.is_some(), legacy)?;
+        Ok(Some(Caller { rights, expires: verified.expires }))
+    }
+
+    /// Publishes `update` for `caller`, whose token must allow every one of its topics; answers the id
+    /// its subscribers see.
+    pub async fn publish(&self, caller: Option<Caller>, update: Publish) -> Result<String, MercureError> {
+        let caller = caller.ok_or(MercureError::Missing(COOKIE))?;
+        if let Some(topic) = update.reserved_topic() {
+            return Err(MercureError::Reserved(crate::parse::clip(topic)));
+        }
+        if let Some(topic) = update.topics.iter().find(|t| !caller.rights.publish.iter().any(|s| s.matches(t))) {
+            return Err(MercureError::Publish(crate::parse::clip(topic)));
+        }
+        let new = NewUpdate {
+            topics: &update.topics,
+            data: &update.data,
+            private: update.private,
+            id: update.id.as_deref(),
+            kind: update.kind.as_deref(),
+            retry: update.retry,
+        };
+        let id = self.store.publish_update(&new).await?;
+        Ok(update.id.unwrap_or_else(|| hub_id(id)))
+    }
+
+    /// Opens a subscription: anonymous callers only where `--mercure-anonymous` allows. Returns the body
+    /// and, where the request named a last event id, where the stream starts (the response's
+    /// `Mercure-Last-Event-ID`).
+    pub async fn subscribe(
+        &self,
+        caller: Option<Caller>,
+        request: Subscribe,
+        header_id: Option<String>,
+    ) -> Result<(SseBody, Option<String>), MercureError> {
+        if caller.is_none() && !self.args.mercure_anonymous {
+            return Err(MercureError::Missing(COOKIE));
+        }
+        let (grants, expires) = match caller {
+            Some(caller) => (caller.rights.subscribe, caller.expires),
+            None => (Vec::new(), None),
+        };
+        let interest = Arc::new(crate::fanout::update::Interest { selectors: request.selectors, grants });
+        let last = header_id.or(request.last_event_id);
+        stream::open(self, interest, last, expires).await
+    }
+}

@@ -1,0 +1,158 @@
+//! A Mercure subscription's stream: where its last event id puts it in the log, the replay from there
+//! (each update held to the subscriber's selectors and grants), and the exact seam to live updates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::api::stream::{Feed, SseBody};
+use crate::fanout::update::{hub_id, parse_hub_id, Interest, TableTopic, Update};
+use crate::mercure::{Mercure, MercureError};
+use crate::pg::error::StoreError;
+use crate::pg::store::REPLAY_BATCH;
+use crate::sse;
+
+/// How long a subscription opened while the gateway is still starting waits for the log's position.
+const START_WAIT: Duration = Duration::from_secs(5);
+
+/// The response's `Mercure-Last-Event-ID` when the stream holds every update retention kept.
+const EARLIEST: &str = "earliest";
+
+/// Where a stream starts: live at the present, or after a place in the log.
+enum Start {
+    Live,
+    After(i64),
+}
+
+pub(super) async fn open(
+    m: &Mercure,
+    interest: Arc<Interest>,
+    last: Option<String>,
+    expires: Option<SystemTime>,
+) -> Result<(SseBody, Option<String>), MercureError> {
+    let prelude = sse::prelude(m.retry);
+    // An end too far away for the clock to represent is as good as none.
+    let expires =
+        expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
+    m.hub.wait_started(START_WAIT).await?;
+    let channels = m.store.update_channels().await?;
+    let names: Vec<String> = channels.iter().map(|(name, _)| name.clone()).collect();
+    let (start, shown) = match last.as_deref() {
+        None => (Start::Live, None),
+        Some(EARLIEST) => (Start::After(0), Some(EARLIEST.to_string())),
+        Some(id) => {
+            let found = match parse_hub_id(id) {
+                Some(n) => Some(n),
+                None => m.store.update_with_id(id).await?,
+            };
+            match found {
+                Some(n) if n <= m.store.issued_head().await? => {
+                    if n < m.store.watermark(&names).await? {
+                        (Start::After(0), Some(EARLIEST.to_string()))
+                    } else {
+                        (Start::After(n), Some(id.to_string()))
+                    }
+                }
+                // Unknown here (never issued, or gone with retention): the stream starts at the present.
+                _ => (Start::Live, Some(String::new())),
+            }
+        }
+    };
+    let after = match start {
+        Start::After(after) => after,
+        Start::Live => {
+            let (sub, _) = m.hub.subscribe_updates(interest)?;
+            // As a native stream does: an update committed before this request but not yet broadcast is
+            // before its start, and the header names that start.
+            let head = m.store.committed_head().await?;
+            let shown = shown.map(|_| hub_id(head));
+            let body = SseBody::live(prelude, sub, head, m.heartbeat);
+            return Ok((body.ending_at(expires).counted(m.sent.clone()), shown));
+        }
+    };
+    let (tx, rx) = mpsc::channel(1);
+    let replay = Replay {
+        store: m.store.clone(),
+        hub: m.hub.clone(),
+        interest,
+        topics: channels.into_iter().collect(),
+        names,
+        tx,
+    };
+    let shutdown = m.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            result = replay.run(after) => if let Err(err) = result {
+                tracing::debug!(cause = %err, "Mercure replay ended; the client resumes");
+            },
+            _ = shutdown.cancelled() => {}
+        }
+    });
+    let body = SseBody::replaying(prelude, rx, m.heartbeat).ending_at(expires).counted(m.sent.clone());
+    Ok((body, shown))
+}
+
+struct Replay {
+    store: Arc<crate::pg::store::Store>,
+    hub: Arc<crate::fanout::hub::Hub>,
+    interest: Arc<Interest>,
+    /// Each channel whose events are updates, with its table's topic.
+    topics: HashMap<String, Option<TableTopic>>,
+    names: Vec<String>,
+    tx: mpsc::Sender<Feed>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hub(#[from] crate::fanout::hub::HubError),
+    #[error("client went away")]
+    Gone,
+}
+
+impl Replay {
+    /// As a native stream's replay: most of the history before registering, the rest up to where live
+    /// updates begin after it.
+    async fn run(self, after: i64) -> Result<(), ReplayError> {
+        let head = self.store.issued_head().await?;
+        let mut cursor = after;
+        while self.batch(&mut cursor, head).await? {}
+        let (sub, live_from) = self.hub.subscribe_updates(self.interest.clone())?;
+        while cursor < live_from && self.batch(&mut cursor, live_from).await? {}
+        self.tx.send(Feed::Live { sub, skip_through: cursor }).await.map_err(|_| ReplayError::Gone)
+    }
+
+    /// Sends the updates this subscriber wants of one batch after `cursor`; whether more may follow.
+    async fn batch(&self, cursor: &mut i64, through: i64) -> Result<bool, ReplayError> {
+        let batch = self.store.replay(*cursor, Some(through), &self.names, REPLAY_BATCH).await?;
+        // Retention took updates this stream had not seen: Mercure has no way to say so, the stream goes on.
+        *cursor = (*cursor).max(batch.watermark);
+        let mut chunk = BytesMut::new();
+        for row in batch.rows.iter().filter(|row| row.id > *cursor) {
+            let topic = self.topics.get(&row.channel).and_then(Option::as_ref);
+            if topic.is_some() && row.wide {
+                continue;
+            }
+            let new = row.moved.as_ref().and_then(|m| m.new.as_deref());
+            let Ok(Some(update)) = Update::from_log(row.id, &row.channel, &row.event, &row.payload, new, topic) else {
+                continue;
+            };
+            if self.interest.wants(&update) {
+                chunk.extend_from_slice(&update.frame.bytes);
+            }
+        }
+        if let Some(last) = batch.last {
+            *cursor = (*cursor).max(last);
+        }
+        if !chunk.is_empty() {
+            self.tx.send(Feed::Chunk(chunk.freeze())).await.map_err(|_| ReplayError::Gone)?;
+        }
+        Ok(batch.more)
+    }
+}

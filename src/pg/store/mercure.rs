@@ -1,0 +1,88 @@
+//! The Mercure hub's reads and writes of the log: publishing an update, finding where a subscriber's last
+//! event id was, and which channels carry updates.
+
+use super::Store;
+use crate::fanout::update::{TableTopic, CHANNEL};
+use crate::pg::error::StoreError;
+use crate::pg::logrow::ISSUED_HEAD;
+
+/// An update as the hub's POST (or any publisher) gives it.
+pub struct NewUpdate<'a> {
+    pub topics: &'a [String],
+    pub data: &'a str,
+    pub private: bool,
+    pub id: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub retry: Option<u64>,
+}
+
+impl Store {
+    /// Publishes `update` and answers with its log id once it is in the log.
+    pub async fn publish_update(&self, update: &NewUpdate<'_>) -> Result<i64, StoreError> {
+        self.with(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT txid::text::int8, after FROM pgsse.mercure_publish($1::text[], $2, $3, $4, $5, $6)",
+                )
+                .await?;
+            let retry = update.retry.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                [&update.topics, &update.data, &update.private, &update.id, &update.kind, &retry];
+            let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
+            let written =
+                super::writes::sequenced(client, row.try_get(0)?, row.try_get(1)?, CHANNEL, self.sequenced_wait())
+                    .await?;
+            written.id.ok_or(StoreError::NotSequenced)
+        })
+        .await
+    }
+
+    /// The log id of the newest update its publisher gave `id`, if the log still holds one. The order by the
+    /// index's own columns keeps the plan on that index, whatever the statistics say.
+    pub async fn update_with_id(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        self.with(async |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT id FROM pgsse.events WHERE channel = '{CHANNEL}' AND (payload ->> 'id') = $1 \
+                     AND id <= {ISSUED_HEAD} ORDER BY (payload ->> 'id') DESC, id DESC LIMIT 1"
+                ))
+                .await?;
+            Ok(client.query_opt(&stmt, &[&id]).await?.map(|row| row.get(0)))
+        })
+        .await
+    }
+
+    /// The channels whose events are updates: the hub's own, and each table channel with a topic.
+    pub async fn update_channels(&self) -> Result<Vec<(String, Option<TableTopic>)>, StoreError> {
+        self.with(async |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT name, mercure_topic, mercure_public FROM pgsse.channels \
+                     WHERE name = '{CHANNEL}' OR mercure_topic IS NOT NULL ORDER BY name"
+                ))
+                .await?;
+            let rows = client.query(&stmt, &[]).await?;
+            let mut channels = Vec::with_capacity(rows.len());
+            for row in rows {
+                let topic = row
+                    .try_get::<_, Option<String>>(1)?
+                    .map(|template| Ok::<_, tokio_postgres::Error>(TableTopic { template, public: row.try_get(2)? }))
+                    .transpose()?;
+                channels.push((row.try_get(0)?, topic));
+            }
+            Ok(channels)
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// Every id at or below this may be missing from a stream of `channels` (see `pgsse.watermark`).
+    pub async fn watermark(&self, channels: &[String]) -> Result<i64, StoreError> {
+        self.with(async |client| {
+            let stmt = client.prepare_cached("SELECT pgsse.watermark($1)").await?;
+            Ok(client.query_one(&stmt, &[&channels]).await?.try_get(0)?)
+        })
+        .await
+    }
+}

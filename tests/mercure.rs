@@ -1,0 +1,297 @@
+//! The Mercure hub over real HTTP: a real Mercure publisher (Symfony's) on one gateway and subscribers on
+//! another, private and public updates, resume by publisher id, hub id and `earliest`, every refusal the
+//! specification names, Mercure 0.x, and a table's rows as updates.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{call, get, Gateway, SseStream, TestDb};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use pgsse::auth::{Auth, Jwt, DEFAULT_COOKIE};
+use serde_json::{json, Value};
+
+const SECRET: &[u8] = b"!ChangeThisMercureHubJWTSecretKey!";
+const HUB: &str = "/.well-known/mercure";
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+fn in_an_hour() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
+}
+
+fn signed(header: Header, claims: Value) -> String {
+    encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+}
+
+/// A protocol 1.0 token: RFC 9068 `at+jwt` with Mercure authorization details.
+fn token(actions: &[&str], topics: Value) -> String {
+    let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
+    let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": actions, "topics": topics});
+    signed(header, json!({"exp": in_an_hour(), "authorization_details": [detail]}))
+}
+
+fn everything() -> String {
+    token(&["publish", "subscribe"], json!([{"match": "*"}]))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn gateway(url: &str, set: impl FnOnce(&mut pgsse::config::MercureArgs)) -> Gateway {
+    Gateway::start_configured(url, |config| {
+        config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
+        config.mercure.mercure = true;
+        set(&mut config.mercure);
+    })
+    .await
+}
+
+async fn publish(addr: SocketAddr, token: &str, form: &str) -> common::Response {
+    let auth = bearer(token);
+    call(addr, "POST", HUB, &[FORM, ("authorization", &auth)], Bytes::from(form.to_string())).await.unwrap()
+}
+
+/// Publishes with Symfony's Mercure component, as a PHP application would; returns the id it was told.
+async fn symfony_publish(
+    addr: SocketAddr,
+    token: &str,
+    topic: &str,
+    data: &str,
+    private: bool,
+    id: Option<&str>,
+) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mercure/publish.php");
+    let url = format!("http://{addr}{HUB}");
+    let visibility = if private { "private" } else { "public" };
+    let mut args = vec![script, &url, token, topic, data, visibility];
+    args.extend(id);
+    let run = tokio::process::Command::new("php").args(&args).output();
+    let out = tokio::time::timeout(common::TIMEOUT, run)
+        .await
+        .expect("php in time")
+        .expect("php runs (apt-get install php-cli)");
+    assert!(out.status.success(), "symfony/mercure failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_symfony_publisher_reaches_subscribers_on_another_gateway() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let (a, b) =
+        (gateway(&url, |m| m.mercure_anonymous = true).await, gateway(&url, |m| m.mercure_anonymous = true).await);
+    let topic = "https://example.com/books/1";
+    let path = format!("{HUB}?match={}", "https%3A%2F%2Fexample.com%2Fbooks%2F1");
+    let mut anonymous = SseStream::ok(b.addr, &path, &[]).await;
+    assert_eq!(anonymous.headers["content-type"], "text/event-stream");
+    let reader =
+        bearer(&token(&["subscribe"], json!([{"match": "https://example.com/books/:id", "match_type": "urlpattern"}])));
+    let mut authorized = SseStream::ok(b.addr, &path, &[("authorization", &reader)]).await;
+
+    let data = "data for\n\n        a book";
+    assert_eq!(
+        symfony_publish(a.addr, &everything(), topic, data, true, Some("urn:book:1:private")).await,
+        "urn:book:1:private"
+    );
+    let public_id = symfony_publish(a.addr, &everything(), topic, data, false, None).await;
+    assert!(public_id.starts_with('#'), "a hub-made id: {public_id}");
+
+    let got = authorized.take(2).await;
+    assert_eq!(got[0].id.as_deref(), Some("urn:book:1:private"));
+    assert_eq!((got[0].event.as_str(), got[0].data.as_str()), ("message", data), "no event: line, data kept whole");
+    assert_eq!(got[1].id.as_deref(), Some(public_id.as_str()));
+    let got = anonymous.expect().await;
+    assert_eq!(
+        got.id.as_deref(),
+        Some(public_id.as_str()),
+        "the private update never reached the anonymous subscriber"
+    );
+}
+
+#[tokio::test]
+async fn resumes_from_a_publisher_id_a_hub_id_and_earliest() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let gw = gateway(&url, |m| m.mercure_anonymous = true).await;
+    let t = everything();
+    assert_eq!(publish(gw.addr, &t, "topic=t&data=1&id=first").await.body, "first");
+    let second = publish(gw.addr, &t, "topic=t&data=2").await.body;
+    publish(gw.addr, &t, "topic=other&data=x").await;
+    assert_eq!(publish(gw.addr, &t, "topic=t&data=3&id=third&type=book&retry=500").await.body, "third");
+
+    let ids = |events: &[common::Event]| events.iter().map(|e| e.id.clone().unwrap()).collect::<Vec<_>>();
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=first"), &[]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], "first");
+    let events = s.take(2).await;
+    assert_eq!(ids(&events), [second.as_str(), "third"]);
+    assert_eq!(events[1].event, "book");
+    assert!(String::from_utf8_lossy(&s.raw).contains("retry: 500\nid: third\n"));
+
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t"), &[("last-event-id", &second)]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], second);
+    assert_eq!(ids(&s.take(1).await), ["third"]);
+
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=earliest"), &[]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], "earliest");
+    assert_eq!(ids(&s.take(3).await), ["first", second.as_str(), "third"]);
+
+    // An id the log does not hold: nothing is replayed, and the header says where the stream starts.
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=never-published"), &[]).await;
+    let start = s.headers["mercure-last-event-id"].clone();
+    assert!(start.starts_with('#'), "{start}");
+    let fourth = publish(gw.addr, &t, "topic=t&data=4").await.body;
+    assert_eq!(ids(&s.take(1).await), [fourth.as_str()]);
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=%23999999"), &[]).await;
+    assert_ne!(s.headers["mercure-last-event-id"], "#999999", "an id never issued is not where the stream starts");
+    let fifth = publish(gw.addr, &t, "topic=t&data=5").await.body;
+    assert_eq!(ids(&s.take(1).await), [fifth.as_str()]);
+}
+
+#[tokio::test]
+async fn refusals_are_those_the_specification_names() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let gw = gateway(&url, |_| {}).await;
+    let status = |r: &common::Response| (r.status, r.headers.get("www-authenticate").cloned().unwrap_or_default());
+    let sub = |query: &str, auth: Option<String>| {
+        let path = format!("{HUB}?{query}");
+        async move {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            get(gw.addr, &path, &headers).await.unwrap()
+        }
+    };
+    let reader = Some(bearer(&token(&["subscribe"], json!([{"match": "*"}]))));
+    let r = sub("match=t", None).await;
+    assert_eq!(status(&r), (401, "Bearer".into()), "no anonymous subscribers unless --mercure-anonymous");
+    let r = sub("match=t", Some(bearer("not.a.token"))).await;
+    assert_eq!(status(&r), (401, r#"Bearer error="invalid_token""#.into()));
+    let native = signed(Header::default(), json!({"exp": in_an_hour(), "pgsse": {"subscribe": ["*"]}}));
+    let r = sub("match=t", Some(bearer(&native))).await;
+    assert!(r.error().contains("authorization_details"), "{}", r.body);
+    let untyped = signed(Header::default(), json!({"exp": in_an_hour(), "authorization_details": []}));
+    assert!(sub("match=t", Some(bearer(&untyped))).await.error().contains("at+jwt"));
+    let r = sub("match=t", Some("Basic abc".into())).await;
+    assert_eq!(status(&r), (400, r#"Bearer error="invalid_request""#.into()));
+    for (query, why) in [
+        ("", "missing match="),
+        ("topic=t", "--mercure-legacy"),
+        ("matchURLPattern=t", "unknown parameter"),
+        ("match_urlpattern=https://x/(", "URL pattern"),
+        ("match=a%0Ab", "control"),
+    ] {
+        let r = sub(query, reader.clone()).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert!(r.error().contains(why), "{query}: {}", r.body);
+    }
+
+    let writer = token(&["publish"], json!([{"match": "https://example.com/books/:id", "match_type": "urlpattern"}]));
+    let r = publish(gw.addr, &writer, "topic=https://example.com/authors/1&data=x").await;
+    assert_eq!(status(&r), (403, r#"Bearer error="insufficient_scope""#.into()));
+    let r = publish(gw.addr, &everything(), "topic=https://hub.example/.well-known/mercure/subscriptions&data=x").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let reader_only = token(&["subscribe"], json!([{"match": "*"}]));
+    assert_eq!(publish(gw.addr, &reader_only, "topic=t").await.status, 403);
+    for (form, why) in
+        [("data=x", "missing topic"), ("topic=t&id=%231", "start with #"), ("topic=t&retry=soon", "retry")]
+    {
+        let r = publish(gw.addr, &everything(), form).await;
+        assert_eq!(r.status, 400, "{form}: {}", r.body);
+        assert!(r.error().contains(why), "{form}: {}", r.body);
+    }
+    let r = call(gw.addr, "POST", HUB, &[FORM], Bytes::from("topic=t")).await.unwrap();
+    assert_eq!(status(&r), (401, "Bearer".into()));
+    let cookie = format!("__Secure-mercure_access_token={}", everything());
+    let r = call(gw.addr, "POST", HUB, &[FORM, ("cookie", &cookie)], Bytes::from("topic=t")).await.unwrap();
+    assert_eq!(r.status, 401, "a cookie never publishes: {}", r.body);
+    assert!(r.error().contains("Authorization: Bearer"));
+    let auth = bearer(&everything());
+    let r = call(
+        gw.addr,
+        "POST",
+        HUB,
+        &[("content-type", "application/json"), ("authorization", &auth)],
+        Bytes::from("{}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 415, "{}", r.body);
+    let expired = {
+        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
+        signed(header, json!({"exp": 1, "authorization_details": []}))
+    };
+    assert_eq!(status(&sub("match=t", Some(bearer(&expired))).await).0, 401);
+}
+
+#[tokio::test]
+async fn mercure_0x_clients_are_served_with_the_legacy_flag() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let gw = gateway(&url, |m| {
+        m.mercure_legacy = true;
+        m.jwt_exp_optional = true;
+    })
+    .await;
+    // The 0.x conformance suite's token: no typ, no exp.
+    let legacy =
+        signed(Header::default(), json!({"mercure": {"publish": ["*"], "subscribe": ["https://example.net/{path}"]}}));
+    let query = format!("{HUB}?topic=https%3A%2F%2Fexample.net%2Ffoo%2F%7Brandom%7D&authorization={legacy}");
+    let mut s = SseStream::ok(gw.addr, &query, &[]).await;
+    let first =
+        publish(gw.addr, &legacy, "topic=https://example.net/other&topic=https://example.net/foo/1&data=a&private=on")
+            .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let got = s.expect().await;
+    assert_eq!((got.id.as_deref(), got.data.as_str()), (Some(first.body.as_str()), "a"), "an alternate topic matched");
+
+    let mut s = SseStream::ok(
+        gw.addr,
+        &format!("{HUB}?topic=*&lastEventID=earliest"),
+        &[("cookie", &format!("mercureAuthorization={legacy}"))],
+    )
+    .await;
+    assert_eq!(s.headers["last-event-id"], "earliest", "0.x says where the stream starts in Last-Event-ID");
+    assert_eq!(s.expect().await.id.as_deref(), Some(first.body.as_str()));
+
+    let strict = gateway(&url, |m| m.mercure_legacy = true).await;
+    let r = get(strict.addr, &format!("{HUB}?topic=t"), &[("authorization", &bearer(&legacy))]).await.unwrap();
+    assert_eq!(r.status, 401, "a token without exp needs --jwt-exp-optional: {}", r.body);
+    assert!(r.error().contains("exp"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_tables_rows_are_updates_on_its_topic() {
+    let db = TestDb::new().await;
+    db.admin
+        .batch_execute(
+            "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL, secret text);
+             GRANT INSERT ON orders TO pgsse_test_writer; GRANT USAGE ON SEQUENCE orders_id_seq TO pgsse_test_writer;
+             SELECT pgsse.publish_table('orders', exclude_columns => ARRAY['secret'],
+                                        mercure_topic => 'https://shop.example/orders/{id}');
+             CREATE TABLE news (id serial PRIMARY KEY, title text);
+             GRANT INSERT ON news TO pgsse_test_writer; GRANT USAGE ON SEQUENCE news_id_seq TO pgsse_test_writer;
+             SELECT pgsse.publish_table('news', mercure_topic => 'https://shop.example/news/{id}', mercure_public => true);",
+        )
+        .await
+        .unwrap();
+    let refused = db.admin.batch_execute("SELECT pgsse.publish_table('orders', exclude_columns => ARRAY['secret'], mercure_topic => 'https://shop.example/{secret}')").await;
+    assert!(common::db_error(refused).contains("does not publish"), "a topic cannot name an unpublished column");
+    let gw = gateway(&db.url, |m| m.mercure_anonymous = true).await;
+    let own = bearer(&token(&["subscribe"], json!([{"match": "https://shop.example/orders/1"}])));
+    let pattern = "match_urlpattern=https%3A%2F%2Fshop.example%2F*";
+    let mut mine = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &own)]).await;
+    let mut anonymous = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[]).await;
+
+    db.app.batch_execute("INSERT INTO orders (customer, secret) VALUES ('ann', 's1'), ('bob', 's2')").await.unwrap();
+    db.app.batch_execute("INSERT INTO news (title) VALUES ('open')").await.unwrap();
+    let got = mine.take(2).await;
+    assert_eq!((got[0].event.as_str(), got[0].json()), ("insert", json!({"id": 1, "customer": "ann"})));
+    assert!(got[0].id.as_deref().unwrap().starts_with('#'));
+    assert_eq!(got[1].json(), json!({"id": 1, "title": "open"}), "order 2 is outside this token's grant");
+    assert_eq!(anonymous.expect().await.json(), json!({"id": 1, "title": "open"}), "rows are private unless public");
+    let resumed =
+        SseStream::ok(gw.addr, &format!("{HUB}?{pattern}&last_event_id=earliest"), &[("authorization", &own)])
+            .await
+            .take(2)
+            .await;
+    assert_eq!(resumed, got, "replayed as they were sent live");
+}
