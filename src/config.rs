@@ -337,6 +337,21 @@ mod tests {
     }
 
     #[test]
+    fn mercure_flags_need_what_they_build_on() {
+        let jwt = ["--auth", "jwt", "--jwt-secret", "a secret that is 32 bytes or more!"];
+        let told = |extra: &[&str]| match parse(extra) {
+            Err(ConfigError::Mercure(why)) => why,
+            other => panic!("{extra:?}: {:?}", other.map(|_| ())),
+        };
+        assert!(told(&["--mercure"]).contains("--auth jwt"));
+        assert!(told(&[&jwt[..], &["--mercure-anonymous"]].concat()).contains("needs --mercure"));
+        assert!(told(&[&jwt[..], &["--mercure-legacy"]].concat()).contains("needs --mercure"));
+        let exp = [&jwt[..], &["--mercure", "--jwt-exp-optional"]].concat();
+        assert!(told(&exp).contains("--mercure-legacy"));
+        assert!(parse(&[&jwt[..], &["--mercure", "--mercure-legacy", "--jwt-exp-optional"]].concat()).is_ok());
+    }
+
+    #[test]
     fn origins() {
         for good in ["*", "http://localhost:3000", "https://app.example.com"] {
             assert_eq!(parse_origin(good).as_deref(), Ok(good));

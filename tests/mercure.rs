@@ -143,6 +143,15 @@ async fn resumes_from_a_publisher_id_a_hub_id_and_earliest() {
     assert!(start.starts_with('#'), "{start}");
     let fourth = publish(gw.addr, &t, "topic=t&data=4").await.body;
     assert_eq!(ids(&s.take(1).await), [fourth.as_str()]);
+    // Another publisher reusing an id elsewhere moves nobody's place; a private update's id is confirmed to
+    // no one it would not reach.
+    let elsewhere = token(&["publish"], json!([{"match": "evil"}]));
+    assert_eq!(publish(gw.addr, &elsewhere, "topic=evil&data=x&id=first").await.status, 200);
+    let s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=first"), &[]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], "first");
+    assert_eq!(publish(gw.addr, &t, "topic=t&data=p&id=secret-id&private=on").await.status, 200);
+    let s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=secret-id"), &[]).await;
+    assert!(s.headers["mercure-last-event-id"].starts_with('#'), "unknown to an anonymous subscriber");
     let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=%23999999"), &[]).await;
     assert_ne!(s.headers["mercure-last-event-id"], "#999999", "an id never issued is not where the stream starts");
     let fifth = publish(gw.addr, &t, "topic=t&data=5").await.body;
@@ -275,6 +284,16 @@ async fn a_tables_rows_are_updates_on_its_topic() {
         .unwrap();
     let refused = db.admin.batch_execute("SELECT pgsse.publish_table('orders', exclude_columns => ARRAY['secret'], mercure_topic => 'https://shop.example/{secret}')").await;
     assert!(common::db_error(refused).contains("does not publish"), "a topic cannot name an unpublished column");
+    let refused = db
+        .admin
+        .batch_execute("SELECT pgsse.publish_table('news', mercure_topic => 'https://shop.example/{+title}')")
+        .await;
+    assert!(common::db_error(refused).contains("{+...}"), "a row's values may not choose a topic's path");
+    let refused = db
+        .admin
+        .batch_execute("SELECT pgsse.mercure_publish(ARRAY['https://x/.well-known/mercure/subscriptions/1'])")
+        .await;
+    assert!(common::db_error(refused).contains("own namespace"), "reserved from SQL as over HTTP");
     let gw = gateway(&db.url, |m| m.mercure_anonymous = true).await;
     let own = bearer(&token(&["subscribe"], json!([{"match": "https://shop.example/orders/1"}])));
     let pattern = "match_urlpattern=https%3A%2F%2Fshop.example%2F*";

@@ -274,7 +274,8 @@ async fn publish_table_names_the_privilege_its_caller_lacks() {
     db.batch_execute(&format!(
         "GRANT USAGE ON SCHEMA pgsse TO {WRITER_ROLE};
          GRANT EXECUTE ON FUNCTION pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean,
-                                                       text[], text[], boolean, text, boolean, text[]) TO {WRITER_ROLE}"
+                                                       text[], text[], boolean, text, boolean, text[], text, boolean)
+                           TO {WRITER_ROLE}"
     ))
     .await
     .unwrap();

@@ -84,11 +84,23 @@ impl Update {
         let Some(table) = table else { return Ok(None) };
         let values: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(row.unwrap_or(payload)).map_err(|e| UpdateError::Malformed(e.to_string()))?;
-        let topic = crate::topic::expand(&table.template, |name| match values.get(name)? {
+        // A writer chooses the values: `.` and `..` would move the topic elsewhere once read as a URL.
+        let dots = std::cell::Cell::new(false);
+        let value = |name: &str| match values.get(name)? {
             serde_json::Value::Null => None,
-            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::String(s) => {
+                dots.set(dots.get() || s == "." || s == "..");
+                Some(s.clone())
+            }
             other => Some(other.to_string()),
-        })?;
+        };
+        let topic = crate::topic::expand(&table.template, value)?;
+        if dots.get() {
+            return Err(UpdateError::Malformed("a value its topic names is . or ..".into()));
+        }
+        if topic.len() > crate::topic::MAX_LEN {
+            return Err(UpdateError::Malformed(format!("its topic is longer than {} bytes", crate::topic::MAX_LEN)));
+        }
         let bytes = sse::encode_update(&hub_id(id), Some(event), None, payload)?;
         Ok(Some(Self { topics: vec![topic], private: !table.public, frame: Frame { id, bytes } }))
     }
@@ -149,6 +161,13 @@ mod tests {
         let u = Update::from_log(10, "orders", "update", nested, Some(r#"{"id":43}"#), Some(&table)).unwrap().unwrap();
         assert_eq!(u.topics, ["https://shop.example/orders/43"], "an update's topic is its new row's");
         assert!(Update::from_log(9, "orders", "insert", row, None, None).unwrap().is_none());
+        let dots = r#"{"id":"..","status":".."}"#;
+        assert!(
+            Update::from_log(11, "orders", "insert", dots, None, Some(&table)).is_err(),
+            "no topic out of its place"
+        );
+        let unnamed = r#"{"id":1,"status":".."}"#;
+        assert!(Update::from_log(12, "orders", "insert", unnamed, None, Some(&table)).is_ok());
     }
 
     #[test]

@@ -5,6 +5,9 @@ use crate::mercure::claims::MAX_SELECTORS;
 use crate::mercure::MercureError;
 use crate::topic::{Selector, MAX_LEN};
 
+/// The most selectors of one subscription that are patterns: each costs a match per update.
+const MAX_PATTERNS: usize = 16;
+
 /// A subscription's query string, parsed.
 #[derive(Debug)]
 pub struct Subscribe {
@@ -73,6 +76,11 @@ impl Subscribe {
             if out.selectors.len() > MAX_SELECTORS {
                 return bad(format!("at most {MAX_SELECTORS} selectors in one subscription"));
             }
+        }
+        let patterns =
+            out.selectors.iter().filter(|s| matches!(s, Selector::UrlPattern(..) | Selector::Template(_))).count();
+        if patterns > MAX_PATTERNS {
+            return bad(format!("at most {MAX_PATTERNS} URL pattern or URI template selectors in one subscription"));
         }
         if out.selectors.is_empty() {
             return bad(if legacy_allowed {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::api::stream::{Feed, SseBody};
-use crate::fanout::update::{hub_id, parse_hub_id, Interest, TableTopic, Update};
+use crate::fanout::update::{hub_id, parse_hub_id, Interest, TableTopic, Update, CHANNEL};
 use crate::mercure::{Mercure, MercureError};
 use crate::pg::error::StoreError;
 use crate::pg::store::REPLAY_BATCH;
@@ -39,15 +39,24 @@ pub(super) async fn open(
     let expires =
         expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
     m.hub.wait_started(START_WAIT).await?;
-    let channels = m.store.update_channels().await?;
+    // Only a resume reads the log, so only it asks which channels carry updates.
+    let channels = match last {
+        Some(_) => m.store.update_channels().await?,
+        None => Vec::new(),
+    };
     let names: Vec<String> = channels.iter().map(|(name, _)| name.clone()).collect();
     let (start, shown) = match last.as_deref() {
         None => (Start::Live, None),
         Some(EARLIEST) => (Start::After(0), Some(EARLIEST.to_string())),
         Some(id) => {
+            // A publisher's id counts only on an update this subscriber would get: another publisher may
+            // reuse it elsewhere, and a private update's id is nobody else's to confirm.
             let found = match parse_hub_id(id) {
                 Some(n) => Some(n),
-                None => m.store.update_with_id(id).await?,
+                None => m.store.updates_with_id(id).await?.into_iter().find_map(|(n, payload)| {
+                    let update = Update::from_log(n, CHANNEL, "", &payload, None, None).ok().flatten()?;
+                    interest.wants(&update).then_some(n)
+                }),
             };
             match found {
                 Some(n) if n <= m.store.issued_head().await? => {

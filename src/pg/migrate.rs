@@ -43,8 +43,8 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("08_snapshots.sql", include_str!("../../sql/functions/08_snapshots.sql")),
     ("09_writes.sql", include_str!("../../sql/functions/09_writes.sql")),
     ("10_retention.sql", include_str!("../../sql/functions/10_retention.sql")),
-    ("11_upgrades.sql", include_str!("../../sql/functions/11_upgrades.sql")),
-    ("12_mercure.sql", include_str!("../../sql/functions/12_mercure.sql")),
+    ("11_mercure.sql", include_str!("../../sql/functions/11_mercure.sql")),
+    ("12_upgrades.sql", include_str!("../../sql/functions/12_upgrades.sql")),
     ("13_privileges.sql", include_str!("../../sql/functions/13_privileges.sql")),
 ];
 
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(on_disk, listed);
         let numbers: Vec<i32> = listed.iter().map(|name| number(name)).collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
-        assert_eq!(SCHEMA_VERSION, 11);
+        assert_eq!(SCHEMA_VERSION, 12);
         assert!(RENAMED.iter().all(|(_, new)| listed.contains(new)));
         let mut functions: Vec<String> = std::fs::read_dir(format!("{dir}/functions"))
             .unwrap()

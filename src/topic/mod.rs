@@ -12,7 +12,7 @@ use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput};
 pub use template::{expand, TemplateError};
 
 /// The longest selector or topic pgsse reads: longer ones are refused rather than compiled.
-pub const MAX_LEN: usize = 2048;
+pub const MAX_LEN: usize = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
@@ -25,8 +25,10 @@ pub enum SelectorError {
 }
 
 /// Results a URL pattern remembers: matching one parses the topic as a URL and runs several regular
-/// expressions, and a hub sees the same few topics again and again.
-const REMEMBERED: usize = 256;
+/// expressions, and a hub sees the same few topics again and again. Only short topics, and few: a
+/// subscriber's selectors may not hold much memory that no queue counts.
+const REMEMBERED: usize = 32;
+const REMEMBERED_LEN: usize = 256;
 
 pub enum Selector {
     /// `*`: every topic.
@@ -99,6 +101,9 @@ impl Selector {
                 }
                 let hit =
                     url::Url::parse(topic).ok().is_some_and(|u| p.test(UrlPatternMatchInput::Url(u)).unwrap_or(false));
+                if topic.len() > REMEMBERED_LEN {
+                    return hit;
+                }
                 if seen.len() >= REMEMBERED {
                     seen.clear();
                 }

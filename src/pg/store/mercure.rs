@@ -4,7 +4,10 @@
 use super::Store;
 use crate::fanout::update::{TableTopic, CHANNEL};
 use crate::pg::error::StoreError;
-use crate::pg::logrow::ISSUED_HEAD;
+use crate::pg::logrow::{payload_bytes, ISSUED_HEAD};
+
+/// The most updates of one publisher id a resume looks through for one its subscriber may see.
+pub const SAME_ID: i64 = 64;
 
 /// An update as the hub's POST (or any publisher) gives it.
 pub struct NewUpdate<'a> {
@@ -37,17 +40,27 @@ impl Store {
         .await
     }
 
-    /// The log id of the newest update its publisher gave `id`, if the log still holds one. The order by the
-    /// index's own columns keeps the plan on that index, whatever the statistics say.
-    pub async fn update_with_id(&self, id: &str) -> Result<Option<i64>, StoreError> {
+    /// The updates (log id and payload) whose publisher gave them `id`, newest first, at most
+    /// [`SAME_ID`]: ids need not be unique, so the caller picks the newest its subscriber may see. The
+    /// materialized read is planned on its own, an equality that only `events_mercure_id` serves,
+    /// whatever the statistics say; the order and limit apply to what it found.
+    pub async fn updates_with_id(&self, id: &str) -> Result<Vec<(i64, String)>, StoreError> {
         self.with(async |client| {
             let stmt = client
                 .prepare_cached(&format!(
-                    "SELECT id FROM pgsse.events WHERE channel = '{CHANNEL}' AND (payload ->> 'id') = $1 \
-                     AND id <= {ISSUED_HEAD} ORDER BY (payload ->> 'id') DESC, id DESC LIMIT 1"
+                    "WITH found AS MATERIALIZED (SELECT id, payload FROM pgsse.events \
+                       WHERE channel = '{CHANNEL}' AND (payload ->> 'id') = $1 AND id <= {ISSUED_HEAD}) \
+                     SELECT id, {} FROM found ORDER BY id DESC LIMIT {SAME_ID}",
+                    payload_bytes("payload")
                 ))
                 .await?;
-            Ok(client.query_opt(&stmt, &[&id]).await?.map(|row| row.get(0)))
+            let mut found = Vec::new();
+            for row in client.query(&stmt, &[&id]).await? {
+                if let Ok(payload) = String::from_utf8(row.try_get(1)?) {
+                    found.push((row.try_get(0)?, payload));
+                }
+            }
+            Ok(found)
         })
         .await
     }

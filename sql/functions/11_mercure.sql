@@ -1,7 +1,15 @@
 -- pgsse functions: Mercure. Publishing an update to the hub (staged on channel `.mercure` and sequenced
 -- like every event), the rules every update and table topic keeps, and a table channel's topic.
 
--- Why an update may not be published, or NULL: the rules of the hub's POST (src/mercure/publish.rs says
+-- Whether topic p_topic is in the hub's own namespace, /.well-known/mercure and below (its path, as
+-- src/mercure/request.rs reads it; a path with dot segments is taken as reserved, not resolved).
+CREATE OR REPLACE FUNCTION pgsse.mercure_reserved(p_topic text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
+    SELECT p_topic ~ '^([A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?/\.well-known/mercure([/?#]|$)'
+        OR (position('/.well-known/mercure' IN p_topic) > 0 AND p_topic ~ '/\.\.?([/?#]|$)')
+$$;
+
+-- Why an update may not be published, or NULL: the rules of the hub's POST (src/mercure/request.rs says
 -- the same), kept here too since pgsse_publisher may publish from SQL and every gateway reads the log.
 CREATE OR REPLACE FUNCTION pgsse.mercure_refusal(p_topics text[], p_id text, p_type text, p_retry bigint)
 RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
@@ -12,6 +20,8 @@ RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp
                                                        OR t ~ '[[:cntrl:]]') THEN
             'a topic must be 1 to 4096 bytes without control characters'
         WHEN '*' = ANY (p_topics) THEN 'the topic * is every topic: an update cannot be published on it'
+        WHEN EXISTS (SELECT 1 FROM unnest(p_topics) t WHERE pgsse.mercure_reserved(t)) THEN
+            'a topic in the hub''s own namespace (/.well-known/mercure) cannot be published on'
         WHEN p_id IS NOT NULL AND (p_id = '' OR p_id = 'earliest' OR left(p_id, 1) = '#' OR octet_length(p_id) > 1024
                                    OR p_id ~ '[[:cntrl:]]') THEN
             'an update''s id must be 1 to 1024 bytes without control characters, not earliest, and not start with # (the hub''s own ids)'
@@ -53,6 +63,14 @@ BEGIN
     IF p_template = '' OR octet_length(p_template) > 4096 OR p_template ~ '[[:cntrl:]]'
        OR p_template !~ '^([^{}]|\{[^{}]+\})*$' THEN
         RETURN format('mercure_topic %L is not a URI template (RFC 6570) of at most 4096 bytes', left(p_template, 200));
+    END IF;
+    -- {+var} and {#var} keep a value's / ? # as they are: a writer would choose the topic's path.
+    IF p_template ~ '\{[+#]' THEN
+        RETURN format('mercure_topic %L uses {+...} or {#...}: a row''s values could then choose the topic''s path; use {var}',
+                      left(p_template, 200));
+    END IF;
+    IF pgsse.mercure_reserved(p_template) THEN
+        RETURN 'mercure_topic is in the hub''s own namespace (/.well-known/mercure)';
     END IF;
     SELECT array_agg(DISTINCT regexp_replace(regexp_replace(n, '^[+#./;?&]', ''), '(\*|:[0-9]+)$', ''))
       INTO names
