@@ -5,99 +5,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{Gateway, TestDb, TIMEOUT};
+use common::{artifact_dir, Browser, Gateway, TestDb};
 use pgsse::auth::{Auth, Jwt, DEFAULT_COOKIE};
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 const SECRET: &str = "a test secret that is long enough";
-const DRIVER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-
-struct Browser {
-    _child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Browser {
-    /// Starts the driver, or returns why it cannot run here. Under CI that is a failure: `.ci/run` installs
-    /// Chromium and the driver's package; elsewhere `cargo test` says what to install and goes on.
-    fn start() -> Option<Self> {
-        let chromium = std::env::var("PGSSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let missing = if !Path::new(&chromium).exists() {
-            Some(format!("{chromium} not found (apt-get install chromium)"))
-        } else if !Path::new(DRIVER_DIR).join("node_modules/playwright-core").exists() {
-            Some(format!("playwright-core not installed (npm ci --prefix {DRIVER_DIR})"))
-        } else {
-            None
-        };
-        if let Some(why) = missing {
-            assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {why}");
-            eprintln!("SKIPPED browser test: {why}; .ci/run installs both");
-            return None;
-        }
-        let mut child = Command::new("node")
-            .arg(Path::new(DRIVER_DIR).join("driver.mjs"))
-            .current_dir(DRIVER_DIR)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs the browser driver");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Some(Self { _child: child, stdin, stdout })
-    }
-
-    async fn run(&mut self, mut cmd: Value) -> Value {
-        cmd["timeout"] = json!(TIMEOUT.as_millis() as u64);
-        let line = format!("{cmd}\n");
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        let answer = tokio::time::timeout(TIMEOUT * 2, self.stdout.next_line())
-            .await
-            .expect("driver answered")
-            .unwrap()
-            .expect("driver alive");
-        let answer: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(answer["ok"], true, "{cmd}: {}", answer["error"]);
-        answer["value"].clone()
-    }
-
-    async fn goto(&mut self, page: &str, url: &str) {
-        self.run(json!({"op": "goto", "page": page, "url": url})).await;
-    }
-
-    async fn wait(&mut self, page: &str, js: &str) {
-        self.run(json!({"op": "wait", "page": page, "js": js})).await;
-    }
-
-    async fn eval(&mut self, page: &str, js: &str) -> Value {
-        self.run(json!({"op": "eval", "page": page, "js": js})).await
-    }
-
-    /// Waits until a line of `page`'s console contains `text`.
-    async fn logged(&mut self, page: &str, text: &str) {
-        self.run(json!({"op": "logged", "page": page, "text": text})).await;
-    }
-}
-
 fn feed_has(text: &str) -> String {
     format!("[...document.querySelectorAll('#feed li')].some(li => li.textContent.includes({}))", json!(text))
-}
-
-fn artifact_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("browser");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,6 +299,14 @@ async fn a_tables_rows_are_updates_on_its_topic() {
     let pattern = "match_urlpattern=https%3A%2F%2Fshop.example%2F*";
     let mut mine = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &own)]).await;
     let mut anonymous = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[]).await;
+    // A token that also carries pgsse's own grant: its row filter holds here as on a native stream.
+    let filtered = {
+        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
+        let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": [{"match": "*"}]});
+        let grant = json!({"subscribe": ["orders"], "filter": {"orders": "customer=eq.bob"}});
+        signed(header, json!({"exp": in_an_hour(), "authorization_details": [detail], "pgsse": grant}))
+    };
+    let mut bobs = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &bearer(&filtered))]).await;
 
     db.app.batch_execute("INSERT INTO orders (customer, secret) VALUES ('ann', 's1'), ('bob', 's2')").await.unwrap();
     db.app.batch_execute("INSERT INTO news (title) VALUES ('open')").await.unwrap();
@@ -307,6 +315,9 @@ async fn a_tables_rows_are_updates_on_its_topic() {
     assert!(got[0].id.as_deref().unwrap().starts_with('#'));
     assert_eq!(got[1].json(), json!({"id": 1, "title": "open"}), "order 2 is outside this token's grant");
     assert_eq!(anonymous.expect().await.json(), json!({"id": 1, "title": "open"}), "rows are private unless public");
+    let bob = bobs.take(2).await;
+    assert_eq!(bob[0].json(), json!({"id": 2, "customer": "bob"}), "the grant's filter keeps ann's order out");
+    assert_eq!(bob[1].json(), json!({"id": 1, "title": "open"}));
     let resumed =
         SseStream::ok(gw.addr, &format!("{HUB}?{pattern}&last_event_id=earliest"), &[("authorization", &own)])
             .await

@@ -112,7 +112,9 @@ pub async fn follow(
 }
 
 fn parse_event(block: &[u8], now_us: i64, seen: &mut Seen) {
-    let Some(id) = block.strip_prefix(b"id: ").and_then(digits) else {
+    // A Mercure hub's own ids are `#` and the log id.
+    let id = block.strip_prefix(b"id: ").map(|rest| rest.strip_prefix(b"#").unwrap_or(rest));
+    let Some(id) = id.and_then(digits) else {
         return; // a comment (prelude, heartbeat)
     };
     seen.ids.push(id);

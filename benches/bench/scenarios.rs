@@ -28,6 +28,7 @@ const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
 mod bulk;
 mod hoard;
+mod mercure;
 mod post;
 mod quiet;
 mod report;
@@ -133,6 +134,9 @@ impl Bench {
         }
         if wanted("post") {
             reports.extend(self.post().await);
+        }
+        if wanted("mercure") {
+            reports.push(self.mercure().await);
         }
         if wanted("slow") {
             let load = Load { clients: 100, rate: Some(500.0), writers: 2, duration: secs(5), stalled: 0 };
@@ -303,8 +307,19 @@ struct Clients {
     stop: watch::Sender<bool>,
 }
 
+/// Client `i`'s stream path: fresh (`None`), or resuming after an id.
+type PathOf = Arc<dyn Fn(usize, Option<i64>) -> String + Send + Sync>;
+
 impl Clients {
     async fn connect(addr: SocketAddr, n: usize, t0: Instant) -> Self {
+        let native = |_: usize, after: Option<i64>| match after {
+            None => "/bench/events".to_string(),
+            Some(after) => format!("/bench/events?last_event_id={after}"),
+        };
+        Self::connect_to(addr, n, t0, Arc::new(native)).await
+    }
+
+    async fn connect_to(addr: SocketAddr, n: usize, t0: Instant, path_of: PathOf) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, mut ready_rx) = mpsc::channel(n.max(1));
         let limit = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
@@ -312,12 +327,12 @@ impl Clients {
         let mut last_ids = Vec::with_capacity(n);
         for i in 0..n {
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8));
-            let (stop, ready, limit) = (stop_rx.clone(), ready_tx.clone(), limit.clone());
+            let (stop, ready, limit, path_of) = (stop_rx.clone(), ready_tx.clone(), limit.clone(), path_of.clone());
             let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
             last_ids.push(last.clone());
             tasks.push(tokio::spawn(async move {
                 let mut all = Seen::default();
-                let mut path = "/bench/events".to_string();
+                let mut path = path_of(i, None);
                 loop {
                     let permit = limit.clone().acquire_owned().await;
                     let stream = match client::connect(addr, source, &path).await {
@@ -334,7 +349,7 @@ impl Clients {
                         return all;
                     }
                     all.resumed += 1;
-                    path = format!("/bench/events?last_event_id={}", last.load(Ordering::Relaxed));
+                    path = path_of(i, Some(last.load(Ordering::Relaxed)));
                 }
             }));
         }
@@ -349,8 +364,15 @@ impl Clients {
 
     /// Waits (bounded) until every client has seen `through`, then stops them and collects what they saw.
     async fn drain(self, through: i64) -> Vec<Seen> {
+        let each = vec![through; self.last_ids.len()];
+        self.drain_each(&each).await
+    }
+
+    /// As [`Clients::drain`], with the id each client must see first.
+    async fn drain_each(self, through: &[i64]) -> Vec<Seen> {
         let deadline = Instant::now() + DRAIN_LIMIT;
-        while Instant::now() < deadline && self.last_ids.iter().any(|l| l.load(Ordering::Relaxed) < through) {
+        let behind = || self.last_ids.iter().zip(through).any(|(l, t)| l.load(Ordering::Relaxed) < *t);
+        while Instant::now() < deadline && behind() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.stop.send(true);

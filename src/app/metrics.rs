@@ -154,6 +154,12 @@ impl Collector for Metrics {
             i64::from(listener.is_polling()),
         )?;
         gauge(&mut encoder, "pgsse_last_event_id", "Highest event id broadcast.", self.hub.last_id().unwrap_or(0))?;
+        gauge(
+            &mut encoder,
+            "pgsse_mercure_subscribers",
+            "Open Mercure subscriptions (/.well-known/mercure), live.",
+            self.hub.update_subscribers() as i64,
+        )?;
         let usage = ConstGauge::new(listener.notification_queue_usage());
         usage.encode(encoder.encode_descriptor(
             "pgsse_notification_queue_usage",

@@ -296,6 +296,11 @@ impl Hub {
         inner.channels.iter().map(|(name, senders)| (name.to_string(), senders.len())).collect()
     }
 
+    /// Open Mercure subscriptions, live.
+    pub fn update_subscribers(&self) -> usize {
+        self.lock().updates.len()
+    }
+
     pub fn cut_slow_total(&self) -> u64 {
         self.cut_slow.load(Ordering::Relaxed)
     }

@@ -1,9 +1,13 @@
 //! Mercure updates as the hub routes them: an event of the log seen as an update (its topics, whether it
 //! is private, its frame), and what one Mercure subscriber wants of them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use crate::fanout::queue::Frame;
+use crate::filter::Filter;
 use crate::sse;
 use crate::topic::Selector;
 
@@ -29,6 +33,8 @@ pub fn parse_hub_id(id: &str) -> Option<i64> {
 pub struct Update {
     pub topics: Vec<String>,
     pub private: bool,
+    /// For a table's row: its channel and the row (the new one of an update), for grants' row filters.
+    pub row: Option<Box<(String, String)>>,
     /// The update as its subscribers get it, whatever their selectors; its id is the log's.
     pub frame: Frame,
 }
@@ -79,7 +85,7 @@ impl Update {
             let p: Published = serde_json::from_str(payload).map_err(|e| UpdateError::Malformed(e.to_string()))?;
             let shown = p.id.unwrap_or_else(|| hub_id(id));
             let bytes = sse::encode_update(&shown, p.kind.as_deref(), p.retry, &p.data)?;
-            return Ok(Some(Self { topics: p.topics, private: p.private, frame: Frame { id, bytes } }));
+            return Ok(Some(Self { topics: p.topics, private: p.private, row: None, frame: Frame { id, bytes } }));
         }
         let Some(table) = table else { return Ok(None) };
         let values: serde_json::Map<String, serde_json::Value> =
@@ -102,21 +108,34 @@ impl Update {
             return Err(UpdateError::Malformed(format!("its topic is longer than {} bytes", crate::topic::MAX_LEN)));
         }
         let bytes = sse::encode_update(&hub_id(id), Some(event), None, payload)?;
-        Ok(Some(Self { topics: vec![topic], private: !table.public, frame: Frame { id, bytes } }))
+        let row = Some(Box::new((channel.to_string(), row.unwrap_or(payload).to_string())));
+        Ok(Some(Self { topics: vec![topic], private: !table.public, row, frame: Frame { id, bytes } }))
     }
 }
 
 /// What one Mercure subscriber gets: updates with a topic its selectors match, and of the private ones
-/// only those with a topic its token grants.
+/// only those with a topic its token grants; and of a table's rows, where its token also carries pgsse's
+/// own grant, only rows its filter for that channel matches.
 pub struct Interest {
     pub selectors: Vec<Selector>,
     pub grants: Vec<Selector>,
+    /// Each table channel's filter (`None`: unfiltered), where the token carries a pgsse grant; a
+    /// channel missing here (published after the stream began) gets no row through, rather than all.
+    pub filters: Option<HashMap<String, Option<Arc<Filter>>>>,
 }
 
 impl Interest {
     pub fn wants(&self, update: &Update) -> bool {
-        Selector::any(&self.selectors, &update.topics)
-            && (!update.private || Selector::any(&self.grants, &update.topics))
+        let selected = Selector::any(&self.selectors, &update.topics)
+            && (!update.private || Selector::any(&self.grants, &update.topics));
+        match (&self.filters, &update.row) {
+            (Some(filters), Some(row)) if selected => match filters.get(&row.0) {
+                Some(Some(filter)) => filter.matches_text(row.1.as_bytes()),
+                Some(None) => true,
+                None => false,
+            },
+            _ => selected,
+        }
     }
 }
 
@@ -175,14 +194,33 @@ mod tests {
         let update = |private| Update {
             topics: vec!["a".into(), "b".into()],
             private,
+            row: None,
             frame: Frame { id: 1, bytes: Default::default() },
         };
         let exact = |t: &str| Selector::exact(t, true).unwrap();
-        let anonymous = Interest { selectors: vec![exact("b")], grants: vec![] };
+        let anonymous = Interest { selectors: vec![exact("b")], grants: vec![], filters: None };
         assert!(anonymous.wants(&update(false)) && !anonymous.wants(&update(true)));
-        let granted = Interest { selectors: vec![exact("a")], grants: vec![exact("b")] };
+        let granted = Interest { selectors: vec![exact("a")], grants: vec![exact("b")], filters: None };
         assert!(granted.wants(&update(true)), "selected by one topic, granted by the other");
-        let elsewhere = Interest { selectors: vec![exact("c")], grants: vec![exact("*")] };
+        let elsewhere = Interest { selectors: vec![exact("c")], grants: vec![exact("*")], filters: None };
         assert!(!elsewhere.wants(&update(false)) && !elsewhere.wants(&update(true)));
+    }
+
+    #[test]
+    fn a_pgsse_grant_filters_a_tables_rows() {
+        let table = TableTopic { template: "o/{id}".into(), public: true };
+        let row = |id: i64, user: i64| {
+            let json = format!(r#"{{"id":{id},"user_id":{user}}}"#);
+            Update::from_log(id, "orders", "insert", &json, None, Some(&table)).unwrap().unwrap()
+        };
+        let mine = Arc::new(Filter::parse([("user_id", "eq.7")]).unwrap());
+        let all = || vec![Selector::exact("*", true).unwrap()];
+        let filters = Some(HashMap::from([("orders".to_string(), Some(mine))]));
+        let filtered = Interest { selectors: all(), grants: vec![], filters };
+        assert!(filtered.wants(&row(1, 7)) && !filtered.wants(&row(2, 8)));
+        let unknown = Interest { selectors: all(), grants: vec![], filters: Some(HashMap::new()) };
+        assert!(!unknown.wants(&row(1, 7)), "a channel the grant was not read for lets nothing through");
+        let hub = Update::from_log(3, CHANNEL, "mercure", r#"{"topics":["t"]}"#, None, None).unwrap().unwrap();
+        assert!(unknown.wants(&hub), "updates published to the hub are not rows");
     }
 }

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::auth::Grant;
 use crate::topic::Selector;
 
 /// The authorization detail type Mercure's hub and clients use; the draft's text says `mercure`.
@@ -17,6 +18,8 @@ pub const MAX_SELECTORS: usize = 100;
 pub struct Rights {
     pub subscribe: Vec<Selector>,
     pub publish: Vec<Selector>,
+    /// pgsse's own grant, where the token carries one too: its row filters hold on a table's rows.
+    pub grant: Option<Grant>,
 }
 
 /// The claims a Mercure token may carry (others are ignored).
@@ -26,6 +29,7 @@ pub struct Claims {
     mercure: Option<Legacy>,
     #[serde(rename = "https://mercure.rocks/")]
     namespaced: Option<Legacy>,
+    pgsse: Option<Grant>,
 }
 
 #[derive(Deserialize)]
@@ -66,7 +70,12 @@ pub fn is_access_token(typ: Option<&str>) -> bool {
 impl Claims {
     /// The rights the claims grant. `typ` and `has_exp` are the token's, which protocol 1.0 requires;
     /// `legacy` allows a 0.x `mercure` claim.
-    pub fn rights(self, typ: Option<&str>, has_exp: bool, legacy: bool) -> Result<Rights, ClaimsError> {
+    pub fn rights(mut self, typ: Option<&str>, has_exp: bool, legacy: bool) -> Result<Rights, ClaimsError> {
+        let grant = self.pgsse.take();
+        self.mercure_rights(typ, has_exp, legacy).map(|rights| Rights { grant, ..rights })
+    }
+
+    fn mercure_rights(self, typ: Option<&str>, has_exp: bool, legacy: bool) -> Result<Rights, ClaimsError> {
         if let Some(details) = self.authorization_details {
             if !is_access_token(typ) {
                 return Err(ClaimsError::Typ);
@@ -139,7 +148,7 @@ fn legacy_rights(claim: Legacy) -> Result<Rights, ClaimsError> {
         return Err(ClaimsError::TooMany);
     }
     let selectors = |list: Vec<String>| list.iter().map(|s| Selector::template(s)).collect::<Result<Vec<_>, _>>();
-    Ok(Rights { publish: selectors(claim.publish)?, subscribe: selectors(claim.subscribe)? })
+    Ok(Rights { publish: selectors(claim.publish)?, subscribe: selectors(claim.subscribe)?, grant: None })
 }
 
 #[cfg(test)]

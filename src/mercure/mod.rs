@@ -6,6 +6,7 @@ mod error;
 mod request;
 mod stream;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::stream::{Sent, SseBody};
 use crate::auth::jwt::{bearer_header, cookie};
-use crate::auth::{Auth, Jwt};
+use crate::auth::{Access, Auth, Grant, Jwt};
 use crate::fanout::hub::Hub;
 use crate::fanout::update::hub_id;
+use crate::fanout::update::Interest;
+use crate::filter::Filter;
 use crate::pg::store::{NewUpdate, Store};
 pub use claims::Rights;
 pub use error::MercureError;
@@ -146,6 +149,20 @@ impl Mercure {
         Ok(update.id.unwrap_or_else(|| hub_id(id)))
     }
 
+    /// The row filters of pgsse's own grant for each table channel with a topic, as a native stream of
+    /// the channel would apply them.
+    async fn grant_filters(&self, grant: Grant) -> Result<HashMap<String, Option<Arc<Filter>>>, MercureError> {
+        let access = Access::Granted { grant, expires: None, subject: None };
+        let mut filters = HashMap::new();
+        for (channel, topic) in self.store.update_channels().await? {
+            if topic.is_some() {
+                let filter = access.filter_for(&channel, None)?;
+                filters.insert(channel, filter);
+            }
+        }
+        Ok(filters)
+    }
+
     /// Opens a subscription: anonymous callers only where `--mercure-anonymous` allows. Returns the body
     /// and, where the request named a last event id, where the stream starts (the response's
     /// `Mercure-Last-Event-ID`).
@@ -158,11 +175,15 @@ impl Mercure {
         if caller.is_none() && !self.args.mercure_anonymous {
             return Err(MercureError::Missing(COOKIE));
         }
-        let (grants, expires) = match caller {
-            Some(caller) => (caller.rights.subscribe, caller.expires),
-            None => (Vec::new(), None),
+        let (rights, expires) = match caller {
+            Some(caller) => (caller.rights, caller.expires),
+            None => (Rights::default(), None),
         };
-        let interest = Arc::new(crate::fanout::update::Interest { selectors: request.selectors, grants });
+        let filters = match rights.grant {
+            Some(grant) => Some(self.grant_filters(grant).await?),
+            None => None,
+        };
+        let interest = Arc::new(Interest { selectors: request.selectors, grants: rights.subscribe, filters });
         let last = header_id.or(request.last_event_id);
         stream::open(self, interest, last, expires).await
     }

@@ -1,8 +1,9 @@
-//! Test support, by concern: databases (`db`, and `legacy` with production's roles), gateways (`gateway`),
+//! Test support, by concern: a real browser (`browser`), databases (`db`, and `legacy` with production's roles), gateways (`gateway`),
 //! an HTTP client (`http`), SSE clients (`sse`), waiting on conditions (`wait`), certificates (`tls`), and
 //! a fault-injecting TCP proxy (`proxy`), and failing shadows of built-in functions (`shadows`).
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod db;
 pub mod gateway;
 pub mod http;
@@ -13,6 +14,7 @@ pub mod sse;
 pub mod tls;
 pub mod wait;
 
+pub use browser::{artifact_dir, Browser};
 pub use db::*;
 pub use gateway::*;
 pub use http::{call, get, Response};

@@ -1,0 +1,159 @@
+//! `mercure`: the Mercure hub under load. 1,000 anonymous subscribers over 100 topics (`match=`, ten per
+//! topic), 1,000 updates/s published by HTTP over 8 keep-alive connections. Reports deliveries, latency
+//! from the POST to the subscriber, and the gateway's CPU, to set beside the native fan-out's.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use super::{mb, Bench, Clients, Percentiles, Report};
+use crate::gateway::Gateway;
+
+const CLIENTS: usize = 1000;
+const TOPICS: usize = 100;
+const RATE: f64 = 1000.0;
+const PUBLISHERS: usize = 8;
+const PHASE: Duration = Duration::from_secs(10);
+const SECRET: &str = "a bench secret that is long enough, really";
+
+fn topic(k: usize) -> String {
+    format!("https://bench.example/topics/{k}")
+}
+
+fn token() -> String {
+    let header = jsonwebtoken::Header { typ: Some("at+jwt".into()), ..Default::default() };
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let detail = serde_json::json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["publish"],
+                                    "topics": [{"match": "*"}]});
+    let claims = serde_json::json!({"exp": exp, "authorization_details": [detail]});
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+impl Bench {
+    pub(super) async fn mercure(&self) -> Report {
+        let flags = ["--auth", "jwt", "--jwt-secret", SECRET, "--mercure", "--mercure-anonymous"];
+        let gw = Gateway::start(&self.gateway, &self.url, &flags);
+        let t0 = Instant::now();
+        let path_of = |i: usize, after: Option<i64>| {
+            let query: String =
+                form_urlencoded::Serializer::new(String::new()).append_pair("match", &topic(i % TOPICS)).finish();
+            match after {
+                None => format!("/.well-known/mercure?{query}"),
+                Some(after) => format!("/.well-known/mercure?{query}&last_event_id=%23{after}"),
+            }
+        };
+        let clients = Clients::connect_to(gw.addr, CLIENTS, t0, Arc::new(path_of)).await;
+        let rss_idle = gw.rss_bytes();
+        let cpu0 = gw.cpu_seconds();
+        let started = Instant::now();
+        let (published, failed) = publish_at_rate(gw.addr, &self.payload, t0).await;
+        let wrote_for = started.elapsed();
+        let mut by_topic: Vec<Vec<i64>> = vec![Vec::new(); TOPICS];
+        for (k, id) in &published {
+            by_topic[*k].push(*id);
+        }
+        for ids in &mut by_topic {
+            ids.sort_unstable();
+        }
+        let through: Vec<i64> = (0..CLIENTS).map(|i| by_topic[i % TOPICS].last().copied().unwrap_or(0)).collect();
+        let seen = clients.drain_each(&through).await;
+        let cpu_seconds = gw.cpu_seconds() - cpu0;
+
+        let mut report = Report {
+            scenario: "mercure".into(),
+            clients: CLIENTS,
+            writers: PUBLISHERS,
+            target_rate: Some(RATE),
+            inserts: published.len() as u64,
+            inserts_per_s: published.len() as f64 / wrote_for.as_secs_f64(),
+            gateway_cpu_pct: cpu_seconds / started.elapsed().as_secs_f64() * 100.0,
+            gateway_rss_idle_mb: mb(rss_idle),
+            gateway_rss_peak_mb: mb(gw.rss_bytes()),
+            ..Report::default()
+        };
+        let mut latencies = Vec::new();
+        for (i, s) in seen.into_iter().enumerate() {
+            let expected = &by_topic[i % TOPICS];
+            let (mut last, mut distinct) = (i64::MIN, HashSet::with_capacity(s.ids.len()));
+            for id in &s.ids {
+                if !distinct.insert(*id) {
+                    report.duplicated += 1;
+                } else if *id < last {
+                    report.out_of_order += 1;
+                }
+                last = last.max(*id);
+            }
+            report.lost += expected.iter().filter(|id| !distinct.contains(id)).count() as u64;
+            report.deliveries += s.ids.len() as u64;
+            report.resumed += u64::from(s.resumed);
+            latencies.extend(s.latencies_us);
+        }
+        report.deliveries_per_s = report.deliveries as f64 / wrote_for.as_secs_f64();
+        report.latency_ms = Percentiles::of(latencies);
+        report.note = format!(
+            "{TOPICS} topics, {} subscribers each, published by POST; gateway CPU {:.1} µs per delivery{}",
+            CLIENTS / TOPICS,
+            cpu_seconds * 1e6 / report.deliveries.max(1) as f64,
+            if failed > 0 { format!("; {failed} POSTs failed") } else { String::new() }
+        );
+        report
+    }
+}
+
+/// Publishes updates at [`RATE`] over [`PUBLISHERS`] keep-alive connections for a [`PHASE`], topics in
+/// turn, each stamped with when it was sent; returns each answered update's topic and log id, and how many
+/// were not answered 200.
+async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant) -> (Vec<(usize, i64)>, u64) {
+    let token = Arc::new(format!("Bearer {}", token()));
+    let started = tokio::time::Instant::now();
+    let period = Duration::from_secs_f64(PUBLISHERS as f64 / RATE);
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (pad, token) = (pad.to_string(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            let mut tick = tokio::time::interval_at(started + period * p as u32 / PUBLISHERS as u32, period);
+            let (mut published, mut failed, mut n) = (Vec::new(), 0u64, p);
+            while started.elapsed() < PHASE {
+                tick.tick().await;
+                let k = n % TOPICS;
+                n += PUBLISHERS;
+                let data = format!("{{\"sent\": {}, \"pad\": \"{pad}\"}}", t0.elapsed().as_micros());
+                let form = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("topic", &topic(k))
+                    .append_pair("data", &data)
+                    .finish();
+                let req = hyper::Request::post(format!("http://{addr}/.well-known/mercure"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("authorization", token.as_str())
+                    .body(Full::new(Bytes::from(form)))
+                    .unwrap();
+                let id =
+                    match sender.send_request(req).await {
+                        Ok(resp) if resp.status() == 200 => resp.into_body().collect().await.ok().and_then(|b| {
+                            std::str::from_utf8(&b.to_bytes()).ok()?.strip_prefix('#')?.parse::<i64>().ok()
+                        }),
+                        _ => None,
+                    };
+                match id {
+                    Some(id) => published.push((k, id)),
+                    None => failed += 1,
+                }
+            }
+            (published, failed)
+        }));
+    }
+    let (mut all, mut failed) = (Vec::new(), 0);
+    for task in tasks {
+        let (published, lost) = task.await.unwrap();
+        all.extend(published);
+        failed += lost;
+    }
+    (all, failed)
+}
