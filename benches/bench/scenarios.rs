@@ -136,7 +136,7 @@ impl Bench {
             reports.extend(self.post().await);
         }
         if wanted("mercure") {
-            reports.push(self.mercure().await);
+            reports.extend(self.mercure().await);
         }
         if wanted("slow") {
             let load = Load { clients: 100, rate: Some(500.0), writers: 2, duration: secs(5), stalled: 0 };

@@ -1,6 +1,7 @@
 //! `mercure`: the Mercure hub under load. 1,000 anonymous subscribers over 100 topics (`match=`, ten per
-//! topic), 1,000 updates/s published by HTTP over 8 keep-alive connections. Reports deliveries, latency
-//! from the POST to the subscriber, and the gateway's CPU, to set beside the native fan-out's.
+//! topic), 1,000 updates/s published by HTTP over 8 keep-alive connections; then the same shape natively
+//! (100 channels, ten streams each, `POST /{channel}`), both under `--auth jwt`. Reports deliveries,
+//! latency from the POST to the subscriber, and the gateway's CPU per delivery, side by side.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,33 +25,55 @@ fn topic(k: usize) -> String {
     format!("https://bench.example/topics/{k}")
 }
 
-fn token() -> String {
-    let header = jsonwebtoken::Header { typ: Some("at+jwt".into()), ..Default::default() };
+/// A Mercure publisher's token, or a native one (`pgsse` grant) that may read and write everything.
+fn token(native: bool) -> String {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
-    let detail = serde_json::json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["publish"],
-                                    "topics": [{"match": "*"}]});
-    let claims = serde_json::json!({"exp": exp, "authorization_details": [detail]});
+    let (header, claims) = if native {
+        (
+            jsonwebtoken::Header::default(),
+            serde_json::json!({"exp": exp, "pgsse": {"subscribe": ["*"], "publish": ["*"]}}),
+        )
+    } else {
+        let detail = serde_json::json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["publish"],
+                                        "topics": [{"match": "*"}]});
+        let header = jsonwebtoken::Header { typ: Some("at+jwt".into()), ..Default::default() };
+        (header, serde_json::json!({"exp": exp, "authorization_details": [detail]}))
+    };
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
 impl Bench {
-    pub(super) async fn mercure(&self) -> Report {
+    pub(super) async fn mercure(&self) -> Vec<Report> {
+        for k in 0..TOPICS {
+            self.db.execute("SELECT pgsse.create_channel($1)", &[&format!("t{k}")]).await.expect("a channel");
+        }
+        vec![self.mercure_phase(false).await, self.mercure_phase(true).await]
+    }
+
+    async fn mercure_phase(&self, native: bool) -> Report {
         let flags = ["--auth", "jwt", "--jwt-secret", SECRET, "--mercure", "--mercure-anonymous"];
         let gw = Gateway::start(&self.gateway, &self.url, &flags);
         let t0 = Instant::now();
-        let path_of = |i: usize, after: Option<i64>| {
-            let query: String =
-                form_urlencoded::Serializer::new(String::new()).append_pair("match", &topic(i % TOPICS)).finish();
-            match after {
-                None => format!("/.well-known/mercure?{query}"),
-                Some(after) => format!("/.well-known/mercure?{query}&last_event_id=%23{after}"),
+        let reader = token(true);
+        let path_of = move |i: usize, after: Option<i64>| {
+            let after = match after {
+                None => String::new(),
+                Some(after) if native => format!("&last_event_id={after}"),
+                Some(after) => format!("&last_event_id=%23{after}"),
+            };
+            if native {
+                format!("/t{}/events?access_token={reader}{after}", i % TOPICS)
+            } else {
+                let query: String =
+                    form_urlencoded::Serializer::new(String::new()).append_pair("match", &topic(i % TOPICS)).finish();
+                format!("/.well-known/mercure?{query}{after}")
             }
         };
         let clients = Clients::connect_to(gw.addr, CLIENTS, t0, Arc::new(path_of)).await;
         let rss_idle = gw.rss_bytes();
         let cpu0 = gw.cpu_seconds();
         let started = Instant::now();
-        let (published, failed) = publish_at_rate(gw.addr, &self.payload, t0).await;
+        let (published, failed) = publish_at_rate(gw.addr, &self.payload, t0, native).await;
         let wrote_for = started.elapsed();
         let mut by_topic: Vec<Vec<i64>> = vec![Vec::new(); TOPICS];
         for (k, id) in &published {
@@ -64,7 +87,7 @@ impl Bench {
         let cpu_seconds = gw.cpu_seconds() - cpu0;
 
         let mut report = Report {
-            scenario: "mercure".into(),
+            scenario: if native { "mercure: native" } else { "mercure" }.into(),
             clients: CLIENTS,
             writers: PUBLISHERS,
             target_rate: Some(RATE),
@@ -95,7 +118,8 @@ impl Bench {
         report.deliveries_per_s = report.deliveries as f64 / wrote_for.as_secs_f64();
         report.latency_ms = Percentiles::of(latencies);
         report.note = format!(
-            "{TOPICS} topics, {} subscribers each, published by POST; gateway CPU {:.1} µs per delivery{}",
+            "{TOPICS} {}, {} subscribers each, published by POST; gateway CPU {:.1} µs per delivery{}",
+            if native { "channels" } else { "topics" },
             CLIENTS / TOPICS,
             cpu_seconds * 1e6 / report.deliveries.max(1) as f64,
             if failed > 0 { format!("; {failed} POSTs failed") } else { String::new() }
@@ -104,11 +128,11 @@ impl Bench {
     }
 }
 
-/// Publishes updates at [`RATE`] over [`PUBLISHERS`] keep-alive connections for a [`PHASE`], topics in
-/// turn, each stamped with when it was sent; returns each answered update's topic and log id, and how many
-/// were not answered 200.
-async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant) -> (Vec<(usize, i64)>, u64) {
-    let token = Arc::new(format!("Bearer {}", token()));
+/// Publishes updates at [`RATE`] over [`PUBLISHERS`] keep-alive connections for a [`PHASE`], topics (or
+/// channels) in turn, each stamped with when it was sent; returns each answered update's topic and log
+/// id, and how many were not answered.
+async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant, native: bool) -> (Vec<(usize, i64)>, u64) {
+    let token = Arc::new(format!("Bearer {}", token(native)));
     let started = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(PUBLISHERS as f64 / RATE);
     let mut tasks = Vec::new();
@@ -125,22 +149,34 @@ async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant) -> 
                 let k = n % TOPICS;
                 n += PUBLISHERS;
                 let data = format!("{{\"sent\": {}, \"pad\": \"{pad}\"}}", t0.elapsed().as_micros());
-                let form = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("topic", &topic(k))
-                    .append_pair("data", &data)
-                    .finish();
-                let req = hyper::Request::post(format!("http://{addr}/.well-known/mercure"))
-                    .header("content-type", "application/x-www-form-urlencoded")
+                let (uri, kind, body) = if native {
+                    (format!("http://{addr}/t{k}"), "application/json", data)
+                } else {
+                    let form = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("topic", &topic(k))
+                        .append_pair("data", &data)
+                        .finish();
+                    (format!("http://{addr}/.well-known/mercure"), "application/x-www-form-urlencoded", form)
+                };
+                let req = hyper::Request::post(uri)
+                    .header("content-type", kind)
                     .header("authorization", token.as_str())
-                    .body(Full::new(Bytes::from(form)))
+                    .body(Full::new(Bytes::from(body)))
                     .unwrap();
-                let id =
-                    match sender.send_request(req).await {
-                        Ok(resp) if resp.status() == 200 => resp.into_body().collect().await.ok().and_then(|b| {
-                            std::str::from_utf8(&b.to_bytes()).ok()?.strip_prefix('#')?.parse::<i64>().ok()
-                        }),
-                        _ => None,
-                    };
+                let (status, body) = match sender.send_request(req).await {
+                    Ok(resp) => {
+                        (resp.status(), resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
+                    }
+                    Err(err) => (hyper::StatusCode::BAD_GATEWAY, Bytes::from(err.to_string())),
+                };
+                let id = if native {
+                    serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["id"].as_i64())
+                } else {
+                    std::str::from_utf8(&body).ok().and_then(|b| b.strip_prefix('#')?.parse::<i64>().ok())
+                };
+                if id.is_none() && failed == 0 {
+                    eprintln!("a publication failed: {status} {}", String::from_utf8_lossy(&body));
+                }
                 match id {
                     Some(id) => published.push((k, id)),
                     None => failed += 1,
