@@ -137,7 +137,8 @@ async fn accept(
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving");
+        let mercure = site.mercure.is_some().then_some("/.well-known/mercure");
+        info!(%addr, version = env!("CARGO_PKG_VERSION"), mercure, "serving");
     }
     let permits = Arc::new(Semaphore::new(site.settings.max_connections));
     tokio::pin!(shutdown);

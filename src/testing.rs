@@ -48,6 +48,17 @@ pub fn private_cluster() -> Cluster {
     cluster
 }
 
+/// A streaming standby of `primary` (a [`private_cluster`]) in a fresh temp dir, with `extra` lines of
+/// configuration (`recovery_min_apply_delay = '200ms'`, say), started; stopped and removed like it.
+pub fn private_standby(primary: &Cluster, extra: &str) -> Cluster {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pgsse-test-{}-{n}-standby", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let standby = primary.standby(&dir, pg_port(), extra).expect("pg_basebackup and start a standby");
+    watchdog(&dir);
+    standby
+}
+
 fn watchdog(dir: &std::path::Path) {
     let script = r#"tail --pid="$1" -f /dev/null 2>/dev/null
 pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)

@@ -208,6 +208,14 @@ async fn refusals_are_those_the_specification_names() {
         assert_eq!(r.status, 400, "{form}: {}", r.body);
         assert!(r.error().contains(why), "{form}: {}", r.body);
     }
+    let r = sub("match=t&access_token=x", reader.clone()).await;
+    assert!(r.error().contains("Authorization: Bearer"), "the hub names where its token goes: {}", r.body);
+    let legacy = signed(Header::default(), json!({"exp": in_an_hour(), "mercure": {"subscribe": ["*"]}}));
+    let r = sub("match=t", Some(bearer(&legacy))).await;
+    assert!(r.error().contains("--mercure-legacy"), "a 0.x token is named as one: {}", r.body);
+    let r = get(gw.addr, "/.well-known/mercure/subscriptions", &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains("not served"), "{}", r.body);
     let r = call(gw.addr, "POST", HUB, &[FORM], Bytes::from("topic=t")).await.unwrap();
     assert_eq!(status(&r), (401, "Bearer".into()));
     let cookie = format!("__Secure-mercure_access_token={}", everything());
@@ -264,7 +272,7 @@ async fn mercure_0x_clients_are_served_with_the_legacy_flag() {
     let strict = gateway(&url, |m| m.mercure_legacy = true).await;
     let r = get(strict.addr, &format!("{HUB}?topic=t"), &[("authorization", &bearer(&legacy))]).await.unwrap();
     assert_eq!(r.status, 401, "a token without exp needs --jwt-exp-optional: {}", r.body);
-    assert!(r.error().contains("exp"), "{}", r.body);
+    assert!(r.error().contains("--jwt-exp-optional"), "{}", r.body);
 }
 
 #[tokio::test]
@@ -324,4 +332,20 @@ async fn a_tables_rows_are_updates_on_its_topic() {
             .take(2)
             .await;
     assert_eq!(resumed, got, "replayed as they were sent live");
+}
+
+#[tokio::test]
+async fn a_subscription_ends_when_its_token_expires() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let gw = gateway(&url, |_| {}).await;
+    let short = {
+        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
+        let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": [{"match": "*"}]});
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 2;
+        signed(header, json!({"exp": exp, "authorization_details": [detail]}))
+    };
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t"), &[("authorization", &bearer(&short))]).await;
+    assert_eq!(publish(gw.addr, &everything(), "topic=t&data=x&private=on").await.status, 200);
+    assert_eq!(s.expect().await.data, "x");
+    assert!(s.next().await.is_none(), "the hub ended the stream at exp");
 }

@@ -171,6 +171,11 @@ async fn the_access_log_has_a_line_per_request_and_per_ended_stream() {
     );
     assert_eq!((fields["request_id"].as_str(), fields["client"].as_str()), (Some("req-1"), Some("127.0.0.1")));
     assert!(fields["bytes"].as_u64().unwrap() > 10 && fields["duration_ms"].as_f64().is_some(), "{line}");
+    let refused = fields["refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("unknown channel \"nope\""),
+        "a refusal's words, for clients that hide the body: {line}"
+    );
 
     let mut stream = SseStream::ok(addr, "/messages/events?access_token=s3cret&body=neq.x", &[]).await;
     app.batch_execute("INSERT INTO messages (body) VALUES ('a'), ('b')").await.unwrap();
@@ -183,5 +188,6 @@ async fn the_access_log_has_a_line_per_request_and_per_ended_stream() {
         (Some(200), Some(true), Some(2))
     );
     assert!(fields["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(fields.get("refused").is_none(), "only refusals say why: {fields}");
     child.start_kill().unwrap();
 }

@@ -98,6 +98,45 @@ impl Cluster {
         self.run("pg_ctl", &["stop", "-w", "-D", &dir, "-m", mode]).map(drop)
     }
 
+    /// A streaming standby of this (running) cluster in `data_dir` on `port`: a base backup with its
+    /// recovery settings (`pg_basebackup -R`) and `extra` lines of configuration, started.
+    pub fn standby(&self, data_dir: impl Into<PathBuf>, port: u16, extra: &str) -> Result<Cluster, ClusterError> {
+        let standby = Cluster { data_dir: std::path::absolute(data_dir.into())?, port, ..self.clone_settings() };
+        std::fs::create_dir_all(&standby.data_dir)?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&standby.data_dir, Some(uid), Some(gid))?;
+        }
+        let dir = standby.data_dir.to_string_lossy().into_owned();
+        let from = self.port.to_string();
+        self.run(
+            "pg_basebackup",
+            &["-D", &dir, "-h", "127.0.0.1", "-p", &from, "-U", "postgres", "-R", "-X", "stream"],
+        )?;
+        let conf = format!("\n# pgsse standby\nport = {port}\nunix_socket_directories = '{dir}'\n{extra}\n");
+        let conf_path = standby.data_dir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path)?;
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing)?;
+        standby.start()?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary of its own (a new timeline).
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["promote", "-w", "-D", &dir]).map(drop)
+    }
+
+    fn clone_settings(&self) -> Cluster {
+        Cluster {
+            data_dir: self.data_dir.clone(),
+            port: self.port,
+            bin: self.bin.clone(),
+            run_as: self.run_as,
+            env: self.env.clone(),
+        }
+    }
+
     fn command(&self, program: &str, args: &[&str]) -> Command {
         let exe = self.bin.join(program);
         let mut cmd = match self.run_as {

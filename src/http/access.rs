@@ -36,7 +36,13 @@ pub struct Entry {
     stream: bool,
     bytes: u64,
     events: u64,
+    /// What a refused request was told: the operator sees it even when the client hides the body.
+    refused: Option<String>,
 }
+
+/// What a refusal told its client, carried on the response for the access log.
+#[derive(Clone)]
+pub struct Refused(pub String);
 
 impl Entry {
     pub fn begin<B>(req: &Request<B>, client: IpAddr) -> Box<Self> {
@@ -58,6 +64,7 @@ impl Entry {
             stream: false,
             bytes: 0,
             events: 0,
+            refused: None,
         })
     }
 
@@ -65,6 +72,7 @@ impl Entry {
     fn respond<B>(&mut self, response: &mut Response<B>, stream: bool) {
         self.status = response.status().as_u16();
         self.stream = stream;
+        self.refused = response.extensions_mut().remove::<Refused>().map(|r| r.0);
         if let Ok(value) = HeaderValue::from_str(&self.request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -93,6 +101,7 @@ impl Drop for Entry {
             stream = self.stream,
             client = %self.client,
             request_id = %self.request_id,
+            refused = self.refused.as_deref(),
             "request"
         );
     }

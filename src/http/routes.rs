@@ -103,7 +103,9 @@ impl ApiError {
         if refusal == Refusal::Unavailable {
             tracing::warn!(cause = %self, "request failed");
         }
-        let mut resp = json_response(refusal.status(), &json!({ "error": self.told() }));
+        let told = self.told();
+        let mut resp = json_response(refusal.status(), &json!({ "error": told }));
+        resp.extensions_mut().insert(super::access::Refused(told));
         match refusal {
             Refusal::Unauthenticated => {
                 resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -168,6 +170,9 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             Some(mercure) => super::mercure::handle(site, mercure, peer, req).await,
             None => Err(ApiError::NotFound("/.well-known/mercure: start the gateway with --mercure".into())),
         },
+        [".well-known", "mercure", ..] => Err(ApiError::NotFound(
+            "the Mercure subscriptions API is not served (docs/mercure.md, Not (yet) served)".into(),
+        )),
         ["healthz"] => {
             only_get(&req, "GET")?;
             Ok(site.health.health().await)

@@ -47,6 +47,8 @@ pub enum ClaimsError {
          --mercure-legacy, a mercure claim)"
     )]
     None,
+    #[error("this is a Mercure 0.x token (a mercure claim): start the gateway with --mercure-legacy to accept it")]
+    Legacy,
     #[error("a Mercure token (authorization_details) must have typ at+jwt in its header")]
     Typ,
     #[error("a Mercure token (authorization_details) must have an exp claim")]
@@ -87,7 +89,8 @@ impl Claims {
         }
         match self.namespaced.or(self.mercure) {
             Some(claim) if legacy => legacy_rights(claim),
-            _ => Err(ClaimsError::None),
+            Some(_) => Err(ClaimsError::Legacy),
+            None => Err(ClaimsError::None),
         }
     }
 }
@@ -201,7 +204,7 @@ mod tests {
     #[test]
     fn reads_the_legacy_claim_only_when_allowed() {
         let legacy = || claims(json!({"mercure": {"publish": ["*"], "subscribe": ["https://a/{id}"]}}));
-        assert_eq!(legacy().rights(None, false, false).unwrap_err(), ClaimsError::None);
+        assert_eq!(legacy().rights(None, false, false).unwrap_err(), ClaimsError::Legacy);
         let rights = legacy().rights(None, false, true).unwrap();
         assert!(rights.publish[0].matches("x") && rights.subscribe[0].matches("https://a/1"));
         assert_eq!(claims(json!({"pgsse": {}})).rights(None, true, true).unwrap_err(), ClaimsError::None);

@@ -13,7 +13,10 @@ use crate::refusal::{Refusal, Refuse};
 pub enum MercureError {
     #[error("authentication required: send a Mercure token as Authorization: Bearer or the {0} cookie")]
     Missing(&'static str),
-    #[error("publishing takes a token in Authorization: Bearer (never a cookie, which any site's form could send)")]
+    #[error(
+        "publishing needs a token in Authorization: Bearer (a cookie is never taken for publishing: any site's form \
+         could make a browser send it)"
+    )]
     PublishToken,
     #[error("the Authorization header must be one `Bearer <token>`")]
     Presentation,

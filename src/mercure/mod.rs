@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::stream::{Sent, SseBody};
 use crate::auth::jwt::{bearer_header, cookie};
-use crate::auth::{Access, Auth, Grant, Jwt};
+use crate::auth::{Access, Auth, AuthError, Grant, Jwt};
 use crate::fanout::hub::Hub;
 use crate::fanout::update::hub_id;
 use crate::fanout::update::Interest;
@@ -24,6 +24,9 @@ use crate::pg::store::{NewUpdate, Store};
 pub use claims::Rights;
 pub use error::MercureError;
 pub use request::{Publish, Subscribe};
+
+/// How [`Jwt::verify`] says a token has no `exp`.
+const NO_EXP: &str = "it has no exp claim";
 
 /// The cookie a 1.0 subscriber's token comes in, and the one 0.x clients use.
 pub const COOKIE: &str = "__Secure-mercure_access_token";
@@ -122,7 +125,13 @@ impl Mercure {
                 .or_else(|| cookie(headers, LEGACY_COOKIE).filter(|_| legacy)),
         };
         let Some(token) = token else { return Ok(None) };
-        let verified = self.jwt()?.verify::<claims::Claims>(token, legacy && self.args.jwt_exp_optional)?;
+        let exp_optional = legacy && self.args.jwt_exp_optional;
+        let verified = self.jwt()?.verify::<claims::Claims>(token, exp_optional).map_err(|err| match err {
+            AuthError::Invalid(why) if legacy && !exp_optional && why == NO_EXP => {
+                AuthError::Invalid(format!("{why} (a 0.x token without one is accepted only with --jwt-exp-optional)"))
+            }
+            err => err,
+        })?;
         let rights = verified.claims.rights(verified.typ.as_deref(), verified.expires.is_some(), legacy)?;
         Ok(Some(Caller { rights, expires: verified.expires }))
     }

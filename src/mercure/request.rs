@@ -55,6 +55,13 @@ impl Subscribe {
                     out.last_event_id.get_or_insert(value.to_string());
                     None
                 }
+                "access_token" => {
+                    return bad(
+                        "access_token= is not read by the Mercure hub: send the token as Authorization: Bearer or \
+                         the __Secure-mercure_access_token cookie"
+                            .into(),
+                    )
+                }
                 "authorization" if legacy_allowed => {
                     out.legacy = true;
                     out.token = Some(value.to_string());
@@ -62,7 +69,7 @@ impl Subscribe {
                 }
                 other if other.to_ascii_lowercase().starts_with("match") => {
                     return bad(format!(
-                        "unknown parameter {:?}: the selectors are match= and match_urlpattern=",
+                        "unknown parameter {:?}: the selectors are match= (or match_exact=) and match_urlpattern=",
                         crate::parse::clip(other)
                     ))
                 }
