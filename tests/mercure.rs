@@ -311,7 +311,7 @@ async fn a_tables_rows_are_updates_on_its_topic() {
     let filtered = {
         let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
         let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": [{"match": "*"}]});
-        let grant = json!({"subscribe": ["orders"], "filter": {"orders": "customer=eq.bob"}});
+        let grant = json!({"subscribe": ["orders", "news"], "filter": {"orders": "customer=eq.bob"}});
         signed(header, json!({"exp": in_an_hour(), "authorization_details": [detail], "pgsse": grant}))
     };
     let mut bobs = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &bearer(&filtered))]).await;
@@ -348,4 +348,92 @@ async fn a_subscription_ends_when_its_token_expires() {
     assert_eq!(publish(gw.addr, &everything(), "topic=t&data=x&private=on").await.status, 200);
     assert_eq!(s.expect().await.data, "x");
     assert!(s.next().await.is_none(), "the hub ended the stream at exp");
+}
+
+/// A row that moves into a subscriber's view (its topic or its grant's filter) arrives as an insert, and
+/// one that leaves as a delete of the row as it was, as on a native filtered stream; no old row reaches a
+/// subscriber that may not see it.
+#[tokio::test]
+async fn a_row_that_moves_arrives_as_an_insert_and_leaves_as_a_delete() {
+    let db = TestDb::new().await;
+    db.admin
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, secret text);
+             GRANT INSERT, UPDATE, SELECT ON orders TO pgsse_test_writer;
+             SELECT pgsse.publish_table('orders', operations => ARRAY['insert', 'update', 'delete'], old_values => true,
+                                        exclude_columns => ARRAY['secret'],
+                                        mercure_topic => 'https://shop.example/customers/{customer}/orders/{id}');
+             CREATE TABLE news (id serial PRIMARY KEY, title text);
+             GRANT INSERT ON news TO pgsse_test_writer; GRANT USAGE ON SEQUENCE news_id_seq TO pgsse_test_writer;
+             SELECT pgsse.publish_table('news', mercure_topic => 'https://shop.example/news/{id}');",
+        )
+        .await
+        .unwrap();
+    let gw = gateway(&db.url, |_| {}).await;
+    let subscriber = |topics: Value, grant: Option<Value>| {
+        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
+        let detail =
+            json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": topics});
+        let mut claims = json!({"exp": in_an_hour(), "authorization_details": [detail]});
+        if let Some(grant) = grant {
+            claims["pgsse"] = grant;
+        }
+        bearer(&signed(header, claims))
+    };
+    let all = "match_urlpattern=https%3A%2F%2Fshop.example%2F*";
+    let by_topic =
+        subscriber(json!([{"match": "https://shop.example/customers/bob/orders/*", "match_type": "urlpattern"}]), None);
+    let by_filter = subscriber(
+        json!([{"match": "*"}]),
+        Some(json!({"subscribe": ["orders"], "filter": {"orders": "customer=eq.bob"}})),
+    );
+    let mut topic_stream = SseStream::ok(gw.addr, &format!("{HUB}?{all}"), &[("authorization", &by_topic)]).await;
+    let mut filter_stream = SseStream::ok(gw.addr, &format!("{HUB}?{all}"), &[("authorization", &by_filter)]).await;
+
+    for sql in [
+        "INSERT INTO orders VALUES (1, 'ann', 's')",
+        "UPDATE orders SET customer = 'bob' WHERE id = 1",
+        "UPDATE orders SET customer = 'carl' WHERE id = 1",
+        "INSERT INTO news (title) VALUES ('end')",
+    ] {
+        db.app.batch_execute(sql).await.unwrap();
+    }
+    let came = (String::from("insert"), json!({"id": 1, "customer": "bob"}));
+    let left = (String::from("delete"), json!({"id": 1, "customer": "bob"}));
+    let shown =
+        |events: Vec<common::Event>| events.into_iter().map(|e| (e.event.clone(), e.json())).collect::<Vec<_>>();
+    assert_eq!(shown(topic_stream.take(2).await), [came.clone(), left.clone()], "by its topic's grant");
+    assert_eq!(shown(filter_stream.take(2).await), [came, left], "by pgsse's grant filter");
+
+    // The pgsse grant's own channels hold: news is not in it, so none of its rows pass.
+    let resumed =
+        SseStream::ok(gw.addr, &format!("{HUB}?{all}&last_event_id=earliest"), &[("authorization", &by_filter)])
+            .await
+            .take(2)
+            .await;
+    assert!(resumed.iter().all(|e| e.json()["customer"] == "bob"), "replayed as sent live: {resumed:?}");
+    // A grant filter no row can match (an unpublished column) is refused, as on a native stream.
+    let blind = subscriber(
+        json!([{"match": "*"}]),
+        Some(json!({"subscribe": ["orders"], "filter": {"orders": "secret=is.null"}})),
+    );
+    let r = get(gw.addr, &format!("{HUB}?{all}"), &[("authorization", &blind)]).await.unwrap();
+    assert!(r.status >= 400 && r.error().contains("the grant must change"), "{} {}", r.status, r.body);
+}
+
+#[tokio::test]
+async fn a_subscription_cannot_make_the_gateway_compile_much() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let gw = gateway(&url, |m| m.mercure_anonymous = true).await;
+    let started = std::time::Instant::now();
+    let costly = "match_urlpattern=https://x/:a(%5Cw%7B100%7D)".to_string();
+    let many = vec![costly.as_str(); 100].join("&");
+    let r = get(gw.addr, &format!("{HUB}?{many}"), &[]).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = get(gw.addr, &format!("{HUB}?{costly}"), &[]).await.unwrap();
+    assert!(r.status == 400 && r.error().contains("URL pattern"), "{}", r.body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "refused without compiling megabytes");
+    let seventeen = vec!["match_urlpattern=https%3A%2F%2Fx%2F%3Aa"; 17].join("&");
+    let r = get(gw.addr, &format!("{HUB}?{seventeen}"), &[]).await.unwrap();
+    assert!(r.status == 400 && r.error().contains("at most 16"), "{}", r.body);
 }

@@ -93,7 +93,7 @@ impl App {
         );
         let mercure = config.mercure.mercure.then(|| {
             let streams = (config.streams.retry, config.streams.heartbeat);
-            let parts = (store.clone(), hub.clone(), config.auth.clone());
+            let parts = (store.clone(), published.clone(), hub.clone(), config.auth.clone());
             Mercure::new(parts, config.mercure.clone(), streams, events.sent_counter(), shutdown.clone())
         });
         tasks.spawn(listener.run(shutdown.clone()));

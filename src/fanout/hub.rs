@@ -312,10 +312,7 @@ fn deliver_updates(inner: &mut Inner, events: &[Event], cut_slow: &AtomicU64) ->
     let mut woken = 0;
     let mut cut = Vec::new();
     for (id, (queue, interest)) in &inner.updates {
-        let wanted = events.iter().filter_map(|e| {
-            let update = e.update.as_deref()?;
-            interest.wants(update).then_some(&update.frame)
-        });
+        let wanted = events.iter().filter_map(|e| interest.choose(e.update.as_deref()?));
         match queue.push_all(wanted) {
             Ok(woke) => woken += u64::from(woke),
             Err(PushError::Full) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::fanout::moves::UpdateRows;
 use crate::fanout::queue::Frame;
 use crate::filter::Filter;
 use crate::sse;
@@ -37,6 +38,16 @@ pub struct Update {
     pub row: Option<Box<(String, String)>>,
     /// The update as its subscribers get it, whatever their selectors; its id is the log's.
     pub frame: Frame,
+    /// For an update of a table's row: the row as it was, and what a subscriber gets that sees it only
+    /// as it was (a delete) or only as it is (an insert).
+    pub moved: Option<Box<Moved>>,
+}
+
+pub struct Moved {
+    pub topics: Vec<String>,
+    pub old: String,
+    pub insert: Frame,
+    pub delete: Frame,
 }
 
 /// An update published to the hub, as `pgsse.mercure_publish` stored it in the log.
@@ -72,65 +83,112 @@ pub enum UpdateError {
 
 impl Update {
     /// Event `id` of the log as an update: one the hub published (`payload` as stored), or a row event of
-    /// a table whose channel has a topic (`row` the row's JSON, which the topic's variables name).
+    /// a table whose channel has a topic (`payload` the row's JSON, which the topic's variables name;
+    /// `moved` an update's old row, and its new one where the payload nests both).
     pub fn from_log(
         id: i64,
         channel: &str,
         event: &str,
         payload: &str,
-        row: Option<&str>,
+        moved: Option<&UpdateRows>,
         table: Option<&TableTopic>,
     ) -> Result<Option<Self>, UpdateError> {
         if channel == CHANNEL {
             let p: Published = serde_json::from_str(payload).map_err(|e| UpdateError::Malformed(e.to_string()))?;
             let shown = p.id.unwrap_or_else(|| hub_id(id));
             let bytes = sse::encode_update(&shown, p.kind.as_deref(), p.retry, &p.data)?;
-            return Ok(Some(Self { topics: p.topics, private: p.private, row: None, frame: Frame { id, bytes } }));
+            let frame = Frame { id, bytes };
+            return Ok(Some(Self { topics: p.topics, private: p.private, row: None, frame, moved: None }));
         }
         let Some(table) = table else { return Ok(None) };
-        let values: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(row.unwrap_or(payload)).map_err(|e| UpdateError::Malformed(e.to_string()))?;
-        // A writer chooses the values: `.` and `..` would move the topic elsewhere once read as a URL.
-        let dots = std::cell::Cell::new(false);
-        let value = |name: &str| match values.get(name)? {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) => {
-                dots.set(dots.get() || s == "." || s == "..");
-                Some(s.clone())
-            }
-            other => Some(other.to_string()),
+        let new = moved.and_then(|m| m.new.as_deref()).unwrap_or(payload);
+        let topic = row_topic(&table.template, new)?;
+        let frame = Frame { id, bytes: sse::encode_update(&hub_id(id), Some(event), None, payload)? };
+        let moved = match moved {
+            None => None,
+            Some(rows) => Some(Box::new(Moved {
+                topics: vec![row_topic(&table.template, &rows.old)?],
+                old: rows.old.clone(),
+                insert: Frame { id, bytes: sse::encode_update(&hub_id(id), Some(&rows.insert_event), None, new)? },
+                delete: Frame {
+                    id,
+                    bytes: sse::encode_update(&hub_id(id), Some(&rows.delete_event), None, &rows.old)?,
+                },
+            })),
         };
-        let topic = crate::topic::expand(&table.template, value)?;
-        if dots.get() {
-            return Err(UpdateError::Malformed("a value its topic names is . or ..".into()));
-        }
-        if topic.len() > crate::topic::MAX_LEN {
-            return Err(UpdateError::Malformed(format!("its topic is longer than {} bytes", crate::topic::MAX_LEN)));
-        }
-        let bytes = sse::encode_update(&hub_id(id), Some(event), None, payload)?;
-        let row = Some(Box::new((channel.to_string(), row.unwrap_or(payload).to_string())));
-        Ok(Some(Self { topics: vec![topic], private: !table.public, row, frame: Frame { id, bytes } }))
+        let row = Some(Box::new((channel.to_string(), new.to_string())));
+        Ok(Some(Self { topics: vec![topic], private: !table.public, row, frame, moved }))
     }
+}
+
+impl Update {
+    /// An update known only by where it goes (a resume's candidate): enough for [`Interest::wants`].
+    pub fn routed(id: i64, topics: Vec<String>, private: bool) -> Self {
+        Self { topics, private, row: None, frame: Frame { id, bytes: Default::default() }, moved: None }
+    }
+}
+
+/// The topic `template` names for `row` (a row's JSON object).
+fn row_topic(template: &str, row: &str) -> Result<String, UpdateError> {
+    let values: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(row).map_err(|e| UpdateError::Malformed(e.to_string()))?;
+    // A writer chooses the values: `.` and `..` would move the topic elsewhere once read as a URL.
+    let dots = std::cell::Cell::new(false);
+    let value = |name: &str| match values.get(name)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => {
+            dots.set(dots.get() || s == "." || s == "..");
+            Some(s.clone())
+        }
+        other => Some(other.to_string()),
+    };
+    let topic = crate::topic::expand(template, value)?;
+    if dots.get() {
+        return Err(UpdateError::Malformed("a value its topic names is . or ..".into()));
+    }
+    if topic.len() > crate::topic::MAX_LEN {
+        return Err(UpdateError::Malformed(format!("its topic is longer than {} bytes", crate::topic::MAX_LEN)));
+    }
+    Ok(topic)
 }
 
 /// What one Mercure subscriber gets: updates with a topic its selectors match, and of the private ones
 /// only those with a topic its token grants; and of a table's rows, where its token also carries pgsse's
-/// own grant, only rows its filter for that channel matches.
+/// own grant, only rows its filter for that channel matches. An update of a row is judged as it was and
+/// as it is, as a native filtered stream judges it: a row that came into view arrives as an insert, one
+/// that left it as a delete of the row as it was.
 pub struct Interest {
     pub selectors: Vec<Selector>,
     pub grants: Vec<Selector>,
     /// Each table channel's filter (`None`: unfiltered), where the token carries a pgsse grant; a
-    /// channel missing here (published after the stream began) gets no row through, rather than all.
+    /// channel missing here (outside the grant, or published after the stream began) gets no row.
     pub filters: Option<HashMap<String, Option<Arc<Filter>>>>,
 }
 
 impl Interest {
+    /// The frame of `update` this subscriber gets, if any.
+    pub fn choose<'a>(&self, update: &'a Update) -> Option<&'a Frame> {
+        let channel = update.row.as_deref().map(|(channel, _)| channel.as_str());
+        let new =
+            self.sees(&update.topics, update.private, channel, update.row.as_deref().map(|(_, row)| row.as_str()));
+        let Some(moved) = &update.moved else { return new.then_some(&update.frame) };
+        match (self.sees(&moved.topics, update.private, channel, Some(&moved.old)), new) {
+            (true, true) => Some(&update.frame),
+            (false, true) => Some(&moved.insert),
+            (true, false) => Some(&moved.delete),
+            (false, false) => None,
+        }
+    }
+
     pub fn wants(&self, update: &Update) -> bool {
-        let selected = Selector::any(&self.selectors, &update.topics)
-            && (!update.private || Selector::any(&self.grants, &update.topics));
-        match (&self.filters, &update.row) {
-            (Some(filters), Some(row)) if selected => match filters.get(&row.0) {
-                Some(Some(filter)) => filter.matches_text(row.1.as_bytes()),
+        self.choose(update).is_some()
+    }
+
+    fn sees(&self, topics: &[String], private: bool, channel: Option<&str>, row: Option<&str>) -> bool {
+        let selected = Selector::any(&self.selectors, topics) && (!private || Selector::any(&self.grants, topics));
+        match (&self.filters, channel, row) {
+            (Some(filters), Some(channel), Some(row)) if selected => match filters.get(channel) {
+                Some(Some(filter)) => filter.matches_text(row.as_bytes()),
                 Some(None) => true,
                 None => false,
             },
@@ -177,8 +235,32 @@ mod tests {
         assert!(u.private);
         assert_eq!(text(&u), format!("event: insert\nid: #9\ndata: {row}\n\n"));
         let nested = r#"{"new":{"id":43},"old":{"id":42}}"#;
-        let u = Update::from_log(10, "orders", "update", nested, Some(r#"{"id":43}"#), Some(&table)).unwrap().unwrap();
+        let moved = UpdateRows {
+            old: r#"{"id":42}"#.into(),
+            new: Some(r#"{"id":43}"#.into()),
+            insert_event: "insert".into(),
+            delete_event: "delete".into(),
+        };
+        let u = Update::from_log(10, "orders", "update", nested, Some(&moved), Some(&table)).unwrap().unwrap();
         assert_eq!(u.topics, ["https://shop.example/orders/43"], "an update's topic is its new row's");
+        let exact = |t: &str| Selector::exact(t, true).unwrap();
+        let sees = |topic: &str| Interest { selectors: vec![exact("*")], grants: vec![exact(topic)], filters: None };
+        let frame = |f: Option<&Frame>| f.map(|f| String::from_utf8(f.bytes.to_vec()).unwrap());
+        let both = Interest { selectors: vec![exact("*")], grants: vec![exact("*")], filters: None };
+        assert_eq!(frame(both.choose(&u)), Some(format!("event: update\nid: #10\ndata: {nested}\n\n")));
+        let new = sees("https://shop.example/orders/43");
+        assert_eq!(
+            frame(new.choose(&u)),
+            Some("event: insert\nid: #10\ndata: {\"id\":43}\n\n".into()),
+            "came into view"
+        );
+        let old = sees("https://shop.example/orders/42");
+        assert_eq!(
+            frame(old.choose(&u)),
+            Some("event: delete\nid: #10\ndata: {\"id\":42}\n\n".into()),
+            "left its view"
+        );
+        assert_eq!(frame(sees("https://shop.example/orders/44").choose(&u)), None);
         assert!(Update::from_log(9, "orders", "insert", row, None, None).unwrap().is_none());
         let dots = r#"{"id":"..","status":".."}"#;
         assert!(
@@ -196,6 +278,7 @@ mod tests {
             private,
             row: None,
             frame: Frame { id: 1, bytes: Default::default() },
+            moved: None,
         };
         let exact = |t: &str| Selector::exact(t, true).unwrap();
         let anonymous = Interest { selectors: vec![exact("b")], grants: vec![], filters: None };

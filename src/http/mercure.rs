@@ -37,7 +37,11 @@ async fn subscribe<B>(
     let request = Subscribe::parse(req.uri().query(), mercure.legacy())?;
     let caller = mercure.caller(req.headers(), request.token.as_deref())?;
     // The browser's own header on reconnect wins over the id the page first asked for.
-    let header_id = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let header_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .filter(|v| !v.is_empty());
     let asked_legacy = request.legacy;
     let slot = site.limits.admit(site.limits.client(peer, req.headers()))?;
     let (body, shown) = mercure.subscribe(caller, request, header_id.map(str::to_string)).await?;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::Grant;
-use crate::topic::Selector;
+use crate::topic::{Selector, MAX_PATTERNS};
 
 /// The authorization detail type Mercure's hub and clients use; the draft's text says `mercure`.
 const DETAIL_TYPES: [&str; 2] = ["https://mercure.rocks/authorization-detail", "mercure"];
@@ -55,7 +55,7 @@ pub enum ClaimsError {
     NoExp,
     #[error("its authorization_details are malformed: {0}")]
     Malformed(&'static str),
-    #[error("its authorization_details carry more than {MAX_SELECTORS} topics")]
+    #[error("it carries more than {MAX_SELECTORS} topics, or more than {MAX_PATTERNS} patterns")]
     TooMany,
     #[error("its topic selector is invalid: {0}")]
     Selector(#[from] crate::topic::SelectorError),
@@ -135,6 +135,12 @@ fn details_rights(details: &Value) -> Result<Rights, ClaimsError> {
                 Some(Some("urlpattern")) => Ok(Selector::url_pattern(pattern)?),
                 _ => Err(ClaimsError::Malformed("a topic's match_type is neither exact nor urlpattern")),
             };
+            let pattern_count = |r: &Rights| r.publish.iter().chain(&r.subscribe).filter(|s| s.is_pattern()).count();
+            if topic.get("match_type").and_then(Value::as_str) == Some("urlpattern")
+                && pattern_count(&rights) >= MAX_PATTERNS
+            {
+                return Err(ClaimsError::TooMany);
+            }
             if publish {
                 rights.publish.push(selector(())?);
             }
@@ -148,6 +154,9 @@ fn details_rights(details: &Value) -> Result<Rights, ClaimsError> {
 
 fn legacy_rights(claim: Legacy) -> Result<Rights, ClaimsError> {
     if claim.publish.len() + claim.subscribe.len() > MAX_SELECTORS {
+        return Err(ClaimsError::TooMany);
+    }
+    if claim.publish.iter().chain(&claim.subscribe).filter(|s| s.contains('{')).count() > MAX_PATTERNS {
         return Err(ClaimsError::TooMany);
     }
     let selectors = |list: Vec<String>| list.iter().map(|s| Selector::template(s)).collect::<Result<Vec<_>, _>>();

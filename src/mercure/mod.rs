@@ -20,6 +20,7 @@ use crate::fanout::hub::Hub;
 use crate::fanout::update::hub_id;
 use crate::fanout::update::Interest;
 use crate::filter::Filter;
+use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{NewUpdate, Store};
 pub use claims::Rights;
 pub use error::MercureError;
@@ -81,6 +82,7 @@ pub struct Caller {
 /// What the hub's requests need: the log, the hub, the key, and the streams' settings.
 pub struct Mercure {
     store: Arc<Store>,
+    published: Arc<Published>,
     hub: Arc<Hub>,
     auth: Arc<Auth>,
     args: MercureArgs,
@@ -93,13 +95,13 @@ pub struct Mercure {
 
 impl Mercure {
     pub fn new(
-        (store, hub, auth): (Arc<Store>, Arc<Hub>, Arc<Auth>),
+        (store, published, hub, auth): (Arc<Store>, Arc<Published>, Arc<Hub>, Arc<Auth>),
         args: MercureArgs,
         (retry, heartbeat): (Duration, Duration),
         sent: Arc<Sent>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new(Self { store, hub, auth, args, retry, heartbeat, sent, shutdown })
+        Arc::new(Self { store, published, hub, auth, args, retry, heartbeat, sent, shutdown })
     }
 
     pub fn legacy(&self) -> bool {
@@ -160,14 +162,25 @@ impl Mercure {
 
     /// The row filters of pgsse's own grant for each table channel with a topic, as a native stream of
     /// the channel would apply them.
+    /// A channel the grant does not let its holder subscribe to is left out, so none of its rows pass; a
+    /// filter no row of its channel can match is refused, as on a native stream.
     async fn grant_filters(&self, grant: Grant) -> Result<HashMap<String, Option<Arc<Filter>>>, MercureError> {
         let access = Access::Granted { grant, expires: None, subject: None };
         let mut filters = HashMap::new();
         for (channel, topic) in self.store.update_channels().await? {
-            if topic.is_some() {
-                let filter = access.filter_for(&channel, None)?;
-                filters.insert(channel, filter);
+            if topic.is_none() || access.may_subscribe(&channel).is_err() {
+                continue;
             }
+            let filter = access.filter_for(&channel, None)?;
+            if let Some(filter) = &filter {
+                self.published.check(&self.store, &channel, filter).await.map_err(|err| match err {
+                    ColumnsError::Unknown { .. } | ColumnsError::Type(_) => {
+                        AuthError::GrantFilter { channel: channel.clone(), cause: err.to_string() }.into()
+                    }
+                    ColumnsError::Store(err) => MercureError::Store(err),
+                })?;
+            }
+            filters.insert(channel, filter);
         }
         Ok(filters)
     }

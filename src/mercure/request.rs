@@ -3,10 +3,7 @@
 
 use crate::mercure::claims::MAX_SELECTORS;
 use crate::mercure::MercureError;
-use crate::topic::{Selector, MAX_LEN};
-
-/// The most selectors of one subscription that are patterns: each costs a match per update.
-const MAX_PATTERNS: usize = 16;
+use crate::topic::{Selector, SelectorError, MAX_LEN, MAX_PATTERNS};
 
 /// A subscription's query string, parsed.
 #[derive(Debug)]
@@ -34,26 +31,28 @@ impl Subscribe {
     pub fn parse(query: Option<&str>, legacy_allowed: bool) -> Result<Self, MercureError> {
         let bad = |why: String| Err(MercureError::Request(why));
         let mut out = Subscribe { selectors: Vec::new(), last_event_id: None, token: None, legacy: false };
+        let mut patterns = 0;
         for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let selector = match name.as_ref() {
-                "match" | "match_exact" => Some(Selector::exact(&value, true)),
-                "match_urlpattern" if value == "*" => Some(Ok(Selector::All)),
-                "match_urlpattern" => Some(Selector::url_pattern(&value)),
+            // Each selector is checked (length, characters, how many) before it is compiled: compiling is
+            // what costs, and anyone may send a query.
+            let compile: fn(&str) -> Result<Selector, SelectorError> = match name.as_ref() {
+                "match" | "match_exact" => |v| Selector::exact(v, true),
+                "match_urlpattern" => |v| if v == "*" { Ok(Selector::All) } else { Selector::url_pattern(v) },
                 "topic" if legacy_allowed => {
                     out.legacy = true;
-                    Some(Selector::template(&value))
+                    Selector::template
                 }
                 "topic" => {
                     return bad("topic= is Mercure 0.x: use match= (or start the gateway with --mercure-legacy)".into())
                 }
                 "last_event_id" => {
                     out.last_event_id.get_or_insert(value.to_string());
-                    None
+                    continue;
                 }
                 "lastEventID" if legacy_allowed => {
                     out.legacy = true;
                     out.last_event_id.get_or_insert(value.to_string());
-                    None
+                    continue;
                 }
                 "access_token" => {
                     return bad(
@@ -65,7 +64,7 @@ impl Subscribe {
                 "authorization" if legacy_allowed => {
                     out.legacy = true;
                     out.token = Some(value.to_string());
-                    None
+                    continue;
                 }
                 other if other.to_ascii_lowercase().starts_with("match") => {
                     return bad(format!(
@@ -73,21 +72,22 @@ impl Subscribe {
                         crate::parse::clip(other)
                     ))
                 }
-                _ => None,
+                _ => continue,
             };
-            let Some(selector) = selector else { continue };
             if !printable(&value, MAX_LEN) {
                 return bad(format!("a selector must be at most {MAX_LEN} bytes without control characters"));
             }
-            out.selectors.push(selector.map_err(|e| MercureError::Request(e.to_string()))?);
-            if out.selectors.len() > MAX_SELECTORS {
+            if out.selectors.len() >= MAX_SELECTORS {
                 return bad(format!("at most {MAX_SELECTORS} selectors in one subscription"));
             }
-        }
-        let patterns =
-            out.selectors.iter().filter(|s| matches!(s, Selector::UrlPattern(..) | Selector::Template(_))).count();
-        if patterns > MAX_PATTERNS {
-            return bad(format!("at most {MAX_PATTERNS} URL pattern or URI template selectors in one subscription"));
+            patterns +=
+                usize::from(name == "match_urlpattern" && value != "*" || name == "topic" && value.contains('{'));
+            if patterns > MAX_PATTERNS {
+                return bad(format!(
+                    "at most {MAX_PATTERNS} URL pattern or URI template selectors in one subscription"
+                ));
+            }
+            out.selectors.push(compile(&value).map_err(|e| MercureError::Request(e.to_string()))?);
         }
         if out.selectors.is_empty() {
             return bad(if legacy_allowed {

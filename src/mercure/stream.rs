@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::api::stream::{Feed, SseBody};
-use crate::fanout::update::{hub_id, parse_hub_id, Interest, TableTopic, Update, CHANNEL};
+use crate::fanout::update::{hub_id, parse_hub_id, Interest, TableTopic, Update};
 use crate::mercure::{Mercure, MercureError};
 use crate::pg::error::StoreError;
 use crate::pg::store::REPLAY_BATCH;
@@ -53,8 +53,8 @@ pub(super) async fn open(
             // reuse it elsewhere, and a private update's id is nobody else's to confirm.
             let found = match parse_hub_id(id) {
                 Some(n) => Some(n),
-                None => m.store.updates_with_id(id).await?.into_iter().find_map(|(n, payload)| {
-                    let update = Update::from_log(n, CHANNEL, "", &payload, None, None).ok().flatten()?;
+                None => m.store.updates_with_id(id).await?.into_iter().find_map(|(n, topics, private)| {
+                    let update = Update::routed(n, topics, private);
                     interest.wants(&update).then_some(n)
                 }),
             };
@@ -139,6 +139,10 @@ impl Replay {
 
     /// Sends the updates this subscriber wants of one batch after `cursor`; whether more may follow.
     async fn batch(&self, cursor: &mut i64, through: i64) -> Result<bool, ReplayError> {
+        // A subscriber whose selectors match little is sent little: notice it left before reading on.
+        if self.tx.is_closed() {
+            return Err(ReplayError::Gone);
+        }
         let batch = self.store.replay(*cursor, Some(through), &self.names, REPLAY_BATCH).await?;
         // Retention took updates this stream had not seen: Mercure has no way to say so, the stream goes on.
         *cursor = (*cursor).max(batch.watermark);
@@ -148,12 +152,13 @@ impl Replay {
             if topic.is_some() && row.wide {
                 continue;
             }
-            let new = row.moved.as_ref().and_then(|m| m.new.as_deref());
-            let Ok(Some(update)) = Update::from_log(row.id, &row.channel, &row.event, &row.payload, new, topic) else {
+            let moved = row.moved.as_ref();
+            let Ok(Some(update)) = Update::from_log(row.id, &row.channel, &row.event, &row.payload, moved, topic)
+            else {
                 continue;
             };
-            if self.interest.wants(&update) {
-                chunk.extend_from_slice(&update.frame.bytes);
+            if let Some(frame) = self.interest.choose(&update) {
+                chunk.extend_from_slice(&frame.bytes);
             }
         }
         if let Some(last) = batch.last {

@@ -137,8 +137,14 @@ impl EventRow {
         if self.channel != MERCURE && (self.topic.is_none() || self.wide) {
             return None;
         }
-        let row = self.moved.as_ref().and_then(|m| m.new.as_deref());
-        match Update::from_log(self.id, &self.channel, &self.event, &self.payload, row, self.topic.as_ref()) {
+        match Update::from_log(
+            self.id,
+            &self.channel,
+            &self.event,
+            &self.payload,
+            self.moved.as_ref(),
+            self.topic.as_ref(),
+        ) {
             Ok(update) => update.map(Box::new),
             Err(err) => {
                 tracing::error!(id = self.id, cause = %err, "event is not a Mercure update it should be; Mercure streams skip it");

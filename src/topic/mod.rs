@@ -6,13 +6,49 @@ pub mod template;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use regex::Regex;
-use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput};
+use regex::{Regex, RegexBuilder};
+use urlpattern::regexp::RegExp;
+use urlpattern::{RegexSyntax, UrlPattern, UrlPatternInit, UrlPatternMatchInput};
 
 pub use template::{expand, TemplateError};
 
 /// The longest selector or topic pgsse reads: longer ones are refused rather than compiled.
 pub const MAX_LEN: usize = 4096;
+
+/// The most selectors that are patterns (URL patterns, URI templates) one subscription or token may
+/// hold: each is compiled for it and matched against every update's topics.
+pub const MAX_PATTERNS: usize = 16;
+
+/// The most memory one regular expression of a pattern may compile to: what a client sends may not
+/// cost the gateway more than a few of these.
+const PATTERN_BYTES: usize = 128 * 1024;
+
+/// A URL pattern's regular expression, compiled within [`PATTERN_BYTES`] (a custom group such as
+/// `(\w{1000})` would otherwise take megabytes and seconds).
+pub struct Bounded(Regex);
+
+impl RegExp for Bounded {
+    fn syntax() -> RegexSyntax {
+        RegexSyntax::Rust
+    }
+
+    fn parse(pattern: &str, _flags: &str, _force_eval: bool) -> Result<Self, ()> {
+        bounded(pattern).map(Bounded).map_err(drop)
+    }
+
+    fn matches<'a>(&self, text: &'a str) -> Option<Vec<Option<&'a str>>> {
+        let captures = self.0.captures(text)?;
+        Some(captures.iter().skip(1).map(|c| c.map(|m| m.as_str())).collect())
+    }
+
+    fn pattern_string(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+fn bounded(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern).size_limit(PATTERN_BYTES).dfa_size_limit(PATTERN_BYTES).build()
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
@@ -34,7 +70,7 @@ pub enum Selector {
     /// `*`: every topic.
     All,
     Exact(String),
-    UrlPattern(Box<UrlPattern>, Mutex<HashMap<String, bool>>),
+    UrlPattern(Box<UrlPattern<Bounded>>, Mutex<HashMap<String, bool>>),
     Template(Regex),
 }
 
@@ -68,8 +104,9 @@ impl Selector {
             return Err(SelectorError::TooLong(short(pattern)));
         }
         let bad = |cause: String| SelectorError::UrlPattern { pattern: short(pattern), cause };
-        let init = UrlPatternInit::parse_constructor_string::<Regex>(pattern, None).map_err(|e| bad(e.to_string()))?;
-        let compiled = UrlPattern::<Regex>::parse(init, Default::default()).map_err(|e| bad(e.to_string()))?;
+        let init =
+            UrlPatternInit::parse_constructor_string::<Bounded>(pattern, None).map_err(|e| bad(e.to_string()))?;
+        let compiled = UrlPattern::<Bounded>::parse(init, Default::default()).map_err(|e| bad(e.to_string()))?;
         Ok(Selector::UrlPattern(Box::new(compiled), Mutex::new(HashMap::new())))
     }
 
@@ -114,6 +151,11 @@ impl Selector {
     }
 
     /// Whether any of `selectors` matches any of `topics`.
+    /// Whether the selector is a pattern, which [`MAX_PATTERNS`] bounds.
+    pub fn is_pattern(&self) -> bool {
+        matches!(self, Selector::UrlPattern(..) | Selector::Template(_))
+    }
+
     pub fn any(selectors: &[Selector], topics: &[String]) -> bool {
         selectors.iter().any(|s| topics.iter().any(|t| s.matches(t)))
     }
@@ -141,6 +183,17 @@ mod tests {
         assert!(Selector::template("*").unwrap().matches("x"));
         assert!(Selector::template("foo").unwrap().matches("foo"));
         assert!(Selector::any(&[exact], &["a".into(), "https://example.com/books/1".into()]));
+    }
+
+    #[test]
+    fn refuses_patterns_too_costly_to_compile() {
+        let started = std::time::Instant::now();
+        let costly = Selector::url_pattern(r"https://x/:a(\w{100})");
+        assert!(matches!(costly, Err(SelectorError::UrlPattern { .. })), "{costly:?}");
+        assert!(Selector::template(&format!("https://x/{}", "{a}".repeat(500))).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused without compiling it all");
+        assert!(Selector::url_pattern("https://example.com/books/:id/reviews/:review").is_ok());
+        assert!(Selector::url_pattern(r"https://example.com/books/:id(\d+)").is_ok());
     }
 
     #[test]

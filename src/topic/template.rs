@@ -144,7 +144,11 @@ pub fn matcher(template: &str) -> Result<Regex, TemplateError> {
         }
     }
     pattern.push('$');
-    regex::RegexBuilder::new(&pattern).size_limit(1 << 20).build().map_err(|_| TemplateError::TooComplex)
+    regex::RegexBuilder::new(&pattern)
+        .size_limit(128 * 1024)
+        .dfa_size_limit(128 * 1024)
+        .build()
+        .map_err(|_| TemplateError::TooComplex)
 }
 
 #[cfg(test)]

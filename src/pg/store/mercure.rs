@@ -4,10 +4,10 @@
 use super::Store;
 use crate::fanout::update::{TableTopic, CHANNEL};
 use crate::pg::error::StoreError;
-use crate::pg::logrow::{payload_bytes, ISSUED_HEAD};
+use crate::pg::logrow::ISSUED_HEAD;
 
 /// The most updates of one publisher id a resume looks through for one its subscriber may see.
-pub const SAME_ID: i64 = 64;
+pub const SAME_ID: i64 = 16;
 
 /// An update as the hub's POST (or any publisher) gives it.
 pub struct NewUpdate<'a> {
@@ -40,25 +40,28 @@ impl Store {
         .await
     }
 
-    /// The updates (log id and payload) whose publisher gave them `id`, newest first, at most
-    /// [`SAME_ID`]: ids need not be unique, so the caller picks the newest its subscriber may see. The
-    /// materialized read is planned on its own, an equality that only `events_mercure_id` serves,
-    /// whatever the statistics say; the order and limit apply to what it found.
-    pub async fn updates_with_id(&self, id: &str) -> Result<Vec<(i64, String)>, StoreError> {
+    /// The updates whose publisher gave them `id`, newest first, at most [`SAME_ID`], each with where it
+    /// goes (its topics and whether it is private): ids need not be unique, so the caller picks the newest
+    /// its subscriber may see. The materialized read is planned on its own, an equality that only
+    /// `events_mercure_id` serves, whatever the statistics say, and reads ids alone; the rows of the
+    /// newest are read after, by key.
+    pub async fn updates_with_id(&self, id: &str) -> Result<Vec<(i64, Vec<String>, bool)>, StoreError> {
         self.with(async |client| {
             let stmt = client
                 .prepare_cached(&format!(
-                    "WITH found AS MATERIALIZED (SELECT id, payload FROM pgsse.events \
+                    "WITH found AS MATERIALIZED (SELECT id FROM pgsse.events \
                        WHERE channel = '{CHANNEL}' AND (payload ->> 'id') = $1 AND id <= {ISSUED_HEAD}) \
-                     SELECT id, {} FROM found ORDER BY id DESC LIMIT {SAME_ID}",
-                    payload_bytes("payload")
+                     SELECT e.id, CASE WHEN jsonb_typeof(e.payload -> 'topics') = 'array' \
+                              THEN ARRAY(SELECT jsonb_array_elements_text(e.payload -> 'topics')) ELSE '{{}}' END, \
+                            CASE WHEN jsonb_typeof(e.payload -> 'private') = 'boolean' \
+                              THEN (e.payload ->> 'private')::boolean ELSE true END \
+                     FROM (SELECT id FROM found ORDER BY id DESC LIMIT {SAME_ID}) f \
+                     JOIN pgsse.events e ON e.id = f.id ORDER BY e.id DESC"
                 ))
                 .await?;
             let mut found = Vec::new();
             for row in client.query(&stmt, &[&id]).await? {
-                if let Ok(payload) = String::from_utf8(row.try_get(1)?) {
-                    found.push((row.try_get(0)?, payload));
-                }
+                found.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
             }
             Ok(found)
         })
