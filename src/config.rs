@@ -15,6 +15,7 @@ pub use crate::auth::{AuthArgs, AuthMode};
 pub use crate::limits::LimitArgs;
 pub use crate::mercure::MercureArgs;
 pub use crate::pg::listener::ListenerArgs;
+pub use crate::pg::replica::ReplicaArgs;
 pub use crate::pg::retention::{Retention, RetentionArgs};
 pub use crate::pg::store::PoolArgs;
 pub use crate::pg::DatabaseArgs;
@@ -89,6 +90,8 @@ pub struct ServeArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub mercure: MercureArgs,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
 }
 
 /// The HTTP front end: where it listens, how it treats connections, and what it serves besides the API.
@@ -201,6 +204,7 @@ pub struct Config {
     pub limits: LimitArgs,
     pub retention: RetentionArgs,
     pub mercure: MercureArgs,
+    pub replica: ReplicaArgs,
     pub auth: Arc<Auth>,
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
@@ -239,6 +243,9 @@ impl Config {
         if let Some(url) = &args.listener.listen_database_url {
             check(url)?;
         }
+        if let Some(url) = args.replica.url() {
+            check(url)?;
+        }
         if args.auth.auth == AuthMode::None && !args.auth.allow_unauthenticated_public {
             if !args.server.listen.ip().is_loopback() {
                 return Err(ConfigError::PublicWithoutAuth(args.server.listen));
@@ -264,6 +271,7 @@ impl Config {
             limits: args.limits,
             retention: args.retention,
             mercure: args.mercure,
+            replica: args.replica,
         })
     }
 

@@ -26,8 +26,10 @@ BEGIN
       FROM (SELECT t.*, greatest(max(t.seq) OVER w, max(t.committed) OVER w) AS last FROM taken t
              WINDOW w AS (PARTITION BY t.txid) ORDER BY last, t.seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
-    UPDATE pgsse.staged_floor f SET floor_xid = oldest WHERE f.floor_xid < oldest;
+    -- Raised only with a batch: a step that moved nothing writes nothing, so an idle database is not
+    -- given a commit (and its standbys a record to replay) by every gateway's every step.
     IF moved > 0 THEN
+        UPDATE pgsse.staged_floor f SET floor_xid = oldest WHERE f.floor_xid < oldest;
         PERFORM pg_notify('pgsse_' || m.bell_token, '') FROM pgsse.meta m;
     END IF;
     RETURN moved;
@@ -70,8 +72,12 @@ BEGIN
         RETURN;
     END;
     -- The next writer to commit rings again. Before the check below: a writer that found the bell taken
-    -- had staged before now, so it is either seen by the batch or still open (in flight).
-    PERFORM setval('pgsse.bell', 1, false);
+    -- had staged before now, so it is either seen by the batch or still open (in flight). A bell nobody
+    -- took since the last reset is left as it is: setval gives the step an xid, and so a commit to write
+    -- (and replay on every standby) even when it moves nothing.
+    IF (SELECT b.is_called FROM pgsse.bell b) THEN
+        PERFORM setval('pgsse.bell', 1, false);
+    END IF;
     -- A writer holds a ROW EXCLUSIVE lock on pgsse.staged from its first staged event to the end of its
     -- transaction, which SHARE conflicts with; held for no longer than this block (its subtransaction
     -- ends either way). Only a listening gateway needs to know.

@@ -1,6 +1,7 @@
 //! `/healthz` (the gateway can reach the database and its LISTEN connection is up) and `/readyz` (the
 //! schema matches this binary and the listener has caught up), each answered within a bound.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{Response, StatusCode};
@@ -9,6 +10,7 @@ use serde_json::json;
 use crate::api::reply::{json_response, Body};
 use crate::fanout::hub::Hub;
 use crate::pg::migrate::SCHEMA_VERSION;
+use crate::pg::replica::ReplicaStatus;
 use crate::pg::status::ListenerStatus;
 use crate::pg::store::{Readiness, Store};
 
@@ -20,11 +22,18 @@ pub struct Health {
     store: Arc<Store>,
     hub: Arc<Hub>,
     listener: Arc<ListenerStatus>,
+    /// How the hot standby keeps up, under `--replica-database-url`.
+    replica: Option<Arc<ReplicaStatus>>,
 }
 
 impl Health {
-    pub fn new(store: Arc<Store>, hub: Arc<Hub>, listener: Arc<ListenerStatus>) -> Self {
-        Self { store, hub, listener }
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        listener: Arc<ListenerStatus>,
+        replica: Option<Arc<ReplicaStatus>>,
+    ) -> Self {
+        Self { store, hub, listener, replica }
     }
 
     /// Ready to serve streams: the schema is migrated to this version and the listener has caught up.
@@ -43,6 +52,15 @@ impl Health {
         }
         if !self.listener.is_up() {
             reasons.push(format!("listener: {}", self.listener.last_error().unwrap_or_else(|| "connecting".into())));
+        }
+        // Streams are still served from what the standby has; a balancer should send new ones elsewhere.
+        if let Some(replica) = self.replica.as_ref().filter(|r| r.behind.load(Ordering::Relaxed)) {
+            reasons.push(format!(
+                "replica: the standby has not replayed what the primary committed {:.1} s ago ({} bytes of WAL \
+                 behind), over --replica-max-lag",
+                replica.lag_seconds(),
+                replica.lag_bytes.load(Ordering::Relaxed)
+            ));
         }
         if let (true, Ok(Readiness { backlog: Some((pending, oldest)), version, .. })) = (reasons.is_empty(), readiness)
         {

@@ -15,6 +15,7 @@ use crate::api::events::Events;
 use crate::auth::Denials;
 use crate::fanout::hub::Hub;
 use crate::limits::Limits;
+use crate::pg::replica::ReplicaStatus;
 use crate::pg::status::ListenerStatus;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -27,6 +28,8 @@ pub struct Metrics {
     channel_labels: bool,
     events: Arc<Events>,
     denials: Arc<Denials>,
+    /// How the hot standby keeps up, under `--replica-database-url`.
+    replica: Option<Arc<ReplicaStatus>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -42,9 +45,9 @@ impl Metrics {
         limits: Arc<Limits>,
         events: Arc<Events>,
         denials: Arc<Denials>,
-        channel_labels: bool,
+        (channel_labels, replica): (bool, Option<Arc<ReplicaStatus>>),
     ) -> Arc<Self> {
-        Arc::new(Self { hub, listener, limits, channel_labels, events, denials })
+        Arc::new(Self { hub, listener, limits, channel_labels, events, denials, replica })
     }
 
     pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
@@ -173,6 +176,34 @@ impl Collector for Metrics {
             "Events committed but not yet given ids (staged), at the listener's last probe.",
             listener.pending_events() as i64,
         )?;
+        if let Some(replica) = &self.replica {
+            gauge(
+                &mut encoder,
+                "pgsse_replica_lag_bytes",
+                "WAL the standby had still to replay at the listener's last read (--replica-database-url).",
+                replica.lag_bytes.load(Ordering::Relaxed) as i64,
+            )?;
+            let waited = ConstGauge::new(replica.lag_seconds());
+            waited.encode(encoder.encode_descriptor(
+                "pgsse_replica_lag_seconds",
+                "How long the last read on the standby waited for it to replay what it must see.",
+                None,
+                waited.metric_type(),
+            )?)?;
+            counter_of(
+                &mut encoder,
+                "pgsse_replica_barrier_waits",
+                "Reads that waited for the standby.",
+                &replica.waits,
+            )?;
+            let total = ConstCounter::new(replica.waited_us.load(Ordering::Relaxed) as f64 / 1e6);
+            total.encode(encoder.encode_descriptor(
+                "pgsse_replica_barrier_wait_seconds",
+                "Time reads spent waiting for the standby, in all.",
+                None,
+                total.metric_type(),
+            )?)?;
+        }
         let oldest = ConstGauge::new(listener.oldest_pending_seconds());
         oldest.encode(encoder.encode_descriptor(
             "pgsse_oldest_pending_seconds",

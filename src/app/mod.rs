@@ -19,6 +19,7 @@ use crate::mercure::Mercure;
 use crate::pg::error::StoreError;
 use crate::pg::listener::{Listener, ListenerError};
 use crate::pg::published::Published;
+use crate::pg::replica::ReplicaStatus;
 use crate::pg::retention;
 use crate::pg::status::ListenerStatus;
 use crate::pg::store::Store;
@@ -55,8 +56,16 @@ impl App {
         let hub = Arc::new(Hub::new(config.streams.queue_capacity));
         let status = Arc::new(ListenerStatus::default());
         let listen_url = config.listener.listen_database_url.as_deref().unwrap_or(&config.database_url);
-        let listener = Listener::new(listen_url, hub.clone(), status.clone(), config.listener.probe_interval)?;
-        let store = Arc::new(Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?);
+        let mut listener = Listener::new(listen_url, hub.clone(), status.clone(), config.listener.probe_interval)?;
+        let mut store = Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?;
+        let replica = Arc::new(ReplicaStatus::default());
+        if let Some(url) = config.replica.url() {
+            let max_lag = config.replica.replica_max_lag;
+            listener = listener.reading_from(url, max_lag, replica.clone())?;
+            store = store.reading_from(url, config.pool.pool_size, max_lag, replica.clone())?;
+        }
+        let store = Arc::new(store);
+        let replica = config.replica.url().is_some().then_some(replica);
         let published = Arc::new(Published::default());
         let events = Events::new(
             store.clone(),
@@ -89,7 +98,7 @@ impl App {
             limits.clone(),
             events.clone(),
             denials.clone(),
-            config.server.metrics_channel_labels,
+            (config.server.metrics_channel_labels, replica.clone()),
         );
         let mercure = config.mercure.mercure.then(|| {
             let streams = (config.streams.retry, config.streams.heartbeat);
@@ -103,7 +112,7 @@ impl App {
         Ok(Arc::new(App {
             events,
             commands: Arc::new(Commands::new(store.clone(), published, config.commands.clone())),
-            health: Arc::new(Health::new(store, hub.clone(), status)),
+            health: Arc::new(Health::new(store, hub.clone(), status, replica)),
             limits,
             denials,
             metrics,

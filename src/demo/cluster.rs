@@ -103,6 +103,8 @@ impl Cluster {
     pub fn standby(&self, data_dir: impl Into<PathBuf>, port: u16, extra: &str) -> Result<Cluster, ClusterError> {
         let standby = Cluster { data_dir: std::path::absolute(data_dir.into())?, port, ..self.clone_settings() };
         std::fs::create_dir_all(&standby.data_dir)?;
+        // PostgreSQL refuses a data directory that others may read.
+        std::fs::set_permissions(&standby.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         if let Some((uid, gid)) = self.run_as {
             std::os::unix::fs::chown(&standby.data_dir, Some(uid), Some(gid))?;
         }

@@ -88,6 +88,8 @@ pub enum StoreError {
     /// A write committed, but the log holds no event of it on its channel.
     #[error("the write committed but recorded no event")]
     NotSequenced,
+    #[error(transparent)]
+    Replica(#[from] crate::pg::replica::ReplicaError),
 }
 
 /// What a client is told of a database without pgsse's schema (or an older one).
@@ -104,7 +106,8 @@ impl Refuse for StoreError {
             | StoreError::PoolBuild(_)
             | StoreError::Shared(_)
             | StoreError::Timeout(_)
-            | StoreError::NotSequenced => Refusal::Unavailable,
+            | StoreError::NotSequenced
+            | StoreError::Replica(_) => Refusal::Unavailable,
         }
     }
 

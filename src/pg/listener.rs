@@ -2,25 +2,27 @@
 //! run the sequencing step (see [`crate::pg::sequencer`]) and read the log once, handing the encoded frames to
 //! the hub. Reconnects with jittered backoff.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
-use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, Statement};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::fanout::hub::{Event, Hub, UpdateFrames};
 use crate::pg::logrow::{filter_columns, topic_column, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
+use crate::pg::replica::{self, ReplicaError, ReplicaStatus, PRIMARY_LSN};
 use crate::pg::sequencer::{self, Sequencing};
 use crate::pg::status::ListenerStatus;
+use conn::ListenConnection;
+use standby::Standby;
+
+mod conn;
+mod standby;
 
 /// The channel that pgsse's commits and batches notify: named by a token that only the roles that may read
 /// `pgsse.meta` know, so that other logins can neither watch commits nor wake the gateways.
@@ -69,6 +71,8 @@ pub enum ListenerError {
     QueryTimeout(Duration),
     #[error("invalid database url: {0}")]
     Config(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
 }
 
 pub struct Listener {
@@ -78,6 +82,8 @@ pub struct Listener {
     probe_interval: Duration,
     /// Highest id handed to the hub; `None` until the first connection reads the log head.
     last_id: Option<i64>,
+    /// Where the log is read, when not on the LISTEN connection itself.
+    standby: Option<Standby>,
 }
 
 impl Listener {
@@ -90,7 +96,21 @@ impl Listener {
         // Two probe intervals without an acknowledgement drop the connection in the kernel, even between queries.
         let pg = super::session_config(database_url, "pgsse-listener", CONNECT_TIMEOUT, probe_interval * 2)
             .map_err(ListenerError::Config)?;
-        Ok(Self { pg, hub, status, probe_interval, last_id: None })
+        Ok(Self { pg, hub, status, probe_interval, last_id: None, standby: None })
+    }
+
+    /// Reads the log from the hot standby at `url`, each read after the standby has replayed the step
+    /// before it (waiting at most `max_lag`; past it, reading what the standby has).
+    pub fn reading_from(
+        mut self,
+        url: &str,
+        max_lag: Duration,
+        status: Arc<ReplicaStatus>,
+    ) -> Result<Self, ListenerError> {
+        let pg = super::session_config(url, "pgsse-listener-standby", CONNECT_TIMEOUT, self.probe_interval * 2)
+            .map_err(ListenerError::Config)?;
+        self.standby = Some(Standby::new(pg, max_lag, status));
+        Ok(self)
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -157,14 +177,20 @@ impl Listener {
             filter_columns("pgsse.events"),
             topic_column("pgsse.events")
         );
-        let fetch = conn.bounded(client.prepare(&fetch_sql)).await?;
+        // On a standby, the log is read there, each read after the standby replayed the step before it.
+        let standby = match &self.standby {
+            Some(standby) => Some(conn.bounded(standby.connect()).await?),
+            None => None,
+        };
+        let reads = standby.as_ref().map_or(&client, |s| &s.client);
+        let fetch = conn.bounded(reads.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
         // highest issued one.
         let head_sql = format!(
             "SELECT greatest(coalesce((SELECT max(id) FROM pgsse.events WHERE id <= {ISSUED_HEAD}), 0), \
              m.pruned_through), {ISSUED_HEAD} FROM pgsse.meta m"
         );
-        let head = conn.bounded(client.query_one(&head_sql, &[])).await?;
+        let head = conn.bounded(reads.query_one(&head_sql, &[])).await?;
         let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
         let probe_sql = format!(
             "SELECT pg_notification_queue_usage(), count(e.id), max(e.id), b.pending, coalesce(b.oldest_seconds, 0) \
@@ -187,7 +213,20 @@ impl Listener {
             Some(_) => {}
         }
         let mut sequencing = Sequencing::new(Instant::now());
-        let mut log = Statements { client: &client, fetch: &fetch, sequence: &sequence };
+        let primary_lsn = match &standby {
+            Some(_) => Some(conn.bounded(client.prepare(PRIMARY_LSN)).await?),
+            None => None,
+        };
+        let barrier = match (&self.standby, &standby, &primary_lsn) {
+            (Some(config), Some(session), Some(lsn)) if !session.promoted => Some(Barrier {
+                lsn,
+                replayed: &session.replayed,
+                max_lag: config.max_lag,
+                status: config.status.clone(),
+            }),
+            _ => None,
+        };
+        let mut log = Statements { client: &client, reads, fetch: &fetch, sequence: &sequence, barrier };
         self.advance(&mut log, &mut conn, &mut sequencing, true).await?;
         self.status.set_up();
         *backoff = BACKOFF_MIN;
@@ -207,7 +246,7 @@ impl Listener {
                     }
                     let next = pacing.next_read();
                     if next > Instant::now() {
-                        conn.run(async { sleep_until(next).await; Ok(()) }).await?;
+                        conn.run(async { sleep_until(next).await; Ok::<_, ListenerError>(()) }).await?;
                     }
                     Ok::<_, ListenerError>(())
                 } => {
@@ -264,15 +303,41 @@ impl Listener {
             // step moved, a round trip sooner.
             let (step_params, fetch_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 2]) =
                 ([&listening], [&last, &limit]);
-            let (step, rows) = conn
-                .bounded(async {
-                    let (step, rows) = tokio::join!(
-                        log.client.query_one(log.sequence, &step_params),
-                        log.client.query(log.fetch, &fetch_params)
-                    );
-                    Ok((step?, rows?))
-                })
-                .await?;
+            let (step, rows) = match &log.barrier {
+                // A promoted standby: read it after the step, as a primary is read.
+                None if !std::ptr::eq(log.client, log.reads) => {
+                    let step = conn.bounded(log.client.query_one(log.sequence, &step_params)).await?;
+                    (step, conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?)
+                }
+                None => {
+                    conn.bounded(async {
+                        let (step, rows) = tokio::join!(
+                            log.client.query_one(log.sequence, &step_params),
+                            log.client.query(log.fetch, &fetch_params)
+                        );
+                        Ok::<_, tokio_postgres::Error>((step?, rows?))
+                    })
+                    .await?
+                }
+                Some(barrier) => {
+                    // The position is read right after the step, on its session: past it lies the step's commit.
+                    let (step, lsn) = conn
+                        .bounded(async {
+                            let (step, lsn) = tokio::join!(
+                                log.client.query_one(log.sequence, &step_params),
+                                log.client.query_one(barrier.lsn, &[])
+                            );
+                            Ok::<_, tokio_postgres::Error>((step?, lsn?))
+                        })
+                        .await?;
+                    let lsn: String = lsn.try_get(0)?;
+                    let (status, max_lag) = (&barrier.status, barrier.max_lag);
+                    let wait = max_lag + conn.bound;
+                    let replayed = replica::replayed(log.reads, barrier.replayed, &lsn, max_lag, status);
+                    timeout(wait, conn.run(replayed)).await.map_err(|_| ListenerError::QueryTimeout(wait))??;
+                    (step, conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?)
+                }
+            };
             let (moved, in_flight): (i64, bool) = (step.try_get(0)?, step.try_get(1)?);
             sequencing.record(Instant::now(), in_flight, moved >= 0);
             if sequencing.stuck(Instant::now()) {
@@ -285,7 +350,7 @@ impl Listener {
                     sequencer::STUCK
                 );
             }
-            let (read, wake) = self.catch_up(log.client, log.fetch, conn, rows, limit).await?;
+            let (read, wake) = self.catch_up(log.reads, log.fetch, conn, rows, limit).await?;
             (events, woken) = (events + read, woken + wake);
             if moved < sequencer::BATCH {
                 return Ok((events, woken));
@@ -347,84 +412,20 @@ impl Listener {
 /// The listener session's prepared statements.
 struct Statements<'a> {
     client: &'a Client,
+    /// Where the log is read: the standby's client, or `client`.
+    reads: &'a Client,
     fetch: &'a Statement,
     sequence: &'a Statement,
+    barrier: Option<Barrier<'a>>,
 }
 
-/// The LISTEN connection, polled by the listener's own task rather than a spawned one: a notification is
-/// seen the moment it arrives, and a query's answer wakes no other task on its way back. Never awaited as
-/// a future, which would drop notifications.
-struct ListenConnection {
-    connection: Connection<Socket, NoTlsStream>,
-    /// A notification arrived since the listener last looked.
-    notified: bool,
-    /// This session's backend: its own notifications are not news.
-    own_pid: Option<i32>,
-    /// Longest wait for any one answer: `--probe-interval`, like the probe's own, so a connection that
-    /// froze mid-query is given up within two probe intervals of the fault, as one that froze while idle.
-    bound: Duration,
-}
-
-impl ListenConnection {
-    /// Handles everything the connection has ready; `Ready` only when it failed or closed.
-    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<ListenerError> {
-        loop {
-            match self.connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
-                    self.notified |= Some(n.process_id()) != self.own_pid;
-                }
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(err))) => return Poll::Ready(err.into()),
-                Poll::Ready(None) => return Poll::Ready(ListenerError::Closed),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    /// Runs a query of this connection's client to completion while driving the connection.
-    async fn run<T>(
-        &mut self,
-        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, ListenerError> {
-        let mut query = pin!(query);
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = query.as_mut().poll(cx) {
-                return Poll::Ready(out.map_err(ListenerError::from));
-            }
-            if let Poll::Ready(err) = self.drive(cx) {
-                return Poll::Ready(Err(err));
-            }
-            // Driving may have delivered the answer.
-            query.as_mut().poll(cx).map_err(ListenerError::from)
-        })
-        .await
-    }
-
-    /// `run`, bounded: a half-open socket must not stall the listener forever.
-    async fn bounded<T>(
-        &mut self,
-        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, ListenerError> {
-        let bound = self.bound;
-        timeout(bound, self.run(query)).await.map_err(|_| ListenerError::QueryTimeout(bound))?
-    }
-
-    /// Drives the connection until a notification has arrived (or one arrived during the last query), or
-    /// until `deadline`.
-    async fn notified(&mut self, deadline: Instant) -> Result<(), ListenerError> {
-        let mut deadline = pin!(sleep_until(deadline));
-        poll_fn(|cx| {
-            if let Poll::Ready(err) = self.drive(cx) {
-                return Poll::Ready(Err(err));
-            }
-            if std::mem::take(&mut self.notified) || deadline.as_mut().poll(cx).is_ready() {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
-    }
+/// What a read on the standby waits for: the primary's WAL position (`lsn`, on the primary) replayed
+/// (`replayed`, on the standby).
+struct Barrier<'a> {
+    lsn: &'a Statement,
+    replayed: &'a Statement,
+    max_lag: Duration,
+    status: Arc<ReplicaStatus>,
 }
 
 /// Spreads reconnects of many gateways over [d/2, d) so a database restart is not met by a stampede.

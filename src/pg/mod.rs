@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod pacing;
 pub mod preflight;
 pub mod published;
+pub mod replica;
 pub mod retention;
 pub mod sequencer;
 pub mod snapshot;

@@ -32,8 +32,10 @@ const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 
 mod mercure;
+mod reads;
 mod writes;
 pub use mercure::NewUpdate;
+use reads::{on, Reads};
 pub use writes::Written;
 
 /// The pool that replays, lookups and writes use (the LISTEN connection is separate).
@@ -77,6 +79,8 @@ pub struct ReplayBatch {
 
 pub struct Store {
     pool: Pool,
+    /// The hot standby's pool, under `--replica-database-url`: the log's reads go there.
+    reads: Option<Reads>,
     /// Longest wait for a pooled connection, and then for its answer (`--db-timeout`).
     bound: Duration,
     known_channels: Mutex<HashSet<String>>,
@@ -86,6 +90,11 @@ pub struct Store {
 
 impl Store {
     pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
+        let pool = Self::pool(database_url, pool_size, bound)?;
+        Ok(Self { pool, reads: None, bound, known_channels: Mutex::new(HashSet::new()), head: SharedRead::default() })
+    }
+
+    fn pool(database_url: &str, pool_size: usize, bound: Duration) -> Result<Pool, StoreError> {
         let mut pg = super::session_config(database_url, "pgsse", CONNECT_TIMEOUT.min(bound), bound)
             .map_err(StoreError::Config)?;
         // The server gives up a statement well before the gateway gives up its connection: a write that the
@@ -101,7 +110,7 @@ impl Store {
             .create_timeout(Some(bound))
             .recycle_timeout(Some(bound))
             .build()?;
-        Ok(Self { pool, bound, known_channels: Mutex::new(HashSet::new()), head: SharedRead::default() })
+        Ok(pool)
     }
 
     /// Runs `work` on a pooled connection, waiting at most `bound` for the connection and as long again
@@ -112,21 +121,7 @@ impl Store {
         bound: Duration,
         work: impl AsyncFnOnce(&Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let client = tokio::time::timeout(bound, self.pool.get()).await.map_err(|_| StoreError::Timeout(bound))??;
-        match tokio::time::timeout(bound, work(&client)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                drop(deadpool_postgres::Object::take(client));
-                Err(StoreError::Timeout(bound))
-            }
-        }
-    }
-
-    /// A pooled connection of its own, for work longer than one bounded query (a snapshot's transaction).
-    pub async fn session(&self) -> Result<(deadpool_postgres::Object, Duration), StoreError> {
-        let client =
-            tokio::time::timeout(self.bound, self.pool.get()).await.map_err(|_| StoreError::Timeout(self.bound))??;
-        Ok((client, self.bound))
+        on(&self.pool, bound, work).await
     }
 
     /// How long a write waits for its event's id, or history for a step another session is taking.
@@ -238,7 +233,7 @@ impl Store {
     }
 
     async fn read_committed_head(&self) -> Result<i64, StoreError> {
-        self.with(async |client| {
+        self.with_reads(async |client| {
             // Bounded by the sequence as the listener's reads are: a row with an id it never issued is not pgsse's.
             let stmt = client
                 .prepare_cached(&format!("SELECT coalesce(max(id), 0) FROM pgsse.events WHERE id <= {ISSUED_HEAD}"))
@@ -291,7 +286,7 @@ impl Store {
         before: i64,
         limit: i64,
     ) -> Result<Vec<Result<EventRow, Undecodable>>, StoreError> {
-        self.with(async |client| {
+        self.with_reads(async |client| {
             // The running sum cuts the page inside PostgreSQL: an over-budget page never reaches the gateway.
             let stmt = client
                 .prepare_cached(&format!(
@@ -327,7 +322,7 @@ impl Store {
         channels: &[String],
         limit: i64,
     ) -> Result<ReplayBatch, StoreError> {
-        self.with(async |client| {
+        self.with_reads(async |client| {
             // No event at all comes back as one row of NULLs beside the watermark. A ROWS frame keeps the running
             // sum one addition a row.
             let stmt = client

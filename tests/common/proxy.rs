@@ -23,6 +23,8 @@ struct State {
     /// Connections opened before this one close after passing `cut_bytes` more bytes from the server.
     cut_below: u64,
     cut_bytes: usize,
+    /// Where new connections go instead of the first target (a failover).
+    target: Option<SocketAddr>,
 }
 
 pub struct FaultProxy {
@@ -47,7 +49,8 @@ impl FaultProxy {
                     if watching.borrow().refuse {
                         continue;
                     }
-                    let Ok(server) = TcpStream::connect(target).await else { continue };
+                    let to = watching.borrow().target.unwrap_or(target);
+                    let Ok(server) = TcpStream::connect(to).await else { continue };
                     let number = {
                         let mut opened = opened.lock().unwrap();
                         *opened += 1;
@@ -69,6 +72,11 @@ impl FaultProxy {
         let config: tokio_postgres::Config = url.parse().unwrap();
         let (db, user) = (config.get_dbname().unwrap(), config.get_user().unwrap());
         format!("host=127.0.0.1 port={} dbname={db} user={user}", self.addr.port())
+    }
+
+    /// New connections go to `to` from now on, as a failover's address would send them.
+    pub fn retarget(&self, to: SocketAddr) {
+        self.state.send_modify(|s| s.target = Some(to));
     }
 
     /// Existing connections stop forwarding, both ways, without closing; new ones pass.

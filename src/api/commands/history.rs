@@ -48,6 +48,8 @@ impl Commands {
         }
         let granted = access.filter_for(channel, (!asked.is_empty()).then_some(asked))?;
         self.store.settle().await?;
+        // Read on a standby, the page holds what the primary had committed by now.
+        self.store.reads_caught_up().await?;
         let page = self.page(channel, before, limit, granted.as_deref()).await?;
         let mut resp = raw_json_response(StatusCode::OK, page.body);
         if let Some(next) = page.next {

@@ -46,7 +46,7 @@ impl Store {
     /// `events_mercure_id` serves, whatever the statistics say, and reads ids alone; the rows of the
     /// newest are read after, by key.
     pub async fn updates_with_id(&self, id: &str) -> Result<Vec<(i64, Vec<String>, bool)>, StoreError> {
-        self.with(async |client| {
+        self.with_reads(async |client| {
             let stmt = client
                 .prepare_cached(&format!(
                     "WITH found AS MATERIALIZED (SELECT id FROM pgsse.events \
@@ -70,7 +70,7 @@ impl Store {
 
     /// The channels whose events are updates: the hub's own, and each table channel with a topic.
     pub async fn update_channels(&self) -> Result<Vec<(String, Option<TableTopic>)>, StoreError> {
-        self.with(async |client| {
+        self.with_reads(async |client| {
             let stmt = client
                 .prepare_cached(&format!(
                     "SELECT name, mercure_topic, mercure_public FROM pgsse.channels \
@@ -95,7 +95,7 @@ impl Store {
 impl Store {
     /// Every id at or below this may be missing from a stream of `channels` (see `pgsse.watermark`).
     pub async fn watermark(&self, channels: &[String]) -> Result<i64, StoreError> {
-        self.with(async |client| {
+        self.with_reads(async |client| {
             let stmt = client.prepare_cached("SELECT pgsse.watermark($1)").await?;
             Ok(client.query_one(&stmt, &[&channels]).await?.try_get(0)?)
         })

@@ -1,0 +1,89 @@
+//! The LISTEN connection itself: polled by the listener's own task, so that a notification is seen the
+//! moment it arrives, and every query on it bounded.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, Connection, Socket};
+
+use super::ListenerError;
+
+/// The LISTEN connection, polled by the listener's own task rather than a spawned one: a notification is
+/// seen the moment it arrives, and a query's answer wakes no other task on its way back. Never awaited as
+/// a future, which would drop notifications.
+pub(super) struct ListenConnection {
+    pub(super) connection: Connection<Socket, NoTlsStream>,
+    /// A notification arrived since the listener last looked.
+    pub(super) notified: bool,
+    /// This session's backend: its own notifications are not news.
+    pub(super) own_pid: Option<i32>,
+    /// Longest wait for any one answer: `--probe-interval`, like the probe's own, so a connection that
+    /// froze mid-query is given up within two probe intervals of the fault, as one that froze while idle.
+    pub(super) bound: Duration,
+}
+
+impl ListenConnection {
+    /// Handles everything the connection has ready; `Ready` only when it failed or closed.
+    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<ListenerError> {
+        loop {
+            match self.connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                    self.notified |= Some(n.process_id()) != self.own_pid;
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(err.into()),
+                Poll::Ready(None) => return Poll::Ready(ListenerError::Closed),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Runs a query of this connection's client to completion while driving the connection.
+    pub(super) async fn run<T, E: Into<ListenerError>>(
+        &mut self,
+        query: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ListenerError> {
+        let mut query = pin!(query);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = query.as_mut().poll(cx) {
+                return Poll::Ready(out.map_err(Into::into));
+            }
+            if let Poll::Ready(err) = self.drive(cx) {
+                return Poll::Ready(Err(err));
+            }
+            // Driving may have delivered the answer.
+            query.as_mut().poll(cx).map_err(Into::into)
+        })
+        .await
+    }
+
+    /// `run`, bounded: a half-open socket must not stall the listener forever.
+    pub(super) async fn bounded<T, E: Into<ListenerError>>(
+        &mut self,
+        query: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ListenerError> {
+        let bound = self.bound;
+        timeout(bound, self.run(query)).await.map_err(|_| ListenerError::QueryTimeout(bound))?
+    }
+
+    /// Drives the connection until a notification has arrived (or one arrived during the last query), or
+    /// until `deadline`.
+    pub(super) async fn notified(&mut self, deadline: Instant) -> Result<(), ListenerError> {
+        let mut deadline = pin!(sleep_until(deadline));
+        poll_fn(|cx| {
+            if let Poll::Ready(err) = self.drive(cx) {
+                return Poll::Ready(Err(err));
+            }
+            if std::mem::take(&mut self.notified) || deadline.as_mut().poll(cx).is_ready() {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
