@@ -78,6 +78,12 @@ impl Gateway {
         (count > 0.0).then(|| sum / count * 1000.0)
     }
 
+    /// A gauge of the gateway's own `/metrics` (under `--auth none`), if it has it.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let metrics = self.get("/metrics")?;
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// CPU seconds (user + system) the gateway has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();

@@ -13,8 +13,8 @@ use clap::Parser;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "pgsse-bench", about = "Load test for pgsse: latency, delivery, CPU and memory")]
 pub struct Args {
-    /// light, fanout, ingest, idle, replay, hoard, bulk, writepath, snapshot, snapshot-storm, post, mercure, slow,
-    /// custom, or all.
+    /// light, fanout, ingest, idle, replay, hoard, bulk, writepath, snapshot, snapshot-storm, post, mercure,
+    /// replicas, slow, custom, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// PostgreSQL to use (its database gets a `bench` table); default: a throwaway cluster with fsync off.

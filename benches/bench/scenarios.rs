@@ -31,6 +31,7 @@ mod hoard;
 mod mercure;
 mod post;
 mod quiet;
+mod replicas;
 mod report;
 mod snapshot;
 mod writepath;
@@ -137,6 +138,9 @@ impl Bench {
         }
         if wanted("mercure") {
             reports.extend(self.mercure().await);
+        }
+        if wanted("replicas") {
+            reports.extend(self.replicas().await);
         }
         if wanted("slow") {
             let load = Load { clients: 100, rate: Some(500.0), writers: 2, duration: secs(5), stalled: 0 };

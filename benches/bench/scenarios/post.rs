@@ -82,7 +82,7 @@ impl Bench {
     }
 
     /// CPU seconds used so far by the bench's own cluster: the postmaster and every process it started.
-    fn postgres_cpu_seconds(&self) -> Option<f64> {
+    pub(super) fn postgres_cpu_seconds(&self) -> Option<f64> {
         let pid_file = std::fs::read_to_string(self.cluster.as_ref()?.data_dir.join("postmaster.pid")).ok()?;
         let postmaster: u32 = pid_file.lines().next()?.trim().parse().ok()?;
         let mut ticks = 0u64;

@@ -1,0 +1,88 @@
+//! `replicas`: four gateways reading the log on a hot standby of the bench's cluster, beside the same load
+//! on four gateways reading the primary: 1,000 clients over the gateways, 500 inserts/s. Reports exact
+//! delivery, latency, and the primary's CPU per delivered event (all of its processes, its WAL sender
+//! included), which gateways on the standby should not raise.
+
+use std::time::{Duration, Instant};
+
+use super::{account, Bench, Clients, Load, Report};
+use crate::gateway::Gateway;
+
+const GATEWAYS: usize = 4;
+const CLIENTS: usize = 1000;
+const RATE: f64 = 500.0;
+const WRITERS: usize = 2;
+const PHASE: Duration = Duration::from_secs(10);
+
+impl Bench {
+    pub(super) async fn replicas(&self) -> Vec<Report> {
+        let Some(cluster) = &self.cluster else {
+            let note = "needs the bench's own cluster (no --database-url)".to_string();
+            return vec![Report { scenario: "replicas".into(), note, ..Report::default() }];
+        };
+        let dir = std::env::temp_dir().join(format!("pgsse-bench-standby-{}", std::process::id()));
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            probe.local_addr().expect("its address").port()
+        };
+        let standby = match cluster.standby(&dir, port, "") {
+            Ok(standby) => standby,
+            Err(err) => {
+                let note = format!("no standby: {err}");
+                return vec![Report { scenario: "replicas".into(), note, ..Report::default() }];
+            }
+        };
+        let standby_url = standby.url("postgres");
+        let reports = vec![self.replica_phase(None).await, self.replica_phase(Some(&standby_url)).await];
+        let _ = standby.stop("fast");
+        let _ = std::fs::remove_dir_all(dir);
+        reports
+    }
+
+    async fn replica_phase(&self, standby: Option<&str>) -> Report {
+        let extra: Vec<&str> = standby.map(|url| vec!["--replica-database-url", url]).unwrap_or_default();
+        let gateways: Vec<Gateway> = (0..GATEWAYS).map(|_| Gateway::start(&self.gateway, &self.url, &extra)).collect();
+        let t0 = Instant::now();
+        let start_id = self.head().await;
+        let mut clients = Vec::with_capacity(GATEWAYS);
+        for gw in &gateways {
+            clients.push(Clients::connect(gw.addr, CLIENTS / GATEWAYS, t0).await);
+        }
+        let cpu0 = self.postgres_cpu_seconds();
+        let load = Load { clients: CLIENTS, rate: Some(RATE), writers: WRITERS, duration: PHASE, stalled: 0 };
+        let (inserts, wrote_for, _) = self.write(&load, t0).await;
+        let end_id = self.head().await;
+        let mut seen = Vec::with_capacity(CLIENTS);
+        for group in clients {
+            seen.extend(group.drain(end_id).await);
+        }
+        let cpu = self.postgres_cpu_seconds().zip(cpu0).map(|(after, before)| after - before);
+        let lag: Vec<String> = gateways
+            .iter()
+            .filter_map(|gw| gw.metric("pgsse_replica_lag_seconds"))
+            .map(|s| format!("{:.1}", s * 1000.0))
+            .collect();
+        let expected = self.ids_between(start_id, end_id).await;
+        let mut report = Report {
+            scenario: if standby.is_some() { "replicas: standby" } else { "replicas: primary" }.into(),
+            clients: CLIENTS,
+            writers: WRITERS,
+            target_rate: Some(RATE),
+            inserts,
+            inserts_per_s: inserts as f64 / wrote_for.as_secs_f64(),
+            ..Report::default()
+        };
+        account(&mut report, &expected, seen, start_id, wrote_for);
+        report.note = format!(
+            "{GATEWAYS} gateways reading the {}; primary CPU {} per delivered event{}",
+            if standby.is_some() { "standby" } else { "primary" },
+            cpu.map_or("-".into(), |s| format!("{:.2} µs ({:.2} s)", s * 1e6 / report.deliveries.max(1) as f64, s)),
+            if lag.is_empty() {
+                String::new()
+            } else {
+                format!("; last barrier wait per gateway {} ms", lag.join(", "))
+            }
+        );
+        report
+    }
+}
