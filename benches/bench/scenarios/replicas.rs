@@ -33,10 +33,37 @@ impl Bench {
             }
         };
         let standby_url = standby.url("postgres");
-        let reports = vec![self.replica_phase(None).await, self.replica_phase(Some(&standby_url)).await];
+        let mut reports = vec![self.replica_phase(None).await, self.replica_phase(Some(&standby_url)).await];
+        for gateways in [1, 4, 16] {
+            reports.push(self.sequencing(gateways).await);
+        }
         let _ = standby.stop("fast");
         let _ = std::fs::remove_dir_all(dir);
         reports
+    }
+
+    /// The primary's CPU per insert with `gateways` attached and no client: each wakes on every commit,
+    /// and one at a time takes the sequencing step; the others find it taken.
+    async fn sequencing(&self, gateways: usize) -> Report {
+        let attached: Vec<Gateway> = (0..gateways).map(|_| Gateway::start(&self.gateway, &self.url, &[])).collect();
+        let cpu0 = self.postgres_cpu_seconds();
+        let load =
+            Load { clients: 0, rate: Some(200.0), writers: WRITERS, duration: Duration::from_secs(5), stalled: 0 };
+        let (inserts, wrote_for, _) = self.write(&load, Instant::now()).await;
+        let cpu = self.postgres_cpu_seconds().zip(cpu0).map(|(after, before)| after - before);
+        drop(attached);
+        Report {
+            scenario: format!("replicas: {gateways} attached"),
+            writers: WRITERS,
+            target_rate: Some(200.0),
+            inserts,
+            inserts_per_s: inserts as f64 / wrote_for.as_secs_f64(),
+            note: format!(
+                "{gateways} gateways on the primary, no clients; primary CPU {} per insert",
+                cpu.map_or("-".into(), |s| format!("{:.0} µs", s * 1e6 / inserts.max(1) as f64))
+            ),
+            ..Report::default()
+        }
     }
 
     async fn replica_phase(&self, standby: Option<&str>) -> Report {
