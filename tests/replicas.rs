@@ -215,3 +215,19 @@ async fn after_a_failover_to_the_standby_the_gateway_serves_from_it() {
     let bodies: Vec<String> = received(&follower).into_iter().map(|(_, body)| body).collect();
     assert_eq!(bodies, ["before", "after"], "each once");
 }
+
+/// A standby promoted while the primary goes on (a split brain) never holds what is sequenced on the
+/// primary: the gateway refuses to read it, and says why, rather than serve a log that stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_promoted_beside_a_running_primary_is_refused() {
+    let pair = pair(true).await;
+    let (_, standby) = pair.own.as_ref().unwrap();
+    let gw = Gateway::start_with(config(&pair, Duration::from_secs(10))).await;
+    standby.promote().unwrap();
+    let app = connect(&as_role(&pair.url, WRITER_ROLE)).await;
+    wait_for("the gateway names the split brain", || async {
+        app.execute("INSERT INTO messages (body) VALUES ('on the primary')", &[]).await.unwrap();
+        get(gw.addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 503 && r.body.contains("point it at a standby"))
+    })
+    .await;
+}

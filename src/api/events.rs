@@ -200,7 +200,8 @@ impl Events {
                 let (sub, _) = self.hub.subscribe(&channels, &filters)?;
                 // A new stream starts at the database's present, not at the listener's: an event that committed
                 // before this request but was not yet broadcast must not reach it. Subscribing first means every
-                // event after that head still arrives live.
+                // event after that head still arrives live. On a standby, the present is the standby's: an
+                // event the primary committed just before may still reach the stream.
                 let skip_through = match self.store.committed_head().await {
                     Ok(head) => head,
                     Err(err) => {
@@ -223,6 +224,7 @@ impl Events {
             limit: REPLAY_BATCH,
             skip: HashSet::new(),
             awaiting: HashSet::new(),
+            seam: false,
         };
         let token = self.shutdown.clone();
         tokio::spawn(async move {
@@ -290,6 +292,8 @@ struct Replay {
     /// Those of `skip` not read yet: the stream goes live only once they have passed, or their events
     /// could arrive live.
     awaiting: HashSet<i64>,
+    /// Reading the seam up to the live position: on the primary, which holds all of it.
+    seam: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +318,7 @@ impl Replay {
         self.await_skipped(&mut cursor).await?;
         let (sub, live_from) = self.events.hub.subscribe(&self.channels, &self.filters).map_err(StreamError::from)?;
         if cursor < live_from {
+            self.seam = true;
             while self.batch(&mut cursor, Some(live_from)).await? {}
         }
         debug!(cursor, live_from, "replay done, going live");
@@ -363,8 +368,11 @@ impl Replay {
 
     /// Sends one batch after `cursor` as a single chunk; returns whether more events may follow it.
     async fn batch(&mut self, cursor: &mut i64, through: Option<i64>) -> Result<bool, ReplayError> {
-        let batch =
-            self.events.store.replay(*cursor, through, &self.channels, self.limit).await.map_err(StreamError::from)?;
+        let store = &self.events.store;
+        let batch = store
+            .replay_on(*cursor, through, &self.channels, self.limit, self.seam)
+            .await
+            .map_err(StreamError::from)?;
         let cut = (batch.rows.len() as i64) < self.limit && batch.more;
         self.limit = if cut { batch.rows.len() as i64 * 2 } else { self.limit * 2 }.clamp(16, REPLAY_BATCH);
         let mut chunk = BytesMut::new();

@@ -131,19 +131,20 @@ impl Replay {
     async fn run(self, after: i64) -> Result<(), ReplayError> {
         let head = self.store.issued_head().await?;
         let mut cursor = after;
-        while self.batch(&mut cursor, head).await? {}
+        while self.batch(&mut cursor, head, false).await? {}
         let (sub, live_from) = self.hub.subscribe_updates(self.interest.clone())?;
-        while cursor < live_from && self.batch(&mut cursor, live_from).await? {}
+        while cursor < live_from && self.batch(&mut cursor, live_from, true).await? {}
         self.tx.send(Feed::Live { sub, skip_through: cursor }).await.map_err(|_| ReplayError::Gone)
     }
 
     /// Sends the updates this subscriber wants of one batch after `cursor`; whether more may follow.
-    async fn batch(&self, cursor: &mut i64, through: i64) -> Result<bool, ReplayError> {
+    /// `seam`: the read up to the live position, on the primary (see `Store::replay_on`).
+    async fn batch(&self, cursor: &mut i64, through: i64, seam: bool) -> Result<bool, ReplayError> {
         // A subscriber whose selectors match little is sent little: notice it left before reading on.
         if self.tx.is_closed() {
             return Err(ReplayError::Gone);
         }
-        let batch = self.store.replay(*cursor, Some(through), &self.names, REPLAY_BATCH).await?;
+        let batch = self.store.replay_on(*cursor, Some(through), &self.names, REPLAY_BATCH, seam).await?;
         // Retention took updates this stream had not seen: Mercure has no way to say so, the stream goes on.
         *cursor = (*cursor).max(batch.watermark);
         let mut chunk = BytesMut::new();

@@ -182,6 +182,18 @@ impl Listener {
             Some(standby) => Some(conn.bounded(standby.connect()).await?),
             None => None,
         };
+        if let Some(session) = standby.as_ref().filter(|s| s.promoted) {
+            // Promoted: read as the primary only when it is the primary (a failover that moved the primary's
+            // address to it); a second primary beside the first would never hold the events sequenced there.
+            let started = "SELECT pg_postmaster_start_time()::text";
+            let (here, there) = (
+                conn.bounded(client.query_one(started, &[])).await?.try_get::<_, String>(0)?,
+                conn.bounded(session.client.query_one(started, &[])).await?.try_get::<_, String>(0)?,
+            );
+            if here != there {
+                return Err(ReplicaError::SplitBrain.into());
+            }
+        }
         let reads = standby.as_ref().map_or(&client, |s| &s.client);
         let fetch = conn.bounded(reads.prepare(&fetch_sql)).await?;
         // The highest committed id (ids at or below the retention watermark count as committed) and the
@@ -191,7 +203,12 @@ impl Listener {
              m.pruned_through), {ISSUED_HEAD} FROM pgsse.meta m"
         );
         let head = conn.bounded(reads.query_one(&head_sql, &[])).await?;
-        let (committed, issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
+        let (committed, mut issued): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
+        if standby.is_some() {
+            // Whether the log went backwards is the primary's to say: a standby further behind than the last
+            // one read is only late.
+            issued = conn.bounded(client.query_one(&format!("SELECT {ISSUED_HEAD}"), &[])).await?.try_get(0)?;
+        }
         let probe_sql = format!(
             "SELECT pg_notification_queue_usage(), count(e.id), max(e.id), b.pending, coalesce(b.oldest_seconds, 0) \
              FROM pgsse.backlog() b LEFT JOIN pgsse.events e ON e.id > {ISSUED_HEAD} GROUP BY b.pending, b.oldest_seconds"
@@ -333,7 +350,8 @@ impl Listener {
                     let lsn: String = lsn.try_get(0)?;
                     let (status, max_lag) = (&barrier.status, barrier.max_lag);
                     let wait = max_lag + conn.bound;
-                    let replayed = replica::replayed(log.reads, barrier.replayed, &lsn, max_lag, status);
+                    let look = || replica::look(log.reads, barrier.replayed, &lsn);
+                    let replayed = replica::wait(look, max_lag, status);
                     timeout(wait, conn.run(replayed)).await.map_err(|_| ListenerError::QueryTimeout(wait))??;
                     (step, conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?)
                 }

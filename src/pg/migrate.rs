@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("010_idempotency.sql", include_str!("../../sql/010_idempotency.sql")),
     ("011_wide_events.sql", include_str!("../../sql/011_wide_events.sql")),
     ("012_mercure.sql", include_str!("../../sql/012_mercure.sql")),
+    ("013_standbys.sql", include_str!("../../sql/013_standbys.sql")),
 ];
 
 /// The schema version the files install (`pgsse.meta.schema_version`): the last file's number. `/readyz`
@@ -273,7 +274,7 @@ mod tests {
         assert_eq!(on_disk, listed);
         let numbers: Vec<i32> = listed.iter().map(|name| number(name)).collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
-        assert_eq!(SCHEMA_VERSION, 12);
+        assert_eq!(SCHEMA_VERSION, 13);
         assert!(RENAMED.iter().all(|(_, new)| listed.contains(new)));
         let mut functions: Vec<String> = std::fs::read_dir(format!("{dir}/functions"))
             .unwrap()

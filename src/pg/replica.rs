@@ -2,6 +2,7 @@
 //! of the log go there, and a read that must see a primary's commit first waits until the standby has
 //! replayed the primary's WAL past it (its LSN), bounded by `--replica-max-lag`.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ impl ReplicaArgs {
 }
 
 /// The primary's WAL position now: whatever committed before this is replayed on a standby past it.
-pub const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+pub const PRIMARY_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 /// Whether the standby is one, has replayed past `$1`, and how many bytes it is short of it.
 pub const REPLAYED: &str =
     "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false), \
@@ -49,6 +50,13 @@ pub enum ReplicaError {
     Db(#[from] tokio_postgres::Error),
     #[error("--replica-database-url is not a standby (promoted?): its log no longer follows the primary's")]
     NotStandby,
+    #[error(
+        "--replica-database-url leads to a primary that --database-url does not (a standby promoted beside a \
+         running primary): point it at a standby of --database-url"
+    )]
+    SplitBrain,
+    #[error("the standby is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// How the standby keeps up, as the barrier saw it, for the metrics and `/readyz`.
@@ -71,14 +79,26 @@ impl ReplicaStatus {
     }
 }
 
-/// Waits until the standby behind `client` (`stmt` is [`REPLAYED`] prepared on it) has replayed the
-/// primary's WAL through `lsn`, looking again
-/// and again (a standby has no notifications), at most `max`. Returns whether it got there; past `max`
-/// the caller reads what the standby has, and the status says it is behind.
-pub async fn replayed(
-    client: &Client,
-    stmt: &Statement,
-    lsn: &str,
+/// What one look at the standby saw: whether it has replayed the position, and how many bytes it is short.
+pub struct Look {
+    pub caught_up: bool,
+    pub short_bytes: f64,
+}
+
+/// Looks once at the standby behind `client` (`stmt` is [`REPLAYED`] prepared on it).
+pub async fn look(client: &Client, stmt: &Statement, lsn: &str) -> Result<Look, ReplicaError> {
+    let row = client.query_one(stmt, &[&lsn]).await?;
+    if !row.try_get::<_, bool>(0)? {
+        return Err(ReplicaError::NotStandby);
+    }
+    Ok(Look { caught_up: row.try_get(1)?, short_bytes: row.try_get(2)? })
+}
+
+/// Looks at the standby with `look` until it has replayed the primary's WAL through the position asked
+/// (a standby has no notifications), at most `max`. Returns whether it got there; past `max` the caller
+/// reads what the standby has, and the status says it is behind.
+pub async fn wait<F: Future<Output = Result<Look, ReplicaError>>>(
+    mut look: impl FnMut() -> F,
     max: Duration,
     status: &ReplicaStatus,
 ) -> Result<bool, ReplicaError> {
@@ -86,15 +106,17 @@ pub async fn replayed(
     let mut pause = POLL_MIN;
     let mut first = true;
     let caught_up = loop {
-        let row = client.query_one(stmt, &[&lsn]).await?;
-        if !row.try_get::<_, bool>(0)? {
-            return Err(ReplicaError::NotStandby);
+        let seen = match look().await {
+            Ok(seen) => seen,
+            Err(err) => {
+                status.behind.store(false, Ordering::Relaxed);
+                return Err(err);
+            }
+        };
+        if std::mem::take(&mut first) {
+            status.lag_bytes.store(seen.short_bytes as u64, Ordering::Relaxed);
         }
-        if first {
-            status.lag_bytes.store(row.try_get::<_, f64>(2)? as u64, Ordering::Relaxed);
-            first = false;
-        }
-        if row.try_get::<_, bool>(1)? {
+        if seen.caught_up {
             break true;
         }
         if started.elapsed() + pause > max {

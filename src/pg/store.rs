@@ -322,7 +322,21 @@ impl Store {
         channels: &[String],
         limit: i64,
     ) -> Result<ReplayBatch, StoreError> {
-        self.with_reads(async |client| {
+        self.replay_on(after, through, channels, limit, false).await
+    }
+
+    /// [`Store::replay`] on the primary where `primary` says, even with a standby: the short read between
+    /// a replay and the live position the listener reached, which another standby behind the same address
+    /// (a reader endpoint) might not hold yet.
+    pub async fn replay_on(
+        &self,
+        after: i64,
+        through: Option<i64>,
+        channels: &[String],
+        limit: i64,
+        primary: bool,
+    ) -> Result<ReplayBatch, StoreError> {
+        let work = async |client: &Client| {
             // No event at all comes back as one row of NULLs beside the watermark. A ROWS frame keeps the running
             // sum one addition a row.
             let stmt = client
@@ -365,7 +379,11 @@ impl Store {
             // costs one more, empty, read).
             let more = read == limit || bytes >= PAGE_BYTES;
             Ok(ReplayBatch { watermark, rows: events, last, more })
-        })
-        .await
+        };
+        if primary {
+            self.with(work).await
+        } else {
+            self.with_reads(work).await
+        }
     }
 }

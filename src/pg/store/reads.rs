@@ -79,14 +79,20 @@ impl Store {
                 Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
             })
             .await?;
-        on(&reads.pool, self.bound, async |client| {
-            let stmt = client.prepare_cached(REPLAYED).await?;
-            match replica::replayed(client, &stmt, &lsn, reads.max_lag, &reads.status).await {
-                // Promoted, it holds what it holds as a primary does: there is nothing to wait for.
-                Ok(_) | Err(ReplicaError::NotStandby) => Ok(()),
-                Err(err) => Err(err.into()),
-            }
-        })
-        .await
+        // Each look takes a connection and gives it back: a wait holds none, so requests waiting out a lag
+        // leave the pool to everything else. The wait ends before the request's own bound.
+        let look = || async {
+            on(&reads.pool, self.bound, async |client| {
+                let stmt = client.prepare_cached(REPLAYED).await?;
+                Ok(replica::look(client, &stmt, &lsn).await)
+            })
+            .await
+            .unwrap_or_else(|err| Err(ReplicaError::Unavailable(err.to_string())))
+        };
+        match replica::wait(look, reads.max_lag.min(self.bound / 2), &reads.status).await {
+            // Promoted, it holds what it holds as a primary does: there is nothing to wait for.
+            Ok(_) | Err(ReplicaError::NotStandby) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
     }
 }
