@@ -34,13 +34,18 @@ pub(crate) fn encode_into(buf: &mut BytesMut, id: Option<i64>, event: &str, data
     buf.put_slice(b"event: ");
     buf.put_slice(event.as_bytes());
     buf.put_u8(b'\n');
+    put_data(buf, data);
+    Ok(())
+}
+
+/// Appends `data` as one `data:` field per line, and the blank line that ends the event.
+fn put_data(buf: &mut BytesMut, data: &str) {
     for line in split_lines(data) {
         buf.put_slice(b"data: ");
         buf.put_slice(line.as_bytes());
         buf.put_u8(b'\n');
     }
     buf.put_u8(b'\n');
-    Ok(())
 }
 
 /// Encodes a Mercure update as its hub sends it: `event:` only for a type, `retry:` only when not 0, the
@@ -64,12 +69,7 @@ pub fn encode_update(id: &str, event: Option<&str>, retry: Option<u64>, data: &s
     buf.put_slice(b"id: ");
     buf.put_slice(id.as_bytes());
     buf.put_u8(b'\n');
-    for line in split_lines(data) {
-        buf.put_slice(b"data: ");
-        buf.put_slice(line.as_bytes());
-        buf.put_u8(b'\n');
-    }
-    buf.put_u8(b'\n');
+    put_data(&mut buf, data);
     Ok(buf.freeze())
 }
 

@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::client::{self, Seen};
 use crate::gateway::Gateway;
 use crate::Args;
-use report::{account, mb, print, rate, Percentiles, Report};
+use report::{account, mb, print, rate, tally, Percentiles, Report};
 
 /// Clients connect from these loopback sources in turn, so large N does not exhaust one address's ports.
 const SOURCES: u8 = 8;

@@ -171,6 +171,18 @@ impl Hub {
         self.lock().last_id
     }
 
+    /// A new subscriber's queue and id, and the hub locked with its last id, for it to register under.
+    fn register(&self) -> Result<(Arc<Queue>, u64, MutexGuard<'_, Inner>, i64), HubError> {
+        let queue = Arc::new(Queue::new(self.queue_capacity));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let inner = self.lock();
+        if inner.closed {
+            return Err(HubError::Closed);
+        }
+        let last_id = inner.last_id.ok_or(HubError::NotStarted)?;
+        Ok((queue, id, inner, last_id))
+    }
+
     /// Registers for live frames. Returns the last id broadcast before registration: every later frame
     /// reaches this subscriber, every earlier one must come from the log. Taken under the same lock as
     /// `broadcast`, which is what makes the replay/live seam exact.
@@ -179,13 +191,7 @@ impl Hub {
         channels: &[String],
         filters: &ChannelFilters,
     ) -> Result<(Subscription, i64), HubError> {
-        let queue = Arc::new(Queue::new(self.queue_capacity));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.lock();
-        if inner.closed {
-            return Err(HubError::Closed);
-        }
-        let last_id = inner.last_id.ok_or(HubError::NotStarted)?;
+        let (queue, id, mut inner, last_id) = self.register()?;
         let mut names = Vec::with_capacity(channels.len());
         for channel in channels {
             let key = match inner.channels.get_key_value(channel.as_str()) {
@@ -204,13 +210,7 @@ impl Hub {
     /// Registers a Mercure subscriber for live updates; returns, as [`Hub::subscribe`] does, the last id
     /// broadcast before it.
     pub fn subscribe_updates(self: &Arc<Self>, interest: Arc<Interest>) -> Result<(Subscription, i64), HubError> {
-        let queue = Arc::new(Queue::new(self.queue_capacity));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.lock();
-        if inner.closed {
-            return Err(HubError::Closed);
-        }
-        let last_id = inner.last_id.ok_or(HubError::NotStarted)?;
+        let (queue, id, mut inner, last_id) = self.register()?;
         inner.updates.insert(id, (queue.clone(), interest));
         drop(inner);
         Ok((Subscription { queue, id, channels: Vec::new(), hub: self.clone() }, last_id))

@@ -3,7 +3,6 @@
 //! (100 channels, ten streams each, `POST /{channel}`), both under `--auth jwt`. Reports deliveries,
 //! latency from the POST to the subscriber, and the gateway's CPU per delivery, side by side.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::{mb, Bench, Clients, Percentiles, Report};
+use super::{mb, tally, Bench, Clients, Percentiles, Report};
 use crate::gateway::Gateway;
 
 const CLIENTS: usize = 1000;
@@ -100,20 +99,7 @@ impl Bench {
         };
         let mut latencies = Vec::new();
         for (i, s) in seen.into_iter().enumerate() {
-            let expected = &by_topic[i % TOPICS];
-            let (mut last, mut distinct) = (i64::MIN, HashSet::with_capacity(s.ids.len()));
-            for id in &s.ids {
-                if !distinct.insert(*id) {
-                    report.duplicated += 1;
-                } else if *id < last {
-                    report.out_of_order += 1;
-                }
-                last = last.max(*id);
-            }
-            report.lost += expected.iter().filter(|id| !distinct.contains(id)).count() as u64;
-            report.deliveries += s.ids.len() as u64;
-            report.resumed += u64::from(s.resumed);
-            latencies.extend(s.latencies_us);
+            latencies.extend(tally(&mut report, &by_topic[i % TOPICS], s, 0));
         }
         report.deliveries_per_s = report.deliveries as f64 / wrote_for.as_secs_f64();
         report.latency_ms = Percentiles::of(latencies);

@@ -58,24 +58,30 @@ pub(crate) fn rate((count, took, _): (u64, Duration, Vec<u32>)) -> f64 {
 pub(crate) fn account(report: &mut Report, expected: &[i64], seen: Vec<Seen>, start_id: i64, wrote_for: Duration) {
     let mut latencies = Vec::new();
     for s in seen {
-        let ids: Vec<i64> = s.ids.iter().copied().filter(|id| *id > start_id).collect();
-        let mut last = i64::MIN;
-        let mut distinct = std::collections::HashSet::with_capacity(ids.len());
-        for id in &ids {
-            if !distinct.insert(*id) {
-                report.duplicated += 1;
-            } else if *id < last {
-                report.out_of_order += 1;
-            }
-            last = last.max(*id);
-        }
-        report.lost += expected.iter().filter(|id| !distinct.contains(id)).count() as u64;
-        report.resumed += u64::from(s.resumed);
-        report.deliveries += ids.len() as u64;
-        latencies.extend(s.latencies_us);
+        latencies.extend(tally(report, expected, s, start_id));
     }
     report.deliveries_per_s = report.deliveries as f64 / wrote_for.as_secs_f64();
     report.latency_ms = Percentiles::of(latencies);
+}
+
+/// Adds what one client saw after `start_id` against what it should have (`expected`); returns its
+/// latencies.
+pub(crate) fn tally(report: &mut Report, expected: &[i64], s: Seen, start_id: i64) -> Vec<u32> {
+    let ids: Vec<i64> = s.ids.iter().copied().filter(|id| *id > start_id).collect();
+    let mut last = i64::MIN;
+    let mut distinct = std::collections::HashSet::with_capacity(ids.len());
+    for id in &ids {
+        if !distinct.insert(*id) {
+            report.duplicated += 1;
+        } else if *id < last {
+            report.out_of_order += 1;
+        }
+        last = last.max(*id);
+    }
+    report.lost += expected.iter().filter(|id| !distinct.contains(id)).count() as u64;
+    report.resumed += u64::from(s.resumed);
+    report.deliveries += ids.len() as u64;
+    s.latencies_us
 }
 
 pub(crate) fn mb(bytes: u64) -> f64 {
