@@ -1,5 +1,5 @@
-//! `replicas`: four gateways reading the log on a hot standby of the bench's cluster, beside the same load
-//! on four gateways reading the primary: 1,000 clients over the gateways, 500 inserts/s. Reports exact
+//! `replicas`: four gateways reading the log on two hot standbys of the bench's cluster, beside the same
+//! load on four gateways reading the primary: 1,000 clients over the gateways, 500 inserts/s. Reports exact
 //! delivery, latency, and the primary's CPU per delivered event (all of its processes, its WAL sender
 //! included), which gateways on the standby should not raise.
 
@@ -9,6 +9,7 @@ use super::{account, Bench, Clients, Load, Report};
 use crate::gateway::Gateway;
 
 const GATEWAYS: usize = 4;
+const STANDBYS: usize = 2;
 const CLIENTS: usize = 1000;
 const RATE: f64 = 500.0;
 const WRITERS: usize = 2;
@@ -20,25 +21,30 @@ impl Bench {
             let note = "needs the bench's own cluster (no --database-url)".to_string();
             return vec![Report { scenario: "replicas".into(), note, ..Report::default() }];
         };
-        let dir = std::env::temp_dir().join(format!("pgsse-bench-standby-{}", std::process::id()));
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
-            probe.local_addr().expect("its address").port()
-        };
-        let standby = match cluster.standby(&dir, port, "") {
-            Ok(standby) => standby,
-            Err(err) => {
-                let note = format!("no standby: {err}");
-                return vec![Report { scenario: "replicas".into(), note, ..Report::default() }];
+        let mut standbys = Vec::new();
+        for n in 0..STANDBYS {
+            let dir = std::env::temp_dir().join(format!("pgsse-bench-standby-{}-{n}", std::process::id()));
+            let port = {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+                probe.local_addr().expect("its address").port()
+            };
+            match cluster.standby(&dir, port, "hot_standby_feedback = on") {
+                Ok(standby) => standbys.push(standby),
+                Err(err) => {
+                    let note = format!("no standby: {err}");
+                    return vec![Report { scenario: "replicas".into(), note, ..Report::default() }];
+                }
             }
-        };
-        let standby_url = standby.url("postgres");
-        let mut reports = vec![self.replica_phase(None).await, self.replica_phase(Some(&standby_url)).await];
+        }
+        let urls: Vec<String> = standbys.iter().map(|s| s.url("postgres")).collect();
+        let mut reports = vec![self.replica_phase(&[]).await, self.replica_phase(&urls).await];
         for gateways in [1, 4, 16] {
             reports.push(self.sequencing(gateways).await);
         }
-        let _ = standby.stop("fast");
-        let _ = std::fs::remove_dir_all(dir);
+        for standby in standbys {
+            let _ = standby.stop("fast");
+            let _ = std::fs::remove_dir_all(&standby.data_dir);
+        }
         reports
     }
 
@@ -66,9 +72,18 @@ impl Bench {
         }
     }
 
-    async fn replica_phase(&self, standby: Option<&str>) -> Report {
-        let extra: Vec<&str> = standby.map(|url| vec!["--replica-database-url", url]).unwrap_or_default();
-        let gateways: Vec<Gateway> = (0..GATEWAYS).map(|_| Gateway::start(&self.gateway, &self.url, &extra)).collect();
+    /// `GATEWAYS` gateways reading the primary, or spread over `standbys`.
+    async fn replica_phase(&self, standbys: &[String]) -> Report {
+        let gateways: Vec<Gateway> = (0..GATEWAYS)
+            .map(|n| {
+                let extra: Vec<&str> = match standbys {
+                    [] => Vec::new(),
+                    _ => vec!["--replica-database-url", &standbys[n % standbys.len()]],
+                };
+                Gateway::start(&self.gateway, &self.url, &extra)
+            })
+            .collect();
+        let standby = (!standbys.is_empty()).then_some(());
         let t0 = Instant::now();
         let start_id = self.head().await;
         let mut clients = Vec::with_capacity(GATEWAYS);
@@ -102,7 +117,7 @@ impl Bench {
         account(&mut report, &expected, seen, start_id, wrote_for);
         report.note = format!(
             "{GATEWAYS} gateways reading the {}; primary CPU {} per delivered event{}",
-            if standby.is_some() { "standby" } else { "primary" },
+            if standby.is_some() { "two standbys" } else { "primary" },
             cpu.map_or("-".into(), |s| format!("{:.2} µs ({:.2} s)", s * 1e6 / report.deliveries.max(1) as f64, s)),
             if lag.is_empty() {
                 String::new()
