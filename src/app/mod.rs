@@ -57,6 +57,9 @@ impl App {
         let status = Arc::new(ListenerStatus::default());
         let listen_url = config.listener.listen_database_url.as_deref().unwrap_or(&config.database_url);
         let mut listener = Listener::new(listen_url, hub.clone(), status.clone(), config.listener.probe_interval)?;
+        if config.mercure.mercure {
+            listener = listener.with_updates();
+        }
         let mut store = Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?;
         let replica = Arc::new(ReplicaStatus::default());
         if let Some(url) = config.replica.url() {

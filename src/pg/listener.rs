@@ -84,6 +84,8 @@ pub struct Listener {
     last_id: Option<i64>,
     /// Where the log is read, when not on the LISTEN connection itself.
     standby: Option<Standby>,
+    /// Events are made Mercure updates too (`--mercure`); otherwise no read or event pays for it.
+    updates: bool,
 }
 
 impl Listener {
@@ -96,7 +98,13 @@ impl Listener {
         // Two probe intervals without an acknowledgement drop the connection in the kernel, even between queries.
         let pg = super::session_config(database_url, "pgsse-listener", CONNECT_TIMEOUT, probe_interval * 2)
             .map_err(ListenerError::Config)?;
-        Ok(Self { pg, hub, status, probe_interval, last_id: None, standby: None })
+        Ok(Self { pg, hub, status, probe_interval, last_id: None, standby: None, updates: false })
+    }
+
+    /// Makes each event a Mercure update where it is one, for the hub's Mercure subscribers.
+    pub fn with_updates(mut self) -> Self {
+        self.updates = true;
+        self
     }
 
     /// Reads the log from the hot standby at `url`, each read after the standby has replayed the step
@@ -170,12 +178,13 @@ impl Listener {
         conn.bounded(client.batch_execute(&format!("LISTEN \"{channel}\""))).await?;
         // This session's own batches notify it too; it reads the log after each anyway.
         conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
+        // A table's Mercure topic is read beside each row only for a gateway serving Mercure.
+        let topic = if self.updates { format!(", {}", topic_column("pgsse.events")) } else { String::new() };
         let fetch_sql = format!(
-            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {}, {} FROM pgsse.events \
+            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {}{topic} FROM pgsse.events \
              WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
             EventRow::columns(),
             filter_columns("pgsse.events"),
-            topic_column("pgsse.events")
         );
         // On a standby, the log is read there, each read after the standby replayed the step before it.
         let standby = match &self.standby {
@@ -399,7 +408,8 @@ impl Listener {
             for row in &rows {
                 self.status.lag.observe(row.try_get::<_, f64>(4)?.max(0.0));
                 let event = match EventRow::from_row(row)? {
-                    Ok(event) => event.with_filter_columns(row, 5)?.with_topic(row, 9)?,
+                    Ok(event) if self.updates => event.with_filter_columns(row, 5)?.with_topic(row, 9)?,
+                    Ok(event) => event.with_filter_columns(row, 5)?,
                     Err(poison) => {
                         error!(id = poison.id, "skipping an event whose payload is not UTF-8 (a SQL_ASCII database?)");
                         self.status.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -409,7 +419,7 @@ impl Listener {
                 };
                 last = event.id;
                 if let Some((frame, data)) = event.encode() {
-                    let update = event.update();
+                    let update = if self.updates { event.update() } else { None };
                     let moves = event.moved.map(|moved| Box::new(UpdateFrames::new(event.id, data.clone(), moved)));
                     events.push(Event::new(event.channel, frame, data, moves, event.wide).with_update(update));
                 }
