@@ -69,6 +69,9 @@ struct Claims {
     pgsse: Option<Grant>,
 }
 
+/// How a token without `exp` is told: callers that accept some such tokens add how.
+pub(crate) const NO_EXP: &str = "it has no exp claim";
+
 /// The token's fault in words, without the library's internals.
 fn token_error(err: &jsonwebtoken::errors::Error) -> AuthError {
     use jsonwebtoken::errors::ErrorKind;
@@ -81,6 +84,7 @@ fn token_error(err: &jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidAudience => "its aud claim does not name this gateway (--jwt-audience)",
         ErrorKind::InvalidIssuer => "its iss claim is not the expected issuer (--jwt-issuer)",
         ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
+        ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => return AuthError::Invalid(NO_EXP.into()),
         ErrorKind::MissingRequiredClaim(claim) => return AuthError::Invalid(format!("it has no {claim} claim")),
         ErrorKind::Json(e) => return AuthError::Invalid(format!("its claims are malformed: {}", plain_json_error(e))),
         ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "it is not a JWT",

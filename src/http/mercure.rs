@@ -35,7 +35,7 @@ async fn subscribe<B>(
     req: &Request<B>,
 ) -> Result<Response<Body>, MercureError> {
     let request = Subscribe::parse(req.uri().query(), mercure.legacy())?;
-    let caller = mercure.caller(req.headers(), request.token.as_deref())?;
+    let caller = mercure.caller(req.headers(), request.token.as_deref(), true)?;
     // The browser's own header on reconnect wins over the id the page first asked for.
     let header_id = req
         .headers()
@@ -62,7 +62,7 @@ async fn subscribe<B>(
 async fn publish(site: &Site, mercure: &Mercure, req: Request<Incoming>) -> Result<Response<Body>, MercureError> {
     let (parts, body) = req.into_parts();
     // Only from the Authorization header: a cookie would let any site's form publish with a visitor's token.
-    let caller = mercure.caller(&without_cookies(&parts.headers), None)?;
+    let caller = mercure.caller(&parts.headers, None, false)?;
     if caller.is_none() {
         return Err(MercureError::PublishToken);
     }
@@ -78,10 +78,4 @@ async fn publish(site: &Site, mercure: &Mercure, req: Request<Incoming>) -> Resu
     let mut resp = Response::new(Either::Left(Reply::new(Bytes::from(id))));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     Ok(resp)
-}
-
-fn without_cookies(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut headers = headers.clone();
-    headers.remove(http::header::COOKIE);
-    headers
 }

@@ -129,7 +129,7 @@ fn details_rights(details: &Value) -> Result<Rights, ClaimsError> {
             let Some(pattern) = topic.get("match").and_then(Value::as_str).filter(|m| !m.is_empty()) else {
                 return Err(ClaimsError::Malformed("a topic has no match"));
             };
-            let selector = |()| match topic.get("match_type").map(Value::as_str) {
+            let selector = || match topic.get("match_type").map(Value::as_str) {
                 None | Some(Some("exact")) => Ok(Selector::exact(pattern, true)?),
                 Some(Some("urlpattern")) if pattern == "*" => Ok(Selector::All),
                 Some(Some("urlpattern")) => Ok(Selector::url_pattern(pattern)?),
@@ -142,10 +142,10 @@ fn details_rights(details: &Value) -> Result<Rights, ClaimsError> {
                 return Err(ClaimsError::TooMany);
             }
             if publish {
-                rights.publish.push(selector(())?);
+                rights.publish.push(selector()?);
             }
             if subscribe {
-                rights.subscribe.push(selector(())?);
+                rights.subscribe.push(selector()?);
             }
         }
     }

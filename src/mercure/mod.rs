@@ -14,20 +14,17 @@ use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::stream::{Sent, SseBody};
-use crate::auth::jwt::{bearer_header, cookie};
+use crate::auth::jwt::{bearer_header, cookie, NO_EXP};
 use crate::auth::{Access, Auth, AuthError, Grant, Jwt};
 use crate::fanout::hub::Hub;
 use crate::fanout::update::hub_id;
-use crate::fanout::update::Interest;
+use crate::fanout::update::{Interest, TableTopic};
 use crate::filter::Filter;
 use crate::pg::published::{ColumnsError, Published};
 use crate::pg::store::{NewUpdate, Store};
 pub use claims::Rights;
 pub use error::MercureError;
 pub use request::{Publish, Subscribe};
-
-/// How [`Jwt::verify`] says a token has no `exp`.
-const NO_EXP: &str = "it has no exp claim";
 
 /// The cookie a 1.0 subscriber's token comes in, and the one 0.x clients use.
 pub const COOKIE: &str = "__Secure-mercure_access_token";
@@ -116,15 +113,21 @@ impl Mercure {
     }
 
     /// The caller of a request: its token from the `Authorization` header, else (0.x) the `authorization`
-    /// parameter, else a cookie. `None` without a token.
-    pub fn caller(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Caller>, MercureError> {
+    /// parameter, else, where `cookies` allows, a cookie. `None` without a token.
+    pub fn caller(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        cookies: bool,
+    ) -> Result<Option<Caller>, MercureError> {
         let legacy = self.args.mercure_legacy;
+        let from_cookie = |name: &str| cookie(headers, name).filter(|_| cookies);
         let token = match bearer_header(headers).map_err(|()| MercureError::Presentation)? {
             Some(token) => Some(token),
             None => query_token
                 .filter(|_| legacy)
-                .or_else(|| cookie(headers, COOKIE))
-                .or_else(|| cookie(headers, LEGACY_COOKIE).filter(|_| legacy)),
+                .or_else(|| from_cookie(COOKIE))
+                .or_else(|| from_cookie(LEGACY_COOKIE).filter(|_| legacy)),
         };
         let Some(token) = token else { return Ok(None) };
         let exp_optional = legacy && self.args.jwt_exp_optional;
@@ -160,14 +163,19 @@ impl Mercure {
         Ok(update.id.unwrap_or_else(|| hub_id(id)))
     }
 
-    /// The row filters of pgsse's own grant for each table channel with a topic, as a native stream of
-    /// the channel would apply them.
-    /// A channel the grant does not let its holder subscribe to is left out, so none of its rows pass; a
-    /// filter no row of its channel can match is refused, as on a native stream.
-    async fn grant_filters(&self, grant: Grant) -> Result<HashMap<String, Option<Arc<Filter>>>, MercureError> {
+    /// The row filters of pgsse's own grant for each table channel with a topic (of `channels`, those that
+    /// carry updates), as a native stream of the channel would apply them. A channel the grant does not let
+    /// its holder subscribe to is left out, so none of its rows pass; a filter no row of its channel can
+    /// match is refused, as on a native stream.
+    async fn grant_filters(
+        &self,
+        grant: Grant,
+        channels: &[(String, Option<TableTopic>)],
+    ) -> Result<HashMap<String, Option<Arc<Filter>>>, MercureError> {
         let access = Access::Granted { grant, expires: None, subject: None };
         let mut filters = HashMap::new();
-        for (channel, topic) in self.store.update_channels().await? {
+        for (channel, topic) in channels {
+            let channel = channel.clone();
             if topic.is_none() || access.may_subscribe(&channel).is_err() {
                 continue;
             }
@@ -201,12 +209,15 @@ impl Mercure {
             Some(caller) => (caller.rights, caller.expires),
             None => (Rights::default(), None),
         };
+        let last = header_id.or(request.last_event_id);
+        // Read once for both that need it: a grant's filters, and a resume's read of the log.
+        let channels =
+            if rights.grant.is_some() || last.is_some() { self.store.update_channels().await? } else { Vec::new() };
         let filters = match rights.grant {
-            Some(grant) => Some(self.grant_filters(grant).await?),
+            Some(grant) => Some(self.grant_filters(grant, &channels).await?),
             None => None,
         };
         let interest = Arc::new(Interest { selectors: request.selectors, grants: rights.subscribe, filters });
-        let last = header_id.or(request.last_event_id);
-        stream::open(self, interest, last, expires).await
+        stream::open(self, interest, last, channels, expires).await
     }
 }

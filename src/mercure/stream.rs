@@ -32,6 +32,7 @@ pub(super) async fn open(
     m: &Mercure,
     interest: Arc<Interest>,
     last: Option<String>,
+    channels: Vec<(String, Option<TableTopic>)>,
     expires: Option<SystemTime>,
 ) -> Result<(SseBody, Option<String>), MercureError> {
     let prelude = sse::prelude(m.retry);
@@ -39,11 +40,7 @@ pub(super) async fn open(
     let expires =
         expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
     m.hub.wait_started(START_WAIT).await?;
-    // Only a resume reads the log, so only it asks which channels carry updates.
-    let channels = match last {
-        Some(_) => m.store.update_channels().await?,
-        None => Vec::new(),
-    };
+    // `channels`, those that carry updates, are read for a resume, which reads the log.
     let names: Vec<String> = channels.iter().map(|(name, _)| name.clone()).collect();
     let (start, shown) = match last.as_deref() {
         None => (Start::Live, None),
