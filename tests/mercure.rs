@@ -26,11 +26,20 @@ fn signed(header: Header, claims: Value) -> String {
     encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
 }
 
-/// A protocol 1.0 token: RFC 9068 `at+jwt` with Mercure authorization details.
+/// A protocol 1.0 token: RFC 9068 `at+jwt` with Mercure authorization details, for an hour.
 fn token(actions: &[&str], topics: Value) -> String {
+    token_with(actions, topics, in_an_hour(), None)
+}
+
+/// [`token`] ending at `exp`, and carrying pgsse's own `grant` too where given.
+fn token_with(actions: &[&str], topics: Value, exp: u64, grant: Option<Value>) -> String {
     let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
     let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": actions, "topics": topics});
-    signed(header, json!({"exp": in_an_hour(), "authorization_details": [detail]}))
+    let mut claims = json!({"exp": exp, "authorization_details": [detail]});
+    if let Some(grant) = grant {
+        claims["pgsse"] = grant;
+    }
+    signed(header, claims)
 }
 
 fn everything() -> String {
@@ -327,12 +336,8 @@ async fn a_tables_rows_are_updates_on_its_topic() {
     let mut mine = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &own)]).await;
     let mut anonymous = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[]).await;
     // A token that also carries pgsse's own grant: its row filter holds here as on a native stream.
-    let filtered = {
-        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
-        let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": [{"match": "*"}]});
-        let grant = json!({"subscribe": ["orders", "news"], "filter": {"orders": "customer=eq.bob"}});
-        signed(header, json!({"exp": in_an_hour(), "authorization_details": [detail], "pgsse": grant}))
-    };
+    let grant = json!({"subscribe": ["orders", "news"], "filter": {"orders": "customer=eq.bob"}});
+    let filtered = token_with(&["subscribe"], json!([{"match": "*"}]), in_an_hour(), Some(grant));
     let mut bobs = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &bearer(&filtered))]).await;
 
     db.app.batch_execute("INSERT INTO orders (customer, secret) VALUES ('ann', 's1'), ('bob', 's2')").await.unwrap();
@@ -357,12 +362,8 @@ async fn a_tables_rows_are_updates_on_its_topic() {
 async fn a_subscription_ends_when_its_token_expires() {
     let TestDb { url, .. } = TestDb::new().await;
     let gw = gateway(&url, |_| {}).await;
-    let short = {
-        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
-        let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": [{"match": "*"}]});
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 2;
-        signed(header, json!({"exp": exp, "authorization_details": [detail]}))
-    };
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 2;
+    let short = token_with(&["subscribe"], json!([{"match": "*"}]), exp, None);
     let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t"), &[("authorization", &bearer(&short))]).await;
     assert_eq!(publish(gw.addr, &everything(), "topic=t&data=x&private=on").await.status, 200);
     assert_eq!(s.expect().await.data, "x");
@@ -389,16 +390,8 @@ async fn a_row_that_moves_arrives_as_an_insert_and_leaves_as_a_delete() {
         .await
         .unwrap();
     let gw = gateway(&db.url, |_| {}).await;
-    let subscriber = |topics: Value, grant: Option<Value>| {
-        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
-        let detail =
-            json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": topics});
-        let mut claims = json!({"exp": in_an_hour(), "authorization_details": [detail]});
-        if let Some(grant) = grant {
-            claims["pgsse"] = grant;
-        }
-        bearer(&signed(header, claims))
-    };
+    let subscriber =
+        |topics: Value, grant: Option<Value>| bearer(&token_with(&["subscribe"], topics, in_an_hour(), grant));
     let all = "match_urlpattern=https%3A%2F%2Fshop.example%2F*";
     let by_topic =
         subscriber(json!([{"match": "https://shop.example/customers/bob/orders/*", "match_type": "urlpattern"}]), None);
