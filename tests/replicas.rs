@@ -24,13 +24,21 @@ struct Pair {
     standby_url: String,
 }
 
+/// The standbys' settings: `DELAY` behind, and a query that conflicts with replay cancelled after a second
+/// rather than PostgreSQL's 30 s. A query waiting for a lock that replay holds (the DDL of another
+/// test's migrate) keeps a snapshot that the next cleanup record conflicts with: replay and the query would
+/// wait on each other that long.
+fn standby_settings() -> String {
+    format!("recovery_min_apply_delay = '{DELAY}'\nmax_standby_streaming_delay = '1s'")
+}
+
 /// The primary and standby most tests share (each with a database of its own): making a pair costs
 /// an initdb and a base backup.
 fn shared() -> &'static (Cluster, Cluster) {
     static PAIR: OnceLock<(Cluster, Cluster)> = OnceLock::new();
     PAIR.get_or_init(|| {
         let primary = private_cluster();
-        let standby = private_standby(&primary, &format!("recovery_min_apply_delay = '{DELAY}'"));
+        let standby = private_standby(&primary, &standby_settings());
         (primary, standby)
     })
 }
@@ -40,7 +48,7 @@ fn shared() -> &'static (Cluster, Cluster) {
 async fn pair(own: bool) -> Pair {
     let own = own.then(|| {
         let primary = private_cluster();
-        let standby = private_standby(&primary, &format!("recovery_min_apply_delay = '{DELAY}'"));
+        let standby = private_standby(&primary, &standby_settings());
         (primary, standby)
     });
     let (primary, standby) = match &own {
