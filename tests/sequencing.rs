@@ -1,11 +1,11 @@
 //! Writers stage their events and a gateway's sequencing step gives them ids: commit order across writers
 //! that commit in shuffled order, whole transactions, a sequencing step cut off mid-batch or its gateway
-//! killed, a backlog written while no gateway ran, and an upgrade from schema 3 under a writer.
+//! killed, a backlog written while no gateway ran, an upgrade from schema 3 under a writer, and one step
+//! per wake however many gateways listen.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -223,46 +223,50 @@ fn tcp_ports_of(pid: u32) -> HashSet<i32> {
 async fn killing_the_sequencing_gateway_hands_the_step_to_another_and_loses_nothing() {
     let TestDb { url, admin, .. } = TestDb::messages("").await;
     let gateway_url = common::as_role(&url, common::GATEWAY_ROLE);
-    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
-        .args(["--database-url", &gateway_url, "--listen", "127.0.0.1:0"])
-        .env("PGSSE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = first.id().unwrap();
-    let listener_of_first = "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgsse-listener' \
-                             AND client_port = ANY($1) AND datname = current_database()";
-    wait_for("the first gateway's listener connected", || async {
+    let args = ["--database-url", gateway_url.as_str()];
+    let mut gateways = vec![common::gateway_process(&args).await, common::gateway_process(&args).await];
+    let listener_of = "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgsse-listener' \
+                       AND client_port = ANY($1) AND datname = current_database()";
+    let mut backends = Vec::new();
+    for (child, _) in &gateways {
+        let pid = child.id().unwrap();
+        wait_for("the gateway's listener connected", || async {
+            let ports: Vec<i32> = tcp_ports_of(pid).into_iter().collect();
+            admin.query(listener_of, &[&ports]).await.is_ok_and(|rows| rows.len() == 1)
+        })
+        .await;
         let ports: Vec<i32> = tcp_ports_of(pid).into_iter().collect();
-        admin.query(listener_of_first, &[&ports]).await.is_ok_and(|rows| rows.len() == 1)
-    })
-    .await;
-    let ports: Vec<i32> = tcp_ports_of(pid).into_iter().collect();
-    let backend: i32 = admin.query_one(listener_of_first, &[&ports]).await.unwrap().get(0);
-    let second = Gateway::start(&url).await;
-    let follower = Follower::start(second.addr, "/messages/events?last_event_id=0");
+        backends.push(admin.query_one(listener_of, &[&ports]).await.unwrap().get::<_, i32>(0));
+    }
+    let followers: Vec<Follower> =
+        gateways.iter().map(|(_, addr)| Follower::start(*addr, "/messages/events?last_event_id=0")).collect();
     let (stop, committed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let writer = bulk_writer(&url, stop.clone(), committed.clone());
 
-    // Killed while its session holds the sequencing step's lock.
-    let holds = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'pgsse.commit_order'::regclass \
-                 AND granted AND pid = $1)";
+    // Killed while its session holds the sequencing step's lock: whichever gateway is the one stepping.
+    let holder = "SELECT pid FROM pg_locks WHERE relation = 'pgsse.commit_order'::regclass AND granted \
+                  AND pid = ANY($1)";
     let caught = tokio::time::timeout(TIMEOUT, async {
-        while !admin.query_one(holds, &[&backend]).await.unwrap().get::<_, bool>(0) {}
+        loop {
+            if let Some(row) = admin.query_opt(holder, &[&backends]).await.unwrap() {
+                break backends.iter().position(|b| *b == row.get::<_, i32>(0)).unwrap();
+            }
+        }
     });
-    caught.await.expect("the first gateway took the sequencing step");
-    first.start_kill().unwrap();
-    first.wait().await.unwrap();
+    let stepping = caught.await.expect("a gateway took the sequencing step");
+    let (killed, _) = &mut gateways[stepping];
+    killed.start_kill().unwrap();
+    killed.wait().await.unwrap();
     let at_kill = committed.load(Ordering::Relaxed);
-    wait_for("the second gateway sequences what is written after the kill", || async {
-        follower.count() as u64 > at_kill + 1000
+    let survivor = &followers[1 - stepping];
+    wait_for("the other gateway sequences what is written after the kill", || async {
+        survivor.count() as u64 > at_kill + 1000
     })
     .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
-    every_row_once(&admin, committed.load(Ordering::Relaxed), &follower, "the second gateway's stream").await;
+    every_row_once(&admin, committed.load(Ordering::Relaxed), survivor, "the other gateway's stream").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,4 +430,44 @@ async fn the_databases_default_isolation_and_read_only_do_not_reach_the_gateway(
     let leaked = connect(&url).await;
     let step = leaked.query_one("CALL pgsse.sequence_step(true)", &[]).await.unwrap();
     assert!(step.get::<_, i64>("moved") >= 0, "a step of a session with those defaults runs too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_four_gateways_one_runs_the_step_and_the_others_read_the_batches_it_announces() {
+    let TestDb { url, admin, .. } = TestDb::messages("").await;
+    let mut gateways = Vec::new();
+    for _ in 0..4 {
+        gateways.push(Gateway::start(&url).await);
+    }
+    let followers: Vec<Follower> =
+        gateways.iter().map(|gw| Follower::start(gw.addr, "/messages/events?last_event_id=0")).collect();
+    let steps = || async {
+        let mut total = 0;
+        for gw in &gateways {
+            total += common::metric(gw.addr, "pgsse_sequencing_steps_total").await;
+        }
+        total
+    };
+    let before = steps().await;
+    let started = Instant::now();
+    let db = common::writer(&url).await;
+    const WRITES: usize = 200;
+    for i in 1..=WRITES {
+        db.execute("INSERT INTO messages (body) VALUES ($1)", &[&format!("m{i}")]).await.unwrap();
+        wait_for("every gateway delivered the write", || async { followers.iter().all(|f| f.count() >= i) }).await;
+    }
+    let (ran, elapsed) = (steps().await - before, started.elapsed());
+    // One step per write, and each gateway's step on the 500 ms takeover clock; a gateway that stepped on
+    // every wakeup would run about 2 x 4 per write.
+    let idle = 4 * (elapsed.as_millis() as u64 / 500 + 2);
+    assert!(ran <= WRITES as u64 + idle + 10, "{ran} steps for {WRITES} writes in {elapsed:?}");
+    let mut stepping = 0;
+    for gw in &gateways {
+        stepping += common::metric(gw.addr, "pgsse_sequencing").await;
+    }
+    assert_eq!(stepping, 1, "one gateway is the one stepping");
+    let log = log_of(&admin).await;
+    for (i, follower) in followers.iter().enumerate() {
+        has_exactly(follower, &log, &format!("gateway {i}")).await;
+    }
 }

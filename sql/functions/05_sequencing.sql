@@ -27,10 +27,12 @@ BEGIN
              WINDOW w AS (PARTITION BY t.txid) ORDER BY last, t.seq) t;
     GET DIAGNOSTICS moved = ROW_COUNT;
     -- Raised only with a batch: a step that moved nothing writes nothing, so an idle database is not
-    -- given a commit (and its standbys a record to replay) by every gateway's every step.
+    -- given a commit (and its standbys a record to replay) by every gateway's every step. The batch is
+    -- announced ('b'; a writer's ring has no payload): the other gateways read the log on it, and leave
+    -- the next steps to the session that sent it.
     IF moved > 0 THEN
         UPDATE pgsse.staged_floor f SET floor_xid = oldest WHERE f.floor_xid < oldest;
-        PERFORM pg_notify('pgsse_' || m.bell_token, '') FROM pgsse.meta m;
+        PERFORM pg_notify('pgsse_' || m.bell_token, 'b') FROM pgsse.meta m;
     END IF;
     RETURN moved;
 END

@@ -128,6 +128,18 @@ impl Collector for Metrics {
         }
         counter(
             &mut encoder,
+            "pgsse_sequencing_steps",
+            "Sequencing steps this gateway ran; one gateway steps, the others read the batches it announces.",
+            listener.sequencing_steps(),
+        )?;
+        gauge(
+            &mut encoder,
+            "pgsse_sequencing",
+            "1 while this gateway is the one running the sequencing step.",
+            i64::from(listener.is_stepping() && listener.is_up()),
+        )?;
+        counter(
+            &mut encoder,
             "pgsse_subscribers_cut",
             "Streams ended for falling behind (they resume from the log).",
             self.hub.cut_slow_total(),

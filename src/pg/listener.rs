@@ -16,9 +16,9 @@ use crate::fanout::hub::{Event, Hub, UpdateFrames};
 use crate::pg::logrow::{filter_columns, topic_column, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
 use crate::pg::replica::{self, ReplicaError, ReplicaStatus, PRIMARY_LSN};
-use crate::pg::sequencer::{self, Sequencing};
+use crate::pg::sequencer::{self, Sequencing, Work};
 use crate::pg::status::ListenerStatus;
-use conn::ListenConnection;
+use conn::{ListenConnection, News};
 use standby::Standby;
 
 mod conn;
@@ -168,7 +168,8 @@ impl Listener {
             conn = self.pg.connect(NoTls) => conn.map_err(|source| ListenerError::Connect { target: crate::pg::error::target_of(&self.pg), source })?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let mut conn = ListenConnection { connection, notified: false, own_pid: None, bound: self.probe_interval };
+        let mut conn =
+            ListenConnection { connection, news: News::default(), own_pid: None, bound: self.probe_interval };
 
         // Prepared first: before migrate, its error is the one that names the missing schema.
         let sequence = conn.bounded(client.prepare(sequencer::SEQUENCE_SQL)).await?;
@@ -176,7 +177,7 @@ impl Listener {
         let channel =
             conn.bounded(client.query_one(NOTIFY_CHANNEL, &[])).await?.try_get::<_, String>(0)?.replace('"', "\"\"");
         conn.bounded(client.batch_execute(&format!("LISTEN \"{channel}\""))).await?;
-        // This session's own batches notify it too; it reads the log after each anyway.
+        // This session's own batches are announced to it too; it reads the log after each anyway.
         conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
         // A table's Mercure topic is read beside each row only for a gateway serving Mercure.
         let topic = if self.updates { format!(", {}", topic_column("pgsse.events")) } else { String::new() };
@@ -253,7 +254,7 @@ impl Listener {
             _ => None,
         };
         let mut log = Statements { client: &client, reads, fetch: &fetch, sequence: &sequence, barrier };
-        self.advance(&mut log, &mut conn, &mut sequencing, true).await?;
+        self.advance(&mut log, &mut conn, &mut sequencing, Work::Step, true).await?;
         self.status.set_up();
         *backoff = BACKOFF_MIN;
         info!(last_id = self.last_id, "listener connected and caught up");
@@ -278,7 +279,11 @@ impl Listener {
                 } => {
                     woke?;
                     let started = Instant::now();
-                    let (events, woken) = self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;
+                    let news = std::mem::take(&mut conn.news);
+                    let Some(work) = sequencing.wake(started, news.rung, news.announced, !listening) else {
+                        continue;
+                    };
+                    let (events, woken) = self.advance(&mut log, &mut conn, &mut sequencing, work, listening).await?;
                     pacing.record(started, events, woken);
                     // Under a steady stream of commits every read finds work anyway: stop being notified of
                     // each (the server's listening backend and this connection handle every one) and read on
@@ -288,8 +293,8 @@ impl Listener {
                         let sql = if listening { "LISTEN" } else { "UNLISTEN" };
                         conn.bounded(client.batch_execute(&format!("{sql} \"{channel}\""))).await?;
                         self.status.polling.store(!listening, Ordering::Relaxed);
-                        if listening {
-                            self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;
+                        if let Some(work) = sequencing.wake(Instant::now(), false, false, true).filter(|_| listening) {
+                            self.advance(&mut log, &mut conn, &mut sequencing, work, listening).await?;
                         }
                     }
                 }
@@ -305,7 +310,9 @@ impl Listener {
                     self.status.pending.store(pending.max(0) as u64, Ordering::Relaxed);
                     self.status.oldest_pending.store(probed.try_get::<_, f64>(4)?.to_bits(), Ordering::Relaxed);
                     // A notification lost to a bug elsewhere would otherwise delay events until the next one.
-                    self.advance(&mut log, &mut conn, &mut sequencing, listening).await?;
+                    if let Some(work) = sequencing.wake(Instant::now(), false, false, true) {
+                        self.advance(&mut log, &mut conn, &mut sequencing, work, listening).await?;
+                    }
                 }
                 _ = shutdown.cancelled() => return Ok(()),
             }
@@ -313,23 +320,38 @@ impl Listener {
     }
 
     /// Runs the sequencing step until nothing staged is left (unless another session is running it), reading
-    /// what each batch made visible; returns how many events it read and how many streams that woke.
+    /// what each batch made visible, or (`Work::Read`) reads what other sessions' batches made visible.
+    /// Returns how many events it read and how many streams that woke.
     async fn advance(
         &mut self,
         log: &mut Statements<'_>,
         conn: &mut ListenConnection,
         sequencing: &mut Sequencing,
+        work: Work,
         listening: bool,
     ) -> Result<(u64, u64), ListenerError> {
         let (mut events, mut woken) = (0, 0);
         loop {
             let (last, limit) = (self.last_id.unwrap_or(0), self.fetch_limit());
+            let fetch_params: [&(dyn ToSql + Sync); 2] = [&last, &limit];
+            if work == Work::Read {
+                // The batches announced have committed on the primary: the primary's position now is past them.
+                if let Some(barrier) = &log.barrier {
+                    let lsn: String = conn.bounded(log.client.query_one(barrier.lsn, &[])).await?.try_get(0)?;
+                    barrier.wait(log.reads, conn, &lsn).await?;
+                }
+                let rows = conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?;
+                let (read, wake) = self.catch_up(log.reads, log.fetch, conn, rows, limit).await?;
+                sequencing.read(Instant::now(), read);
+                self.status.stepping.store(sequencing.stepping(), Ordering::Relaxed);
+                return Ok((read, wake));
+            }
             // The step and the first read go out together (tokio::join! polls in order, and a query is sent
             // on its first poll): PostgreSQL runs them in turn on this session, so the read sees what the
             // step moved, a round trip sooner.
-            let (step_params, fetch_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 2]) =
-                ([&listening], [&last, &limit]);
-            let (step, rows) = match &log.barrier {
+            let arms = sequencing.arms(listening);
+            let step_params: [&(dyn ToSql + Sync); 1] = [&arms];
+            let (stepped, rows) = match &log.barrier {
                 // A promoted standby: read it after the step, as a primary is read.
                 None if !std::ptr::eq(log.client, log.reads) => {
                     let step = conn.bounded(log.client.query_one(log.sequence, &step_params)).await?;
@@ -356,17 +378,16 @@ impl Listener {
                             Ok::<_, tokio_postgres::Error>((step?, lsn?))
                         })
                         .await?;
-                    let lsn: String = lsn.try_get(0)?;
-                    let (status, max_lag) = (&barrier.status, barrier.max_lag);
-                    let wait = max_lag + conn.bound;
-                    let look = || replica::look(log.reads, barrier.replayed, &lsn);
-                    let replayed = replica::wait(look, max_lag, status);
-                    timeout(wait, conn.run(replayed)).await.map_err(|_| ListenerError::QueryTimeout(wait))??;
+                    barrier.wait(log.reads, conn, &lsn.try_get::<_, String>(0)?).await?;
                     (step, conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?)
                 }
             };
-            let (moved, in_flight): (i64, bool) = (step.try_get(0)?, step.try_get(1)?);
-            sequencing.record(Instant::now(), in_flight, moved >= 0);
+            let (moved, in_flight): (i64, bool) = (stepped.try_get(0)?, stepped.try_get(1)?);
+            let (read, wake) = self.catch_up(log.reads, log.fetch, conn, rows, limit).await?;
+            (events, woken) = (events + read, woken + wake);
+            sequencing.record(Instant::now(), in_flight, moved, read);
+            self.status.steps.fetch_add(1, Ordering::Relaxed);
+            self.status.stepping.store(sequencing.stepping(), Ordering::Relaxed);
             if sequencing.stuck(Instant::now()) {
                 let holders: Option<String> =
                     conn.bounded(log.client.query_one(STEP_HOLDERS, &[])).await?.try_get(0)?;
@@ -377,8 +398,6 @@ impl Listener {
                     sequencer::STUCK
                 );
             }
-            let (read, wake) = self.catch_up(log.reads, log.fetch, conn, rows, limit).await?;
-            (events, woken) = (events + read, woken + wake);
             if moved < sequencer::BATCH {
                 return Ok((events, woken));
             }
@@ -454,6 +473,16 @@ struct Barrier<'a> {
     replayed: &'a Statement,
     max_lag: Duration,
     status: Arc<ReplicaStatus>,
+}
+
+impl Barrier<'_> {
+    /// Waits until the standby (`reads`) has replayed the primary's WAL through `lsn`, or for `max_lag`.
+    async fn wait(&self, reads: &Client, conn: &mut ListenConnection, lsn: &str) -> Result<(), ListenerError> {
+        let wait = self.max_lag + conn.bound;
+        let replayed = replica::wait(|| replica::look(reads, self.replayed, lsn), self.max_lag, &self.status);
+        timeout(wait, conn.run(replayed)).await.map_err(|_| ListenerError::QueryTimeout(wait))??;
+        Ok(())
+    }
 }
 
 /// Spreads reconnects of many gateways over [d/2, d) so a database restart is not met by a stampede.

@@ -20,6 +20,9 @@ pub struct ListenerStatus {
     pub(super) reconnects: AtomicU64,
     pub(super) failed_attempts: AtomicU64,
     pub(super) events: AtomicU64,
+    /// Sequencing steps run, and whether this gateway is the one stepping (the others read its batches).
+    pub(super) steps: AtomicU64,
+    pub(super) stepping: AtomicBool,
     /// Rows of the log with ids the sequence never issued: as the probe last counted them, and how many
     /// have appeared in all (each skipped).
     beyond_sequence: AtomicU64,
@@ -45,6 +48,8 @@ impl Default for ListenerStatus {
             reconnects: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            stepping: AtomicBool::new(false),
             beyond_sequence: AtomicU64::new(0),
             skipped_beyond_sequence: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
@@ -84,6 +89,14 @@ impl ListenerStatus {
 
     pub fn events_received(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    pub fn sequencing_steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+
+    pub fn is_stepping(&self) -> bool {
+        self.stepping.load(Ordering::Relaxed)
     }
 
     /// Rows of the log skipped because the sequence never issued their ids, since the gateway started.

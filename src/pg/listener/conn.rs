@@ -12,14 +12,32 @@ use tokio_postgres::{AsyncMessage, Connection, Socket};
 
 use super::ListenerError;
 
+/// The payload of a sequencing batch's notification (pgsse.sequence_batch); a writer's ring has none.
+const BATCH: &str = "b";
+
+/// Notifications since the listener last looked.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct News {
+    /// A writer committed while no step was due: whoever steps should.
+    pub(super) rung: bool,
+    /// Another session's step moved a batch into the log.
+    pub(super) announced: bool,
+}
+
+impl News {
+    fn any(&self) -> bool {
+        self.rung || self.announced
+    }
+}
+
 /// The LISTEN connection, polled by the listener's own task rather than a spawned one: a notification is
 /// seen the moment it arrives, and a query's answer wakes no other task on its way back. Never awaited as
 /// a future, which would drop notifications.
 pub(super) struct ListenConnection {
     pub(super) connection: Connection<Socket, NoTlsStream>,
-    /// A notification arrived since the listener last looked.
-    pub(super) notified: bool,
-    /// This session's backend: its own notifications are not news.
+    /// What arrived since the listener last looked.
+    pub(super) news: News,
+    /// This session's backend: its own batches are not news.
     pub(super) own_pid: Option<i32>,
     /// Longest wait for any one answer: `--probe-interval`, like the probe's own, so a connection that
     /// froze mid-query is given up within two probe intervals of the fault, as one that froze while idle.
@@ -31,9 +49,10 @@ impl ListenConnection {
     pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<ListenerError> {
         loop {
             match self.connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
-                    self.notified |= Some(n.process_id()) != self.own_pid;
-                }
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => match n.payload() {
+                    BATCH => self.news.announced |= Some(n.process_id()) != self.own_pid,
+                    _ => self.news.rung = true,
+                },
                 Poll::Ready(Some(Ok(_))) => {}
                 Poll::Ready(Some(Err(err))) => return Poll::Ready(err.into()),
                 Poll::Ready(None) => return Poll::Ready(ListenerError::Closed),
@@ -71,14 +90,14 @@ impl ListenConnection {
     }
 
     /// Drives the connection until a notification has arrived (or one arrived during the last query), or
-    /// until `deadline`.
+    /// until `deadline`; [`Self::news`] says which.
     pub(super) async fn notified(&mut self, deadline: Instant) -> Result<(), ListenerError> {
         let mut deadline = pin!(sleep_until(deadline));
         poll_fn(|cx| {
             if let Poll::Ready(err) = self.drive(cx) {
                 return Poll::Ready(Err(err));
             }
-            if std::mem::take(&mut self.notified) || deadline.as_mut().poll(cx).is_ready() {
+            if self.news.any() || deadline.as_mut().poll(cx).is_ready() {
                 Poll::Ready(Ok(()))
             } else {
                 Poll::Pending
