@@ -2,7 +2,8 @@
 //! primary and a standby made with `pg_basebackup -R`, with `recovery_min_apply_delay` for real lag.
 //! Every client gets every event once, in commit order, while writers write; a resume from an id the
 //! standby has not replayed waits for it; a snapshot then live is exact; lag past the bound shows in
-//! `/readyz`; the standby stopped and started again.
+//! `/readyz`; the standby stopped and started again; a gateway that follows another reads each batch
+//! announced once the standby holds it.
 
 mod common;
 
@@ -238,4 +239,62 @@ async fn a_standby_promoted_beside_a_running_primary_is_refused() {
         get(gw.addr, "/healthz", &[]).await.is_ok_and(|r| r.status == 503 && r.body.contains("point it at a standby"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_on_the_standby_that_follows_another_reads_each_announced_batch_there_once_replayed() {
+    let pair = pair(false).await;
+    let mut config = config(&pair, Duration::from_secs(10));
+    // No probe tick reads the log during the test: each event comes from a read on an announcement.
+    config.listener.probe_interval = Duration::from_secs(120);
+    let (gw, metrics) = Gateway::start_with_metrics(config).await;
+    let follower = Follower::start(gw.addr, "/messages/events");
+    let (primary, app) = (connect(&pair.url).await, connect(&as_role(&pair.url, WRITER_ROLE)).await);
+    // Announcements that are no batch's: an id the log never reaches, and no id at all.
+    primary
+        .batch_execute(
+            "SELECT pg_notify('pgsse_' || bell_token, 'b999999999999') FROM pgsse.meta; \
+             SELECT pg_notify('pgsse_' || bell_token, 'bx') FROM pgsse.meta;",
+        )
+        .await
+        .unwrap();
+    // This session runs the sequencing step after each write, one write at a time: once the gateway finds
+    // events it did not move, it follows, reading on each batch announced once the standby holds it.
+    let mut written = 0;
+    let mut write = || {
+        written += 1;
+        let body = format!("m{written}");
+        let (app, primary, follower) = (&app, &primary, &follower);
+        async move {
+            app.execute("INSERT INTO messages (body) VALUES ($1)", &[&body]).await.unwrap();
+            primary.execute("CALL pgsse.sequence_step(NULL)", &[]).await.unwrap();
+            wait_for("the follower has the write", || async { received(follower).len() >= written }).await;
+        }
+    };
+    for _ in 0..20 {
+        write().await;
+        if common::metric(metrics, "pgsse_sequencing").await == 0 {
+            break;
+        }
+    }
+    assert_eq!(common::metric(metrics, "pgsse_sequencing").await, 0, "the gateway follows");
+    let steps_before = common::metric(metrics, "pgsse_sequencing_steps_total").await;
+    for _ in 0..8 {
+        write().await;
+    }
+    // A read that came before the standby held the batch would find nothing, and only a takeover step
+    // would bring the event, half a second later.
+    let steps = common::metric(metrics, "pgsse_sequencing_steps_total").await - steps_before;
+    assert!(steps <= 1, "each write came from the read on its announcement ({steps} steps)");
+    let log: Vec<i64> = primary
+        .query("SELECT id FROM pgsse.events WHERE channel = 'messages' ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ids: Vec<i64> = received(&follower).iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, log, "each event once, in commit order");
+    let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
 }

@@ -28,11 +28,11 @@ BEGIN
     GET DIAGNOSTICS moved = ROW_COUNT;
     -- Raised only with a batch: a step that moved nothing writes nothing, so an idle database is not
     -- given a commit (and its standbys a record to replay) by every gateway's every step. The batch is
-    -- announced ('b'; a writer's ring has no payload): the other gateways read the log on it, and leave
-    -- the next steps to the session that sent it.
+    -- announced with its last id ('b<id>'; a writer's ring has no payload): the other gateways read the
+    -- log on it (on a standby, once it holds that id), and leave the next steps to the session that sent it.
     IF moved > 0 THEN
         UPDATE pgsse.staged_floor f SET floor_xid = oldest WHERE f.floor_xid < oldest;
-        PERFORM pg_notify('pgsse_' || m.bell_token, 'b') FROM pgsse.meta m;
+        PERFORM pg_notify('pgsse_' || m.bell_token, 'b' || currval('pgsse.event_id_seq')) FROM pgsse.meta m;
     END IF;
     RETURN moved;
 END

@@ -29,6 +29,8 @@ mod standby;
 const NOTIFY_CHANNEL: &str = "SELECT 'pgsse_' || bell_token FROM pgsse.meta";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
+/// How long a follower on a standby waits for an announced id there before asking the primary's position.
+const HEAD_WAIT: Duration = Duration::from_millis(20);
 /// Who holds the sequencing step's lock: the sessions an operator may have to end.
 const STEP_HOLDERS: &str = "SELECT string_agg(format('pid %s (role %s, %s)', l.pid, coalesce(a.usename::text, '?'), \
      coalesce(a.state, '?')), ', ') FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
@@ -248,13 +250,14 @@ impl Listener {
             (Some(config), Some(session), Some(lsn)) if !session.promoted => Some(Barrier {
                 lsn,
                 replayed: &session.replayed,
+                holds: &session.holds,
                 max_lag: config.max_lag,
                 status: config.status.clone(),
             }),
             _ => None,
         };
         let mut log = Statements { client: &client, reads, fetch: &fetch, sequence: &sequence, barrier };
-        self.advance(&mut log, &mut conn, &mut sequencing, Work::Step, true).await?;
+        self.advance(&mut log, &mut conn, &mut sequencing, (Work::Step, 0), true).await?;
         self.status.set_up();
         *backoff = BACKOFF_MIN;
         info!(last_id = self.last_id, "listener connected and caught up");
@@ -283,7 +286,8 @@ impl Listener {
                     let Some(work) = sequencing.wake(started, news.rung, news.announced, !listening) else {
                         continue;
                     };
-                    let (events, woken) = self.advance(&mut log, &mut conn, &mut sequencing, work, listening).await?;
+                    let (events, woken) =
+                        self.advance(&mut log, &mut conn, &mut sequencing, (work, news.head), listening).await?;
                     pacing.record(started, events, woken);
                     // Under a steady stream of commits every read finds work anyway: stop being notified of
                     // each (the server's listening backend and this connection handle every one) and read on
@@ -294,7 +298,7 @@ impl Listener {
                         conn.bounded(client.batch_execute(&format!("{sql} \"{channel}\""))).await?;
                         self.status.polling.store(!listening, Ordering::Relaxed);
                         if let Some(work) = sequencing.wake(Instant::now(), false, false, true).filter(|_| listening) {
-                            self.advance(&mut log, &mut conn, &mut sequencing, work, listening).await?;
+                            self.advance(&mut log, &mut conn, &mut sequencing, (work, 0), listening).await?;
                         }
                     }
                 }
@@ -311,7 +315,7 @@ impl Listener {
                     self.status.oldest_pending.store(probed.try_get::<_, f64>(4)?.to_bits(), Ordering::Relaxed);
                     // A notification lost to a bug elsewhere would otherwise delay events until the next one.
                     if let Some(work) = sequencing.wake(Instant::now(), false, false, true) {
-                        self.advance(&mut log, &mut conn, &mut sequencing, work, listening).await?;
+                        self.advance(&mut log, &mut conn, &mut sequencing, (work, 0), listening).await?;
                     }
                 }
                 _ = shutdown.cancelled() => return Ok(()),
@@ -327,7 +331,7 @@ impl Listener {
         log: &mut Statements<'_>,
         conn: &mut ListenConnection,
         sequencing: &mut Sequencing,
-        work: Work,
+        (work, head): (Work, i64),
         listening: bool,
     ) -> Result<(u64, u64), ListenerError> {
         let (mut events, mut woken) = (0, 0);
@@ -335,10 +339,19 @@ impl Listener {
             let (last, limit) = (self.last_id.unwrap_or(0), self.fetch_limit());
             let fetch_params: [&(dyn ToSql + Sync); 2] = [&last, &limit];
             if work == Work::Read {
-                // The batches announced have committed on the primary: the primary's position now is past them.
                 if let Some(barrier) = &log.barrier {
-                    let lsn: String = conn.bounded(log.client.query_one(barrier.lsn, &[])).await?.try_get(0)?;
-                    barrier.wait(log.reads, conn, &lsn).await?;
+                    // A standby that holds the last id announced holds every batch before it. Otherwise (no
+                    // id said, a standby further behind, or an announcement that was not a batch's), the
+                    // batches announced have committed on the primary: its position now is past them.
+                    let holds = || async {
+                        let row = log.reads.query_one(barrier.holds, &[&head]).await?;
+                        Ok::<_, ReplicaError>(replica::Look { caught_up: row.try_get(0)?, short_bytes: 0.0 })
+                    };
+                    let held = head > 0 && conn.bounded(replica::poll(holds, HEAD_WAIT)).await?.0;
+                    if !held {
+                        let lsn: String = conn.bounded(log.client.query_one(barrier.lsn, &[])).await?.try_get(0)?;
+                        barrier.wait(log.reads, conn, &lsn).await?;
+                    }
                 }
                 let rows = conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?;
                 let (read, wake) = self.catch_up(log.reads, log.fetch, conn, rows, limit).await?;
@@ -467,10 +480,11 @@ struct Statements<'a> {
 }
 
 /// What a read on the standby waits for: the primary's WAL position (`lsn`, on the primary) replayed
-/// (`replayed`, on the standby).
+/// (`replayed`, on the standby), or an announced id there (`holds`).
 struct Barrier<'a> {
     lsn: &'a Statement,
     replayed: &'a Statement,
+    holds: &'a Statement,
     max_lag: Duration,
     status: Arc<ReplicaStatus>,
 }

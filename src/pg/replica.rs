@@ -94,37 +94,47 @@ pub async fn look(client: &Client, stmt: &Statement, lsn: &str) -> Result<Look, 
     Ok(Look { caught_up: row.try_get(1)?, short_bytes: row.try_get(2)? })
 }
 
-/// Looks at the standby with `look` until it has replayed the primary's WAL through the position asked
-/// (a standby has no notifications), at most `max`. Returns whether it got there; past `max` the caller
-/// reads what the standby has, and the status says it is behind.
-pub async fn wait<F: Future<Output = Result<Look, ReplicaError>>>(
+/// Looks with `look` until it says caught up, pausing 0.5 ms doubling to 20 ms between looks (a standby
+/// has no notifications), for at most `max`. Returns whether it got there and the bytes the first look
+/// said it was short.
+pub async fn poll<F: Future<Output = Result<Look, E>>, E>(
     mut look: impl FnMut() -> F,
+    max: Duration,
+) -> Result<(bool, f64), E> {
+    let started = Instant::now();
+    let mut pause = POLL_MIN;
+    let mut short = None;
+    loop {
+        let seen = look().await?;
+        let first = *short.get_or_insert(seen.short_bytes);
+        if seen.caught_up {
+            return Ok((true, first));
+        }
+        if started.elapsed() + pause > max {
+            return Ok((false, first));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// Looks at the standby with `look` until it has replayed the primary's WAL through the position asked,
+/// at most `max`. Returns whether it got there; past `max` the caller reads what the standby has, and the
+/// status says it is behind.
+pub async fn wait<F: Future<Output = Result<Look, ReplicaError>>>(
+    look: impl FnMut() -> F,
     max: Duration,
     status: &ReplicaStatus,
 ) -> Result<bool, ReplicaError> {
     let started = Instant::now();
-    let mut pause = POLL_MIN;
-    let mut first = true;
-    let caught_up = loop {
-        let seen = match look().await {
-            Ok(seen) => seen,
-            Err(err) => {
-                status.behind.store(false, Ordering::Relaxed);
-                return Err(err);
-            }
-        };
-        if std::mem::take(&mut first) {
-            status.lag_bytes.store(seen.short_bytes as u64, Ordering::Relaxed);
+    let (caught_up, short) = match poll(look, max).await {
+        Ok(seen) => seen,
+        Err(err) => {
+            status.behind.store(false, Ordering::Relaxed);
+            return Err(err);
         }
-        if seen.caught_up {
-            break true;
-        }
-        if started.elapsed() + pause > max {
-            break false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(POLL_MAX);
     };
+    status.lag_bytes.store(short as u64, Ordering::Relaxed);
     let waited = started.elapsed();
     status.lag_seconds.store(waited.as_secs_f64().to_bits(), Ordering::Relaxed);
     status.waits.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! `replicas`: four gateways reading the log on two hot standbys of the bench's cluster, beside the same
 //! load on four gateways reading the primary: 1,000 clients over the gateways, 500 inserts/s. Reports exact
 //! delivery, latency, and the primary's CPU per delivered event (all of its processes, its WAL sender
-//! included), which gateways on the standby should not raise.
+//! included), which gateways on the standby should not raise; then 1, 4 and 16 gateways at 200 inserts/s.
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,10 @@ impl Bench {
         let urls: Vec<String> = standbys.iter().map(|s| s.url("postgres")).collect();
         let mut reports = vec![self.replica_phase(&[]).await, self.replica_phase(&urls).await];
         for gateways in [1, 4, 16] {
-            reports.push(self.sequencing(gateways).await);
+            reports.push(self.sequencing(gateways, &[]).await);
+        }
+        for gateways in [1, 4, 16] {
+            reports.push(self.sequencing(gateways, &urls).await);
         }
         for standby in standbys {
             let _ = standby.stop("fast");
@@ -48,25 +51,37 @@ impl Bench {
         reports
     }
 
-    /// The primary's CPU per insert with `gateways` attached and no client: each wakes on every commit,
-    /// and one at a time takes the sequencing step; the others find it taken.
-    async fn sequencing(&self, gateways: usize) -> Report {
-        let attached: Vec<Gateway> = (0..gateways).map(|_| Gateway::start(&self.gateway, &self.url, &[])).collect();
-        let cpu0 = self.postgres_cpu_seconds();
+    /// The primary's CPU per insert with `gateways` attached (reading the primary, or spread over
+    /// `standbys`) and no client: one of them runs the sequencing step, the others read its batches.
+    async fn sequencing(&self, gateways: usize, standbys: &[String]) -> Report {
+        let attached: Vec<Gateway> = (0..gateways)
+            .map(|n| {
+                let extra: Vec<&str> = match standbys {
+                    [] => Vec::new(),
+                    _ => vec!["--replica-database-url", &standbys[n % standbys.len()]],
+                };
+                Gateway::start(&self.gateway, &self.url, &extra)
+            })
+            .collect();
+        let steps = || attached.iter().filter_map(|gw| gw.metric("pgsse_sequencing_steps_total")).sum::<f64>();
+        let (cpu0, steps0) = (self.postgres_cpu_seconds(), steps());
         let load =
             Load { clients: 0, rate: Some(200.0), writers: WRITERS, duration: Duration::from_secs(5), stalled: 0 };
         let (inserts, wrote_for, _) = self.write(&load, Instant::now()).await;
         let cpu = self.postgres_cpu_seconds().zip(cpu0).map(|(after, before)| after - before);
+        let stepped = steps() - steps0;
         drop(attached);
+        let on = if standbys.is_empty() { "primary" } else { "standbys" };
         Report {
-            scenario: format!("replicas: {gateways} attached"),
+            scenario: format!("replicas: {gateways} on {on}"),
             writers: WRITERS,
             target_rate: Some(200.0),
             inserts,
             inserts_per_s: inserts as f64 / wrote_for.as_secs_f64(),
             note: format!(
-                "{gateways} gateways on the primary, no clients; primary CPU {} per insert",
-                cpu.map_or("-".into(), |s| format!("{:.0} µs", s * 1e6 / inserts.max(1) as f64))
+                "{gateways} gateways reading the {on}, no clients; primary CPU {} per insert; {:.2} steps per insert",
+                cpu.map_or("-".into(), |s| format!("{:.0} µs", s * 1e6 / inserts.max(1) as f64)),
+                stepped / inserts.max(1) as f64
             ),
             ..Report::default()
         }

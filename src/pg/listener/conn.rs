@@ -12,7 +12,8 @@ use tokio_postgres::{AsyncMessage, Connection, Socket};
 
 use super::ListenerError;
 
-/// The payload of a sequencing batch's notification (pgsse.sequence_batch); a writer's ring has none.
+/// How a sequencing batch's notification (pgsse.sequence_batch) starts, followed by the batch's last id; a
+/// writer's ring has no payload.
 const BATCH: &str = "b";
 
 /// Notifications since the listener last looked.
@@ -22,6 +23,9 @@ pub(super) struct News {
     pub(super) rung: bool,
     /// Another session's step moved a batch into the log.
     pub(super) announced: bool,
+    /// The highest last id those batches announced (0 when none said): what a standby must hold. Anyone
+    /// who knows the channel can announce, so it is a hint to wait for, never trusted past a short wait.
+    pub(super) head: i64,
 }
 
 impl News {
@@ -50,7 +54,13 @@ impl ListenConnection {
         loop {
             match self.connection.poll_message(cx) {
                 Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => match n.payload() {
-                    BATCH => self.news.announced |= Some(n.process_id()) != self.own_pid,
+                    payload if payload.starts_with(BATCH) => {
+                        if Some(n.process_id()) != self.own_pid {
+                            self.news.announced = true;
+                            let head = payload[BATCH.len()..].parse().unwrap_or(0);
+                            self.news.head = self.news.head.max(head);
+                        }
+                    }
                     _ => self.news.rung = true,
                 },
                 Poll::Ready(Some(Ok(_))) => {}

@@ -11,6 +11,10 @@ use tokio_postgres::{Client, NoTls, Statement};
 use super::ListenerError;
 use crate::pg::replica::{ReplicaStatus, REPLAYED};
 
+/// Whether the standby holds an id announced on the primary, or a later one: it then holds every batch
+/// before it. An id deleted since (a cleared channel) is never held; the caller stops waiting soon.
+const HOLDS: &str = "SELECT EXISTS (SELECT 1 FROM pgsse.events WHERE id >= $1)";
+
 pub struct Standby {
     pg: tokio_postgres::Config,
     pub(super) max_lag: Duration,
@@ -21,6 +25,8 @@ pub struct Standby {
 pub(super) struct StandbySession {
     pub(super) client: Client,
     pub(super) replayed: Statement,
+    /// Whether the standby holds an id yet ([`HOLDS`]).
+    pub(super) holds: Statement,
     /// The replica is not in recovery: promoted (a failover), it is read as the primary it now is, with
     /// no barrier to wait for.
     pub(super) promoted: bool,
@@ -47,10 +53,11 @@ impl Standby {
             let _ = connection.await;
         });
         let replayed = client.prepare(REPLAYED).await?;
+        let holds = client.prepare(HOLDS).await?;
         let promoted = !client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get::<_, bool>(0)?;
         if promoted {
             tracing::warn!("--replica-database-url is not a standby (promoted?): reading it as the primary it now is");
         }
-        Ok(StandbySession { client, replayed, promoted, task })
+        Ok(StandbySession { client, replayed, holds, promoted, task })
     }
 }
