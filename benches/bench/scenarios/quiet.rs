@@ -9,11 +9,11 @@ impl Bench {
     /// Memory of many open, quiet streams.
     pub(super) async fn idle(&self, n: usize) -> Report {
         let gw = Gateway::start(&self.gateway, &self.url, &[]);
-        let base = gw.rss_bytes();
+        let (base, kernel0) = (gw.rss_bytes(), socket_memory());
         let clients = Clients::connect(gw.addr, n, Instant::now()).await;
         // Let allocations settle (per-connection buffers are touched on the first heartbeat-free poll).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = gw.rss_bytes();
+        let (rss, kernel) = (gw.rss_bytes(), socket_memory());
         let seen = clients.drain(0).await;
         let connected = seen.iter().filter(|s| s.connected).count();
         Report {
@@ -22,10 +22,11 @@ impl Bench {
             gateway_rss_idle_mb: mb(rss),
             gateway_rss_peak_mb: mb(rss),
             note: format!(
-                "{:.2} KB per stream ({} streams over a base of {:.1} MB)",
+                "{:.2} KB per stream ({} streams over a base of {:.1} MB); kernel {}",
                 (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
                 connected,
-                mb(base)
+                mb(base),
+                per_connection(kernel0, kernel, connected)
             ),
             ..Report::default()
         }
@@ -36,7 +37,7 @@ impl Bench {
     pub(super) async fn idle_http2(&self, n: usize) -> Report {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         let gw = Gateway::start(&self.gateway, &self.url, &[]);
-        let base = gw.rss_bytes();
+        let (base, kernel0) = (gw.rss_bytes(), socket_memory());
         let mut held = Vec::with_capacity(n);
         for _ in 0..n.div_ceil(HTTP2_STREAMS_PER_CONNECTION) {
             let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -55,18 +56,20 @@ impl Bench {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = gw.rss_bytes();
+        let (rss, kernel) = (gw.rss_bytes(), socket_memory());
+        let connections = n.div_ceil(HTTP2_STREAMS_PER_CONNECTION);
         Report {
             scenario: "idle over HTTP/2".into(),
             clients: held.len(),
             gateway_rss_idle_mb: mb(rss),
             gateway_rss_peak_mb: mb(rss),
             note: format!(
-                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB)",
+                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB); kernel {}",
                 (rss.saturating_sub(base)) as f64 / held.len().max(1) as f64 / 1024.0,
                 held.len(),
-                n.div_ceil(HTTP2_STREAMS_PER_CONNECTION),
-                mb(base)
+                connections,
+                mb(base),
+                per_connection(kernel0, kernel, connections)
             ),
             ..Report::default()
         }
@@ -113,4 +116,29 @@ impl Bench {
             ..Report::default()
         }
     }
+}
+
+/// The kernel's memory that sockets use: their buffers (`mem` of /proc/net/sockstat's TCP line, in pages)
+/// and the slab caches that hold sockets, files and epoll entries (`Slab` of /proc/meminfo), in bytes,
+/// machine-wide.
+fn socket_memory() -> Option<(u64, u64)> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let pages: u64 = tcp.split_whitespace().skip_while(|f| *f != "mem").nth(1)?.parse().ok()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let slab_kb: u64 =
+        meminfo.lines().find_map(|l| l.strip_prefix("Slab:"))?.trim().trim_end_matches(" kB").parse().ok()?;
+    Some((pages * 4096, slab_kb * 1024))
+}
+
+/// The kernel memory that `connections` idle loopback connections added, per connection (both of its
+/// ends, the client's and the gateway's).
+fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connections: usize) -> String {
+    let Some(((buffers0, slab0), (buffers, slab))) = before.zip(after) else { return "-".into() };
+    let per = |bytes: u64| bytes as f64 / connections.max(1) as f64 / 1024.0;
+    format!(
+        "{:.2} KB per connection in buffers, {:.2} KB in slab (both ends)",
+        per(buffers.saturating_sub(buffers0)),
+        per(slab.saturating_sub(slab0))
+    )
 }
