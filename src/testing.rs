@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use tokio_postgres::{Client, NoTls};
 
 use crate::demo::Cluster;
+/// The query a gateway on a standby asks whether it holds an announced id, for a test of its plan.
+pub use crate::pg::replica::holds as announced_id_held;
 
 /// The login a test gateway runs as: it holds only `pgsse_gateway`, plus (through the default privileges
 /// below) INSERT and DELETE on the tables a test creates, for `POST` and `DELETE` on table channels.

@@ -298,3 +298,37 @@ async fn a_gateway_on_the_standby_that_follows_another_reads_each_announced_batc
     let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
     assert_eq!(ready.status, 200, "{}", ready.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_for_an_announced_id_walks_the_key_whatever_the_statistics_say() {
+    let pair = pair(false).await;
+    let primary = connect(&pair.url).await;
+    // A log of 200,000 rows, analyzed, and a row above the ids the sequence issued (not pgsse's).
+    primary
+        .batch_execute(
+            "INSERT INTO pgsse.events (id, channel, event, payload, txid) \
+               SELECT g, 'messages', 'insert', '{}', pg_current_xact_id() FROM generate_series(1, 200000) g; \
+             SELECT setval('pgsse.event_id_seq', 200000); \
+             INSERT INTO pgsse.events (id, channel, event, payload, txid) \
+               VALUES (1000000000, 'messages', 'insert', '{}', pg_current_xact_id()); \
+             ANALYZE pgsse.events;",
+        )
+        .await
+        .unwrap();
+    // The plan a prepared statement runs after its fifth use: a generic one, which guesses that a third of
+    // the rows match any `id >= $1`.
+    let holds = pgsse::testing::announced_id_held();
+    primary
+        .batch_execute(&format!("SET plan_cache_mode = force_generic_plan; PREPARE holds(bigint) AS {holds}"))
+        .await
+        .unwrap();
+    let plan: Vec<String> =
+        primary.query("EXPLAIN EXECUTE holds(300000)", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Backward") && !plan.contains("Seq Scan on events"), "one step down the key:\n{plan}");
+    let held = |id: i64| {
+        let primary = &primary;
+        async move { primary.query_one(&format!("EXECUTE holds({id})"), &[]).await.unwrap().get::<_, bool>(0) }
+    };
+    assert!(held(200000).await && !held(200001).await, "held through the issued head, and no further");
+}

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
 
+use crate::pg::logrow::ISSUED_HEAD;
+
 const DEFAULT_MAX_LAG: &str = "10s";
 
 /// Where the log is read, when not from the primary.
@@ -35,6 +37,14 @@ impl ReplicaArgs {
 
 /// The primary's WAL position now: whatever committed before this is replayed on a standby past it.
 pub const PRIMARY_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
+/// Whether the standby holds an id announced on the primary (`$1`), or a later one: it then holds every
+/// batch before it. One step down the primary key from the highest id the sequence issued, whatever the
+/// statistics say (a row above it was not written by pgsse); an id deleted since (a cleared channel) is
+/// never held, and the caller stops waiting soon.
+pub fn holds() -> String {
+    format!("SELECT coalesce(max(id), 0) >= $1 FROM pgsse.events WHERE id <= {ISSUED_HEAD}")
+}
+
 /// Whether the standby is one, has replayed past `$1`, and how many bytes it is short of it.
 pub const REPLAYED: &str =
     "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false), \

@@ -71,20 +71,20 @@ impl Sequencing {
 
     /// What to do on a wakeup at `now`: `rung` by a writer, `announced` by another session's batch, or
     /// on the `clock` (a listener that is not notified, or that must look anyway).
+    /// A step reads what any announcement said, so a step that is due comes first: announcements, which
+    /// anyone who knows the channel can send, never hold one back.
     pub fn wake(&mut self, now: Instant, rung: bool, announced: bool, clock: bool) -> Option<Work> {
-        if announced {
-            return Some(Work::Read);
-        }
-        if self.stepping {
-            return (rung || clock || now >= self.due()).then_some(Work::Step);
-        }
-        if rung {
+        if !self.stepping && rung {
             self.watch.get_or_insert(now + WATCH);
         }
-        if now >= self.due() {
+        let step = match self.stepping {
+            true => rung || clock || now >= self.due(),
+            false => now >= self.due(),
+        };
+        if step {
             Some(Work::Step)
         } else {
-            clock.then_some(Work::Read)
+            (announced || clock).then_some(Work::Read)
         }
     }
 
@@ -215,6 +215,16 @@ mod tests {
         assert_eq!(s.arms(true), None, "a follower's step leaves the doorbell alone");
         s.record(Instant::now(), false, 5, 5);
         assert_eq!(s.arms(true), Some(true), "it moved events: it steps now");
+
+        // A ring that comes with an announcement is watched all the same, and a step that is due comes
+        // before any announcement.
+        s.record(Instant::now(), false, 0, 1);
+        assert_eq!(s.wake(Instant::now(), true, true, false), Some(Work::Read));
+        s.read(Instant::now(), 0);
+        tokio::time::advance(WATCH).await;
+        assert_eq!(s.wake(Instant::now(), false, true, false), Some(Work::Step));
+        s.record(Instant::now(), false, 2, 2);
+        assert_eq!(s.wake(Instant::now(), true, true, false), Some(Work::Step), "stepping: a ring is stepped on");
 
         // Followers step on the takeover clock when nothing at all happens.
         s.record(Instant::now(), false, -1, 1);

@@ -9,11 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::ListenerError;
-use crate::pg::replica::{ReplicaStatus, REPLAYED};
-
-/// Whether the standby holds an id announced on the primary, or a later one: it then holds every batch
-/// before it. An id deleted since (a cleared channel) is never held; the caller stops waiting soon.
-const HOLDS: &str = "SELECT EXISTS (SELECT 1 FROM pgsse.events WHERE id >= $1)";
+use crate::pg::replica::{self, ReplicaStatus, REPLAYED};
 
 pub struct Standby {
     pg: tokio_postgres::Config,
@@ -25,7 +21,7 @@ pub struct Standby {
 pub(super) struct StandbySession {
     pub(super) client: Client,
     pub(super) replayed: Statement,
-    /// Whether the standby holds an id yet ([`HOLDS`]).
+    /// Whether the standby holds an id yet ([`replica::holds`]).
     pub(super) holds: Statement,
     /// The replica is not in recovery: promoted (a failover), it is read as the primary it now is, with
     /// no barrier to wait for.
@@ -53,7 +49,7 @@ impl Standby {
             let _ = connection.await;
         });
         let replayed = client.prepare(REPLAYED).await?;
-        let holds = client.prepare(HOLDS).await?;
+        let holds = client.prepare(&replica::holds()).await?;
         let promoted = !client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get::<_, bool>(0)?;
         if promoted {
             tracing::warn!("--replica-database-url is not a standby (promoted?): reading it as the primary it now is");
