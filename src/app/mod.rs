@@ -21,6 +21,7 @@ use crate::pg::listener::{Listener, ListenerError};
 use crate::pg::published::Published;
 use crate::pg::replica::ReplicaStatus;
 use crate::pg::retention;
+use crate::pg::sightings::Sightings;
 use crate::pg::status::ListenerStatus;
 use crate::pg::store::Store;
 use metrics::Metrics;
@@ -60,7 +61,10 @@ impl App {
         if config.mercure.mercure {
             listener = listener.with_updates();
         }
-        let mut store = Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?;
+        let sightings = Arc::new(Sightings::default());
+        listener = listener.reporting_to(sightings.clone());
+        let mut store =
+            Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?.with_sightings(sightings);
         let replica = Arc::new(ReplicaStatus::default());
         if let Some(url) = config.replica.url() {
             let max_lag = config.replica.replica_max_lag;

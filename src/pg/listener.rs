@@ -17,6 +17,7 @@ use crate::pg::logrow::{filter_columns, topic_column, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
 use crate::pg::replica::{self, ReplicaError, ReplicaStatus, PRIMARY_LSN};
 use crate::pg::sequencer::{self, Sequencing, Work};
+use crate::pg::sightings::Sightings;
 use crate::pg::status::ListenerStatus;
 use conn::{ListenConnection, News};
 use standby::Standby;
@@ -88,6 +89,8 @@ pub struct Listener {
     standby: Option<Standby>,
     /// Events are made Mercure updates too (`--mercure`); otherwise no read or event pays for it.
     updates: bool,
+    /// The gateway's own writes waiting for their events.
+    sightings: Option<Arc<Sightings>>,
 }
 
 impl Listener {
@@ -100,12 +103,18 @@ impl Listener {
         // Two probe intervals without an acknowledgement drop the connection in the kernel, even between queries.
         let pg = super::session_config(database_url, "pgsse-listener", CONNECT_TIMEOUT, probe_interval * 2)
             .map_err(ListenerError::Config)?;
-        Ok(Self { pg, hub, status, probe_interval, last_id: None, standby: None, updates: false })
+        Ok(Self { pg, hub, status, probe_interval, last_id: None, standby: None, updates: false, sightings: None })
     }
 
     /// Makes each event a Mercure update where it is one, for the hub's Mercure subscribers.
     pub fn with_updates(mut self) -> Self {
         self.updates = true;
+        self
+    }
+
+    /// Reports each event it reads to the gateway's writes that wait for theirs.
+    pub fn reporting_to(mut self, sightings: Arc<Sightings>) -> Self {
+        self.sightings = Some(sightings);
         self
     }
 
@@ -141,6 +150,7 @@ impl Listener {
                 self.status.failed_attempts.fetch_add(1, Ordering::Relaxed);
             }
             self.status.set_down(err.to_string());
+            self.set_live(false);
             let delay = jitter(backoff);
             // A cause that persists (a database not migrated yet, say) is said once, not every few seconds;
             // a session that got going in between resets the backoff, and its failure is news again.
@@ -163,6 +173,13 @@ impl Listener {
             }
         }
         self.status.up.store(false, Ordering::Release);
+        self.set_live(false);
+    }
+
+    fn set_live(&self, live: bool) {
+        if let Some(sightings) = &self.sightings {
+            sightings.set_live(live);
+        }
     }
 
     async fn session(&mut self, shutdown: &CancellationToken, backoff: &mut Duration) -> Result<(), ListenerError> {
@@ -183,9 +200,10 @@ impl Listener {
         conn.own_pid = Some(conn.bounded(client.query_one("SELECT pg_backend_pid()", &[])).await?.try_get(0)?);
         // A table's Mercure topic is read beside each row only for a gateway serving Mercure.
         let topic = if self.updates { format!(", {}", topic_column("pgsse.events")) } else { String::new() };
+        // The writing transaction last, for the gateway's own writes waiting for their events.
         let fetch_sql = format!(
-            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {}{topic} FROM pgsse.events \
-             WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
+            "SELECT {}, extract(epoch FROM clock_timestamp() - created_at)::float8, {}{topic}, txid::text::int8 \
+             FROM pgsse.events WHERE id > $1 AND id <= {ISSUED_HEAD} ORDER BY id LIMIT $2",
             EventRow::columns(),
             filter_columns("pgsse.events"),
         );
@@ -259,6 +277,7 @@ impl Listener {
         let mut log = Statements { client: &client, reads, fetch: &fetch, sequence: &sequence, barrier };
         self.advance(&mut log, &mut conn, &mut sequencing, (Work::Step, 0), true).await?;
         self.status.set_up();
+        self.set_live(true);
         *backoff = BACKOFF_MIN;
         info!(last_id = self.last_id, "listener connected and caught up");
 
@@ -450,6 +469,10 @@ impl Listener {
                     }
                 };
                 last = event.id;
+                if let Some(sightings) = self.sightings.as_ref().filter(|s| s.watched()) {
+                    let txid = row.try_get::<_, i64>(if self.updates { 10 } else { 9 })?;
+                    sightings.saw(txid, &event.channel, event.id, &event.payload);
+                }
                 if let Some((frame, data)) = event.encode() {
                     let update = if self.updates { event.update() } else { None };
                     let moves = event.moved.map(|moved| Box::new(UpdateFrames::new(event.id, data.clone(), moved)));

@@ -12,6 +12,7 @@ pub mod published;
 pub mod replica;
 pub mod retention;
 pub mod sequencer;
+pub mod sightings;
 pub mod snapshot;
 pub mod status;
 pub mod store;

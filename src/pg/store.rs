@@ -1,7 +1,7 @@
 //! Reads of the event log and channel registry through the connection pool (never the LISTEN connection).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -9,6 +9,7 @@ use tokio_postgres::NoTls;
 
 use crate::pg::error::StoreError;
 use crate::pg::logrow::{filter_columns, payload_bytes, row_bytes, EventRow, Undecodable, ISSUED_HEAD};
+use crate::pg::sightings::Sightings;
 use crate::shared_read::SharedRead;
 
 /// Rows per replay query at most: large enough for throughput with small events.
@@ -86,12 +87,21 @@ pub struct Store {
     known_channels: Mutex<HashSet<String>>,
     /// The last read of the committed head, shared. See [`Store::committed_head`].
     head: SharedRead<Result<i64, String>>,
+    /// Where the listener reports the events the gateway's own writes wait for.
+    sightings: Option<Arc<Sightings>>,
 }
 
 impl Store {
     pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
         let pool = Self::pool(database_url, pool_size, bound)?;
-        Ok(Self { pool, reads: None, bound, known_channels: Mutex::new(HashSet::new()), head: SharedRead::default() })
+        let known_channels = Mutex::new(HashSet::new());
+        Ok(Self { pool, reads: None, bound, known_channels, head: SharedRead::default(), sightings: None })
+    }
+
+    /// Writes learn their events' ids from the listener reporting to `sightings`, while it reads.
+    pub fn with_sightings(mut self, sightings: Arc<Sightings>) -> Self {
+        self.sightings = Some(sightings);
+        self
     }
 
     fn pool(database_url: &str, pool_size: usize, bound: Duration) -> Result<Pool, StoreError> {

@@ -1,5 +1,5 @@
 //! The gateway's writes (`POST`, `DELETE`) and the waits for their events' ids: a write answers once its
-//! event is in the log, taking a sequencing step itself unless another session is taking one.
+//! event is in the log, as the listener reads it, or else taking a sequencing step itself.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,11 @@ use tokio_postgres::types::ToSql;
 use super::Store;
 use crate::pg::error::StoreError;
 use crate::pg::keyed::{self, Keyed};
+use crate::pg::sightings::{Sighting, Watch};
+
+/// How long a write waits for the listener to read its event before asking the database: the stepping
+/// gateway moves it within milliseconds, or another takes over within about half a second.
+const LISTENER_WAIT: Duration = Duration::from_secs(1);
 
 /// Waits between tries of a sequencing step that another session holds: short at first (a step takes
 /// milliseconds), never past `wait`.
@@ -97,41 +102,48 @@ impl Store {
         row: &serde_json::Value,
         key: Option<&Keyed>,
     ) -> Result<Written, StoreError> {
-        self.with(async |client| {
-            let stmt = client
-                .prepare_cached(match key {
-                    None => "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)",
-                    Some(_) => keyed::INSERT,
-                })
-                .await?;
-            let object = row.to_string();
-            let params = match key {
-                None => vec![&channel as &(dyn ToSql + Sync), &object],
-                Some(key) => keyed::params(&[&channel, row], key),
-            };
-            let row = match client.query_one(&stmt, &params).await {
-                Ok(row) => row,
-                // A value its column cannot take: pgsse.bad_column names the column and its type.
-                Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
-                    let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
-                    let column: Option<String> =
-                        client.query_one(named, &[&channel, &object]).await.ok().and_then(|r| r.get(0));
-                    return Err(match (StoreError::from_db(err), column) {
-                        (StoreError::Rejected { kind, .. }, Some(column)) => {
-                            StoreError::Rejected { kind, message: format!("column {column}") }
+        // Watched from before the statement is sent: the listener may read the event before it returns.
+        let watch = self.watch(key);
+        let (txid, after, payload): (_, _, Option<String>) = self
+            .with(async |client| {
+                let stmt = client
+                    .prepare_cached(match key {
+                        None => {
+                            "SELECT txid::text::int8, after, payload::text FROM pgsse.insert_json($1, $2::text::jsonb)"
                         }
-                        (err, _) => err,
-                    });
-                }
-                Err(err) => return Err(StoreError::from_db(err)),
-            };
-            keyed::same_request(&row, key, 3)?;
-            match (row.try_get(0)?, row.try_get(1)?) {
-                (Some(txid), Some(after)) => sequenced(client, txid, after, channel, self.sequenced_wait()).await,
-                _ => Ok(Written { id: None, payload: row.try_get(2)? }),
-            }
-        })
-        .await
+                        Some(_) => keyed::INSERT,
+                    })
+                    .await?;
+                let object = row.to_string();
+                let params = match key {
+                    None => vec![&channel as &(dyn ToSql + Sync), &object],
+                    Some(key) => keyed::params(&[&channel, row], key),
+                };
+                let row = match client.query_one(&stmt, &params).await {
+                    Ok(row) => row,
+                    // A value its column cannot take: pgsse.bad_column names the column and its type.
+                    Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
+                        let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
+                        let column: Option<String> =
+                            client.query_one(named, &[&channel, &object]).await.ok().and_then(|r| r.get(0));
+                        return Err(match (StoreError::from_db(err), column) {
+                            (StoreError::Rejected { kind, .. }, Some(column)) => {
+                                StoreError::Rejected { kind, message: format!("column {column}") }
+                            }
+                            (err, _) => err,
+                        });
+                    }
+                    Err(err) => return Err(StoreError::from_db(err)),
+                };
+                keyed::same_request(&row, key, 3)?;
+                Ok((row.try_get::<_, Option<i64>>(0)?, row.try_get::<_, Option<i64>>(1)?, row.try_get(2)?))
+            })
+            .await?;
+        match (txid, after, payload) {
+            (Some(txid), Some(after), _) => self.sequenced(watch, txid, after, channel).await,
+            (_, _, Some(payload)) => Ok(Written { id: None, payload }),
+            _ => Err(StoreError::NotSequenced),
+        }
     }
 
     /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log. Under a
@@ -143,24 +155,52 @@ impl Store {
         payload: &serde_json::Value,
         key: Option<&Keyed>,
     ) -> Result<i64, StoreError> {
-        self.with(async |client| {
-            let stmt = client
-                .prepare_cached(match key {
-                    None => "SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)",
-                    Some(_) => keyed::PUBLISH,
-                })
-                .await?;
-            let text = payload.to_string();
-            let params = match key {
-                None => vec![&channel as &(dyn ToSql + Sync), &event, &text],
-                Some(key) => keyed::params(&[&channel, &event, payload], key),
-            };
-            let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
-            keyed::same_request(&row, key, 2)?;
-            let written = sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await?;
-            written.id.ok_or(StoreError::NotSequenced)
-        })
-        .await
+        let watch = self.watch(key);
+        let (txid, after) = self
+            .with(async |client| {
+                let stmt = client
+                    .prepare_cached(match key {
+                        None => "SELECT txid::text::int8, after FROM pgsse.publish_json($1, $2, $3::text::jsonb)",
+                        Some(_) => keyed::PUBLISH,
+                    })
+                    .await?;
+                let text = payload.to_string();
+                let params = match key {
+                    None => vec![&channel as &(dyn ToSql + Sync), &event, &text],
+                    Some(key) => keyed::params(&[&channel, &event, payload], key),
+                };
+                let row = client.query_one(&stmt, &params).await.map_err(StoreError::from_db)?;
+                keyed::same_request(&row, key, 2)?;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
+            .await?;
+        self.sequenced(watch, txid, after, channel).await?.id.ok_or(StoreError::NotSequenced)
+    }
+
+    /// A watch for a write's event, while the listener reads; not under a `key`, whose write may have been
+    /// made long before (its event then is no news to the listener).
+    fn watch(&self, key: Option<&Keyed>) -> Option<Watch> {
+        self.sightings.as_ref().filter(|_| key.is_none()).and_then(|s| s.watch())
+    }
+
+    /// The event of the gateway's write (transaction `txid`, committed) on `channel`: from the listener
+    /// when it reads it soon (no query), otherwise as [`sequenced`] finds it.
+    async fn sequenced(
+        &self,
+        watch: Option<Watch>,
+        txid: i64,
+        after: i64,
+        channel: &str,
+    ) -> Result<Written, StoreError> {
+        let wait = self.sequenced_wait();
+        if let Some(watch) = watch {
+            if let Some(Sighting { id, payload }) =
+                watch.wait(txid, after, channel, (wait / 2).min(LISTENER_WAIT)).await
+            {
+                return Ok(Written { id: Some(id), payload });
+            }
+        }
+        self.with(async |client| sequenced(client, txid, after, channel, wait).await).await
     }
 
     /// Empties a channel whose `pgsse.channels` row allows it and records its `clear` event.
