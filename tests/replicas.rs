@@ -96,6 +96,24 @@ fn config(pair: &Pair, max_lag: Duration) -> pgsse::config::Config {
     config
 }
 
+/// Each of `followers` has exactly the log of `messages` on the primary, once each in commit order, and
+/// the gateway is ready.
+async fn exact_and_ready(primary: &tokio_postgres::Client, followers: &[Follower], gw: &Gateway) {
+    let log: Vec<i64> = primary
+        .query("SELECT id FROM pgsse.events WHERE channel = 'messages' ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for follower in followers {
+        let ids: Vec<i64> = received(follower).iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, log, "each event once, in commit order");
+    }
+    let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_gateway_on_a_lagging_standby_get_every_event_once_in_order() {
     let pair = pair(false).await;
@@ -107,21 +125,8 @@ async fn clients_of_a_gateway_on_a_lagging_standby_get_every_event_once_in_order
     }
     let primary = connect(&pair.url).await;
     common::wait_sequenced(&primary).await;
-    let log: Vec<i64> = primary
-        .query("SELECT id FROM pgsse.events WHERE channel = 'messages' ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(log.len(), 60);
     wait_for("every follower has every event", || async { followers.iter().all(|f| received(f).len() >= 60) }).await;
-    for follower in &followers {
-        let ids: Vec<i64> = received(follower).iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, log, "each event once, in commit order");
-    }
-    let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    exact_and_ready(&primary, &followers, &gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,17 +291,7 @@ async fn a_gateway_on_the_standby_that_follows_another_reads_each_announced_batc
     // would bring the event, half a second later.
     let steps = common::metric(metrics, "pgsse_sequencing_steps_total").await - steps_before;
     assert!(steps <= 1, "each write came from the read on its announcement ({steps} steps)");
-    let log: Vec<i64> = primary
-        .query("SELECT id FROM pgsse.events WHERE channel = 'messages' ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let ids: Vec<i64> = received(&follower).iter().map(|(id, _)| *id).collect();
-    assert_eq!(ids, log, "each event once, in commit order");
-    let ready = get(gw.addr, "/readyz", &[]).await.unwrap();
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    exact_and_ready(&primary, &[follower], &gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,8 @@ impl Bench {
                 .collect();
             of.iter().sum::<f64>() / of.len().max(1) as f64
         };
-        let mut summary = format!("; p50 POST {:.2} ms, INSERT {:.2} ms (target: within 0.5 ms)", p50(true), p50(false));
+        let mut summary =
+            format!("; p50 POST {:.2} ms, INSERT {:.2} ms (target: within 0.5 ms)", p50(true), p50(false));
         if let (Some(post), Some(insert)) = (mean(true), mean(false)) {
             summary += &format!("; PostgreSQL CPU per POST {:.1}x an INSERT's (target <= 3x)", post / insert);
         }

@@ -51,18 +51,23 @@ impl Bench {
         reports
     }
 
-    /// The primary's CPU per insert with `gateways` attached (reading the primary, or spread over
-    /// `standbys`) and no client: one of them runs the sequencing step, the others read its batches.
-    async fn sequencing(&self, gateways: usize, standbys: &[String]) -> Report {
-        let attached: Vec<Gateway> = (0..gateways)
-            .map(|n| {
+    /// `n` gateways reading the primary, or spread over `standbys` in turn.
+    fn gateways_over(&self, n: usize, standbys: &[String]) -> Vec<Gateway> {
+        (0..n)
+            .map(|i| {
                 let extra: Vec<&str> = match standbys {
                     [] => Vec::new(),
-                    _ => vec!["--replica-database-url", &standbys[n % standbys.len()]],
+                    _ => vec!["--replica-database-url", &standbys[i % standbys.len()]],
                 };
                 Gateway::start(&self.gateway, &self.url, &extra)
             })
-            .collect();
+            .collect()
+    }
+
+    /// The primary's CPU per insert with `gateways` attached (reading the primary, or spread over
+    /// `standbys`) and no client: one of them runs the sequencing step, the others read its batches.
+    async fn sequencing(&self, gateways: usize, standbys: &[String]) -> Report {
+        let attached = self.gateways_over(gateways, standbys);
         let steps = || attached.iter().filter_map(|gw| gw.metric("pgsse_sequencing_steps_total")).sum::<f64>();
         let (cpu0, steps0) = (self.postgres_cpu_seconds(), steps());
         let load =
@@ -89,15 +94,7 @@ impl Bench {
 
     /// `GATEWAYS` gateways reading the primary, or spread over `standbys`.
     async fn replica_phase(&self, standbys: &[String]) -> Report {
-        let gateways: Vec<Gateway> = (0..GATEWAYS)
-            .map(|n| {
-                let extra: Vec<&str> = match standbys {
-                    [] => Vec::new(),
-                    _ => vec!["--replica-database-url", &standbys[n % standbys.len()]],
-                };
-                Gateway::start(&self.gateway, &self.url, &extra)
-            })
-            .collect();
+        let gateways = self.gateways_over(GATEWAYS, standbys);
         let standby = (!standbys.is_empty()).then_some(());
         let t0 = Instant::now();
         let start_id = self.head().await;
