@@ -323,6 +323,37 @@ async fn a_committed_post_is_never_told_to_retry() {
     assert_eq!(stream.expect().await.json()["body"], "while held");
 }
 
+/// With sequencing held and more POSTs than pooled connections, a POST that committed waits its turn for
+/// a connection after its write, and is still never told to retry: every answer but 503 wrote one row,
+/// and every 503 none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_posts_queued_for_the_pool_are_never_told_to_retry() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    let gw = Gateway::start_configured(&url, |c| {
+        c.pool.pool_size = 2;
+        c.pool.db_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let mut holder = common::connect(&url).await;
+    let held = holder.transaction().await.unwrap();
+    held.batch_execute("LOCK TABLE pgsse.commit_order IN EXCLUSIVE MODE").await.unwrap();
+    let posts = (0..8).map(|n| {
+        let body = Bytes::from(format!(r#"{{"body": "post {n}"}}"#));
+        tokio::spawn(async move { call(gw.addr, "POST", "/messages", &[JSON], body).await.unwrap() })
+    });
+    let mut answered = Vec::new();
+    for post in posts.collect::<Vec<_>>() {
+        answered.push(post.await.unwrap());
+    }
+    held.rollback().await.unwrap();
+    for posted in &answered {
+        assert!([202, 503].contains(&posted.status), "{} {}", posted.status, posted.body);
+    }
+    let committed = answered.iter().filter(|p| p.status == 202).count() as i64;
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(rows, committed, "a 503 wrote nothing, and every other answer said what was written");
+}
+
 /// A POST that the gateway answers 503 has written nothing: the server gives its statement up (a third of
 /// --db-timeout) before the gateway gives up the connection, so a write held by another writer's lock does
 /// not commit after its client was told to retry.

@@ -61,15 +61,18 @@ impl App {
         if config.mercure.mercure {
             listener = listener.with_updates();
         }
-        let sightings = Arc::new(Sightings::default());
-        listener = listener.reporting_to(sightings.clone());
-        let mut store =
-            Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?.with_sightings(sightings);
+        let mut store = Store::new(&config.database_url, config.pool.pool_size, config.pool.db_timeout)?;
         let replica = Arc::new(ReplicaStatus::default());
         if let Some(url) = config.replica.url() {
             let max_lag = config.replica.replica_max_lag;
             listener = listener.reading_from(url, max_lag, replica.clone())?;
             store = store.reading_from(url, config.pool.pool_size, max_lag, replica.clone())?;
+        } else {
+            // A listener on a standby reads a write's event only once the standby has it: a write there
+            // learns its id on the primary, at once.
+            let sightings = Arc::new(Sightings::default());
+            listener = listener.reporting_to(sightings.clone());
+            store = store.with_sightings(sightings);
         }
         let store = Arc::new(store);
         let replica = config.replica.url().is_some().then_some(replica);

@@ -470,8 +470,9 @@ impl Listener {
                 };
                 last = event.id;
                 if let Some(sightings) = self.sightings.as_ref().filter(|s| s.watched()) {
-                    let txid = row.try_get::<_, i64>(if self.updates { 10 } else { 9 })?;
-                    sightings.saw(txid, &event.channel, event.id, &event.payload);
+                    if let Some(txid) = row.try_get::<_, Option<i64>>(if self.updates { 10 } else { 9 })? {
+                        sightings.saw(txid, &event.channel, event.id, &event.payload);
+                    }
                 }
                 if let Some((frame, data)) = event.encode() {
                     let update = if self.updates { event.update() } else { None };

@@ -200,7 +200,12 @@ impl Store {
                 return Ok(Written { id: Some(id), payload });
             }
         }
-        self.with(async |client| sequenced(client, txid, after, channel, wait).await).await
+        // The write has committed: whatever goes wrong from here (no pooled connection in time, say), the
+        // answer is that it is committed without an id, never one that asks for a retry.
+        self.with(async |client| sequenced(client, txid, after, channel, wait).await).await.map_err(|err| {
+            tracing::warn!(cause = %err, txid, channel, "a committed write's event id is unknown: answering without it");
+            StoreError::NotSequenced
+        })
     }
 
     /// Empties a channel whose `pgsse.channels` row allows it and records its `clear` event.
