@@ -15,13 +15,15 @@ use tracing::{debug, error, info, warn};
 use crate::fanout::hub::{Event, Hub, UpdateFrames};
 use crate::pg::logrow::{filter_columns, topic_column, EventRow, ISSUED_HEAD};
 use crate::pg::pacing::Pacing;
-use crate::pg::replica::{self, ReplicaError, ReplicaStatus, PRIMARY_LSN};
+use crate::pg::replica::{ReplicaError, ReplicaStatus, PRIMARY_LSN};
 use crate::pg::sequencer::{self, Sequencing, Work};
 use crate::pg::sightings::Sightings;
 use crate::pg::status::ListenerStatus;
+use backoff::{jitter, BACKOFF_MAX, BACKOFF_MIN};
 use conn::{ListenConnection, News};
-use standby::Standby;
+use standby::{Barrier, Standby};
 
+mod backoff;
 mod conn;
 mod standby;
 
@@ -30,15 +32,11 @@ mod standby;
 const NOTIFY_CHANNEL: &str = "SELECT 'pgsse_' || bell_token FROM pgsse.meta";
 /// Rows per read of the log, at most; see [`Hub::fill_limit`] for the bound that usually applies.
 const FETCH_BATCH: i64 = 2000;
-/// How long a follower on a standby waits for an announced id there before asking the primary's position.
-const HEAD_WAIT: Duration = Duration::from_millis(20);
 /// Who holds the sequencing step's lock: the sessions an operator may have to end.
 const STEP_HOLDERS: &str = "SELECT string_agg(format('pid %s (role %s, %s)', l.pid, coalesce(a.usename::text, '?'), \
      coalesce(a.state, '?')), ', ') FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
      WHERE l.relation = 'pgsse.commit_order'::pg_catalog.regclass AND l.granted";
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_PROBE_INTERVAL: &str = "10s";
 
@@ -359,18 +357,7 @@ impl Listener {
             let fetch_params: [&(dyn ToSql + Sync); 2] = [&last, &limit];
             if work == Work::Read {
                 if let Some(barrier) = &log.barrier {
-                    // A standby that holds the last id announced holds every batch before it. Otherwise (no
-                    // id said, a standby further behind, or an announcement that was not a batch's), the
-                    // batches announced have committed on the primary: its position now is past them.
-                    let holds = || async {
-                        let row = log.reads.query_one(barrier.holds, &[&head]).await?;
-                        Ok::<_, ReplicaError>(replica::Look { caught_up: row.try_get(0)?, short_bytes: 0.0 })
-                    };
-                    let held = head > 0 && conn.bounded(replica::poll(holds, HEAD_WAIT)).await?.0;
-                    if !held {
-                        let lsn: String = conn.bounded(log.client.query_one(barrier.lsn, &[])).await?.try_get(0)?;
-                        barrier.wait(log.reads, conn, &lsn).await?;
-                    }
+                    barrier.announced(log.client, log.reads, conn, head).await?;
                 }
                 let rows = conn.bounded(log.reads.query(log.fetch, &fetch_params)).await?;
                 let (read, wake) = self.catch_up(log.reads, log.fetch, conn, rows, limit).await?;
@@ -501,44 +488,4 @@ struct Statements<'a> {
     fetch: &'a Statement,
     sequence: &'a Statement,
     barrier: Option<Barrier<'a>>,
-}
-
-/// What a read on the standby waits for: the primary's WAL position (`lsn`, on the primary) replayed
-/// (`replayed`, on the standby), or an announced id there (`holds`).
-struct Barrier<'a> {
-    lsn: &'a Statement,
-    replayed: &'a Statement,
-    holds: &'a Statement,
-    max_lag: Duration,
-    status: Arc<ReplicaStatus>,
-}
-
-impl Barrier<'_> {
-    /// Waits until the standby (`reads`) has replayed the primary's WAL through `lsn`, or for `max_lag`.
-    async fn wait(&self, reads: &Client, conn: &mut ListenConnection, lsn: &str) -> Result<(), ListenerError> {
-        let wait = self.max_lag + conn.bound;
-        let replayed = replica::wait(|| replica::look(reads, self.replayed, lsn), self.max_lag, &self.status);
-        timeout(wait, conn.run(replayed)).await.map_err(|_| ListenerError::QueryTimeout(wait))??;
-        Ok(())
-    }
-}
-
-/// Spreads reconnects of many gateways over [d/2, d) so a database restart is not met by a stampede.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
-    let fraction = f64::from(nanos % 1000) / 1000.0;
-    d / 2 + d.mul_f64(fraction / 2.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_half_to_full() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(2));
-            assert!(j >= Duration::from_secs(1) && j < Duration::from_secs(2), "{j:?}");
-        }
-    }
 }
