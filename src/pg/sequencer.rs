@@ -70,9 +70,9 @@ impl Sequencing {
     }
 
     /// What to do on a wakeup at `now`: `rung` by a writer, `announced` by another session's batch, or
-    /// on the `clock` (a listener that is not notified, or that must look anyway).
-    /// A step reads what any announcement said, so a step that is due comes first: announcements, which
-    /// anyone who knows the channel can send, never hold one back.
+    /// on the `clock` (a listener that is not notified, or that must look anyway). A step reads what any
+    /// announcement said, so a step that is due comes first: announcements, which anyone who knows the
+    /// channel can send, never hold one back.
     pub fn wake(&mut self, now: Instant, rung: bool, announced: bool, clock: bool) -> Option<Work> {
         if !self.stepping && rung {
             self.watch.get_or_insert(now + WATCH);
@@ -99,7 +99,8 @@ impl Sequencing {
         self.stepping.then_some(listening)
     }
 
-    /// Records a read without a step that found `events`: another session's batches, so it steps.
+    /// Records a read without a step that found `events`: another session's batches, so that session is
+    /// the one stepping.
     pub fn read(&mut self, now: Instant, events: u64) {
         if events > 0 {
             self.stepping = false;
