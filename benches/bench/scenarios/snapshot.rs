@@ -171,7 +171,7 @@ impl Bench {
             ))
             .await
             .unwrap();
-        let gw = Gateway::start(&self.gateway, &self.url, &["--max-connections-per-client", "20000"]);
+        let gw = Gateway::start(&self.gateway, &self.url, &[]);
         let addr = gw.addr;
         let queries_before = metric(addr, "pgsse_snapshot_queries_total").await;
         let writer = {
