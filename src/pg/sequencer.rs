@@ -45,28 +45,20 @@ pub enum Work {
 pub struct Sequencing {
     /// This gateway runs the step on a wakeup; otherwise it follows another session's batches.
     stepping: bool,
-    /// A follower steps by then unless a read finds another's batch first.
+    /// The next step on the clock: [`TAKEOVER`] after the last step, or (a follower) after the last read
+    /// that found another's batch.
     quiet: Instant,
     /// A ring that no batch followed yet: a follower steps at this time.
     watch: Option<Instant>,
     recheck: Option<Instant>,
     backoff: Duration,
-    takeover: Instant,
     /// Since when every step found another session holding the step's lock, and whether that was said.
     held: Option<(Instant, bool)>,
 }
 
 impl Sequencing {
     pub fn new(now: Instant) -> Self {
-        Self {
-            stepping: true,
-            quiet: now + TAKEOVER,
-            watch: None,
-            recheck: None,
-            backoff: RECHECK_MIN,
-            takeover: now + TAKEOVER,
-            held: None,
-        }
+        Self { stepping: true, quiet: now + TAKEOVER, watch: None, recheck: None, backoff: RECHECK_MIN, held: None }
     }
 
     /// What to do on a wakeup at `now`: `rung` by a writer, `announced` by another session's batch, or
@@ -122,7 +114,6 @@ impl Sequencing {
         self.quiet = now + TAKEOVER;
         self.watch = None;
         self.held = if taken { None } else { Some(self.held.unwrap_or((now, false))) };
-        self.takeover = now + TAKEOVER;
         if in_flight {
             self.recheck = Some(now + self.backoff);
             self.backoff = (self.backoff * 2).min(RECHECK_MAX);
@@ -146,7 +137,7 @@ impl Sequencing {
     /// When the next step is due if nothing wakes the listener first.
     pub fn due(&self) -> Instant {
         match self.stepping {
-            true => self.recheck.map_or(self.takeover, |r| r.min(self.takeover)),
+            true => self.recheck.map_or(self.quiet, |r| r.min(self.quiet)),
             false => self.watch.map_or(self.quiet, |w| w.min(self.quiet)),
         }
     }
