@@ -328,8 +328,12 @@ async fn a_transaction_that_drew_its_number_early_is_not_passed_over_by_later_on
     let log = log_of(&admin).await;
     assert_eq!(log.last().map(|(_, body)| body.as_str()), Some("early"), "{log:?}");
     has_exactly(&follower, &log, "the stream").await;
-    // Once it has ended, a later step raises the floor past it.
+    // Once it has ended, a later batch raises the floor past it. Only a step that moves events raises the
+    // floor, to the oldest transaction then running in the whole cluster (another test's, say): each look
+    // writes a row, so that a batch comes after those have ended too.
     wait_for("the floor past the writer that was in flight", || async {
+        app.batch_execute("INSERT INTO messages (body) VALUES ('after')").await.unwrap();
+        common::wait_sequenced(&admin).await;
         admin.query_one(floor, &[]).await.unwrap().get::<_, i64>(0) > early_xid
     })
     .await;
