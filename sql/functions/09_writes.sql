@@ -35,39 +35,41 @@ BEGIN
 END
 $$;
 
--- The gateway's POST to a table channel: inserts the row that the object's keys describe (column names,
--- or their camelCase form on a camel_case channel). Runs as the gateway's role, so the table's own grants
--- decide whether the gateway may write it. Its event is in pgsse.sequenced(txid, after, p_channel) once
--- committed; a table that does not capture inserts records none, and `payload` is the row as the channel
--- would publish it.
-CREATE OR REPLACE FUNCTION pgsse.insert_json(p_channel text, p_row jsonb,
-                                             OUT txid xid8, OUT after bigint, OUT payload jsonb)
-LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+-- How pgsse.insert_json writes a row whose keys are p_keys (NULL: the row is not a JSON object) to channel
+-- p_channel, after every check that depends on the keys and not on their values, refusing as it does:
+-- `columns` is the column each key names, in p_keys' order, and `statement` inserts the row ($1, jsonb)
+-- whose keys are those columns. Each key names a column exactly, or (camel_case) the camelCase form of
+-- one; on such a channel a column given both ways is refused, since which would win is not obvious (and a
+-- grant's filter may have checked the other). Runs as the gateway's role: the table's own grants decide.
+-- `guarded`, where the table captures inserts, is that statement made to keep: the gateway prepares it
+-- once per channel and key set, so that a POST is one statement and no lookup. It inserts nothing unless
+-- the channel still takes these columns into this very table as now (not made read-only, republished with
+-- other columns or case, nor another table given the name, nor an exact name added for a camelCase key),
+-- and answers the transaction and the issued head (see pgsse.sequenced). Any other change makes the
+-- statement fail, and the gateway falls back to pgsse.insert_json, whose refusals are pgsse's own words.
+CREATE OR REPLACE FUNCTION pgsse.insert_plan(p_channel text, p_keys text[], OUT source regclass,
+    OUT captured boolean, OUT columns text[], OUT statement text, OUT guarded text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
-    ch       pgsse.channels;
-    captured boolean;
-    unknown  text[];
-    cols     text;
-    named    text[];
-    twice    text[];
-    mapped   jsonb;
-    statement text;
-    new_row  jsonb;
-    code     text;
-    failed_column text;
-    failed_constraint text;
+    ch      pgsse.channels;
+    unknown text[];
+    cols    text;
+    twice   text[];
+    bent    text[];
+    grants  text;
 BEGIN
     SELECT * INTO ch FROM pgsse.channels c WHERE c.name = p_channel;
     IF ch.source_table IS NULL THEN
         RAISE EXCEPTION 'pgsse: channel % publishes no table', quote_literal(p_channel) USING ERRCODE = 'no_data_found';
     END IF;
-    IF jsonb_typeof(p_row) IS DISTINCT FROM 'object' THEN
+    IF p_keys IS NULL THEN
         RAISE EXCEPTION 'pgsse: the row must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF NOT ch.writable THEN
         RAISE EXCEPTION 'pgsse: channel % does not take POST: publish its table with writable => true', p_channel
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    source := ch.source_table;
     -- The row comes back from the log when inserts are captured; otherwise RETURNING reads it.
     captured := 'INSERT' = ANY (ch.operations);
     IF NOT (has_table_privilege(ch.source_table, 'INSERT')
@@ -78,17 +80,14 @@ BEGIN
                   HINT = format('have the table''s owner run: GRANT %s ON %s TO %I;',
                                 CASE WHEN captured THEN 'INSERT' ELSE 'INSERT, SELECT' END, ch.source_table, current_user);
     END IF;
-    -- Each key names a column exactly, or (camel_case) the camelCase form of one; on such a channel a
-    -- column given both ways is refused, since which would win is not obvious (and a grant's filter may
-    -- have checked the other).
     SELECT array_agg(m.key ORDER BY m.key) FILTER (WHERE m.attname IS NULL),
            string_agg(quote_ident(m.attname), ', ' ORDER BY m.attnum),
-           jsonb_object_agg(coalesce(m.attname, m.key), m.value),
-           array_agg(m.attname ORDER BY m.attname) FILTER (WHERE m.attname IS NOT NULL)
-      INTO unknown, cols, mapped, named
-      FROM (SELECT k.key, k.value, a.attname, a.attnum FROM jsonb_each(p_row) k
+           array_agg(m.attname ORDER BY m.ord),
+           array_agg(m.key ORDER BY m.key) FILTER (WHERE m.attname <> m.key)
+      INTO unknown, cols, columns, bent
+      FROM (SELECT k.key, k.ord, a.attname, a.attnum FROM unnest(p_keys) WITH ORDINALITY AS k(key, ord)
               LEFT JOIN LATERAL (
-                SELECT a.attname, a.attnum FROM pg_attribute a
+                SELECT a.attname::text, a.attnum FROM pg_attribute a
                  WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
                    AND (a.attname = k.key OR (ch.camel_case AND position('_' IN a.attname) > 0
                                                AND pgsse.camel_case(a.attname) = k.key))
@@ -97,12 +96,12 @@ BEGIN
         RAISE EXCEPTION 'pgsse: unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
             array_to_string(unknown, ', ') USING ERRCODE = 'undefined_column';
     END IF;
-    SELECT array_agg(d ORDER BY d) INTO twice FROM (SELECT n FROM unnest(named) n GROUP BY n HAVING count(*) > 1) x(d);
+    SELECT array_agg(d ORDER BY d) INTO twice FROM (SELECT n FROM unnest(columns) n GROUP BY n HAVING count(*) > 1) x(d);
     IF twice IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: column % given twice, as its name and its camelCase form', array_to_string(twice, ', ')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT array_agg(k ORDER BY k) INTO unknown FROM jsonb_object_keys(mapped) k
+    SELECT array_agg(k ORDER BY k) INTO unknown FROM unnest(columns) k
      WHERE ch.writable_columns IS NOT NULL AND NOT k = ANY (ch.writable_columns);
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: channel % takes no POST of column%: % (its writable_columns)', p_channel,
@@ -110,31 +109,70 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     -- A serial column the row leaves to its default draws from its sequence, which takes a grant of its own.
-    SELECT string_agg(format('GRANT USAGE ON SEQUENCE %s TO %I;', q.seq, current_user), ' ') INTO statement
+    SELECT string_agg(format('GRANT USAGE ON SEQUENCE %s TO %I;', q.seq, current_user), ' ') INTO grants
       FROM (SELECT pg_get_serial_sequence(ch.source_table::text, a.attname) AS seq FROM pg_attribute a
              WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = ''
-               AND NOT a.attname = ANY (coalesce(named, '{}'))) q
+               AND NOT a.attname = ANY (coalesce(columns, '{}'))) q
      WHERE q.seq IS NOT NULL AND NOT has_sequence_privilege(q.seq, 'USAGE');
-    IF statement IS NOT NULL THEN
+    IF grants IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: the gateway''s role % may not draw the serial numbers of table %', current_user, ch.source_table
-            USING ERRCODE = 'insufficient_privilege', HINT = 'have the table''s owner run: ' || statement;
+            USING ERRCODE = 'insufficient_privilege', HINT = 'have the table''s owner run: ' || grants;
     END IF;
-    statement := CASE WHEN cols IS NULL THEN format('INSERT INTO %s AS t DEFAULT VALUES', ch.source_table)
-                 ELSE format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
-                             ch.source_table, cols, cols, ch.source_table) END;
+    IF cols IS NULL THEN
+        statement := format('INSERT INTO %s AS t DEFAULT VALUES', ch.source_table);
+        RETURN;
+    END IF;
+    statement := format('INSERT INTO %s AS t (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
+                        ch.source_table, cols, cols, ch.source_table);
+    -- Run in the gateway's session, whose search_path is only pg_catalog: names and operators qualified.
+    IF captured THEN
+        guarded := format(
+            'INSERT INTO %1$s AS t (%2$s) SELECT %2$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, '
+            '$1::pg_catalog.text::pg_catalog.jsonb) WHERE EXISTS (SELECT FROM pgsse.channels c '
+            'WHERE c.name OPERATOR(pg_catalog.=) %3$L AND c.source_table OPERATOR(pg_catalog.=) %4$L::pg_catalog.regclass '
+            'AND c.writable AND %5$L OPERATOR(pg_catalog.=) ANY (c.operations) AND c.camel_case OPERATOR(pg_catalog.=) %6$L '
+            'AND (c.writable_columns IS NULL OR %7$L::pg_catalog.text[] OPERATOR(pg_catalog.<@) c.writable_columns))%8$s '
+            'RETURNING pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, pgsse.issued_head()',
+            ch.source_table, cols, p_channel, ch.source_table::text, 'INSERT', ch.camel_case, columns,
+            CASE WHEN bent IS NOT NULL THEN format(
+                ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) %s '
+                'AND a.attname OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.name[]) AND a.attnum OPERATOR(pg_catalog.>) 0 '
+                'AND NOT a.attisdropped)', ch.source_table::oid, bent) ELSE '' END);
+    END IF;
+END
+$$;
+
+-- The gateway's POST to a table channel: inserts the row that the object's keys describe (see
+-- pgsse.insert_plan). Runs as the gateway's role, so the table's own grants decide whether the gateway
+-- may write it. Its event is in pgsse.sequenced(txid, after, p_channel) once committed; a table that does
+-- not capture inserts records none, and `payload` is the row as the channel would publish it.
+CREATE OR REPLACE FUNCTION pgsse.insert_json(p_channel text, p_row jsonb,
+                                             OUT txid xid8, OUT after bigint, OUT payload jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pgsse, pg_temp AS $$
+DECLARE
+    keys     text[] := CASE WHEN jsonb_typeof(p_row) = 'object' THEN ARRAY(SELECT jsonb_object_keys(p_row)) END;
+    plan     record;
+    mapped   jsonb;
+    new_row  jsonb;
+    code     text;
+    failed_column text;
+    failed_constraint text;
+BEGIN
+    SELECT * INTO plan FROM pgsse.insert_plan(p_channel, keys);
+    mapped := (SELECT jsonb_object_agg(u.col, p_row -> u.key) FROM unnest(keys, plan.columns) AS u(key, col));
     -- The table's deferred checks too run inside the handler below.
     SET CONSTRAINTS ALL IMMEDIATE;
     BEGIN
-        IF captured THEN
-            EXECUTE statement USING mapped;
+        IF plan.captured THEN
+            EXECUTE plan.statement USING mapped;
         ELSE
-            EXECUTE statement || ' RETURNING to_jsonb(t.*)' USING mapped INTO new_row;
+            EXECUTE plan.statement || ' RETURNING to_jsonb(t.*)' USING mapped INTO new_row;
         END IF;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, failed_column = COLUMN_NAME, failed_constraint = CONSTRAINT_NAME;
-        PERFORM pgsse.refused(ch.source_table, code, failed_column, failed_constraint);
+        PERFORM pgsse.refused(plan.source, code, failed_column, failed_constraint);
     END;
-    IF captured THEN
+    IF plan.captured THEN
         txid := pg_current_xact_id();
         after := pgsse.issued_head();
     ELSE

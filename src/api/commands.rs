@@ -180,11 +180,6 @@ impl Commands {
         if let Some(bad) = event.as_deref().filter(|e| !valid_event(e)) {
             return Err(CommandError::InvalidEvent(crate::parse::clip(bad)));
         }
-        let info = self.store.channel(channel).await?;
-        if info.is_none() && !self.args.post_creates_channels {
-            return Err(ChannelError::Unknown(channel.to_string()).into());
-        }
-        let has_table = info.is_some_and(|c| c.has_table);
         let key = match idempotency_key(headers)? {
             None => None,
             Some(key) => Some(Keyed {
@@ -193,19 +188,23 @@ impl Commands {
                 request: format!("{channel}\n{}\n{body}", event.as_deref().unwrap_or("")),
             }),
         };
-        if has_table {
+        // A row whose insert the gateway keeps goes to a table channel without asking which kind it is
+        // (the kept insert checks as it runs); unless the channel turns out to have lost its table since.
+        if key.is_none() && event.is_none() && self.store.keeps_insert(channel, &body) {
+            match self.store.insert_row(channel, &body, None).await {
+                Err(StoreError::Rejected { kind: Refusal::NotFound, .. }) => {}
+                written => return row_written(channel, written),
+            }
+        }
+        let info = self.store.channel(channel).await?;
+        if info.is_none() && !self.args.post_creates_channels {
+            return Err(ChannelError::Unknown(channel.to_string()).into());
+        }
+        if info.is_some_and(|c| c.has_table) {
             if event.is_some() {
                 return Err(CommandError::EventOnTable);
             }
-            let written = match self.store.insert_row(channel, &body, key.as_ref()).await {
-                Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
-                written => written?,
-            };
-            let mut resp = raw_json_response(StatusCode::CREATED, Bytes::from(written.payload));
-            if let Some(id) = written.id {
-                resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
-            }
-            return Ok(resp);
+            return row_written(channel, self.store.insert_row(channel, &body, key.as_ref()).await);
         }
         let event = event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
         let id = match self.store.publish(channel, &event, &body, key.as_ref()).await {
@@ -253,6 +252,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CommandError> 
         return Err(bad());
     }
     Ok(Some(key.to_string()))
+}
+
+/// The answer to a row's POST: the row as its channel publishes it, with its event's id.
+fn row_written(channel: &str, written: Result<Written, StoreError>) -> Result<Response, CommandError> {
+    let written = match written {
+        Err(StoreError::NotSequenced) => return Ok(committed_without_id(channel)),
+        written => written?,
+    };
+    let mut resp = raw_json_response(StatusCode::CREATED, Bytes::from(written.payload));
+    if let Some(id) = written.id {
+        resp.headers_mut().insert(EVENT_ID_HEADER, HeaderValue::from(id));
+    }
+    Ok(resp)
 }
 
 /// A write that committed but whose event is not in the log yet (sequencing is held up, or its table's

@@ -33,9 +33,11 @@ const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 
 mod mercure;
+mod plans;
 mod reads;
 mod writes;
 pub use mercure::NewUpdate;
+use plans::Plans;
 use reads::{on, Reads};
 pub use writes::Written;
 
@@ -89,13 +91,16 @@ pub struct Store {
     head: SharedRead<Result<i64, String>>,
     /// Where the listener reports the events the gateway's own writes wait for.
     sightings: Option<Arc<Sightings>>,
+    /// The inserts of POSTed rows, per channel and key set.
+    plans: Plans,
 }
 
 impl Store {
     pub fn new(database_url: &str, pool_size: usize, bound: Duration) -> Result<Self, StoreError> {
         let pool = Self::pool(database_url, pool_size, bound)?;
         let known_channels = Mutex::new(HashSet::new());
-        Ok(Self { pool, reads: None, bound, known_channels, head: SharedRead::default(), sightings: None })
+        let head = SharedRead::default();
+        Ok(Self { pool, reads: None, bound, known_channels, head, sightings: None, plans: Plans::default() })
     }
 
     /// Writes learn their events' ids from the listener reporting to `sightings`, while it reads.

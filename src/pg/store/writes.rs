@@ -106,6 +106,11 @@ impl Store {
         let watch = self.watch(key);
         let (txid, after, payload): (_, _, Option<String>) = self
             .with(async |client| {
+                if key.is_none() {
+                    if let Some((txid, after)) = self.plans.insert(client, channel, row).await? {
+                        return Ok((Some(txid), Some(after), None));
+                    }
+                }
                 let stmt = client
                     .prepare_cached(match key {
                         None => {
@@ -144,6 +149,12 @@ impl Store {
             (_, _, Some(payload)) => Ok(Written { id: None, payload }),
             _ => Err(StoreError::NotSequenced),
         }
+    }
+
+    /// Whether a POST of `row` to `channel` without a key has its insert kept: the channel then publishes a
+    /// table, as far as the gateway knows without asking (the kept insert checks as it runs).
+    pub fn keeps_insert(&self, channel: &str, row: &serde_json::Value) -> bool {
+        self.plans.keeps(channel, row)
     }
 
     /// Records an ad-hoc event through `pgsse.publish` and returns its id once it is in the log. Under a

@@ -1,0 +1,159 @@
+//! POST's kept inserts (one prepared statement per channel and key set): each write after the first is that
+//! one statement, and a kept one never outlives what its channel and table were when it was made.
+
+mod common;
+
+use bytes::Bytes;
+use common::{call, wait_for, Fixture, Gateway, Response, TestDb};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn post(gw: &Gateway, body: &str) -> Response {
+    call(gw.addr, "POST", "/messages", &[JSON], Bytes::from(body.to_string())).await.unwrap()
+}
+
+/// Publishes `messages` again, camelCased, with `args`.
+async fn publish(admin: &tokio_postgres::Client, args: &str) {
+    let publish = format!("SELECT pgsse.publish_table('messages', camel_case => true{args})");
+    admin.batch_execute(&publish).await.unwrap();
+}
+
+/// Calls of pgsse's functions named `names`, counted by `track_functions` as the gateway's sessions end.
+async fn calls(admin: &tokio_postgres::Client, gw: Gateway, names: &[&str]) -> i64 {
+    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    gw.shutdown().await;
+    wait_for("the gateway's sessions ended", || async {
+        let open = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgsse%' AND datname = $1";
+        admin.query_one(open, &[&database]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    admin.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+    let calls = "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
+                 WHERE schemaname = 'pgsse' AND funcname = ANY($1)";
+    admin.query_one(calls, &[&names]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_with_the_same_keys_are_one_statement_each() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    admin.batch_execute(&format!("ALTER DATABASE \"{database}\" SET track_functions = 'pl'")).await.unwrap();
+    let gw = Gateway::start(&url).await;
+    const POSTS: usize = 20;
+    for n in 0..POSTS {
+        // Keys in either order are one key set.
+        let body = match n % 2 {
+            0 => format!(r#"{{"body": "post {n}", "created_at": "2026-01-01T00:00:00Z"}}"#),
+            _ => format!(r#"{{"created_at": "2026-01-01T00:00:00Z", "body": "post {n}"}}"#),
+        };
+        let posted = post(&gw, &body).await;
+        assert_eq!(posted.status, 201, "{}", posted.body);
+        assert_eq!(posted.json()["body"], format!("post {n}"));
+    }
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(rows, POSTS as i64);
+    let planned = calls(&admin, gw, &["insert_json", "insert_plan"]).await;
+    assert_eq!(planned, 1, "the first POST asks for the plan, and no POST calls pgsse.insert_json");
+}
+
+/// Every change that would make a kept insert do what `pgsse.insert_json` would not: the kept one then
+/// inserts nothing (or fails), and the POST gets `pgsse.insert_json`'s answer.
+#[tokio::test]
+async fn a_kept_insert_follows_its_channel_and_table_as_they_change() {
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true, camel_case => true").await;
+    admin.batch_execute("ALTER TABLE messages ADD COLUMN posted_by text").await.unwrap();
+    let ann = post(&gw, r#"{"body": "a", "postedBy": "ann"}"#).await;
+    assert_eq!((ann.status, ann.json()["postedBy"].as_str()), (201, Some("ann")), "{}", ann.body);
+
+    // A column whose exact name is a key now takes it, as it would on a first POST.
+    admin.batch_execute(r#"ALTER TABLE messages ADD COLUMN "postedBy" text"#).await.unwrap();
+    let bob = post(&gw, r#"{"body": "b", "postedBy": "bob"}"#).await;
+    assert_eq!(bob.status, 201, "{}", bob.body);
+    let row = admin.query_one(r#"SELECT posted_by, "postedBy" FROM messages WHERE body = 'b'"#, &[]).await.unwrap();
+    assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)), (None, Some("bob".into())));
+
+    // A column gone: the kept statement fails, and the POST is answered as pgsse.insert_json answers it.
+    admin.batch_execute(r#"ALTER TABLE messages DROP COLUMN "postedBy""#).await.unwrap();
+    let cy = post(&gw, r#"{"body": "c", "postedBy": "cy"}"#).await;
+    assert_eq!(cy.status, 201, "{}", cy.body);
+    assert_eq!(cy.json()["postedBy"], "cy", "the camelCase key names posted_by again");
+
+    let again = post(&gw, r#"{"body": "c"}"#).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    publish(&admin, ", writable => true, writable_columns => ARRAY['created_at']").await;
+    let narrowed = post(&gw, r#"{"body": "d"}"#).await;
+    assert_eq!(narrowed.status, 403, "{}", narrowed.body);
+    assert!(narrowed.error().contains("writable_columns"), "{}", narrowed.body);
+
+    publish(&admin, ", writable => true").await;
+    assert_eq!(post(&gw, r#"{"body": "e"}"#).await.status, 201);
+    publish(&admin, "").await;
+    let read_only = post(&gw, r#"{"body": "f"}"#).await;
+    assert_eq!(read_only.status, 403, "{}", read_only.body);
+    assert!(read_only.error().contains("writable => true"), "{}", read_only.body);
+
+    // Another table under the published one's name: the channel's own table takes the row.
+    publish(&admin, ", writable => true").await;
+    assert_eq!(post(&gw, r#"{"body": "g"}"#).await.status, 201);
+    admin
+        .batch_execute(
+            "ALTER TABLE messages RENAME TO messages_before;
+             CREATE TABLE messages (LIKE messages_before INCLUDING ALL);",
+        )
+        .await
+        .unwrap();
+    let renamed = post(&gw, r#"{"body": "h"}"#).await;
+    assert_eq!(renamed.status, 201, "{}", renamed.body);
+    let (published, other): (i64, i64) = {
+        let row = admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM messages_before WHERE body = 'h'), (SELECT count(*) FROM messages)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((published, other), (1, 0), "the row goes to the table the channel publishes");
+
+    assert_eq!(post(&gw, r#"{"body": "i", "postedBy": "ivy"}"#).await.status, 201);
+    admin.batch_execute("ALTER TABLE messages_before DROP COLUMN posted_by").await.unwrap();
+    let gone = post(&gw, r#"{"body": "k", "postedBy": "kim"}"#).await;
+    assert_eq!(gone.status, 400, "{}", gone.body);
+    assert!(gone.error().contains("unknown column: postedBy"), "{}", gone.body);
+}
+
+/// A value its column cannot take, or a key the table already holds, is refused in pgsse's words, and
+/// the kept insert still serves the next POST.
+#[tokio::test]
+async fn a_refused_row_is_answered_as_before() {
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;
+    admin.batch_execute("ALTER TABLE messages ADD COLUMN n int UNIQUE").await.unwrap();
+    assert_eq!(post(&gw, r#"{"body": "a", "n": 1}"#).await.status, 201);
+    let twice = post(&gw, r#"{"body": "b", "n": 1}"#).await;
+    assert_eq!(twice.status, 409, "{}", twice.body);
+    let bad = post(&gw, r#"{"body": "c", "n": "many"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.error().contains("\"n\": not a value of its type, integer"), "{}", bad.body);
+    assert_eq!(post(&gw, r#"{"body": "d", "n": 2}"#).await.status, 201);
+}
+
+/// A channel that no longer publishes a table but takes events under the same name: a POST with a kept
+/// insert's keys publishes an event, as it would have without one.
+#[tokio::test]
+async fn a_channel_that_lost_its_table_takes_events_again() {
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;
+    assert_eq!(post(&gw, r#"{"body": "a row"}"#).await.status, 201);
+    admin
+        .batch_execute("SELECT pgsse.unpublish_table('messages'); SELECT pgsse.create_channel('messages')")
+        .await
+        .unwrap();
+    let event = post(&gw, r#"{"body": "an event"}"#).await;
+    assert_eq!(event.status, 201, "{}", event.body);
+    assert_eq!(
+        (event.json()["event"].as_str(), event.json()["data"]["body"].as_str()),
+        (Some("message"), Some("an event"))
+    );
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "only the first POST made a row");
+}
