@@ -20,6 +20,11 @@ DECLARE
     -- Taken before the DELETE's own snapshot, which therefore sees every transaction older than this.
     oldest xid8 := pg_snapshot_xmin(pg_current_snapshot());
 BEGIN
+    -- Most steps find nothing (a follower's, one on the clock): one probe of the key, rather than setting up
+    -- the statement below, which cost an idle step a third of its time.
+    IF NOT EXISTS (SELECT FROM pgsse.staged s WHERE s.txid >= low) THEN
+        RETURN 0;
+    END IF;
     WITH taken AS (DELETE FROM pgsse.staged s WHERE s.txid >= low RETURNING s.*)
     INSERT INTO pgsse.events (id, channel, event, payload, created_at, txid, old, wide)
     SELECT nextval('pgsse.event_id_seq'), t.channel, t.event, t.payload, t.created_at, t.txid, t.old, t.wide
