@@ -9,7 +9,11 @@ use common::{call, wait_for, Fixture, Gateway, Response, TestDb};
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn post(gw: &Gateway, body: &str) -> Response {
-    call(gw.addr, "POST", "/messages", &[JSON], Bytes::from(body.to_string())).await.unwrap()
+    post_to(gw, "/messages", body).await
+}
+
+async fn post_to(gw: &Gateway, path: &str, body: &str) -> Response {
+    call(gw.addr, "POST", path, &[JSON], Bytes::from(body.to_string())).await.unwrap()
 }
 
 /// Publishes `messages` again, camelCased, with `args`.
@@ -156,4 +160,93 @@ async fn a_channel_that_lost_its_table_takes_events_again() {
     );
     let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
     assert_eq!(rows, 1, "only the first POST made a row");
+}
+
+/// A row that the table's own trigger turns into an update of another (returning NULL), or that a rule
+/// writes elsewhere: written once, as `pgsse.insert_json` writes it, and answered as committed.
+#[tokio::test]
+async fn rows_a_trigger_or_rule_rewrites_are_written_once() {
+    let TestDb { url, admin, .. } = TestDb::new().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE hits (k text PRIMARY KEY, n int NOT NULL DEFAULT 1);
+             CREATE FUNCTION count_hit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 UPDATE public.hits SET n = n + 1 WHERE k = NEW.k;
+                 IF FOUND THEN RETURN NULL; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER a_count BEFORE INSERT ON hits FOR EACH ROW EXECUTE FUNCTION count_hit();
+             GRANT SELECT, UPDATE ON hits TO pgsse_test_gateway;
+             SELECT pgsse.publish_table('hits', writable => true);
+             CREATE TABLE notes (x text);
+             CREATE TABLE copies (x text);
+             CREATE RULE twice AS ON INSERT TO notes DO INSTEAD
+                 INSERT INTO public.copies SELECT NEW.x FROM generate_series(1, 2) RETURNING copies.x;
+             SELECT pgsse.publish_table('notes', writable => true);",
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start(&url).await;
+    let first = post_to(&gw, "/hits", r#"{"k": "a"}"#).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let answers =
+        [post_to(&gw, "/hits", r#"{"k": "a"}"#).await.status, post_to(&gw, "/hits", r#"{"k": "a"}"#).await.status];
+    assert_eq!(answers, [202, 202], "committed, without an event: the trigger updated the row instead");
+    let n: i32 = admin.query_one("SELECT n FROM hits WHERE k = 'a'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3, "each POST counted once");
+    for round in 1..=2i64 {
+        let ruled = post_to(&gw, "/notes", r#"{"x": "v"}"#).await;
+        assert_eq!(ruled.status, 202, "{}", ruled.body);
+        let copies: i64 = admin.query_one("SELECT count(*) FROM copies", &[]).await.unwrap().get(0);
+        assert_eq!(copies, 2 * round, "the rule's two rows, once per POST");
+    }
+}
+
+/// A table republished under the name of the one a camelCase key's insert was kept for, with a column
+/// of the key's exact name: the key goes to that column, as on a first POST.
+#[tokio::test]
+async fn a_camel_case_key_follows_a_replaced_table() {
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true, camel_case => true").await;
+    admin.batch_execute("ALTER TABLE messages ADD COLUMN posted_by text").await.unwrap();
+    assert_eq!(post(&gw, r#"{"body": "a", "postedBy": "ann"}"#).await.status, 201);
+    admin
+        .batch_execute(
+            r#"SELECT pgsse.unpublish_table('messages');
+               ALTER TABLE messages RENAME TO messages_before;
+               CREATE TABLE messages (id bigserial PRIMARY KEY, body text NOT NULL, posted_by text, "postedBy" text);
+               SELECT pgsse.publish_table('messages', writable => true, camel_case => true,
+                                          exclude_columns => ARRAY['posted_by']);"#,
+        )
+        .await
+        .unwrap();
+    let bob = post(&gw, r#"{"body": "b", "postedBy": "bob"}"#).await;
+    assert_eq!((bob.status, bob.json()["postedBy"].as_str()), (201, Some("bob")), "{}", bob.body);
+    let hidden: Option<String> = admin.query_one("SELECT posted_by FROM messages", &[]).await.unwrap().get(0);
+    assert_eq!(hidden, None, "nothing went to the column the channel does not publish");
+}
+
+/// A kept insert that fails after taking its statement's whole time leaves no time for `pgsse.insert_json`
+/// within the bound: the POST is told to retry, and nothing was written (a fallback that then committed
+/// would have been answered 503 too, had the bound passed during it).
+#[tokio::test]
+async fn no_fallback_starts_too_late_to_finish_within_the_bound() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    let gw = Gateway::start_configured(&url, |c| c.pool.db_timeout = std::time::Duration::from_secs(3)).await;
+    assert_eq!(post(&gw, r#"{"body": "kept"}"#).await.status, 201);
+    admin
+        .batch_execute(
+            "CREATE FUNCTION slow_when_kept() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_query() LIKE 'WITH inserted AS%' THEN PERFORM pg_sleep(5); END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION slow_when_kept();",
+        )
+        .await
+        .unwrap();
+    let late = post(&gw, r#"{"body": "late"}"#).await;
+    assert_eq!(late.status, 503, "{}", late.body);
+    let rows: i64 = admin.query_one("SELECT count(*) FROM messages WHERE body = 'late'", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0);
 }

@@ -14,7 +14,7 @@ GRANT SELECT ON SEQUENCE pgsse.event_id_seq TO pgsse_gateway;
 GRANT EXECUTE ON FUNCTION
     pgsse.replay(bigint, bigint, text[], bigint), pgsse.watermark(text[]), pgsse.history(text, bigint, bigint),
     pgsse.prune(timestamptz, integer), pgsse.prune_channels(bigint, integer),
-    pgsse.insert_json(text, jsonb), pgsse.insert_plan(text, text[]), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb),
+    pgsse.insert_json(text, jsonb), pgsse.insert_plan(text, text[]), pgsse.kept_insert_stale(), pgsse.bad_column(text, jsonb), pgsse.publish_json(text, text, jsonb),
     pgsse.refused(regclass, text, text, text),
     pgsse.clear_channel(text), pgsse.clearable(text), pgsse.begin_clear(text), pgsse.end_clear(),
     pgsse.camel_case(text), pgsse.sequence(integer, boolean), pgsse.sequenced(xid8, bigint, text),

@@ -144,6 +144,11 @@ impl Store {
         self.bound.mul_f64(SEQUENCED_SHARE)
     }
 
+    /// How long one statement of the pool may take, server-side.
+    fn statement_bound(&self) -> Duration {
+        self.bound.mul_f64(STATEMENT_SHARE)
+    }
+
     /// [`Self::bounded`] by `--db-timeout`.
     async fn with<T>(&self, work: impl AsyncFnOnce(&Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.bounded(self.bound, work).await

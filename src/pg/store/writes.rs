@@ -7,6 +7,7 @@ use deadpool_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::plans::Outcome;
 use super::Store;
 use crate::pg::error::StoreError;
 use crate::pg::keyed::{self, Keyed};
@@ -106,9 +107,15 @@ impl Store {
         let watch = self.watch(key);
         let (txid, after, payload): (_, _, Option<String>) = self
             .with(async |client| {
+                // A statement that may commit starts only while the bound leaves it its whole statement
+                // timeout: one that the gateway gave up on would commit after the client was told to retry.
+                let commit_by = Instant::now() + self.statement_bound();
                 if key.is_none() {
-                    if let Some((txid, after)) = self.plans.insert(client, channel, row).await? {
-                        return Ok((Some(txid), Some(after), None));
+                    match self.plans.insert(client, channel, row, commit_by).await? {
+                        Outcome::Inserted { txid, after } => return Ok((Some(txid), Some(after), None)),
+                        Outcome::Committed => return Err(StoreError::NotSequenced),
+                        Outcome::Unkept if Instant::now() > commit_by => return Err(StoreError::Timeout(self.bound)),
+                        Outcome::Unkept => {}
                     }
                 }
                 let stmt = client
