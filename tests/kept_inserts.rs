@@ -250,3 +250,61 @@ async fn no_fallback_starts_too_late_to_finish_within_the_bound() {
     let rows: i64 = admin.query_one("SELECT count(*) FROM messages WHERE body = 'late'", &[]).await.unwrap().get(0);
     assert_eq!(rows, 0);
 }
+
+/// What a table's trigger sets for its session, or takes from it, stays with the POST that ran it: the
+/// pooled session is reset (no statement timeout of the trigger's own on later requests), and a session
+/// whose prepared statements a trigger deallocated leaves the pool instead of failing every request after.
+#[tokio::test]
+async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM set_config('application_name', 'meddled', false);
+                 PERFORM set_config('statement_timeout', '0', false);
+                 IF NEW.body = 'deallocate' THEN DEALLOCATE ALL; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER meddle BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION meddle();",
+        )
+        .await
+        .unwrap();
+    for n in 0..4 {
+        assert_eq!(post(&gw, &format!(r#"{{"body": "row {n}"}}"#)).await.status, 201);
+    }
+    let meddled: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'meddled'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(meddled, 0, "every session the trigger ran in was reset");
+    let deallocated = post(&gw, r#"{"body": "deallocate"}"#).await;
+    assert_eq!(deallocated.status, 201, "{}", deallocated.body);
+    for n in 0..8 {
+        let history = common::get(gw.addr, "/messages", &[]).await.unwrap();
+        assert_eq!(history.status, 200, "request {n} after: {}", history.body);
+        assert_eq!(post(&gw, &format!(r#"{{"body": "after {n}"}}"#)).await.status, 201);
+    }
+}
+
+/// A gateway that may insert only some columns (a column grant, no table grant) is refused as
+/// `pgsse.insert_json` refuses it, whether or not an insert was kept before the grant changed.
+#[tokio::test]
+async fn column_grants_mean_the_same_on_both_paths() {
+    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;
+    assert_eq!(post(&gw, r#"{"body": "kept"}"#).await.status, 201);
+    admin
+        .batch_execute(
+            "REVOKE INSERT ON messages FROM pgsse_test_gateway; GRANT INSERT (body) ON messages TO pgsse_test_gateway",
+        )
+        .await
+        .unwrap();
+    let kept = post(&gw, r#"{"body": "after"}"#).await;
+    let keyed =
+        call(gw.addr, "POST", "/messages", &[JSON, ("idempotency-key", "k1")], Bytes::from(r#"{"body": "after"}"#))
+            .await
+            .unwrap();
+    assert_eq!((kept.status, keyed.status), (403, 403), "{} / {}", kept.body, keyed.body);
+    assert_eq!(kept.body, keyed.body);
+}

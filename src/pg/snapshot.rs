@@ -14,6 +14,11 @@ use tokio_postgres::types::ToSql;
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
 
+/// A snapshot's end, and then a reset of the session: the table's policies and casts ran in it, and what
+/// they set for the session would otherwise apply to every later request on this pooled connection.
+const END_COMMIT: &str = "COMMIT; RESET ALL";
+const END_ROLLBACK: &str = "ROLLBACK; RESET ALL";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("the snapshot query took longer than {0:?} (--db-timeout): narrow it with filters or a limit")]
@@ -91,14 +96,14 @@ impl SnapshotRead {
     }
 
     pub async fn commit(&mut self) -> Result<(), ReadError> {
-        self.ours(self.client().batch_execute("COMMIT")).await?;
+        self.ours(self.client().batch_execute(END_COMMIT)).await?;
         self.open = false;
         Ok(())
     }
 
     /// Ends the transaction and keeps the connection pooled; one that cannot end is dropped with it.
     pub async fn rollback(&mut self) {
-        if self.ours(self.client().batch_execute("ROLLBACK")).await.is_ok() {
+        if self.ours(self.client().batch_execute(END_ROLLBACK)).await.is_ok() {
             self.open = false;
         }
     }

@@ -31,6 +31,10 @@ const STATEMENT_SHARE: f64 = 1.0 / 3.0;
 /// committed is never answered with a timeout.
 const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
+/// Sent after each statement that runs a table's own code (its triggers, rules, policies, casts), in the
+/// same round trip: that code runs in a pooled session, and whatever it set there for the session (no
+/// statement timeout, a search_path of its own) would otherwise apply to every later request on it.
+const RESET: &str = "RESET ALL";
 
 mod mercure;
 mod plans;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Pool};
+use tokio_postgres::error::SqlState;
 
 use super::Store;
 use crate::pg::error::StoreError;
@@ -19,7 +20,8 @@ pub(super) struct Reads {
 
 /// Runs `work` on a connection of `pool`, waiting at most `bound` for the connection and as long again
 /// for the work. A connection that did not answer in time is taken out of the pool rather than handed to
-/// the next request (it may be half-open).
+/// the next request (it may be half-open), and so is one that lost its prepared statements (a table's
+/// trigger may DEALLOCATE them, or PREPARE a name the gateway's cache uses).
 pub(super) async fn on<T>(
     pool: &Pool,
     bound: Duration,
@@ -27,6 +29,14 @@ pub(super) async fn on<T>(
 ) -> Result<T, StoreError> {
     let client = tokio::time::timeout(bound, pool.get()).await.map_err(|_| StoreError::Timeout(bound))??;
     match tokio::time::timeout(bound, work(&client)).await {
+        Ok(Err(StoreError::Query(err)))
+            if err.code().is_some_and(|c| {
+                [SqlState::INVALID_SQL_STATEMENT_NAME, SqlState::DUPLICATE_PSTATEMENT].contains(c)
+            }) =>
+        {
+            drop(deadpool_postgres::Object::take(client));
+            Err(StoreError::Query(err))
+        }
         Ok(outcome) => outcome,
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));

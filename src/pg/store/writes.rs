@@ -111,7 +111,8 @@ impl Store {
                 // timeout: one that the gateway gave up on would commit after the client was told to retry.
                 let commit_by = Instant::now() + self.statement_bound();
                 if key.is_none() {
-                    match self.plans.insert(client, channel, row, commit_by).await? {
+                    let caches = &self.pool.manager().statement_caches;
+                    match self.plans.insert(client, caches, channel, row, commit_by).await? {
                         Outcome::Inserted { txid, after } => return Ok((Some(txid), Some(after), None)),
                         Outcome::Committed => return Err(StoreError::NotSequenced),
                         Outcome::Unkept if Instant::now() > commit_by => return Err(StoreError::Timeout(self.bound)),
@@ -131,13 +132,16 @@ impl Store {
                     None => vec![&channel as &(dyn ToSql + Sync), &object],
                     Some(key) => keyed::params(&[&channel, row], key),
                 };
-                let row = match client.query_one(&stmt, &params).await {
+                let (row, _) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::RESET));
+                let row = match row {
                     Ok(row) => row,
                     // A value its column cannot take: pgsse.bad_column names the column and its type.
                     Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
                         let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
-                        let column: Option<String> =
-                            client.query_one(named, &[&channel, &object]).await.ok().and_then(|r| r.get(0));
+                        let params: [&(dyn ToSql + Sync); 2] = [&channel, &object];
+                        let (column, _) =
+                            tokio::join!(client.query_one(named, &params), client.batch_execute(super::RESET));
+                        let column: Option<String> = column.ok().and_then(|r| r.get(0));
                         return Err(match (StoreError::from_db(err), column) {
                             (StoreError::Rejected { kind, .. }, Some(column)) => {
                                 StoreError::Rejected { kind, message: format!("column {column}") }
@@ -230,7 +234,9 @@ impl Store {
     pub async fn clear(&self, channel: &str) -> Result<Written, StoreError> {
         self.with(async |client| {
             let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
-            let row = client.query_one(&stmt, &[&channel]).await.map_err(StoreError::from_db)?;
+            let params: [&(dyn ToSql + Sync); 1] = [&channel];
+            let (row, _) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::RESET));
+            let row = row.map_err(StoreError::from_db)?;
             sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await
         })
         .await
