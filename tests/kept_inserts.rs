@@ -251,12 +251,15 @@ async fn no_fallback_starts_too_late_to_finish_within_the_bound() {
     assert_eq!(rows, 0);
 }
 
-/// What a table's trigger sets for its session, or takes from it, stays with the POST that ran it: the
-/// pooled session is reset (no statement timeout of the trigger's own on later requests), and a session
-/// whose prepared statements a trigger deallocated leaves the pool instead of failing every request after.
+/// What a table's trigger leaves in its session stays with the POST that ran it: the pooled session is
+/// discarded (no statement timeout or role of the trigger's own on later requests, no temporary type that
+/// shadows the gateway's casts, no statement prepared under a name the gateway's cache would use), and
+/// its statements are prepared again.
 #[tokio::test]
 async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
-    let Fixture { admin, gw, .. } = Fixture::messages(", writable => true").await;
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    // One pooled session, so that every request after the trigger's meets what it left.
+    let gw = Gateway::start_configured(&url, |c| c.pool.pool_size = 1).await;
     admin
         .batch_execute(
             "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -264,6 +267,13 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
                  PERFORM set_config('application_name', 'meddled', false);
                  PERFORM set_config('statement_timeout', '0', false);
                  IF NEW.body = 'deallocate' THEN DEALLOCATE ALL; END IF;
+                 IF NEW.body = 'role' THEN PERFORM set_config('role', 'pgsse_gateway', false); END IF;
+                 IF NEW.body = 'shadow' THEN
+                     CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (false);
+                     CREATE DOMAIN pg_temp.int8 AS pg_catalog.int8 CHECK (false);
+                     PREPARE s0 AS SELECT 1;
+                     PREPARE s1 AS SELECT 1;
+                 END IF;
                  RETURN NEW;
              END $$;
              CREATE TRIGGER meddle BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION meddle();",
@@ -279,8 +289,10 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
         .unwrap()
         .get(0);
     assert_eq!(meddled, 0, "every session the trigger ran in was reset");
-    let deallocated = post(&gw, r#"{"body": "deallocate"}"#).await;
-    assert_eq!(deallocated.status, 201, "{}", deallocated.body);
+    for body in ["deallocate", "role", "shadow"] {
+        let meddling = post(&gw, &format!(r#"{{"body": "{body}"}}"#)).await;
+        assert_eq!(meddling.status, 201, "{}", meddling.body);
+    }
     for n in 0..8 {
         let history = common::get(gw.addr, "/messages", &[]).await.unwrap();
         assert_eq!(history.status, 200, "request {n} after: {}", history.body);

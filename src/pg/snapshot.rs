@@ -14,10 +14,11 @@ use tokio_postgres::types::ToSql;
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
 
-/// A snapshot's end, and then a reset of the session: the table's policies and casts ran in it, and what
-/// they set for the session would otherwise apply to every later request on this pooled connection.
-const END_COMMIT: &str = "COMMIT; RESET ALL";
-const END_ROLLBACK: &str = "ROLLBACK; RESET ALL";
+/// Sent after a snapshot's end, in the same round trip (a message of its own: it cannot run in the
+/// transaction block a string of statements makes): the table's policies and casts ran in the session,
+/// and what they left there would otherwise meet every later request on this pooled connection (see
+/// `Store`'s DISCARD).
+const DISCARD: &str = "DISCARD ALL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -96,16 +97,24 @@ impl SnapshotRead {
     }
 
     pub async fn commit(&mut self) -> Result<(), ReadError> {
-        self.ours(self.client().batch_execute(END_COMMIT)).await?;
+        self.end("COMMIT").await?;
         self.open = false;
         Ok(())
     }
 
     /// Ends the transaction and keeps the connection pooled; one that cannot end is dropped with it.
     pub async fn rollback(&mut self) {
-        if self.ours(self.client().batch_execute(END_ROLLBACK)).await.is_ok() {
+        if self.end("ROLLBACK").await.is_ok() {
             self.open = false;
         }
+    }
+
+    /// Ends the transaction with `end`, then discards the session.
+    async fn end(&self, end: &str) -> Result<(), ReadError> {
+        let client = self.client();
+        let (ended, discarded) = tokio::join!(client.batch_execute(end), client.batch_execute(DISCARD));
+        client.statement_cache.clear();
+        self.ours(async { ended.and(discarded) }).await
     }
 
     fn client(&self) -> &Object {

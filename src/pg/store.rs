@@ -32,9 +32,17 @@ const STATEMENT_SHARE: f64 = 1.0 / 3.0;
 const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 /// Sent after each statement that runs a table's own code (its triggers, rules, policies, casts), in the
-/// same round trip: that code runs in a pooled session, and whatever it set there for the session (no
-/// statement timeout, a search_path of its own) would otherwise apply to every later request on it.
-const RESET: &str = "RESET ALL";
+/// same round trip: that code runs in a pooled session, as the gateway, and whatever it left there would
+/// otherwise meet every later request on it. Settings (no statement timeout, a search_path of its own), a
+/// role, temporary types that shadow pg_catalog's in the gateway's casts, and statements prepared under
+/// the names of the gateway's own (so that a later request runs the table owner's query instead): all go.
+/// The session's statement cache is cleared with them ([`discarded`]).
+const DISCARD: &str = "DISCARD ALL";
+
+/// Clears `client`'s statement cache after [`DISCARD`] deallocated its statements.
+fn discarded(client: &Client) {
+    client.statement_cache.clear();
+}
 
 mod mercure;
 mod plans;

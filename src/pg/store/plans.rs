@@ -1,28 +1,24 @@
-//! The inserts of POSTed rows, kept per channel and key set (`pgsse.insert_plan`'s guarded statement) and
-//! prepared on each pooled connection: a POST to a table channel is then one statement and no lookup.
+//! The inserts of POSTed rows, kept per channel and key set (`pgsse.insert_plan`'s guarded statement): a
+//! POST to a table channel is then one statement and no lookup. Not prepared: the table's code that it
+//! runs could take a prepared statement's name, and its session is discarded after it (`Store`'s DISCARD).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Client, StatementCaches};
+use deadpool_postgres::Client;
 use serde_json::{Map, Value};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use crate::pg::error::StoreError;
 
 /// Plans kept at most; a new key set takes the place of the one used longest ago. Key sets are subsets
-/// of a table's columns, so without a bound a client that sends many could grow this, and every pooled
-/// connection's prepared statements.
+/// of a table's columns, so without a bound a client that sends many could grow this.
 const MAX_PLANS: usize = 64;
-/// The kept plans' tables' columns, summed, at most: a prepared insert's plan holds about 1.3 KB in its
-/// backend per column of its table (385 KB for one of 300 columns), so a pooled connection holds a few
-/// MB of them at most. A plan dropped is closed on every connection.
+/// The kept plans' tables' columns, summed, at most: a statement's text grows with its table.
 const MAX_WIDTH: usize = 2048;
-/// Prepared statements past which a pooled connection drops them all: a backstop, for a kept insert
-/// that one request prepares again while another drops it everywhere.
-const MAX_PREPARED: usize = 2 * MAX_PLANS + 64;
 /// How long a key set with no statement to keep (its table does not capture inserts, is too wide, or
 /// has rules) takes `pgsse.insert_json` before the gateway asks again.
 const RECHECK: Duration = Duration::from_secs(10);
@@ -75,11 +71,10 @@ pub(super) enum Outcome {
 impl Plans {
     /// Inserts `row` into `channel`'s table with its kept statement (asking for one first if none is
     /// kept), unless it would start past `commit_by`: past it, the gateway could give up on an insert that
-    /// then commits. `caches` are the pool's prepared statements, where a dropped plan is closed.
+    /// then commits. The session is discarded after it, in the same round trip.
     pub(super) async fn insert(
         &self,
         client: &Client,
-        caches: &StatementCaches,
         channel: &str,
         row: &Value,
         commit_by: Instant,
@@ -89,60 +84,40 @@ impl Plans {
         let plan = match self.get(&key) {
             Some(plan) => plan,
             None => match ask(client, &key).await {
-                Ok(plan) => self.keep(caches, key.clone(), plan),
+                Ok(plan) => self.keep(key.clone(), plan),
                 Err(err) if err.code().is_some() => return Ok(Outcome::Unkept),
                 Err(err) => return Err(err.into()),
             },
         };
         let Plan::Kept { columns, statement, .. } = &*plan else { return Ok(Outcome::Unkept) };
-        if client.statement_cache.size() >= MAX_PREPARED {
-            client.statement_cache.clear();
-        }
-        let stmt = match client.prepare_cached(statement).await {
-            Ok(stmt) => stmt,
-            Err(err) => return self.failed(client, caches, &key, &plan, err),
-        };
         if Instant::now() > commit_by {
             return Ok(Outcome::Unkept);
         }
         let renamed = renamed(object, columns);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&renamed];
-        let (inserted, reset) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::RESET));
-        let outcome = match inserted {
-            Ok(row) => match (row.try_get(0), row.try_get(1)) {
-                (Ok(txid), Ok(after)) => Outcome::Inserted { txid, after },
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&renamed, Type::TEXT)];
+        let (inserted, _) = tokio::join!(client.query_typed(statement, &params), client.batch_execute(super::DISCARD));
+        super::discarded(client);
+        match inserted {
+            Ok(rows) => Ok(match rows.first().map(|row| (row.try_get(0), row.try_get(1))) {
+                Some((Ok(txid), Ok(after))) => Outcome::Inserted { txid, after },
                 _ => Outcome::Committed,
-            },
-            Err(err) => return self.failed(client, caches, &key, &plan, err),
-        };
-        // Only a broken session fails to reset, and the pool does not hand out a closed one again.
-        drop(reset);
-        Ok(outcome)
+            }),
+            Err(err) => self.failed(&key, &plan, err),
+        }
     }
 
     /// A kept insert that failed, and so wrote nothing (the statement is its own transaction), or whose
     /// outcome is unknown (no answer: the connection is gone).
-    fn failed(
-        &self,
-        client: &Client,
-        caches: &StatementCaches,
-        key: &Key,
-        plan: &Arc<Plan>,
-        err: tokio_postgres::Error,
-    ) -> Result<Outcome, StoreError> {
+    fn failed(&self, key: &Key, plan: &Arc<Plan>, err: tokio_postgres::Error) -> Result<Outcome, StoreError> {
         let Some(code) = err.code() else { return Err(err.into()) };
         // Kept through whatever a request's row makes the table refuse (a row security check raises
-        // 42501), which a client could otherwise repeat to have it made and prepared again and again:
-        // dropped only when the channel or the table changed, or this session lost its statements (a
-        // table's trigger may DEALLOCATE them, or PREPARE names the cache uses).
-        if [SqlState::INVALID_SQL_STATEMENT_NAME, SqlState::DUPLICATE_PSTATEMENT].contains(code) {
-            client.statement_cache.clear();
-            self.forget(caches, key, plan, None);
-        } else if code.code() == STALE || [SqlState::UNDEFINED_COLUMN, SqlState::UNDEFINED_TABLE].contains(code) {
-            self.forget(caches, key, plan, None);
+        // 42501), which a client could otherwise repeat to have it made again and again: dropped only when
+        // the channel or the table changed.
+        if code.code() == STALE || [SqlState::UNDEFINED_COLUMN, SqlState::UNDEFINED_TABLE].contains(code) {
+            self.forget(key, plan, None);
         } else if *code == SqlState::FEATURE_NOT_SUPPORTED {
             // A rule on the table: an INSERT in WITH cannot run, so none is kept for a while.
-            self.forget(caches, key, plan, Some(Plan::Unkept(Instant::now())));
+            self.forget(key, plan, Some(Plan::Unkept(Instant::now())));
         }
         Ok(Outcome::Unkept)
     }
@@ -163,18 +138,16 @@ impl Plans {
     }
 
     /// Keeps `plan` for `key`, in place of the plans used longest ago; one too wide for the bound on its
-    /// own is kept as nothing to keep (and not prepared).
-    fn keep(&self, caches: &StatementCaches, key: Key, plan: Plan) -> Arc<Plan> {
+    /// own is kept as nothing to keep.
+    fn keep(&self, key: Key, plan: Plan) -> Arc<Plan> {
         let plan = Arc::new(match plan {
             Plan::Kept { width, .. } if width > MAX_WIDTH => Plan::Unkept(Instant::now()),
             plan => plan,
         });
-        let mut dropped = Vec::new();
         {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(old) = kept.plans.remove(&key) {
                 kept.width -= old.plan.width();
-                dropped.push(old.plan);
             }
             while kept.plans.len() >= MAX_PLANS || kept.width + plan.width() > MAX_WIDTH {
                 let Some(oldest) =
@@ -184,40 +157,25 @@ impl Plans {
                 };
                 if let Some(old) = kept.plans.remove(&oldest) {
                     kept.width -= old.plan.width();
-                    dropped.push(old.plan);
                 }
             }
             kept.width += plan.width();
             let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
             kept.plans.insert(key, Entry { plan: plan.clone(), used });
         }
-        close(caches, &dropped);
         plan
     }
 
-    /// Drops `plan` (unless another has replaced it), in favour of `instead` if given, and closes its
-    /// statement on every pooled connection.
-    fn forget(&self, caches: &StatementCaches, key: &Key, plan: &Arc<Plan>, instead: Option<Plan>) {
-        {
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            if kept.plans.get(key).is_some_and(|e| Arc::ptr_eq(&e.plan, plan)) {
-                kept.plans.remove(key);
-                kept.width -= plan.width();
-                if let Some(instead) = instead {
-                    let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
-                    kept.plans.insert(key.clone(), Entry { plan: Arc::new(instead), used });
-                }
+    /// Drops `plan` (unless another has replaced it), in favour of `instead` if given.
+    fn forget(&self, key: &Key, plan: &Arc<Plan>, instead: Option<Plan>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.plans.get(key).is_some_and(|e| Arc::ptr_eq(&e.plan, plan)) {
+            kept.plans.remove(key);
+            kept.width -= plan.width();
+            if let Some(instead) = instead {
+                let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
+                kept.plans.insert(key.clone(), Entry { plan: Arc::new(instead), used });
             }
-        }
-        close(caches, std::slice::from_ref(plan));
-    }
-}
-
-/// Closes the statements of `plans` on every pooled connection that prepared them.
-fn close(caches: &StatementCaches, plans: &[Arc<Plan>]) {
-    for plan in plans {
-        if let Plan::Kept { statement, .. } = &**plan {
-            caches.remove(statement, &[]);
         }
     }
 }
@@ -273,12 +231,12 @@ mod tests {
 
     #[test]
     fn a_new_key_set_takes_the_place_of_the_one_used_longest_ago() {
-        let (plans, caches) = (Plans::default(), StatementCaches::default());
+        let plans = Plans::default();
         for n in 0..MAX_PLANS {
-            plans.keep(&caches, key(n), kept(1));
+            plans.keep(key(n), kept(1));
         }
         assert!(plans.get(&key(0)).is_some(), "used again: now the newest");
-        plans.keep(&caches, key(MAX_PLANS), kept(1));
+        plans.keep(key(MAX_PLANS), kept(1));
         let kept = plans.kept.lock().unwrap();
         assert_eq!((kept.plans.len(), kept.width), (MAX_PLANS, MAX_PLANS));
         assert!(kept.plans.contains_key(&key(0)) && !kept.plans.contains_key(&key(1)));
@@ -286,12 +244,12 @@ mod tests {
 
     #[test]
     fn the_kept_tables_columns_are_bounded() {
-        let (plans, caches) = (Plans::default(), StatementCaches::default());
+        let plans = Plans::default();
         for n in 0..4 {
-            plans.keep(&caches, key(n), kept(MAX_WIDTH / 3));
+            plans.keep(key(n), kept(MAX_WIDTH / 3));
         }
         assert!(plans.kept.lock().unwrap().width <= MAX_WIDTH);
-        assert!(matches!(*plans.keep(&caches, key(9), kept(MAX_WIDTH + 1)), Plan::Unkept(_)), "never prepared");
+        assert!(matches!(*plans.keep(key(9), kept(MAX_WIDTH + 1)), Plan::Unkept(_)), "never used");
         let kept = plans.kept.lock().unwrap();
         assert!(kept.width <= MAX_WIDTH && kept.plans.len() == 4, "{} {}", kept.width, kept.plans.len());
     }

@@ -111,8 +111,7 @@ impl Store {
                 // timeout: one that the gateway gave up on would commit after the client was told to retry.
                 let commit_by = Instant::now() + self.statement_bound();
                 if key.is_none() {
-                    let caches = &self.pool.manager().statement_caches;
-                    match self.plans.insert(client, caches, channel, row, commit_by).await? {
+                    match self.plans.insert(client, channel, row, commit_by).await? {
                         Outcome::Inserted { txid, after } => return Ok((Some(txid), Some(after), None)),
                         Outcome::Committed => return Err(StoreError::NotSequenced),
                         Outcome::Unkept if Instant::now() > commit_by => return Err(StoreError::Timeout(self.bound)),
@@ -132,15 +131,18 @@ impl Store {
                     None => vec![&channel as &(dyn ToSql + Sync), &object],
                     Some(key) => keyed::params(&[&channel, row], key),
                 };
-                let (row, _) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::RESET));
+                let (row, _) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::DISCARD));
+                super::discarded(client);
                 let row = match row {
                     Ok(row) => row,
                     // A value its column cannot take: pgsse.bad_column names the column and its type.
                     Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
-                        let named = "SELECT pgsse.bad_column($1, $2::text::jsonb)";
+                        // Prepared first: the session is discarded right after, in the same round trip.
+                        let named = client.prepare_cached("SELECT pgsse.bad_column($1, $2::text::jsonb)").await?;
                         let params: [&(dyn ToSql + Sync); 2] = [&channel, &object];
                         let (column, _) =
-                            tokio::join!(client.query_one(named, &params), client.batch_execute(super::RESET));
+                            tokio::join!(client.query_one(&named, &params), client.batch_execute(super::DISCARD));
+                        super::discarded(client);
                         let column: Option<String> = column.ok().and_then(|r| r.get(0));
                         return Err(match (StoreError::from_db(err), column) {
                             (StoreError::Rejected { kind, .. }, Some(column)) => {
@@ -235,7 +237,8 @@ impl Store {
         self.with(async |client| {
             let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
             let params: [&(dyn ToSql + Sync); 1] = [&channel];
-            let (row, _) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::RESET));
+            let (row, _) = tokio::join!(client.query_one(&stmt, &params), client.batch_execute(super::DISCARD));
+            super::discarded(client);
             let row = row.map_err(StoreError::from_db)?;
             sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await
         })
