@@ -271,8 +271,10 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
                  IF NEW.body = 'shadow' THEN
                      CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (false);
                      CREATE DOMAIN pg_temp.int8 AS pg_catalog.int8 CHECK (false);
-                     PREPARE s0 AS SELECT 1;
-                     PREPARE s1 AS SELECT 1;
+                     PREPARE meddler AS SELECT 1;
+                 END IF;
+                 IF NEW.body = 'check' AND EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'meddler') THEN
+                     RAISE EXCEPTION 'a statement the trigger prepared outlived its request';
                  END IF;
                  RETURN NEW;
              END $$;
@@ -289,7 +291,7 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
         .unwrap()
         .get(0);
     assert_eq!(meddled, 0, "every session the trigger ran in was reset");
-    for body in ["deallocate", "role", "shadow"] {
+    for body in ["deallocate", "role", "shadow", "check"] {
         let meddling = post(&gw, &format!(r#"{{"body": "{body}"}}"#)).await;
         assert_eq!(meddling.status, 201, "{}", meddling.body);
     }

@@ -14,12 +14,6 @@ use tokio_postgres::types::ToSql;
 use crate::pg::error::StoreError;
 use crate::pg::store::Store;
 
-/// Sent after a snapshot's end, in the same round trip (a message of its own: it cannot run in the
-/// transaction block a string of statements makes): the table's policies and casts ran in the session,
-/// and what they left there would otherwise meet every later request on this pooled connection (see
-/// `Store`'s DISCARD).
-const DISCARD: &str = "DISCARD ALL";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("the snapshot query took longer than {0:?} (--db-timeout): narrow it with filters or a limit")]
@@ -109,12 +103,12 @@ impl SnapshotRead {
         }
     }
 
-    /// Ends the transaction with `end`, then discards the session.
+    /// Ends the transaction with `end`, then resets the session in the same round trip: the table's
+    /// policies and casts ran in it (see `Store`'s RESETS).
     async fn end(&self, end: &str) -> Result<(), ReadError> {
         let client = self.client();
-        let (ended, discarded) = tokio::join!(client.batch_execute(end), client.batch_execute(DISCARD));
-        client.statement_cache.clear();
-        self.ours(async { ended.and(discarded) }).await
+        let (ended, ()) = tokio::join!(client.batch_execute(end), crate::pg::store::reset(client));
+        self.ours(async { ended }).await
     }
 
     fn client(&self) -> &Object {

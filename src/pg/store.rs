@@ -32,15 +32,19 @@ const STATEMENT_SHARE: f64 = 1.0 / 3.0;
 const SEQUENCED_SHARE: f64 = 1.0 / 2.0;
 const DEFAULT_POOL_SIZE: usize = 16;
 /// Sent after each statement that runs a table's own code (its triggers, rules, policies, casts), in the
-/// same round trip: that code runs in a pooled session, as the gateway, and whatever it left there would
-/// otherwise meet every later request on it. Settings (no statement timeout, a search_path of its own), a
-/// role, temporary types that shadow pg_catalog's in the gateway's casts, and statements prepared under
-/// the names of the gateway's own (so that a later request runs the table owner's query instead): all go.
-/// The session's statement cache is cleared with them ([`discarded`]).
-const DISCARD: &str = "DISCARD ALL";
+/// same round trip, each a message of its own: that code runs in a pooled session, as the gateway, and
+/// what it left there would otherwise meet every later request on it: settings (no statement timeout, a
+/// search_path of its own), a role, and statements prepared under the names of the gateway's own (so that
+/// a later request would run the table owner's query instead). Temporary types and tables cannot shadow
+/// pg_catalog's: the session's search_path puts pg_temp last. Not DISCARD ALL: it also discards every
+/// cached plan, the capture triggers' included, which doubled a POST's cost.
+const RESETS: [&str; 3] = ["RESET ALL", "RESET ROLE", "DEALLOCATE ALL"];
 
-/// Clears `client`'s statement cache after [`DISCARD`] deallocated its statements.
-fn discarded(client: &Client) {
+/// Resets `client`'s session (see [`RESETS`]) and clears its statement cache, whose statements are gone.
+/// Errors are left to the next request: a session that cannot run these is broken, and is not pooled again.
+pub(crate) async fn reset(client: &Client) {
+    let _ =
+        tokio::join!(client.batch_execute(RESETS[0]), client.batch_execute(RESETS[1]), client.batch_execute(RESETS[2]));
     client.statement_cache.clear();
 }
 

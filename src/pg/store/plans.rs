@@ -1,6 +1,6 @@
 //! The inserts of POSTed rows, kept per channel and key set (`pgsse.insert_plan`'s guarded statement): a
 //! POST to a table channel is then one statement and no lookup. Not prepared: the table's code that it
-//! runs could take a prepared statement's name, and its session is discarded after it (`Store`'s DISCARD).
+//! runs could take a prepared statement's name, so the session's statements go after it (`Store`'s RESETS).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,7 +71,7 @@ pub(super) enum Outcome {
 impl Plans {
     /// Inserts `row` into `channel`'s table with its kept statement (asking for one first if none is
     /// kept), unless it would start past `commit_by`: past it, the gateway could give up on an insert that
-    /// then commits. The session is discarded after it, in the same round trip.
+    /// then commits. The session is reset after it, in the same round trip.
     pub(super) async fn insert(
         &self,
         client: &Client,
@@ -95,8 +95,7 @@ impl Plans {
         }
         let renamed = renamed(object, columns);
         let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&renamed, Type::TEXT)];
-        let (inserted, _) = tokio::join!(client.query_typed(statement, &params), client.batch_execute(super::DISCARD));
-        super::discarded(client);
+        let (inserted, ()) = tokio::join!(client.query_typed(statement, &params), super::reset(client));
         match inserted {
             Ok(rows) => Ok(match rows.first().map(|row| (row.try_get(0), row.try_get(1))) {
                 Some((Ok(txid), Ok(after))) => Outcome::Inserted { txid, after },
