@@ -62,9 +62,9 @@ impl DatabaseArgs {
 /// Every name the gateway's own queries use is qualified or in `pg_catalog`: its sessions search nothing
 /// else, so no function or operator that another role planted in a schema of the default path (`public`)
 /// can shadow one of them, whatever the role's or database's settings say; and pg_temp last, so that no
-/// temporary type or table that a table's code made in a pooled session shadows pg_catalog's. Its transactions are read
-/// committed and may write, whatever the database's defaults (a serializable default would fail its
-/// sequencing steps against writers, a read-only one every write).
+/// temporary type or table that a table's code made in a pooled session shadows pg_catalog's. Its
+/// transactions are read committed and may write, whatever the database's defaults (a serializable
+/// default would fail its sequencing steps against writers, a read-only one every write).
 fn pin_session(pg: &mut tokio_postgres::Config) {
     const PINNED: &str = "-c search_path=pg_catalog,pg_temp -c default_transaction_isolation=read\\ committed \
                           -c default_transaction_read_only=off";

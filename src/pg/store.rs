@@ -41,7 +41,7 @@ const DEFAULT_POOL_SIZE: usize = 16;
 const RESETS: [&str; 3] = ["RESET ALL", "RESET ROLE", "DEALLOCATE ALL"];
 
 /// Resets `client`'s session (see [`RESETS`]) and clears its statement cache, whose statements are gone.
-/// Errors are left to the next request: a session that cannot run these is broken, and is not pooled again.
+/// Only a broken session fails these, and the pool hands out no closed one again.
 pub(crate) async fn reset(client: &Client) {
     let _ =
         tokio::join!(client.batch_execute(RESETS[0]), client.batch_execute(RESETS[1]), client.batch_execute(RESETS[2]));
