@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{call, get, wait_for, Fixture, Gateway, Response, SseStream, TestDb};
+use common::{call, function_calls, get, track_functions, Fixture, Gateway, Response, SseStream, TestDb};
 use serde_json::{json, Value};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -327,9 +327,8 @@ async fn a_committed_post_is_never_told_to_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_learns_its_events_id_from_the_listener_without_a_query_of_its_own() {
     let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
-    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
     // Counts each call of pgsse.sequenced: the lookup a write makes when it asks the database for its event.
-    admin.batch_execute(&format!("ALTER DATABASE \"{database}\" SET track_functions = 'pl'")).await.unwrap();
+    track_functions(&admin).await;
     let gw = Gateway::start(&url).await;
     const POSTS: i64 = 20;
     for n in 0..POSTS {
@@ -342,17 +341,7 @@ async fn a_post_learns_its_events_id_from_the_listener_without_a_query_of_its_ow
             admin.query_one("SELECT payload->>'body' FROM pgsse.events WHERE id = $1", &[&id]).await.unwrap().get(0);
         assert_eq!(logged, format!("post {n}"), "the id answered is the write's event");
     }
-    // Its sessions report their counts as they end.
-    gw.shutdown().await;
-    wait_for("the gateway's sessions ended", || async {
-        let open = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgsse%' AND datname = $1";
-        admin.query_one(open, &[&database]).await.unwrap().get::<_, i64>(0) == 0
-    })
-    .await;
-    let calls = "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
-                 WHERE schemaname = 'pgsse' AND funcname = 'sequenced'";
-    admin.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
-    let looked_up: i64 = admin.query_one(calls, &[]).await.unwrap().get(0);
+    let looked_up = function_calls(&admin, gw, &["sequenced"]).await;
     assert!(looked_up < POSTS / 2, "{looked_up} of {POSTS} writes asked the database for their event");
 }
 

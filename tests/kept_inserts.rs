@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{call, wait_for, Fixture, Gateway, Response, TestDb};
+use common::{call, function_calls, track_functions, Fixture, Gateway, Response, TestDb};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
@@ -22,26 +22,10 @@ async fn publish(admin: &tokio_postgres::Client, args: &str) {
     admin.batch_execute(&publish).await.unwrap();
 }
 
-/// Calls of pgsse's functions named `names`, counted by `track_functions` as the gateway's sessions end.
-async fn calls(admin: &tokio_postgres::Client, gw: Gateway, names: &[&str]) -> i64 {
-    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
-    gw.shutdown().await;
-    wait_for("the gateway's sessions ended", || async {
-        let open = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgsse%' AND datname = $1";
-        admin.query_one(open, &[&database]).await.unwrap().get::<_, i64>(0) == 0
-    })
-    .await;
-    admin.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
-    let calls = "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
-                 WHERE schemaname = 'pgsse' AND funcname = ANY($1)";
-    admin.query_one(calls, &[&names]).await.unwrap().get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_with_the_same_keys_are_one_statement_each() {
     let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
-    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
-    admin.batch_execute(&format!("ALTER DATABASE \"{database}\" SET track_functions = 'pl'")).await.unwrap();
+    track_functions(&admin).await;
     let gw = Gateway::start(&url).await;
     const POSTS: usize = 20;
     for n in 0..POSTS {
@@ -56,7 +40,7 @@ async fn posts_with_the_same_keys_are_one_statement_each() {
     }
     let rows: i64 = admin.query_one("SELECT count(*) FROM messages", &[]).await.unwrap().get(0);
     assert_eq!(rows, POSTS as i64);
-    let planned = calls(&admin, gw, &["insert_json", "insert_plan"]).await;
+    let planned = function_calls(&admin, gw, &["insert_json", "insert_plan"]).await;
     assert_eq!(planned, 1, "the first POST asks for the plan, and no POST calls pgsse.insert_json");
 }
 

@@ -162,3 +162,26 @@ impl Fixture {
         Self { url, admin, app, gw }
     }
 }
+
+/// Counts calls of pgsse's PL/pgSQL functions in `admin`'s database from now on (`track_functions`); new
+/// sessions only, so call it before starting the gateway. See [`function_calls`].
+pub async fn track_functions(admin: &tokio_postgres::Client) {
+    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    admin.batch_execute(&format!("ALTER DATABASE \"{database}\" SET track_functions = 'pl'")).await.unwrap();
+}
+
+/// Calls of pgsse's functions named `names` by `gw`'s sessions (see [`track_functions`]): it shuts `gw`
+/// down, since sessions report their counts as they end.
+pub async fn function_calls(admin: &tokio_postgres::Client, gw: Gateway, names: &[&str]) -> i64 {
+    let database: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    gw.shutdown().await;
+    wait_for("the gateway's sessions ended", || async {
+        let open = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgsse%' AND datname = $1";
+        admin.query_one(open, &[&database]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    admin.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+    let calls = "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
+                 WHERE schemaname = 'pgsse' AND funcname = ANY($1)";
+    admin.query_one(calls, &[&names]).await.unwrap().get(0)
+}
