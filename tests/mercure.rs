@@ -59,6 +59,23 @@ async fn gateway(url: &str, set: impl FnOnce(&mut pgsse::config::MercureArgs)) -
     .await
 }
 
+/// The audience and issuer Mercure's conformance suites are run with.
+const AUDIENCE: &str = "https://localhost/.well-known/mercure";
+const ISSUER: &str = "https://localhost";
+
+/// A gateway with the conformance suites' settings: their key, audience and issuer, anonymous
+/// subscribers; `set` adds the rest.
+async fn conformance_gateway(url: &str, set: impl FnOnce(&mut pgsse::config::MercureArgs)) -> Gateway {
+    Gateway::start_configured(url, |config| {
+        let jwt = Jwt::hs256(SECRET, DEFAULT_COOKIE).expecting(Some(AUDIENCE), Some(ISSUER));
+        config.auth = Arc::new(Auth::Jwt(Box::new(jwt)));
+        config.mercure.mercure = true;
+        config.mercure.mercure_anonymous = true;
+        set(&mut config.mercure);
+    })
+    .await
+}
+
 async fn publish(addr: SocketAddr, token: &str, form: &str) -> common::Response {
     let auth = bearer(token);
     call(addr, "POST", HUB, &[FORM, ("authorization", &auth)], Bytes::from(form.to_string())).await.unwrap()
@@ -141,7 +158,7 @@ async fn a_symfony_publisher_reaches_subscribers_on_another_gateway() {
 
 #[tokio::test]
 async fn resumes_from_a_publisher_id_a_hub_id_and_earliest() {
-    let TestDb { url, .. } = TestDb::new().await;
+    let TestDb { url, admin, .. } = TestDb::new().await;
     let gw = gateway(&url, |m| m.mercure_anonymous = true).await;
     let t = everything();
     assert_eq!(publish(gw.addr, &t, "topic=t&data=1&id=first").await.body, "first");
@@ -165,25 +182,35 @@ async fn resumes_from_a_publisher_id_a_hub_id_and_earliest() {
     assert_eq!(s.headers["mercure-last-event-id"], "earliest");
     assert_eq!(ids(&s.take(3).await), ["first", second.as_str(), "third"]);
 
-    // An id the log does not hold: nothing is replayed, and the header says where the stream starts.
+    // An id the log does not hold: the specification's answer, `earliest`, and the stream holds every
+    // update retention kept (the head's id, which may be an update this subscriber would not get, is not
+    // told).
     let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=never-published"), &[]).await;
-    let start = s.headers["mercure-last-event-id"].clone();
-    assert!(start.starts_with('#'), "{start}");
+    assert_eq!(s.headers["mercure-last-event-id"], "earliest");
+    assert_eq!(ids(&s.take(3).await), ["first", second.as_str(), "third"]);
     let fourth = publish(gw.addr, &t, "topic=t&data=4").await.body;
     assert_eq!(ids(&s.take(1).await), [fourth.as_str()]);
     // Another publisher reusing an id elsewhere moves nobody's place; a private update's id is confirmed to
-    // no one it would not reach.
+    // no one it would not reach, nor is the update sent.
     let elsewhere = token(&["publish"], json!([{"match": "evil"}]));
     assert_eq!(publish(gw.addr, &elsewhere, "topic=evil&data=x&id=first").await.status, 200);
     let s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=first"), &[]).await;
     assert_eq!(s.headers["mercure-last-event-id"], "first");
     assert_eq!(publish(gw.addr, &t, "topic=t&data=p&id=secret-id&private=on").await.status, 200);
-    let s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=secret-id"), &[]).await;
-    assert!(s.headers["mercure-last-event-id"].starts_with('#'), "unknown to an anonymous subscriber");
-    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=%23999999"), &[]).await;
-    assert_ne!(s.headers["mercure-last-event-id"], "#999999", "an id never issued is not where the stream starts");
     let fifth = publish(gw.addr, &t, "topic=t&data=5").await.body;
-    assert_eq!(ids(&s.take(1).await), [fifth.as_str()]);
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=secret-id"), &[]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], "earliest", "unknown to an anonymous subscriber");
+    assert_eq!(ids(&s.take(5).await), ["first", second.as_str(), "third", fourth.as_str(), fifth.as_str()]);
+    let s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=%23999999"), &[]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], "earliest", "an id never issued");
+
+    // Retention takes the update a publisher's id named: what followed it is still replayed.
+    admin.batch_execute("UPDATE pgsse.meta SET min_age = '0'").await.unwrap();
+    let pruned = admin.query_one("CALL pgsse.retain(now() + interval '1 hour', NULL, 1)", &[]).await.unwrap();
+    assert_eq!(pruned.get::<_, i64>(0), 1, "the oldest update, `first`");
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=first"), &[]).await;
+    assert_eq!(s.headers["mercure-last-event-id"], "earliest");
+    assert_eq!(ids(&s.take(4).await), [second.as_str(), "third", fourth.as_str(), fifth.as_str()]);
 }
 
 #[tokio::test]
@@ -216,6 +243,7 @@ async fn refusals_are_those_the_specification_names() {
         ("matchURLPattern=t", "unknown parameter"),
         ("match_urlpattern=https://x/(", "URL pattern"),
         ("match=a%0Ab", "control"),
+        ("match=%FF", "UTF-8"),
     ] {
         let r = sub(query, reader.clone()).await;
         assert_eq!(r.status, 400, "{query}: {}", r.body);
@@ -229,9 +257,12 @@ async fn refusals_are_those_the_specification_names() {
     assert_eq!(r.status, 403, "{}", r.body);
     let reader_only = token(&["subscribe"], json!([{"match": "*"}]));
     assert_eq!(publish(gw.addr, &reader_only, "topic=t").await.status, 403);
-    for (form, why) in
-        [("data=x", "missing topic"), ("topic=t&id=%231", "start with #"), ("topic=t&retry=soon", "retry")]
-    {
+    for (form, why) in [
+        ("data=x", "missing topic"),
+        ("topic=t&id=%231", "start with #"),
+        ("topic=t&retry=soon", "retry"),
+        ("topic=t&data=%FF", "UTF-8"),
+    ] {
         let r = publish(gw.addr, &everything(), form).await;
         assert_eq!(r.status, 400, "{form}: {}", r.body);
         assert!(r.error().contains(why), "{form}: {}", r.body);
@@ -271,14 +302,15 @@ async fn refusals_are_those_the_specification_names() {
 #[tokio::test]
 async fn mercure_0x_clients_are_served_with_the_legacy_flag() {
     let TestDb { url, .. } = TestDb::new().await;
-    let gw = gateway(&url, |m| {
+    let gw = conformance_gateway(&url, |m| {
         m.mercure_legacy = true;
         m.jwt_exp_optional = true;
     })
     .await;
-    // The 0.x conformance suite's token: no typ, no exp.
+    // Shaped as the 0.x conformance suite's token: no typ, exp, aud nor iss (0.x hubs checked none).
+    let untyped = Header { typ: None, ..Header::default() };
     let legacy =
-        signed(Header::default(), json!({"mercure": {"publish": ["*"], "subscribe": ["https://example.net/{path}"]}}));
+        signed(untyped.clone(), json!({"mercure": {"publish": ["*"], "subscribe": ["https://example.net/{path}"]}}));
     let query = format!("{HUB}?topic=https%3A%2F%2Fexample.net%2Ffoo%2F%7Brandom%7D&authorization={legacy}");
     let mut s = SseStream::ok(gw.addr, &query, &[]).await;
     let first =
@@ -296,6 +328,31 @@ async fn mercure_0x_clients_are_served_with_the_legacy_flag() {
     .await;
     assert_eq!(s.headers["last-event-id"], "earliest", "0.x says where the stream starts in Last-Event-ID");
     assert_eq!(s.expect().await.id.as_deref(), Some(first.body.as_str()));
+
+    // An anonymous 0.x subscriber, as the suite's, gets a public update under the publisher's id.
+    let mut s =
+        SseStream::ok(gw.addr, &format!("{HUB}?topic=https%3A%2F%2Fexample.net%2Ffoo%2F%7Brandom%7D"), &[]).await;
+    let r = publish(gw.addr, &legacy, "topic=https://example.net/foo/2&id=id-2&data=data+for%0A%0A++two").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "id-2"));
+    let got = s.expect().await;
+    assert_eq!((got.id.as_deref(), got.data.as_str()), (Some("id-2"), "data for\n\n  two"));
+
+    // aud and iss are checked where a 0.x token has them, and a 1.0 token must have both.
+    let elsewhere = signed(untyped, json!({"aud": "https://other.example", "mercure": {"publish": ["*"]}}));
+    let r = publish(gw.addr, &elsewhere, "topic=t&data=x").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.error().contains("aud"), "{}", r.body);
+    let typed = Header { typ: Some("at+jwt".into()), ..Header::default() };
+    let detail = json!([{"type": "https://mercure.rocks/authorization-detail", "actions": ["publish"], "topics": [{"match": "*"}]}]);
+    let both = json!({"exp": in_an_hour(), "aud": AUDIENCE, "iss": ISSUER, "authorization_details": detail});
+    assert_eq!(publish(gw.addr, &signed(typed.clone(), both.clone()), "topic=t&data=x").await.status, 200);
+    for claim in ["aud", "iss"] {
+        let mut lacking = both.clone();
+        lacking.as_object_mut().unwrap().remove(claim);
+        let r = publish(gw.addr, &signed(typed.clone(), lacking), "topic=t&data=x").await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.error().contains(&format!("no {claim} claim")), "{}", r.body);
+    }
 
     let strict = gateway(&url, |m| m.mercure_legacy = true).await;
     let r = get(strict.addr, &format!("{HUB}?topic=t"), &[("authorization", &bearer(&legacy))]).await.unwrap();

@@ -40,15 +40,17 @@ impl Jwt {
         Self { key, validation, cookie: cookie.to_string() }
     }
 
-    /// Requires the token's `aud` to include `audience` and its `iss` to be `issuer`, where given.
+    /// Requires the token's `aud` to include `audience` and its `iss` to be `issuer`, where given: a
+    /// token without the claim is refused too (the library checks a claim only where it is present).
     pub fn expecting(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
         if let Some(audience) = audience {
             self.validation.set_audience(&[audience]);
             self.validation.validate_aud = true;
-            self.validation.set_required_spec_claims(&["exp", "aud"]);
+            self.validation.required_spec_claims.insert("aud".into());
         }
         if let Some(issuer) = issuer {
             self.validation.set_issuer(&[issuer]);
+            self.validation.required_spec_claims.insert("iss".into());
         }
         self
     }
@@ -102,11 +104,21 @@ fn plain_json_error(err: &serde_json::Error) -> String {
     }
 }
 
-/// A token verified by [`Jwt::verify`]: its header's `typ`, its claims, and when it ends.
+/// A token verified by [`Jwt::verify`]: its header's `typ`, its claims, when it ends, and the first
+/// claim it lacks of those [`Lenient`] let it lack (`aud`, `iss`).
 pub struct Verified<T> {
     pub typ: Option<String>,
     pub claims: T,
     pub expires: Option<SystemTime>,
+    pub lacks: Option<&'static str>,
+}
+
+/// Required claims that [`Jwt::verify`] lets a token lack: `exp`, and `aud` and `iss` (still checked
+/// where present; [`Verified::lacks`] then says which is missing, for the caller to judge).
+#[derive(Clone, Copy, Default)]
+pub struct Lenient {
+    pub exp: bool,
+    pub audience: bool,
 }
 
 #[derive(Deserialize)]
@@ -114,26 +126,38 @@ struct Timed<T> {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
+    aud: Option<serde::de::IgnoredAny>,
+    iss: Option<serde::de::IgnoredAny>,
     #[serde(flatten)]
     rest: T,
 }
 
 impl Jwt {
     /// Verifies `token` as [`Jwt::check`] does (key, algorithm, audience, issuer, times) for claims of
-    /// another shape (a Mercure token's); `exp` may then be missing only where `exp_optional` says.
+    /// another shape (a Mercure token's), but for the claims `lenient` lets it lack.
     pub fn verify<T: serde::de::DeserializeOwned>(
         &self,
         token: &str,
-        exp_optional: bool,
+        lenient: Lenient,
     ) -> Result<Verified<T>, AuthError> {
         let mut validation = self.validation.clone();
-        if exp_optional {
+        if lenient.exp {
             validation.required_spec_claims.remove("exp");
+        }
+        let mut expected = Vec::new();
+        for claim in ["aud", "iss"] {
+            if lenient.audience && validation.required_spec_claims.remove(claim) {
+                expected.push(claim);
+            }
         }
         let data = decode::<Timed<T>>(token, &self.key, &validation).map_err(|e| token_error(&e))?;
         let claims = data.claims;
         let expires = times(claims.exp, claims.nbf, claims.iat)?;
-        Ok(Verified { typ: data.header.typ, claims: claims.rest, expires })
+        let lacks = [("aud", claims.aud.is_none()), ("iss", claims.iss.is_none())]
+            .into_iter()
+            .find(|(claim, missing)| *missing && expected.contains(claim))
+            .map(|(claim, _)| claim);
+        Ok(Verified { typ: data.header.typ, claims: claims.rest, expires, lacks })
     }
 
     pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {

@@ -235,6 +235,7 @@ mod tests {
         let wrong_aud = json!({"exp": future(), "aud": "other", "iss": "https://login.example"});
         assert!(refusal(&strict, wrong_aud).contains("aud claim"));
         assert!(refusal(&strict, json!({"exp": future(), "iss": "https://login.example"})).contains("no aud claim"));
+        assert!(refusal(&strict, json!({"exp": future(), "aud": "pgsse.example"})).contains("no iss claim"));
         let wrong_iss = json!({"exp": future(), "aud": "pgsse.example", "iss": "https://evil.example"});
         assert!(refusal(&strict, wrong_iss).contains("iss claim"));
 

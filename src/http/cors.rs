@@ -10,7 +10,8 @@ use http::header::{
 pub const ALLOWED_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 pub const ALLOWED_HEADERS: &str = "Content-Type, Last-Event-ID, Authorization, Idempotency-Key, X-Request-Id";
 /// Headers of our responses that scripts on another origin may read.
-pub const EXPOSED_HEADERS: &str = "Pgsse-Event-Id, Retry-After, X-Request-Id, Link, Mercure-Last-Event-ID";
+pub const EXPOSED_HEADERS: &str =
+    "Pgsse-Event-Id, Retry-After, X-Request-Id, Link, Mercure-Last-Event-ID, Last-Event-ID";
 const PREFLIGHT_MAX_AGE: &str = "600";
 
 pub struct Cors {

@@ -70,6 +70,11 @@ pub fn is_access_token(typ: Option<&str>) -> bool {
 }
 
 impl Claims {
+    /// Whether these are a 0.x token's claims: a `mercure` claim, and no `authorization_details`.
+    pub fn is_legacy(&self) -> bool {
+        self.authorization_details.is_none() && (self.mercure.is_some() || self.namespaced.is_some())
+    }
+
     /// The rights the claims grant. `typ` and `has_exp` are the token's, which protocol 1.0 requires;
     /// `legacy` allows a 0.x `mercure` claim.
     pub fn rights(mut self, typ: Option<&str>, has_exp: bool, legacy: bool) -> Result<Rights, ClaimsError> {

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::stream::{Sent, SseBody};
-use crate::auth::jwt::{bearer_header, cookie, NO_EXP};
+use crate::auth::jwt::{bearer_header, cookie, Lenient, NO_EXP};
 use crate::auth::{Access, Auth, AuthError, Grant, Jwt};
 use crate::fanout::hub::Hub;
 use crate::fanout::update::hub_id;
@@ -131,12 +131,17 @@ impl Mercure {
         };
         let Some(token) = token else { return Ok(None) };
         let exp_optional = legacy && self.args.jwt_exp_optional;
-        let verified = self.jwt()?.verify::<claims::Claims>(token, exp_optional).map_err(|err| match err {
+        // 0.x hubs never checked aud or iss, so 0.x publishers' tokens carry neither; checked where present.
+        let lenient = Lenient { exp: exp_optional, audience: legacy };
+        let verified = self.jwt()?.verify::<claims::Claims>(token, lenient).map_err(|err| match err {
             AuthError::Invalid(why) if legacy && !exp_optional && why == NO_EXP => {
                 AuthError::Invalid(format!("{why} (a 0.x token without one is accepted only with --jwt-exp-optional)"))
             }
             err => err,
         })?;
+        if let Some(claim) = verified.lacks.filter(|_| !verified.claims.is_legacy()) {
+            return Err(AuthError::Invalid(format!("it has no {claim} claim")).into());
+        }
         let rights = verified.claims.rights(verified.typ.as_deref(), verified.expires.is_some(), legacy)?;
         Ok(Some(Caller { rights, expires: verified.expires }))
     }

@@ -27,12 +27,33 @@ fn printable(value: &str, max: usize) -> bool {
         })
 }
 
+/// A query or form's `name=value` pairs, each percent-decoded (`+` a space). Refused where a name or
+/// value is not UTF-8 once decoded: the specification answers 400, where a lossy decoding would have
+/// matched or published another text than the one sent.
+fn pairs(input: &[u8]) -> Result<Vec<(String, String)>, MercureError> {
+    let decode = |raw: &[u8]| {
+        let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        String::from_utf8(percent_encoding::percent_decode(&spaced).collect())
+            .map_err(|_| MercureError::Request("a parameter is not UTF-8 (once percent-decoded)".into()))
+    };
+    let pairs = input.split(|&b| b == b'&').filter(|pair| !pair.is_empty());
+    pairs
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
 impl Subscribe {
     pub fn parse(query: Option<&str>, legacy_allowed: bool) -> Result<Self, MercureError> {
         let bad = |why: String| Err(MercureError::Request(why));
         let mut out = Subscribe { selectors: Vec::new(), last_event_id: None, token: None, legacy: false };
         let mut patterns = 0;
-        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        for (name, value) in pairs(query.unwrap_or("").as_bytes())? {
             // Each selector is checked (length, characters, how many) before it is compiled: compiling is
             // what costs, and anyone may send a query.
             let compile: fn(&str) -> Result<Selector, SelectorError> = match name.as_ref() {
@@ -114,17 +135,14 @@ pub struct Publish {
 impl Publish {
     pub fn parse(body: &[u8]) -> Result<Self, MercureError> {
         let bad = |why: &str| Err(MercureError::Request(why.to_string()));
-        if std::str::from_utf8(body).is_err() {
-            return bad("the form is not UTF-8");
-        }
         let mut out = Publish::default();
-        for (name, value) in form_urlencoded::parse(body) {
+        for (name, value) in pairs(body)? {
             match name.as_ref() {
-                "topic" => out.topics.push(value.into_owned()),
-                "data" => out.data = value.into_owned(),
+                "topic" => out.topics.push(value),
+                "data" => out.data = value,
                 "private" => out.private = true,
-                "id" => out.id = Some(value.into_owned()),
-                "type" => out.kind = Some(value.into_owned()).filter(|t| !t.is_empty()),
+                "id" => out.id = Some(value),
+                "type" => out.kind = Some(value).filter(|t| !t.is_empty()),
                 "retry" if value.is_empty() => {}
                 "retry" => match value.parse::<u64>() {
                     Ok(retry) if value.bytes().all(|b| b.is_ascii_digit()) => out.retry = Some(retry),
@@ -203,6 +221,8 @@ mod tests {
         assert!(refused("match_urlpattern=https://x/(", false).contains("URL pattern"));
         assert!(refused("match=a%0Ab", false).contains("control"));
         assert!(refused("match=a%E2%80%AEb", false).contains("control"), "a right-to-left override");
+        assert!(refused("match=%FF", false).contains("UTF-8"));
+        assert!(refused("match=a&last_event_id=%C3%28", false).contains("UTF-8"));
         let many = (0..=MAX_SELECTORS).map(|i| format!("match={i}")).collect::<Vec<_>>().join("&");
         assert!(refused(&many, false).contains("at most"));
     }
@@ -224,6 +244,9 @@ mod tests {
             (b"topic=a%00", "control"),
             (b"topic=a&data=%00", "NUL"),
             (b"topic=\xff", "UTF-8"),
+            (b"topic=%FF", "UTF-8"),
+            (b"topic=a&data=%C3", "UTF-8"),
+            (b"topic=a&type=a%0Db", "type"),
         ] {
             match Publish::parse(body) {
                 Err(MercureError::Request(told)) => assert!(told.contains(why), "{told}"),

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::api::stream::{Feed, SseBody};
-use crate::fanout::update::{hub_id, parse_hub_id, Interest, TableTopic, Update};
+use crate::fanout::update::{parse_hub_id, Interest, TableTopic, Update};
 use crate::mercure::{Mercure, MercureError};
 use crate::pg::error::StoreError;
 use crate::pg::store::REPLAY_BATCH;
@@ -21,12 +21,6 @@ const START_WAIT: Duration = Duration::from_secs(5);
 
 /// The response's `Mercure-Last-Event-ID` when the stream holds every update retention kept.
 const EARLIEST: &str = "earliest";
-
-/// Where a stream starts: live at the present, or after a place in the log.
-enum Start {
-    Live,
-    After(i64),
-}
 
 pub(super) async fn open(
     m: &Mercure,
@@ -42,43 +36,30 @@ pub(super) async fn open(
     m.hub.wait_started(START_WAIT).await?;
     // `channels`, those that carry updates, are read for a resume, which reads the log.
     let names: Vec<String> = channels.iter().map(|(name, _)| name.clone()).collect();
-    let (start, shown) = match last.as_deref() {
-        None => (Start::Live, None),
-        Some(EARLIEST) => (Start::After(0), Some(EARLIEST.to_string())),
-        Some(id) => {
-            // A publisher's id counts only on an update this subscriber would get: another publisher may
-            // reuse it elsewhere, and a private update's id is nobody else's to confirm.
-            let found = match parse_hub_id(id) {
-                Some(n) => Some(n),
-                None => m.store.updates_with_id(id).await?.into_iter().find_map(|(n, topics, private)| {
-                    let update = Update::routed(n, topics, private);
-                    interest.wants(&update).then_some(n)
-                }),
-            };
-            match found {
-                Some(n) if n <= m.store.issued_head().await? => {
-                    if n < m.store.watermark(&names).await? {
-                        (Start::After(0), Some(EARLIEST.to_string()))
-                    } else {
-                        (Start::After(n), Some(id.to_string()))
-                    }
-                }
-                // Unknown here (never issued, or gone with retention): the stream starts at the present.
-                _ => (Start::Live, Some(String::new())),
-            }
-        }
+    let Some(last) = last else {
+        let (sub, _) = m.hub.subscribe_updates(interest)?;
+        // As a native stream does: an update committed before this request but not yet broadcast is
+        // before its start.
+        let head = m.store.committed_head().await?;
+        let body = SseBody::live(prelude, sub, head, m.heartbeat);
+        return Ok((body.ending_at(expires).counted(m.sent.clone()), None));
     };
-    let after = match start {
-        Start::After(after) => after,
-        Start::Live => {
-            let (sub, _) = m.hub.subscribe_updates(interest)?;
-            // As a native stream does: an update committed before this request but not yet broadcast is
-            // before its start, and the header names that start.
-            let head = m.store.committed_head().await?;
-            let shown = shown.map(|_| hub_id(head));
-            let body = SseBody::live(prelude, sub, head, m.heartbeat);
-            return Ok((body.ending_at(expires).counted(m.sent.clone()), shown));
-        }
+    let found = match (last.as_str(), parse_hub_id(&last)) {
+        (EARLIEST, _) => None,
+        (_, Some(n)) => Some(n),
+        // A publisher's id counts only on an update this subscriber would get: another publisher may reuse
+        // it elsewhere, and a private update's id is nobody else's to confirm.
+        (id, None) => m.store.updates_with_id(id).await?.into_iter().find_map(|(n, topics, private)| {
+            let update = Update::routed(n, topics, private);
+            interest.wants(&update).then_some(n)
+        }),
+    };
+    let (after, shown) = match found {
+        Some(n) if n <= m.store.issued_head().await? && n >= m.store.watermark(&names).await? => (n, last),
+        // `earliest`, or an id never issued, gone with retention, or of an update this subscriber would not
+        // get: the specification's answer is `earliest`, and the stream then holds every update retention
+        // kept (whatever followed the id is among them).
+        _ => (0, EARLIEST.to_string()),
     };
     let (tx, rx) = mpsc::channel(1);
     let replay = Replay {
@@ -99,7 +80,7 @@ pub(super) async fn open(
         }
     });
     let body = SseBody::replaying(prelude, rx, m.heartbeat).ending_at(expires).counted(m.sent.clone());
-    Ok((body, shown))
+    Ok((body, Some(shown)))
 }
 
 struct Replay {
