@@ -1,7 +1,8 @@
 //! `mercure`: the Mercure hub under load. 1,000 anonymous subscribers over 100 topics (`match=`, ten per
-//! topic), 1,000 updates/s published by HTTP over 8 keep-alive connections; then the same shape natively
-//! (100 channels, ten streams each, `POST /{channel}`), both under `--auth jwt`. Reports deliveries,
-//! latency from the POST to the subscriber, and the gateway's CPU per delivery, side by side.
+//! topic), 1,000 updates/s published by HTTP over 8 keep-alive connections; then the same shape natively,
+//! as 100 channels of ten streams each (`POST /{channel}`), and as one table channel whose 1,000 streams
+//! each filter one of 100 keys (`?k=eq.<k>`, `POST /bench_topics`); all under `--auth jwt`. Reports
+//! deliveries, latency from the POST to the subscriber, and the gateway's CPU per delivery, side by side.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +20,17 @@ const RATE: f64 = 1000.0;
 const PUBLISHERS: usize = 8;
 const PHASE: Duration = Duration::from_secs(10);
 const SECRET: &str = "a bench secret that is long enough, really";
+
+/// How subscribers select, and publishers publish, in one phase.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// Mercure topics, `match=`.
+    Mercure,
+    /// A native channel per topic.
+    Channels,
+    /// One native table channel, each stream filtering one key.
+    Filtered,
+}
 
 fn topic(k: usize) -> String {
     format!("https://bench.example/topics/{k}")
@@ -46,10 +58,22 @@ impl Bench {
         for k in 0..TOPICS {
             self.db.execute("SELECT pgsse.create_channel($1)", &[&format!("t{k}")]).await.expect("a channel");
         }
-        vec![self.mercure_phase(false).await, self.mercure_phase(true).await]
+        self.db
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS bench_topics (id bigserial PRIMARY KEY, k int NOT NULL, sent bigint, pad text);
+                 SELECT pgsse.publish_table('bench_topics', writable => true);",
+            )
+            .await
+            .expect("the filtered table");
+        let mut reports = Vec::new();
+        for shape in [Shape::Mercure, Shape::Channels, Shape::Filtered] {
+            reports.push(self.mercure_phase(shape).await);
+        }
+        reports
     }
 
-    async fn mercure_phase(&self, native: bool) -> Report {
+    async fn mercure_phase(&self, shape: Shape) -> Report {
+        let native = shape != Shape::Mercure;
         let flags = ["--auth", "jwt", "--jwt-secret", SECRET, "--mercure", "--mercure-anonymous"];
         let gw = Gateway::start(&self.gateway, &self.url, &flags);
         let t0 = Instant::now();
@@ -60,7 +84,9 @@ impl Bench {
                 Some(after) if native => format!("&last_event_id={after}"),
                 Some(after) => format!("&last_event_id=%23{after}"),
             };
-            if native {
+            if shape == Shape::Filtered {
+                format!("/bench_topics/events?k=eq.{}&access_token={reader}{after}", i % TOPICS)
+            } else if native {
                 format!("/t{}/events?access_token={reader}{after}", i % TOPICS)
             } else {
                 let query: String =
@@ -72,7 +98,7 @@ impl Bench {
         let rss_idle = gw.rss_bytes();
         let cpu0 = gw.cpu_seconds();
         let started = Instant::now();
-        let (published, failed) = publish_at_rate(gw.addr, &self.payload, t0, native).await;
+        let (published, failed) = publish_at_rate(gw.addr, &self.payload, t0, shape).await;
         let wrote_for = started.elapsed();
         let mut by_topic: Vec<Vec<i64>> = vec![Vec::new(); TOPICS];
         for (k, id) in &published {
@@ -86,7 +112,12 @@ impl Bench {
         let cpu_seconds = gw.cpu_seconds() - cpu0;
 
         let mut report = Report {
-            scenario: if native { "mercure: native" } else { "mercure" }.into(),
+            scenario: match shape {
+                Shape::Mercure => "mercure",
+                Shape::Channels => "mercure: native",
+                Shape::Filtered => "mercure: native filtered",
+            }
+            .into(),
             clients: CLIENTS,
             writers: PUBLISHERS,
             target_rate: Some(RATE),
@@ -105,7 +136,11 @@ impl Bench {
         report.latency_ms = Percentiles::of(latencies);
         report.note = format!(
             "{TOPICS} {}, {} subscribers each, published by POST; gateway CPU {:.1} µs per delivery{}",
-            if native { "channels" } else { "topics" },
+            match shape {
+                Shape::Mercure => "topics",
+                Shape::Channels => "channels",
+                Shape::Filtered => "keys of one table channel",
+            },
             CLIENTS / TOPICS,
             cpu_seconds * 1e6 / report.deliveries.max(1) as f64,
             if failed > 0 { format!("; {failed} POSTs failed") } else { String::new() }
@@ -117,8 +152,8 @@ impl Bench {
 /// Publishes updates at [`RATE`] over [`PUBLISHERS`] keep-alive connections for a [`PHASE`], topics (or
 /// channels) in turn, each stamped with when it was sent; returns each answered update's topic and log
 /// id, and how many were not answered.
-async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant, native: bool) -> (Vec<(usize, i64)>, u64) {
-    let token = Arc::new(format!("Bearer {}", token(native)));
+async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant, shape: Shape) -> (Vec<(usize, i64)>, u64) {
+    let token = Arc::new(format!("Bearer {}", token(shape != Shape::Mercure)));
     let started = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(PUBLISHERS as f64 / RATE);
     let mut tasks = Vec::new();
@@ -135,7 +170,10 @@ async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant, nat
                 let k = n % TOPICS;
                 n += PUBLISHERS;
                 let data = format!("{{\"sent\": {}, \"pad\": \"{pad}\"}}", t0.elapsed().as_micros());
-                let (uri, kind, body) = if native {
+                let (uri, kind, body) = if shape == Shape::Filtered {
+                    let row = format!("{{\"k\": {k}, \"sent\": {}, \"pad\": \"{pad}\"}}", t0.elapsed().as_micros());
+                    (format!("http://{addr}/bench_topics"), "application/json", row)
+                } else if shape == Shape::Channels {
                     (format!("http://{addr}/t{k}"), "application/json", data)
                 } else {
                     let form = form_urlencoded::Serializer::new(String::new())
@@ -149,16 +187,18 @@ async fn publish_at_rate(addr: std::net::SocketAddr, pad: &str, t0: Instant, nat
                     .header("authorization", token.as_str())
                     .body(Full::new(Bytes::from(body)))
                     .unwrap();
-                let (status, body) = match sender.send_request(req).await {
+                let (status, event_id, body) = match sender.send_request(req).await {
                     Ok(resp) => {
-                        (resp.status(), resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
+                        let status = resp.status();
+                        let event_id = resp.headers().get("pgsse-event-id").and_then(|v| v.to_str().ok()?.parse().ok());
+                        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        (status, event_id, body)
                     }
-                    Err(err) => (hyper::StatusCode::BAD_GATEWAY, Bytes::from(err.to_string())),
+                    Err(err) => (hyper::StatusCode::BAD_GATEWAY, None, Bytes::from(err.to_string())),
                 };
-                let id = if native {
-                    serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["id"].as_i64())
-                } else {
-                    std::str::from_utf8(&body).ok().and_then(|b| b.strip_prefix('#')?.parse::<i64>().ok())
+                let id: Option<i64> = match shape {
+                    Shape::Mercure => std::str::from_utf8(&body).ok().and_then(|b| b.strip_prefix('#')?.parse().ok()),
+                    Shape::Channels | Shape::Filtered => event_id,
                 };
                 if id.is_none() && failed == 0 {
                     eprintln!("a publication failed: {status} {}", String::from_utf8_lossy(&body));
