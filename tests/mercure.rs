@@ -1,6 +1,6 @@
 //! The Mercure hub over real HTTP: a real Mercure publisher (Symfony's) on one gateway and subscribers on
 //! another, private and public updates, resume by publisher id, hub id and `earliest`, every refusal the
-//! specification names, Mercure 0.x, and a table's rows as updates.
+//! specification names, Mercure 0.x, and a table's rows (inserted by psql) as updates.
 
 mod common;
 
@@ -398,7 +398,13 @@ async fn a_tables_rows_are_updates_on_its_topic() {
     let mut bobs = SseStream::ok(gw.addr, &format!("{HUB}?{pattern}"), &[("authorization", &bearer(&filtered))]).await;
 
     db.app.batch_execute("INSERT INTO orders (customer, secret) VALUES ('ann', 's1'), ('bob', 's2')").await.unwrap();
-    db.app.batch_execute("INSERT INTO news (title) VALUES ('open')").await.unwrap();
+    // As anyone's writes reach a Mercure subscriber: psql itself, as the application's role.
+    let writer = pgsse::testing::as_role(&db.url, pgsse::testing::WRITER_ROLE);
+    let psql = std::process::Command::new("psql")
+        .args([writer.as_str(), "-v", "ON_ERROR_STOP=1", "-c", "INSERT INTO news (title) VALUES ('open')"])
+        .output()
+        .expect("psql, PostgreSQL's client");
+    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
     let got = mine.take(2).await;
     assert_eq!((got[0].event.as_str(), got[0].json()), ("insert", json!({"id": 1, "customer": "ann"})));
     assert!(got[0].id.as_deref().unwrap().starts_with('#'));

@@ -200,6 +200,33 @@ async fn eventsource_subscribers_get_what_the_conformance_suite_expects() {
     let probe = js(&mut browser, "window.probe('topic=*&lastEventID=earliest')").await;
     assert_eq!(probe["legacy"], "earliest", "0.x says where the stream starts in Last-Event-ID: {probe}");
 
+    // 0.x resumes too (`lastEventID=`): from a publisher's id, a hub id, and earliest.
+    let fields = "[['topic', 'https://example.net/foo/0x4'], ['data', 'no id']]";
+    let legacy_hub = js(&mut browser, &format!("window.pub({}, {fields})", json!(t0))).await;
+    let legacy_hub = legacy_hub["body"].as_str().unwrap().to_string();
+    assert!(legacy_hub.starts_with('#'), "{legacy_hub}");
+    publish(&mut browser, &t0, &["https://example.net/foo/0x5"], "id-legacy-end", false).await;
+    let resumes = [
+        ("legacy-from-publisher", "id-template-end"),
+        ("legacy-from-hub", legacy_hub.as_str()),
+        ("legacy-from-earliest", "earliest"),
+    ];
+    for (name, last) in resumes {
+        let query = format!("topic={}&lastEventID={}", urlencode("https://example.net/foo/{random}"), urlencode(last));
+        js(&mut browser, &format!("window.sub({}, {})", json!(name), json!(query))).await;
+    }
+    let ended = "window.got[n].some(e => e.id === 'id-legacy-end')";
+    browser.wait("hub", &format!("{} .every(n => {ended})", json!(resumes.map(|(name, _)| name)))).await;
+    let got = js(&mut browser, "window.got").await;
+    assert_eq!(ids(&got["legacy-from-publisher"]), [legacy_hub.as_str(), "id-legacy-end"]);
+    assert_eq!(ids(&got["legacy-from-hub"]), ["id-legacy-end"]);
+    let earliest = ids(&got["legacy-from-earliest"]);
+    assert!(earliest.ends_with(&["id-template", "id-template-end", &legacy_hub, "id-legacy-end"].map(String::from)));
+    assert!(
+        !earliest.iter().any(|id| id == "id-private-template"),
+        "a private update replayed to no one it would not reach"
+    );
+
     // Refusals, as fetch sees them.
     let refused = |status: u64, auth: Value| json!({"status": status, "auth": auth});
     let check = |v: &Value| json!({"status": v["status"], "auth": v["auth"]});
