@@ -1,5 +1,5 @@
-//! POST's kept inserts (one prepared statement per channel and key set): each write after the first is that
-//! one statement, and a kept one never outlives what its channel and table were when it was made.
+//! POST's kept inserts (one statement per channel and key set, kept as text): each write after the first
+//! is that one statement, and a kept one never outlives what its channel and table were when it was made.
 
 mod common;
 
@@ -305,4 +305,30 @@ async fn column_grants_mean_the_same_on_both_paths() {
             .unwrap();
     assert_eq!((kept.status, keyed.status), (403, 403), "{} / {}", kept.body, keyed.body);
     assert_eq!(kept.body, keyed.body);
+}
+
+/// An install made by the build whose `pgsse.insert_plan` also returned its table's width: `migrate`
+/// replaces that form, which `CREATE OR REPLACE` cannot, and POST goes on.
+#[tokio::test]
+async fn an_insert_plan_that_returned_a_width_is_replaced_by_migrate() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    admin
+        .batch_execute(
+            "DROP FUNCTION pgsse.insert_plan(text, text[]);
+             CREATE FUNCTION pgsse.insert_plan(p_channel text, p_keys text[], OUT source regclass, OUT captured boolean,
+                 OUT columns text[], OUT statement text, OUT guarded text, OUT width integer)
+             LANGUAGE sql AS 'SELECT NULL::regclass, false, NULL::text[], NULL::text, NULL::text, 0';
+             ALTER FUNCTION pgsse.insert_plan(text, text[]) OWNER TO pgsse_owner;",
+        )
+        .await
+        .unwrap();
+    pgsse::migrate(&url).await.unwrap();
+    let names =
+        "SELECT proargnames FROM pg_catalog.pg_proc WHERE oid = 'pgsse.insert_plan(text, text[])'::regprocedure";
+    let names: Vec<String> = admin.query_one(names, &[]).await.unwrap().get(0);
+    assert!(!names.contains(&"width".into()) && names.contains(&"guarded".into()), "{names:?}");
+    pgsse::migrate(&url).await.expect("and a migrate after it leaves it as it is");
+    let gw = Gateway::start(&url).await;
+    let posted = post(&gw, r#"{"body": "after"}"#).await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
 }

@@ -43,3 +43,15 @@ DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, 
 -- An earlier form of the keyed writes (Idempotency-Key).
 DROP FUNCTION IF EXISTS pgsse.insert_json_once(text, jsonb, text, text, text);
 DROP FUNCTION IF EXISTS pgsse.publish_json_once(text, text, jsonb, text, text, text);
+
+-- The first pgsse.insert_plan also returned its table's width, which the gateway bounded while it
+-- prepared the kept inserts; dropped only in that form, so that a migrate leaves the current one alone.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+                WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('pgsse.insert_plan(text, text[])')
+                  AND 'width' OPERATOR(pg_catalog.=) ANY (p.proargnames)) THEN
+        DROP FUNCTION pgsse.insert_plan(text, text[]);
+    END IF;
+END
+$$;

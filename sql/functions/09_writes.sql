@@ -41,18 +41,16 @@ $$;
 -- whose keys are those columns. Each key names a column exactly, or (camel_case) the camelCase form of
 -- one; on such a channel a column given both ways is refused, since which would win is not obvious (and a
 -- grant's filter may have checked the other). Runs as the gateway's role: the table's own grants decide.
--- `guarded`, where the table captures inserts, is that statement made to keep: the gateway prepares it
--- once per channel and key set, so that a POST is one statement and no lookup. It fails (PGS05, nothing
+-- `guarded`, where the table captures inserts, is that statement made to keep: the gateway keeps its text
+-- per channel and key set, so that a POST is one statement and no lookup. It fails (PGS05, nothing
 -- written) unless the channel still takes these columns into this very table as now (not made read-only,
 -- republished with other columns or case, nor another table given the name, nor an exact name added for
--- a camelCase key), the gateway may still insert into it as insert_plan requires, and the table has no
--- more columns than it had (its width, below); any other change makes it fail too, and the gateway then falls back to
--- pgsse.insert_json, whose refusals are pgsse's own words. It answers one row whatever the table's rules
--- and triggers do with the insert: the transaction and the issued head (see pgsse.sequenced). `width`,
--- the table's column count (dropped ones too), is what its plan costs the gateway's sessions, which
--- bound their sum.
+-- a camelCase key) and the gateway may still insert into it as insert_plan requires; a column dropped
+-- since makes it fail too, and the gateway then falls back to pgsse.insert_json, whose refusals are
+-- pgsse's own words. It answers one row whatever the table's rules and triggers do with the insert: the
+-- transaction and the issued head (see pgsse.sequenced).
 CREATE OR REPLACE FUNCTION pgsse.insert_plan(p_channel text, p_keys text[], OUT source regclass,
-    OUT captured boolean, OUT columns text[], OUT statement text, OUT guarded text, OUT width integer)
+    OUT captured boolean, OUT columns text[], OUT statement text, OUT guarded text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
 DECLARE
     ch      pgsse.channels;
@@ -132,22 +130,20 @@ BEGIN
     -- Names, not oids: the table and the check resolve together whenever the statement is planned again.
     -- In WITH, an INSERT that a rule would rewrite fails rather than run.
     IF captured THEN
-        width := (SELECT r.relnatts FROM pg_class r WHERE r.oid = ch.source_table);
         guarded := format(
             'WITH inserted AS (INSERT INTO %1$s AS t (%2$s) SELECT %2$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, '
             '$1::pg_catalog.text::pg_catalog.jsonb) WHERE CASE WHEN EXISTS (SELECT FROM pgsse.channels c '
             'WHERE c.name OPERATOR(pg_catalog.=) %3$L AND c.source_table OPERATOR(pg_catalog.=) %4$L::pg_catalog.regclass '
             'AND c.writable AND %5$L OPERATOR(pg_catalog.=) ANY (c.operations) AND c.camel_case OPERATOR(pg_catalog.=) %6$L '
             'AND (c.writable_columns IS NULL OR %7$L::pg_catalog.text[] OPERATOR(pg_catalog.<@) c.writable_columns) '
-            'AND pg_catalog.has_table_privilege(%4$L::pg_catalog.regclass, ''INSERT'') AND (SELECT r.relnatts '
-            'FROM pg_catalog.pg_class r WHERE r.oid OPERATOR(pg_catalog.=) %4$L::pg_catalog.regclass) OPERATOR(pg_catalog.=) %9$s)%8$s '
+            'AND pg_catalog.has_table_privilege(%4$L::pg_catalog.regclass, ''INSERT''))%8$s '
             'THEN true ELSE pgsse.kept_insert_stale() END) '
             'SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, pgsse.issued_head()',
             ch.source_table, cols, p_channel, ch.source_table::text, 'INSERT', ch.camel_case, columns,
             CASE WHEN bent IS NOT NULL THEN format(
                 ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) %L::pg_catalog.regclass '
                 'AND a.attname OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.name[]) AND a.attnum OPERATOR(pg_catalog.>) 0 '
-                'AND NOT a.attisdropped)', ch.source_table::text, bent) ELSE '' END, width);
+                'AND NOT a.attisdropped)', ch.source_table::text, bent) ELSE '' END);
     END IF;
 END
 $$;

@@ -17,8 +17,9 @@ use crate::pg::error::StoreError;
 /// Plans kept at most; a new key set takes the place of the one used longest ago. Key sets are subsets
 /// of a table's columns, so without a bound a client that sends many could grow this.
 const MAX_PLANS: usize = 64;
-/// The kept plans' tables' columns, summed, at most: a statement's text grows with its table.
-const MAX_WIDTH: usize = 2048;
+/// The kept plans' bytes (statements, keys and columns), summed, at most: a statement's text grows with
+/// its keys, which a client chooses.
+const MAX_BYTES: usize = 1024 * 1024;
 /// How long a key set with no statement to keep (its table does not capture inserts, is too wide, or
 /// has rules) takes `pgsse.insert_json` before the gateway asks again.
 const RECHECK: Duration = Duration::from_secs(10);
@@ -29,9 +30,8 @@ type Key = (String, Vec<String>);
 const STALE: &str = "PGS05";
 
 enum Plan {
-    /// Each key of the row and the column it names, the statement that inserts the row so renamed, and
-    /// its table's column count.
-    Kept { columns: Vec<(String, String)>, statement: String, width: usize },
+    /// Each key of the row and the column it names, and the statement that inserts the row so renamed.
+    Kept { columns: Vec<(String, String)>, statement: String },
     /// Nothing to keep, as found at this instant.
     Unkept(Instant),
 }
@@ -52,8 +52,8 @@ pub(super) struct Plans {
 #[derive(Default)]
 struct Kept {
     plans: HashMap<Key, Entry>,
-    /// The kept plans' widths, summed.
-    width: usize,
+    /// The kept plans' bytes, summed.
+    bytes: usize,
 }
 
 /// What a kept insert did.
@@ -136,29 +136,29 @@ impl Plans {
         Some(entry.plan.clone())
     }
 
-    /// Keeps `plan` for `key`, in place of the plans used longest ago; one too wide for the bound on its
+    /// Keeps `plan` for `key`, in place of the plans used longest ago; one too large for the bound on its
     /// own is kept as nothing to keep.
     fn keep(&self, key: Key, plan: Plan) -> Arc<Plan> {
         let plan = Arc::new(match plan {
-            Plan::Kept { width, .. } if width > MAX_WIDTH => Plan::Unkept(Instant::now()),
+            plan @ Plan::Kept { .. } if plan.bytes() > MAX_BYTES => Plan::Unkept(Instant::now()),
             plan => plan,
         });
         {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(old) = kept.plans.remove(&key) {
-                kept.width -= old.plan.width();
+                kept.bytes -= old.plan.bytes();
             }
-            while kept.plans.len() >= MAX_PLANS || kept.width + plan.width() > MAX_WIDTH {
+            while kept.plans.len() >= MAX_PLANS || kept.bytes + plan.bytes() > MAX_BYTES {
                 let Some(oldest) =
                     kept.plans.iter().min_by_key(|(_, e)| e.used.load(Ordering::Relaxed)).map(|(k, _)| k.clone())
                 else {
                     break;
                 };
                 if let Some(old) = kept.plans.remove(&oldest) {
-                    kept.width -= old.plan.width();
+                    kept.bytes -= old.plan.bytes();
                 }
             }
-            kept.width += plan.width();
+            kept.bytes += plan.bytes();
             let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
             kept.plans.insert(key, Entry { plan: plan.clone(), used });
         }
@@ -170,7 +170,7 @@ impl Plans {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if kept.plans.get(key).is_some_and(|e| Arc::ptr_eq(&e.plan, plan)) {
             kept.plans.remove(key);
-            kept.width -= plan.width();
+            kept.bytes -= plan.bytes();
             if let Some(instead) = instead {
                 let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
                 kept.plans.insert(key.clone(), Entry { plan: Arc::new(instead), used });
@@ -186,9 +186,11 @@ fn key(channel: &str, object: &Map<String, Value>) -> Key {
 }
 
 impl Plan {
-    fn width(&self) -> usize {
+    fn bytes(&self) -> usize {
         match self {
-            Plan::Kept { width, .. } => *width,
+            Plan::Kept { columns, statement } => {
+                statement.len() + columns.iter().map(|(key, column)| key.len() + column.len()).sum::<usize>()
+            }
             Plan::Unkept(_) => 0,
         }
     }
@@ -196,14 +198,13 @@ impl Plan {
 
 /// The plan for channel `key.0` and keys `key.1`, from `pgsse.insert_plan`; an error when it refuses them.
 async fn ask(client: &Client, key: &Key) -> Result<Plan, tokio_postgres::Error> {
-    let stmt = client.prepare_cached("SELECT columns, guarded, width FROM pgsse.insert_plan($1, $2)").await?;
+    let stmt = client.prepare_cached("SELECT columns, guarded FROM pgsse.insert_plan($1, $2)").await?;
     let row = client.query_one(&stmt, &[&key.0, &key.1]).await?;
-    let (columns, guarded, width): (Option<Vec<Option<String>>>, Option<String>, Option<i32>) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    Ok(match (columns, guarded, width.and_then(|w| usize::try_from(w).ok())) {
-        (Some(columns), Some(statement), Some(width)) if columns.len() == key.1.len() => {
+    let (columns, guarded): (Option<Vec<Option<String>>>, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(match (columns, guarded) {
+        (Some(columns), Some(statement)) if columns.len() == key.1.len() => {
             let columns = key.1.iter().cloned().zip(columns).map(|(k, c)| Some((k, c?))).collect::<Option<Vec<_>>>();
-            columns.map_or(Plan::Unkept(Instant::now()), |columns| Plan::Kept { columns, statement, width })
+            columns.map_or(Plan::Unkept(Instant::now()), |columns| Plan::Kept { columns, statement })
         }
         _ => Plan::Unkept(Instant::now()),
     })
@@ -220,8 +221,8 @@ fn renamed(object: &Map<String, Value>, columns: &[(String, String)]) -> String 
 mod tests {
     use super::*;
 
-    fn kept(width: usize) -> Plan {
-        Plan::Kept { columns: Vec::new(), statement: format!("SELECT {width}"), width }
+    fn kept(bytes: usize) -> Plan {
+        Plan::Kept { columns: Vec::new(), statement: "x".repeat(bytes) }
     }
 
     fn key(n: usize) -> Key {
@@ -237,19 +238,19 @@ mod tests {
         assert!(plans.get(&key(0)).is_some(), "used again: now the newest");
         plans.keep(key(MAX_PLANS), kept(1));
         let kept = plans.kept.lock().unwrap();
-        assert_eq!((kept.plans.len(), kept.width), (MAX_PLANS, MAX_PLANS));
+        assert_eq!((kept.plans.len(), kept.bytes), (MAX_PLANS, MAX_PLANS));
         assert!(kept.plans.contains_key(&key(0)) && !kept.plans.contains_key(&key(1)));
     }
 
     #[test]
-    fn the_kept_tables_columns_are_bounded() {
+    fn the_kept_statements_bytes_are_bounded() {
         let plans = Plans::default();
         for n in 0..4 {
-            plans.keep(key(n), kept(MAX_WIDTH / 3));
+            plans.keep(key(n), kept(MAX_BYTES / 3));
         }
-        assert!(plans.kept.lock().unwrap().width <= MAX_WIDTH);
-        assert!(matches!(*plans.keep(key(9), kept(MAX_WIDTH + 1)), Plan::Unkept(_)), "never used");
+        assert!(plans.kept.lock().unwrap().bytes <= MAX_BYTES);
+        assert!(matches!(*plans.keep(key(9), kept(MAX_BYTES + 1)), Plan::Unkept(_)), "never used");
         let kept = plans.kept.lock().unwrap();
-        assert!(kept.width <= MAX_WIDTH && kept.plans.len() == 4, "{} {}", kept.width, kept.plans.len());
+        assert!(kept.bytes <= MAX_BYTES && kept.plans.len() == 4, "{} {}", kept.bytes, kept.plans.len());
     }
 }
