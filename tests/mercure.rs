@@ -190,10 +190,12 @@ async fn resumes_from_a_publisher_id_a_hub_id_and_earliest() {
     assert_eq!(ids(&s.take(3).await), ["first", second.as_str(), "third"]);
     let fourth = publish(gw.addr, &t, "topic=t&data=4").await.body;
     assert_eq!(ids(&s.take(1).await), [fourth.as_str()]);
-    // Another publisher reusing an id elsewhere moves nobody's place; a private update's id is confirmed to
+    // Another publisher reusing an id elsewhere, more times than a resume reads at once, moves nobody's place; a private update's id is confirmed to
     // no one it would not reach, nor is the update sent.
     let elsewhere = token(&["publish"], json!([{"match": "evil"}]));
-    assert_eq!(publish(gw.addr, &elsewhere, "topic=evil&data=x&id=first").await.status, 200);
+    for _ in 0..40 {
+        assert_eq!(publish(gw.addr, &elsewhere, "topic=evil&data=x&id=first").await.status, 200);
+    }
     let s = SseStream::ok(gw.addr, &format!("{HUB}?match=t&last_event_id=first"), &[]).await;
     assert_eq!(s.headers["mercure-last-event-id"], "first");
     assert_eq!(publish(gw.addr, &t, "topic=t&data=p&id=secret-id&private=on").await.status, 200);
@@ -352,6 +354,20 @@ async fn mercure_0x_clients_are_served_with_the_legacy_flag() {
         let r = publish(gw.addr, &signed(typed.clone(), lacking), "topic=t&data=x").await;
         assert_eq!(r.status, 401, "{}", r.body);
         assert!(r.error().contains(&format!("no {claim} claim")), "{}", r.body);
+        // Of a shape the library would pass over: refused, not taken as absent.
+        for odd in [json!(5), json!({"a": 1}), json!(["https://other.example", 1])] {
+            let mut shaped = both.clone();
+            shaped[claim] = odd.clone();
+            let mut legacy_shaped = json!({"mercure": {"publish": ["*"]}});
+            legacy_shaped[claim] = odd;
+            for token in
+                [signed(typed.clone(), shaped), signed(Header { typ: None, ..Header::default() }, legacy_shaped)]
+            {
+                let r = publish(gw.addr, &token, "topic=t&data=x").await;
+                assert_eq!(r.status, 401, "{claim}: {}", r.body);
+                assert!(r.error().contains(&format!("{claim} claim")), "{}", r.body);
+            }
+        }
     }
 
     let strict = gateway(&url, |m| m.mercure_legacy = true).await;

@@ -7,6 +7,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::auth::grant::{Access, AuthError, Grant};
 
@@ -69,6 +70,30 @@ struct Claims {
     sub: Option<serde_json::Value>,
     /// The grant; a token without one was most likely made with the grant's keys at the top level.
     pgsse: Option<Grant>,
+    aud: Option<Value>,
+    iss: Option<Value>,
+}
+
+/// `aud` and `iss` as RFC 7519 has them: a string, or for `aud` a non-empty list of strings. The library
+/// checks a value of those shapes only, and passes over any other once the claim is not required, so
+/// another shape is refused here rather than taken as absent.
+fn claim_shapes(aud: Option<&Value>, iss: Option<&Value>) -> Result<(), AuthError> {
+    let aud_ok = match aud {
+        None | Some(Value::Null | Value::String(_)) => true,
+        Some(Value::Array(list)) => !list.is_empty() && list.iter().all(Value::is_string),
+        Some(_) => false,
+    };
+    if !aud_ok {
+        return Err(AuthError::Invalid("its aud claim is malformed: a string or a list of strings".into()));
+    }
+    if !matches!(iss, None | Some(Value::Null | Value::String(_))) {
+        return Err(AuthError::Invalid("its iss claim is malformed: a string".into()));
+    }
+    Ok(())
+}
+
+fn absent(claim: Option<&Value>) -> bool {
+    matches!(claim, None | Some(Value::Null))
 }
 
 /// How a token without `exp` is told: callers that accept some such tokens add how.
@@ -126,8 +151,8 @@ struct Timed<T> {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
-    aud: Option<serde::de::IgnoredAny>,
-    iss: Option<serde::de::IgnoredAny>,
+    aud: Option<Value>,
+    iss: Option<Value>,
     #[serde(flatten)]
     rest: T,
 }
@@ -152,8 +177,9 @@ impl Jwt {
         }
         let data = decode::<Timed<T>>(token, &self.key, &validation).map_err(|e| token_error(&e))?;
         let claims = data.claims;
+        claim_shapes(claims.aud.as_ref(), claims.iss.as_ref())?;
         let expires = times(claims.exp, claims.nbf, claims.iat)?;
-        let lacks = [("aud", claims.aud.is_none()), ("iss", claims.iss.is_none())]
+        let lacks = [("aud", absent(claims.aud.as_ref())), ("iss", absent(claims.iss.as_ref()))]
             .into_iter()
             .find(|(claim, missing)| *missing && expected.contains(claim))
             .map(|(claim, _)| claim);
@@ -167,6 +193,7 @@ impl Jwt {
             .or(query_token)
             .ok_or_else(|| AuthError::Missing(jwt.cookie.clone()))?;
         let claims = decode::<Claims>(token, &jwt.key, &jwt.validation).map_err(|e| token_error(&e))?.claims;
+        claim_shapes(claims.aud.as_ref(), claims.iss.as_ref())?;
         let expires = times(Some(claims.exp.unwrap_or_default()), claims.nbf, claims.iat)?;
         let grant = claims.pgsse.ok_or_else(|| {
             AuthError::Invalid(

@@ -236,6 +236,13 @@ mod tests {
         assert!(refusal(&strict, wrong_aud).contains("aud claim"));
         assert!(refusal(&strict, json!({"exp": future(), "iss": "https://login.example"})).contains("no aud claim"));
         assert!(refusal(&strict, json!({"exp": future(), "aud": "pgsse.example"})).contains("no iss claim"));
+        let list_iss =
+            json!({"exp": future(), "aud": "pgsse.example", "iss": ["https://evil.example", "https://login.example"]});
+        assert!(refusal(&strict, list_iss).contains("iss claim is malformed"), "one issuer, not any of a list");
+        let numbered = json!({"exp": future(), "aud": ["pgsse.example", 1], "iss": "https://login.example"});
+        assert!(refusal(&strict, numbered).contains("aud claim"));
+        let lenient = json!({"exp": future(), "aud": ["pgsse.example", 1], "pgsse": {}});
+        assert!(refusal(&auth(), lenient).contains("aud claim is malformed"), "even where no audience is set");
         let wrong_iss = json!({"exp": future(), "aud": "pgsse.example", "iss": "https://evil.example"});
         assert!(refusal(&strict, wrong_iss).contains("iss claim"));
 

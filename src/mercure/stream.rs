@@ -13,11 +13,14 @@ use crate::api::stream::{Feed, SseBody};
 use crate::fanout::update::{parse_hub_id, Interest, TableTopic, Update};
 use crate::mercure::{Mercure, MercureError};
 use crate::pg::error::StoreError;
-use crate::pg::store::REPLAY_BATCH;
+use crate::pg::store::{REPLAY_BATCH, SAME_ID};
 use crate::sse;
 
 /// How long a subscription opened while the gateway is still starting waits for the log's position.
 const START_WAIT: Duration = Duration::from_secs(5);
+
+/// The most updates of one publisher id a resume looks through.
+const SAME_ID_READ: i64 = 1024;
 
 /// The response's `Mercure-Last-Event-ID` when the stream holds every update retention kept.
 const EARLIEST: &str = "earliest";
@@ -47,12 +50,7 @@ pub(super) async fn open(
     let found = match (last.as_str(), parse_hub_id(&last)) {
         (EARLIEST, _) => None,
         (_, Some(n)) => Some(n),
-        // A publisher's id counts only on an update this subscriber would get: another publisher may reuse
-        // it elsewhere, and a private update's id is nobody else's to confirm.
-        (id, None) => m.store.updates_with_id(id).await?.into_iter().find_map(|(n, topics, private)| {
-            let update = Update::routed(n, topics, private);
-            interest.wants(&update).then_some(n)
-        }),
+        (id, None) => with_publisher_id(m, &interest, id).await?,
     };
     let (after, shown) = match found {
         Some(n) if n <= m.store.issued_head().await? && n >= m.store.watermark(&names).await? => (n, last),
@@ -81,6 +79,26 @@ pub(super) async fn open(
     });
     let body = SseBody::replaying(prelude, rx, m.heartbeat).ending_at(expires).counted(m.sent.clone());
     Ok((body, Some(shown)))
+}
+
+/// The newest update carrying publisher id `id` that this subscriber would get. Only such an update
+/// counts: another publisher may reuse the id elsewhere, and a private update's id is nobody else's to
+/// confirm. Up to [`SAME_ID_READ`] updates are looked through, so that a publisher reusing the id many
+/// times on other topics cannot easily hide the subscriber's own from it.
+async fn with_publisher_id(m: &Mercure, interest: &Interest, id: &str) -> Result<Option<i64>, MercureError> {
+    let mut before = i64::MAX;
+    for _ in 0..SAME_ID_READ / SAME_ID {
+        let page = m.store.updates_with_id(id, before).await?;
+        let Some(&(oldest, ..)) = page.last() else { return Ok(None) };
+        let wanted = page
+            .into_iter()
+            .find_map(|(n, topics, private)| interest.wants(&Update::routed(n, topics, private)).then_some(n));
+        if wanted.is_some() {
+            return Ok(wanted);
+        }
+        before = oldest;
+    }
+    Ok(None)
 }
 
 struct Replay {

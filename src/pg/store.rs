@@ -52,7 +52,7 @@ mod mercure;
 mod plans;
 mod reads;
 mod writes;
-pub use mercure::NewUpdate;
+pub use mercure::{NewUpdate, SAME_ID};
 use plans::Plans;
 use reads::{on, Reads};
 pub use writes::Written;

@@ -4,7 +4,7 @@
 pub mod template;
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 
 use regex::{Regex, RegexBuilder};
 use urlpattern::regexp::RegExp;
@@ -18,12 +18,6 @@ pub const MAX_LEN: usize = 4096;
 /// The most selectors that are patterns (URL patterns, URI templates) one subscription or token may
 /// hold: each is compiled for it and matched against every update's topics.
 pub const MAX_PATTERNS: usize = 16;
-
-/// What relative URL patterns and topics are resolved against: the hub's URL, as no request can choose it
-/// (a request's `Host` would let a subscriber move a relative topic under another site's grant). `.invalid`
-/// is reserved, so only a topic that is relative, or names this host on purpose, resolves there.
-const HUB_BASE: &str = "https://hub.invalid/.well-known/mercure";
-static BASE: LazyLock<url::Url> = LazyLock::new(|| url::Url::parse(HUB_BASE).expect("a valid URL"));
 
 /// The most memory one regular expression of a pattern may compile to: what a client sends may not
 /// cost the gateway more than a few of these.
@@ -104,15 +98,22 @@ impl Selector {
         Ok(if star && topic == "*" { Selector::All } else { Selector::Exact(topic.to_string()) })
     }
 
-    /// A `match_urlpattern=` selector: a WHATWG URL Pattern in its constructor-string form, a relative one
-    /// resolved against the hub's URL ([`HUB_BASE`]).
+    /// A `match_urlpattern=` selector: a WHATWG URL Pattern in its constructor-string form, absolute. A
+    /// relative one would be relative to the hub's URL, which names only the hub's subscription events
+    /// (not served); resolving publishers' relative topics there would let a row's value name a host.
     pub fn url_pattern(pattern: &str) -> Result<Self, SelectorError> {
         if pattern.len() > MAX_LEN {
             return Err(SelectorError::TooLong(short(pattern)));
         }
         let bad = |cause: String| SelectorError::UrlPattern { pattern: short(pattern), cause };
-        let init = UrlPatternInit::parse_constructor_string::<Bounded>(pattern, Some(BASE.clone()))
-            .map_err(|e| bad(e.to_string()))?;
+        let init = UrlPatternInit::parse_constructor_string::<Bounded>(pattern, None).map_err(|e| match e {
+            urlpattern::Error::BaseUrlRequired => {
+                bad("a URL pattern must be absolute (https://…): a relative one names the hub's subscription events, \
+                 which pgsse does not serve"
+                    .into())
+            }
+            e => bad(e.to_string()),
+        })?;
         let compiled = UrlPattern::<Bounded>::parse(init, Default::default()).map_err(|e| bad(e.to_string()))?;
         Ok(Selector::UrlPattern(Box::new(compiled), Mutex::new(HashMap::new())))
     }
@@ -143,8 +144,8 @@ impl Selector {
                 if let Some(&hit) = seen.get(topic) {
                     return hit;
                 }
-                // A relative topic is a URL relative to the hub, as a relative pattern is.
-                let hit = BASE.join(topic).ok().is_some_and(|u| p.test(UrlPatternMatchInput::Url(u)).unwrap_or(false));
+                let hit =
+                    url::Url::parse(topic).ok().is_some_and(|u| p.test(UrlPatternMatchInput::Url(u)).unwrap_or(false));
                 if topic.len() > REMEMBERED_LEN {
                     return hit;
                 }
@@ -183,13 +184,9 @@ mod tests {
         assert!(pattern.matches("https://example.com/books/1"), "remembered");
         assert!(!pattern.matches("https://example.com/books/1/reviews"));
         assert!(!pattern.matches("not a url"));
-        let relative = Selector::url_pattern("/books/:id").unwrap();
-        assert!(relative.matches("/books/1") && relative.matches("https://hub.invalid/books/1"));
-        assert!(!relative.matches("https://example.com/books/1"), "another site's topic");
-        assert!(
-            !pattern.matches("/books/1")
-                && !Selector::url_pattern("https://example.com/books/:id").unwrap().matches("/books/1")
-        );
+        assert!(!pattern.matches("/books/1"), "a relative topic is no URL");
+        let relative = Selector::url_pattern("/books/:id");
+        assert!(matches!(relative, Err(SelectorError::UrlPattern { cause, .. }) if cause.contains("absolute")));
         let pattern = Selector::url_pattern("https://example.com/*").unwrap();
         assert!(pattern.matches("https://example.com/books/1/reviews"));
         let template = Selector::template("https://example.com/books/{id}").unwrap();

@@ -6,7 +6,7 @@ use crate::fanout::update::{TableTopic, CHANNEL};
 use crate::pg::error::StoreError;
 use crate::pg::logrow::ISSUED_HEAD;
 
-/// The most updates of one publisher id a resume looks through for one its subscriber may see.
+/// The updates of one publisher id a resume reads at a time, looking for one its subscriber may see.
 pub const SAME_ID: i64 = 16;
 
 /// An update as the hub's POST (or any publisher) gives it.
@@ -40,17 +40,17 @@ impl Store {
         .await
     }
 
-    /// The updates whose publisher gave them `id`, newest first, at most [`SAME_ID`], each with where it
-    /// goes (its topics and whether it is private): ids need not be unique, so the caller picks the newest
-    /// its subscriber may see. The materialized read is planned on its own, an equality that only
-    /// `events_mercure_id` serves, whatever the statistics say, and reads ids alone; the rows of the
-    /// newest are read after, by key.
-    pub async fn updates_with_id(&self, id: &str) -> Result<Vec<(i64, Vec<String>, bool)>, StoreError> {
+    /// The updates below log id `before` whose publisher gave them `id`, newest first, at most [`SAME_ID`],
+    /// each with where it goes (its topics and whether it is private): ids need not be unique, so the
+    /// caller pages through them for the newest its subscriber may see. The materialized read is planned
+    /// on its own, an equality that only `events_mercure_id` serves, whatever the statistics say, and
+    /// reads ids alone; the rows of the newest are read after, by key.
+    pub async fn updates_with_id(&self, id: &str, before: i64) -> Result<Vec<(i64, Vec<String>, bool)>, StoreError> {
         self.with_reads(async |client| {
             let stmt = client
                 .prepare_cached(&format!(
                     "WITH found AS MATERIALIZED (SELECT id FROM pgsse.events \
-                       WHERE channel = '{CHANNEL}' AND (payload ->> 'id') = $1 AND id <= {ISSUED_HEAD}) \
+                       WHERE channel = '{CHANNEL}' AND (payload ->> 'id') = $1 AND id <= {ISSUED_HEAD} AND id < $2) \
                      SELECT e.id, CASE WHEN jsonb_typeof(e.payload -> 'topics') = 'array' \
                               THEN ARRAY(SELECT jsonb_array_elements_text(e.payload -> 'topics')) ELSE '{{}}' END, \
                             CASE WHEN jsonb_typeof(e.payload -> 'private') = 'boolean' \
@@ -60,7 +60,7 @@ impl Store {
                 ))
                 .await?;
             let mut found = Vec::new();
-            for row in client.query(&stmt, &[&id]).await? {
+            for row in client.query(&stmt, &[&id, &before]).await? {
                 found.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
             }
             Ok(found)
