@@ -17,8 +17,8 @@ use crate::pg::error::StoreError;
 /// Plans kept at most; a new key set takes the place of the one used longest ago. Key sets are subsets
 /// of a table's columns, so without a bound a client that sends many could grow this.
 const MAX_PLANS: usize = 64;
-/// The kept plans' bytes (statements, keys and columns), summed, at most: a statement's text grows with
-/// its keys, which a client chooses.
+/// The kept plans' bytes (their keys, columns and statements), summed, at most: a statement's text grows
+/// with its keys, which a client chooses.
 const MAX_BYTES: usize = 1024 * 1024;
 /// How long a key set with no statement to keep (its table does not capture inserts, is too wide, or
 /// has rules) takes `pgsse.insert_json` before the gateway asks again.
@@ -38,6 +38,8 @@ enum Plan {
 
 struct Entry {
     plan: Arc<Plan>,
+    /// Its key's bytes and its plan's: what the bound counts.
+    bytes: usize,
     /// When it was last used, on [`Plans::clock`].
     used: AtomicU64,
 }
@@ -140,27 +142,28 @@ impl Plans {
     /// own is kept as nothing to keep.
     fn keep(&self, key: Key, plan: Plan) -> Arc<Plan> {
         let plan = Arc::new(match plan {
-            plan @ Plan::Kept { .. } if plan.bytes() > MAX_BYTES => Plan::Unkept(Instant::now()),
+            plan @ Plan::Kept { .. } if weight(&key, &plan) > MAX_BYTES => Plan::Unkept(Instant::now()),
             plan => plan,
         });
+        let bytes = weight(&key, &plan);
         {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(old) = kept.plans.remove(&key) {
-                kept.bytes -= old.plan.bytes();
+                kept.bytes -= old.bytes;
             }
-            while kept.plans.len() >= MAX_PLANS || kept.bytes + plan.bytes() > MAX_BYTES {
+            while kept.plans.len() >= MAX_PLANS || kept.bytes + bytes > MAX_BYTES {
                 let Some(oldest) =
                     kept.plans.iter().min_by_key(|(_, e)| e.used.load(Ordering::Relaxed)).map(|(k, _)| k.clone())
                 else {
                     break;
                 };
                 if let Some(old) = kept.plans.remove(&oldest) {
-                    kept.bytes -= old.plan.bytes();
+                    kept.bytes -= old.bytes;
                 }
             }
-            kept.bytes += plan.bytes();
+            kept.bytes += bytes;
             let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
-            kept.plans.insert(key, Entry { plan: plan.clone(), used });
+            kept.plans.insert(key, Entry { plan: plan.clone(), bytes, used });
         }
         plan
     }
@@ -169,11 +172,14 @@ impl Plans {
     fn forget(&self, key: &Key, plan: &Arc<Plan>, instead: Option<Plan>) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if kept.plans.get(key).is_some_and(|e| Arc::ptr_eq(&e.plan, plan)) {
-            kept.plans.remove(key);
-            kept.bytes -= plan.bytes();
+            if let Some(old) = kept.plans.remove(key) {
+                kept.bytes -= old.bytes;
+            }
             if let Some(instead) = instead {
+                let bytes = weight(key, &instead);
+                kept.bytes += bytes;
                 let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
-                kept.plans.insert(key.clone(), Entry { plan: Arc::new(instead), used });
+                kept.plans.insert(key.clone(), Entry { plan: Arc::new(instead), bytes, used });
             }
         }
     }
@@ -185,14 +191,14 @@ fn key(channel: &str, object: &Map<String, Value>) -> Key {
     (channel.to_owned(), keys)
 }
 
-impl Plan {
-    fn bytes(&self) -> usize {
-        match self {
-            Plan::Kept { columns, statement } => {
-                statement.len() + columns.iter().map(|(key, column)| key.len() + column.len()).sum::<usize>()
-            }
-            Plan::Unkept(_) => 0,
+/// What keeping `plan` for `key` holds, in bytes: a key set with nothing to keep holds its keys too.
+fn weight(key: &Key, plan: &Plan) -> usize {
+    let keys = key.0.len() + key.1.iter().map(String::len).sum::<usize>();
+    keys + match plan {
+        Plan::Kept { columns, statement } => {
+            statement.len() + columns.iter().map(|(key, column)| key.len() + column.len()).sum::<usize>()
         }
+        Plan::Unkept(_) => 0,
     }
 }
 
@@ -237,8 +243,9 @@ mod tests {
         }
         assert!(plans.get(&key(0)).is_some(), "used again: now the newest");
         plans.keep(key(MAX_PLANS), kept(1));
+        let held: usize = (0..=MAX_PLANS).filter(|&n| n != 1).map(|n| weight(&key(n), &kept(1))).sum();
         let kept = plans.kept.lock().unwrap();
-        assert_eq!((kept.plans.len(), kept.bytes), (MAX_PLANS, MAX_PLANS));
+        assert_eq!((kept.plans.len(), kept.bytes), (MAX_PLANS, held));
         assert!(kept.plans.contains_key(&key(0)) && !kept.plans.contains_key(&key(1)));
     }
 
@@ -246,11 +253,19 @@ mod tests {
     fn the_kept_statements_bytes_are_bounded() {
         let plans = Plans::default();
         for n in 0..4 {
-            plans.keep(key(n), kept(MAX_BYTES / 3));
+            plans.keep(key(n), kept(MAX_BYTES / 3 - 16));
         }
         assert!(plans.kept.lock().unwrap().bytes <= MAX_BYTES);
         assert!(matches!(*plans.keep(key(9), kept(MAX_BYTES + 1)), Plan::Unkept(_)), "never used");
+        {
+            let kept = plans.kept.lock().unwrap();
+            assert!(kept.bytes <= MAX_BYTES && kept.plans.len() == 4, "{} {}", kept.bytes, kept.plans.len());
+        }
+        let wide = |n: usize| ("c".to_string(), vec![format!("{n}{}", "k".repeat(MAX_BYTES / 3))]);
+        for n in 0..4 {
+            plans.keep(wide(n), Plan::Unkept(Instant::now()));
+        }
         let kept = plans.kept.lock().unwrap();
-        assert!(kept.bytes <= MAX_BYTES && kept.plans.len() == 4, "{} {}", kept.bytes, kept.plans.len());
+        assert!(kept.bytes <= MAX_BYTES && kept.plans.len() <= 3, "key sets with nothing to keep count too");
     }
 }
