@@ -374,6 +374,9 @@ async fn mercure_0x_clients_are_served_with_the_legacy_flag() {
     let r = get(strict.addr, &format!("{HUB}?topic=t"), &[("authorization", &bearer(&legacy))]).await.unwrap();
     assert_eq!(r.status, 401, "a token without exp needs --jwt-exp-optional: {}", r.body);
     assert!(r.error().contains("--jwt-exp-optional"), "{}", r.body);
+    let r = get(strict.addr, &format!("{HUB}?topic=t"), &[]).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.error().contains("?authorization=") && r.error().contains("mercureAuthorization"), "{}", r.body);
 }
 
 #[tokio::test]

@@ -11,11 +11,11 @@ use crate::refusal::{Refusal, Refuse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MercureError {
-    #[error("authentication required: send a Mercure token as Authorization: Bearer or the {0} cookie")]
+    #[error("authentication required: send a Mercure token as {0}")]
     Missing(&'static str),
     #[error(
-        "publishing needs a token in Authorization: Bearer (a cookie is never taken for publishing: any site's form \
-         could make a browser send it)"
+        "publishing needs a token in Authorization: Bearer (neither a cookie nor the URL is taken for publishing: \
+         any site's form could make a browser send a cookie, and a URL's token reaches logs)"
     )]
     PublishToken,
     #[error("the Authorization header must be one `Bearer <token>`")]

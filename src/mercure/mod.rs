@@ -30,6 +30,11 @@ pub use request::{Publish, Subscribe};
 pub const COOKIE: &str = "__Secure-mercure_access_token";
 pub const LEGACY_COOKIE: &str = "mercureAuthorization";
 
+/// Where a subscriber's token may come from, as a refusal names them.
+const TOKEN_PLACES: &str = "Authorization: Bearer or the __Secure-mercure_access_token cookie";
+const LEGACY_TOKEN_PLACES: &str =
+    "Authorization: Bearer, ?authorization=, or the __Secure-mercure_access_token or mercureAuthorization cookie";
+
 /// The Mercure hub at `/.well-known/mercure`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Mercure")]
@@ -108,7 +113,7 @@ impl Mercure {
     fn jwt(&self) -> Result<&Jwt, MercureError> {
         match &*self.auth {
             Auth::Jwt(jwt) => Ok(jwt),
-            _ => Err(MercureError::Missing(COOKIE)),
+            _ => Err(MercureError::Missing(TOKEN_PLACES)),
         }
     }
 
@@ -149,7 +154,7 @@ impl Mercure {
     /// Publishes `update` for `caller`, whose token must allow every one of its topics; answers the id
     /// its subscribers see.
     pub async fn publish(&self, caller: Option<Caller>, update: Publish) -> Result<String, MercureError> {
-        let caller = caller.ok_or(MercureError::Missing(COOKIE))?;
+        let caller = caller.ok_or(MercureError::PublishToken)?;
         if let Some(topic) = update.reserved_topic() {
             return Err(MercureError::Reserved(crate::parse::clip(topic)));
         }
@@ -208,7 +213,8 @@ impl Mercure {
         header_id: Option<String>,
     ) -> Result<(SseBody, Option<String>), MercureError> {
         if caller.is_none() && !self.args.mercure_anonymous {
-            return Err(MercureError::Missing(COOKIE));
+            let places = if self.args.mercure_legacy { LEGACY_TOKEN_PLACES } else { TOKEN_PLACES };
+            return Err(MercureError::Missing(places));
         }
         let (rights, expires) = match caller {
             Some(caller) => (caller.rights, caller.expires),

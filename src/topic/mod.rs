@@ -107,11 +107,11 @@ impl Selector {
         }
         let bad = |cause: String| SelectorError::UrlPattern { pattern: short(pattern), cause };
         let init = UrlPatternInit::parse_constructor_string::<Bounded>(pattern, None).map_err(|e| match e {
-            urlpattern::Error::BaseUrlRequired => {
-                bad("a URL pattern must be absolute (https://…): a relative one names the hub's subscription events, \
-                 which pgsse does not serve"
-                    .into())
-            }
+            urlpattern::Error::BaseUrlRequired => bad(
+                "a URL pattern must be absolute (https://…): pgsse does not resolve relative ones against the hub's \
+                 URL; a relative topic such as /books/1 is matched by match=/books/1"
+                    .into(),
+            ),
             e => bad(e.to_string()),
         })?;
         let compiled = UrlPattern::<Bounded>::parse(init, Default::default()).map_err(|e| bad(e.to_string()))?;
