@@ -28,8 +28,6 @@ DROP FUNCTION IF EXISTS pgsse.append(text, text, jsonb);
 -- An earlier schema's, which took a batch limit.
 DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
 
--- Its result is not what it first was: dropped, and made again in 05_sequencing.sql, on every migrate.
-DROP FUNCTION IF EXISTS pgsse.sequenced(xid8, bigint, text);
 
 -- Earlier schemas' publish_table took fewer options (schema 1 no camel_case, schema 3 no column lists).
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean);
@@ -44,14 +42,28 @@ DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, 
 DROP FUNCTION IF EXISTS pgsse.insert_json_once(text, jsonb, text, text, text);
 DROP FUNCTION IF EXISTS pgsse.publish_json_once(text, text, jsonb, text, text, text);
 
--- The first pgsse.insert_plan also returned its table's width, which the gateway bounded while it
--- prepared the kept inserts; dropped only in that form, so that a migrate leaves the current one alone.
+-- Functions whose result an earlier schema or build had otherwise, known by an argument name that form
+-- had (sequenced's `busy`, insert_plan's `width`): dropped in that form only, so that a migrate leaves the
+-- present ones alone, and anything made on them (a view, even a temporary one) is named, not dropped.
 DO $$
+DECLARE
+    f     record;
+    users text;
 BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_proc p
-                WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('pgsse.insert_plan(text, text[])')
-                  AND 'width' OPERATOR(pg_catalog.=) ANY (p.proargnames)) THEN
-        DROP FUNCTION pgsse.insert_plan(text, text[]);
-    END IF;
+    FOR f IN SELECT p.oid, p.oid::pg_catalog.regprocedure::pg_catalog.text AS name
+               FROM (VALUES ('pgsse.sequenced(xid8, bigint, text)', 'busy'),
+                            ('pgsse.insert_plan(text, text[])', 'width')) AS r(signature, arg)
+               JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(r.signature)
+              WHERE r.arg OPERATOR(pg_catalog.=) ANY (p.proargnames) LOOP
+        SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), ', ')
+          INTO users FROM pg_catalog.pg_depend d
+         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND d.refobjid OPERATOR(pg_catalog.=) f.oid AND d.deptype OPERATOR(pg_catalog.=) 'n';
+        IF users IS NOT NULL THEN
+            RAISE EXCEPTION 'pgsse: migrate must replace function %, which % uses: drop it (a temporary one goes when the session that made it ends), then migrate again',
+                f.name, users USING ERRCODE = 'dependent_objects_still_exist';
+        END IF;
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', f.name);
+    END LOOP;
 END
 $$;

@@ -103,6 +103,15 @@ BEGIN
         RAISE EXCEPTION 'pgsse: column % given twice, as its name and its camelCase form', array_to_string(twice, ', ')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- A camelCase key that no column has as its name, but that several columns' camelCase forms are
+    -- (posted_by and posted__by): which one it meant is not for pgsse to choose.
+    SELECT array_agg(b ORDER BY b) INTO twice FROM unnest(bent) b
+     WHERE (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = ch.source_table AND a.attnum > 0
+               AND NOT a.attisdropped AND position('_' IN a.attname) > 0 AND pgsse.camel_case(a.attname) = b) > 1;
+    IF twice IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: key % is the camelCase form of more than one column of table %: send the column''s own name',
+            array_to_string(twice, ', '), ch.source_table USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT array_agg(k ORDER BY k) INTO unknown FROM unnest(columns) k
      WHERE ch.writable_columns IS NOT NULL AND NOT k = ANY (ch.writable_columns);
     IF unknown IS NOT NULL THEN
@@ -115,7 +124,7 @@ BEGIN
       FROM (SELECT pg_get_serial_sequence(ch.source_table::text, a.attname) AS seq FROM pg_attribute a
              WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = ''
                AND NOT a.attname = ANY (coalesce(columns, '{}'))) q
-     WHERE q.seq IS NOT NULL AND NOT has_sequence_privilege(q.seq, 'USAGE');
+     WHERE q.seq IS NOT NULL AND NOT has_sequence_privilege(q.seq, 'USAGE, UPDATE');
     IF grants IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: the gateway''s role % may not draw the serial numbers of table %', current_user, ch.source_table
             USING ERRCODE = 'insufficient_privilege', HINT = 'have the table''s owner run: ' || grants;
@@ -140,10 +149,15 @@ BEGIN
             'THEN true ELSE pgsse.kept_insert_stale() END) '
             'SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, pgsse.issued_head()',
             ch.source_table, cols, p_channel, ch.source_table::text, 'INSERT', ch.camel_case, columns,
+            -- Nor a column since given a camelCase key's own name, or another column's camelCase form the
+            -- same key (cheaply sifted by its letters first, since the check runs with every POST).
             CASE WHEN bent IS NOT NULL THEN format(
-                ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) %L::pg_catalog.regclass '
-                'AND a.attname OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.name[]) AND a.attnum OPERATOR(pg_catalog.>) 0 '
-                'AND NOT a.attisdropped)', ch.source_table::text, bent) ELSE '' END);
+                ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass '
+                'AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND (a.attname OPERATOR(pg_catalog.=) ANY (%2$L::pg_catalog.name[]) '
+                'OR (pg_catalog.lower(pg_catalog.replace(a.attname::pg_catalog.text, ''_'', '''')) OPERATOR(pg_catalog.=) ANY (%3$L::pg_catalog.text[]) '
+                'AND a.attname OPERATOR(pg_catalog.<>) ALL (%4$L::pg_catalog.name[]) '
+                'AND pgsse.camel_case(a.attname::pg_catalog.text) OPERATOR(pg_catalog.=) ANY (%2$L::pg_catalog.text[]))))',
+                ch.source_table::text, bent, (SELECT array_agg(lower(b)) FROM unnest(bent) b), columns) ELSE '' END);
     END IF;
 END
 $$;

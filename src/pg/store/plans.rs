@@ -191,12 +191,17 @@ fn key(channel: &str, object: &Map<String, Value>) -> Key {
     (channel.to_owned(), keys)
 }
 
-/// What keeping `plan` for `key` holds, in bytes: a key set with nothing to keep holds its keys too.
+/// What each string kept costs beyond its bytes: its own header and the allocator's smallest chunk.
+const PER_STRING: usize = 48;
+
+/// What keeping `plan` for `key` holds, in bytes: a key set with nothing to keep holds its keys too, and
+/// many short keys cost more in strings than in text.
 fn weight(key: &Key, plan: &Plan) -> usize {
-    let keys = key.0.len() + key.1.iter().map(String::len).sum::<usize>();
+    let text = |s: &String| s.len() + PER_STRING;
+    let keys = text(&key.0) + key.1.iter().map(text).sum::<usize>();
     keys + match plan {
         Plan::Kept { columns, statement } => {
-            statement.len() + columns.iter().map(|(key, column)| key.len() + column.len()).sum::<usize>()
+            text(statement) + columns.iter().map(|(key, column)| text(key) + text(column)).sum::<usize>()
         }
         Plan::Unkept(_) => 0,
     }
@@ -253,7 +258,7 @@ mod tests {
     fn the_kept_statements_bytes_are_bounded() {
         let plans = Plans::default();
         for n in 0..4 {
-            plans.keep(key(n), kept(MAX_BYTES / 3 - 16));
+            plans.keep(key(n), kept(MAX_BYTES / 3 - 4 * PER_STRING));
         }
         assert!(plans.kept.lock().unwrap().bytes <= MAX_BYTES);
         assert!(matches!(*plans.keep(key(9), kept(MAX_BYTES + 1)), Plan::Unkept(_)), "never used");
