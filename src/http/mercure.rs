@@ -5,30 +5,16 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::api::commands::CommandError;
 use crate::api::reply::{content_type_is, Body, Reply};
-use crate::http::routes::ApiError;
 use crate::http::Site;
 use crate::mercure::{Mercure, MercureError, Publish, Subscribe};
 
-pub async fn handle(
-    site: &Site,
-    mercure: &Mercure,
-    peer: IpAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    match *req.method() {
-        Method::GET => Ok(subscribe(site, mercure, peer, &req).await?),
-        Method::POST => Ok(publish(site, mercure, req).await?),
-        ref other => Err(ApiError::MethodNotAllowed(other.clone(), "GET, POST")),
-    }
-}
-
-async fn subscribe<B>(
+pub async fn subscribe<B>(
     site: &Site,
     mercure: &Mercure,
     peer: IpAddr,
@@ -59,7 +45,7 @@ async fn subscribe<B>(
     Ok(resp)
 }
 
-async fn publish(site: &Site, mercure: &Mercure, req: Request<Incoming>) -> Result<Response<Body>, MercureError> {
+pub async fn publish(site: &Site, mercure: &Mercure, req: Request<Incoming>) -> Result<Response<Body>, MercureError> {
     let (parts, body) = req.into_parts();
     // Only from the Authorization header: a cookie would let any site's form publish with a visitor's token.
     let caller = mercure.caller(&parts.headers, None, false)?;

@@ -167,7 +167,11 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
     }
     match segments.as_slice() {
         [".well-known", "mercure"] => match &site.mercure {
-            Some(mercure) => super::mercure::handle(site, mercure, peer, req).await,
+            Some(mercure) => match *req.method() {
+                Method::GET => Ok(super::mercure::subscribe(site, mercure, peer, &req).await?),
+                Method::POST => Ok(super::mercure::publish(site, mercure, req).await?),
+                ref other => Err(ApiError::MethodNotAllowed(other.clone(), "GET, POST")),
+            },
             None => Err(ApiError::NotFound("/.well-known/mercure: start the gateway with --mercure".into())),
         },
         [".well-known", "mercure", ..] => Err(ApiError::NotFound(
