@@ -327,6 +327,7 @@ async fn an_insert_plan_that_returned_a_width_is_replaced_by_migrate() {
     gateway.batch_execute("CREATE TEMP VIEW pin AS SELECT * FROM pgsse.insert_plan('x', '{}')").await.unwrap();
     let err = pgsse::migrate(&url).await.unwrap_err().to_string();
     assert!(err.contains("view pg_temp") && err.contains("pin") && err.contains("drop it"), "{err}");
+    assert!(err.contains(&format!("owned by {}", pgsse::testing::GATEWAY_ROLE)), "{err}");
     drop(gateway);
     common::wait_for("migrate, once the view's session has ended", || async { pgsse::migrate(&url).await.is_ok() })
         .await;
@@ -374,5 +375,25 @@ async fn a_camel_case_twin_and_an_update_only_sequence_answer_as_a_first_post_wo
     for (gw, body) in [(&gw, "c"), (&fresh, "d")] {
         let drawn = post(gw, &format!(r#"{{"body": "{body}", "postedBy": "cy"}}"#)).await;
         assert_eq!(drawn.status, 201, "nextval takes UPDATE as it takes USAGE: {}", drawn.body);
+    }
+}
+
+/// The same on a database whose default collation is not C (ICU's root locale), for a column name whose
+/// letters the two collations case differently: the kept insert sees the twin as a first POST does.
+#[tokio::test]
+async fn a_camel_case_twin_with_letters_beyond_ascii_is_seen_whatever_the_collation() {
+    let TestDb { url, admin, .. } =
+        TestDb::created_with("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und'").await;
+    common::messages_table(&admin, ", writable => true, camel_case => true").await;
+    admin.batch_execute(r#"ALTER TABLE messages ADD COLUMN "Ärger_grund" text"#).await.unwrap();
+    let gw = Gateway::start(&url).await;
+    let kept = post(&gw, r#"{"body": "a", "ÄrgerGrund": "one"}"#).await;
+    assert_eq!(kept.status, 201, "{}", kept.body);
+    admin.batch_execute(r#"ALTER TABLE messages ADD COLUMN "Ärger__grund" text"#).await.unwrap();
+    let fresh = Gateway::start(&url).await;
+    for gw in [&gw, &fresh] {
+        let twin = post(gw, r#"{"body": "b", "ÄrgerGrund": "two"}"#).await;
+        assert_eq!(twin.status, 400, "{}", twin.body);
+        assert!(twin.error().contains("more than one column"), "{}", twin.body);
     }
 }

@@ -55,8 +55,15 @@ BEGIN
                             ('pgsse.insert_plan(text, text[])', 'width')) AS r(signature, arg)
                JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(r.signature)
               WHERE r.arg OPERATOR(pg_catalog.=) ANY (p.proargnames) LOOP
-        SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), ', ')
+        -- A view's rule names the view's owner, whose session a temporary view is in.
+        SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
+                                     OPERATOR(pg_catalog.||) COALESCE(' (owned by '
+                                     OPERATOR(pg_catalog.||) v.relowner::pg_catalog.regrole::pg_catalog.text
+                                     OPERATOR(pg_catalog.||) ')', ''), ', ')
           INTO users FROM pg_catalog.pg_depend d
+          LEFT JOIN pg_catalog.pg_rewrite w ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                                           AND w.oid OPERATOR(pg_catalog.=) d.objid
+          LEFT JOIN pg_catalog.pg_class v ON v.oid OPERATOR(pg_catalog.=) w.ev_class
          WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
            AND d.refobjid OPERATOR(pg_catalog.=) f.oid AND d.deptype OPERATOR(pg_catalog.=) 'n';
         IF users IS NOT NULL THEN

@@ -57,6 +57,7 @@ DECLARE
     unknown text[];
     cols    text;
     twice   text[];
+    ambiguous text[];
     bent    text[];
     grants  text;
 BEGIN
@@ -82,18 +83,25 @@ BEGIN
                   HINT = format('have the table''s owner run: GRANT %s ON %s TO %I;',
                                 CASE WHEN captured THEN 'INSERT' ELSE 'INSERT, SELECT' END, ch.source_table, current_user);
     END IF;
+    -- Each column's camelCase form is made once, and keys are joined to names and forms by equality: a
+    -- wide table and many keys cost their sum, not their product.
+    WITH attrs AS MATERIALIZED (
+             SELECT a.attname::text AS name, a.attnum,
+                    CASE WHEN ch.camel_case AND position('_' IN a.attname) > 0 THEN pgsse.camel_case(a.attname) END AS camel
+               FROM pg_attribute a WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped),
+         keys AS (SELECT k.key, k.ord FROM unnest(p_keys) WITH ORDINALITY AS k(key, ord)),
+         exact AS (SELECT k.key, a.name, a.attnum FROM keys k JOIN attrs a ON a.name = k.key),
+         camels AS (SELECT k.key, min(a.name) AS name, min(a.attnum) AS attnum, count(*) AS n
+                      FROM keys k JOIN attrs a ON a.camel = k.key GROUP BY k.key)
     SELECT array_agg(m.key ORDER BY m.key) FILTER (WHERE m.attname IS NULL),
            string_agg(quote_ident(m.attname), ', ' ORDER BY m.attnum),
            array_agg(m.attname ORDER BY m.ord),
-           array_agg(m.key ORDER BY m.key) FILTER (WHERE m.attname <> m.key)
-      INTO unknown, cols, columns, bent
-      FROM (SELECT k.key, k.ord, a.attname, a.attnum FROM unnest(p_keys) WITH ORDINALITY AS k(key, ord)
-              LEFT JOIN LATERAL (
-                SELECT a.attname::text, a.attnum FROM pg_attribute a
-                 WHERE a.attrelid = ch.source_table AND a.attnum > 0 AND NOT a.attisdropped
-                   AND (a.attname = k.key OR (ch.camel_case AND position('_' IN a.attname) > 0
-                                               AND pgsse.camel_case(a.attname) = k.key))
-                 ORDER BY a.attname = k.key DESC LIMIT 1) a ON true) m;
+           array_agg(m.key ORDER BY m.key) FILTER (WHERE m.attname <> m.key),
+           array_agg(m.key ORDER BY m.key) FILTER (WHERE m.forms > 1)
+      INTO unknown, cols, columns, bent, ambiguous
+      FROM (SELECT k.key, k.ord, coalesce(e.name, b.name) AS attname, coalesce(e.attnum, b.attnum) AS attnum,
+                   CASE WHEN e.name IS NULL THEN b.n END AS forms
+              FROM keys k LEFT JOIN exact e ON e.key = k.key LEFT JOIN camels b ON b.key = k.key) m;
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
             array_to_string(unknown, ', ') USING ERRCODE = 'undefined_column';
@@ -105,12 +113,9 @@ BEGIN
     END IF;
     -- A camelCase key that no column has as its name, but that several columns' camelCase forms are
     -- (posted_by and posted__by): which one it meant is not for pgsse to choose.
-    SELECT array_agg(b ORDER BY b) INTO twice FROM unnest(bent) b
-     WHERE (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = ch.source_table AND a.attnum > 0
-               AND NOT a.attisdropped AND position('_' IN a.attname) > 0 AND pgsse.camel_case(a.attname) = b) > 1;
-    IF twice IS NOT NULL THEN
+    IF ambiguous IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: key % is the camelCase form of more than one column of table %: send the column''s own name',
-            array_to_string(twice, ', '), ch.source_table USING ERRCODE = 'invalid_parameter_value';
+            array_to_string(ambiguous, ', '), ch.source_table USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT array_agg(k ORDER BY k) INTO unknown FROM unnest(columns) k
      WHERE ch.writable_columns IS NOT NULL AND NOT k = ANY (ch.writable_columns);
@@ -154,10 +159,11 @@ BEGIN
             CASE WHEN bent IS NOT NULL THEN format(
                 ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass '
                 'AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND (a.attname OPERATOR(pg_catalog.=) ANY (%2$L::pg_catalog.name[]) '
-                'OR (pg_catalog.lower(pg_catalog.replace(a.attname::pg_catalog.text, ''_'', '''')) OPERATOR(pg_catalog.=) ANY (%3$L::pg_catalog.text[]) '
+                'OR (pg_catalog.lower(pg_catalog.replace(a.attname::pg_catalog.text, ''_'', '''') COLLATE pg_catalog."C") OPERATOR(pg_catalog.=) ANY (%3$L::pg_catalog.text[]) '
                 'AND a.attname OPERATOR(pg_catalog.<>) ALL (%4$L::pg_catalog.name[]) '
                 'AND pgsse.camel_case(a.attname::pg_catalog.text) OPERATOR(pg_catalog.=) ANY (%2$L::pg_catalog.text[]))))',
-                ch.source_table::text, bent, (SELECT array_agg(lower(b)) FROM unnest(bent) b), columns) ELSE '' END);
+                -- Lower-cased as attname is, in the C collation, whatever the database's default.
+                ch.source_table::text, bent, (SELECT array_agg(lower(b COLLATE "C")) FROM unnest(bent) b), columns) ELSE '' END);
     END IF;
 END
 $$;
