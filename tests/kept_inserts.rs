@@ -363,6 +363,9 @@ async fn a_camel_case_twin_and_an_update_only_sequence_answer_as_a_first_post_wo
         assert_eq!(twin.status, 400, "{}", twin.body);
         assert!(twin.error().contains("more than one column"), "{}", twin.body);
     }
+    // With one of the twins named too, the ambiguous key is still what the refusal names.
+    let named = post(&fresh, r#"{"body": "b", "postedBy": "bob", "posted__by": "bo"}"#).await;
+    assert!(named.error().contains("key postedBy is the camelCase form"), "{}", named.body);
 
     admin
         .batch_execute(

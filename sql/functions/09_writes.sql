@@ -106,16 +106,17 @@ BEGIN
         RAISE EXCEPTION 'pgsse: unknown column%: %', CASE WHEN cardinality(unknown) > 1 THEN 's' ELSE '' END,
             array_to_string(unknown, ', ') USING ERRCODE = 'undefined_column';
     END IF;
+    -- A camelCase key that no column has as its name, but that several columns' camelCase forms are
+    -- (posted_by and posted__by): which one it meant is not for pgsse to choose. Told first, since the
+    -- column it stands for, which the next check counts, is not known.
+    IF ambiguous IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsse: key % is the camelCase form of more than one column of table %: send the column''s own name',
+            array_to_string(ambiguous, ', '), ch.source_table USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT array_agg(d ORDER BY d) INTO twice FROM (SELECT n FROM unnest(columns) n GROUP BY n HAVING count(*) > 1) x(d);
     IF twice IS NOT NULL THEN
         RAISE EXCEPTION 'pgsse: column % given twice, as its name and its camelCase form', array_to_string(twice, ', ')
             USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- A camelCase key that no column has as its name, but that several columns' camelCase forms are
-    -- (posted_by and posted__by): which one it meant is not for pgsse to choose.
-    IF ambiguous IS NOT NULL THEN
-        RAISE EXCEPTION 'pgsse: key % is the camelCase form of more than one column of table %: send the column''s own name',
-            array_to_string(ambiguous, ', '), ch.source_table USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT array_agg(k ORDER BY k) INTO unknown FROM unnest(columns) k
      WHERE ch.writable_columns IS NOT NULL AND NOT k = ANY (ch.writable_columns);
