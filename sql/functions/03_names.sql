@@ -32,10 +32,12 @@ BEGIN
 END
 $$;
 
+-- In the C collation whatever the caller's: a column's name (attname, which is C) and the same name as a
+-- key of a row's JSON (the database's default) must have one camelCase form, so only ASCII letters change.
 CREATE OR REPLACE FUNCTION pgsse.camel_case(k text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgsse, pg_temp AS $$
     SELECT CASE WHEN position('_' IN k) = 0 THEN k
-           ELSE split_part(k, '_', 1) || (SELECT coalesce(string_agg(initcap(p), '' ORDER BY n), '')
+           ELSE split_part(k, '_', 1) || (SELECT coalesce(string_agg(initcap(p COLLATE "C"), '' ORDER BY n), '')
                                           FROM unnest((string_to_array(k, '_'))[2:]) WITH ORDINALITY AS t(p, n))
            END
 $$;

@@ -151,12 +151,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOREACH op IN ARRAY operations LOOP
-        IF lower(op) NOT IN ('insert', 'update', 'delete') THEN
+        -- In C: in a Turkish locale, upper('insert') is 'İNSERT'.
+        IF lower(op COLLATE "C") NOT IN ('insert', 'update', 'delete') THEN
             RAISE EXCEPTION 'pgsse: unknown operation % (expected insert, update or delete)', quote_literal(op)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        IF NOT upper(op) = ANY (coalesce(ops, '{}')) THEN
-            ops := array_append(ops, upper(op));
+        IF NOT upper(op COLLATE "C") = ANY (coalesce(ops, '{}')) THEN
+            ops := array_append(ops, upper(op COLLATE "C"));
         END IF;
     END LOOP;
     IF NOT (pgsse.valid_event(insert_event) AND pgsse.valid_event(update_event)
