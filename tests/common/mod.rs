@@ -8,6 +8,7 @@ pub mod db;
 pub mod gateway;
 pub mod http;
 pub mod legacy;
+pub mod mercure;
 pub mod proxy;
 pub mod shadows;
 pub mod sse;
