@@ -28,7 +28,6 @@ DROP FUNCTION IF EXISTS pgsse.append(text, text, jsonb);
 -- An earlier schema's, which took a batch limit.
 DROP FUNCTION IF EXISTS pgsse.sequence_batch(integer);
 
-
 -- Earlier schemas' publish_table took fewer options (schema 1 no camel_case, schema 3 no column lists).
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean);
 DROP FUNCTION IF EXISTS pgsse.publish_table(regclass, text, text[], text, text, text, boolean, boolean);

@@ -107,8 +107,7 @@ impl SnapshotRead {
     /// policies and casts ran in it (see `Store`'s RESETS).
     async fn end(&self, end: &str) -> Result<(), ReadError> {
         let client = self.client();
-        let (ended, ()) = tokio::join!(client.batch_execute(end), crate::pg::store::reset(client));
-        self.ours(async { ended }).await
+        self.ours(crate::pg::store::resetting(client, client.batch_execute(end))).await
     }
 
     fn client(&self) -> &Object {

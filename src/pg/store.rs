@@ -40,9 +40,16 @@ const DEFAULT_POOL_SIZE: usize = 16;
 /// cached plan, the capture triggers' included, which doubled a POST's cost.
 const RESETS: [&str; 3] = ["RESET ALL", "RESET ROLE", "DEALLOCATE ALL"];
 
+/// Runs `statement`, which runs a table's own code, and resets the session after it in the same round
+/// trip (see [`RESETS`]).
+pub(crate) async fn resetting<T>(client: &Client, statement: impl std::future::Future<Output = T>) -> T {
+    let (out, ()) = tokio::join!(statement, reset(client));
+    out
+}
+
 /// Resets `client`'s session (see [`RESETS`]) and clears its statement cache, whose statements are gone.
 /// Only a broken session fails these, and the pool hands out no closed one again.
-pub(crate) async fn reset(client: &Client) {
+async fn reset(client: &Client) {
     let _ =
         tokio::join!(client.batch_execute(RESETS[0]), client.batch_execute(RESETS[1]), client.batch_execute(RESETS[2]));
     client.statement_cache.clear();

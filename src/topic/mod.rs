@@ -98,9 +98,9 @@ impl Selector {
         Ok(if star && topic == "*" { Selector::All } else { Selector::Exact(topic.to_string()) })
     }
 
-    /// A `match_urlpattern=` selector: a WHATWG URL Pattern in its constructor-string form, absolute. A
-    /// relative one would be relative to the hub's URL, which names only the hub's subscription events
-    /// (not served); resolving publishers' relative topics there would let a row's value name a host.
+    /// A `match_urlpattern=` selector: a WHATWG URL Pattern in its constructor-string form, absolute.
+    /// Nothing is resolved against the hub's URL: resolving publishers' relative topics there would let a
+    /// row's value (`//{host}/…`) name another site.
     pub fn url_pattern(pattern: &str) -> Result<Self, SelectorError> {
         if pattern.len() > MAX_LEN {
             return Err(SelectorError::TooLong(short(pattern)));

@@ -91,14 +91,13 @@ impl Plans {
                 Err(err) => return Err(err.into()),
             },
         };
-        let Plan::Kept { columns, statement, .. } = &*plan else { return Ok(Outcome::Unkept) };
+        let Plan::Kept { columns, statement } = &*plan else { return Ok(Outcome::Unkept) };
         if Instant::now() > commit_by {
             return Ok(Outcome::Unkept);
         }
         let renamed = renamed(object, columns);
         let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&renamed, Type::TEXT)];
-        let (inserted, ()) = tokio::join!(client.query_typed(statement, &params), super::reset(client));
-        match inserted {
+        match super::resetting(client, client.query_typed(statement, &params)).await {
             Ok(rows) => Ok(match rows.first().map(|row| (row.try_get(0), row.try_get(1))) {
                 Some((Ok(txid), Ok(after))) => Outcome::Inserted { txid, after },
                 _ => Outcome::Committed,

@@ -131,15 +131,14 @@ impl Store {
                     None => vec![&channel as &(dyn ToSql + Sync), &object],
                     Some(key) => keyed::params(&[&channel, row], key),
                 };
-                let (row, ()) = tokio::join!(client.query_one(&stmt, &params), super::reset(client));
-                let row = match row {
+                let row = match super::resetting(client, client.query_one(&stmt, &params)).await {
                     Ok(row) => row,
                     // A value its column cannot take: pgsse.bad_column names the column and its type.
                     Err(err) if err.code().is_some_and(|c| c.code().starts_with("22")) => {
                         // Prepared first: the session is reset right after, in the same round trip.
                         let named = client.prepare_cached("SELECT pgsse.bad_column($1, $2::text::jsonb)").await?;
                         let params: [&(dyn ToSql + Sync); 2] = [&channel, &object];
-                        let (column, ()) = tokio::join!(client.query_one(&named, &params), super::reset(client));
+                        let column = super::resetting(client, client.query_one(&named, &params)).await;
                         let column: Option<String> = column.ok().and_then(|r| r.get(0));
                         return Err(match (StoreError::from_db(err), column) {
                             (StoreError::Rejected { kind, .. }, Some(column)) => {
@@ -234,8 +233,7 @@ impl Store {
         self.with(async |client| {
             let stmt = client.prepare_cached("SELECT txid::text::int8, after FROM pgsse.clear_channel($1)").await?;
             let params: [&(dyn ToSql + Sync); 1] = [&channel];
-            let (row, ()) = tokio::join!(client.query_one(&stmt, &params), super::reset(client));
-            let row = row.map_err(StoreError::from_db)?;
+            let row = super::resetting(client, client.query_one(&stmt, &params)).await.map_err(StoreError::from_db)?;
             sequenced(client, row.try_get(0)?, row.try_get(1)?, channel, self.sequenced_wait()).await
         })
         .await
