@@ -6,14 +6,12 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::mercure::{in_an_hour, signed, token, SECRET};
 use common::{artifact_dir, Browser, Gateway, TestDb};
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::Header;
 use pgsse::auth::{Auth, Jwt, DEFAULT_COOKIE};
 use serde_json::{json, Value};
-
-const SECRET: &[u8] = b"!ChangeThisMercureHubJWTSecretKey!";
 
 /// The page's helpers: `sub(name, query)` opens an EventSource and resolves once it is open, `got[name]`
 /// holds what it received; `pub(token, fields)` publishes as the suite does; `probe(query, headers)` and
@@ -48,22 +46,17 @@ window.post = async (headers, body) => {
 true
 "#;
 
-fn in_an_hour() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
-}
-
 /// The 1.0 suite's token: publish and subscribe on `*`.
 fn token_1_0() -> String {
     let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
     let detail = |action: &str| json!({"type": "https://mercure.rocks/authorization-detail", "actions": [action], "topics": [{"match": "*"}]});
     let claims = json!({"exp": in_an_hour(), "authorization_details": [detail("publish"), detail("subscribe")]});
-    encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    signed(header, claims)
 }
 
-/// The 0.x suite's token: no `typ`, no `exp`.
+/// The 0.x suite's token: no `exp`.
 fn token_0_x() -> String {
-    let claims = json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}});
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    signed(Header::default(), json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}}))
 }
 
 async fn js(browser: &mut Browser, code: &str) -> Value {
@@ -236,16 +229,7 @@ async fn eventsource_subscribers_get_what_the_conformance_suite_expects() {
     assert_eq!(check(&bad), refused(400, json!(r#"Bearer error="invalid_request""#)));
     let anonymous = js(&mut browser, "window.post({}, new URLSearchParams('topic=t'))").await;
     assert_eq!(anonymous, refused(401, json!("Bearer")));
-    let reader = {
-        let header = Header { typ: Some("at+jwt".into()), ..Header::default() };
-        let detail = json!({"type": "https://mercure.rocks/authorization-detail", "actions": ["subscribe"], "topics": [{"match": "*"}]});
-        encode(
-            &header,
-            &json!({"exp": in_an_hour(), "authorization_details": [detail]}),
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap()
-    };
+    let reader = token(&["subscribe"], json!([{"match": "*"}]));
     let outside = js(
         &mut browser,
         &format!("window.post({{ Authorization: 'Bearer {reader}' }}, new URLSearchParams('topic=t'))"),
