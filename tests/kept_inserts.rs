@@ -236,9 +236,10 @@ async fn no_fallback_starts_too_late_to_finish_within_the_bound() {
 }
 
 /// What a table's trigger leaves in its session stays with the POST that ran it: the pooled session is
-/// discarded (no statement timeout or role of the trigger's own on later requests, no temporary type that
-/// shadows the gateway's casts, no statement prepared under a name the gateway's cache would use), and
-/// its statements are prepared again.
+/// reset (no statement timeout or role of the trigger's own on later requests, no temporary type that
+/// shadows the gateway's casts), and a session whose prepared statements the trigger deallocated, or
+/// replaced with its own under their names, loses them all and prepares its own again. The kept insert
+/// is a prepared statement, so that a POST does not plan it anew.
 #[tokio::test]
 async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
     let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
@@ -247,6 +248,7 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
     admin
         .batch_execute(
             "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS $$
+             DECLARE r record;
              BEGIN
                  PERFORM set_config('application_name', 'meddled', false);
                  PERFORM set_config('statement_timeout', '0', false);
@@ -257,7 +259,17 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
                      CREATE DOMAIN pg_temp.int8 AS pg_catalog.int8 CHECK (false);
                      PREPARE meddler AS SELECT 1;
                  END IF;
-                 IF NEW.body = 'check' AND EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'meddler') THEN
+                 IF NEW.body = 'hijack' THEN
+                     FOR r IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql LOOP
+                         EXECUTE format('DEALLOCATE %I', r.name);
+                         EXECUTE format('PREPARE %I AS SELECT 1', r.name);
+                     END LOOP;
+                 END IF;
+                 IF NEW.body = 'kept' AND NOT EXISTS (SELECT FROM pg_prepared_statements
+                                                       WHERE NOT from_sql AND statement LIKE 'WITH inserted AS%') THEN
+                     RAISE EXCEPTION 'the kept insert is not a prepared statement';
+                 END IF;
+                 IF NEW.body = 'check' AND EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
                      RAISE EXCEPTION 'a statement the trigger prepared outlived its request';
                  END IF;
                  RETURN NEW;
@@ -275,7 +287,7 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
         .unwrap()
         .get(0);
     assert_eq!(meddled, 0, "every session the trigger ran in was reset");
-    for body in ["deallocate", "role", "shadow", "check"] {
+    for body in ["kept", "deallocate", "role", "shadow", "check", "hijack", "check", "kept"] {
         let meddling = post(&gw, &format!(r#"{{"body": "{body}"}}"#)).await;
         assert_eq!(meddling.status, 201, "{}", meddling.body);
     }

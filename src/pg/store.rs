@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 use crate::pg::error::StoreError;
 use crate::pg::logrow::{filter_columns, payload_bytes, row_bytes, EventRow, Undecodable, ISSUED_HEAD};
@@ -34,25 +34,39 @@ const DEFAULT_POOL_SIZE: usize = 16;
 /// Sent after each statement that runs a table's own code (its triggers, rules, policies, casts), in the
 /// same round trip, each a message of its own: that code runs in a pooled session, as the gateway, and
 /// what it left there would otherwise meet every later request on it: settings (no statement timeout, a
-/// search_path of its own), a role, and statements prepared under the names of the gateway's own (so that
-/// a later request would run the table owner's query instead). Temporary types and tables cannot shadow
-/// pg_catalog's: the session's search_path puts pg_temp last. Not DISCARD ALL: it also discards every
-/// cached plan, the capture triggers' included, which doubled a POST's cost.
-const RESETS: [&str; 3] = ["RESET ALL", "RESET ROLE", "DEALLOCATE ALL"];
+/// search_path of its own) and a role. Temporary types and tables cannot shadow pg_catalog's: the
+/// session's search_path puts pg_temp last. Not DISCARD ALL: it also discards every cached plan, the
+/// capture triggers' included, which doubled a POST's cost.
+const RESETS: [&str; 2] = ["RESET ALL", "RESET ROLE"];
 
 /// Runs `statement`, which runs a table's own code, and resets the session after it in the same round
-/// trip (see [`RESETS`]).
+/// trip (see [`RESETS`]). The statement must be prepared already: [`reset`] counts the session's.
 pub(crate) async fn resetting<T>(client: &Client, statement: impl std::future::Future<Output = T>) -> T {
     let (out, ()) = tokio::join!(statement, reset(client));
     out
 }
 
-/// Resets `client`'s session (see [`RESETS`]) and clears its statement cache, whose statements are gone.
-/// Only a broken session fails these, and the pool hands out no closed one again.
+/// Resets `client`'s session (see [`RESETS`]), and checks that its prepared statements are the gateway's
+/// own, as many as its cache holds: a table's code may DEALLOCATE one of them, and PREPARE a statement
+/// under that name, so that a later request would run the table owner's query instead. Only a protocol
+/// message makes a statement that is not `from_sql`, and only the gateway sends those. Should the check
+/// fail (or not answer), every statement goes, and the cache with them; one prepared again costs a round
+/// trip, while dropping them after every such statement made each POST plan its insert anew.
 async fn reset(client: &Client) {
-    let _ =
-        tokio::join!(client.batch_execute(RESETS[0]), client.batch_execute(RESETS[1]), client.batch_execute(RESETS[2]));
-    client.statement_cache.clear();
+    let check = format!(
+        "SELECT count(*) FILTER (WHERE from_sql) = 0 AND count(*) = {} FROM pg_catalog.pg_prepared_statements",
+        client.statement_cache.size()
+    );
+    let (_, _, checked) =
+        tokio::join!(client.batch_execute(RESETS[0]), client.batch_execute(RESETS[1]), client.simple_query(&check));
+    let own = checked.is_ok_and(|messages| {
+        messages.iter().any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
+    });
+    if !own {
+        // Only a broken session fails this, and the pool hands out no closed one again.
+        let _ = client.batch_execute("DEALLOCATE ALL").await;
+        client.statement_cache.clear();
+    }
 }
 
 mod mercure;

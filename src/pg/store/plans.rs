@@ -1,6 +1,6 @@
 //! The inserts of POSTed rows, kept per channel and key set (`pgsse.insert_plan`'s guarded statement): a
-//! POST to a table channel is then one statement and no lookup. Not prepared: the table's code that it
-//! runs could take a prepared statement's name, so the session's statements go after it (`Store`'s RESETS).
+//! POST to a table channel is then one prepared statement and no lookup. The table's code that it runs
+//! could take a prepared statement's name: `store::resetting` checks the session's statements after it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,9 @@ const MAX_PLANS: usize = 64;
 /// The kept plans' bytes (their keys, columns and statements), summed, at most: a statement's text grows
 /// with its keys, which a client chooses.
 const MAX_BYTES: usize = 1024 * 1024;
+/// Statements a pooled session keeps prepared at most: the gateway's own (about 25) and kept inserts, each
+/// holding its plan in the server. Past it, all of the session's go, and are prepared again as used.
+const SESSION_STATEMENTS: usize = 64;
 /// How long a key set with no statement to keep (its table does not capture inserts, is too wide, or
 /// has rules) takes `pgsse.insert_json` before the gateway asks again.
 const RECHECK: Duration = Duration::from_secs(10);
@@ -95,9 +98,15 @@ impl Plans {
         if Instant::now() > commit_by {
             return Ok(Outcome::Unkept);
         }
+        if client.statement_cache.size() >= SESSION_STATEMENTS {
+            client.statement_cache.clear();
+        }
+        let prepared = match client.prepare_typed_cached(statement, &[Type::TEXT]).await {
+            Ok(prepared) => prepared,
+            Err(err) => return self.failed(&key, &plan, err),
+        };
         let renamed = renamed(object, columns);
-        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&renamed, Type::TEXT)];
-        match super::resetting(client, client.query_typed(statement, &params)).await {
+        match super::resetting(client, client.query(&prepared, &[&renamed])).await {
             Ok(rows) => Ok(match rows.first().map(|row| (row.try_get(0), row.try_get(1))) {
                 Some((Ok(txid), Ok(after))) => Outcome::Inserted { txid, after },
                 _ => Outcome::Committed,
