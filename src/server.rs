@@ -169,14 +169,11 @@ async fn accept(
         if let Err(err) = stream.set_nodelay(true) {
             debug!(cause = ?err, "could not set TCP_NODELAY");
         }
-        let site = site.clone();
-        connections.spawn(
-            async move {
-                conn::serve(stream, peer, site).await;
-                drop((slot, permit));
-            }
-            .instrument(info_span!("conn", %peer)),
-        );
+        // The places under the limits go back when the connection's task ends. Passed in rather than
+        // held by a block around the call: each idle stream's task would keep a second copy of all it
+        // moved into the call.
+        let serving = conn::serve(stream, peer, site.clone(), (slot, permit));
+        connections.spawn(serving.instrument(info_span!("conn", %peer)));
     }
 }
 

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, Version};
-use http_body_util::{BodyExt, Either};
+use http_body_util::Either;
 use hyper::body::{Body, Frame};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -27,12 +27,11 @@ use tracing::debug;
 use crate::api::reply::Body as Routed;
 use crate::api::stream::SseBody;
 use crate::http::access::{self, Logged};
+use crate::http::writing::{Http1, CLOSE_TIMEOUT};
 use crate::http::{routes, Site};
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Bound on closing a connection politely (TLS close_notify, FIN) once it is done.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeats' worth of time in which a client must take at least one byte of a pending write.
 const STALLED_HEARTBEATS: u32 = 4;
 
@@ -191,37 +190,64 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Stalling<IO> {
     }
 }
 
-/// Serves one client connection until it closes or graceful shutdown ends it.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) {
+/// Serves one client connection until it closes or graceful shutdown ends it, and then drops `admitted`
+/// (its places under the limits). Not an async fn: its arguments would stay in every connection's task
+/// for as long as the connection lasts, though they move on at once.
+pub fn serve<A: Send + 'static>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    site: Arc<Site>,
+    admitted: A,
+) -> impl Future<Output = ()> + Send {
+    // Boxed, and so freed once the protocol is known: inline, every connection's task would stay as large
+    // as its largest phase (the TLS handshake, the deadline's timer) for as long as its stream idles.
+    let opening = Box::pin(open(stream, peer, site));
+    async move {
+        let _admitted = admitted;
+        let Some(serving) = opening.await else { return };
+        if let Err(err) = serving.await {
+            debug!(cause = ?err, "connection ended with an error");
+        }
+    }
+}
+
+/// The TLS handshake when configured and the first bytes, under one deadline; then the connection as its
+/// protocol serves it.
+async fn open(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) -> Option<Serving> {
     let settings = &site.settings;
     let stream = Stalling::new(stream, settings.heartbeat * STALLED_HEARTBEATS);
     // hyper's header timeout starts only once the protocol is known, so the first bytes (and the TLS
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
     let limit = settings.header_read_timeout;
-    let serving = match settings.tls.clone() {
-        // Each phase boxed: inline, every connection's task would stay as large as the largest phase (the
-        // TLS handshake, the deadline's timer) for as long as its stream idles.
-        None => match Box::pin(timeout(limit, Sniffed::read(stream))).await {
-            Ok(Ok((io, http2))) => serve_http(io, http2, peer, site.clone()),
-            Ok(Err(err)) => return debug!(cause = %err, "reading the first bytes failed"),
-            Err(_) => return debug!("no request in time"),
+    match settings.tls.clone() {
+        None => match timeout(limit, Sniffed::read(stream)).await {
+            Ok(Ok((io, http2))) => Some(serve_http(io, http2, peer, site.clone())),
+            Ok(Err(err)) => {
+                debug!(cause = %err, "reading the first bytes failed");
+                None
+            }
+            Err(_) => {
+                debug!("no request in time");
+                None
+            }
         },
         Some(config) => {
-            let accepted = Box::pin(timeout(limit, async {
+            let accepted = timeout(limit, async {
                 let stream = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
                 Sniffed::read(stream).await
-            }));
+            });
             match accepted.await {
-                Ok(Ok((io, http2))) => serve_http(io, http2, peer, site.clone()),
-                Ok(Err(err)) => return debug!(cause = %err, "TLS handshake or first bytes failed"),
-                Err(_) => return debug!("no TLS handshake and request in time"),
+                Ok(Ok((io, http2))) => Some(serve_http(io, http2, peer, site.clone())),
+                Ok(Err(err)) => {
+                    debug!(cause = %err, "TLS handshake or first bytes failed");
+                    None
+                }
+                Err(_) => {
+                    debug!("no TLS handshake and request in time");
+                    None
+                }
             }
         }
-    };
-    // Awaited outside the match: awaited inside, the task would keep room for the (TLS) stream the arm
-    // bound, though it has moved into the boxed connection.
-    if let Err(err) = serving.await {
-        debug!(cause = ?err, "connection ended with an error");
     }
 }
 
@@ -235,7 +261,7 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     site: Arc<Site>,
 ) -> Serving {
     if !http2 {
-        return Box::pin(serve_http1(io, peer, site));
+        return serve_http1(io, peer, site);
     }
     // Closed (GOAWAY) at shutdown, or once no request has been open for the header timeout: what an idle
     // HTTP/1 connection gets, since it must send its next request's head within that time.
@@ -316,13 +342,25 @@ impl Body for Detached {
 }
 
 /// HTTP/1: hyper parses requests and writes responses until a stream is opened; then this task writes
-/// the stream's bytes itself. Kept by hyper, an idle stream would hold its two 8 KiB buffers (read and
-/// write, the smallest hyper allows) with a page of each touched: over 8 KB of every stream's memory.
-async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+/// the stream's bytes itself ([`Http1`]). Kept by hyper, an idle stream would hold its two 8 KiB buffers
+/// (read and write, the smallest hyper allows) with a page of each touched: over 8 KB of every stream's
+/// memory.
+fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Sniffed<IO>,
     peer: SocketAddr,
     site: Arc<Site>,
-) -> Result<(), hyper::Error> {
+) -> Serving {
+    let shutdown = site.shutdown.clone();
+    Box::pin(Http1::new(Box::pin(until_detached(io, peer, site)), shutdown))
+}
+
+/// Lets hyper serve the connection until it ends or a stream is opened on it, and hands back the
+/// connection with that stream's body.
+async fn until_detached<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: Sniffed<IO>,
+    peer: SocketAddr,
+    site: Arc<Site>,
+) -> Result<(Sniffed<IO>, Option<Logged<SseBody>>), hyper::Error> {
     let shutdown = site.shutdown.clone();
     let builder = site.builders.http1.clone();
     let opened: Arc<Mutex<Option<Logged<SseBody>>>> = Arc::default();
@@ -339,13 +377,7 @@ async fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let graceful = http1::Connection::graceful_shutdown;
     until_done(conn.as_mut(), &shutdown, graceful, |conn, cx| conn.get_mut().poll_without_shutdown(cx)).await?;
     let body = opened.lock().unwrap_or_else(|p| p.into_inner()).take();
-    drop(opened);
-    let mut io = Pin::into_inner(conn).into_parts().io.into_inner();
-    if let Some(body) = body {
-        write_stream(&mut io, body, &shutdown).await;
-    }
-    let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
-    Ok(())
+    Ok((Pin::into_inner(conn).into_parts().io.into_inner(), body))
 }
 
 /// Takes a stream's body out of its response for `serve_http1` to write, leaving hyper only the head.
@@ -361,44 +393,15 @@ fn detach(response: Response<Logged<Routed>>, slot: &Mutex<Option<Logged<SseBody
     }
 }
 
-/// Writes a stream's bytes as they come, until the stream ends, the client goes, or a write fails (one
-/// that makes no progress fails by itself, see [`Stalling`]; or until shutdown, for a write that the client
-/// does not read).
-async fn write_stream<IO: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut IO,
-    mut body: Logged<SseBody>,
-    shutdown: &CancellationToken,
-) {
-    let mut probe = [0; 1];
-    loop {
-        // Frames first, and the write before the shutdown token: each `select!` then polls its second
-        // branch only when the first must wait. While frames flow, a client's close shows as a failed
-        // write, and the token, shared by every stream, is not locked on every delivery.
-        let frame = tokio::select! {
-            biased;
-            frame = body.frame() => frame,
-            // The client has nothing more to send on this connection: any read that returns means it
-            // closed it (or broke the protocol).
-            _ = io.read(&mut probe) => return,
-        };
-        let Some(Ok(frame)) = frame else { return };
-        let data = frame.into_data().unwrap_or_default();
-        tokio::select! {
-            biased;
-            written = write_flushed(io, &data) => if written.is_err() { return },
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
-async fn write_flushed<IO: AsyncWrite + Unpin>(io: &mut IO, data: &[u8]) -> io::Result<()> {
-    io.write_all(data).await?;
-    io.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn write_flushed<IO: AsyncWrite + Unpin>(io: &mut IO, data: &[u8]) -> io::Result<()> {
+        io.write_all(data).await?;
+        io.flush().await
+    }
 
     const STALL: Duration = Duration::from_secs(60);
 

@@ -7,6 +7,7 @@ mod idle;
 mod mercure;
 pub mod routes;
 pub mod web;
+mod writing;
 
 use std::sync::Arc;
 use std::time::Duration;
