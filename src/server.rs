@@ -117,7 +117,7 @@ fn builders(server: &ServerArgs) -> Builders {
         .keep_alive(true)
         // No read for the client's close while a request is being answered: that read would take a second
         // 8 KiB buffer for every stream still opening (the first stays shared with the request's head).
-        // A stream's close is watched once it is written (conn::write_stream).
+        // A stream's close is watched once it is written (writing::Http1).
         .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)

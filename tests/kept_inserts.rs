@@ -272,6 +272,9 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
                  IF NEW.body = 'check' AND EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN
                      RAISE EXCEPTION 'a statement the trigger prepared outlived its request';
                  END IF;
+                 IF NEW.body = 'check' AND current_user <> session_user THEN
+                     RAISE EXCEPTION 'a role the trigger set outlived its request';
+                 END IF;
                  RETURN NEW;
              END $$;
              CREATE TRIGGER meddle BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION meddle();",
@@ -287,14 +290,50 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
         .unwrap()
         .get(0);
     assert_eq!(meddled, 0, "every session the trigger ran in was reset");
-    for body in ["kept", "deallocate", "role", "shadow", "check", "hijack", "check", "kept"] {
+    for body in ["kept", "deallocate", "role", "check", "shadow", "check", "hijack", "check", "kept"] {
         let meddling = post(&gw, &format!(r#"{{"body": "{body}"}}"#)).await;
-        assert_eq!(meddling.status, 201, "{}", meddling.body);
+        assert_eq!(meddling.status, 201, "{body}: {}", meddling.body);
     }
     for n in 0..8 {
         let history = common::get(gw.addr, "/messages", &[]).await.unwrap();
         assert_eq!(history.status, 200, "request {n} after: {}", history.body);
         assert_eq!(post(&gw, &format!(r#"{{"body": "after {n}"}}"#)).await.status, 201);
+    }
+}
+
+/// A kept insert too long to be prepared (a client chooses its keys, and a session would hold each
+/// prepared statement's plan) runs unnamed: it is never among the session's prepared statements.
+#[tokio::test]
+async fn a_long_kept_insert_is_not_prepared() {
+    let TestDb { url, admin, .. } = TestDb::messages("").await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 EXECUTE 'CREATE TABLE wide (' || (SELECT string_agg(format('c%s text', lpad(i::text, 3, '0')), ', ')
+                                                    FROM generate_series(1, 80) i) || ')';
+             END $$;
+             GRANT INSERT ON wide TO pgsse_test_gateway;
+             SELECT pgsse.publish_table('wide', writable => true);
+             CREATE FUNCTION unprepared() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF EXISTS (SELECT FROM pg_prepared_statements WHERE statement LIKE 'WITH inserted AS (INSERT INTO public.wide %') THEN
+                     RAISE EXCEPTION 'a long kept insert was prepared';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER unprepared BEFORE INSERT ON wide FOR EACH ROW EXECUTE FUNCTION unprepared();",
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = (1..=80).map(|i| format!("c{i:03}")).collect();
+    let long: i32 =
+        admin.query_one("SELECT length(guarded) FROM pgsse.insert_plan('wide', $1)", &[&keys]).await.unwrap().get(0);
+    assert!(long > 1536, "the statement is long enough to be left unprepared: {long}");
+    let gw = Gateway::start_configured(&url, |c| c.pool.pool_size = 1).await;
+    let row = serde_json::Value::Object(keys.into_iter().map(|k| (k, "v".into())).collect()).to_string();
+    for _ in 0..3 {
+        let posted = post_to(&gw, "/wide", &row).await;
+        assert_eq!(posted.status, 201, "{}", posted.body);
     }
 }
 

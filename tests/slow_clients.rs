@@ -1,9 +1,14 @@
 //! Slow clients: one that never reads, and one that stops, are cut off (and give their places back)
-//! without holding up the gateway or any other stream.
+//! without holding up the gateway or any other stream; and an HTTP/1 stream ends, giving its places back,
+//! when its client sends anything or closes, or the gateway shuts down.
 
 mod common;
 
-use common::{Gateway, SseStream, TestDb};
+use std::time::{Duration, Instant};
+
+use common::{get, wait_for, Gateway, SseStream, TestDb, TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Asks for a stream on a connection whose client will read nothing, with a small receive buffer so the
 /// gateway's writes back up soon.
@@ -102,4 +107,103 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
     })
     .await;
     drop(stalled);
+}
+
+/// Asks for a stream on a new connection (with the given receive buffer).
+async fn raw_stream(addr: std::net::SocketAddr, recv_buf: Option<u32>) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(n) = recv_buf {
+        socket.set_recv_buffer_size(n).unwrap();
+    }
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    s
+}
+
+/// Reads until `end` has arrived.
+async fn read_until(conn: &mut TcpStream, raw: &mut Vec<u8>, end: &[u8]) {
+    let mut buf = [0u8; 4096];
+    while !raw.windows(end.len()).any(|w| w == end) {
+        let n = tokio::time::timeout(TIMEOUT, conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Waits for the gateway to close the connection.
+async fn closed_by_server(conn: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "server closed the connection");
+}
+
+/// Pipelined bytes and a half-close after the stream started each end it, and give back both the
+/// per-address connection slot and the max-connections permit.
+#[tokio::test]
+async fn pipelined_bytes_or_half_close_end_the_stream_and_free_the_slots() {
+    let TestDb { url, .. } = TestDb::messages("").await;
+    let (gw, metrics) = Gateway::start_with_metrics({
+        let mut c = common::gateway_config(&url);
+        c.limits.max_connections_per_client = 1;
+        c.server.max_connections = 1;
+        c
+    })
+    .await;
+    let open = || common::metric(metrics, "pgsse_streams_open{channel=\"messages\"}");
+    for how in ["pipelined", "half-close", "pipelined", "half-close"] {
+        let mut conn = raw_stream(gw.addr, None).await;
+        let mut raw = Vec::new();
+        read_until(&mut conn, &mut raw, b": pgsse\n\n").await;
+        assert_eq!(open().await, 1);
+        match how {
+            "pipelined" => conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap(),
+            _ => conn.shutdown().await.unwrap(),
+        }
+        closed_by_server(&mut conn).await;
+        wait_for("stream place back", || async { open().await == 0 }).await;
+    }
+    // Both slots free: an ordinary request is served at once.
+    let t = Instant::now();
+    assert_eq!(get(gw.addr, "/healthz", &[]).await.unwrap().status, 200);
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+/// Shutdown ends a stream whose write is blocked (client never reads, heartbeat far off so Stalling
+/// does not cut it) and an idle one, long before --shutdown-timeout.
+#[tokio::test]
+async fn shutdown_ends_blocked_and_idle_http1_streams_promptly() {
+    let TestDb { url, app, .. } = TestDb::messages("").await;
+    let (gw, metrics) = Gateway::start_with_metrics({
+        let mut c = common::gateway_config(&url);
+        c.streams.heartbeat = Duration::from_secs(60);
+        c.streams.queue_capacity = 4;
+        c.server.shutdown_timeout = Duration::from_secs(15);
+        c
+    })
+    .await;
+    let metric = |s| common::metric(metrics, s);
+    let mut idle = raw_stream(gw.addr, None).await;
+    let mut raw = Vec::new();
+    read_until(&mut idle, &mut raw, b": pgsse\n\n").await;
+    let mut stalled = raw_stream(gw.addr, Some(4096)).await;
+    wait_for("both open", || async { metric("pgsse_streams_open{channel=\"messages\"}").await == 2 }).await;
+    let row = "x".repeat(64 * 1024);
+    for _ in 0..1000 {
+        if metric("pgsse_subscribers_cut_total").await > 0 {
+            break;
+        }
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
+    }
+    assert!(metric("pgsse_subscribers_cut_total").await > 0, "the stalled write is blocked");
+    // drain the idle one so its socket is not full
+    let drain = tokio::spawn(async move {
+        let mut v = Vec::new();
+        let _ = idle.read_to_end(&mut v).await;
+    });
+    let took = gw.shutdown().await;
+    assert!(took < Duration::from_secs(3), "run returned after {took:?}");
+    tokio::time::timeout(Duration::from_secs(2), drain).await.expect("idle stream closed").unwrap();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "stalled stream closed");
 }

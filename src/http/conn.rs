@@ -380,7 +380,7 @@ async fn until_detached<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     Ok((Pin::into_inner(conn).into_parts().io.into_inner(), body))
 }
 
-/// Takes a stream's body out of its response for `serve_http1` to write, leaving hyper only the head.
+/// Takes a stream's body out of its response for [`Http1`] to write, leaving hyper only the head.
 fn detach(response: Response<Logged<Routed>>, slot: &Mutex<Option<Logged<SseBody>>>) -> Response<Http1Body> {
     let (mut parts, body) = response.into_parts();
     match body.into_parts() {

@@ -118,12 +118,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Writing<IO> {
                 };
                 match step {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Ready(Ok(n)) if self.pending.has_remaining() => self.pending.advance(n),
-                    Poll::Ready(Ok(_)) => {
-                        // An empty remainder still holds the frame, which other streams may share.
-                        self.pending = Bytes::new();
-                        self.flushing = false;
+                    Poll::Ready(Ok(n)) if self.pending.has_remaining() => {
+                        self.pending.advance(n);
+                        if !self.pending.has_remaining() {
+                            // An empty remainder still holds the frame, which other streams may share.
+                            self.pending = Bytes::new();
+                        }
                     }
+                    Poll::Ready(Ok(_)) => self.flushing = false,
                     Poll::Pending => {
                         let shutdown = &self.shutdown;
                         let stopping =

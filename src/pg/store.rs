@@ -49,23 +49,35 @@ pub(crate) async fn resetting<T>(client: &Client, statement: impl std::future::F
 /// Resets `client`'s session (see [`RESETS`]), and checks that its prepared statements are the gateway's
 /// own, as many as its cache holds: a table's code may DEALLOCATE one of them, and PREPARE a statement
 /// under that name, so that a later request would run the table owner's query instead. Only a protocol
-/// message makes a statement that is not `from_sql`, and only the gateway sends those. Should the check
-/// fail (or not answer), every statement goes, and the cache with them; one prepared again costs a round
-/// trip, while dropping them after every such statement made each POST plan its insert anew.
+/// message makes a statement that is not `from_sql`, and only the gateway sends those. Should a reset
+/// fail, or the check not say so, every statement goes, and the cache with them (one prepared again
+/// costs a round trip, while dropping them after every such statement made each POST plan its insert
+/// anew), and the session is reset again: the first reset can be cut short by a statement timeout that
+/// the table's code set (`RESET ALL`, which restores it, cannot be interrupted, and the cancel then lands
+/// on `RESET ROLE`). A session that cannot be reset ends, and the pool opens another.
 async fn reset(client: &Client) {
     let check = format!(
         "SELECT count(*) FILTER (WHERE from_sql) = 0 AND count(*) = {} FROM pg_catalog.pg_prepared_statements",
         client.statement_cache.size()
     );
-    let (_, _, checked) =
+    let (all, role, checked) =
         tokio::join!(client.batch_execute(RESETS[0]), client.batch_execute(RESETS[1]), client.simple_query(&check));
     let own = checked.is_ok_and(|messages| {
         messages.iter().any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
     });
-    if !own {
-        // Only a broken session fails this, and the pool hands out no closed one again.
-        let _ = client.batch_execute("DEALLOCATE ALL").await;
-        client.statement_cache.clear();
+    if all.is_ok() && role.is_ok() && own {
+        return;
+    }
+    client.statement_cache.clear();
+    let (all, role, gone) = tokio::join!(
+        client.batch_execute(RESETS[0]),
+        client.batch_execute(RESETS[1]),
+        client.batch_execute("DEALLOCATE ALL")
+    );
+    if all.is_err() || role.is_err() || gone.is_err() {
+        // Only a broken session, or one the table's code left in a state it cannot be reset from, fails
+        // this; the pool hands out no closed one again.
+        let _ = client.batch_execute("SELECT pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())").await;
     }
 }
 

@@ -20,9 +20,13 @@ const MAX_PLANS: usize = 64;
 /// The kept plans' bytes (their keys, columns and statements), summed, at most: a statement's text grows
 /// with its keys, which a client chooses.
 const MAX_BYTES: usize = 1024 * 1024;
-/// Statements a pooled session keeps prepared at most: the gateway's own (about 25) and kept inserts, each
-/// holding its plan in the server. Past it, all of the session's go, and are prepared again as used.
-const SESSION_STATEMENTS: usize = 64;
+/// Statements a pooled session keeps prepared at most: the gateway's own (about 25) and kept inserts. Past
+/// it, all of the session's go, and are prepared again as used.
+const SESSION_STATEMENTS: usize = 40;
+/// The longest kept insert that is prepared (about 40 columns): a session holds a prepared statement's
+/// parse tree and plan, some 75 bytes of the server's memory for each byte of its text, and a client
+/// chooses the keys. A longer one is planned at each POST, as an unnamed statement.
+const PREPARED_TEXT: usize = 1536;
 /// How long a key set with no statement to keep (its table does not capture inserts, is too wide, or
 /// has rules) takes `pgsse.insert_json` before the gateway asks again.
 const RECHECK: Duration = Duration::from_secs(10);
@@ -98,15 +102,21 @@ impl Plans {
         if Instant::now() > commit_by {
             return Ok(Outcome::Unkept);
         }
-        if client.statement_cache.size() >= SESSION_STATEMENTS {
-            client.statement_cache.clear();
-        }
-        let prepared = match client.prepare_typed_cached(statement, &[Type::TEXT]).await {
-            Ok(prepared) => prepared,
-            Err(err) => return self.failed(&key, &plan, err),
-        };
         let renamed = renamed(object, columns);
-        match super::resetting(client, client.query(&prepared, &[&renamed])).await {
+        let inserted = if statement.len() <= PREPARED_TEXT {
+            if client.statement_cache.size() >= SESSION_STATEMENTS {
+                client.statement_cache.clear();
+            }
+            let prepared = match client.prepare_typed_cached(statement, &[Type::TEXT]).await {
+                Ok(prepared) => prepared,
+                Err(err) => return self.failed(&key, &plan, err),
+            };
+            super::resetting(client, client.query(&prepared, &[&renamed])).await
+        } else {
+            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&renamed, Type::TEXT)];
+            super::resetting(client, client.query_typed(statement, &params)).await
+        };
+        match inserted {
             Ok(rows) => Ok(match rows.first().map(|row| (row.try_get(0), row.try_get(1))) {
                 Some((Ok(txid), Ok(after))) => Outcome::Inserted { txid, after },
                 _ => Outcome::Committed,
