@@ -12,18 +12,12 @@ use tokio::net::TcpStream;
 
 /// Asks for a stream on a connection whose client will read nothing, with a small receive buffer so the
 /// gateway's writes back up soon.
-async fn stalled_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(addr).await.unwrap();
-    stalled.write_all(b"GET /messages/events HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    stalled
+async fn stalled_stream(addr: std::net::SocketAddr) -> TcpStream {
+    raw_stream(addr, Some(4096)).await
 }
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
-    use tokio::io::AsyncReadExt;
     let TestDb { url, app, .. } = TestDb::messages("").await;
     let mut config = common::gateway_config(&url);
     // Small, so the stalled client is cut within the 300 events; roomy enough that this reader (a debug

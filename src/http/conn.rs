@@ -220,33 +220,39 @@ async fn open(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) -> Option<Se
     // handshake) get the same deadline: a client that sends nothing must not hold its place forever.
     let limit = settings.header_read_timeout;
     match settings.tls.clone() {
-        None => match timeout(limit, Sniffed::read(stream)).await {
-            Ok(Ok((io, http2))) => Some(serve_http(io, http2, peer, site.clone())),
-            Ok(Err(err)) => {
-                debug!(cause = %err, "reading the first bytes failed");
-                None
-            }
-            Err(_) => {
-                debug!("no request in time");
-                None
-            }
-        },
+        None => {
+            let first = timeout(limit, Sniffed::read(stream)).await;
+            served(first, ["reading the first bytes failed", "no request in time"], peer, site.clone())
+        }
         Some(config) => {
-            let accepted = timeout(limit, async {
+            let first = timeout(limit, async {
                 let stream = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
                 Sniffed::read(stream).await
-            });
-            match accepted.await {
-                Ok(Ok((io, http2))) => Some(serve_http(io, http2, peer, site.clone())),
-                Ok(Err(err)) => {
-                    debug!(cause = %err, "TLS handshake or first bytes failed");
-                    None
-                }
-                Err(_) => {
-                    debug!("no TLS handshake and request in time");
-                    None
-                }
-            }
+            })
+            .await;
+            let said = ["TLS handshake or first bytes failed", "no TLS handshake and request in time"];
+            served(first, said, peer, site.clone())
+        }
+    }
+}
+
+/// The connection served by its protocol, once its first bytes came in time; `said` is what the log says
+/// when they did not come (failed, late).
+fn served<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    first: Result<io::Result<(Sniffed<IO>, bool)>, tokio::time::error::Elapsed>,
+    said: [&str; 2],
+    peer: SocketAddr,
+    site: Arc<Site>,
+) -> Option<Serving> {
+    match first {
+        Ok(Ok((io, http2))) => Some(serve_http(io, http2, peer, site)),
+        Ok(Err(err)) => {
+            debug!(cause = %err, "{}", said[0]);
+            None
+        }
+        Err(_) => {
+            debug!("{}", said[1]);
+            None
         }
     }
 }
