@@ -4,7 +4,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Metrics;
+use deadpool_postgres::{
+    Client, ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 use crate::pg::error::StoreError;
@@ -50,11 +53,10 @@ pub(crate) async fn resetting<T>(client: &Client, statement: impl std::future::F
 /// own, as many as its cache holds: a table's code may DEALLOCATE one of them, and PREPARE a statement
 /// under that name, so that a later request would run the table owner's query instead. Only a protocol
 /// message makes a statement that is not `from_sql`, and only the gateway sends those. Should a reset
-/// fail, or the check not say so, every statement goes, and the cache with them (one prepared again
-/// costs a round trip, while dropping them after every such statement made each POST plan its insert
-/// anew), and the session is reset again: the first reset can be cut short by a statement timeout that
-/// the table's code set (`RESET ALL`, which restores it, cannot be interrupted, and the cancel then lands
-/// on `RESET ROLE`). A session that cannot be reset ends, and the pool opens another.
+/// fail (a statement timeout that the table's code set can cut `RESET ROLE` short, and so can its
+/// cancels of the gateway's other sessions) or the check not say so, the session is not handed out again
+/// ([`taint`]); what is left of the request on it runs with its statements dropped and the session reset
+/// once more, at best.
 async fn reset(client: &Client) {
     let check = format!(
         "SELECT count(*) FILTER (WHERE from_sql) = 0 AND count(*) = {} FROM pg_catalog.pg_prepared_statements",
@@ -68,16 +70,34 @@ async fn reset(client: &Client) {
     if all.is_ok() && role.is_ok() && own {
         return;
     }
+    taint(client);
     client.statement_cache.clear();
-    let (all, role, gone) = tokio::join!(
+    let _ = tokio::join!(
         client.batch_execute(RESETS[0]),
         client.batch_execute(RESETS[1]),
         client.batch_execute("DEALLOCATE ALL")
     );
-    if all.is_err() || role.is_err() || gone.is_err() {
-        // Only a broken session, or one the table's code left in a state it cannot be reset from, fails
-        // this; the pool hands out no closed one again.
-        let _ = client.batch_execute("SELECT pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())").await;
+}
+
+/// Sessions that must not be handed out again, by their statement cache (which lives as long as the
+/// session): the pool's check before it hands a session out ([`untainted`]) drops them.
+static TAINTED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn taint(client: &Client) {
+    TAINTED.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::as_ptr(&client.statement_cache) as usize);
+}
+
+/// The pool's hook before it hands out an idle session: one that [`taint`] marked is dropped (and its mark
+/// with it), and the pool opens another.
+fn untainted(client: &mut ClientWrapper, _: &Metrics) -> Result<(), HookError> {
+    let mut tainted = TAINTED.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = Arc::as_ptr(&client.statement_cache) as usize;
+    match tainted.iter().position(|&c| c == cache) {
+        Some(at) => {
+            tainted.swap_remove(at);
+            Err(HookError::message("a table's code left this session in a state the gateway could not reset"))
+        }
+        None => Ok(()),
     }
 }
 
@@ -173,6 +193,7 @@ impl Store {
             .wait_timeout(Some(bound))
             .create_timeout(Some(bound))
             .recycle_timeout(Some(bound))
+            .pre_recycle(Hook::sync_fn(untainted))
             .build()?;
         Ok(pool)
     }

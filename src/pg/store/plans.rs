@@ -20,13 +20,13 @@ const MAX_PLANS: usize = 64;
 /// The kept plans' bytes (their keys, columns and statements), summed, at most: a statement's text grows
 /// with its keys, which a client chooses.
 const MAX_BYTES: usize = 1024 * 1024;
-/// Statements a pooled session keeps prepared at most: the gateway's own (about 25) and kept inserts. Past
-/// it, all of the session's go, and are prepared again as used.
-const SESSION_STATEMENTS: usize = 40;
-/// The longest kept insert that is prepared (about 40 columns): a session holds a prepared statement's
-/// parse tree and plan, some 75 bytes of the server's memory for each byte of its text, and a client
-/// chooses the keys. A longer one is planned at each POST, as an unnamed statement.
-const PREPARED_TEXT: usize = 1536;
+/// Statements a pooled session keeps prepared at most: the gateway's own (about 25) and a few kept inserts.
+/// Past it, all of the session's go, and are prepared again as used.
+const SESSION_STATEMENTS: usize = 32;
+/// The widest table whose kept inserts are prepared: a session holds each prepared insert's plan, which
+/// grows with the table's columns (their defaults and checks), not with the keys sent, and a client
+/// chooses how many key sets it sends. A wider table's insert is planned at each POST, unnamed.
+const PREPARED_WIDTH: i16 = 40;
 /// How long a key set with no statement to keep (its table does not capture inserts, is too wide, or
 /// has rules) takes `pgsse.insert_json` before the gateway asks again.
 const RECHECK: Duration = Duration::from_secs(10);
@@ -37,8 +37,9 @@ type Key = (String, Vec<String>);
 const STALE: &str = "PGS05";
 
 enum Plan {
-    /// Each key of the row and the column it names, and the statement that inserts the row so renamed.
-    Kept { columns: Vec<(String, String)>, statement: String },
+    /// Each key of the row and the column it names, the statement that inserts the row so renamed, and
+    /// whether sessions prepare it (see [`PREPARED_WIDTH`]).
+    Kept { columns: Vec<(String, String)>, statement: String, prepared: bool },
     /// Nothing to keep, as found at this instant.
     Unkept(Instant),
 }
@@ -98,12 +99,12 @@ impl Plans {
                 Err(err) => return Err(err.into()),
             },
         };
-        let Plan::Kept { columns, statement } = &*plan else { return Ok(Outcome::Unkept) };
+        let Plan::Kept { columns, statement, prepared } = &*plan else { return Ok(Outcome::Unkept) };
         if Instant::now() > commit_by {
             return Ok(Outcome::Unkept);
         }
         let renamed = renamed(object, columns);
-        let inserted = if statement.len() <= PREPARED_TEXT {
+        let inserted = if *prepared {
             if client.statement_cache.size() >= SESSION_STATEMENTS {
                 client.statement_cache.clear();
             }
@@ -218,7 +219,7 @@ fn weight(key: &Key, plan: &Plan) -> usize {
     let text = |s: &String| s.len() + PER_STRING;
     let keys = text(&key.0) + key.1.iter().map(text).sum::<usize>();
     keys + match plan {
-        Plan::Kept { columns, statement } => {
+        Plan::Kept { columns, statement, .. } => {
             text(statement) + columns.iter().map(|(key, column)| text(key) + text(column)).sum::<usize>()
         }
         Plan::Unkept(_) => 0,
@@ -227,13 +228,19 @@ fn weight(key: &Key, plan: &Plan) -> usize {
 
 /// The plan for channel `key.0` and keys `key.1`, from `pgsse.insert_plan`; an error when it refuses them.
 async fn ask(client: &Client, key: &Key) -> Result<Plan, tokio_postgres::Error> {
-    let stmt = client.prepare_cached("SELECT columns, guarded FROM pgsse.insert_plan($1, $2)").await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT p.columns, p.guarded, (SELECT c.relnatts FROM pg_catalog.pg_class c WHERE c.oid = p.source) \
+             FROM pgsse.insert_plan($1, $2) p",
+        )
+        .await?;
     let row = client.query_one(&stmt, &[&key.0, &key.1]).await?;
     let (columns, guarded): (Option<Vec<Option<String>>>, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+    let prepared = row.try_get::<_, Option<i16>>(2)?.is_some_and(|width| width <= PREPARED_WIDTH);
     Ok(match (columns, guarded) {
         (Some(columns), Some(statement)) if columns.len() == key.1.len() => {
             let columns = key.1.iter().cloned().zip(columns).map(|(k, c)| Some((k, c?))).collect::<Option<Vec<_>>>();
-            columns.map_or(Plan::Unkept(Instant::now()), |columns| Plan::Kept { columns, statement })
+            columns.map_or(Plan::Unkept(Instant::now()), |columns| Plan::Kept { columns, statement, prepared })
         }
         _ => Plan::Unkept(Instant::now()),
     })
@@ -251,7 +258,7 @@ mod tests {
     use super::*;
 
     fn kept(bytes: usize) -> Plan {
-        Plan::Kept { columns: Vec::new(), statement: "x".repeat(bytes) }
+        Plan::Kept { columns: Vec::new(), statement: "x".repeat(bytes), prepared: true }
     }
 
     fn key(n: usize) -> Key {
