@@ -43,21 +43,30 @@ const DEFAULT_POOL_SIZE: usize = 16;
 const RESETS: [&str; 2] = ["RESET ALL", "RESET ROLE"];
 
 /// Runs `statement`, which runs a table's own code, and resets the session after it in the same round
-/// trip (see [`RESETS`]). The statement must be prepared already: [`reset`] counts the session's.
+/// trip (see [`RESETS`]). The statement must be prepared already: [`reset`] counts the session's. The
+/// session is marked before the statement is sent and cleared only once the reset proves it clean, so
+/// that one whose request went away half way (its client left) is not handed out again either.
 pub(crate) async fn resetting<T>(client: &Client, statement: impl std::future::Future<Output = T>) -> T {
-    let (out, ()) = tokio::join!(statement, reset(client));
+    let session = taint(client);
+    let (out, clean) = tokio::join!(statement, reset(client));
+    if clean {
+        let mut tainted = TAINTED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = tainted.iter().position(|&c| c == session) {
+            tainted.swap_remove(at);
+        }
+    }
     out
 }
 
 /// Resets `client`'s session (see [`RESETS`]), and checks that its prepared statements are the gateway's
 /// own, as many as its cache holds: a table's code may DEALLOCATE one of them, and PREPARE a statement
 /// under that name, so that a later request would run the table owner's query instead. Only a protocol
-/// message makes a statement that is not `from_sql`, and only the gateway sends those. Should a reset
-/// fail (a statement timeout that the table's code set can cut `RESET ROLE` short, and so can its
-/// cancels of the gateway's other sessions) or the check not say so, the session is not handed out again
-/// ([`taint`]); what is left of the request on it runs with its statements dropped and the session reset
-/// once more, at best.
-async fn reset(client: &Client) {
+/// message makes a statement that is not `from_sql`, and only the gateway sends those. Whether the
+/// session is clean: should a reset fail (a statement timeout that the table's code set can cut `RESET
+/// ROLE` short, and so can its cancels of the gateway's other sessions) or the check not say so, it stays
+/// marked ([`taint`]); what is left of the request on it runs with its statements dropped and the session
+/// reset once more, at best.
+async fn reset(client: &Client) -> bool {
     let check = format!(
         "SELECT count(*) FILTER (WHERE from_sql) = 0 AND count(*) = {} FROM pg_catalog.pg_prepared_statements",
         client.statement_cache.size()
@@ -68,23 +77,26 @@ async fn reset(client: &Client) {
         messages.iter().any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
     });
     if all.is_ok() && role.is_ok() && own {
-        return;
+        return true;
     }
-    taint(client);
     client.statement_cache.clear();
     let _ = tokio::join!(
         client.batch_execute(RESETS[0]),
         client.batch_execute(RESETS[1]),
         client.batch_execute("DEALLOCATE ALL")
     );
+    false
 }
 
 /// Sessions that must not be handed out again, by their statement cache (which lives as long as the
 /// session): the pool's check before it hands a session out ([`untainted`]) drops them.
 static TAINTED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-fn taint(client: &Client) {
-    TAINTED.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::as_ptr(&client.statement_cache) as usize);
+/// Marks `client`'s session, and returns the mark.
+fn taint(client: &Client) -> usize {
+    let session = Arc::as_ptr(&client.statement_cache) as usize;
+    TAINTED.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+    session
 }
 
 /// The pool's hook before it hands out an idle session: one that [`taint`] marked is dropped (and its mark
