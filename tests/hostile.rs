@@ -6,9 +6,14 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{Fixture, Gateway, SseStream, TestDb};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// What came back for one request: the status of the first response, or a close without one.
 #[derive(Debug, PartialEq)]
@@ -230,4 +235,68 @@ async fn idle_http2_connections_slow_bodies_and_one_address_hoarding_connections
 
     app.execute("INSERT INTO messages (body) VALUES ('still serving')", &[]).await.unwrap();
     assert_eq!(witness.expect().await.json()["body"], "still serving");
+}
+
+/// A POST whose client resets its stream while the table's code runs leaves its pooled session to be
+/// dropped: whatever that code did to the session (here, its own statements under the gateway's names),
+/// the next request gets a new one.
+#[tokio::test]
+async fn a_session_whose_request_went_away_is_not_handed_out_again() {
+    let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
+    let gw = Gateway::start_configured(&url, |c| c.pool.pool_size = 1).await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION hijack() RETURNS trigger LANGUAGE plpgsql AS $$
+             DECLARE r record;
+             BEGIN
+                 IF NEW.body = 'hijack' THEN
+                     FOR r IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql LOOP
+                         EXECUTE format('DEALLOCATE %I', r.name);
+                         EXECUTE format('PREPARE %I AS SELECT 1', r.name);
+                     END LOOP;
+                     PERFORM pg_sleep(2);
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hijack BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION hijack();",
+        )
+        .await
+        .unwrap();
+    let post = |body: &'static str| common::call(gw.addr, "POST", "/messages", &[JSON], Bytes::from(body));
+    assert_eq!(post(r#"{"body": "first"}"#).await.unwrap().status, 201);
+
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::post(format!("http://{}/messages", gw.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(r#"{"body": "hijack"}"#)))
+        .unwrap();
+    let answer = sender.send_request(request);
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'WITH inserted%'";
+    let asleep = async {
+        common::wait_for("the trigger to run", || async {
+            admin.query_one(sleeping, &[]).await.unwrap().get::<_, i64>(0) == 1
+        })
+        .await
+    };
+    tokio::select! {
+        _ = answer => panic!("the POST was answered while its trigger slept"),
+        () = asleep => {}
+    }
+    // The request is gone (its stream reset) while the statement runs on; it commits after.
+    common::wait_for("the hijacking row", || async {
+        admin.query_one("SELECT count(*) FROM messages WHERE body = 'hijack'", &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+    // A read first: it runs the gateway's own statements on the session, with no reset after them.
+    for _ in 0..4 {
+        let history = common::get(gw.addr, "/messages", &[]).await.unwrap();
+        assert_eq!(history.status, 200, "{}", history.body);
+        let after = post(r#"{"body": "after"}"#).await.unwrap();
+        assert_eq!(after.status, 201, "{}", after.body);
+    }
 }
