@@ -222,7 +222,7 @@ async fn open(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) -> Option<Se
     match settings.tls.clone() {
         None => {
             let first = timeout(limit, Sniffed::read(stream)).await;
-            served(first, ["reading the first bytes failed", "no request in time"], peer, site.clone())
+            served(first, ["reading the first bytes failed", "no request in time"], peer, site)
         }
         Some(config) => {
             let first = timeout(limit, async {
@@ -231,7 +231,7 @@ async fn open(stream: TcpStream, peer: SocketAddr, site: Arc<Site>) -> Option<Se
             })
             .await;
             let said = ["TLS handshake or first bytes failed", "no TLS handshake and request in time"];
-            served(first, said, peer, site.clone())
+            served(first, said, peer, site)
         }
     }
 }

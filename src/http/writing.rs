@@ -110,28 +110,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Writing<IO> {
 
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if self.pending.has_remaining() || self.flushing {
-                let step = if self.pending.has_remaining() {
-                    Pin::new(&mut self.io).poll_write(cx, &self.pending)
-                } else {
-                    Pin::new(&mut self.io).poll_flush(cx).map_ok(|()| 1)
-                };
-                match step {
+            if self.pending.has_remaining() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.pending) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Ready(Ok(n)) if self.pending.has_remaining() => {
-                        self.pending.advance(n);
-                        if !self.pending.has_remaining() {
-                            // An empty remainder still holds the frame, which other streams may share.
-                            self.pending = Bytes::new();
-                        }
-                    }
-                    Poll::Ready(Ok(_)) => self.flushing = false,
-                    Poll::Pending => {
-                        let shutdown = &self.shutdown;
-                        let stopping =
-                            self.stopping.get_or_insert_with(|| Box::pin(shutdown.clone().cancelled_owned()));
-                        return stopping.as_mut().poll(cx);
-                    }
+                    Poll::Ready(Ok(n)) => self.pending.advance(n),
+                    Poll::Pending => return self.poll_shutdown(cx),
+                }
+                if !self.pending.has_remaining() {
+                    // An empty remainder still holds the frame, which other streams may share.
+                    self.pending = Bytes::new();
+                }
+                continue;
+            }
+            if self.flushing {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushing = false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => return self.poll_shutdown(cx),
                 }
                 continue;
             }
@@ -148,5 +143,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Writing<IO> {
                 }
             }
         }
+    }
+
+    /// While a write waits: ends the stream at shutdown.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let shutdown = &self.shutdown;
+        self.stopping.get_or_insert_with(|| Box::pin(shutdown.clone().cancelled_owned())).as_mut().poll(cx)
     }
 }

@@ -49,10 +49,7 @@ pub(crate) async fn resetting<T>(client: &Client, statement: impl std::future::F
     let session = taint(client);
     let (out, clean) = tokio::join!(statement, reset(client));
     if clean {
-        let mut tainted = TAINTED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = tainted.iter().position(|&c| c == session) {
-            tainted.swap_remove(at);
-        }
+        untaint(session);
     }
     out
 }
@@ -98,17 +95,19 @@ fn taint(client: &Client) -> usize {
     session
 }
 
+/// Takes one of `session`'s marks away; whether it had one.
+fn untaint(session: usize) -> bool {
+    let mut tainted = TAINTED.lock().unwrap_or_else(|p| p.into_inner());
+    let at = tainted.iter().position(|&c| c == session);
+    at.map(|at| tainted.swap_remove(at)).is_some()
+}
+
 /// The pool's hook before it hands out an idle session: one that [`taint`] marked is dropped (and its mark
 /// with it), and the pool opens another.
 fn untainted(client: &mut ClientWrapper, _: &Metrics) -> Result<(), HookError> {
-    let mut tainted = TAINTED.lock().unwrap_or_else(|p| p.into_inner());
-    let cache = Arc::as_ptr(&client.statement_cache) as usize;
-    match tainted.iter().position(|&c| c == cache) {
-        Some(at) => {
-            tainted.swap_remove(at);
-            Err(HookError::message("a table's code left this session in a state the gateway could not reset"))
-        }
-        None => Ok(()),
+    match untaint(Arc::as_ptr(&client.statement_cache) as usize) {
+        true => Err(HookError::message("a table's code left this session in a state the gateway could not reset")),
+        false => Ok(()),
     }
 }
 

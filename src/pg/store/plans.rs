@@ -108,11 +108,11 @@ impl Plans {
             if client.statement_cache.size() >= SESSION_STATEMENTS {
                 client.statement_cache.clear();
             }
-            let prepared = match client.prepare_typed_cached(statement, &[Type::TEXT]).await {
-                Ok(prepared) => prepared,
+            let stmt = match client.prepare_typed_cached(statement, &[Type::TEXT]).await {
+                Ok(stmt) => stmt,
                 Err(err) => return self.failed(&key, &plan, err),
             };
-            super::resetting(client, client.query(&prepared, &[&renamed])).await
+            super::resetting(client, client.query(&stmt, &[&renamed])).await
         } else {
             let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&renamed, Type::TEXT)];
             super::resetting(client, client.query_typed(statement, &params)).await
