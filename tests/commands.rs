@@ -4,10 +4,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{call, function_calls, get, track_functions, Fixture, Gateway, Response, SseStream, TestDb};
+use common::{call, function_calls, get, track_functions, Fixture, Gateway, Response, SseStream, TestDb, JSON};
 use serde_json::{json, Value};
-
-const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn post(gw: &Gateway, path: &str, body: &str) -> Response {
     call(gw.addr, "POST", path, &[JSON], Bytes::from(body.to_string())).await.unwrap()

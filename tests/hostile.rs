@@ -7,13 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Fixture, Gateway, SseStream, TestDb};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use common::{Fixture, Gateway, SseStream, TestDb, JSON};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// What came back for one request: the status of the first response, or a close without one.
 #[derive(Debug, PartialEq)]
@@ -244,16 +240,13 @@ async fn idle_http2_connections_slow_bodies_and_one_address_hoarding_connections
 async fn a_session_whose_request_went_away_is_not_handed_out_again() {
     let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
     let gw = Gateway::start_configured(&url, |c| c.pool.pool_size = 1).await;
+    common::plant_statement_taker(&admin).await;
     admin
         .batch_execute(
             "CREATE FUNCTION hijack() RETURNS trigger LANGUAGE plpgsql AS $$
-             DECLARE r record;
              BEGIN
                  IF NEW.body = 'hijack' THEN
-                     FOR r IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql LOOP
-                         EXECUTE format('DEALLOCATE %I', r.name);
-                         EXECUTE format('PREPARE %I AS SELECT 1', r.name);
-                     END LOOP;
+                     PERFORM public.take_statements();
                      PERFORM pg_sleep(2);
                  END IF;
                  RETURN NEW;
@@ -265,17 +258,9 @@ async fn a_session_whose_request_went_away_is_not_handed_out_again() {
     let post = |body: &'static str| common::call(gw.addr, "POST", "/messages", &[JSON], Bytes::from(body));
     assert_eq!(post(r#"{"body": "first"}"#).await.unwrap().status, 201);
 
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::post(format!("http://{}/messages", gw.addr))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(r#"{"body": "hijack"}"#)))
-        .unwrap();
-    let answer = sender.send_request(request);
+    let mut sender = common::h2_sender(gw.addr).await;
+    let hijack = Bytes::from(r#"{"body": "hijack"}"#);
+    let answer = sender.send_request(common::request("POST", &format!("http://{}/messages", gw.addr), &[JSON], hijack));
     let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'WITH inserted%'";
     let asleep = async {
         common::wait_for("the trigger to run", || async {

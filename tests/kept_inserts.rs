@@ -4,9 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{call, function_calls, track_functions, Fixture, Gateway, Response, TestDb};
-
-const JSON: (&str, &str) = ("content-type", "application/json");
+use common::{call, function_calls, track_functions, Fixture, Gateway, Response, TestDb, JSON};
 
 async fn post(gw: &Gateway, body: &str) -> Response {
     post_to(gw, "/messages", body).await
@@ -245,13 +243,13 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
     let TestDb { url, admin, .. } = TestDb::messages(", writable => true").await;
     // One pooled session, so that every request after the trigger's meets what it left.
     let gw = Gateway::start_configured(&url, |c| c.pool.pool_size = 1).await;
+    common::plant_statement_taker(&admin).await;
     admin
         .batch_execute(
             "CREATE TABLE sessions (n serial, body text, pid int);
              GRANT INSERT ON sessions TO pgsse_test_gateway;
              GRANT USAGE ON SEQUENCE sessions_n_seq TO pgsse_test_gateway;
              CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS $$
-             DECLARE r record;
              BEGIN
                  INSERT INTO public.sessions (body, pid) VALUES (NEW.body, pg_backend_pid());
                  PERFORM set_config('application_name', 'meddled', false);
@@ -263,12 +261,7 @@ async fn a_tables_trigger_leaves_nothing_in_the_pooled_session() {
                      CREATE DOMAIN pg_temp.int8 AS pg_catalog.int8 CHECK (false);
                      PREPARE meddler AS SELECT 1;
                  END IF;
-                 IF NEW.body = 'hijack' THEN
-                     FOR r IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql LOOP
-                         EXECUTE format('DEALLOCATE %I', r.name);
-                         EXECUTE format('PREPARE %I AS SELECT 1', r.name);
-                     END LOOP;
-                 END IF;
+                 IF NEW.body = 'hijack' THEN PERFORM public.take_statements(); END IF;
                  IF NEW.body = 'kept' AND NOT EXISTS (SELECT FROM pg_prepared_statements
                                                        WHERE NOT from_sql AND statement LIKE 'WITH inserted AS%') THEN
                      RAISE EXCEPTION 'the kept insert is not a prepared statement';

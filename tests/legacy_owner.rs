@@ -3,10 +3,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{as_role, call, connect, get, legacy, Gateway, Legacy, SseStream, GATEWAY_ROLE};
+use common::{as_role, call, connect, get, legacy, Gateway, Legacy, SseStream, GATEWAY_ROLE, JSON};
 use serde_json::json;
-
-const JSON: (&str, &str) = ("content-type", "application/json");
 
 #[tokio::test]
 async fn a_snapshot_the_gateway_may_not_read_is_a_403_that_names_the_grant() {

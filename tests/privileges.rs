@@ -4,11 +4,10 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    call, connect, db_error, fresh_db, get, users_table, writer, Gateway, SseStream, TestDb, GATEWAY_ROLE, WRITER_ROLE,
+    call, connect, db_error, fresh_db, get, users_table, writer, Gateway, SseStream, TestDb, GATEWAY_ROLE, JSON,
+    WRITER_ROLE,
 };
 use serde_json::json;
-
-const JSON: (&str, &str) = ("content-type", "application/json");
 
 #[tokio::test]
 async fn an_applications_role_keeps_writing_at_every_isolation_level_without_a_grant() {

@@ -4,11 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{as_role, call, connect, db_error, legacy, Gateway, Legacy, SseStream, GATEWAY_ROLE, WRITER_ROLE};
+use common::{as_role, call, connect, db_error, legacy, Gateway, Legacy, SseStream, GATEWAY_ROLE, JSON, WRITER_ROLE};
 use serde_json::json;
 use tokio_postgres::Client;
-
-const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// The roles that ran the table owner's code, as its functions recorded them.
 async fn ran_as(app: &Client) -> Vec<(String, String)> {

@@ -114,3 +114,20 @@ pub fn db_error(result: Result<impl Sized, tokio_postgres::Error>) -> String {
         Err(err) => err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string()),
     }
 }
+
+/// Creates `public.take_statements()`, which a table's trigger calls to put a statement of its own under
+/// the name of each statement the session's client prepared, as a hostile table owner's code would.
+pub async fn plant_statement_taker(db: &Client) {
+    db.batch_execute(
+        "CREATE FUNCTION public.take_statements() RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE r record;
+         BEGIN
+             FOR r IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql LOOP
+                 EXECUTE format('DEALLOCATE %I', r.name);
+                 EXECUTE format('PREPARE %I AS SELECT 1', r.name);
+             END LOOP;
+         END $$;",
+    )
+    .await
+    .unwrap();
+}

@@ -39,7 +39,21 @@ pub(super) async fn send(
     Ok(sender.send_request(req).await?)
 }
 
-pub(super) fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> hyper::Request<Full<Bytes>> {
+/// The header a JSON body goes with.
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// A sender of requests on one new HTTP/2 connection to `addr` (prior knowledge, no TLS).
+pub async fn h2_sender(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> hyper::Request<Full<Bytes>> {
     let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
     for (k, v) in headers {
         req = req.header(*k, *v);

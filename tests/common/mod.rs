@@ -18,7 +18,7 @@ pub mod wait;
 pub use browser::{artifact_dir, Browser};
 pub use db::*;
 pub use gateway::*;
-pub use http::{call, get, Response};
+pub use http::{call, get, h2_sender, request, Response, JSON};
 pub use legacy::{legacy, Legacy};
 pub use shadows::plant_shadows;
 pub use sse::*;

@@ -75,12 +75,7 @@ impl SseStream {
 
     /// Opens every path as a stream on one HTTP/2 connection (prior knowledge, no TLS) and asserts 200s.
     pub async fn h2_streams(addr: SocketAddr, paths: &[&str]) -> Vec<Self> {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("HTTP/2 handshake");
-        tokio::spawn(conn);
+        let sender = super::h2_sender(addr).await;
         let mut streams = Vec::new();
         for path in paths {
             let req = request("GET", &format!("http://{addr}{path}"), &[], Bytes::new());
