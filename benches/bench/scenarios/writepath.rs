@@ -18,6 +18,9 @@ const ROUND: Duration = Duration::from_secs(4);
 const STREAMS: usize = 10;
 /// Issue 13's target: the published table keeps this share of the unpublished one's inserts per second.
 const TARGET_SHARE: f64 = 60.0;
+/// Issue 31's, where each flush waits as on a cloud disk (`--flush-delay-us`): the flush, not the
+/// trigger, is then what an insert waits for.
+const TARGET_SHARE_SLOW_FLUSH: f64 = 90.0;
 
 pub(super) async fn writepath(gateway: &std::path::Path, payload: &str, flush_delay_us: u64) -> Vec<Report> {
     let dir = std::env::temp_dir().join(format!("pgsse-bench-writepath-{}", std::process::id()));
@@ -71,6 +74,7 @@ pub(super) async fn writepath(gateway: &std::path::Path, payload: &str, flush_de
         }
         let share: Vec<f64> = published.iter().zip(&plain).map(|(p, q)| p / q * 100.0).collect();
         let median = median(share.clone());
+        let target = if flush_delay_us > 0 { TARGET_SHARE_SLOW_FLUSH } else { TARGET_SHARE };
         reports.push(Report {
             scenario: format!("writepath {writers}"),
             clients: STREAMS,
@@ -79,7 +83,7 @@ pub(super) async fn writepath(gateway: &std::path::Path, payload: &str, flush_de
             inserts_per_s: median_of(&published),
             note: format!(
                 "fsync=on, flush delay {flush_delay_us} us; inserts/s published {} against unpublished {} (rounds alternated): {} % of it, \
-                 median {median:.1}% (target >= {TARGET_SHARE}%)",
+                 median {median:.1}% (target >= {target}%)",
                 list(&published),
                 list(&plain),
                 list(&share),
