@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -13,10 +14,15 @@ use super::TIMEOUT;
 const DRIVER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
 pub struct Browser {
-    _child: Child,
+    child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
+    /// The driver's TMPDIR, where Playwright puts Chromium's profile and its artifacts: the driver is
+    /// killed when the test ends, before it could remove them, so they go here rather than into /tmp.
+    scratch: PathBuf,
 }
+
+static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 impl Browser {
     /// Starts the driver, or returns why it cannot run here. Under CI that is a failure: `.ci/run` installs
@@ -35,17 +41,18 @@ impl Browser {
             eprintln!("SKIPPED browser test: {why}; .ci/run installs both");
             return None;
         }
+        let scratch = scratch_dir();
         let mut child = Command::new("node")
             .arg(Path::new(DRIVER_DIR).join("driver.mjs"))
             .current_dir(DRIVER_DIR)
+            .env("TMPDIR", &scratch)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("node runs the browser driver");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Some(Self { _child: child, stdin, stdout })
+        Some(Self { child, stdin, stdout, scratch })
     }
 
     pub async fn run(&mut self, mut cmd: Value) -> Value {
@@ -78,6 +85,29 @@ impl Browser {
     pub async fn logged(&mut self, page: &str, text: &str) {
         self.run(json!({"op": "logged", "page": page, "text": text})).await;
     }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// A new scratch directory for one driver, named by this process and a count. Those of test processes
+/// that are gone are removed first: Chromium may still have been writing to one as its driver was killed.
+fn scratch_dir() -> PathBuf {
+    let root = artifact_dir().join("tmp");
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().unwrap_or_default();
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(format!("{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 pub fn artifact_dir() -> PathBuf {
