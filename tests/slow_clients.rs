@@ -16,6 +16,20 @@ async fn stalled_stream(addr: std::net::SocketAddr) -> TcpStream {
     raw_stream(addr, Some(4096)).await
 }
 
+/// Inserts 64 KB rows until a client that reads nothing has fallen a queue behind and is cut from the
+/// hub, as `metrics` (the address serving /metrics) counts it.
+async fn insert_until_cut(app: &tokio_postgres::Client, metrics: std::net::SocketAddr, what: &str) {
+    let cut = || common::metric(metrics, "pgsse_subscribers_cut_total");
+    let row = "x".repeat(64 * 1024);
+    for _ in 0..1000 {
+        if cut().await > 0 {
+            break;
+        }
+        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
+    }
+    assert!(cut().await > 0, "{what}");
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     let TestDb { url, app, .. } = TestDb::messages("").await;
@@ -86,15 +100,7 @@ async fn a_client_that_stops_reading_gives_its_place_back_after_four_heartbeats(
         .await;
     assert_eq!(SseStream::open(gw.addr, "/messages/events", &[]).await.status, 429, "one stream per client");
 
-    // Rows until the client, which reads nothing, has fallen a queue behind and is cut from the hub.
-    let row = "x".repeat(64 * 1024);
-    for _ in 0..1000 {
-        if metric("pgsse_subscribers_cut_total").await > 0 {
-            break;
-        }
-        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
-    }
-    assert!(metric("pgsse_subscribers_cut_total").await > 0, "the stalled client was cut");
+    insert_until_cut(&app, gw.addr, "the stalled client was cut").await;
     // Its write is still blocked; only giving up on it frees the connection and the client's place.
     common::wait_for("the stalled client's place is given back", || async {
         SseStream::open(gw.addr, "/messages/events", &[]).await.status == 200
@@ -181,14 +187,7 @@ async fn shutdown_ends_blocked_and_idle_http1_streams_promptly() {
     read_until(&mut idle, &mut raw, b": pgsse\n\n").await;
     let mut stalled = raw_stream(gw.addr, Some(4096)).await;
     wait_for("both open", || async { metric("pgsse_streams_open{channel=\"messages\"}").await == 2 }).await;
-    let row = "x".repeat(64 * 1024);
-    for _ in 0..1000 {
-        if metric("pgsse_subscribers_cut_total").await > 0 {
-            break;
-        }
-        app.execute("INSERT INTO messages (body) VALUES ($1)", &[&row]).await.unwrap();
-    }
-    assert!(metric("pgsse_subscribers_cut_total").await > 0, "the stalled write is blocked");
+    insert_until_cut(&app, metrics, "the stalled write is blocked").await;
     // drain the idle one so its socket is not full
     let drain = tokio::spawn(async move {
         let mut v = Vec::new();
