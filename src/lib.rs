@@ -3,7 +3,8 @@
 //! The folders are the layers (docs/design.md draws them): `server` binds, accepts and drains; `http`
 //! serves a connection; `app` builds the state and gives each `api` handler its narrow handle; below them
 //! `pg`, `fanout`, [`sse`], [`auth`] and `limits`; at the bottom small leaves ([`filter`], [`cursor`],
-//! `shared_read`, and `refusal`, the kinds of refusal each error chooses and HTTP looks up).
+//! `shared_read`, `refusal` (the kinds of refusal each error chooses and HTTP looks up), and `memory`
+//! (freed memory given back after a storm of connections).
 
 mod api;
 mod app;
@@ -17,6 +18,7 @@ pub mod filter;
 mod http;
 mod limits;
 pub mod logging;
+mod memory;
 pub(crate) mod mercure;
 mod parse;
 mod pg;

@@ -1,6 +1,8 @@
 //! Stream limits, in total and per client address (`X-Forwarded-For` believed only from configured
-//! proxies), open connections per peer address, and counters of every limit that refused a request.
+//! proxies), open connections per peer address, and counters of every limit that refused a request. Each
+//! place taken or given back is counted as churn, for [`Scavenger`].
 
+use crate::memory::Scavenger;
 use crate::refusal::{Refusal, Refuse};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -97,6 +99,8 @@ pub struct Limits {
     snapshot_freed: tokio::sync::Notify,
     connections: Mutex<HashMap<IpAddr, usize>>,
     pub rejections: Rejections,
+    /// Counts the places taken and given back: a storm of them leaves freed memory to give back.
+    pub churn: Arc<Scavenger>,
 }
 
 /// One accepted connection of a peer address; dropping it gives the place back.
@@ -108,6 +112,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.limits.churn.churned();
         let Some(peer) = self.peer else { return };
         let mut connections = self.limits.connections.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = connections.get_mut(&peer) {
@@ -197,6 +202,7 @@ pub struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        self.limits.churn.churned();
         let mut open = self.limits.lock();
         if self.stream {
             open.total = open.total.saturating_sub(1);
@@ -219,6 +225,7 @@ impl Limits {
             snapshot_freed: tokio::sync::Notify::new(),
             connections: Mutex::default(),
             rejections: Rejections::default(),
+            churn: Arc::default(),
         }
     }
 
@@ -227,6 +234,7 @@ impl Limits {
     /// limited here (its clients are, by the stream limits).
     pub fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
         if self.trusted_proxies.contains(&peer) {
+            self.churn.churned();
             return Some(ConnectionSlot { limits: self.clone(), peer: None });
         }
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
@@ -236,6 +244,8 @@ impl Limits {
             return None;
         }
         *open += 1;
+        drop(connections);
+        self.churn.churned();
         Some(ConnectionSlot { limits: self.clone(), peer: Some(peer) })
     }
 
@@ -297,6 +307,8 @@ impl Limits {
         if stream {
             open.total += 1;
         }
+        drop(open);
+        self.churn.churned();
         Ok(StreamSlot { limits: self.clone(), client, stream })
     }
 }
@@ -327,6 +339,19 @@ mod tests {
         }
     }
     use http::HeaderValue;
+
+    /// Every place taken and given back is counted for the heaps' trimming; a refusal takes none.
+    #[test]
+    fn counts_each_place_taken_and_given_back_as_churn() {
+        let limits = Arc::new(Limits::new(&args(1, 1, 1, vec![])));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let (conn, stream, page) =
+            (limits.admit_connection(a).unwrap(), limits.admit(a).unwrap(), limits.admit_request(a));
+        assert!(limits.admit_connection(a).is_none() && page.is_err());
+        assert_eq!(limits.churn.count(), 2);
+        drop((conn, stream));
+        assert_eq!(limits.churn.count(), 4);
+    }
 
     #[test]
     fn admits_up_to_the_limits_and_releases_on_drop() {

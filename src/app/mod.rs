@@ -15,6 +15,7 @@ use crate::auth::Denials;
 use crate::config::Config;
 use crate::fanout::hub::Hub;
 use crate::limits::Limits;
+use crate::memory;
 use crate::mercure::Mercure;
 use crate::pg::error::StoreError;
 use crate::pg::listener::{Listener, ListenerError};
@@ -116,6 +117,7 @@ impl App {
             Mercure::new(parts, config.mercure.clone(), streams, events.sent_counter(), shutdown.clone())
         });
         tasks.spawn(listener.run(shutdown.clone()));
+        tasks.spawn(limits.churn.clone().run(memory::trim, shutdown.clone().cancelled_owned()));
         let (args, token) = (config.retention.clone(), shutdown.clone());
         let pruned = store.clone();
         tasks.spawn(async move { retention::run(&pruned, &args, token).await });
