@@ -16,16 +16,18 @@ impl Bench {
         let (rss, kernel) = (gw.rss_bytes(), socket_memory());
         let seen = clients.drain(0).await;
         let connected = seen.iter().filter(|s| s.connected).count();
+        let closed = rss_once_closed(&gw).await;
         Report {
             scenario: "idle".into(),
             clients: connected,
             gateway_rss_idle_mb: mb(rss),
             gateway_rss_peak_mb: mb(rss),
             note: format!(
-                "{:.2} KB per stream ({} streams over a base of {:.1} MB); kernel {}",
+                "{:.2} KB per stream ({} streams over a base of {:.1} MB, {:.1} MB once they closed); kernel {}",
                 (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
                 connected,
                 mb(base),
+                mb(closed),
                 per_connection(kernel0, kernel, connected)
             ),
             ..Report::default()
@@ -58,17 +60,22 @@ impl Bench {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (rss, kernel) = (gw.rss_bytes(), socket_memory());
         let connections = n.div_ceil(HTTP2_STREAMS_PER_CONNECTION);
+        let streams = held.len();
+        drop(held);
+        let closed = rss_once_closed(&gw).await;
         Report {
             scenario: "idle over HTTP/2".into(),
-            clients: held.len(),
+            clients: streams,
             gateway_rss_idle_mb: mb(rss),
             gateway_rss_peak_mb: mb(rss),
             note: format!(
-                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB); kernel {}",
-                (rss.saturating_sub(base)) as f64 / held.len().max(1) as f64 / 1024.0,
-                held.len(),
+                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB, {:.1} MB once they \
+                 closed); kernel {}",
+                (rss.saturating_sub(base)) as f64 / streams.max(1) as f64 / 1024.0,
+                streams,
                 connections,
                 mb(base),
+                mb(closed),
                 per_connection(kernel0, kernel, connections)
             ),
             ..Report::default()
@@ -141,4 +148,15 @@ fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connect
         per(buffers.saturating_sub(buffers0)),
         per(slab.saturating_sub(slab0))
     )
+}
+
+/// The gateway's RSS once its streams have all closed and it has had the time to give back what they
+/// freed (it trims its heaps at most every 5 s): what a storm of connections leaves it holding.
+async fn rss_once_closed(gw: &Gateway) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.metric("pgsse_streams_open").is_none_or(|n| n > 0.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    gw.rss_bytes()
 }
