@@ -343,7 +343,8 @@ mod tests {
     /// Every place taken and given back is counted for the heaps' trimming; a refusal takes none.
     #[test]
     fn counts_each_place_taken_and_given_back_as_churn() {
-        let limits = Arc::new(Limits::new(&args(1, 1, 1, vec![])));
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let limits = Arc::new(Limits::new(&args(1, 1, 1, vec![proxy])));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let (conn, stream, page) =
             (limits.admit_connection(a).unwrap(), limits.admit(a).unwrap(), limits.admit_request(a));
@@ -351,6 +352,9 @@ mod tests {
         assert_eq!(limits.churn.count(), 2);
         drop((conn, stream));
         assert_eq!(limits.churn.count(), 4);
+        // A trusted proxy's connections are not limited, but they are counted here too.
+        drop(limits.admit_connection(proxy).unwrap());
+        assert_eq!(limits.churn.count(), 6);
     }
 
     #[test]

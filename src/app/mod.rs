@@ -117,7 +117,9 @@ impl App {
             Mercure::new(parts, config.mercure.clone(), streams, events.sent_counter(), shutdown.clone())
         });
         tasks.spawn(listener.run(shutdown.clone()));
-        tasks.spawn(limits.churn.clone().run(memory::trim, shutdown.clone().cancelled_owned()));
+        if let Some(trim) = memory::TRIM {
+            tasks.spawn(limits.churn.clone().run(trim, shutdown.clone().cancelled_owned()));
+        }
         let (args, token) = (config.retention.clone(), shutdown.clone());
         let pruned = store.clone();
         tasks.spawn(async move { retention::run(&pruned, &args, token).await });
