@@ -150,13 +150,22 @@ fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connect
     )
 }
 
-/// The gateway's RSS once its streams have all closed and it has had the time to give back what they
-/// freed (it trims its heaps at most every 5 s): what a storm of connections leaves it holding.
+/// The gateway's RSS once its streams have all closed and it has given back what they freed (it trims its
+/// heaps once the churn calms, and after each trim rests 100 times as long as it took): what a storm of
+/// connections leaves it holding. Read once it has not fallen for 3 s, or after 30 s.
 async fn rss_once_closed(gw: &Gateway) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     while gw.metric("pgsse_streams_open").is_none_or(|n| n > 0.0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (mut lowest, mut since) = (gw.rss_bytes(), Instant::now());
+    while since.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let rss = gw.rss_bytes();
+        if rss < lowest - lowest / 100 {
+            since = Instant::now();
+        }
+        lowest = lowest.min(rss);
+    }
     gw.rss_bytes()
 }
