@@ -153,6 +153,11 @@ pub struct ServerArgs {
     /// many to keep a series each).
     #[arg(long, env = "PGSSE_METRICS_CHANNEL_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_channel_labels: bool,
+
+    /// Give the memory a storm of connections freed back to the system once it calms (glibc's
+    /// `malloc_trim`). `false`: keep it, for no pause while a trim runs (docs/operations.md).
+    #[arg(long, env = "PGSSE_TRIM_HEAPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub trim_heaps: bool,
 }
 
 /// The demo always serves its pages: `--demo` is not one of its flags. It uses a database only when its

@@ -3,8 +3,7 @@
 //! The folders are the layers (docs/design.md draws them): `server` binds, accepts and drains; `http`
 //! serves a connection; `app` builds the state and gives each `api` handler its narrow handle; below them
 //! `pg`, `fanout`, [`sse`], [`auth`] and `limits`; at the bottom small leaves ([`filter`], [`cursor`],
-//! `shared_read`, `refusal` (the kinds of refusal each error chooses and HTTP looks up), and `memory`
-//! (freed memory given back after a storm of connections).
+//! `shared_read`, `memory`, and `refusal`, the kinds of refusal each error chooses and HTTP looks up).
 
 mod api;
 mod app;

@@ -100,7 +100,7 @@ pub struct Limits {
     connections: Mutex<HashMap<IpAddr, usize>>,
     pub rejections: Rejections,
     /// Counts the places taken and given back: a storm of them leaves freed memory to give back.
-    pub churn: Arc<Scavenger>,
+    pub scavenger: Arc<Scavenger>,
 }
 
 /// One accepted connection of a peer address; dropping it gives the place back.
@@ -112,7 +112,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.limits.churn.churned();
+        self.limits.scavenger.churned();
         let Some(peer) = self.peer else { return };
         let mut connections = self.limits.connections.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = connections.get_mut(&peer) {
@@ -202,7 +202,7 @@ pub struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.limits.churn.churned();
+        self.limits.scavenger.churned();
         let mut open = self.limits.lock();
         if self.stream {
             open.total = open.total.saturating_sub(1);
@@ -225,7 +225,7 @@ impl Limits {
             snapshot_freed: tokio::sync::Notify::new(),
             connections: Mutex::default(),
             rejections: Rejections::default(),
-            churn: Arc::default(),
+            scavenger: Arc::default(),
         }
     }
 
@@ -234,7 +234,7 @@ impl Limits {
     /// limited here (its clients are, by the stream limits).
     pub fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
         if self.trusted_proxies.contains(&peer) {
-            self.churn.churned();
+            self.scavenger.churned();
             return Some(ConnectionSlot { limits: self.clone(), peer: None });
         }
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,7 +245,7 @@ impl Limits {
         }
         *open += 1;
         drop(connections);
-        self.churn.churned();
+        self.scavenger.churned();
         Some(ConnectionSlot { limits: self.clone(), peer: Some(peer) })
     }
 
@@ -308,7 +308,7 @@ impl Limits {
             open.total += 1;
         }
         drop(open);
-        self.churn.churned();
+        self.scavenger.churned();
         Ok(StreamSlot { limits: self.clone(), client, stream })
     }
 }
@@ -349,12 +349,12 @@ mod tests {
         let (conn, stream, page) =
             (limits.admit_connection(a).unwrap(), limits.admit(a).unwrap(), limits.admit_request(a));
         assert!(limits.admit_connection(a).is_none() && page.is_err());
-        assert_eq!(limits.churn.count(), 2);
+        assert_eq!(limits.scavenger.count(), 2);
         drop((conn, stream));
-        assert_eq!(limits.churn.count(), 4);
+        assert_eq!(limits.scavenger.count(), 4);
         // A trusted proxy's connections are not limited, but they are counted here too.
         drop(limits.admit_connection(proxy).unwrap());
-        assert_eq!(limits.churn.count(), 6);
+        assert_eq!(limits.scavenger.count(), 6);
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{get, wait_for, Gateway, SseStream, TestDb};
+use common::{get, metric, wait_for, Gateway, SseStream, TestDb};
 use pgsse::{Store, PAGE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -189,4 +189,24 @@ async fn snapshots_whose_clients_never_read_cannot_hold_the_pool() {
         status_of(gw.addr, &snapshot("10.0.0.3")).await.0 == 200
     })
     .await;
+}
+
+/// A storm of connections (600 requests, each on a connection of its own: 1,200 places under the limits
+/// taken and given back) is followed by a trim of the heaps once it calms; `--trim-heaps false` keeps the
+/// memory. The gateway that keeps it has its storm first, so it has had longer to trim by the time the
+/// other has.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn a_storm_of_connections_is_followed_by_a_trim_of_the_heaps_unless_turned_off() {
+    let TestDb { url, .. } = TestDb::messages("").await;
+    let kept = Gateway::start_configured(&url, |c| c.server.trim_heaps = false).await;
+    let trimmed = Gateway::start(&url).await;
+    for gw in [&kept, &trimmed] {
+        for _ in 0..600 {
+            assert_eq!(get(gw.addr, "/healthz", &[]).await.unwrap().status, 200);
+        }
+    }
+    let trims = |addr| async move { metric(addr, "pgsse_heap_trims_total").await };
+    wait_for("a trim once the storm has calmed", || async { trims(trimmed.addr).await >= 1 }).await;
+    assert_eq!(trims(kept.addr).await, 0, "--trim-heaps false: no trim");
 }

@@ -102,6 +102,12 @@ impl Collector for Metrics {
         }
         counter(
             &mut encoder,
+            "pgsse_heap_trims",
+            "Times the gateway gave memory freed by a storm of connections back to the system.",
+            self.limits.scavenger.trims(),
+        )?;
+        counter(
+            &mut encoder,
             "pgsse_log_lines_dropped",
             "Log lines dropped because the log's output (stdout) did not keep up.",
             crate::logging::dropped(),

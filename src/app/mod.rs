@@ -117,8 +117,8 @@ impl App {
             Mercure::new(parts, config.mercure.clone(), streams, events.sent_counter(), shutdown.clone())
         });
         tasks.spawn(listener.run(shutdown.clone()));
-        if let Some(trim) = memory::TRIM {
-            tasks.spawn(limits.churn.clone().run(trim, shutdown.clone().cancelled_owned()));
+        if let Some(trim) = memory::TRIM.filter(|_| config.server.trim_heaps) {
+            tasks.spawn(limits.scavenger.clone().run(trim, shutdown.clone().cancelled_owned()));
         }
         let (args, token) = (config.retention.clone(), shutdown.clone());
         let pruned = store.clone();
