@@ -14,9 +14,10 @@ impl Bench {
         // Let allocations settle (per-connection buffers are touched on the first heartbeat-free poll).
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (rss, kernel) = (gw.rss_bytes(), socket_memory());
+        let trims = heap_trims(&gw);
         let seen = clients.drain(0).await;
         let connected = seen.iter().filter(|s| s.connected).count();
-        let closed = rss_once_closed(&gw).await;
+        let closed = rss_once_closed(&gw, trims).await;
         Report {
             scenario: "idle".into(),
             clients: connected,
@@ -60,9 +61,9 @@ impl Bench {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (rss, kernel) = (gw.rss_bytes(), socket_memory());
         let connections = n.div_ceil(HTTP2_STREAMS_PER_CONNECTION);
-        let streams = held.len();
+        let (streams, trims) = (held.len(), heap_trims(&gw));
         drop(held);
-        let closed = rss_once_closed(&gw).await;
+        let closed = rss_once_closed(&gw, trims).await;
         Report {
             scenario: "idle over HTTP/2".into(),
             clients: streams,
@@ -150,17 +151,21 @@ fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connect
     )
 }
 
-/// The gateway's RSS once its streams have all closed and it has given back what they freed (it trims its
-/// heaps once the churn calms, and after each trim rests 100 times as long as it took): what a storm of
-/// connections leaves it holding. Read once it has not fallen for 3 s, or after 30 s.
-async fn rss_once_closed(gw: &Gateway) -> u64 {
+/// The gateway's RSS once its streams have all closed and it has given back what they freed: what a storm
+/// of connections leaves it holding. Read after a trim since `trims` (a build without trimming has none:
+/// then after 10 s), once the RSS has not fallen for 1 s.
+async fn rss_once_closed(gw: &Gateway, trims: f64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     while gw.metric("pgsse_streams_open").is_none_or(|n| n > 0.0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let closed = Instant::now();
+    while heap_trims(gw) <= trims && closed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (mut lowest, mut since) = (gw.rss_bytes(), Instant::now());
-    while since.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let rss = gw.rss_bytes();
         if rss < lowest - lowest / 100 {
             since = Instant::now();
@@ -168,4 +173,9 @@ async fn rss_once_closed(gw: &Gateway) -> u64 {
         lowest = lowest.min(rss);
     }
     gw.rss_bytes()
+}
+
+/// `pgsse_heap_trims_total`; 0 from a build without it.
+fn heap_trims(gw: &Gateway) -> f64 {
+    gw.metric("pgsse_heap_trims_total").unwrap_or(0.0)
 }
