@@ -173,10 +173,10 @@ async fn accept(
         // held by a block around the call: each idle stream's task would keep a second copy of all it
         // moved into the call.
         let serving = conn::serve(stream, peer, site.clone(), (slot, permit));
-        // At debug level, where the connection's own lines are: enabled, a span keeps a slot of the log's
-        // registry and its fields for each open connection, and the registry keeps the slots once they
-        // close (19,000 streams left 25 MB behind, docs/performance.md).
-        connections.spawn(serving.instrument(debug_span!("conn", %peer)));
+        // At the level and target of the connection's own lines, so it is on whenever they are: enabled,
+        // a span keeps a slot of the log's registry and its fields for each open connection, and the
+        // registry keeps the slots once they close (19,000 streams left 25 MB behind, docs/performance.md).
+        connections.spawn(serving.instrument(debug_span!(target: "pgsse::http::conn", "conn", %peer)));
     }
 }
 
