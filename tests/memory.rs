@@ -1,6 +1,6 @@
-//! What a client that does not read can make the gateway hold: replay batches and history pages are
-//! bounded in bytes, a history request holds a place under the per-client limit until it is written, and
-//! a connection whose client takes no bytes is cut whatever it was being sent.
+//! What clients can make the gateway hold: replay batches and history pages are bounded in bytes, a history
+//! request holds a place under the per-client limit until it is written, a connection whose client takes
+//! no bytes is cut whatever it was being sent, and what a storm of connections freed is given back.
 
 mod common;
 
