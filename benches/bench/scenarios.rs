@@ -39,7 +39,7 @@ mod writepath;
 pub struct Bench {
     url: String,
     gateway: PathBuf,
-    cluster: Option<Cluster>,
+    cluster: Option<Throwaway>,
     db: Client,
     payload: String,
 }
@@ -53,6 +53,25 @@ struct Load {
     writers: usize,
     duration: Duration,
     stalled: usize,
+}
+
+/// The bench's own cluster, stopped and removed when dropped: a run that panics (a `--gateway` that cannot
+/// migrate, say) leaves no PostgreSQL behind.
+struct Throwaway(Cluster);
+
+impl std::ops::Deref for Throwaway {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = self.0.stop("fast");
+        let _ = std::fs::remove_dir_all(&self.0.data_dir);
+    }
 }
 
 impl Bench {
@@ -72,7 +91,7 @@ impl Bench {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-                (cluster.url("postgres"), Some(cluster))
+                (cluster.url("postgres"), Some(Throwaway(cluster)))
             }
         };
         let gateway = args.gateway.clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_pgsse").into());
@@ -89,9 +108,7 @@ impl Bench {
 
     pub async fn teardown(self) {
         if let Some(cluster) = self.cluster {
-            let dir = cluster.data_dir.clone();
-            let _ = tokio::task::spawn_blocking(move || cluster.stop("fast")).await;
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
         }
     }
 
