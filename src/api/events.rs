@@ -187,11 +187,16 @@ impl Events {
             }
             (None, Some(shape)) => {
                 self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
-                match self
-                    .snapshots
-                    .begin(&self.store, &channels, &filters, &shape, &self.counters.snapshot_queries, gate)
-                    .await?
-                {
+                // Boxed: inline, a snapshot's future would make every stream's opening as large.
+                let begin = self.snapshots.begin(
+                    &self.store,
+                    &channels,
+                    &filters,
+                    &shape,
+                    &self.counters.snapshot_queries,
+                    gate,
+                );
+                match Box::pin(begin).await? {
                     Begun::Shared(taken) => Start::Shared(taken),
                     Begun::Streaming(snapshot, reading) => Start::Snapshot(snapshot, reading),
                 }

@@ -165,11 +165,13 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             return Ok(file);
         }
     }
+    // What an arm awaits is boxed there: inline, the largest arm's future would be every request's size, and
+    // an opening stream holds its future until its response head is written (the test below).
     match segments.as_slice() {
         [".well-known", "mercure"] => match &site.mercure {
             Some(mercure) => match *req.method() {
-                Method::GET => Ok(super::mercure::subscribe(site, mercure, peer, &req).await?),
-                Method::POST => Ok(super::mercure::publish(site, mercure, req).await?),
+                Method::GET => Ok(Box::pin(super::mercure::subscribe(site, mercure, peer, &req)).await?),
+                Method::POST => Ok(Box::pin(super::mercure::publish(site, mercure, req)).await?),
                 ref other => Err(ApiError::MethodNotAllowed(other.clone(), "GET, POST")),
             },
             None => Err(ApiError::NotFound("/.well-known/mercure: start the gateway with --mercure".into())),
@@ -179,7 +181,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
         )),
         ["healthz"] => {
             only_get(&req, "GET")?;
-            Ok(site.health.health().await)
+            Ok(Box::pin(site.health.health()).await)
         }
         ["metrics"] if !site.metrics_apart && matches!(*site.auth, Auth::None) => {
             only_get(&req, "GET")?;
@@ -189,12 +191,12 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
         ["metrics"] => Err(ApiError::NotFound("/metrics is served only on --metrics-listen".into())),
         ["readyz"] => {
             only_get(&req, "GET")?;
-            Ok(site.health.ready().await)
+            Ok(Box::pin(site.health.ready()).await)
         }
         ["events"] => {
             only_get(&req, "GET")?;
             let query = StreamQuery::parse(req.uri().query())?;
-            events(site, peer, &req, query.channels.clone(), &query).await
+            Box::pin(events(site, peer, &req, query.channels.clone(), &query)).await
         }
         [channel, "events"] => {
             only_get(&req, "GET")?;
@@ -202,7 +204,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             if !query.channels.is_empty() {
                 return Err(ApiError::ChannelInPath);
             }
-            events(site, peer, &req, vec![channel.to_string()], &query).await
+            Box::pin(events(site, peer, &req, vec![channel.to_string()], &query)).await
         }
         [channel] if !channel.is_empty() => {
             let channel = channel.to_string();
@@ -216,21 +218,22 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
             }
             let token = query_token(query.as_deref());
             let channels = [channel.clone()];
-            let access = site.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method()).await?;
+            let access =
+                Box::pin(site.auth.authenticate(req.headers(), token.as_deref(), &channels, req.method())).await?;
             match *req.method() {
                 Method::GET => {
                     // The right first, as for every read: the query's own mistakes are told only to those
                     // who may read the channel.
                     access.may_subscribe(&channel)?;
                     let slot = site.limits.admit_request(site.limits.client(peer, req.headers()))?;
-                    let page =
-                        site.commands.history(&access, &channel, &HistoryQuery::parse(query.as_deref())?).await?;
+                    let asked = HistoryQuery::parse(query.as_deref())?;
+                    let page = Box::pin(site.commands.history(&access, &channel, &asked)).await?;
                     Ok(page.map(|body| match body {
                         Either::Left(reply) => Either::Left(reply.holding(slot)),
                         stream => stream,
                     }))
                 }
-                Method::DELETE => Ok(site.commands.clear(&access, &channel).await?),
+                Method::DELETE => Ok(Box::pin(site.commands.clear(&access, &channel)).await?),
                 _ => {
                     let (parts, body) = req.into_parts();
                     // Refused before the body is read when the token cannot publish here, or asks wrongly.
@@ -241,7 +244,7 @@ async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Resp
                             site.limits.rejections.body_too_large();
                         }
                     })?;
-                    Ok(site.commands.post(&access, &channel, &asked, &parts.headers, object).await?)
+                    Ok(Box::pin(site.commands.post(&access, &channel, &asked, &parts.headers, object)).await?)
                 }
             }
         }
@@ -283,19 +286,19 @@ async fn events<B>(
     let shape = Shape::parse(snapshot, order, limit, events.args().snapshot_max_rows).map_err(StreamError::Snapshot)?;
     let channels = events.check_names(channels)?;
     let token = query.access_token.as_deref();
-    let access = site.auth.authenticate(req.headers(), token, &channels, req.method()).await?;
+    let access = Box::pin(site.auth.authenticate(req.headers(), token, &channels, req.method())).await?;
     // Authorized first: a token learns nothing of a channel outside its grant, not even whether it exists.
     for channel in &channels {
         access.may_subscribe(channel)?;
     }
     events.check_known(&channels).await?;
     if let Some(filter) = &query.filter {
-        events.check_filter(&channels, filter).await?;
+        Box::pin(events.check_filter(&channels, filter)).await?;
     }
     let mut filters = ChannelFilters::new();
     for channel in &channels {
         if let Some(granted) = access.filter_for(channel, None)? {
-            events.check_filter(std::slice::from_ref(channel), &granted).await.map_err(|err| match err {
+            Box::pin(events.check_filter(std::slice::from_ref(channel), &granted)).await.map_err(|err| match err {
                 StreamError::Columns(ColumnsError::Unknown { .. } | ColumnsError::Type(_)) => {
                     ApiError::Auth(AuthError::GrantFilter { channel: channel.clone(), cause: err.to_string() })
                 }
@@ -327,5 +330,39 @@ fn metrics(metrics: &Arc<Metrics>) -> Response<Body> {
             resp
         }
         Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "metrics could not be encoded" })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SnapshotGate;
+
+    /// The size of the future that `f` returns, without calling it.
+    fn future_size<F: Fn(A, B, C) -> R, A, B, C, R>(_: &F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An opening stream holds these futures until its response head is written, with hyper's buffers beside
+    /// them: in a reconnect storm, thousands at once. What only some requests need (a snapshot, a query, a
+    /// POST, history, Mercure) is boxed where it is awaited; inline, it made each 6.6 KB.
+    #[test]
+    fn an_opening_stream_holds_small_futures() {
+        let handle = future_size(&super::handle);
+        let events = future_size(&|s: &Site, r: &Request<Incoming>, q: &StreamQuery| {
+            super::events(s, IpAddr::from([127, 0, 0, 1]), r, vec![], q)
+        });
+        let open = future_size(&|s: &Site, g: &SnapshotGate, (): ()| {
+            s.events.open(vec![], None, None, ChannelFilters::new(), None, g)
+        });
+        let known = future_size(&|s: &Site, (): (), (): ()| s.events.check_known(&[]));
+        for (name, size, bound) in
+            [("handle", handle, 3072), ("events", events, 2048), ("open", open, 1024), ("check_known", known, 256)]
+        {
+            assert!(
+                size <= bound,
+                "the future of {name} is {size} bytes, over {bound}: box what only some requests await"
+            );
+        }
     }
 }

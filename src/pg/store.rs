@@ -252,6 +252,11 @@ impl Store {
         if missing.is_empty() {
             return Ok(missing);
         }
+        // Boxed, like the head's read: every stream opening holds this future, and a query's is 2 KB.
+        Box::pin(self.look_up_channels(missing)).await
+    }
+
+    async fn look_up_channels(&self, missing: Vec<String>) -> Result<Vec<String>, StoreError> {
         self.with(async |client| {
             let stmt = client.prepare_cached("SELECT name FROM pgsse.channels WHERE name = ANY($1)").await?;
             let found: HashSet<String> = client.query(&stmt, &[&missing]).await?.iter().map(|r| r.get(0)).collect();
@@ -327,7 +332,9 @@ impl Store {
             return outcome.clone().map_err(StoreError::Shared);
         }
         let began = tokio::time::Instant::now();
-        let outcome = self.read_committed_head().await;
+        // Boxed: of a storm's openings only the one that reads pays for a query's future (about 2 KB); the
+        // others wait for its outcome with a few bytes each.
+        let outcome = Box::pin(self.read_committed_head()).await;
         turn.set(began, outcome.as_ref().copied().map_err(ToString::to_string));
         outcome
     }
