@@ -221,11 +221,14 @@ impl Mercure {
             None => (Rights::default(), None),
         };
         let last = header_id.or(request.last_event_id);
-        // Read once for both that need it: a grant's filters, and a resume's read of the log.
-        let channels =
-            if rights.grant.is_some() || last.is_some() { self.store.update_channels().await? } else { Vec::new() };
+        // Read once for both that need it: a grant's filters, and a resume's read of the log. Each read is
+        // boxed, like the native stream's: every opening subscription would otherwise carry their room.
+        let channels = match rights.grant.is_some() || last.is_some() {
+            true => Box::pin(self.store.update_channels()).await?,
+            false => Vec::new(),
+        };
         let filters = match rights.grant {
-            Some(grant) => Some(self.grant_filters(grant, &channels).await?),
+            Some(grant) => Some(Box::pin(self.grant_filters(grant, &channels)).await?),
             None => None,
         };
         let interest = Arc::new(Interest { selectors: request.selectors, grants: rights.subscribe, filters });

@@ -50,10 +50,12 @@ pub(super) async fn open(
     let found = match (last.as_str(), parse_hub_id(&last)) {
         (EARLIEST, _) => None,
         (_, Some(n)) => Some(n),
-        (id, None) => with_publisher_id(m, &interest, id).await?,
+        (id, None) => Box::pin(with_publisher_id(m, &interest, id)).await?,
     };
     let (after, shown) = match found {
-        Some(n) if n <= m.store.issued_head().await? && n >= m.store.watermark(&names).await? => (n, last),
+        Some(n) if n <= Box::pin(m.store.issued_head()).await? && n >= Box::pin(m.store.watermark(&names)).await? => {
+            (n, last)
+        }
         // `earliest`, or an id never issued, gone with retention, or of an update this subscriber would not
         // get: the specification's answer is `earliest`, and the stream then holds every update retention
         // kept (whatever followed the id is among them).
