@@ -84,6 +84,17 @@ impl Gateway {
         metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// The sum of a metric's series, labelled or not (`pgsse_streams_open` has one per channel).
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let metrics = self.get("/metrics")?;
+        let value = |l: &str| {
+            let rest = l.strip_prefix(name)?;
+            let rest = if rest.starts_with('{') { &rest[rest.find('}')? + 1..] } else { rest };
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        };
+        Some(metrics.lines().filter_map(value).sum())
+    }
+
     /// CPU seconds (user + system) the gateway has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();

@@ -11,9 +11,8 @@ impl Bench {
         let gw = Gateway::start(&self.gateway, &self.url, &[]);
         let (base, kernel0) = (gw.rss_bytes(), socket_memory());
         let clients = Clients::connect(gw.addr, n, Instant::now()).await;
-        // Let allocations settle (per-connection buffers are touched on the first heartbeat-free poll).
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (rss, kernel) = (gw.rss_bytes(), socket_memory());
+        let rss = rss_while_open(&gw, n).await;
+        let kernel = socket_memory();
         let trims = heap_trims(&gw);
         let seen = clients.drain(0).await;
         let connected = seen.iter().filter(|s| s.connected).count();
@@ -58,8 +57,8 @@ impl Bench {
                 held.extend(opened.ok().and_then(Result::ok).filter(|r| r.status() == 200));
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (rss, kernel) = (gw.rss_bytes(), socket_memory());
+        let rss = rss_while_open(&gw, held.len()).await;
+        let kernel = socket_memory();
         let connections = n.div_ceil(HTTP2_STREAMS_PER_CONNECTION);
         let (streams, trims) = (held.len(), heap_trims(&gw));
         drop(held);
@@ -151,18 +150,39 @@ fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connect
     )
 }
 
+/// The gateway's RSS with `streams` open, once it has given back what opening them freed: read after a trim
+/// that came once they were all open, or 3 s without one (the storm's last trim may have come before they
+/// were counted; a build without trimming has none), once the RSS has not fallen for 1 s; not at a fixed
+/// time, which the trim, or its rest after the one before, can outlast.
+async fn rss_while_open(gw: &Gateway, streams: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.metric_sum("pgsse_streams_open").is_none_or(|n| n < streams as f64) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (trims, open) = (heap_trims(gw), Instant::now());
+    while heap_trims(gw) <= trims && open.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled_rss(gw, deadline).await
+}
+
 /// The gateway's RSS once its streams have all closed and it has given back what they freed: what a storm
 /// of connections leaves it holding. Read after a trim since `trims` (a build without trimming has none:
 /// then after 10 s), once the RSS has not fallen for 1 s.
 async fn rss_once_closed(gw: &Gateway, trims: f64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.metric("pgsse_streams_open").is_none_or(|n| n > 0.0) && Instant::now() < deadline {
+    while gw.metric_sum("pgsse_streams_open").is_none_or(|n| n > 0.0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let closed = Instant::now();
     while heap_trims(gw) <= trims && closed.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    settled_rss(gw, deadline).await
+}
+
+/// The RSS once it has not fallen by more than 1% for 1 s (or at `deadline`).
+async fn settled_rss(gw: &Gateway, deadline: Instant) -> u64 {
     let (mut lowest, mut since) = (gw.rss_bytes(), Instant::now());
     while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
