@@ -152,37 +152,31 @@ fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connect
 
 /// The gateway's RSS with `streams` open, once it has given back what opening them freed: read after a trim
 /// that came once they were all open, or 3 s without one (the storm's last trim may have come before they
-/// were counted; a build without trimming has none), once the RSS has not fallen for 1 s; not at a fixed
-/// time, which the trim, or its rest after the one before, can outlast.
+/// were counted; a build without trimming has none); not at a fixed time, which the trim, or its rest after
+/// the one before, can outlast.
 async fn rss_while_open(gw: &Gateway, streams: usize) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.metric_sum("pgsse_streams_open").is_none_or(|n| n < streams as f64) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (trims, open) = (heap_trims(gw), Instant::now());
-    while heap_trims(gw) <= trims && open.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    settled_rss(gw, deadline).await
+    rss_after_trim(gw, |open| open >= streams as f64, None, Duration::from_secs(3)).await
 }
 
 /// The gateway's RSS once its streams have all closed and it has given back what they freed: what a storm
 /// of connections leaves it holding. Read after a trim since `trims` (a build without trimming has none:
-/// then after 10 s), once the RSS has not fallen for 1 s.
+/// then after 10 s).
 async fn rss_once_closed(gw: &Gateway, trims: f64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.metric_sum("pgsse_streams_open").is_none_or(|n| n > 0.0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let closed = Instant::now();
-    while heap_trims(gw) <= trims && closed.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    settled_rss(gw, deadline).await
+    rss_after_trim(gw, |open| open <= 0.0, Some(trims), Duration::from_secs(10)).await
 }
 
-/// The RSS once it has not fallen by more than 1% for 1 s (or at `deadline`).
-async fn settled_rss(gw: &Gateway, deadline: Instant) -> u64 {
+/// The RSS once `pgsse_streams_open` is `counted`, and then a trim has come since `trims` (since then, if
+/// `None`) or `no_trim` has passed without one, once it has not fallen by more than 1% for 1 s; all within
+/// 30 s.
+async fn rss_after_trim(gw: &Gateway, counted: impl Fn(f64) -> bool, trims: Option<f64>, no_trim: Duration) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.metric_sum("pgsse_streams_open").is_none_or(|open| !counted(open)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (trims, since) = (trims.unwrap_or_else(|| heap_trims(gw)), Instant::now());
+    while heap_trims(gw) <= trims && since.elapsed() < no_trim {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (mut lowest, mut since) = (gw.rss_bytes(), Instant::now());
     while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
