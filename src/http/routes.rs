@@ -1,10 +1,12 @@
 //! Request routing and the JSON error contract: every refusal is `{"error": "..."}` with a fitting status.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::{self, FutureExt};
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
@@ -128,21 +130,34 @@ impl ApiError {
     }
 }
 
-pub async fn handle(site: Arc<Site>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Answers one request. Not an async fn: hyper keeps a request's future until its response is ready, and
+/// an async fn would keep room for the request it was given beside the routing future it moved it into.
+pub fn handle(
+    site: Arc<Site>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
-    let mut resp = if head_size(&req) > MAX_REQUEST_HEAD {
-        ApiError::HeadTooLarge.into_response()
+    let answered = if head_size(&req) > MAX_REQUEST_HEAD {
+        Some(ApiError::HeadTooLarge.into_response())
     } else if preflight {
         let mut resp = Response::new(Either::Left(Reply::new(Bytes::new())));
         *resp.status_mut() = StatusCode::NO_CONTENT;
-        resp
+        Some(resp)
     } else {
-        route(&site, peer, req).await.unwrap_or_else(ApiError::into_response)
+        None
     };
-    site.denials.note(resp.status());
-    site.cors.apply(&request_headers, resp.headers_mut(), preflight);
-    Ok(resp)
+    let routed = match answered {
+        Some(resp) => future::Either::Left(future::ready(Ok(resp))),
+        None => future::Either::Right(route(site.clone(), peer, req)),
+    };
+    routed.map(move |routed| {
+        let mut resp = routed.unwrap_or_else(ApiError::into_response);
+        site.denials.note(resp.status());
+        site.cors.apply(&request_headers, resp.headers_mut(), preflight);
+        Ok(resp)
+    })
 }
 
 /// The request head's size as HTTP/1.1 writes it: request line, each header line, and the blank line.
@@ -152,7 +167,8 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1 + headers + 2
 }
 
-async fn route(site: &Site, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(site: Arc<Site>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let site = &*site;
     let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if url_length > site.settings.max_url_length {
         site.limits.rejections.url_too_long();
@@ -362,7 +378,7 @@ mod tests {
             super::super::mercure::subscribe(s, m, peer, r)
         });
         let sizes = [
-            ("handle", handle, 2304),
+            ("handle", handle, 1536),
             ("events", events, 1536),
             ("open", open, 1024),
             ("check_known", known, 256),
