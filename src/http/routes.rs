@@ -351,12 +351,12 @@ fn metrics(metrics: &Arc<Metrics>) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::limits::SnapshotGate;
 
     /// The size of the future that `f` returns, without calling it.
-    fn future_size<F: Fn(A, B, C) -> R, A, B, C, R>(_: &F) -> usize {
+    pub(in crate::http) fn future_size<F: Fn(A, B, C) -> R, A, B, C, R>(_: &F) -> usize {
         std::mem::size_of::<R>()
     }
 
