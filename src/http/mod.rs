@@ -6,6 +6,7 @@ pub mod cors;
 mod idle;
 mod mercure;
 pub mod routes;
+mod socket;
 pub mod web;
 mod writing;
 
