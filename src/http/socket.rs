@@ -12,6 +12,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A connection whose first bytes were read to choose the protocol. They are handed back to hyper
 /// together with whatever else has arrived, in one read: hyper sizes its read buffer by its first read,
 /// and a short first read would double that buffer for as long as hyper serves the connection (keep-alive
