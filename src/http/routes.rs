@@ -139,18 +139,14 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let request_headers = req.headers().clone();
     let preflight = req.method() == Method::OPTIONS;
-    let answered = if head_size(&req) > MAX_REQUEST_HEAD {
-        Some(ApiError::HeadTooLarge.into_response())
+    let routed = if head_size(&req) > MAX_REQUEST_HEAD {
+        future::Either::Left(future::ready(Err(ApiError::HeadTooLarge)))
     } else if preflight {
         let mut resp = Response::new(Either::Left(Reply::new(Bytes::new())));
         *resp.status_mut() = StatusCode::NO_CONTENT;
-        Some(resp)
+        future::Either::Left(future::ready(Ok(resp)))
     } else {
-        None
-    };
-    let routed = match answered {
-        Some(resp) => future::Either::Left(future::ready(Ok(resp))),
-        None => future::Either::Right(route(site.clone(), peer, req)),
+        future::Either::Right(route(site.clone(), peer, req))
     };
     routed.map(move |routed| {
         let mut resp = routed.unwrap_or_else(ApiError::into_response);
