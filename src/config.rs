@@ -158,6 +158,12 @@ pub struct ServerArgs {
     /// `malloc_trim`). `false`: keep it, for no pause while a trim runs (docs/operations.md).
     #[arg(long, env = "PGSSE_TRIM_HEAPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub trim_heaps: bool,
+
+    /// Keep quiet HTTP/1 streams (plain, not TLS) without a task each: a stream whose last write was its
+    /// opening or a heartbeat is parked, its lasting state kept by one thread, until an event, a
+    /// heartbeat or its client wakes it. `false`: every stream keeps its task (docs/operations.md).
+    #[arg(long, env = "PGSSE_PARK_IDLE_STREAMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub park_idle_streams: bool,
 }
 
 /// The demo always serves its pages: `--demo` is not one of its flags. It uses a database only when its

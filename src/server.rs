@@ -92,8 +92,8 @@ pub async fn run(
         tasks.spawn(serve_metrics(metrics, app.clone()));
     }
     let server = &app.config.server;
-    let site = Arc::new(Site::new(&app, builders(server), metrics_apart));
     let connections = TaskTracker::new();
+    let site = Arc::new(Site::new(&app, builders(server), metrics_apart, &connections));
     accept(api, &site, &connections, shutdown).await;
 
     info!("shutting down: ending streams and closing connections");

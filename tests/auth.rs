@@ -258,6 +258,23 @@ async fn a_stream_ends_when_its_token_expires() {
     assert!(stream.next().await.is_none(), "the server ended the stream at exp");
 }
 
+#[tokio::test]
+async fn a_parked_stream_ends_when_its_token_expires() {
+    let TestDb { url, .. } = orders_db().await;
+    let (gw, metrics) = Gateway::start_with_metrics(jwt_config(&url)).await;
+    let opened = std::time::Instant::now();
+    let short = format!("Bearer {}", token(json!({"subscribe": ["orders"]}), now() + 2));
+    let mut stream = SseStream::ok(gw.addr, "/orders/events", &[("authorization", &short)]).await;
+    common::wait_for("the quiet stream is parked", || async {
+        common::metric(metrics, "pgsse_streams_parked").await == 1
+    })
+    .await;
+    assert!(stream.next().await.is_none());
+    let took = opened.elapsed();
+    assert!(took < std::time::Duration::from_secs(8), "ended after {took:?}: at exp, not at a heartbeat (15 s)");
+    assert_eq!(common::metric(metrics, "pgsse_streams_parked").await, 0);
+}
+
 /// An ES256 key pair made with the openssl command line (Debian's openssl package).
 fn es256_pair(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
     let private = dir.join("private.pem");

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use http_body::{Body, Frame as BodyFrame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
-use crate::fanout::hub::Subscription;
+use crate::fanout::hub::{Moved, Subscription};
 use crate::limits::StreamSlot;
 
 /// Upper bound for one coalesced write; one frame larger than this is still sent whole.
@@ -22,11 +22,15 @@ const COALESCE_BYTES: usize = 64 * 1024;
 
 const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
-/// What stream bodies have written, for the metrics.
+/// A stream whose heartbeat or end is this close is not parked: it would only be woken again at once.
+const PARK_MARGIN: Duration = Duration::from_millis(20);
+
+/// What stream bodies have written, and how many of them are parked, for the metrics.
 #[derive(Default)]
 pub struct Sent {
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
+    pub parked: AtomicU64,
 }
 
 /// What the replay task hands the body: encoded history, then the live subscription.
@@ -54,11 +58,15 @@ pub struct SseBody {
     skip_through: i64,
     heartbeat: Duration,
     /// Fires once `heartbeat` has passed since `last_sent`. Re-armed from `last_sent` only when it fires,
-    /// rather than reset by every event, which would update the runtime's timer wheel per delivery.
-    timer: Pin<Box<Sleep>>,
+    /// rather than reset by every event, which would update the runtime's timer wheel per delivery. Set
+    /// when first polled, and dropped while the stream is parked, as is `expiry`.
+    timer: Option<Pin<Box<Sleep>>>,
     last_sent: Instant,
     /// When the client's credentials run out; the stream ends then.
-    expires: Option<Pin<Box<Sleep>>>,
+    expires: Option<Instant>,
+    expiry: Option<Pin<Box<Sleep>>>,
+    /// What went out last was the prelude or a heartbeat.
+    quiet: bool,
     /// The stream's place under the limits, given back when the body is dropped.
     slot: Option<StreamSlot>,
     sent: Option<Arc<Sent>>,
@@ -75,15 +83,16 @@ impl SseBody {
     }
 
     fn new(prelude: Bytes, source: Source, skip_through: i64, heartbeat: Duration) -> Self {
-        let now = Instant::now();
         Self {
             prelude: Some(prelude),
             source,
             skip_through,
             heartbeat,
-            timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
-            last_sent: now,
+            timer: None,
+            last_sent: Instant::now(),
             expires: None,
+            expiry: None,
+            quiet: true,
             slot: None,
             sent: None,
         }
@@ -113,22 +122,83 @@ impl SseBody {
 
     /// Ends the stream at `deadline`, if there is one.
     pub fn ending_at(mut self, deadline: Option<Instant>) -> Self {
-        self.expires = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self.expires = deadline;
         self
     }
 
     /// Whether a heartbeat is due, re-arming the timer if events went out since it was set.
     fn heartbeat_due(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.timer.as_mut().poll(cx).is_ready() {
+        let due = self.last_sent + self.heartbeat;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        while timer.as_mut().poll(cx).is_ready() {
             let due = self.last_sent + self.heartbeat;
-            if due <= self.timer.deadline() {
+            if due <= timer.deadline() {
                 self.last_sent = Instant::now();
-                self.timer.as_mut().reset(self.last_sent + self.heartbeat);
+                timer.as_mut().reset(self.last_sent + self.heartbeat);
                 return true;
             }
-            self.timer.as_mut().reset(due);
+            timer.as_mut().reset(due);
         }
         false
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.expires else { return false };
+        let expiry = self.expiry.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        expiry.as_mut().poll(cx).is_ready()
+    }
+
+    /// Whether the stream may be parked once it has nothing to send: it is live, and what it sent last was
+    /// its prelude or a heartbeat (a stream that events keep busy stays with its task until a heartbeat's
+    /// time passes without one).
+    pub fn parkable(&self) -> bool {
+        self.quiet
+            && self.prelude.is_none()
+            && matches!(self.source, Source::Live(_))
+            && self.wakes_at() > Instant::now() + PARK_MARGIN
+    }
+
+    /// Moves the subscription's lasting state to allocations the calling thread makes
+    /// ([`Subscription::relocate`]).
+    pub fn relocate(&mut self) -> Option<Moved> {
+        match &mut self.source {
+            Source::Live(sub) => sub.relocate(),
+            _ => None,
+        }
+    }
+
+    /// Parks the stream: `waker` is woken by its next frames or its end, and its timers are dropped (the
+    /// caller wakes it at [`SseBody::wakes_at`]). `false`, and nothing changed, if it has something to send.
+    pub fn park(&mut self, waker: &Waker) -> bool {
+        let Source::Live(sub) = &self.source else { return false };
+        if !sub.queue.park(waker) {
+            return false;
+        }
+        self.timer = None;
+        self.expiry = None;
+        true
+    }
+
+    /// The heartbeat a parked stream sends where it is kept, counted as sent now; `None` if what is due
+    /// is not a heartbeat (the end of its credentials, or nothing yet): the stream needs its task then.
+    pub fn beat(&mut self) -> Option<Bytes> {
+        let now = Instant::now();
+        if self.expires.is_some_and(|at| at <= now) || self.last_sent + self.heartbeat > now {
+            return None;
+        }
+        self.last_sent = now;
+        self.quiet = true;
+        let beat = Bytes::from_static(HEARTBEAT);
+        if let Some(sent) = &self.sent {
+            sent.bytes.fetch_add(beat.len() as u64, Ordering::Relaxed);
+        }
+        Some(beat)
+    }
+
+    /// When a parked stream must be woken: its next heartbeat, or the end of its credentials.
+    pub fn wakes_at(&self) -> Instant {
+        let beat = self.last_sent + self.heartbeat;
+        self.expires.map_or(beat, |at| at.min(beat))
     }
 
     /// Takes every frame that is ready now, up to [`COALESCE_BYTES`], as one chunk.
@@ -175,13 +245,14 @@ impl Body for SseBody {
         if matches!(this.source, Source::Done) {
             return Poll::Ready(None);
         }
-        if this.expires.as_mut().is_some_and(|e| e.as_mut().poll(cx).is_ready()) {
+        if this.expired(cx) {
             this.source = Source::Done;
             return Poll::Ready(None);
         }
         match this.poll_source(cx) {
             Poll::Ready(Some((bytes, frames))) => {
                 this.last_sent = Instant::now();
+                this.quiet = false;
                 return this.sent(bytes, frames);
             }
             Poll::Ready(None) => {
@@ -191,6 +262,7 @@ impl Body for SseBody {
             Poll::Pending => {}
         }
         if this.heartbeat_due(cx) {
+            this.quiet = true;
             return this.sent(Bytes::from_static(HEARTBEAT), 0);
         }
         Poll::Pending

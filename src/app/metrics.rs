@@ -255,6 +255,12 @@ impl Collector for Metrics {
         ] {
             counter_of(&mut encoder, name, help, counter)?;
         }
+        gauge(
+            &mut encoder,
+            "pgsse_streams_parked",
+            "Quiet HTTP/1 streams kept without a task of their own (--park-idle-streams).",
+            sent.parked.load(Ordering::Relaxed) as i64,
+        )?;
         let denied = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(
             "pgsse_auth_denials",

@@ -103,6 +103,42 @@ pub struct Subscription {
     hub: Arc<Hub>,
 }
 
+/// What [`Subscription::relocate`] moved away from, to be freed by another thread than the one that
+/// relocates: freed there, glibc's per-thread cache would hand the same blocks to its next relocations.
+pub struct Moved {
+    _queue: Arc<Queue>,
+    _channels: Vec<Arc<str>>,
+}
+
+impl Subscription {
+    /// Moves what the subscription keeps for as long as it lasts (its queue, its list of channels) to
+    /// allocations the calling thread makes now. A parked stream's thread keeps them together, away from
+    /// the buffers freed around those its opening made, which would otherwise each keep a page in use.
+    /// Does nothing once frames are queued or the hub is closed.
+    pub fn relocate(&mut self) -> Option<Moved> {
+        let mut inner = self.hub.lock();
+        if inner.closed || !self.queue.is_idle() {
+            return None;
+        }
+        // Frames are pushed under the hub's lock, so none can reach the old queue once this holds it.
+        let queue = Arc::new(self.queue.emptied());
+        for channel in &self.channels {
+            if let Some(subscriber) = inner.channels.get_mut(channel).and_then(|s| s.get_mut(&self.id)) {
+                subscriber.queue = queue.clone();
+            }
+        }
+        if let Some((updates, _)) = inner.updates.get_mut(&self.id) {
+            *updates = queue.clone();
+        }
+        drop(inner);
+        let channels = self.channels.clone();
+        Some(Moved {
+            _queue: std::mem::replace(&mut self.queue, queue),
+            _channels: std::mem::replace(&mut self.channels, channels),
+        })
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut inner = self.hub.lock();

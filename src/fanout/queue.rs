@@ -71,6 +71,28 @@ impl Queue {
         Ok(woke)
     }
 
+    /// A queue like this one, with nothing in it yet.
+    pub fn emptied(&self) -> Self {
+        Self::new(self.capacity)
+    }
+
+    /// Empty, and frames may still come.
+    pub fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.frames.is_empty() && !state.closed
+    }
+
+    /// Leaves `waker` to be woken by the next frames or the close, unless frames or the close are already
+    /// here (`false`): how a parked stream, which has no task to poll it, learns it has something to send.
+    pub fn park(&self, waker: &Waker) -> bool {
+        let mut state = self.lock();
+        if !state.frames.is_empty() || state.closed {
+            return false;
+        }
+        state.waker = Some(waker.clone());
+        true
+    }
+
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
@@ -168,5 +190,24 @@ mod tests {
             "drained after close"
         );
         assert_eq!(q.poll_chunk(&mut cx, 0, 100), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_parked_waker_is_woken_by_frames_or_the_close_and_not_left_when_they_are_here() {
+        let wakes = Arc::new(Count(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let q = Queue::new(3);
+        assert!(q.park(&waker));
+        q.push_all([&frame(1, "a")]).unwrap();
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!q.park(&waker), "frames are waiting: no park");
+        assert!(!q.is_idle());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(q.poll_chunk(&mut cx, 0, 100).is_ready());
+        assert!(q.is_idle() && q.park(&waker));
+        q.close();
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2, "the close wakes it");
+        assert!(!q.park(&waker) && !q.is_idle());
+        assert!(q.emptied().is_idle(), "a fresh queue of the same capacity");
     }
 }

@@ -121,6 +121,21 @@ impl<B> Logged<B> {
     pub fn into_parts(self) -> (B, Option<Box<Entry>>) {
         (self.body, self.entry)
     }
+
+    pub fn body(&self) -> &B {
+        &self.body
+    }
+
+    pub fn body_mut(&mut self) -> &mut B {
+        &mut self.body
+    }
+
+    /// Counts bytes sent other than through [`Body::poll_frame`].
+    pub fn count(&mut self, data: &[u8]) {
+        if let Some(entry) = self.entry.as_mut() {
+            entry.count(data);
+        }
+    }
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {

@@ -28,31 +28,30 @@ use crate::api::reply::Body as Routed;
 use crate::api::stream::SseBody;
 use crate::http::access::{self, Logged};
 use crate::http::idle::{Guard, Tracked};
-use crate::http::socket::{Sniffed, Stalling};
-use crate::http::writing::{Http1, CLOSE_TIMEOUT};
+use crate::http::parked::{Admitted, Lot};
+use crate::http::socket::{Parkable, Sniffed, Stalling};
+use crate::http::writing::{Http1, Parked, CLOSE_TIMEOUT};
 use crate::http::{routes, Site};
 
 /// Heartbeats' worth of time in which a client must take at least one byte of a pending write.
-const STALLED_HEARTBEATS: u32 = 4;
+pub(super) const STALLED_HEARTBEATS: u32 = 4;
 
 /// Serves one client connection until it closes or graceful shutdown ends it, and then drops `admitted`
 /// (its places under the limits). Not an async fn: its arguments would stay in every connection's task
 /// for as long as the connection lasts, though they move on at once.
-pub fn serve<A: Send + 'static>(
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     site: Arc<Site>,
-    admitted: A,
+    admitted: Admitted,
 ) -> impl Future<Output = ()> + Send {
+    let lot = site.lot.clone();
     // Boxed, and so freed once the protocol is known: inline, every connection's task would stay as large
     // as its largest phase (the TLS handshake, the deadline's timer) for as long as its stream idles.
     let opening = Box::pin(open(stream, peer, site));
     async move {
-        let _admitted = admitted;
         let Some(serving) = opening.await else { return };
-        if let Err(err) = serving.await {
-            debug!(cause = ?err, "connection ended with an error");
-        }
+        Lot::ended(lot.as_ref(), serving.await, admitted);
     }
 }
 
@@ -88,7 +87,10 @@ fn served<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     said: [&str; 2],
     peer: SocketAddr,
     site: Arc<Site>,
-) -> Option<Serving> {
+) -> Option<Serving>
+where
+    Sniffed<IO>: Parkable,
+{
     match first {
         Ok(Ok((io, http2))) => Some(serve_http(io, http2, peer, site)),
         Ok(Err(err)) => {
@@ -102,15 +104,18 @@ fn served<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
-/// One connection being served, boxed at its protocol's own size.
-type Serving = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+/// One connection being served, boxed at its protocol's own size; an HTTP/1 stream may end it parked.
+type Serving = Pin<Box<dyn Future<Output = Result<Option<Parked>, hyper::Error>> + Send>>;
 
 fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Sniffed<IO>,
     http2: bool,
     peer: SocketAddr,
     site: Arc<Site>,
-) -> Serving {
+) -> Serving
+where
+    Sniffed<IO>: Parkable,
+{
     if !http2 {
         return serve_http1(io, peer, site);
     }
@@ -132,7 +137,7 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let conn = pin!(conn);
         let serving = until_done(conn, &closing, http2::Connection::graceful_shutdown, |conn, cx| conn.poll(cx));
         tokio::select! {
-            done = serving => done,
+            done = serving => done.map(|()| None),
             // GOAWAY, then a bounded wait: hyper's graceful close waits for the client to answer a PING,
             // which a client that does nothing never does.
             () = async {
@@ -140,7 +145,7 @@ fn serve_http<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 debug!("HTTP/2 connection idle; closing it");
                 closing.cancel();
                 sleep(CLOSE_TIMEOUT).await;
-            } => Ok(()),
+            } => Ok(None),
         }
     })
 }
@@ -230,9 +235,12 @@ fn serve_http1<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: Sniffed<IO>,
     peer: SocketAddr,
     site: Arc<Site>,
-) -> Serving {
-    let shutdown = site.shutdown.clone();
-    Box::pin(Http1::new(Box::pin(until_detached(io, peer, site)), shutdown))
+) -> Serving
+where
+    Sniffed<IO>: Parkable,
+{
+    let (shutdown, parking) = (site.shutdown.clone(), site.lot.is_some());
+    Box::pin(Http1::new(Box::pin(until_detached(io, peer, site)), shutdown, parking))
 }
 
 /// Lets hyper serve the connection until it ends or a stream is opened on it, and hands back the

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod cors;
 mod idle;
 mod mercure;
+mod parked;
 pub mod routes;
 mod socket;
 pub mod web;
@@ -15,7 +16,10 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioExecutor;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
 
 use crate::api::commands::Commands;
 use crate::api::events::Events;
@@ -44,6 +48,8 @@ pub struct Site {
     pub builders: Builders,
     /// Whether `/metrics` has a listener of its own, and so is not served here.
     pub metrics_apart: bool,
+    /// Keeps quiet HTTP/1 streams without a task each, under `--park-idle-streams`.
+    lot: Option<parked::Lot>,
 }
 
 /// The configuration HTTP reads, taken once.
@@ -67,8 +73,24 @@ pub struct Builders {
 }
 
 impl Site {
-    pub fn new(app: &App, builders: Builders, metrics_apart: bool) -> Self {
+    /// Must be called within the runtime, which parked streams are served on again. `connections` is the
+    /// server's: a parked stream keeps its place among them.
+    pub fn new(app: &App, builders: Builders, metrics_apart: bool, connections: &TaskTracker) -> Self {
         let config = &app.config;
+        let lot = config.server.park_idle_streams.then(|| {
+            parked::Lot::start(parked::Serving {
+                runtime: Handle::current(),
+                connections: connections.clone(),
+                shutdown: app.shutdown.clone(),
+                stall: config.streams.heartbeat * conn::STALLED_HEARTBEATS,
+                sent: app.events.sent_counter(),
+            })
+        });
+        let lot = lot.and_then(|started| {
+            started
+                .inspect_err(|err| warn!(cause = %err, "could not start parking idle streams; each keeps a task"))
+                .ok()
+        });
         Self {
             events: app.events.clone(),
             commands: app.commands.clone(),
@@ -91,6 +113,7 @@ impl Site {
             cors: Cors::new(&config.server.cors_origins),
             builders,
             metrics_apart,
+            lot,
         }
     }
 }

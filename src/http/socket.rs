@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 /// What a client speaking HTTP/2 by prior knowledge sends first.
@@ -40,6 +41,41 @@ impl<IO: AsyncRead + Unpin> Sniffed<IO> {
         Ok((Self { inner, first, len, pos: 0 }, http2))
     }
 }
+
+/// A connection whose stream can be parked as a bare socket (`http::parked`): plain TCP, with nothing it
+/// read still held. A TLS connection's state lives in its session, so its streams stay with their tasks.
+pub(super) trait Parkable: Sized {
+    fn parkable(&self) -> bool {
+        false
+    }
+
+    /// The socket, if [`Parkable::parkable`].
+    fn into_tcp(self) -> Option<TcpStream> {
+        None
+    }
+}
+
+impl Parkable for Stalling<TcpStream> {
+    fn parkable(&self) -> bool {
+        true
+    }
+
+    fn into_tcp(self) -> Option<TcpStream> {
+        Some(self.inner)
+    }
+}
+
+impl Parkable for Sniffed<Stalling<TcpStream>> {
+    fn parkable(&self) -> bool {
+        self.pos == self.len
+    }
+
+    fn into_tcp(self) -> Option<TcpStream> {
+        self.parkable().then_some(self.inner.inner)
+    }
+}
+
+impl<IO> Parkable for Sniffed<tokio_rustls::server::TlsStream<IO>> {}
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::api::stream::SseBody;
 use crate::http::access::Logged;
+use crate::http::socket::Parkable;
 
 /// Bound on closing a connection politely (TLS close_notify, FIN) once it is done.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,10 +24,18 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) type Detaching<IO> =
     Pin<Box<dyn Future<Output = Result<(IO, Option<Logged<SseBody>>), hyper::Error>> + Send>>;
 
+/// A stream with nothing to send, its connection taken off the runtime for `http::parked` to keep.
+pub(super) struct Parked {
+    pub tcp: std::net::TcpStream,
+    pub body: Logged<SseBody>,
+}
+
 /// Serves an HTTP/1 connection: hyper until it hands the connection back (boxed, and so freed then),
-/// then the stream's bytes ([`Writing`]), then a close bounded by [`CLOSE_TIMEOUT`].
+/// then the stream's bytes ([`Writing`]), then a close bounded by [`CLOSE_TIMEOUT`]; or it ends with the
+/// stream [`Parked`], when `parking` and the stream has been quiet.
 pub(super) struct Http1<IO> {
     state: State<IO>,
+    parking: bool,
 }
 
 // Writing is large because it is where a connection spends its life; boxed, it would be one more allocation.
@@ -39,8 +48,23 @@ enum State<IO> {
 }
 
 impl<IO> Http1<IO> {
-    pub(super) fn new(hyper: Detaching<IO>, shutdown: CancellationToken) -> Self {
-        Self { state: State::Hyper(hyper, shutdown) }
+    pub(super) fn new(hyper: Detaching<IO>, shutdown: CancellationToken, parking: bool) -> Self {
+        Self { state: State::Hyper(hyper, shutdown), parking }
+    }
+
+    /// A parked stream's connection, back with a task to write what woke it, after `pending` (what is
+    /// left of a heartbeat the socket did not take whole while parked).
+    pub(super) fn unparked(
+        io: IO,
+        body: Logged<SseBody>,
+        pending: Bytes,
+        shutdown: CancellationToken,
+        parking: bool,
+    ) -> Self {
+        let mut writing = Writing::new(io, body, shutdown);
+        writing.flushing = !pending.is_empty();
+        writing.pending = pending;
+        Self { state: State::Writing(writing), parking }
     }
 
     /// Moves on from the present state, which is returned (the state is not moved while it waits).
@@ -53,8 +77,8 @@ fn closing<IO>(io: IO) -> State<IO> {
     State::Closing(io, Box::pin(sleep(CLOSE_TIMEOUT)))
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Http1<IO> {
-    type Output = Result<(), hyper::Error>;
+impl<IO: AsyncRead + AsyncWrite + Parkable + Unpin> Future for Http1<IO> {
+    type Output = Result<Option<Parked>, hyper::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -62,7 +86,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Http1<IO> {
             match &mut this.state {
                 State::Hyper(hyper, _) => {
                     let handed = ready!(hyper.as_mut().poll(cx));
-                    let State::Hyper(_, shutdown) = this.take() else { return Poll::Ready(Ok(())) };
+                    let State::Hyper(_, shutdown) = this.take() else { return Poll::Ready(Ok(None)) };
                     this.state = match handed {
                         Err(err) => return Poll::Ready(Err(err)),
                         Ok((io, Some(body))) => State::Writing(Writing::new(io, body, shutdown)),
@@ -70,8 +94,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Http1<IO> {
                     };
                 }
                 State::Writing(writing) => {
-                    ready!(writing.poll_step(cx));
-                    let State::Writing(writing) = this.take() else { return Poll::Ready(Ok(())) };
+                    if writing.poll_step(cx).is_pending() {
+                        if !(this.parking && writing.parks()) {
+                            return Poll::Pending;
+                        }
+                        let State::Writing(writing) = this.take() else { return Poll::Ready(Ok(None)) };
+                        return Poll::Ready(Ok(writing.park()));
+                    }
+                    let State::Writing(writing) = this.take() else { return Poll::Ready(Ok(None)) };
                     this.state = closing(writing.io);
                 }
                 State::Closing(io, deadline) => {
@@ -80,7 +110,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Http1<IO> {
                     }
                     this.state = State::Done;
                 }
-                State::Done => return Poll::Ready(Ok(())),
+                State::Done => return Poll::Ready(Ok(None)),
             }
         }
     }
@@ -103,9 +133,27 @@ struct Writing<IO> {
     stopping: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Writing<IO> {
+impl<IO> Writing<IO> {
     fn new(io: IO, body: Logged<SseBody>, shutdown: CancellationToken) -> Self {
         Self { io, body, pending: Bytes::new(), flushing: false, shutdown, stopping: None }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Parkable + Unpin> Writing<IO> {
+    /// Whether the stream, which has just found nothing to send, should be parked: everything it wrote is
+    /// flushed, it has been quiet, and its connection is a bare socket.
+    fn parks(&self) -> bool {
+        !self.pending.has_remaining()
+            && !self.flushing
+            && !self.shutdown.is_cancelled()
+            && self.body.body().parkable()
+            && self.io.parkable()
+    }
+
+    /// The stream for `http::parked` to keep, its socket off the runtime; `None` if the socket failed.
+    fn park(self) -> Option<Parked> {
+        let tcp = self.io.into_tcp()?.into_std().ok()?;
+        Some(Parked { tcp, body: self.body })
     }
 
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<()> {

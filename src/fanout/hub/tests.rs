@@ -144,3 +144,24 @@ fn dropping_a_subscription_unregisters_it() {
     drop(sub);
     assert!(hub.subscriber_counts().is_empty());
 }
+
+#[test]
+fn a_relocated_subscription_gets_every_later_frame_in_its_new_queue() {
+    let hub = Arc::new(Hub::new(4));
+    hub.start_at(0);
+    let (mut ab, _) = hub.subscribe(&["a".into(), "b".into()], &ChannelFilters::new()).unwrap();
+    let old = ab.queue.clone();
+    let moved = ab.relocate().expect("idle: relocated");
+    assert!(!Arc::ptr_eq(&old, &ab.queue));
+    drop(moved);
+    hub.broadcast(vec![event("a", 1), event("b", 2)]);
+    assert_eq!(take(&ab), ready("a/1;b/2;"), "every channel now pushes to the new queue");
+    assert!(old.is_idle(), "and none to the old one");
+
+    hub.broadcast(vec![event("a", 3)]);
+    assert!(ab.relocate().is_none(), "frames are waiting: not moved");
+    assert_eq!(take(&ab), ready("a/3;"));
+    hub.close();
+    assert!(ab.relocate().is_none(), "closed: not moved");
+    assert_eq!(take(&ab), Poll::Ready(None));
+}

@@ -1,0 +1,334 @@
+//! Quiet HTTP/1 streams parked off the runtime: no task, timer or reactor registration each, their lasting
+//! state kept together by one thread, until frames, a heartbeat, the end of their credentials, or the
+//! client's bytes or close give the stream a task again (docs/performance.md).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use tokio::runtime::Handle;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn, Instrument, Span};
+
+use crate::api::stream::Sent;
+use crate::fanout::hub::Moved;
+use crate::http::socket::Stalling;
+use crate::http::writing::{Http1, Parked};
+use crate::limits::ConnectionSlot;
+
+/// What a connection holds under the limits for as long as it is open, parked or not.
+pub type Admitted = (ConnectionSlot, OwnedSemaphorePermit);
+
+const WAKER: Token = Token(usize::MAX);
+
+/// A handle on the thread that keeps parked streams; the thread ends once every handle is gone (the
+/// server's, and those of streams it gave a task again).
+#[derive(Clone)]
+pub struct Lot {
+    shared: Arc<Shared>,
+    _open: Arc<Open>,
+}
+
+/// What a stream's connection needs to be served again, and the way in to the thread.
+pub struct Serving {
+    pub runtime: Handle,
+    /// The server's connections: a parked stream holds a place among them, so shutdown waits for it.
+    pub connections: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// How long a client may take no byte of a write (`socket::Stalling`).
+    pub stall: Duration,
+    pub sent: Arc<Sent>,
+}
+
+struct Shared {
+    waker: mio::Waker,
+    inbox: Mutex<Inbox>,
+    closed: AtomicBool,
+    serving: Serving,
+}
+
+#[derive(Default)]
+struct Inbox {
+    arriving: Vec<Arrival>,
+    /// Parked streams whose queue has frames or was closed: their slot and the generation parked in it.
+    woken: Vec<(usize, u64)>,
+}
+
+struct Arrival {
+    parked: Parked,
+    admitted: Admitted,
+    span: Span,
+    _place: TaskTrackerToken,
+}
+
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        let _ = self.0.waker.wake();
+    }
+}
+
+impl Lot {
+    pub fn start(serving: Serving) -> io::Result<Self> {
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(Shared { waker, inbox: Mutex::default(), closed: AtomicBool::new(false), serving });
+        let open = Arc::new(Open(shared.clone()));
+        let keeper = Keeper {
+            poll,
+            shared: shared.clone(),
+            open: Arc::downgrade(&open),
+            slots: Vec::new(),
+            free: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            generation: 0,
+            moved: Vec::new(),
+        };
+        std::thread::Builder::new().name("pgsse-parked".into()).spawn(move || keeper.run())?;
+        Ok(Self { shared, _open: open })
+    }
+
+    /// Keeps a stream that has nothing to send, with its connection's places, until something wakes it.
+    pub fn park(&self, parked: Parked, admitted: Admitted) {
+        let place = self.shared.serving.connections.token();
+        let arrival = Arrival { parked, admitted, span: Span::current(), _place: place };
+        let mut inbox = self.shared.inbox();
+        let wake = inbox.arriving.is_empty() && inbox.woken.is_empty();
+        inbox.arriving.push(arrival);
+        drop(inbox);
+        if wake {
+            self.shared.wake();
+        }
+    }
+
+    /// What a connection's task does as it ends: hands its stream over if it was parked.
+    pub fn ended(lot: Option<&Lot>, served: Result<Option<Parked>, hyper::Error>, admitted: Admitted) {
+        match (served, lot) {
+            (Ok(Some(parked)), Some(lot)) => lot.park(parked, admitted),
+            (Ok(_), _) => {}
+            (Err(err), _) => debug!(cause = ?err, "connection ended with an error"),
+        }
+    }
+}
+
+impl Shared {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // Nothing panics while holding the lock; a poisoned inbox is still consistent.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self) {
+        if let Err(err) = self.waker.wake() {
+            warn!(cause = %err, "could not wake the parked streams' thread");
+        }
+    }
+}
+
+/// Registered in a parked stream's queue: its next frames or its close wake it.
+struct Wakes {
+    shared: Arc<Shared>,
+    slot: usize,
+    generation: u64,
+}
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut inbox = self.shared.inbox();
+        let wake = inbox.arriving.is_empty() && inbox.woken.is_empty();
+        inbox.woken.push((self.slot, self.generation));
+        drop(inbox);
+        if wake {
+            self.shared.wake();
+        }
+    }
+}
+
+struct Entry {
+    arrival: Arrival,
+    generation: u64,
+}
+
+/// The thread's own state. Everything a parked stream keeps is allocated here, by this thread, so that
+/// it lies together rather than among the buffers freed around each stream's opening.
+struct Keeper {
+    poll: mio::Poll,
+    shared: Arc<Shared>,
+    open: Weak<Open>,
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    /// When each parked stream must be woken for its heartbeat or the end of its credentials.
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    generation: u64,
+    /// What relocations left, freed on the runtime's threads (see [`Moved`]).
+    moved: Vec<Moved>,
+}
+
+impl Keeper {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.deadlines.peek().map(|Reverse((at, ..))| at.saturating_duration_since(Instant::now()));
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != io::ErrorKind::Interrupted {
+                    warn!(cause = %err, "waiting on parked streams failed");
+                }
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            // The client sent bytes or closed: its task reads them, and ends the stream.
+            for event in events.iter().filter(|e| e.token() != WAKER) {
+                self.unpark(event.token().0, None, Bytes::new());
+            }
+            let inbox = std::mem::take(&mut *self.shared.inbox());
+            for arrival in inbox.arriving {
+                self.park(arrival);
+            }
+            for (slot, generation) in inbox.woken {
+                self.unpark(slot, Some(generation), Bytes::new());
+            }
+            if !self.moved.is_empty() {
+                let moved = std::mem::take(&mut self.moved);
+                self.shared.serving.runtime.spawn(async move { drop(moved) });
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, slot, generation))) = self.deadlines.peek() {
+                if at > now {
+                    break;
+                }
+                self.deadlines.pop();
+                self.due(slot, generation);
+            }
+            if self.slots.len() > self.free.len() {
+                continue;
+            }
+            // None parked: give back the slab a storm of streams grew (its deadlines are all stale).
+            (self.slots, self.free, self.deadlines) = Default::default();
+        }
+    }
+
+    /// A parked stream's heartbeat or end is due. A heartbeat is written here, with no task, when the
+    /// socket takes it whole (a quiet stream's usual case); anything else gives the stream its task.
+    fn due(&mut self, slot: usize, generation: u64) {
+        let Some(Some(entry)) = self.slots.get_mut(slot) else { return };
+        if entry.generation != generation {
+            return;
+        }
+        let parked = &mut entry.arrival.parked;
+        let Some(beat) = parked.body.body_mut().beat() else { return self.unpark(slot, None, Bytes::new()) };
+        parked.body.count(&beat);
+        match (&parked.tcp).write(&beat) {
+            Ok(n) if n == beat.len() => {
+                let wakes_at = parked.body.body().wakes_at().into_std();
+                self.deadline(wakes_at, slot, generation);
+            }
+            Ok(n) => self.unpark(slot, None, beat.slice(n..)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.unpark(slot, None, beat),
+            // The client is gone: the stream ends here (and its access log line is written).
+            Err(_) => {
+                if let Some(entry) = self.take(slot) {
+                    debug!(parent: &entry.arrival.span, "a parked stream's client is gone");
+                }
+            }
+        }
+    }
+
+    fn park(&mut self, mut arrival: Arrival) {
+        self.generation += 1;
+        let (slot, generation) = (self.free.pop().unwrap_or(self.slots.len()), self.generation);
+        let waker = Waker::from(Arc::new(Wakes { shared: self.shared.clone(), slot, generation }));
+        let body = arrival.parked.body.body_mut();
+        self.moved.extend(body.relocate());
+        if !body.park(&waker) {
+            self.free.push(slot);
+            return self.serve(arrival, Bytes::new());
+        }
+        let wakes_at = body.wakes_at().into_std();
+        let tcp = &arrival.parked.tcp;
+        // This thread writes heartbeats itself: a write that could block would make every parked stream
+        // wait on one client. The runtime left the socket non-blocking; this makes sure of it.
+        let registered = tcp.set_nonblocking(true).and_then(|()| {
+            self.poll.registry().register(&mut SourceFd(&tcp.as_raw_fd()), Token(slot), Interest::READABLE)
+        });
+        if let Err(err) = registered {
+            debug!(parent: &arrival.span, cause = %err, "could not park a stream");
+            self.free.push(slot);
+            return self.serve(arrival, Bytes::new());
+        }
+        let entry = Some(Entry { arrival, generation });
+        match self.slots.get_mut(slot) {
+            Some(free) => *free = entry,
+            None => self.slots.push(entry),
+        }
+        self.shared.serving.sent.parked.fetch_add(1, Ordering::Relaxed);
+        self.deadline(wakes_at, slot, generation);
+    }
+
+    /// Wakes the stream parked in `slot` as `generation` at `at`. The deadlines of streams given a task
+    /// again stay until they pass (at most a heartbeat); if they come to outnumber the parked streams, they
+    /// are dropped at once.
+    fn deadline(&mut self, at: Instant, slot: usize, generation: u64) {
+        self.deadlines.push(Reverse((at, slot, generation)));
+        let parked = self.slots.len() - self.free.len();
+        if self.deadlines.len() > 2 * parked + 1024 {
+            let slots = &self.slots;
+            self.deadlines.retain(|&Reverse((_, slot, generation))| {
+                slots.get(slot).and_then(Option::as_ref).is_some_and(|e| e.generation == generation)
+            });
+        }
+    }
+
+    /// Gives the stream in `slot` a task again, to write `pending` and then what woke it, if it is
+    /// (still) the one parked there as `generation`.
+    fn unpark(&mut self, slot: usize, generation: Option<u64>, pending: Bytes) {
+        let current = self.slots.get(slot).and_then(Option::as_ref);
+        if current.is_none_or(|e| generation.is_some_and(|g| g != e.generation)) {
+            return;
+        }
+        if let Some(entry) = self.take(slot) {
+            self.serve(entry.arrival, pending);
+        }
+    }
+
+    fn take(&mut self, slot: usize) -> Option<Entry> {
+        let entry = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        self.shared.serving.sent.parked.fetch_sub(1, Ordering::Relaxed);
+        let fd = entry.arrival.parked.tcp.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        Some(entry)
+    }
+
+    fn serve(&self, arrival: Arrival, pending: Bytes) {
+        let Arrival { parked: Parked { tcp, body }, admitted, span, _place } = arrival;
+        let serving = &self.shared.serving;
+        let _runtime = serving.runtime.enter();
+        let tcp = match tokio::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(err) => return debug!(parent: &span, cause = %err, "could not unpark a stream"),
+        };
+        // Gone only while the server stops: the stream is then served to its end without parking again.
+        let lot = self.open.upgrade().map(|open| Lot { shared: self.shared.clone(), _open: open });
+        let io = Stalling::new(tcp, serving.stall);
+        let http1 = Http1::unparked(io, body, pending, serving.shutdown.clone(), lot.is_some());
+        let task = async move { Lot::ended(lot.as_ref(), http1.await, admitted) };
+        serving.connections.spawn_on(task.instrument(span), &serving.runtime);
+    }
+}
