@@ -6,16 +6,25 @@ use std::time::Instant;
 use super::*;
 
 impl Bench {
-    /// Memory of many open, quiet streams.
+    /// Memory of many open, quiet streams; then how soon one event reaches them all (parked, each needs
+    /// a task again).
     pub(super) async fn idle(&self, n: usize) -> Report {
         let gw = Gateway::start(&self.gateway, &self.url, &[]);
         let (base, kernel0) = (gw.rss_bytes(), socket_memory());
-        let clients = Clients::connect(gw.addr, n, Instant::now()).await;
+        let t0 = Instant::now();
+        let clients = Clients::connect(gw.addr, n, t0).await;
+        let parked = parked(&gw).await;
         let rss = rss_while_open(&gw, n).await;
         let kernel = socket_memory();
+        let sent = t0.elapsed().as_micros() as i64;
+        self.db.execute("INSERT INTO bench (sent, pad) VALUES ($1, 'to the quiet streams')", &[&sent]).await.unwrap();
+        let head = self.head().await;
+        let seen = clients.drain(head).await;
         let trims = heap_trims(&gw);
-        let seen = clients.drain(0).await;
         let connected = seen.iter().filter(|s| s.connected).count();
+        let reached = seen.iter().filter(|s| s.ids.contains(&head)).count();
+        let woke = Percentiles::of(seen.iter().flat_map(|s| s.latencies_us.iter().copied()).collect())
+            .map_or("-".into(), |p| format!("p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms", p.p50, p.p99, p.max));
         let closed = rss_once_closed(&gw, trims).await;
         Report {
             scenario: "idle".into(),
@@ -23,12 +32,16 @@ impl Bench {
             gateway_rss_idle_mb: mb(rss),
             gateway_rss_peak_mb: mb(rss),
             note: format!(
-                "{:.2} KB per stream ({} streams over a base of {:.1} MB, {:.1} MB once they closed); kernel {}",
+                "{:.2} KB per stream ({} streams, {} parked, over a base of {:.1} MB, {:.1} MB once they closed); \
+                 kernel {}; the next event reached {} of them, INSERT to client {}",
                 (rss.saturating_sub(base)) as f64 / connected.max(1) as f64 / 1024.0,
                 connected,
+                parked,
                 mb(base),
                 mb(closed),
-                per_connection(kernel0, kernel, connected)
+                per_connection(kernel0, kernel, connected),
+                reached,
+                woke
             ),
             ..Report::default()
         }
@@ -156,6 +169,21 @@ fn per_connection(before: Option<(u64, u64)>, after: Option<(u64, u64)>, connect
 /// the one before, can outlast.
 async fn rss_while_open(gw: &Gateway, streams: usize) -> u64 {
     rss_after_trim(gw, |open| open >= streams as f64, None, Duration::from_secs(3)).await
+}
+
+/// `pgsse_streams_parked` once it has stopped rising (for 1 s, within 10 s): HTTP/1 streams park once
+/// their opening is written. 0 from a build without it, or for streams that do not park.
+async fn parked(gw: &Gateway) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut seen, mut since) = (gw.metric("pgsse_streams_parked").unwrap_or(0.0), Instant::now());
+    while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = gw.metric("pgsse_streams_parked").unwrap_or(0.0);
+        if now > seen {
+            (seen, since) = (now, Instant::now());
+        }
+    }
+    seen
 }
 
 /// The gateway's RSS once its streams have all closed and it has given back what they freed: what a storm
