@@ -20,7 +20,7 @@ use crate::limits::StreamSlot;
 /// Upper bound for one coalesced write; one frame larger than this is still sent whole.
 const COALESCE_BYTES: usize = 64 * 1024;
 
-const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 /// A stream whose heartbeat or end is this close is not parked: it would only be woken again at once.
 const PARK_MARGIN: Duration = Duration::from_millis(20);
@@ -179,20 +179,20 @@ impl SseBody {
         true
     }
 
-    /// The heartbeat a parked stream sends where it is kept, counted as sent now; `None` if what is due
-    /// is not a heartbeat (the end of its credentials, or nothing yet): the stream needs its task then.
-    pub fn beat(&mut self) -> Option<Bytes> {
+    /// Whether what a parked stream is due is a heartbeat, which it may send where it is kept; if not
+    /// (the end of its credentials, or nothing yet), it needs its task.
+    pub fn beat_due(&self) -> bool {
         let now = Instant::now();
-        if self.expires.is_some_and(|at| at <= now) || self.last_sent + self.heartbeat > now {
-            return None;
-        }
-        self.last_sent = now;
+        self.expires.is_none_or(|at| at > now) && self.last_sent + self.heartbeat <= now
+    }
+
+    /// Counts a heartbeat ([`HEARTBEAT`]) as sent now by whoever keeps the parked stream.
+    pub fn beat_sent(&mut self) {
+        self.last_sent = Instant::now();
         self.quiet = true;
-        let beat = Bytes::from_static(HEARTBEAT);
         if let Some(sent) = &self.sent {
-            sent.bytes.fetch_add(beat.len() as u64, Ordering::Relaxed);
+            sent.bytes.fetch_add(HEARTBEAT.len() as u64, Ordering::Relaxed);
         }
-        Some(beat)
     }
 
     /// When a parked stream must be woken: its next heartbeat, or the end of its credentials.

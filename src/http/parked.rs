@@ -21,7 +21,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument, Span};
 
-use crate::api::stream::Sent;
+use crate::api::stream::{Sent, HEARTBEAT};
 use crate::fanout::hub::Moved;
 use crate::http::socket::Stalling;
 use crate::http::writing::{Http1, Parked};
@@ -93,6 +93,7 @@ impl Lot {
             open: Arc::downgrade(&open),
             slots: Vec::new(),
             free: Vec::new(),
+            parked: 0,
             deadlines: BinaryHeap::new(),
             generation: 0,
             moved: Vec::new(),
@@ -173,6 +174,8 @@ struct Keeper {
     open: Weak<Open>,
     slots: Vec<Option<Entry>>,
     free: Vec<usize>,
+    /// Slots that hold a stream.
+    parked: usize,
     /// When each parked stream must be woken for its heartbeat or the end of its credentials.
     deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     generation: u64,
@@ -191,6 +194,8 @@ impl Keeper {
                 }
             }
             if self.shared.closed.load(Ordering::Acquire) {
+                // Only once the server is gone: whatever is still parked ends with this thread.
+                self.shared.serving.sent.parked.fetch_sub(self.parked as u64, Ordering::Relaxed);
                 return;
             }
             // The client sent bytes or closed: its task reads them, and ends the stream.
@@ -216,7 +221,7 @@ impl Keeper {
                 self.deadlines.pop();
                 self.due(slot, generation);
             }
-            if self.slots.len() > self.free.len() {
+            if self.parked > 0 {
                 continue;
             }
             // None parked: give back the slab a storm of streams grew (its deadlines are all stale).
@@ -232,9 +237,17 @@ impl Keeper {
             return;
         }
         let parked = &mut entry.arrival.parked;
-        let Some(beat) = parked.body.body_mut().beat() else { return self.unpark(slot, None, Bytes::new()) };
-        parked.body.count(&beat);
-        match (&parked.tcp).write(&beat) {
+        if !parked.body.body().beat_due() {
+            return self.unpark(slot, None, Bytes::new());
+        }
+        let beat = Bytes::from_static(HEARTBEAT);
+        let written = (&parked.tcp).write(&beat);
+        if written.as_ref().is_ok() || written.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock) {
+            // Written, or to be written by the stream's task.
+            parked.body.body_mut().beat_sent();
+            parked.body.count(&beat);
+        }
+        match written {
             Ok(n) if n == beat.len() => {
                 let wakes_at = parked.body.body().wakes_at().into_std();
                 self.deadline(wakes_at, slot, generation);
@@ -252,12 +265,12 @@ impl Keeper {
 
     fn park(&mut self, mut arrival: Arrival) {
         self.generation += 1;
-        let (slot, generation) = (self.free.pop().unwrap_or(self.slots.len()), self.generation);
+        // Taken from `free` only once the stream is parked in it.
+        let (slot, generation) = (self.free.last().copied().unwrap_or(self.slots.len()), self.generation);
         let waker = Waker::from(Arc::new(Wakes { shared: self.shared.clone(), slot, generation }));
         let body = arrival.parked.body.body_mut();
         self.moved.extend(body.relocate());
         if !body.park(&waker) {
-            self.free.push(slot);
             return self.serve(arrival, Bytes::new());
         }
         let wakes_at = body.wakes_at().into_std();
@@ -269,14 +282,17 @@ impl Keeper {
         });
         if let Err(err) = registered {
             debug!(parent: &arrival.span, cause = %err, "could not park a stream");
-            self.free.push(slot);
             return self.serve(arrival, Bytes::new());
         }
         let entry = Some(Entry { arrival, generation });
         match self.slots.get_mut(slot) {
-            Some(free) => *free = entry,
+            Some(free) => {
+                self.free.pop();
+                *free = entry;
+            }
             None => self.slots.push(entry),
         }
+        self.parked += 1;
         self.shared.serving.sent.parked.fetch_add(1, Ordering::Relaxed);
         self.deadline(wakes_at, slot, generation);
     }
@@ -286,8 +302,7 @@ impl Keeper {
     /// are dropped at once.
     fn deadline(&mut self, at: Instant, slot: usize, generation: u64) {
         self.deadlines.push(Reverse((at, slot, generation)));
-        let parked = self.slots.len() - self.free.len();
-        if self.deadlines.len() > 2 * parked + 1024 {
+        if self.deadlines.len() > 2 * self.parked + 1024 {
             let slots = &self.slots;
             self.deadlines.retain(|&Reverse((_, slot, generation))| {
                 slots.get(slot).and_then(Option::as_ref).is_some_and(|e| e.generation == generation)
@@ -310,6 +325,7 @@ impl Keeper {
     fn take(&mut self, slot: usize) -> Option<Entry> {
         let entry = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
+        self.parked -= 1;
         self.shared.serving.sent.parked.fetch_sub(1, Ordering::Relaxed);
         let fd = entry.arrival.parked.tcp.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
@@ -332,3 +348,6 @@ impl Keeper {
         serving.connections.spawn_on(task.instrument(span), &serving.runtime);
     }
 }
+
+#[cfg(test)]
+mod tests;

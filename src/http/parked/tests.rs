@@ -1,0 +1,124 @@
+//! The parking thread with real sockets and a real hub, no database: slots that a stream could not take,
+//! and a runtime that is gone while streams are parked.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::api::stream::SseBody;
+use crate::fanout::hub::{Event, Hub};
+use crate::fanout::queue::Frame;
+use crate::http::access::Logged;
+use crate::limits::Limits;
+
+struct Rig {
+    lot: Lot,
+    hub: Arc<Hub>,
+    limits: Arc<Limits>,
+    permits: Arc<tokio::sync::Semaphore>,
+    sent: Arc<Sent>,
+    connections: TaskTracker,
+}
+
+impl Rig {
+    fn new(runtime: Handle) -> Self {
+        let limits = Arc::new(Limits::new(&crate::config::Config::new("postgres://x").unwrap().limits));
+        let hub = Arc::new(Hub::new(16));
+        hub.start_at(0);
+        let (sent, connections) = (Arc::new(Sent::default()), TaskTracker::new());
+        let serving = Serving {
+            runtime,
+            connections: connections.clone(),
+            shutdown: CancellationToken::new(),
+            stall: Duration::from_secs(60),
+            sent: sent.clone(),
+        };
+        let lot = Lot::start(serving).unwrap();
+        Self { lot, hub, limits, permits: Arc::new(tokio::sync::Semaphore::new(100)), sent, connections }
+    }
+
+    /// Hands the thread a stream on `channel` (built in `runtime`'s context, as its timers need), with
+    /// `queued` frames already waiting for it; returns the client's end.
+    fn park(&self, runtime: &Handle, channel: &str, queued: &[i64]) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (sub, _) = self.hub.subscribe(&[channel.to_string()], &Default::default()).unwrap();
+        self.hub.broadcast(queued.iter().map(|&id| event(channel, id)).collect());
+        let body = {
+            let _runtime = runtime.enter();
+            SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(60))
+        };
+        let admitted = (
+            self.limits.admit_connection("127.0.0.1".parse().unwrap()).unwrap(),
+            self.permits.clone().try_acquire_owned().unwrap(),
+        );
+        self.lot.park(Parked { tcp, body: Logged::new(body, None) }, admitted);
+        client
+    }
+
+    fn parked(&self) -> u64 {
+        self.sent.parked.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `parked()` is `n`.
+    fn wait_parked(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.parked() != n {
+            assert!(Instant::now() < deadline, "{} parked, not {n}", self.parked());
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn event(channel: &str, id: i64) -> Event {
+    let frame = Frame { id, bytes: Bytes::from(format!("id: {id}\n\n")) };
+    Event::new(channel.into(), frame, Bytes::new(), None, false)
+}
+
+/// Reads until `want` has come (or the connection closed or 10 s passed); returns all that came.
+fn read_until(client: &mut TcpStream, want: &str) -> String {
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut got, mut buf) = (String::new(), [0; 256]);
+    while !got.contains(want) {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    got
+}
+
+/// A stream that cannot be parked (frames were waiting for it) takes no slot: the thread once counted
+/// such a slot as free, decided nothing was parked, and dropped the one stream that was.
+#[test]
+fn a_stream_served_at_once_leaves_the_parked_ones_parked() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rig = Rig::new(runtime.handle().clone());
+    let mut parked = rig.park(runtime.handle(), "a", &[]);
+    rig.wait_parked(1);
+    let mut busy = rig.park(runtime.handle(), "b", &[1]);
+    assert!(read_until(&mut busy, "id: 1\n\n").ends_with("id: 1\n\n"), "served by a task at once");
+    rig.hub.broadcast(vec![event("a", 2)]);
+    assert_eq!(read_until(&mut parked, "id: 2\n\n"), "id: 2\n\n", "woken, not dropped");
+    drop(rig.connections);
+}
+
+/// Streams still parked when the runtime has gone end without a panic, and give back their places.
+#[test]
+fn streams_woken_after_the_runtime_is_gone_end_and_give_back_their_places() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rig = Rig::new(runtime.handle().clone());
+    let mut client = rig.park(runtime.handle(), "a", &[]);
+    rig.wait_parked(1);
+    drop(runtime);
+    rig.hub.close();
+    assert_eq!(read_until(&mut client, "never"), "", "closed with nothing written");
+    rig.wait_parked(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.connections.is_empty() || rig.permits.available_permits() < 100 {
+        assert!(Instant::now() < deadline, "its places among the connections are still held");
+        std::thread::yield_now();
+    }
+}
