@@ -258,7 +258,7 @@ impl Collector for Metrics {
         gauge(
             &mut encoder,
             "pgsse_streams_parked",
-            "Quiet HTTP/1 streams kept without a task of their own (--park-idle-streams).",
+            "Quiet plain-HTTP/1.1 streams handed to the parking thread (--park-idle-streams).",
             sent.parked.load(Ordering::Relaxed) as i64,
         )?;
         let denied = ConstCounter::new(0u64);
