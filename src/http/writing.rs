@@ -143,11 +143,13 @@ impl<IO: AsyncRead + AsyncWrite + Parkable + Unpin> Writing<IO> {
     /// Whether the stream, which has just found nothing to send, should be parked: everything it wrote is
     /// flushed, it has been quiet, and its connection is a bare socket.
     fn parks(&self) -> bool {
+        // The shutdown token last: reading it takes a lock that every stream shares, and a busy stream,
+        // which is not parkable, must not take it on each delivery.
         !self.pending.has_remaining()
             && !self.flushing
-            && !self.shutdown.is_cancelled()
             && self.body.body().parkable()
             && self.io.parkable()
+            && !self.shutdown.is_cancelled()
     }
 
     /// The stream for `http::parked` to keep, its socket off the runtime; `None` if the socket failed.
