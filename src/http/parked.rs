@@ -106,13 +106,7 @@ impl Lot {
     pub fn park(&self, parked: Parked, admitted: Admitted) {
         let place = self.shared.serving.connections.token();
         let arrival = Arrival { parked, admitted, span: Span::current(), _place: place };
-        let mut inbox = self.shared.inbox();
-        let wake = inbox.arriving.is_empty() && inbox.woken.is_empty();
-        inbox.arriving.push(arrival);
-        drop(inbox);
-        if wake {
-            self.shared.wake();
-        }
+        self.shared.post(|inbox| inbox.arriving.push(arrival));
     }
 
     /// What a connection's task does as it ends: hands its stream over if it was parked.
@@ -131,7 +125,16 @@ impl Shared {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wake(&self) {
+    /// Puts something in the inbox, waking the thread if the inbox was empty (the thread empties it whole
+    /// each time it wakes, so a wake per batch is enough).
+    fn post(&self, put: impl FnOnce(&mut Inbox)) {
+        let mut inbox = self.inbox();
+        let wake = inbox.arriving.is_empty() && inbox.woken.is_empty();
+        put(&mut inbox);
+        drop(inbox);
+        if !wake {
+            return;
+        }
         if let Err(err) = self.waker.wake() {
             warn!(cause = %err, "could not wake the parked streams' thread");
         }
@@ -151,13 +154,7 @@ impl Wake for Wakes {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let mut inbox = self.shared.inbox();
-        let wake = inbox.arriving.is_empty() && inbox.woken.is_empty();
-        inbox.woken.push((self.slot, self.generation));
-        drop(inbox);
-        if wake {
-            self.shared.wake();
-        }
+        self.shared.post(|inbox| inbox.woken.push((self.slot, self.generation)));
     }
 }
 
@@ -242,7 +239,8 @@ impl Keeper {
         }
         let beat = Bytes::from_static(HEARTBEAT);
         let written = (&parked.tcp).write(&beat);
-        if written.as_ref().is_ok() || written.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock) {
+        let gone = written.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock);
+        if !gone {
             // Written, or to be written by the stream's task.
             parked.body.body_mut().beat_sent();
             parked.body.count(&beat);
