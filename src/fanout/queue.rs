@@ -35,6 +35,12 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    fn idle(&self) -> bool {
+        self.frames.is_empty() && !self.closed
+    }
+}
+
 impl Queue {
     pub fn new(capacity: usize) -> Self {
         Self { capacity: capacity.max(1), state: Mutex::new(State::default()) }
@@ -78,15 +84,14 @@ impl Queue {
 
     /// Empty, and frames may still come.
     pub fn is_idle(&self) -> bool {
-        let state = self.lock();
-        state.frames.is_empty() && !state.closed
+        self.lock().idle()
     }
 
     /// Leaves `waker` to be woken by the next frames or the close, unless frames or the close are already
     /// here (`false`): how a parked stream, which has no task to poll it, learns it has something to send.
     pub fn park(&self, waker: &Waker) -> bool {
         let mut state = self.lock();
-        if !state.frames.is_empty() || state.closed {
+        if !state.idle() {
             return false;
         }
         state.waker = Some(waker.clone());
