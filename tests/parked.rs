@@ -52,6 +52,14 @@ async fn wait_parked(gw: &Gateway, n: u64) {
     common::wait_for(&format!("{n} streams parked"), || async { parked(gw).await == n }).await;
 }
 
+/// Waits until the stream's place is given back: no longer open, nor parked.
+async fn wait_given_back(gw: &Gateway) {
+    common::wait_for("the stream's place is given back", || async {
+        common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}").await == 0 && parked(gw).await == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_quiet_stream_is_parked_and_events_heartbeats_and_its_clients_bytes_still_reach_it() {
     let TestDb { url, app, .. } = TestDb::messages("").await;
@@ -76,10 +84,7 @@ async fn a_quiet_stream_is_parked_and_events_heartbeats_and_its_clients_bytes_st
     wait_parked(&gw, 1).await;
     conn.write_all(b"x").await.unwrap();
     read_to_close(&mut conn).await;
-    common::wait_for("the stream's place is given back", || async {
-        common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}").await == 0 && parked(&gw).await == 0
-    })
-    .await;
+    wait_given_back(&gw).await;
 }
 
 #[tokio::test]
@@ -89,10 +94,7 @@ async fn a_parked_streams_client_leaving_frees_its_place_long_before_a_heartbeat
     let (conn, _) = open(gw.addr).await;
     wait_parked(&gw, 1).await;
     drop(conn);
-    common::wait_for("the stream's place is given back", || async {
-        common::metric(gw.addr, "pgsse_streams_open{channel=\"messages\"}").await == 0 && parked(&gw).await == 0
-    })
-    .await;
+    wait_given_back(&gw).await;
 }
 
 #[tokio::test]

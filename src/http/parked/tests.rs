@@ -62,13 +62,17 @@ impl Rig {
         self.sent.parked.load(Ordering::Relaxed)
     }
 
-    /// Waits (bounded) until `parked()` is `n`.
     fn wait_parked(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.parked() != n {
-            assert!(Instant::now() < deadline, "{} parked, not {n}", self.parked());
-            std::thread::yield_now();
-        }
+        wait_until(&format!("{n} parked"), || self.parked() == n);
+    }
+}
+
+/// Waits (bounded, 10 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not in time: {what}");
+        std::thread::yield_now();
     }
 }
 
@@ -116,9 +120,7 @@ fn streams_woken_after_the_runtime_is_gone_end_and_give_back_their_places() {
     rig.hub.close();
     assert_eq!(read_until(&mut client, "never"), "", "closed with nothing written");
     rig.wait_parked(0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rig.connections.is_empty() || rig.permits.available_permits() < 100 {
-        assert!(Instant::now() < deadline, "its places among the connections are still held");
-        std::thread::yield_now();
-    }
+    wait_until("its places among the connections given back", || {
+        rig.connections.is_empty() && rig.permits.available_permits() == 100
+    });
 }
