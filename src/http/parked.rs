@@ -62,7 +62,7 @@ struct Shared {
 struct Inbox {
     arriving: Vec<Arrival>,
     /// Parked streams whose queue has frames or was closed: their slot and the generation parked in it.
-    woken: Vec<(usize, u64)>,
+    woken: Vec<(usize, u32)>,
 }
 
 struct Arrival {
@@ -145,7 +145,7 @@ impl Shared {
 struct Wakes {
     shared: Arc<Shared>,
     slot: usize,
-    generation: u64,
+    generation: u32,
 }
 
 impl Wake for Wakes {
@@ -160,7 +160,9 @@ impl Wake for Wakes {
 
 struct Entry {
     arrival: Arrival,
-    generation: u64,
+    /// Which of the streams parked in its slot over time this is: wakes meant for one before it are
+    /// ignored. Wrapping, as a stale wake that matched would only make a stream look for frames.
+    generation: u32,
 }
 
 /// The thread's own state. Everything a parked stream keeps is allocated here, by this thread, so that
@@ -174,8 +176,8 @@ struct Keeper {
     /// Slots that hold a stream.
     parked: usize,
     /// When each parked stream must be woken for its heartbeat or the end of its credentials.
-    deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    generation: u64,
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    generation: u32,
     /// What relocations left, freed on the runtime's threads (see [`Moved`]).
     moved: Vec<Moved>,
 }
@@ -195,9 +197,9 @@ impl Keeper {
                 self.shared.serving.sent.parked.fetch_sub(self.parked as u64, Ordering::Relaxed);
                 return;
             }
-            // The client sent bytes or closed: its task reads them, and ends the stream.
             for event in events.iter().filter(|e| e.token() != WAKER) {
-                self.unpark(event.token().0, None, Bytes::new());
+                let (slot, generation) = parked_in(event.token());
+                self.end(slot, generation);
             }
             let inbox = std::mem::take(&mut *self.shared.inbox());
             for arrival in inbox.arriving {
@@ -228,7 +230,7 @@ impl Keeper {
 
     /// A parked stream's heartbeat or end is due. A heartbeat is written here, with no task, when the
     /// socket takes it whole (a quiet stream's usual case); anything else gives the stream its task.
-    fn due(&mut self, slot: usize, generation: u64) {
+    fn due(&mut self, slot: usize, generation: u32) {
         let Some(Some(entry)) = self.slots.get_mut(slot) else { return };
         if entry.generation != generation {
             return;
@@ -262,7 +264,7 @@ impl Keeper {
     }
 
     fn park(&mut self, mut arrival: Arrival) {
-        self.generation += 1;
+        self.generation = self.generation.wrapping_add(1);
         // Taken from `free` only once the stream is parked in it.
         let (slot, generation) = (self.free.last().copied().unwrap_or(self.slots.len()), self.generation);
         let waker = Waker::from(Arc::new(Wakes { shared: self.shared.clone(), slot, generation }));
@@ -276,7 +278,15 @@ impl Keeper {
         // This thread writes heartbeats itself: a write that could block would make every parked stream
         // wait on one client. The runtime left the socket non-blocking; this makes sure of it.
         let registered = tcp.set_nonblocking(true).and_then(|()| {
-            self.poll.registry().register(&mut SourceFd(&tcp.as_raw_fd()), Token(slot), Interest::READABLE)
+            let (registry, fd, token) =
+                (self.poll.registry(), &mut SourceFd(&tcp.as_raw_fd()), token(slot, generation));
+            // Still registered if it was parked before (see `take`).
+            match registry.register(fd, token, Interest::READABLE) {
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                    registry.reregister(fd, token, Interest::READABLE)
+                }
+                registered => registered,
+            }
         });
         if let Err(err) = registered {
             debug!(parent: &arrival.span, cause = %err, "could not park a stream");
@@ -298,7 +308,7 @@ impl Keeper {
     /// Wakes the stream parked in `slot` as `generation` at `at`. The deadlines of streams given a task
     /// again stay until they pass (at most a heartbeat); if they come to outnumber the parked streams, they
     /// are dropped at once.
-    fn deadline(&mut self, at: Instant, slot: usize, generation: u64) {
+    fn deadline(&mut self, at: Instant, slot: usize, generation: u32) {
         self.deadlines.push(Reverse((at, slot, generation)));
         if self.deadlines.len() > 2 * self.parked + 1024 {
             let slots = &self.slots;
@@ -310,7 +320,7 @@ impl Keeper {
 
     /// Gives the stream in `slot` a task again, to write `pending` and then what woke it, if it is
     /// (still) the one parked there as `generation`.
-    fn unpark(&mut self, slot: usize, generation: Option<u64>, pending: Bytes) {
+    fn unpark(&mut self, slot: usize, generation: Option<u32>, pending: Bytes) {
         let current = self.slots.get(slot).and_then(Option::as_ref);
         if current.is_none_or(|e| generation.is_some_and(|g| g != e.generation)) {
             return;
@@ -320,31 +330,55 @@ impl Keeper {
         }
     }
 
+    /// The client of the stream parked in `slot` as `generation` sent bytes or closed: the stream ends
+    /// here, as its task would end it, with no task given to it. (Given one, it once found nothing to read
+    /// on its socket, just registered with the runtime's reactor and not yet polled by it, and was parked
+    /// again, over and over, until the reactor's turn came.)
+    fn end(&mut self, slot: usize, generation: u32) {
+        let current = self.slots.get(slot).and_then(Option::as_ref);
+        if current.is_some_and(|e| e.generation == generation) {
+            if let Some(entry) = self.take(slot) {
+                debug!(parent: &entry.arrival.span, "a parked stream's client sent bytes or closed");
+            }
+        }
+    }
+
+    /// Takes the stream out of `slot`. Its socket stays registered here, so that a storm of wakes costs
+    /// this thread no system call: the events it may still bring carry a generation no longer parked, and
+    /// the registration goes when the socket closes, or is moved when the stream is parked again.
     fn take(&mut self, slot: usize) -> Option<Entry> {
         let entry = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
         self.parked -= 1;
         self.shared.serving.sent.parked.fetch_sub(1, Ordering::Relaxed);
-        let fd = entry.arrival.parked.tcp.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         Some(entry)
     }
 
     fn serve(&self, arrival: Arrival, pending: Bytes) {
         let Arrival { parked: Parked { tcp, body }, admitted, span, _place } = arrival;
         let serving = &self.shared.serving;
+        // Gone only while the server stops: the stream is then served to its end without parking again.
+        let lot = self.open.upgrade().map(|open| Lot { shared: self.shared.clone(), _open: open });
         let _runtime = serving.runtime.enter();
         let tcp = match tokio::net::TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
             Err(err) => return debug!(parent: &span, cause = %err, "could not unpark a stream"),
         };
-        // Gone only while the server stops: the stream is then served to its end without parking again.
-        let lot = self.open.upgrade().map(|open| Lot { shared: self.shared.clone(), _open: open });
         let io = Stalling::new(tcp, serving.stall);
         let http1 = Http1::unparked(io, body, pending, serving.shutdown.clone(), lot.is_some());
         let task = async move { Lot::ended(lot.as_ref(), http1.await, admitted) };
         serving.connections.spawn_on(task.instrument(span), &serving.runtime);
     }
+}
+
+/// A parked stream's socket is registered under its slot and generation, so that events meant for a
+/// stream no longer parked there are known.
+fn token(slot: usize, generation: u32) -> Token {
+    Token(slot | (generation as usize) << 32)
+}
+
+fn parked_in(token: Token) -> (usize, u32) {
+    (token.0 & u32::MAX as usize, (token.0 >> 32) as u32)
 }
 
 #[cfg(test)]

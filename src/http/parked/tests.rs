@@ -124,3 +124,34 @@ fn streams_woken_after_the_runtime_is_gone_end_and_give_back_their_places() {
         rig.connections.is_empty() && rig.permits.available_permits() == 100
     });
 }
+
+/// A stream given a task again stays registered with the thread, so that a wake costs it no system call:
+/// the thread may then hear of that stream's client after another stream has taken its slot, and must
+/// not end the other one for it.
+#[test]
+fn news_of_a_stream_no_longer_parked_leaves_the_one_parked_in_its_slot() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rig = Rig::new(runtime.handle().clone());
+    let woken = rig.park(runtime.handle(), "a", &[]);
+    rig.wait_parked(1);
+    // The runtime's one worker is held, so that the woken stream's task keeps its socket open, unread.
+    let (held, release) = (std::sync::mpsc::channel::<()>(), std::sync::mpsc::channel::<()>());
+    runtime.spawn(async move {
+        held.0.send(()).unwrap();
+        let _ = release.1.recv();
+    });
+    held.1.recv().unwrap();
+    rig.hub.broadcast(vec![event("a", 1)]);
+    rig.wait_parked(0);
+    let mut parked = rig.park(runtime.handle(), "b", &[]);
+    rig.wait_parked(1);
+    // On loopback, the close has reached the woken stream's socket, and the thread's registration of it,
+    // when `drop` returns; the next arrival is handled after it.
+    drop(woken);
+    let _also = rig.park(runtime.handle(), "c", &[]);
+    rig.wait_parked(2);
+    release.0.send(()).unwrap();
+    rig.hub.broadcast(vec![event("b", 2)]);
+    assert_eq!(read_until(&mut parked, "id: 2\n\n"), "id: 2\n\n", "still served");
+    drop(rig.connections);
+}
