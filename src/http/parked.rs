@@ -26,6 +26,9 @@ use crate::fanout::hub::Moved;
 use crate::http::socket::Stalling;
 use crate::http::writing::{Http1, Parked};
 use crate::limits::ConnectionSlot;
+use woken::Woken;
+
+mod woken;
 
 /// What a connection holds under the limits for as long as it is open, parked or not.
 pub type Admitted = (ConnectionSlot, OwnedSemaphorePermit);
@@ -354,17 +357,15 @@ impl Keeper {
         Some(entry)
     }
 
+    /// Gives the stream a task. The task writes what woke the stream straight to the socket, and only
+    /// then registers it with the runtime's reactor ([`Woken`]), on the runtime's threads: a storm of
+    /// wakes is then not this thread's system calls in turn, and its frames do not wait for them.
     fn serve(&self, arrival: Arrival, pending: Bytes) {
         let Arrival { parked: Parked { tcp, body }, admitted, span, _place } = arrival;
         let serving = &self.shared.serving;
         // Gone only while the server stops: the stream is then served to its end without parking again.
         let lot = self.open.upgrade().map(|open| Lot { shared: self.shared.clone(), _open: open });
-        let _runtime = serving.runtime.enter();
-        let tcp = match tokio::net::TcpStream::from_std(tcp) {
-            Ok(tcp) => tcp,
-            Err(err) => return debug!(parent: &span, cause = %err, "could not unpark a stream"),
-        };
-        let io = Stalling::new(tcp, serving.stall);
+        let io = Stalling::new(Woken::Bare(tcp), serving.stall);
         let http1 = Http1::unparked(io, body, pending, serving.shutdown.clone(), lot.is_some());
         let task = async move { Lot::ended(lot.as_ref(), http1.await, admitted) };
         serving.connections.spawn_on(task.instrument(span), &serving.runtime);

@@ -49,33 +49,43 @@ pub(super) trait Parkable: Sized {
         false
     }
 
-    /// The socket, if [`Parkable::parkable`].
-    fn into_tcp(self) -> Option<TcpStream> {
+    /// The socket, off the runtime's reactor, if [`Parkable::parkable`].
+    fn into_parked(self) -> Option<std::net::TcpStream> {
         None
     }
 }
 
-impl Parkable for Stalling<TcpStream> {
+impl Parkable for TcpStream {
     fn parkable(&self) -> bool {
         true
     }
 
-    fn into_tcp(self) -> Option<TcpStream> {
-        Some(self.inner)
+    fn into_parked(self) -> Option<std::net::TcpStream> {
+        self.into_std().ok()
     }
 }
 
-impl Parkable for Sniffed<Stalling<TcpStream>> {
+impl<IO> Parkable for tokio_rustls::server::TlsStream<IO> {}
+
+impl<IO: Parkable> Parkable for Stalling<IO> {
     fn parkable(&self) -> bool {
-        self.pos == self.len
+        self.inner.parkable()
     }
 
-    fn into_tcp(self) -> Option<TcpStream> {
-        self.parkable().then_some(self.inner.inner)
+    fn into_parked(self) -> Option<std::net::TcpStream> {
+        self.inner.into_parked()
     }
 }
 
-impl<IO> Parkable for Sniffed<tokio_rustls::server::TlsStream<IO>> {}
+impl<IO: Parkable> Parkable for Sniffed<IO> {
+    fn parkable(&self) -> bool {
+        self.pos == self.len && self.inner.parkable()
+    }
+
+    fn into_parked(self) -> Option<std::net::TcpStream> {
+        self.parkable().then(|| self.inner.into_parked()).flatten()
+    }
+}
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

@@ -154,7 +154,7 @@ impl<IO: AsyncRead + AsyncWrite + Parkable + Unpin> Writing<IO> {
 
     /// The stream for `http::parked` to keep, its socket off the runtime; `None` if the socket failed.
     fn park(self) -> Option<Parked> {
-        let tcp = self.io.into_tcp()?.into_std().ok()?;
+        let tcp = self.io.into_parked()?;
         Some(Parked { tcp, body: self.body })
     }
 
