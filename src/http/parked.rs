@@ -1,6 +1,6 @@
 //! Quiet HTTP/1 streams parked off the runtime: no task, timer or reactor registration each, their lasting
-//! state kept together by one thread, until frames, a heartbeat, the end of their credentials, or the
-//! client's bytes or close give the stream a task again (docs/performance.md).
+//! state kept together by one thread, until frames, a heartbeat or the end of their credentials give the
+//! stream a task again, or the client's bytes or close end it (docs/performance.md).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
