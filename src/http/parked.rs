@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -86,23 +86,9 @@ impl Drop for Open {
 
 impl Lot {
     pub fn start(serving: Serving) -> io::Result<Self> {
-        let poll = mio::Poll::new()?;
-        let waker = mio::Waker::new(poll.registry(), WAKER)?;
-        let shared = Arc::new(Shared { waker, inbox: Mutex::default(), closed: AtomicBool::new(false), serving });
-        let open = Arc::new(Open(shared.clone()));
-        let keeper = Keeper {
-            poll,
-            shared: shared.clone(),
-            open: Arc::downgrade(&open),
-            slots: Vec::new(),
-            free: Vec::new(),
-            parked: 0,
-            deadlines: BinaryHeap::new(),
-            generation: 0,
-            moved: Vec::new(),
-        };
+        let (keeper, lot) = Keeper::new(serving)?;
         std::thread::Builder::new().name("pgsse-parked".into()).spawn(move || keeper.run())?;
-        Ok(Self { shared, _open: open })
+        Ok(lot)
     }
 
     /// Keeps a stream that has nothing to send, with its connection's places, until something wakes it.
@@ -164,7 +150,8 @@ impl Wake for Wakes {
 struct Entry {
     arrival: Arrival,
     /// Which of the streams parked in its slot over time this is: wakes meant for one before it are
-    /// ignored. Wrapping, as a stale wake that matched would only make a stream look for frames.
+    /// ignored. Wrapping: a stale wake that matched would only make a stream look for frames, and news of
+    /// a client that matched is checked against the stream's own socket (`end`).
     generation: u32,
 }
 
@@ -188,6 +175,26 @@ struct Keeper {
 }
 
 impl Keeper {
+    /// The thread's state, and the first handle on it.
+    fn new(serving: Serving) -> io::Result<(Self, Lot)> {
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(Shared { waker, inbox: Mutex::default(), closed: AtomicBool::new(false), serving });
+        let open = Arc::new(Open(shared.clone()));
+        let keeper = Keeper {
+            poll,
+            shared: shared.clone(),
+            open: Arc::downgrade(&open),
+            slots: Vec::new(),
+            free: Vec::new(),
+            parked: 0,
+            deadlines: BinaryHeap::new(),
+            generation: 0,
+            moved: Vec::new(),
+        };
+        Ok((keeper, Lot { shared, _open: open }))
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -202,10 +209,7 @@ impl Keeper {
                 self.shared.serving.sent.parked.fetch_sub(self.parked as u64, Ordering::Relaxed);
                 return;
             }
-            for event in events.iter().filter(|e| e.token() != WAKER) {
-                let (slot, generation) = parked_in(event.token());
-                self.end(slot, generation);
-            }
+            self.heard(&events);
             let inbox = std::mem::take(&mut *self.shared.inbox());
             for arrival in inbox.arriving {
                 self.park(arrival);
@@ -335,16 +339,32 @@ impl Keeper {
         }
     }
 
+    /// News of clients from the epoll: bytes or a close.
+    fn heard(&mut self, events: &Events) {
+        for event in events.iter().filter(|e| e.token() != WAKER) {
+            let (slot, generation) = parked_in(event.token());
+            self.end(slot, generation);
+        }
+    }
+
     /// The client of the stream parked in `slot` as `generation` sent bytes or closed: the stream ends
-    /// here, as its task would end it, with no task given to it. (Given one, it once found nothing to read
-    /// on its socket, just registered with the runtime's reactor and not yet polled by it, and was parked
-    /// again, over and over, until the reactor's turn came.)
+    /// here, read and closed as its task would (one byte, then a FIN), with no task given to it. (Given
+    /// one, it once found nothing to read on its socket, just registered with the runtime's reactor and
+    /// not yet polled by it, and was parked again, over and over, until the reactor's turn came.)
     fn end(&mut self, slot: usize, generation: u32) {
-        let current = self.slots.get(slot).and_then(Option::as_ref);
-        if current.is_some_and(|e| e.generation == generation) {
-            if let Some(entry) = self.take(slot) {
-                debug!(parent: &entry.arrival.span, "a parked stream's client sent bytes or closed");
-            }
+        let Some(Some(entry)) = self.slots.get(slot) else { return };
+        if entry.generation != generation {
+            return;
+        }
+        // The news may be of an earlier stream's client, registered under a generation this one has come
+        // to carry again: the stream's own socket says whether its client sent bytes or closed.
+        let read = (&entry.arrival.parked.tcp).read(&mut [0; 1]);
+        if read.is_err_and(|e| matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)) {
+            return;
+        }
+        if let Some(entry) = self.take(slot) {
+            let _ = entry.arrival.parked.tcp.shutdown(std::net::Shutdown::Write);
+            debug!(parent: &entry.arrival.span, "a parked stream's client sent bytes or closed");
         }
     }
 
