@@ -21,6 +21,13 @@ struct Rig {
 }
 
 impl Rig {
+    /// A runtime of one worker, and the rig on it.
+    fn started() -> (tokio::runtime::Runtime, Self) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rig = Self::new(runtime.handle().clone());
+        (runtime, rig)
+    }
+
     fn new(runtime: Handle) -> Self {
         let limits = Arc::new(Limits::new(&crate::config::Config::new("postgres://x").unwrap().limits));
         let hub = Arc::new(Hub::new(16));
@@ -105,8 +112,7 @@ fn read_until(client: &mut TcpStream, want: &str) -> String {
 /// such a slot as free, decided nothing was parked, and dropped the one stream that was.
 #[test]
 fn a_stream_served_at_once_leaves_the_parked_ones_parked() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let rig = Rig::new(runtime.handle().clone());
+    let (runtime, rig) = Rig::started();
     let mut parked = rig.park(runtime.handle(), "a", &[]);
     rig.wait_parked(1);
     let mut busy = rig.park(runtime.handle(), "b", &[1]);
@@ -119,8 +125,7 @@ fn a_stream_served_at_once_leaves_the_parked_ones_parked() {
 /// Streams still parked when the runtime has gone end without a panic, and give back their places.
 #[test]
 fn streams_woken_after_the_runtime_is_gone_end_and_give_back_their_places() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let rig = Rig::new(runtime.handle().clone());
+    let (runtime, rig) = Rig::started();
     let mut client = rig.park(runtime.handle(), "a", &[]);
     rig.wait_parked(1);
     drop(runtime);
@@ -137,8 +142,7 @@ fn streams_woken_after_the_runtime_is_gone_end_and_give_back_their_places() {
 /// not end the other one for it.
 #[test]
 fn news_of_a_stream_no_longer_parked_leaves_the_one_parked_in_its_slot() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let rig = Rig::new(runtime.handle().clone());
+    let (runtime, rig) = Rig::started();
     let woken = rig.park(runtime.handle(), "a", &[]);
     rig.wait_parked(1);
     // The runtime's one worker is held, so that the woken stream's task keeps its socket open, unread.
@@ -168,8 +172,7 @@ fn news_of_a_stream_no_longer_parked_leaves_the_one_parked_in_its_slot() {
 /// generation is set back here, in place of 2^32 parks.)
 #[test]
 fn news_that_only_seems_a_parked_streams_is_checked_against_its_socket() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let rig = Rig::new(runtime.handle().clone());
+    let (runtime, rig) = Rig::started();
     let serving = Serving {
         runtime: runtime.handle().clone(),
         connections: rig.connections.clone(),
@@ -205,8 +208,7 @@ fn news_that_only_seems_a_parked_streams_is_checked_against_its_socket() {
 /// the reset of a socket closed with a byte unread.
 #[test]
 fn a_clients_byte_ends_its_parked_stream_with_a_close_not_a_reset() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let rig = Rig::new(runtime.handle().clone());
+    let (runtime, rig) = Rig::started();
     let mut client = rig.park(runtime.handle(), "a", &[]);
     rig.wait_parked(1);
     client.write_all(b"x").unwrap();
