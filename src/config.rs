@@ -160,9 +160,9 @@ pub struct ServerArgs {
     pub trim_heaps: bool,
 
     /// Hand quiet plain-HTTP/1.1 streams (not TLS, not HTTP/2) to one background thread, which writes
-    /// their heartbeats until an event or their token's expiry hands them back, or their client's bytes
-    /// or close end them: about 0.7 KB per idle stream instead of 2-3 KB. `false`: no parking
-    /// (docs/operations.md).
+    /// their heartbeats until an event, their token's expiry or a heartbeat their socket cannot take
+    /// hands them back, or their client's bytes or close end them: about 0.6-0.75 KB per idle stream
+    /// instead of 2-3 KB. `false`: no parking (docs/operations.md).
     #[arg(long, env = "PGSSE_PARK_IDLE_STREAMS", default_value_t = true, action = clap::ArgAction::Set)]
     pub park_idle_streams: bool,
 }
