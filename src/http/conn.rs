@@ -37,8 +37,9 @@ use crate::http::{routes, Site};
 pub(super) const STALLED_HEARTBEATS: u32 = 4;
 
 /// Serves one client connection until it closes or graceful shutdown ends it, and then drops `admitted`
-/// (its places under the limits), or hands it on with its stream when that is parked. Not an async fn: its arguments would stay in every connection's task
-/// for as long as the connection lasts, though they move on at once.
+/// (its places under the limits), or hands it on with its stream when that is parked. Not an async fn:
+/// its arguments would stay in every connection's task for as long as the connection lasts, though they
+/// move on at once.
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,

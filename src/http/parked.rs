@@ -215,7 +215,7 @@ impl Keeper {
                 self.park(arrival);
             }
             for (slot, generation) in inbox.woken {
-                self.unpark(slot, Some(generation), Bytes::new());
+                self.unpark(slot, generation, Bytes::new());
             }
             if !self.moved.is_empty() {
                 let moved = std::mem::take(&mut self.moved);
@@ -240,13 +240,10 @@ impl Keeper {
     /// A parked stream's heartbeat or end is due. A heartbeat is written here, with no task, when the
     /// socket takes it whole (a quiet stream's usual case); anything else gives the stream its task.
     fn due(&mut self, slot: usize, generation: u32) {
-        let Some(Some(entry)) = self.slots.get_mut(slot) else { return };
-        if entry.generation != generation {
-            return;
-        }
+        let Some(entry) = holding_mut(&mut self.slots, slot, generation) else { return };
         let parked = &mut entry.arrival.parked;
         if !parked.body.body().beat_due() {
-            return self.unpark(slot, None, Bytes::new());
+            return self.unpark(slot, generation, Bytes::new());
         }
         let beat = Bytes::from_static(HEARTBEAT);
         let written = (&parked.tcp).write(&beat);
@@ -261,8 +258,8 @@ impl Keeper {
                 let wakes_at = parked.body.body().wakes_at().into_std();
                 self.deadline(wakes_at, slot, generation);
             }
-            Ok(n) => self.unpark(slot, None, beat.slice(n..)),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.unpark(slot, None, beat),
+            Ok(n) => self.unpark(slot, generation, beat.slice(n..)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.unpark(slot, generation, beat),
             // The client is gone: the stream ends here (and its access log line is written).
             Err(_) => {
                 if let Some(entry) = self.take(slot) {
@@ -321,17 +318,14 @@ impl Keeper {
         self.deadlines.push(Reverse((at, slot, generation)));
         if self.deadlines.len() > 2 * self.parked + 1024 {
             let slots = &self.slots;
-            self.deadlines.retain(|&Reverse((_, slot, generation))| {
-                slots.get(slot).and_then(Option::as_ref).is_some_and(|e| e.generation == generation)
-            });
+            self.deadlines.retain(|&Reverse((_, slot, generation))| holding(slots, slot, generation).is_some());
         }
     }
 
     /// Gives the stream in `slot` a task again, to write `pending` and then what woke it, if it is
     /// (still) the one parked there as `generation`.
-    fn unpark(&mut self, slot: usize, generation: Option<u32>, pending: Bytes) {
-        let current = self.slots.get(slot).and_then(Option::as_ref);
-        if current.is_none_or(|e| generation.is_some_and(|g| g != e.generation)) {
+    fn unpark(&mut self, slot: usize, generation: u32, pending: Bytes) {
+        if holding(&self.slots, slot, generation).is_none() {
             return;
         }
         if let Some(entry) = self.take(slot) {
@@ -352,10 +346,7 @@ impl Keeper {
     /// one, it once found nothing to read on its socket, just registered with the runtime's reactor and
     /// not yet polled by it, and was parked again, over and over, until the reactor's turn came.)
     fn end(&mut self, slot: usize, generation: u32) {
-        let Some(Some(entry)) = self.slots.get(slot) else { return };
-        if entry.generation != generation {
-            return;
-        }
+        let Some(entry) = holding(&self.slots, slot, generation) else { return };
         // The news may be of an earlier stream's client, registered under a generation this one has come
         // to carry again: the stream's own socket says whether its client sent bytes or closed.
         let read = (&entry.arrival.parked.tcp).read(&mut [0; 1]);
@@ -402,6 +393,15 @@ fn token(slot: usize, generation: u32) -> Token {
 
 fn parked_in(token: Token) -> (usize, u32) {
     (token.0 & u32::MAX as usize, (token.0 >> 32) as u32)
+}
+
+/// The stream in `slot`, if it is (still) the one parked there as `generation`.
+fn holding(slots: &[Option<Box<Entry>>], slot: usize, generation: u32) -> Option<&Entry> {
+    slots.get(slot)?.as_deref().filter(|e| e.generation == generation)
+}
+
+fn holding_mut(slots: &mut [Option<Box<Entry>>], slot: usize, generation: u32) -> Option<&mut Entry> {
+    slots.get_mut(slot)?.as_deref_mut().filter(|e| e.generation == generation)
 }
 
 #[cfg(test)]

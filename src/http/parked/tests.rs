@@ -187,7 +187,7 @@ fn news_that_only_seems_a_parked_streams_is_checked_against_its_socket() {
     };
     let (woken, mut woken_client) = arrival("a");
     keeper.park(woken);
-    keeper.unpark(0, None, Bytes::new());
+    keeper.unpark(0, 1, Bytes::new());
     keeper.generation = 0;
     let (parked, mut parked_client) = arrival("b");
     keeper.park(parked);
