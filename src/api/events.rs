@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::api::snapshot::{Begun, Shape, Shared, Snapshot, Taken};
-use crate::api::stream::{Feed, Sent, SseBody};
+use crate::api::stream::{Cadence, Feed, Sent, SseBody};
 use crate::channel::ChannelError;
 use crate::fanout::hub::{Hub, UpdateFrames};
 use crate::filter::{ChannelFilters, Filter};
@@ -76,6 +76,7 @@ pub struct Events {
     db_timeout: Duration,
     counters: Counters,
     sent: Arc<Sent>,
+    cadence: Arc<Cadence>,
     /// Cancelled on shutdown: ends every replay.
     shutdown: CancellationToken,
 }
@@ -102,6 +103,7 @@ impl Events {
             hub,
             published,
             snapshots: Shared::default(),
+            cadence: Cadence::new(sse::prelude(args.retry), args.heartbeat),
             args,
             db_timeout,
             counters: Counters::default(),
@@ -120,6 +122,11 @@ impl Events {
 
     pub fn sent(&self) -> &Sent {
         &self.sent
+    }
+
+    /// What streams open with and how often they beat, for other front ends' streams (Mercure's).
+    pub fn cadence(&self) -> Arc<Cadence> {
+        self.cadence.clone()
     }
 
     /// The counter stream bodies add to, for other front ends' streams (Mercure's).
@@ -172,8 +179,6 @@ impl Events {
         expires: Option<SystemTime>,
         gate: &SnapshotGate,
     ) -> Result<SseBody, StreamError> {
-        let prelude = sse::prelude(self.args.retry);
-        let heartbeat = self.args.heartbeat;
         // An end too far away for the clock to represent is as good as none.
         let expires =
             expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
@@ -214,7 +219,7 @@ impl Events {
                         0
                     }
                 };
-                return Ok(SseBody::live(prelude, sub, skip_through, heartbeat)
+                return Ok(SseBody::live(self.cadence.clone(), sub, skip_through)
                     .ending_at(expires)
                     .counted(self.sent.clone()));
             }
@@ -265,7 +270,7 @@ impl Events {
                 _ = token.cancelled() => {}
             }
         });
-        Ok(SseBody::replaying(prelude, rx, heartbeat).ending_at(expires).counted(self.sent.clone()))
+        Ok(SseBody::replaying(self.cadence.clone(), rx).ending_at(expires).counted(self.sent.clone()))
     }
 }
 

@@ -22,6 +22,20 @@ const COALESCE_BYTES: usize = 64 * 1024;
 
 pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
+/// What every stream of a front end opens with and how often it beats: one for all its streams, so
+/// that a stream holds a pointer rather than both (a smaller body makes hyper's task for an HTTP/2
+/// stream one size class smaller).
+pub struct Cadence {
+    prelude: Bytes,
+    heartbeat: Duration,
+}
+
+impl Cadence {
+    pub fn new(prelude: Bytes, heartbeat: Duration) -> Arc<Self> {
+        Arc::new(Self { prelude, heartbeat })
+    }
+}
+
 /// A stream whose heartbeat or end is this close is not parked: it would only be woken again at once.
 const PARK_MARGIN: Duration = Duration::from_millis(20);
 
@@ -53,10 +67,11 @@ enum Source {
 /// cancelled, so the body needs no shutdown signal of its own (polling the gateway-wide token on every
 /// delivery took its lock from every stream at once).
 pub struct SseBody {
-    prelude: Option<Bytes>,
+    cadence: Arc<Cadence>,
+    /// The prelude is still to be sent.
+    opening: bool,
     source: Source,
     skip_through: i64,
-    heartbeat: Duration,
     /// Fires once `heartbeat` has passed since `last_sent`. Re-armed from `last_sent` only when it fires,
     /// rather than reset by every event, which would update the runtime's timer wheel per delivery. Set
     /// when first polled, and dropped while the stream is parked, as is `expiry`.
@@ -73,21 +88,21 @@ pub struct SseBody {
 }
 
 impl SseBody {
-    pub fn replaying(prelude: Bytes, feed: mpsc::Receiver<Feed>, heartbeat: Duration) -> Self {
-        Self::new(prelude, Source::Replay(feed), 0, heartbeat)
+    pub fn replaying(cadence: Arc<Cadence>, feed: mpsc::Receiver<Feed>) -> Self {
+        Self::new(cadence, Source::Replay(feed), 0)
     }
 
     /// A live stream that drops frames with an id at or below `skip_through` (from before it began).
-    pub fn live(prelude: Bytes, sub: Subscription, skip_through: i64, heartbeat: Duration) -> Self {
-        Self::new(prelude, Source::Live(sub), skip_through, heartbeat)
+    pub fn live(cadence: Arc<Cadence>, sub: Subscription, skip_through: i64) -> Self {
+        Self::new(cadence, Source::Live(sub), skip_through)
     }
 
-    fn new(prelude: Bytes, source: Source, skip_through: i64, heartbeat: Duration) -> Self {
+    fn new(cadence: Arc<Cadence>, source: Source, skip_through: i64) -> Self {
         Self {
-            prelude: Some(prelude),
+            cadence,
+            opening: true,
             source,
             skip_through,
-            heartbeat,
             timer: None,
             last_sent: Instant::now(),
             expires: None,
@@ -128,13 +143,13 @@ impl SseBody {
 
     /// Whether a heartbeat is due, re-arming the timer if events went out since it was set.
     fn heartbeat_due(&mut self, cx: &mut Context<'_>) -> bool {
-        let due = self.last_sent + self.heartbeat;
+        let due = self.last_sent + self.cadence.heartbeat;
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         while timer.as_mut().poll(cx).is_ready() {
-            let due = self.last_sent + self.heartbeat;
+            let due = self.last_sent + self.cadence.heartbeat;
             if due <= timer.deadline() {
                 self.last_sent = Instant::now();
-                timer.as_mut().reset(self.last_sent + self.heartbeat);
+                timer.as_mut().reset(self.last_sent + self.cadence.heartbeat);
                 return true;
             }
             timer.as_mut().reset(due);
@@ -153,7 +168,7 @@ impl SseBody {
     /// time passes without one).
     pub fn parkable(&self) -> bool {
         self.quiet
-            && self.prelude.is_none()
+            && !self.opening
             && matches!(self.source, Source::Live(_))
             && self.wakes_at() > Instant::now() + PARK_MARGIN
     }
@@ -183,7 +198,7 @@ impl SseBody {
     /// (the end of its credentials, or nothing yet), it needs its task.
     pub fn beat_due(&self) -> bool {
         let now = Instant::now();
-        self.expires.is_none_or(|at| at > now) && self.last_sent + self.heartbeat <= now
+        self.expires.is_none_or(|at| at > now) && self.last_sent + self.cadence.heartbeat <= now
     }
 
     /// Counts a heartbeat ([`HEARTBEAT`]) as sent now by whoever keeps the parked stream.
@@ -197,7 +212,7 @@ impl SseBody {
 
     /// When a parked stream must be woken: its next heartbeat, or the end of its credentials.
     pub fn wakes_at(&self) -> Instant {
-        let beat = self.last_sent + self.heartbeat;
+        let beat = self.last_sent + self.cadence.heartbeat;
         self.expires.map_or(beat, |at| at.min(beat))
     }
 
@@ -239,8 +254,9 @@ impl Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
         let this = &mut *self;
-        if let Some(prelude) = this.prelude.take() {
-            return this.sent(prelude, 0);
+        if this.opening {
+            this.opening = false;
+            return this.sent(this.cadence.prelude.clone(), 0);
         }
         if matches!(this.source, Source::Done) {
             return Poll::Ready(None);
@@ -269,7 +285,7 @@ impl Body for SseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prelude.is_none() && matches!(self.source, Source::Done)
+        !self.opening && matches!(self.source, Source::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -299,7 +315,7 @@ mod tests {
     async fn heartbeat_after_idle_interval_and_reset_by_events() {
         let (hub, sub) = hub_with("c");
         let beat = Duration::from_secs(15);
-        let mut body = SseBody::live(Bytes::from_static(b"P"), sub, 0, beat);
+        let mut body = SseBody::live(Cadence::new(Bytes::from_static(b"P"), beat), sub, 0);
         assert_eq!(next_chunk(&mut body).await.unwrap(), "P");
 
         let start = Instant::now();
@@ -330,7 +346,7 @@ mod tests {
     async fn coalesces_ready_frames_and_skips_replayed_ids() {
         let (hub, sub) = hub_with("c");
         let (tx, rx) = mpsc::channel(4);
-        let mut body = SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15));
+        let mut body = SseBody::replaying(Cadence::new(Bytes::new(), Duration::from_secs(15)), rx);
         next_chunk(&mut body).await;
         tx.send(Feed::Chunk(Bytes::from_static(b"R1"))).await.unwrap();
         tx.send(Feed::Live { sub, skip_through: 2 }).await.unwrap();
@@ -346,7 +362,8 @@ mod tests {
     async fn ends_when_the_credentials_expire() {
         let (_hub, sub) = hub_with("c");
         let until = Instant::now() + Duration::from_secs(60);
-        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15)).ending_at(Some(until));
+        let mut body =
+            SseBody::live(Cadence::new(Bytes::new(), Duration::from_secs(15)), sub, 0).ending_at(Some(until));
         next_chunk(&mut body).await;
         let mut heartbeats = 0;
         while next_chunk(&mut body).await.is_some() {
@@ -360,7 +377,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ends_when_the_hub_closes_or_the_replay_stops() {
         let (hub, sub) = hub_with("c");
-        let mut body = SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(15));
+        let mut body = SseBody::live(Cadence::new(Bytes::new(), Duration::from_secs(15)), sub, 0);
         next_chunk(&mut body).await;
         let frame = Frame { id: 1, bytes: Bytes::from_static(b"E") };
         hub.broadcast(vec![Event::new("c".into(), frame, Bytes::new(), None, false)]);
@@ -370,7 +387,7 @@ mod tests {
         assert!(body.is_end_stream());
 
         let (tx, rx) = mpsc::channel(4);
-        let mut body = SseBody::replaying(Bytes::new(), rx, Duration::from_secs(15));
+        let mut body = SseBody::replaying(Cadence::new(Bytes::new(), Duration::from_secs(15)), rx);
         next_chunk(&mut body).await;
         drop(tx);
         assert!(next_chunk(&mut body).await.is_none());

@@ -112,9 +112,8 @@ impl App {
             (config.server.metrics_channel_labels, replica.clone()),
         );
         let mercure = config.mercure.mercure.then(|| {
-            let streams = (config.streams.retry, config.streams.heartbeat);
             let parts = (store.clone(), published.clone(), hub.clone(), config.auth.clone());
-            Mercure::new(parts, config.mercure.clone(), streams, events.sent_counter(), shutdown.clone())
+            Mercure::new(parts, config.mercure.clone(), (events.cadence(), events.sent_counter()), shutdown.clone())
         });
         tasks.spawn(listener.run(shutdown.clone()));
         if let Some(trim) = memory::TRIM.filter(|_| config.server.trim_heaps) {

@@ -8,12 +8,12 @@ mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::stream::{Sent, SseBody};
+use crate::api::stream::{Cadence, Sent, SseBody};
 use crate::auth::jwt::{bearer_header, cookie, Lenient, NO_EXP};
 use crate::auth::{Access, Auth, AuthError, Grant, Jwt};
 use crate::fanout::hub::Hub;
@@ -88,8 +88,7 @@ pub struct Mercure {
     hub: Arc<Hub>,
     auth: Arc<Auth>,
     args: MercureArgs,
-    retry: Duration,
-    heartbeat: Duration,
+    cadence: Arc<Cadence>,
     sent: Arc<Sent>,
     /// Cancelled on shutdown: ends every replay.
     shutdown: CancellationToken,
@@ -99,11 +98,10 @@ impl Mercure {
     pub fn new(
         (store, published, hub, auth): (Arc<Store>, Arc<Published>, Arc<Hub>, Arc<Auth>),
         args: MercureArgs,
-        (retry, heartbeat): (Duration, Duration),
-        sent: Arc<Sent>,
+        (cadence, sent): (Arc<Cadence>, Arc<Sent>),
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new(Self { store, published, hub, auth, args, retry, heartbeat, sent, shutdown })
+        Arc::new(Self { store, published, hub, auth, args, cadence, sent, shutdown })
     }
 
     pub fn legacy(&self) -> bool {

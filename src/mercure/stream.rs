@@ -14,7 +14,6 @@ use crate::fanout::update::{parse_hub_id, Interest, TableTopic, Update};
 use crate::mercure::{Mercure, MercureError};
 use crate::pg::error::StoreError;
 use crate::pg::store::{REPLAY_BATCH, SAME_ID};
-use crate::sse;
 
 /// How long a subscription opened while the gateway is still starting waits for the log's position.
 const START_WAIT: Duration = Duration::from_secs(5);
@@ -32,7 +31,6 @@ pub(super) async fn open(
     channels: Vec<(String, Option<TableTopic>)>,
     expires: Option<SystemTime>,
 ) -> Result<(SseBody, Option<String>), MercureError> {
-    let prelude = sse::prelude(m.retry);
     // An end too far away for the clock to represent is as good as none.
     let expires =
         expires.and_then(|at| Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default()));
@@ -44,7 +42,7 @@ pub(super) async fn open(
         // As a native stream does: an update committed before this request but not yet broadcast is
         // before its start.
         let head = m.store.committed_head().await?;
-        let body = SseBody::live(prelude, sub, head, m.heartbeat);
+        let body = SseBody::live(m.cadence.clone(), sub, head);
         return Ok((body.ending_at(expires).counted(m.sent.clone()), None));
     };
     let found = match (last.as_str(), parse_hub_id(&last)) {
@@ -79,7 +77,7 @@ pub(super) async fn open(
             _ = shutdown.cancelled() => {}
         }
     });
-    let body = SseBody::replaying(prelude, rx, m.heartbeat).ending_at(expires).counted(m.sent.clone());
+    let body = SseBody::replaying(m.cadence.clone(), rx).ending_at(expires).counted(m.sent.clone());
     Ok((body, Some(shown)))
 }
 

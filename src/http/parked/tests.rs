@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::api::stream::SseBody;
+use crate::api::stream::{Cadence, SseBody};
 use crate::fanout::hub::{Event, Hub};
 use crate::fanout::queue::Frame;
 use crate::http::access::Logged;
@@ -63,7 +63,7 @@ impl Rig {
         let (sub, _) = self.hub.subscribe(&[channel.to_string()], &Default::default()).unwrap();
         let body = {
             let _runtime = runtime.enter();
-            SseBody::live(Bytes::new(), sub, 0, Duration::from_secs(60))
+            SseBody::live(Cadence::new(Bytes::new(), Duration::from_secs(60)), sub, 0)
         };
         let admitted = (
             self.limits.admit_connection("127.0.0.1".parse().unwrap()).unwrap(),
