@@ -131,7 +131,8 @@ impl Bench {
         if wanted("idle") {
             // The most this machine's limit of 20,000 descriptors a process leaves room for.
             reports.push(self.idle(19_000).await);
-            reports.push(self.idle_http2(19_000).await);
+            reports.push(self.idle_http2(19_000, true).await);
+            reports.push(self.idle_http2(19_000, false).await);
         }
         if wanted("replay") {
             reports.push(self.replay().await);

@@ -48,8 +48,9 @@ impl Bench {
     }
 
     /// Memory of many open, quiet streams multiplexed over HTTP/2 (prior knowledge), as a browser's tabs
-    /// and an HTTP/2 proxy hold them.
-    pub(super) async fn idle_http2(&self, n: usize) -> Report {
+    /// and an HTTP/2 proxy hold them: opened all at once on each connection, as a proxy's burst does (h2
+    /// then keeps queues grown for the burst), or one after another, as tabs open.
+    pub(super) async fn idle_http2(&self, n: usize, together: bool) -> Report {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         let gw = Gateway::start(&self.gateway, &self.url, &[]);
         let (base, kernel0) = (gw.rss_bytes(), socket_memory());
@@ -64,7 +65,12 @@ impl Bench {
                 let mut sender = sender.clone();
                 let uri = format!("http://{}/bench/events", gw.addr);
                 let req = hyper::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-                opening.spawn(async move { sender.send_request(req).await });
+                let open = async move { sender.send_request(req).await };
+                if together {
+                    opening.spawn(open);
+                } else {
+                    held.extend(open.await.ok().filter(|r| r.status() == 200));
+                }
             }
             while let Some(opened) = opening.join_next().await {
                 held.extend(opened.ok().and_then(Result::ok).filter(|r| r.status() == 200));
@@ -77,16 +83,17 @@ impl Bench {
         drop(held);
         let closed = rss_once_closed(&gw, trims).await;
         Report {
-            scenario: "idle over HTTP/2".into(),
+            scenario: if together { "idle over HTTP/2" } else { "idle HTTP/2 in turn" }.into(),
             clients: streams,
             gateway_rss_idle_mb: mb(rss),
             gateway_rss_peak_mb: mb(rss),
             note: format!(
-                "{:.2} KB per stream ({} streams on {} connections over a base of {:.1} MB, {:.1} MB once they \
-                 closed); kernel {}",
+                "{:.2} KB per stream ({} streams on {} connections, opened {} on each, over a base of {:.1} MB, \
+                 {:.1} MB once they closed); kernel {}",
                 (rss.saturating_sub(base)) as f64 / streams.max(1) as f64 / 1024.0,
                 streams,
                 connections,
+                if together { "all at once" } else { "one after another" },
                 mb(base),
                 mb(closed),
                 per_connection(kernel0, kernel, connections)
