@@ -86,6 +86,21 @@ async fn a_symfony_publisher_reaches_subscribers_on_another_gateway() {
     );
 }
 
+/// Mercure's streams open as native ones do: with the gateway's `--retry`, then a comment.
+#[tokio::test]
+async fn streams_open_with_the_gateways_retry() {
+    let TestDb { url, .. } = TestDb::new().await;
+    let gw = gateway_configured(&url, |c| {
+        c.mercure.mercure_anonymous = true;
+        c.streams.retry = std::time::Duration::from_millis(1234);
+    })
+    .await;
+    let mut s = SseStream::ok(gw.addr, &format!("{HUB}?match=t"), &[]).await;
+    publish(gw.addr, &everything(), "topic=t&data=1").await;
+    s.take(1).await;
+    assert!(s.raw.starts_with(b"retry: 1234\n: pgsse\n\n"), "{:?}", String::from_utf8_lossy(&s.raw));
+}
+
 #[tokio::test]
 async fn resumes_from_a_publisher_id_a_hub_id_and_earliest() {
     let TestDb { url, admin, .. } = TestDb::new().await;

@@ -49,10 +49,15 @@ pub fn bearer(token: &str) -> String {
 }
 
 pub async fn gateway(url: &str, set: impl FnOnce(&mut pgsse::config::MercureArgs)) -> Gateway {
+    gateway_configured(url, |config| set(&mut config.mercure)).await
+}
+
+/// [`gateway`], with `set` given the whole configuration.
+pub async fn gateway_configured(url: &str, set: impl FnOnce(&mut pgsse::config::Config)) -> Gateway {
     Gateway::start_configured(url, |config| {
         config.auth = Arc::new(Auth::Jwt(Box::new(Jwt::hs256(SECRET, DEFAULT_COOKIE))));
         config.mercure.mercure = true;
-        set(&mut config.mercure);
+        set(config);
     })
     .await
 }
